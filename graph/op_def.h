@@ -1,0 +1,94 @@
+// The op-registry interface. graph/ defines it; ops/ fills it. The verifier, autodiff and
+// the loader ask an op for its rules here without knowing the list of ops.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "graph/attr.h"
+#include "graph/scalar_expr.h"
+#include "graph/tensor_ref.h"
+#include "graph/types.h"
+
+namespace tessel {
+
+class Graph;
+struct Node;
+
+// How the runtime treats a node.
+enum class OpKind : uint8_t {
+  compute,   // computed from its inputs each step
+  input,     // fed by the caller each step
+  variable,  // persistent across steps (parameters, optimizer state); initialised once
+  constant,  // filled once before the first step
+};
+
+struct AttrSpec {
+  std::string name;
+  AttrType type;
+  bool required = true;
+};
+
+struct Cost {
+  double flops = 0;  // floating-point operations
+  double bytes = 0;  // bytes read + written, assuming no reuse across ops
+};
+
+// Filled by the planner issue: how the op may be split over a device mesh.
+struct ShardingRule {
+  std::vector<std::string> inputs;  // per input, a dim-factor pattern, e.g. "mk"
+  std::string output;               // e.g. "mn" (factors missing from it are reduced)
+};
+
+// Gradient rules see the forward node and the gradients of its outputs, and set the
+// gradients of its inputs by adding nodes to the graph.
+struct GradCtx {
+  Graph& graph;
+  int32_t node;                        // the forward node (look it up; references may move)
+  std::span<const Value> out_grads;    // invalid Value: that output has zero gradient
+  std::vector<Value> in_grads;         // one per input; leave invalid for none
+};
+
+using InferFn = std::vector<TensorType> (*)(const Node& node, std::span<const TensorType> in);
+using GradFn = void (*)(GradCtx& ctx);
+using CostFn = Cost (*)(const Node& node, std::span<const TensorType> in);
+using KernelFn = void (*)(const Node& node, std::span<const TensorRef> in,
+                          std::span<const TensorRef> out, const KernelCtx& ctx);
+using ScalarFn = ScalarExpr (*)(const Node& node);
+
+struct OpDef {
+  std::string name;
+  OpKind kind = OpKind::compute;
+  int min_inputs = 0;
+  int max_inputs = 0;  // -1: any number
+  std::vector<AttrSpec> attrs;
+  InferFn infer = nullptr;
+  GradFn grad = nullptr;          // null: not differentiable
+  CostFn cost = nullptr;          // null: bytes of inputs + outputs, no FLOPs
+  KernelFn kernel = nullptr;      // reference CPU kernel; variables: their initializer
+  ScalarFn scalar = nullptr;      // elementwise ops only
+  std::vector<ShardingRule> sharding;
+  std::string doc;                // one line, shown by `tessel inspect --ops`
+
+  bool elementwise() const { return scalar != nullptr; }
+  bool differentiable() const { return grad != nullptr; }
+};
+
+// Ops by name. Filled once at start-up (ops::registry()); read-only and thread-safe after.
+class OpRegistry {
+ public:
+  void add(OpDef def);  // throws on a duplicate name or an incomplete definition
+  const OpDef* find(std::string_view name) const;
+  const OpDef& get(std::string_view name) const;  // throws naming the unknown op
+  std::vector<const OpDef*> all() const;          // sorted by name
+
+ private:
+  std::unordered_map<std::string, std::unique_ptr<OpDef>> ops_;
+};
+
+}  // namespace tessel
