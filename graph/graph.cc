@@ -209,7 +209,7 @@ std::vector<int32_t> Graph::nodes_of_kind(OpKind kind) const {
 std::vector<int32_t> Graph::parameters() const {
   std::vector<int32_t> ids;
   for (auto& n : nodes_)
-    if (n.def->kind == OpKind::variable && n.attrs.get_bool_or("trainable", false))
+    if (n.op == "parameter")
       ids.push_back(n.id);
   return ids;
 }

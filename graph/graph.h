@@ -91,7 +91,7 @@ class Graph {
 
   // Ids of nodes of the given kind, in order.
   std::vector<int32_t> nodes_of_kind(OpKind kind) const;
-  std::vector<int32_t> parameters() const;  // trainable variables
+  std::vector<int32_t> parameters() const;  // trainable variables (op 'parameter')
 
   // Checks every invariant (ordering, types, attributes, updates); throws on the first
   // violation, naming the node. Run after every pass.

@@ -73,6 +73,9 @@ struct OpDef {
   KernelFn kernel = nullptr;      // reference CPU kernel; variables: their initializer
   ScalarFn scalar = nullptr;      // elementwise ops only
   std::vector<ShardingRule> sharding;
+  // The output holds input 0's bytes unchanged (reshape, stop_gradient): an executor may
+  // alias the two buffers instead of running the kernel.
+  bool view = false;
   std::string doc;                // one line, shown by `tessel inspect --ops`
 
   bool elementwise() const { return scalar != nullptr; }

@@ -1,0 +1,44 @@
+#include <iostream>
+
+#include "frontend/cli/args.h"
+#include "frontend/cli/commands.h"
+#include "frontend/models.h"
+#include "graph/error.h"
+#include "graph/serialize.h"
+#include "runtime/executor.h"
+
+namespace tessel::cli {
+
+int cmd_export(int argc, char** argv) {
+  Args args("export",
+            "Build a model from a DSL builder spec and write its graph (inputs, forward pass,\n"
+            "loss, seeded parameter initializers) to a file. Binary .tsg unless --text.",
+            {{"--model", "SPEC", "mlp:784-1024-1024-10 or gpt:layers=..,d_model=..,heads=..,seq=..,vocab=..", ""},
+             {"--batch", "N", "batch size the graph is built for", "256"},
+             {"--output", "FILE", "where to write (also -o)", ""},
+             {"--text", "", "write protobuf text format instead of binary", ""},
+             {"--with-params", "", "embed initial parameter values (runs the initializers)", ""},
+             {"--seed", "N", "seed for --with-params", "0"}});
+  if (!args.parse(argc, argv)) return 0;
+  if (!args.has("--model")) throw Error("tessel export: --model is required (see --help)");
+  if (!args.has("--output")) throw Error("tessel export: -o FILE is required (see --help)");
+  models::Built b = models::from_spec(args.str("--model"), args.i64("--batch", 256), true);
+  Graph& g = b.model->graph();
+  g.verify();
+  if (args.has("--with-params")) {
+    runtime::ExecutorOptions eo;
+    eo.seed = static_cast<uint64_t>(args.i64("--seed", 0));
+    runtime::Executor ex(g, eo);
+    ex.prepare({"", {"loss"}});
+    ex.initialize();
+    ex.export_variables(g);
+  }
+  SaveOptions so;
+  so.text = args.has("--text");
+  so.with_data = args.has("--with-params");
+  save_graph(g, args.str("--output"), so);
+  std::cerr << "wrote " << b.description << " (" << g.size() << " nodes) to " << args.str("--output") << "\n";
+  return 0;
+}
+
+}  // namespace tessel::cli

@@ -1,0 +1,162 @@
+#include <cstdio>
+#include <iostream>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "frontend/cli/args.h"
+#include "frontend/cli/commands.h"
+#include "frontend/optim.h"
+#include "graph/error.h"
+#include "graph/serialize.h"
+#include "ops/registry.h"
+#include "planner/cost.h"
+
+namespace tessel::cli {
+
+namespace {
+
+std::string human(double v, const char* unit) {
+  const char* prefix[] = {"", "K", "M", "G", "T", "P", "E"};
+  int i = 0;
+  while (v >= 1000 && i < 6) {
+    v /= 1000;
+    ++i;
+  }
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.3g %s%s", v, prefix[i], unit);
+  return buf;
+}
+
+std::string pad(std::string s, size_t w) {
+  if (s.size() < w) s.resize(w, ' ');
+  return s + " ";
+}
+
+std::string jstr(const std::string& s) {
+  std::string r = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') r += '\\';
+    r += c;
+  }
+  return r + "\"";
+}
+
+std::string init_str(const Node& n) {
+  if (n.op != "parameter") return "";
+  std::string init = n.attrs.get_str("init");
+  double scale = n.attrs.get_f64_or("scale", 0);
+  if (init == "normal") return "normal(std=" + std::to_string(scale).substr(0, 7) + ")";
+  if (init == "uniform") return "uniform(+-" + std::to_string(scale).substr(0, 7) + ")";
+  if (init == "constant") return "constant(" + std::to_string(scale) + ")";
+  return init;
+}
+
+}  // namespace
+
+int cmd_inspect(int argc, char** argv) {
+  Args args("inspect",
+            "Show a graph file: inputs, outputs, parameters with shapes and initializers, op\n"
+            "counts, and FLOPs per step (forward, and a full training step with SGD).",
+            {{"--format", "FMT", "text or json", "text"},
+             {"--nodes", "", "also list every node with its op, shapes and origin", ""}},
+            {"FILE"});
+  if (!args.parse(argc, argv)) return 0;
+  const std::string path = args.positional()[0];
+  const bool json = args.str("--format", "text") == "json";
+  Graph g = load_graph(path, ops::registry());
+  g.verify();
+
+  auto pc = planner::count_parameters(g);
+  std::map<std::string, int64_t> op_counts;
+  for (auto& n : g.nodes()) op_counts[n.op]++;
+
+  // FLOPs: forward of the loss (or of all outputs), and one training step. A graph that
+  // has no optimizer yet gets one (plain SGD) on a copy, to count a real training step.
+  std::vector<std::string> outs;
+  for (auto& o : g.outputs()) outs.push_back(o.name);
+  std::vector<Value> fwd_targets;
+  if (auto l = g.output("loss")) fwd_targets.push_back(*l);
+  else for (auto& o : g.outputs()) fwd_targets.push_back(o.value);
+  double fwd_flops = fwd_targets.empty() ? 0 : planner::graph_cost(g, fwd_targets).flops;
+  double train_flops = NAN;
+  std::string train_note;
+  if (!g.updates().empty()) {
+    std::set<std::string> phases;
+    for (auto& u : g.updates()) phases.insert(u.phase);
+    train_flops = 0;
+    for (auto& p : phases) train_flops += planner::phase_cost(g, p, {"loss"}).flops;
+    train_note = "phases of the stored training graph";
+  } else if (g.output("loss") && !g.parameters().empty()) {
+    Graph t = g;
+    add_training(t, "loss", OptimizerConfig{});
+    train_flops = planner::phase_cost(t, "train", {"loss"}).flops;
+    train_note = "forward + backward + SGD update";
+  }
+
+  if (json) {
+    std::ostringstream os;
+    os << "{\"file\":" << jstr(path) << ",\"nodes\":" << g.size() << ",\"inputs\":[";
+    bool first = true;
+    for (int32_t id : g.nodes_of_kind(OpKind::input)) {
+      os << (first ? "" : ",") << "{\"name\":" << jstr(g.node(id).name) << ",\"type\":" << jstr(g.node(id).outputs[0].str()) << "}";
+      first = false;
+    }
+    os << "],\"outputs\":[";
+    first = true;
+    for (auto& o : g.outputs()) {
+      os << (first ? "" : ",") << "{\"name\":" << jstr(o.name) << ",\"type\":" << jstr(g.type(o.value).str()) << "}";
+      first = false;
+    }
+    os << "],\"parameters\":[";
+    first = true;
+    for (int32_t id : g.parameters()) {
+      const Node& n = g.node(id);
+      os << (first ? "" : ",") << "{\"name\":" << jstr(n.name) << ",\"type\":" << jstr(n.outputs[0].str())
+         << ",\"elements\":" << n.outputs[0].numel() << ",\"init\":" << jstr(init_str(n))
+         << ",\"stored\":" << (g.data(id) ? "true" : "false") << "}";
+      first = false;
+    }
+    os << "],\"parameter_elements\":" << pc.elements << ",\"parameter_bytes\":" << pc.bytes << ",\"ops\":{";
+    first = true;
+    for (auto& [op, c] : op_counts) {
+      os << (first ? "" : ",") << jstr(op) << ":" << c;
+      first = false;
+    }
+    os << "},\"flops_forward\":" << fwd_flops << ",\"flops_train_step\":";
+    if (std::isfinite(train_flops)) os << train_flops; else os << "null";
+    os << "}";
+    std::cout << os.str() << std::endl;
+    return 0;
+  }
+
+  std::cout << path << ": " << g.size() << " nodes, " << g.parameters().size() << " parameters, "
+            << g.updates().size() << " updates\n\ninputs:\n";
+  for (int32_t id : g.nodes_of_kind(OpKind::input))
+    std::cout << "  " << pad(g.node(id).name, 24) << g.node(id).outputs[0].str() << "\n";
+  std::cout << "outputs:\n";
+  for (auto& o : g.outputs()) std::cout << "  " << pad(o.name, 24) << g.type(o.value).str() << "\n";
+  std::cout << "parameters: " << pc.elements << " elements, " << human(static_cast<double>(pc.bytes), "B") << "\n";
+  for (int32_t id : g.parameters()) {
+    const Node& n = g.node(id);
+    std::cout << "  " << pad(n.name, 24) << pad(n.outputs[0].str(), 18) << pad(std::to_string(n.outputs[0].numel()), 10)
+              << pad(init_str(n), 22) << (g.data(id) ? "stored " : "") << n.origin.str() << "\n";
+  }
+  std::cout << "ops:\n";
+  for (auto& [op, c] : op_counts) std::cout << "  " << pad(op, 24) << c << "\n";
+  std::cout << "FLOPs per step:\n  forward              " << human(fwd_flops, "FLOP") << "\n";
+  if (std::isfinite(train_flops))
+    std::cout << "  training step        " << human(train_flops, "FLOP") << "  (" << train_note << ")\n";
+  if (args.has("--nodes")) {
+    std::cout << "nodes:\n";
+    for (auto& n : g.nodes()) {
+      std::string ins;
+      for (auto& v : n.inputs) ins += (ins.empty() ? "" : ", ") + g.node(v.node).name;
+      std::cout << "  " << pad(std::to_string(n.id), 5) << pad(n.op, 14) << pad(n.name, 36)
+                << pad(n.outputs.empty() ? "" : n.outputs[0].str(), 18) << "(" << ins << ") " << n.origin.str() << "\n";
+    }
+  }
+  return 0;
+}
+
+}  // namespace tessel::cli

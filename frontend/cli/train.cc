@@ -1,0 +1,90 @@
+#include <unistd.h>
+
+#include <iostream>
+
+#include "frontend/cli/args.h"
+#include "frontend/cli/commands.h"
+#include "frontend/trainer.h"
+#include "graph/error.h"
+
+namespace tessel::cli {
+
+int cmd_train(int argc, char** argv) {
+  Args args("train",
+            "Train a model on one CPU device. The model is a builder spec (mlp:784-1024-10,\n"
+            "gpt:layers=4,d_model=256,heads=4,seq=128,vocab=256) or a .tsg graph file with\n"
+            "inputs x/labels (images) or tokens/targets (text) and a scalar 'loss' output.",
+            {
+                {"--model", "SPEC|FILE", "model to train", ""},
+                {"--dataset", "NAME", "fashion-mnist, or text:FILE (byte-level language modelling)", ""},
+                {"--data-dir", "DIR", "directory of the fashion-mnist idx files", "/usr/share/datasets/fashion-mnist"},
+                {"--epochs", "N", "passes over the training set", "1 when --steps is not given"},
+                {"--steps", "N", "optimizer steps (instead of --epochs)", ""},
+                {"--batch", "N", "samples per optimizer step", "64, or the graph file's batch"},
+                {"--accumulate", "K", "split each batch into K microbatches and accumulate gradients", "1"},
+                {"--optimizer", "NAME", "sgd or adamw", "sgd"},
+                {"--lr", "X", "learning rate", "0.01"},
+                {"--momentum", "X", "SGD momentum", "0"},
+                {"--beta1", "X", "AdamW beta1", "0.9"},
+                {"--beta2", "X", "AdamW beta2", "0.999"},
+                {"--weight-decay", "X", "weight decay for weights of rank >= 2 (decoupled for AdamW)", "0"},
+                {"--schedule", "NAME", "learning-rate schedule: constant or cosine", "constant"},
+                {"--warmup", "N", "linear warmup steps", "0"},
+                {"--min-lr", "X", "final learning rate of the cosine schedule", "0"},
+                {"--clip-norm", "X", "clip gradients to this global L2 norm (0: off)", "0"},
+                {"--seed", "N", "seed for initialization, shuffling and dropout", "0"},
+                {"--threads", "N", "CPU threads (0: all cores)", "0"},
+                {"--no-blas", "", "use the reference matmul kernel instead of OpenBLAS", ""},
+                {"--eval-batches", "N", "validation batches for text datasets", "50"},
+                {"--save", "FILE", "write the trained model (graph + parameters) to FILE", ""},
+                {"--format", "FMT", "text, or json: end with one line of JSON (keys: test_accuracy, final_loss, "
+                                    "samples_per_s, step_ms_median, steps, ...)", "text"},
+                {"--quiet", "", "no progress output", ""},
+            });
+  if (!args.parse(argc, argv)) return 0;
+  if (!args.has("--model")) throw Error("tessel train: --model is required (see --help)");
+  if (!args.has("--dataset")) throw Error("tessel train: --dataset is required (see --help)");
+  const std::string format = args.str("--format", "text");
+  if (format != "text" && format != "json") throw Error("tessel train: --format must be text or json");
+
+  TrainOptions o;
+  o.model = args.str("--model");
+  o.dataset = args.str("--dataset");
+  o.data_dir = args.str("--data-dir");
+  o.epochs = args.i64("--epochs", 0);
+  o.steps = args.i64("--steps", 0);
+  o.batch = args.i64("--batch", 0);
+  o.optimizer.accumulate = args.i64("--accumulate", 1);
+  o.optimizer.kind = args.str("--optimizer", "sgd");
+  o.optimizer.lr = args.f64("--lr", 0.01);
+  o.optimizer.momentum = args.f64("--momentum", 0);
+  o.optimizer.beta1 = args.f64("--beta1", 0.9);
+  o.optimizer.beta2 = args.f64("--beta2", 0.999);
+  o.optimizer.weight_decay = args.f64("--weight-decay", 0);
+  o.optimizer.schedule = args.str("--schedule", "constant");
+  o.optimizer.warmup_steps = args.i64("--warmup", 0);
+  o.optimizer.min_lr = args.f64("--min-lr", 0);
+  o.optimizer.clip_norm = args.f64("--clip-norm", 0);
+  o.seed = static_cast<uint64_t>(args.i64("--seed", 0));
+  o.threads = static_cast<int>(args.i64("--threads", 0));
+  o.use_blas = !args.has("--no-blas");
+  o.eval_batches = args.i64("--eval-batches", 50);
+  o.save = args.str("--save");
+  o.quiet = args.has("--quiet");
+  o.progress_terminal = isatty(STDERR_FILENO);
+  if (o.optimizer.schedule == "cosine" && o.steps > 0) o.optimizer.total_steps = o.steps;
+  if (o.optimizer.schedule == "cosine" && o.steps == 0)
+    throw Error("tessel train: --schedule cosine needs --steps (the length of the decay)");
+
+  TrainReport r = train(o, std::cerr);
+  if (format == "json") std::cout << r.json() << std::endl;
+  else {
+    std::cout << "final_loss " << r.final_loss;
+    if (std::isfinite(r.test_accuracy)) std::cout << "  test_accuracy " << r.test_accuracy;
+    if (std::isfinite(r.test_loss)) std::cout << "  test_loss " << r.test_loss;
+    std::cout << "  samples_per_s " << r.samples_per_s << "  step_ms_median " << r.step_ms_median << "\n";
+  }
+  return 0;
+}
+
+}  // namespace tessel::cli

@@ -1,0 +1,377 @@
+#include "frontend/trainer.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <memory>
+#include <numeric>
+#include <optional>
+#include <sstream>
+
+#include "frontend/models.h"
+#include "frontend/progress.h"
+#include "graph/error.h"
+#include "graph/serialize.h"
+#include "ops/registry.h"
+#include "planner/cost.h"
+#include "runtime/data.h"
+#include "runtime/executor.h"
+#include "runtime/thread_pool.h"
+
+namespace tessel {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::string json_number(double v) {
+  if (!std::isfinite(v)) return "null";
+  std::ostringstream os;
+  os.precision(8);
+  os << v;
+  return os.str();
+}
+
+std::string json_string(const std::string& s) {
+  std::string r = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') r += '\\';
+    if (static_cast<unsigned char>(c) < 0x20) { r += ' '; continue; }
+    r += c;
+  }
+  return r + "\"";
+}
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// The shapes a dataset feeds; checked against the model before anything runs.
+void expect_input(const Graph& g, const std::string& name, DType dt, const Shape& shape, const std::string& why) {
+  auto id = g.find(name);
+  if (!id || g.node(*id).def->kind != OpKind::input)
+    throw Error("the model has no input '" + name + "', which " + why + " feeds");
+  const TensorType& t = g.node(*id).outputs[0];
+  if (t.dtype != dt || t.shape != shape)
+    throw Error(g.node(*id).where() + ": " + why + " feeds " + TensorType{dt, shape}.str() +
+                " but the input is " + t.str());
+}
+
+float read_scalar(const TensorRef& t) {
+  if (t.dtype == DType::f32) return t.as<float>()[0];
+  if (t.dtype == DType::f64) return static_cast<float>(t.as<double>()[0]);
+  throw Error("the loss is " + std::string(dtype_name(t.dtype)) + ", expected f32 or f64");
+}
+
+// Copies parameters from one executor to another by node name.
+void copy_parameters(runtime::Executor& from, runtime::Executor& to) {
+  const Graph& src = from.graph();
+  const Graph& dst = to.graph();
+  for (int32_t id : dst.parameters()) {
+    if (!to.has_buffer(Value{id, 0})) continue;
+    auto sid = src.find(dst.node(id).name);
+    if (!sid) throw Error(dst.node(id).where() + ": no parameter of this name in the trained graph");
+    TensorRef a = from.value(Value{*sid, 0}), b = to.value(Value{id, 0});
+    if (a.bytes() != b.bytes()) throw Error(dst.node(id).where() + ": shape differs from the trained parameter");
+    std::memcpy(b.data, a.data, static_cast<size_t>(a.bytes()));
+  }
+}
+
+struct Feeder {
+  virtual ~Feeder() = default;
+  // Fills the model inputs for microbatch `micro` of optimizer step `step`.
+  virtual void feed(runtime::Executor& ex, int64_t step, int64_t micro) = 0;
+};
+
+struct ImageFeeder final : Feeder {
+  const runtime::ImageDataset& data;
+  runtime::BatchSampler sampler;
+  int64_t per_epoch, micro_batch;
+  int64_t epoch = -1;
+  ImageFeeder(const runtime::ImageDataset& d, int64_t batch, int64_t micro, uint64_t seed)
+      : data(d), sampler(d.count, batch, seed), per_epoch(sampler.batches_per_epoch()), micro_batch(micro) {}
+  void feed(runtime::Executor& ex, int64_t step, int64_t micro) override {
+    if (step / per_epoch != epoch) {
+      epoch = step / per_epoch;
+      sampler.set_epoch(epoch);
+    }
+    auto idx = sampler.batch(step % per_epoch).subspan(micro * micro_batch, micro_batch);
+    runtime::gather_images(data, idx, ex.input("x").as<float>());
+    runtime::gather_labels(data, idx, ex.input("labels").as<int32_t>());
+  }
+};
+
+struct TextFeeder final : Feeder {
+  const runtime::TextDataset& data;
+  int64_t batch, seq, accumulate;
+  uint64_t seed;
+  TextFeeder(const runtime::TextDataset& d, int64_t b, int64_t s, int64_t k, uint64_t sd)
+      : data(d), batch(b), seq(s), accumulate(k), seed(sd) {}
+  void feed(runtime::Executor& ex, int64_t step, int64_t micro) override {
+    data.fill_batch(false, seed, step, batch, static_cast<int>(micro), static_cast<int>(accumulate), seq,
+                    ex.input("tokens").as<int32_t>(), ex.input("targets").as<int32_t>());
+  }
+};
+
+}  // namespace
+
+std::string TrainReport::json() const {
+  std::ostringstream os;
+  os << "{\"model\":" << json_string(model) << ",\"steps\":" << steps << ",\"samples\":" << samples
+     << ",\"final_loss\":" << json_number(final_loss) << ",\"test_accuracy\":" << json_number(test_accuracy)
+     << ",\"test_loss\":" << json_number(test_loss) << ",\"unigram_entropy\":" << json_number(unigram_entropy)
+     << ",\"samples_per_s\":" << json_number(samples_per_s) << ",\"step_ms_median\":" << json_number(step_ms_median)
+     << ",\"train_seconds\":" << json_number(train_seconds) << ",\"parameters\":" << parameters
+     << ",\"memory_bytes\":" << memory_bytes << "}";
+  return os.str();
+}
+
+TrainReport train(const TrainOptions& opt, std::ostream& log) {
+  TrainReport report;
+  const OptimizerConfig& ocfg = opt.optimizer;
+  const bool from_file = ends_with(opt.model, ".tsg") || ends_with(opt.model, ".tsg.txt") ||
+                         opt.model.find(':') == std::string::npos;
+  const bool images = opt.dataset == "fashion-mnist";
+  const bool text = opt.dataset.rfind("text:", 0) == 0;
+  if (!images && !text)
+    throw Error("unknown dataset '" + opt.dataset + "' (fashion-mnist, or text:FILE for byte-level language modelling)");
+  if (opt.epochs < 0 || opt.steps < 0) throw Error("--epochs and --steps must be >= 0");
+  if (opt.epochs > 0 && opt.steps > 0) throw Error("give --epochs or --steps, not both");
+
+  // Data first: a missing file should fail before any model is built.
+  std::optional<runtime::TrainTest> mnist;
+  std::optional<runtime::TextDataset> corpus;
+  if (images) mnist = runtime::load_fashion_mnist(opt.data_dir.empty() ? runtime::kFashionMnistDir : opt.data_dir);
+  if (text) {
+    corpus = runtime::TextDataset::load(opt.dataset.substr(5));
+    report.unigram_entropy = corpus->unigram_entropy();
+  }
+
+  // The model, at microbatch size, and the forward graph kept apart for saving.
+  std::optional<models::Built> built;
+  std::optional<Graph> loaded;
+  int64_t batch = opt.batch;
+  const int64_t k = ocfg.accumulate;
+  if (from_file) {
+    loaded.emplace(load_graph(opt.model, ops::registry()));
+    const char* first = images ? "x" : "tokens";
+    auto id = loaded->find(first);
+    if (!id) throw Error(opt.model + ": the graph has no input '" + first + "' for dataset " + opt.dataset);
+    const int64_t graph_batch = loaded->node(*id).outputs[0].shape.at(0);
+    if (batch > 0 && batch != graph_batch * k)
+      throw Error(opt.model + ": the graph was built for batch " + std::to_string(graph_batch) +
+                  (k > 1 ? " per microbatch" : "") + "; --batch " + std::to_string(batch) + " does not match");
+    batch = graph_batch * k;
+    report.model = opt.model;
+  } else {
+    if (batch <= 0) batch = 64;
+    if (batch % k != 0)
+      throw Error("--batch " + std::to_string(batch) + " is not divisible by --accumulate " + std::to_string(k));
+    built.emplace(models::from_spec(opt.model, batch / k, true));
+    report.model = built->description;
+  }
+  Graph& graph = from_file ? *loaded : built->model->graph();
+  const int64_t micro = batch / k;
+
+  int64_t seq = 0;
+  if (images) {
+    const auto& tr = mnist->train;
+    expect_input(graph, "x", DType::f32, {micro, tr.features()}, "fashion-mnist");
+    expect_input(graph, "labels", DType::i32, {micro}, "fashion-mnist");
+    auto logits = graph.output("logits");
+    if (!logits || graph.type(*logits).shape != Shape{micro, tr.num_classes})
+      throw Error("the model's 'logits' output must be [" + std::to_string(micro) + "," +
+                  std::to_string(tr.num_classes) + "] for fashion-mnist");
+  } else {
+    auto id = graph.find("tokens");
+    if (!id) throw Error("the model has no input 'tokens' for a text dataset");
+    seq = graph.node(*id).outputs[0].shape.at(1);
+    expect_input(graph, "tokens", DType::i32, {micro, seq}, "a text dataset");
+    expect_input(graph, "targets", DType::i32, {micro, seq}, "a text dataset");
+    auto logits = graph.output("logits");
+    if (!logits || graph.type(*logits).shape.back() < 256)
+      throw Error("a byte-level text dataset needs a vocabulary of at least 256");
+  }
+  if (!graph.output("loss")) throw Error("the model has no 'loss' output");
+
+  const Graph forward = graph;  // before optimizer nodes: what --save writes
+  TrainingPhases phases;
+  bool has_updates = !graph.updates().empty();
+  if (has_updates) {
+    phases.step = "train";
+  } else {
+    phases = add_training(graph, "loss", ocfg);
+  }
+  graph.verify();
+  report.parameters = planner::count_parameters(graph).elements;
+
+  std::optional<runtime::ThreadPool> own_pool;
+  if (opt.threads > 0) own_pool.emplace(opt.threads);
+  runtime::ExecutorOptions eo;
+  eo.seed = opt.seed;
+  eo.use_blas = opt.use_blas;
+  eo.parallel = own_pool ? &*own_pool : nullptr;
+  runtime::Executor exec(graph, eo);
+  int prog_step = -1, prog_micro = -1, prog_apply = -1;
+  if (k == 1) {
+    prog_step = exec.prepare({phases.step, {"loss"}});
+  } else {
+    prog_micro = exec.prepare({phases.micro, {"loss"}});
+    prog_apply = exec.prepare({phases.apply, {}});
+  }
+  exec.initialize();
+  report.memory_bytes = exec.bytes_allocated();
+
+  std::unique_ptr<Feeder> feeder;
+  int64_t per_epoch = 0;
+  if (images) {
+    auto f = std::make_unique<ImageFeeder>(mnist->train, batch, micro, opt.seed);
+    per_epoch = f->per_epoch;
+    if (per_epoch == 0) throw Error("--batch " + std::to_string(batch) + " is larger than the training set");
+    feeder = std::move(f);
+  } else {
+    feeder = std::make_unique<TextFeeder>(*corpus, batch, seq, k, opt.seed);
+  }
+  int64_t total_steps = opt.steps;
+  if (total_steps == 0) {
+    if (images) total_steps = std::max<int64_t>(opt.epochs, 1) * per_epoch;
+    else if (opt.epochs > 0) total_steps = opt.epochs * std::max<int64_t>(1, corpus->train_size() / (batch * seq));
+    else throw Error("give --steps (or --epochs) for a text dataset");
+  }
+
+  if (!opt.quiet) {
+    log << "tessel: " << report.model << ", " << report.parameters << " parameters, batch " << batch;
+    if (k > 1) log << " (" << k << " microbatches of " << micro << ")";
+    log << ", " << total_steps << " steps, " << ocfg.kind << " lr " << ocfg.lr << "\n";
+  }
+  Progress progress(log, opt.progress_terminal, total_steps);
+  const TensorRef loss_ref = exec.output("loss");
+  std::vector<double> step_ms;
+  std::vector<double> losses;
+  step_ms.reserve(total_steps);
+  losses.reserve(total_steps);
+  const int64_t warmup = std::min<int64_t>(3, total_steps / 10);
+  Clock::time_point timed_start;
+  for (int64_t step = 0; step < total_steps; ++step) {
+    if (step == warmup) timed_start = Clock::now();
+    auto t0 = Clock::now();
+    double loss = 0;
+    if (k == 1) {
+      feeder->feed(exec, step, 0);
+      exec.run(prog_step);
+      loss = read_scalar(loss_ref);
+    } else {
+      for (int64_t m = 0; m < k; ++m) {
+        feeder->feed(exec, step, m);
+        exec.run(prog_micro);
+        loss += read_scalar(loss_ref) / static_cast<double>(k);
+      }
+      exec.run(prog_apply);
+    }
+    auto t1 = Clock::now();
+    if (!std::isfinite(loss))
+      throw Error("training diverged at step " + std::to_string(step + 1) + ": loss is " + std::to_string(loss) +
+                  " (try a smaller --lr, or --clip-norm)");
+    losses.push_back(loss);
+    if (step >= warmup) step_ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+    if (!opt.quiet) {
+      double timed = std::chrono::duration<double>(t1 - timed_start).count();
+      double rate = step >= warmup && timed > 0 ? (step - warmup + 1) * batch / timed : 0;
+      char buf[128];
+      std::snprintf(buf, sizeof buf, "loss %.4f  %.0f samples/s", loss, rate);
+      progress.update(step + 1, buf);
+    }
+  }
+  const double timed_s = total_steps > warmup ? std::chrono::duration<double>(Clock::now() - timed_start).count() : 0;
+  report.train_seconds = progress.elapsed_s();
+  report.steps = total_steps;
+  report.samples = total_steps * batch;
+  if (!step_ms.empty()) {
+    std::vector<double> s = step_ms;
+    std::nth_element(s.begin(), s.begin() + s.size() / 2, s.end());
+    report.step_ms_median = s[s.size() / 2];
+    report.samples_per_s = timed_s > 0 ? static_cast<double>((total_steps - warmup) * batch) / timed_s : 0;
+  }
+  const size_t tail = std::min<size_t>(10, losses.size());
+  report.final_loss = std::accumulate(losses.end() - tail, losses.end(), 0.0) / static_cast<double>(tail);
+
+  // Evaluation on a graph built without dropout, parameters copied over by name.
+  std::optional<models::Built> eval_built;
+  const Graph* eval_graph = &graph;
+  if (!from_file) {
+    int64_t eval_batch = images ? std::min<int64_t>(1000, mnist->test.count) : micro;
+    eval_built.emplace(models::from_spec(opt.model, eval_batch, false));
+    eval_graph = &eval_built->model->graph();
+  }
+  runtime::Executor eval(*eval_graph, eo);
+  if (images) {
+    const auto& test = mnist->test;
+    int p = eval.prepare({"", {"logits", "loss"}});
+    eval.initialize();
+    copy_parameters(exec, eval);
+    const int64_t eb = eval.input("x").shape[0];
+    const int64_t classes = test.num_classes;
+    int64_t correct = 0;
+    double loss_sum = 0;
+    int64_t loss_batches = 0;
+    std::vector<int64_t> idx(eb);
+    for (int64_t start = 0; start < test.count; start += eb) {
+      const int64_t n = std::min(eb, test.count - start);
+      for (int64_t i = 0; i < eb; ++i) idx[i] = start + (i < n ? i : 0);  // pad with sample 0
+      runtime::gather_images(test, idx, eval.input("x").as<float>());
+      runtime::gather_labels(test, idx, eval.input("labels").as<int32_t>());
+      eval.run(p);
+      TensorRef logits = eval.output("logits");
+      for (int64_t i = 0; i < n; ++i) {
+        int64_t best = 0;
+        if (logits.dtype == DType::f32) {
+          const float* row = logits.as<float>() + i * classes;
+          best = std::max_element(row, row + classes) - row;
+        } else {
+          const double* row = logits.as<double>() + i * classes;
+          best = std::max_element(row, row + classes) - row;
+        }
+        correct += best == test.labels[start + i];
+      }
+      if (n == eb) {
+        loss_sum += read_scalar(eval.output("loss"));
+        ++loss_batches;
+      }
+    }
+    report.test_accuracy = static_cast<double>(correct) / static_cast<double>(test.count);
+    report.test_loss = loss_batches ? loss_sum / loss_batches : NAN;
+  } else {
+    int p = eval.prepare({"", {"loss"}});
+    eval.initialize();
+    copy_parameters(exec, eval);
+    double loss_sum = 0;
+    for (int64_t i = 0; i < opt.eval_batches; ++i) {
+      corpus->fill_batch(true, opt.seed, i, micro, 0, 1, seq, eval.input("tokens").as<int32_t>(),
+                         eval.input("targets").as<int32_t>());
+      eval.run(p);
+      loss_sum += read_scalar(eval.output("loss"));
+    }
+    report.test_loss = opt.eval_batches > 0 ? loss_sum / opt.eval_batches : NAN;
+  }
+
+  if (!opt.quiet) {
+    std::ostringstream os;
+    os.precision(4);
+    os << "done: " << report.steps << " steps in " << format_duration(report.train_seconds) << ", final loss "
+       << report.final_loss << ", " << static_cast<int64_t>(report.samples_per_s) << " samples/s, step "
+       << report.step_ms_median << " ms (median)";
+    if (images) os << ", test accuracy " << 100 * report.test_accuracy << " %";
+    if (text) os << ", validation loss " << report.test_loss << " (unigram entropy " << report.unigram_entropy << ")";
+    progress.finish(os.str());
+  }
+
+  if (!opt.save.empty()) {
+    Graph out = has_updates ? graph : forward;
+    exec.export_variables(out);
+    save_graph(out, opt.save, SaveOptions{});
+    if (!opt.quiet) log << "saved the trained model to " << opt.save << "\n";
+  }
+  return report;
+}
+
+}  // namespace tessel

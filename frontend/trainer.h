@@ -1,0 +1,49 @@
+// The training driver behind `tessel train`: builds (or loads) the model, adds the
+// optimizer, feeds a dataset, shows progress, evaluates and reports.
+#pragma once
+
+#include <cmath>
+#include <ostream>
+#include <string>
+
+#include "frontend/optim.h"
+
+namespace tessel {
+
+struct TrainOptions {
+  std::string model;            // "mlp:..." / "gpt:..." spec, or a .tsg graph file
+  std::string dataset;          // "fashion-mnist" or "text:FILE"
+  std::string data_dir;         // fashion-mnist directory ("" = the Debian package's)
+  int64_t epochs = 0;           // one of epochs / steps; neither: 1 epoch
+  int64_t steps = 0;
+  int64_t batch = 64;           // samples per optimizer step
+  OptimizerConfig optimizer;
+  uint64_t seed = 0;
+  int threads = 0;              // 0: all cores
+  bool use_blas = true;
+  int64_t eval_batches = 50;    // text datasets: validation batches
+  std::string save;             // write the trained model (graph + parameters) here
+  bool progress_terminal = false;
+  bool quiet = false;
+};
+
+struct TrainReport {
+  std::string model;
+  int64_t steps = 0;
+  int64_t samples = 0;
+  double final_loss = NAN;      // mean training loss over the last min(10, steps) steps
+  double test_accuracy = NAN;   // image datasets
+  double test_loss = NAN;       // image: test set; text: validation split
+  double unigram_entropy = NAN; // text datasets, nats per byte
+  double samples_per_s = 0;     // after warm-up
+  double step_ms_median = 0;    // wall time of a step after warm-up
+  double train_seconds = 0;
+  int64_t parameters = 0;
+  int64_t memory_bytes = 0;     // executor buffers
+  std::string json() const;
+};
+
+// Progress goes to `log` (stderr in the CLI). Throws tessel::Error on bad options or data.
+TrainReport train(const TrainOptions& opt, std::ostream& log);
+
+}  // namespace tessel

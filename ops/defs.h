@@ -1,0 +1,51 @@
+// Internal to ops/: helpers for writing op definitions, and the per-family registration
+// functions that ops::registry() calls.
+#pragma once
+
+#include <span>
+#include <string>
+#include <vector>
+
+#include "graph/error.h"
+#include "graph/graph.h"
+#include "ops/emit.h"
+#include "ops/kernel_util.h"
+
+namespace tessel::ops {
+
+void register_source_ops(OpRegistry& r);       // source.cc
+void register_elementwise_ops(OpRegistry& r);  // elementwise.cc
+void register_reduce_ops(OpRegistry& r);       // reduce.cc
+void register_shape_ops(OpRegistry& r);        // shape.cc
+void register_matmul_ops(OpRegistry& r);       // matmul.cc
+void register_nn_ops(OpRegistry& r);           // nn.cc
+void register_optimizer_ops(OpRegistry& r);    // optimizer.cc
+
+inline AttrSpec attr(std::string name, AttrType t, bool required = true) {
+  return AttrSpec{std::move(name), t, required};
+}
+
+// An emitter for gradient nodes: the forward node's origin, scoped under its name.
+inline Emitter grad_emitter(const GradCtx& c) {
+  const Node& n = c.graph.node(c.node);
+  return Emitter(c.graph, n.origin, n.name + "/grad");
+}
+inline const Node& fwd(const GradCtx& c) { return c.graph.node(c.node); }
+
+// The dtype attribute ("f32", ...) of a source-like op.
+DType attr_dtype(const Node& n, const char* name = "dtype");
+// A "shape" attribute, validated (non-negative, rank and element limits).
+Shape attr_shape(const Node& n, const char* name = "shape");
+
+// Cost of an op that reads its inputs and writes its outputs once with `flops_per_out`
+// operations per output element.
+Cost streaming_cost(const Node& n, std::span<const TensorType> in, double flops_per_out);
+Cost elementwise_cost(const Node& n, std::span<const TensorType> in);
+
+inline void require_float(const TensorType& t, const char* what) {
+  if (t.dtype != DType::f32 && t.dtype != DType::f64 && t.dtype != DType::bf16 &&
+      t.dtype != DType::f16)
+    throw Error(std::string(what) + " must be floating point, got " + t.str());
+}
+
+}  // namespace tessel::ops

@@ -1,0 +1,124 @@
+// Batched matrix product with optional transposes of the last two dims.
+#include <algorithm>
+
+#include "ops/defs.h"
+#include "ops/matmul.h"
+
+namespace tessel::ops {
+
+MatmulDims matmul_dims(const Node& n, std::span<const int64_t> a, std::span<const int64_t> b) {
+  MatmulDims d;
+  d.ta = n.attrs.get_bool_or("transpose_a", false);
+  d.tb = n.attrs.get_bool_or("transpose_b", false);
+  const int ra = static_cast<int>(a.size()), rb = static_cast<int>(b.size());
+  d.m = d.ta ? a[ra - 1] : a[ra - 2];
+  d.k = d.ta ? a[ra - 2] : a[ra - 1];
+  const int64_t kb = d.tb ? b[rb - 1] : b[rb - 2];
+  d.n = d.tb ? b[rb - 2] : b[rb - 1];
+  if (d.k != kb) {
+    throw Error("inner dims differ: " + shape_str(a) + (d.ta ? "^T" : "") + " x " +
+                shape_str(b) + (d.tb ? "^T" : "") + " (" + std::to_string(d.k) + " vs " +
+                std::to_string(kb) + ")");
+  }
+  d.batch_a = Shape(a.begin(), a.end() - 2);
+  d.batch_b = Shape(b.begin(), b.end() - 2);
+  d.batch = broadcast_shapes(d.batch_a, d.batch_b);
+  return d;
+}
+
+namespace {
+
+std::vector<TensorType> infer_matmul(const Node& n, std::span<const TensorType> in) {
+  if (in[0].rank() < 2 || in[1].rank() < 2)
+    throw Error("operands need rank >= 2, got " + in[0].str() + " and " + in[1].str());
+  if (in[0].dtype != in[1].dtype)
+    throw Error("dtypes differ: " + in[0].str() + " vs " + in[1].str());
+  require_float(in[0], "operands");
+  MatmulDims d;
+  try {
+    d = matmul_dims(n, in[0].shape, in[1].shape);
+  } catch (const Error& e) {
+    throw Error(std::string(e.what()));
+  }
+  Shape out = d.batch;
+  out.push_back(d.m);
+  out.push_back(d.n);
+  return {TensorType{in[0].dtype, out}};
+}
+
+template <class T>
+void matmul_ref(const MatmulDims& d, const TensorRef& A, const TensorRef& B, const TensorRef& C,
+                const KernelCtx& ctx) {
+  const int64_t M = d.m, N = d.n, K = d.k;
+  const int64_t batches = numel(d.batch);
+  std::array<std::span<const int64_t>, 2> ins = {d.batch_a, d.batch_b};
+  Broadcast bc(d.batch, ins);
+  const T* a = A.as<const T>();
+  const T* b = B.as<const T>();
+  T* c = C.as<T>();
+  parallel_range(ctx, batches * M, [&](int64_t r0, int64_t r1) {
+    std::array<int64_t, 3> off{};
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t bi = r / M, i = r % M;
+      bc.offsets(bi, off);
+      const T* ab = a + off[0] * M * K;
+      const T* bb = b + off[1] * K * N;
+      T* crow = c + (bi * M + i) * N;
+      std::fill(crow, crow + N, T(0));
+      for (int64_t k = 0; k < K; ++k) {
+        const T aik = d.ta ? ab[k * M + i] : ab[i * K + k];
+        if (!d.tb) {
+          const T* brow = bb + k * N;
+          for (int64_t j = 0; j < N; ++j) crow[j] += aik * brow[j];
+        } else {
+          for (int64_t j = 0; j < N; ++j) crow[j] += aik * bb[j * K + k];
+        }
+      }
+    }
+  }, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, N * K)));
+}
+
+void matmul_kernel(const Node& n, std::span<const TensorRef> in, std::span<const TensorRef> out,
+                   const KernelCtx& ctx) {
+  MatmulDims d = matmul_dims(n, in[0].shape, in[1].shape);
+  dispatch_float(n, in[0].dtype, [&](auto t) { matmul_ref<decltype(t)>(d, in[0], in[1], out[0], ctx); });
+}
+
+void grad_matmul(GradCtx& c) {
+  Emitter e = grad_emitter(c);
+  const Node& n = fwd(c);
+  Value g = c.out_grads[0], a = n.inputs[0], b = n.inputs[1];
+  const bool ta = n.attrs.get_bool_or("transpose_a", false);
+  const bool tb = n.attrs.get_bool_or("transpose_b", false);
+  Value ga, gb;
+  if (!ta && !tb) { ga = e.matmul(g, b, false, true); gb = e.matmul(a, g, true, false); }
+  else if (!ta && tb) { ga = e.matmul(g, b, false, false); gb = e.matmul(g, a, true, false); }
+  else if (ta && !tb) { ga = e.matmul(b, g, false, true); gb = e.matmul(a, g, false, false); }
+  else { ga = e.matmul(b, g, true, true); gb = e.matmul(g, a, true, true); }
+  c.in_grads[0] = e.sum_to(ga, e.shape(a));
+  c.in_grads[1] = e.sum_to(gb, e.shape(b));
+}
+
+Cost matmul_cost(const Node& n, std::span<const TensorType> in) {
+  MatmulDims d = matmul_dims(n, in[0].shape, in[1].shape);
+  Cost c = streaming_cost(n, in, 0);
+  c.flops = 2.0 * static_cast<double>(numel(d.batch)) * d.m * d.n * d.k;
+  return c;
+}
+
+}  // namespace
+
+void register_matmul_ops(OpRegistry& r) {
+  OpDef d;
+  d.name = "matmul";
+  d.min_inputs = d.max_inputs = 2;
+  d.attrs = {attr("transpose_a", AttrType::boolean, false), attr("transpose_b", AttrType::boolean, false)};
+  d.infer = infer_matmul;
+  d.kernel = matmul_kernel;
+  d.grad = grad_matmul;
+  d.cost = matmul_cost;
+  d.doc = "a[..., M, K] @ b[..., K, N], optional transposes, broadcast batch dims";
+  r.add(std::move(d));
+}
+
+}  // namespace tessel::ops
