@@ -13,7 +13,8 @@ void OpRegistry::add(OpDef def) {
   if (ops_.count(def.name)) throw Error("op '" + def.name + "' registered twice");
   if (!def.infer) throw Error("op '" + def.name + "' has no shape inference");
   if (!def.kernel) throw Error("op '" + def.name + "' has no reference kernel");
-  ops_.emplace(def.name, std::make_unique<OpDef>(std::move(def)));
+  std::string name = def.name;  // def is moved from below
+  ops_.emplace(std::move(name), std::make_unique<OpDef>(std::move(def)));
 }
 
 const OpDef* OpRegistry::find(std::string_view name) const {
@@ -94,13 +95,20 @@ int32_t Graph::append(std::string_view op, std::vector<Value> inputs, Attrs attr
   Node n;
   n.id = size();
   n.op = std::string(op);
+  const OpDef* def = registry_->find(op);
+  // Inputs and variables are looked up by name (feeding, checkpoints): never rename them.
+  if (def && (def->kind == OpKind::input || def->kind == OpKind::variable) && by_name_.count(std::string(name))) {
+    const Node& other = nodes_[by_name_.at(std::string(name))];
+    throw Error(origin.str() + ": " + std::string(op) + " '" + std::string(name) +
+                "': the name is taken by " + other.where());
+  }
   n.name = unique_name(name, op);
   n.attrs = std::move(attrs);
   n.inputs = std::move(inputs);
   n.origin = std::move(origin);
   std::vector<TensorType> in_types;
   try {
-    n.def = registry_->find(op);
+    n.def = def;
     if (!n.def) throw Error("unknown op");
     const OpDef& def = *n.def;
     int ni = static_cast<int>(n.inputs.size());
@@ -216,9 +224,10 @@ std::vector<int32_t> Graph::parameters() const {
 
 void Graph::verify() const {
   std::unordered_map<std::string, int32_t> names;
-  for (const Node& n : nodes_) {
+  for (int32_t i = 0; i < size(); ++i) {
+    const Node& n = nodes_[i];
     auto fail = [&](const std::string& msg) { throw Error("verify: " + n.where() + ": " + msg); };
-    if (n.id != static_cast<int32_t>(&n - &nodes_[0])) fail("id out of sequence");
+    if (n.id != i) fail("id out of sequence");
     if (!n.def || n.def != registry_->find(n.op)) fail("op is not resolved in this registry");
     if (!names.emplace(n.name, n.id).second) fail("duplicate name");
     std::vector<TensorType> in;

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The main job: install, build, and train the Fashion-MNIST MLP, printing progress and the
+# test accuracy.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh build
+exec build/frontend/tessel train --model mlp:784-1024-1024-10 --dataset fashion-mnist \
+  --epochs 1 --batch 256 --optimizer sgd --lr 0.05 --momentum 0.9 --seed 1 "$@"

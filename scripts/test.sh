@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test suite: install, build, run every test (slow ones included); then the same
+# suite, minus the slow end-to-end runs, built with AddressSanitizer + UBSan; then a short
+# fuzzing run of the graph-file reader.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+jobs=$(nproc)
+
+scripts/setup.sh build
+(cd build && ctest --output-on-failure -j"$jobs" --timeout 900)
+
+echo "== sanitizers (ASan + UBSan) =="
+scripts/setup.sh build-asan -DCMAKE_BUILD_TYPE=Debug -DTESSEL_SANITIZE=ON -DTESSEL_BUILD_BENCH=OFF
+(cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+   ctest --output-on-failure -j"$jobs" -LE slow --timeout 900)
+
+echo "== fuzzing the graph-file reader (60 s) =="
+CC=clang CXX=clang++ scripts/setup.sh build-fuzz -DTESSEL_FUZZ=ON -DTESSEL_BUILD_TESTS=OFF -DTESSEL_BUILD_BENCH=OFF -DTESSEL_NATIVE=OFF
+mkdir -p build-fuzz/corpus
+build-fuzz/tests/graph_fuzz -max_total_time=60 -rss_limit_mb=2048 -print_final_stats=1 \
+  build-fuzz/corpus tests/data/graph_corpus 2>&1 | tail -n 15

@@ -1,0 +1,140 @@
+// The CLI's contract: help everywhere, non-zero exit on any error with a message that
+// names the problem, export -> inspect, training from a graph file, JSON output; and
+// saving + reloading a model gives bit-identical outputs.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <fstream>
+
+#include "cli_util.h"
+#include "frontend/models.h"
+#include "graph/serialize.h"
+#include "ops/registry.h"
+#include "runtime/executor.h"
+
+namespace tessel {
+namespace {
+
+using ::testing::HasSubstr;
+using testing::run_cli;
+
+TEST(Cli, HelpEverywhere) {
+  auto r = run_cli("--help");
+  EXPECT_EQ(r.status, 0);
+  EXPECT_THAT(r.out, HasSubstr("train"));
+  for (const char* cmd : {"train", "inspect", "export"}) {
+    r = run_cli(std::string(cmd) + " --help");
+    EXPECT_EQ(r.status, 0) << cmd;
+    EXPECT_THAT(r.out, HasSubstr("usage: tessel " + std::string(cmd))) << cmd;
+  }
+  EXPECT_THAT(run_cli("train --help").out, HasSubstr("--accumulate"));
+}
+
+TEST(Cli, ErrorsExitNonZeroWithAMessage) {
+  auto r = run_cli("frobnicate");
+  EXPECT_NE(r.status, 0);
+  EXPECT_THAT(r.err, HasSubstr("unknown command 'frobnicate'"));
+  r = run_cli("train --model mlp:784-10 --dataset fashion-mnist --bacth 3");
+  EXPECT_NE(r.status, 0);
+  EXPECT_THAT(r.err, HasSubstr("unknown option '--bacth'"));
+  r = run_cli("train --model mlp:784-10 --dataset text:/nonexistent/file.txt --steps 1");
+  EXPECT_NE(r.status, 0);
+  EXPECT_THAT(r.err, HasSubstr("/nonexistent/file.txt"));
+  r = run_cli("train --model mlp:100-10 --dataset fashion-mnist --steps 1");
+  EXPECT_NE(r.status, 0);
+  EXPECT_THAT(r.err, HasSubstr("f32[64,784]"));
+  EXPECT_THAT(r.err, HasSubstr("f32[64,100]"));
+  r = run_cli("inspect /nonexistent.tsg");
+  EXPECT_NE(r.status, 0);
+  EXPECT_THAT(r.err, HasSubstr("/nonexistent.tsg"));
+  r = run_cli("train --model mlp:784-10 --dataset fashion-mnist --lr fast");
+  EXPECT_NE(r.status, 0);
+  EXPECT_THAT(r.err, HasSubstr("--lr expects a number"));
+}
+
+TEST(Cli, ExportThenInspect) {
+  const std::string dir = testing::temp_dir();
+  auto r = run_cli("export --model mlp:784-1024-1024-10 -o " + dir + "/mlp.tsg");
+  ASSERT_EQ(r.status, 0) << r.err;
+  r = run_cli("inspect " + dir + "/mlp.tsg");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("fc1/weight"));
+  EXPECT_THAT(r.out, HasSubstr("f32[784,1024]"));
+  EXPECT_THAT(r.out, HasSubstr("matmul"));
+  EXPECT_THAT(r.out, HasSubstr("training step"));
+  r = run_cli("inspect --format json " + dir + "/mlp.tsg");
+  ASSERT_EQ(r.status, 0) << r.err;
+  // 2*256*(784*1024 + 1024*1024 + 1024*10) multiply-adds forward.
+  const double fwd = 2.0 * 256 * (784 * 1024 + 1024 * 1024 + 1024 * 10);
+  EXPECT_GT(testing::json_value(r.out, "flops_forward"), fwd);
+  EXPECT_LT(testing::json_value(r.out, "flops_forward"), fwd * 1.05);
+  EXPECT_GT(testing::json_value(r.out, "flops_train_step"), 3 * fwd * 0.98);
+  EXPECT_EQ(testing::json_value(r.out, "parameter_elements"), 784 * 1024 + 1024 + 1024 * 1024 + 1024 + 1024 * 10 + 10);
+}
+
+TEST(Cli, TrainFromAGraphFileAndTextData) {
+  const std::string dir = testing::temp_dir();
+  {
+    std::ofstream f(dir + "/text.txt");
+    for (int i = 0; i < 400; ++i) f << "the quick brown fox jumps over the lazy dog " << i % 7 << "\n";
+  }
+  auto r = run_cli("export --text --model gpt:layers=1,d_model=32,heads=2,seq=16,vocab=256 --batch 4 -o " + dir + "/g.tsg.txt");
+  ASSERT_EQ(r.status, 0) << r.err;
+  r = run_cli("train --model " + dir + "/g.tsg.txt --dataset text:" + dir +
+              "/text.txt --steps 30 --optimizer adamw --lr 3e-3 --format json --eval-batches 4");
+  ASSERT_EQ(r.status, 0) << r.err;
+  std::string j = testing::last_line(r.out);
+  EXPECT_EQ(testing::json_value(j, "steps"), 30);
+  EXPECT_LT(testing::json_value(j, "final_loss"), 5.0);
+  EXPECT_GT(testing::json_value(j, "samples_per_s"), 0);
+  EXPECT_GT(testing::json_value(j, "step_ms_median"), 0);
+  EXPECT_GT(testing::json_value(j, "unigram_entropy"), 1.0);
+  // Batch mismatch with the file is refused.
+  r = run_cli("train --model " + dir + "/g.tsg.txt --dataset text:" + dir + "/text.txt --steps 1 --batch 8");
+  EXPECT_NE(r.status, 0);
+  EXPECT_THAT(r.err, HasSubstr("built for batch 4"));
+}
+
+TEST(Cli, SaveAndReloadGivesBitIdenticalOutputs) {
+  const std::string dir = testing::temp_dir();
+  for (bool text : {false, true}) {
+    auto b = models::from_spec("gpt:layers=1,d_model=16,heads=2,seq=8,vocab=256", 2, false);
+    Graph& g = b.model->graph();
+    runtime::ExecutorOptions o;
+    o.seed = 7;
+    runtime::Executor ex(g, o);
+    int p = ex.prepare({"", {"logits"}});
+    ex.initialize();
+    for (auto& name : b.inputs) {
+      TensorRef t = ex.input(name);
+      for (int64_t i = 0; i < t.numel; ++i) t.as<int32_t>()[i] = static_cast<int32_t>((i * 37) % 256);
+    }
+    ex.run(p);
+    TensorRef a = ex.output("logits");
+    std::vector<std::byte> before(static_cast<std::byte*>(a.data), static_cast<std::byte*>(a.data) + a.bytes());
+    ex.export_variables(g);
+    const std::string path = dir + (text ? "/m.tsg.txt" : "/m.tsg");
+    SaveOptions so;
+    so.text = text;
+    save_graph(g, path, so);
+
+    Graph loaded = load_graph(path, ops::registry());
+    runtime::ExecutorOptions o2;
+    o2.seed = 12345;  // stored values win over initializers
+    runtime::Executor ex2(loaded, o2);
+    int p2 = ex2.prepare({"", {"logits"}});
+    ex2.initialize();
+    for (auto& name : b.inputs) {
+      TensorRef t = ex2.input(name);
+      for (int64_t i = 0; i < t.numel; ++i) t.as<int32_t>()[i] = static_cast<int32_t>((i * 37) % 256);
+    }
+    ex2.run(p2);
+    TensorRef c = ex2.output("logits");
+    ASSERT_EQ(c.bytes(), a.bytes());
+    EXPECT_EQ(std::memcmp(before.data(), c.data, before.size()), 0) << (text ? "text" : "binary");
+  }
+}
+
+}  // namespace
+}  // namespace tessel

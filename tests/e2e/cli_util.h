@@ -1,0 +1,61 @@
+// Helpers for tests that run the tessel binary.
+#pragma once
+
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <string>
+
+namespace tessel::testing {
+
+struct RunResult {
+  int status = -1;   // exit status
+  std::string out;   // stdout
+  std::string err;   // stderr
+};
+
+inline std::string temp_dir() {
+  std::string t = (std::filesystem::temp_directory_path() / "tessel_test_XXXXXX").string();
+  if (!mkdtemp(t.data())) std::abort();
+  return t;
+}
+
+inline std::string slurp(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+// Runs `tessel ARGS` with stdout and stderr captured.
+inline RunResult run_cli(const std::string& args) {
+  static const std::string dir = temp_dir();
+  const std::string out = dir + "/stdout", err = dir + "/stderr";
+  std::string cmd = std::string(TESSEL_CLI) + " " + args + " >" + out + " 2>" + err;
+  int rc = std::system(cmd.c_str());
+  RunResult r;
+  r.status = WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+  r.out = slurp(out);
+  r.err = slurp(err);
+  return r;
+}
+
+// The number after "key": in a JSON line (NaN when absent or null).
+inline double json_value(const std::string& json, const std::string& key) {
+  std::smatch m;
+  std::regex re("\"" + key + "\":(-?[0-9.eE+-]+)");
+  if (!std::regex_search(json, m, re)) return NAN;
+  return std::stod(m[1]);
+}
+
+// The last non-empty line.
+inline std::string last_line(const std::string& s) {
+  size_t end = s.find_last_not_of('\n');
+  if (end == std::string::npos) return "";
+  size_t start = s.rfind('\n', end);
+  return s.substr(start == std::string::npos ? 0 : start + 1, end - (start == std::string::npos ? 0 : start + 1) + 1);
+}
+
+}  // namespace tessel::testing
