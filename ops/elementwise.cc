@@ -3,6 +3,7 @@
 #include <limits>
 
 #include "ops/defs.h"
+#include "ops/fast_math.h"
 
 namespace tessel::ops {
 
@@ -14,17 +15,17 @@ constexpr double kGeluC = 0.7978845608028654;  // sqrt(2/pi)
 constexpr double kGeluA = 0.044715;
 
 struct Neg { template <class T> static T f(T x) { return -x; } };
-struct Exp { template <class T> static T f(T x) { return std::exp(x); } };
+struct Exp { template <class T> static T f(T x) { return fast_exp(x); } };
 struct Log { template <class T> static T f(T x) { return std::log(x); } };
 struct Sqrt { template <class T> static T f(T x) { return std::sqrt(x); } };
 struct Rsqrt { template <class T> static T f(T x) { return T(1) / std::sqrt(x); } };
-struct Tanh { template <class T> static T f(T x) { return std::tanh(x); } };
+struct Tanh { template <class T> static T f(T x) { return fast_tanh(x); } };
 struct Abs { template <class T> static T f(T x) { return std::fabs(x); } };
 struct Relu { template <class T> static T f(T x) { return x > T(0) ? x : T(0); } };
-struct Sigmoid { template <class T> static T f(T x) { return T(1) / (T(1) + std::exp(-x)); } };
+struct Sigmoid { template <class T> static T f(T x) { return T(1) / (T(1) + fast_exp(-x)); } };
 struct Gelu {  // tanh approximation, as in GPT-2
   template <class T> static T f(T x) {
-    return T(0.5) * x * (T(1) + std::tanh(T(kGeluC) * (x + T(kGeluA) * x * x * x)));
+    return T(0.5) * x * (T(1) + fast_tanh(T(kGeluC) * (x + T(kGeluA) * x * x * x)));
   }
 };
 

@@ -70,8 +70,8 @@ std::vector<TensorType> infer_reshape(const Node& n, std::span<const TensorType>
     } else if (s[i] < 0) {
       throw Error("negative dim in target shape " + shape_str(s));
     } else {
+      if (s[i] != 0 && known > kMaxElements / s[i]) throw Error("target shape " + shape_str(s) + " is too large");
       known *= s[i];
-      checked_numel(std::span<const int64_t>(s.data(), i + 1));
     }
   }
   const int64_t total = in[0].numel();

@@ -1,7 +1,10 @@
 #include "runtime/executor.h"
 
+#include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 
 #include "graph/error.h"
 #include "runtime/cpu_kernels.h"
@@ -134,7 +137,16 @@ void Executor::run(int program) {
   if (!initialized_) throw Error("Executor::run before initialize()");
   Program& p = programs_.at(static_cast<size_t>(program));
   const KernelCtx ctx{parallel_, options_.seed};
-  for (const Step& s : p.steps) s.fn(*s.node, s.in, s.out, ctx);
+  if (!options_.profile) {
+    for (const Step& s : p.steps) s.fn(*s.node, s.in, s.out, ctx);
+  } else {
+    for (Step& s : p.steps) {
+      auto t0 = std::chrono::steady_clock::now();
+      s.fn(*s.node, s.in, s.out, ctx);
+      s.ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      s.calls++;
+    }
+  }
   for (auto& [var, val] : p.updates)
     if (var.data != val.data && var.bytes() > 0)
       std::memcpy(var.data, val.data, static_cast<size_t>(var.bytes()));
@@ -162,6 +174,21 @@ TensorRef Executor::output(std::string_view name) {
   auto v = graph_.output(name);
   if (!v) throw Error("the graph has no output '" + std::string(name) + "'");
   return value(*v);
+}
+
+std::vector<Executor::OpTime> Executor::profile() const {
+  std::map<std::string, OpTime> by_op;
+  for (auto& p : programs_)
+    for (auto& s : p.steps) {
+      OpTime& t = by_op[s.node->op];
+      t.op = s.node->op;
+      t.calls += s.calls;
+      t.ms += s.ms;
+    }
+  std::vector<OpTime> v;
+  for (auto& [k, t] : by_op) v.push_back(t);
+  std::sort(v.begin(), v.end(), [](const OpTime& a, const OpTime& b) { return a.ms > b.ms; });
+  return v;
 }
 
 void Executor::export_variables(Graph& g) const {

@@ -18,6 +18,7 @@ namespace tessel::runtime {
 struct ExecutorOptions {
   uint64_t seed = 0;          // mixed into initializers and dropout masks
   bool use_blas = true;       // false: reference kernels only (for debugging and tests)
+  bool profile = false;       // time every kernel call (see Executor::profile())
   Parallel* parallel = nullptr;  // not owned; null: the process-wide ThreadPool
 };
 
@@ -54,6 +55,15 @@ class Executor {
   void export_variables(Graph& g) const;
 
   int64_t bytes_allocated() const { return bytes_allocated_; }
+
+  // With ExecutorOptions::profile: wall time per op type over all runs so far, largest
+  // first.
+  struct OpTime {
+    std::string op;
+    int64_t calls = 0;
+    double ms = 0;
+  };
+  std::vector<OpTime> profile() const;
   const Graph& graph() const { return graph_; }
 
  private:
@@ -61,6 +71,8 @@ class Executor {
     KernelFn fn;
     const Node* node;
     std::vector<TensorRef> in, out;
+    double ms = 0;  // accumulated when profiling
+    int64_t calls = 0;
   };
   struct Program {
     std::vector<Step> steps;
