@@ -29,7 +29,7 @@ Tensor Linear::operator()(const Tensor& x, SourceLoc loc) const {
   ops::Emitter e = m.emit(loc);
   const Shape& s = x.shape();
   if (s.empty() || s.back() != in_features)
-    throw Error(Origin::here(loc).str() + ": linear '" + name + "': input " +
+    throw Error(Origin::at(loc).str() + ": linear '" + name + "': input " +
                 x.type().str() + " does not end in " + std::to_string(in_features) + " features");
   // Fold leading dims into rows so forward and backward are plain 2-D GEMMs.
   Value v = x.value();
@@ -65,7 +65,7 @@ Tensor LayerNorm::operator()(const Tensor& x, SourceLoc loc) const {
   Model& m = x.model();
   Model::Scope scope(m, name, true);
   if (x.rank() < 1 || x.shape().back() != gamma.shape()[0])
-    throw Error(Origin::here(loc).str() + ": layer norm '" + name + "': input " +
+    throw Error(Origin::at(loc).str() + ": layer norm '" + name + "': input " +
                 x.type().str() + " does not end in " + std::to_string(gamma.shape()[0]));
   return m.wrap(m.emit(loc).layer_norm(x.value(), gamma.value(), beta.value(), eps));
 }
@@ -76,14 +76,14 @@ CausalSelfAttention::CausalSelfAttention(Model& m, std::string_view name_, int64
       proj(m, sub(name_, "proj"), d, d, Linear::Init{ops::Init::normal, out_std, true}, loc),
       d_model(d), heads(h), dropout(p), name(m.scoped(name_)) {
   if (h <= 0 || d % h != 0)
-    throw Error(Origin::here(loc).str() + ": attention '" + name + "': d_model " + std::to_string(d) +
+    throw Error(Origin::at(loc).str() + ": attention '" + name + "': d_model " + std::to_string(d) +
                 " is not divisible by heads " + std::to_string(h));
 }
 
 Tensor CausalSelfAttention::operator()(const Tensor& x, SourceLoc loc) const {
   Model& m = x.model();
   if (x.rank() != 3 || x.dim(2) != d_model)
-    throw Error(Origin::here(loc).str() + ": attention '" + name + "': expects [batch, seq, " +
+    throw Error(Origin::at(loc).str() + ": attention '" + name + "': expects [batch, seq, " +
                 std::to_string(d_model) + "], got " + x.type().str());
   Model::Scope scope(m, name, true);
   const int64_t B = x.dim(0), T = x.dim(1), H = heads, D = d_model / heads;

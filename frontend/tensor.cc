@@ -118,7 +118,7 @@ Tensor transpose(const Tensor& x, std::vector<int64_t> perm, SourceLoc loc) {
   return x.model().wrap(em(x, loc).transpose(x.value(), std::move(perm)));
 }
 Tensor concat(const std::vector<Tensor>& xs, int64_t axis, SourceLoc loc) {
-  if (xs.empty()) throw Error(Origin::here(loc).str() + ": concat of no tensors");
+  if (xs.empty()) throw Error(Origin::at(loc).str() + ": concat of no tensors");
   std::vector<Value> vs;
   for (auto& t : xs) {
     model_of(xs[0], t);
@@ -141,7 +141,7 @@ Tensor log_softmax(const Tensor& x, int64_t axis, SourceLoc loc) {
 Tensor dropout(const Tensor& x, double p, SourceLoc loc) {
   Model& m = model_of(x);
   if (!m.training() || p <= 0) return x;
-  if (p >= 1) throw Error(Origin::here(loc).str() + ": dropout probability must be below 1, got " + std::to_string(p));
+  if (p >= 1) throw Error(Origin::at(loc).str() + ": dropout probability must be below 1, got " + std::to_string(p));
   ops::Emitter e = m.emit(loc);
   // Each dropout site draws its own masks: seed it from the node name it will get.
   uint64_t seed = ops::hash_name(m.current_scope() + "/dropout@" + std::to_string(m.graph().size()));

@@ -93,7 +93,7 @@ class Model {
   // The per-forward-pass counter that seeds dropout masks (created on first use).
   Tensor dropout_counter();
 
-  ops::Emitter emit(SourceLoc loc) { return ops::Emitter(graph_, Origin::here(loc), scope_); }
+  ops::Emitter emit(SourceLoc loc) { return ops::Emitter(graph_, Origin::at(loc), scope_); }
   Tensor wrap(Value v) { return Tensor(this, v); }
 
  private:

@@ -65,10 +65,6 @@ std::string TensorType::str() const { return std::string(dtype_name(dtype)) + sh
 
 int64_t TensorRef::bytes() const { return numel * static_cast<int64_t>(dtype_size(dtype)); }
 
-Origin Origin::here(std::source_location loc) {
-  return Origin{loc.file_name(), static_cast<uint32_t>(loc.line()), loc.function_name()};
-}
-
 std::string Origin::str() const {
   if (file.empty()) return "<unknown>";
   std::string base = std::filesystem::path(file).filename().string();

@@ -58,7 +58,8 @@ void check_attrs(const OpDef& def, const Attrs& attrs) {
                   std::string(attr_type_name(attr_type(*v))) + ", expected " +
                   std::string(attr_type_name(spec.type)));
   }
-  for (auto& [k, v] : attrs.items()) {
+  for (auto& item : attrs.items()) {
+    const std::string& k = item.first;
     bool known = std::any_of(def.attrs.begin(), def.attrs.end(),
                              [&](const AttrSpec& s) { return s.name == k; });
     if (!known) throw Error("unknown attribute '" + k + "'");
@@ -180,7 +181,7 @@ std::optional<Value> Graph::output(std::string_view name) const {
 void Graph::add_update(int32_t variable, Value value, std::string_view phase) {
   if (variable < 0 || variable >= size()) throw Error("update of missing node " + std::to_string(variable));
   const Node& var = nodes_[variable];
-  if (var.def->kind != OpKind::variable)
+  if (var.def->kind != OpKind::variable || var.outputs.size() != 1)
     throw Error(var.where() + ": only variables can be updated, this is a '" + var.op + "'");
   const TensorType& t = type(value);
   if (t != var.outputs[0])
@@ -194,7 +195,7 @@ void Graph::add_update(int32_t variable, Value value, std::string_view phase) {
 
 void Graph::set_data(int32_t id, std::vector<std::byte> bytes) {
   const Node& n = node(id);
-  if (n.def->kind != OpKind::variable && n.def->kind != OpKind::constant)
+  if ((n.def->kind != OpKind::variable && n.def->kind != OpKind::constant) || n.outputs.size() != 1)
     throw Error(n.where() + ": only variables and constants carry data");
   if (static_cast<int64_t>(bytes.size()) != n.outputs[0].bytes())
     throw Error(n.where() + ": data has " + std::to_string(bytes.size()) + " bytes, " +
@@ -246,8 +247,9 @@ void Graph::verify() const {
   }
   for (auto& o : outputs_) type(o.value);
   for (auto& u : updates_) {
-    const Node& var = node(u.variable);
-    if (var.def->kind != OpKind::variable || type(u.value) != var.outputs[0])
+    if (u.variable < 0 || u.variable >= size()) throw Error("verify: update of missing node " + std::to_string(u.variable));
+    const Node& var = nodes_[u.variable];
+    if (var.def->kind != OpKind::variable || var.outputs.size() != 1 || type(u.value) != var.outputs[0])
       throw Error("verify: bad update of '" + var.name + "'");
   }
 }

@@ -51,6 +51,8 @@ class Graph {
   explicit Graph(const OpRegistry& registry) : registry_(&registry) {}
   Graph(const Graph&) = default;
   Graph& operator=(const Graph&) = default;
+  Graph(Graph&&) = default;
+  Graph& operator=(Graph&&) = default;
 
   // Adds a node after checking its attributes and inferring its output types. Throws
   // tessel::Error naming origin, op, name and input shapes on any failure. An empty name
@@ -75,6 +77,7 @@ class Graph {
   const OpRegistry& registry() const { return *registry_; }
   std::optional<int32_t> find(std::string_view name) const;
 
+  // Names a value as an output; naming it again replaces the earlier value.
   void set_output(std::string_view name, Value v);
   std::optional<Value> output(std::string_view name) const;
   const std::vector<NamedValue>& outputs() const { return outputs_; }

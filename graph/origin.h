@@ -2,8 +2,11 @@
 #pragma once
 
 #include <cstdint>
-#include <source_location>
 #include <string>
+#include <version>
+#if defined(__cpp_lib_source_location)
+#include <source_location>
+#endif
 
 namespace tessel {
 
@@ -12,7 +15,18 @@ struct Origin {
   uint32_t line = 0;     // 0 when the node came from a file
   std::string function;  // DSL: enclosing function; file: empty
 
-  static Origin here(std::source_location loc = std::source_location::current());
+  // The caller's location (default arguments are evaluated at the call site). Built on
+  // compiler builtins so graph/ also compiles where <source_location> is missing (clang 14
+  // with libstdc++ 12, used for fuzzing).
+  static Origin here(const char* file = __builtin_FILE(), uint32_t line = __builtin_LINE(),
+                     const char* function = __builtin_FUNCTION()) {
+    return Origin{file, line, function};
+  }
+#if defined(__cpp_lib_source_location)
+  static Origin at(const std::source_location& loc) {
+    return Origin{loc.file_name(), static_cast<uint32_t>(loc.line()), loc.function_name()};
+  }
+#endif
   static Origin from_file(std::string path) { return Origin{std::move(path), 0, {}}; }
   bool empty() const { return file.empty(); }
   // "model.cc:42" (basename and line), "mlp.tsg", or "<unknown>".

@@ -67,15 +67,16 @@ std::string one_line(std::string_view s) {
   std::string out;
   for (char ch : s) {
     auto c = static_cast<unsigned char>(ch);
-    if (c == '\n') out += "\\n";
-    else if (c == '\r') out += "\\r";
-    else if (c == '\t') out += "\\t";
-    else if (c < 0x20 || c == 0x7F) {
-      static constexpr char kHex[] = "0123456789abcdef";
+    static constexpr char kHex[] = "0123456789abcdef";
+    if (c == '\n') {
+      out += "\\n";
+    } else if (c < 0x20 || c == 0x7F) {
       out += "\\x";
       out += kHex[c >> 4];
       out += kHex[c & 15];
-    } else out += ch;
+    } else {
+      out += ch;
+    }
     if (out.size() > kMaxLen) return out + "...";
   }
   return out;
@@ -204,7 +205,11 @@ class Loader {
       fail("file has " + std::to_string(bytes.size()) + " bytes, over the 2 GiB limit");
     gp_ = pb::Arena::CreateMessage<proto::GraphProto>(&arena_);
     bool text = looks_like_text(bytes);
-    text ? parse_text(bytes) : parse_binary(bytes);
+    if (text) {
+      parse_text(bytes);
+    } else {
+      parse_binary(bytes);
+    }
     check_header(text);
     convert_nodes();
     return build(topo_order());
@@ -225,7 +230,8 @@ class Loader {
   std::string ctx(int32_t i) const {
     const proto::NodeProto& p = pnode(i);
     std::string s = "node " + std::to_string(i) + " '" + p.name() + "' (" + p.op();
-    if (p.origin().line() != 0 && !p.origin().file().empty()) s += ", " + Origin{p.origin().file(), p.origin().line(), {}}.str();
+    if (p.origin().line() != 0 && !p.origin().file().empty())
+      s += ", " + Origin{p.origin().file(), p.origin().line(), {}}.str();
     return s + ")";
   }
   [[noreturn]] void fail_node(int32_t i, std::string_view msg) const {
@@ -234,8 +240,8 @@ class Loader {
   // Graph errors start with Node::where(), which ctx() already says.
   [[noreturn]] void fail_node_from(int32_t i, const Error& e) const {
     std::string_view w = e.what();
-    std::string where = pending_[i].origin.str() + ": " + pnode(i).op() + " '" +
-                        pnode(i).name() + "': ";
+    std::string where =
+        pending_[i].origin.str() + ": " + pnode(i).op() + " '" + pnode(i).name() + "': ";
     if (w.starts_with(where)) w.remove_prefix(where.size());
     fail_node(i, w);
   }
@@ -252,9 +258,15 @@ class Loader {
       uint64_t v64;
       uint32_t v32;
       switch (tag & 7) {
-        case 0: if (!in.ReadVarint64(&v64)) return; break;
-        case 1: if (!in.ReadLittleEndian64(&v64)) return; break;
-        case 5: if (!in.ReadLittleEndian32(&v32)) return; break;
+        case 0:
+          if (!in.ReadVarint64(&v64)) return;
+          break;
+        case 1:
+          if (!in.ReadLittleEndian64(&v64)) return;
+          break;
+        case 5:
+          if (!in.ReadLittleEndian32(&v32)) return;
+          break;
         case 2:
           if (!in.ReadVarint32(&v32) || !in.Skip(static_cast<int>(v32))) return;
           if ((tag >> 3) == proto::GraphProto::kNodesFieldNumber && ++nodes > kMaxGraphNodes)
@@ -285,10 +297,9 @@ class Loader {
 
   void check_header(bool text) const {
     if (gp_->format() != kFormat)
-      fail(gp_->format().empty()
-               ? "not a tessel graph file (the format field is missing)"
-               : "not a tessel graph file (format is '" + gp_->format() + "', expected '" +
-                     std::string(kFormat) + "')");
+      fail(gp_->format().empty() ? "not a tessel graph file (the format field is missing)"
+                                 : "not a tessel graph file (format is '" + gp_->format() +
+                                       "', expected '" + std::string(kFormat) + "')");
     if (gp_->format_version() == 0) fail("format_version is missing");
     if (gp_->format_version() > kGraphFormatVersion)
       fail("format version " + std::to_string(gp_->format_version()) +
@@ -326,7 +337,8 @@ class Loader {
       utf8(p.op(), "node " + std::to_string(i) + ": the op name");
       utf8(p.name(), "node " + std::to_string(i) + ": the name");
       if (p.op().empty()) fail("node " + std::to_string(i) + " '" + p.name() + "': op is missing");
-      if (p.name().empty()) fail("node " + std::to_string(i) + " (" + p.op() + "): name is missing");
+      if (p.name().empty())
+        fail("node " + std::to_string(i) + " (" + p.op() + "): name is missing");
       if (auto [it, fresh] = names.emplace(p.name(), i); !fresh)
         fail_node(i, "duplicate name (node " + std::to_string(it->second) + " has it too)");
       if (!registry_.find(p.op())) fail_node(i, "unknown op '" + p.op() + "'");
@@ -352,8 +364,8 @@ class Loader {
                            std::to_string(in.node()) + ", which does not exist (the file has " +
                            std::to_string(n) + " nodes)");
         if (in.output() < 0)
-          fail_node(i, "input " + std::to_string(k) + " refers to output " +
-                           std::to_string(in.output()));
+          fail_node(
+              i, "input " + std::to_string(k) + " refers to output " + std::to_string(in.output()));
       }
       for (int k = 0; k < p.outputs_size(); ++k) {
         const proto::TensorTypeProto& t = p.outputs(k);

@@ -101,8 +101,13 @@ void Broadcast::offsets(int64_t i, std::array<int64_t, 3>& off) const {
 }
 
 Shape broadcast_shapes(std::span<const int64_t> a, std::span<const int64_t> b) {
+  Dims d = broadcast_dims(a, b);
+  return Shape(d.begin(), d.end());
+}
+
+Dims broadcast_dims(std::span<const int64_t> a, std::span<const int64_t> b) {
   size_t r = std::max(a.size(), b.size());
-  Shape out(r);
+  Dims out;
   for (size_t i = 0; i < r; ++i) {
     int64_t da = i < r - a.size() ? 1 : a[i - (r - a.size())];
     int64_t db = i < r - b.size() ? 1 : b[i - (r - b.size())];
@@ -110,7 +115,7 @@ Shape broadcast_shapes(std::span<const int64_t> a, std::span<const int64_t> b) {
       throw Error("shapes " + shape_str(a) + " and " + shape_str(b) +
                   " do not broadcast (dim " + std::to_string(i) + ": " + std::to_string(da) +
                   " vs " + std::to_string(db) + ")");
-    out[i] = da == 1 ? db : da;
+    out.push_back(da == 1 ? db : da);
   }
   return out;
 }

@@ -2,6 +2,7 @@
 // broadcasting iteration. Internal to ops/ and the runtime's kernels.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <cstring>
@@ -18,6 +19,37 @@ namespace tessel::ops {
 inline constexpr int64_t kGrain = 1 << 15;
 
 [[noreturn]] void unsupported_dtype(const Node& n, DType t);
+
+// A fixed-capacity list of dims or axes. Kernels use it instead of std::vector so the
+// step loop never touches the heap.
+template <class T>
+class SmallVec {
+ public:
+  SmallVec() = default;
+  explicit SmallVec(std::span<const T> s) {
+    for (T x : s) push_back(x);
+  }
+  void push_back(T x) {
+    if (n_ >= kMaxRank) throw Error("more than " + std::to_string(kMaxRank) + " dims");
+    v_[n_++] = x;
+  }
+  T& operator[](int i) { return v_[i]; }
+  T operator[](int i) const { return v_[i]; }
+  int size() const { return n_; }
+  bool empty() const { return n_ == 0; }
+  const T* begin() const { return v_.data(); }
+  const T* end() const { return v_.data() + n_; }
+  T* begin() { return v_.data(); }
+  T* end() { return v_.data() + n_; }
+  std::span<const T> span() const { return {v_.data(), static_cast<size_t>(n_)}; }
+  operator std::span<const T>() const { return span(); }  // NOLINT: a view, by design
+  bool operator==(const SmallVec& o) const { return std::equal(begin(), end(), o.begin(), o.end()); }
+
+ private:
+  std::array<T, kMaxRank> v_{};
+  int n_ = 0;
+};
+using Dims = SmallVec<int64_t>;
 
 // Calls f(T{}) for f32/f64; other dtypes are refused naming the node.
 template <class F>
@@ -171,8 +203,9 @@ void map_ternary(const KernelCtx& ctx, const TensorRef& a, const TensorRef& b,
       std::max<int64_t>(1, kGrain / std::max<int64_t>(inner, 1)));
 }
 
-// Shape inference helper: NumPy broadcast of shapes; throws describing the mismatch.
+// NumPy broadcast of shapes; throws describing the mismatch.
 Shape broadcast_shapes(std::span<const int64_t> a, std::span<const int64_t> b);
+Dims broadcast_dims(std::span<const int64_t> a, std::span<const int64_t> b);
 
 // Deterministic counter-based random numbers (splitmix64 over seed and index): the same
 // element gets the same number whatever the thread count or later sharding.

@@ -20,9 +20,9 @@ MatmulDims matmul_dims(const Node& n, std::span<const int64_t> a, std::span<cons
                 shape_str(b) + (d.tb ? "^T" : "") + " (" + std::to_string(d.k) + " vs " +
                 std::to_string(kb) + ")");
   }
-  d.batch_a = Shape(a.begin(), a.end() - 2);
-  d.batch_b = Shape(b.begin(), b.end() - 2);
-  d.batch = broadcast_shapes(d.batch_a, d.batch_b);
+  d.batch_a = Dims(a.first(ra - 2));
+  d.batch_b = Dims(b.first(rb - 2));
+  d.batch = broadcast_dims(d.batch_a, d.batch_b);
   return d;
 }
 
@@ -40,7 +40,7 @@ std::vector<TensorType> infer_matmul(const Node& n, std::span<const TensorType> 
   } catch (const Error& e) {
     throw Error(std::string(e.what()));
   }
-  Shape out = d.batch;
+  Shape out(d.batch.begin(), d.batch.end());
   out.push_back(d.m);
   out.push_back(d.n);
   return {TensorType{in[0].dtype, out}};
@@ -51,7 +51,7 @@ void matmul_ref(const MatmulDims& d, const TensorRef& A, const TensorRef& B, con
                 const KernelCtx& ctx) {
   const int64_t M = d.m, N = d.n, K = d.k;
   const int64_t batches = numel(d.batch);
-  std::array<std::span<const int64_t>, 2> ins = {d.batch_a, d.batch_b};
+  std::array<std::span<const int64_t>, 2> ins = {d.batch_a.span(), d.batch_b.span()};
   Broadcast bc(d.batch, ins);
   const T* a = A.as<const T>();
   const T* b = B.as<const T>();

@@ -4,13 +4,14 @@
 #include <span>
 
 #include "graph/graph.h"
+#include "ops/kernel_util.h"
 
 namespace tessel::ops {
 
 struct MatmulDims {
   bool ta = false, tb = false;
   int64_t m = 0, n = 0, k = 0;
-  Shape batch_a, batch_b, batch;  // batch dims of a, b and the (broadcast) output
+  Dims batch_a, batch_b, batch;  // batch dims of a, b and the (broadcast) output
 };
 
 // Throws tessel::Error ("inner dims differ: ...") on mismatched operands.

@@ -9,9 +9,9 @@ namespace tessel::ops {
 namespace {
 
 // Normalised, sorted, de-duplicated axes of a reduce node (empty attr: all axes).
-std::vector<int> reduce_axes(const Node& n, int rank) {
+SmallVec<int> reduce_axes(const Node& n, int rank) {
   const auto& a = n.attrs.get_i64s("axes");
-  std::vector<int> axes;
+  SmallVec<int> axes;
   if (a.empty()) {
     for (int i = 0; i < rank; ++i) axes.push_back(i);
     return axes;
@@ -23,7 +23,7 @@ std::vector<int> reduce_axes(const Node& n, int rank) {
   return axes;
 }
 
-Shape reduced_shape(const Shape& in, const std::vector<int>& axes, bool keepdims) {
+Shape reduced_shape(const Shape& in, const SmallVec<int>& axes, bool keepdims) {
   Shape out;
   for (int i = 0; i < static_cast<int>(in.size()); ++i) {
     bool r = std::binary_search(axes.begin(), axes.end(), i);

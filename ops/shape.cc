@@ -99,12 +99,13 @@ void grad_reshape(GradCtx& c) {
 
 // ---- transpose --------------------------------------------------------------------------
 
-std::vector<int64_t> checked_perm(const Node& n, int rank) {
-  auto p = n.attrs.get_i64s("perm");
-  if (static_cast<int>(p.size()) != rank)
-    throw Error("perm " + shape_str(p) + " has " + std::to_string(p.size()) +
+Dims checked_perm(const Node& n, int rank) {
+  const auto& attr = n.attrs.get_i64s("perm");
+  if (static_cast<int>(attr.size()) != rank)
+    throw Error("perm " + shape_str(attr) + " has " + std::to_string(attr.size()) +
                 " entries for rank " + std::to_string(rank));
-  std::vector<char> seen(rank, 0);
+  Dims p(attr);
+  std::array<char, kMaxRank> seen{};
   for (auto& x : p) {
     x = normalize_axis(x, rank);
     if (seen[x]++) throw Error("perm " + shape_str(n.attrs.get_i64s("perm")) + " repeats an axis");
@@ -115,7 +116,7 @@ std::vector<int64_t> checked_perm(const Node& n, int rank) {
 std::vector<TensorType> infer_transpose(const Node& n, std::span<const TensorType> in) {
   auto p = checked_perm(n, in[0].rank());
   Shape s(p.size());
-  for (size_t i = 0; i < p.size(); ++i) s[i] = in[0].shape[p[i]];
+  for (int i = 0; i < p.size(); ++i) s[i] = in[0].shape[p[i]];
   return {TensorType{in[0].dtype, s}};
 }
 
@@ -135,7 +136,7 @@ void grad_transpose(GradCtx& c) {
   const Node& n = fwd(c);
   auto p = checked_perm(n, e.type(n.inputs[0]).rank());
   std::vector<int64_t> inv(p.size());
-  for (size_t i = 0; i < p.size(); ++i) inv[p[i]] = static_cast<int64_t>(i);
+  for (int i = 0; i < p.size(); ++i) inv[p[i]] = i;
   c.in_grads[0] = e.transpose(c.out_grads[0], inv);
 }
 
@@ -192,16 +193,17 @@ void grad_concat(GradCtx& c) {
 // ---- slice and pad ----------------------------------------------------------------------
 
 // Per-dim [begin, end) of a slice node against an input shape.
-void slice_bounds(const Node& n, const Shape& in, std::vector<int64_t>& begin, std::vector<int64_t>& end) {
+void slice_bounds(const Node& n, std::span<const int64_t> in, Dims& begin, Dims& end) {
   const auto& axes = n.attrs.get_i64s("axes");
   const auto& starts = n.attrs.get_i64s("starts");
   const auto& ends = n.attrs.get_i64s("ends");
   if (axes.size() != starts.size() || axes.size() != ends.size())
     throw Error("axes, starts and ends differ in length");
   const int rank = static_cast<int>(in.size());
-  begin.assign(rank, 0);
-  end.assign(in.begin(), in.end());
-  std::vector<char> seen(rank, 0);
+  begin = Dims();
+  end = Dims(in);
+  for (int d = 0; d < rank; ++d) begin.push_back(0);
+  std::array<char, kMaxRank> seen{};
   for (size_t i = 0; i < axes.size(); ++i) {
     int a = normalize_axis(axes[i], rank);
     if (seen[a]++) throw Error("axis " + std::to_string(a) + " sliced twice");
@@ -216,18 +218,17 @@ void slice_bounds(const Node& n, const Shape& in, std::vector<int64_t>& begin, s
 }
 
 std::vector<TensorType> infer_slice(const Node& n, std::span<const TensorType> in) {
-  std::vector<int64_t> b, e;
+  Dims b, e;
   slice_bounds(n, in[0].shape, b, e);
   Shape s(b.size());
-  for (size_t i = 0; i < s.size(); ++i) s[i] = e[i] - b[i];
+  for (int i = 0; i < b.size(); ++i) s[i] = e[i] - b[i];
   return {TensorType{in[0].dtype, s}};
 }
 
 void slice_kernel(const Node& n, std::span<const TensorRef> in, std::span<const TensorRef> out,
                   const KernelCtx& ctx) {
-  Shape ishape(in[0].shape.begin(), in[0].shape.end());
-  std::vector<int64_t> b, e;
-  slice_bounds(n, ishape, b, e);
+  Dims b, e;
+  slice_bounds(n, in[0].shape, b, e);
   const int rank = in[0].rank();
   int64_t st[kMaxRank];
   contiguous_strides(in[0].shape, st);
@@ -241,11 +242,11 @@ void grad_slice(GradCtx& c) {
   Emitter e = grad_emitter(c);
   const Node& n = fwd(c);
   const Shape& in = e.shape(n.inputs[0]);
-  std::vector<int64_t> b, en;
+  Dims b, en;
   slice_bounds(n, in, b, en);
-  std::vector<int64_t> after(in.size());
-  for (size_t i = 0; i < in.size(); ++i) after[i] = in[i] - en[i];
-  c.in_grads[0] = e.pad(c.out_grads[0], b, after);
+  std::vector<int64_t> before(b.begin(), b.end()), after(in.size());
+  for (size_t i = 0; i < in.size(); ++i) after[i] = in[i] - en[static_cast<int>(i)];
+  c.in_grads[0] = e.pad(c.out_grads[0], before, after);
 }
 
 std::vector<TensorType> infer_pad(const Node& n, std::span<const TensorType> in) {

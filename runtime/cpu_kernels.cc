@@ -69,13 +69,13 @@ void matmul_blas(const ops::MatmulDims& d, const TensorRef& a, const TensorRef& 
   const T* A = a.as<const T>();
   const T* B = b.as<const T>();
   T* C = c.as<T>();
-  const int64_t batches = numel(d.batch);
+  const int64_t batches = numel(d.batch.span());
   // b shared by every batch of a, and a not transposed: one GEMM of [batch*M, K].
-  if (numel(d.batch_b) == 1 && !d.ta && d.batch_a == d.batch) {
+  if (numel(d.batch_b.span()) == 1 && !d.ta && d.batch_a == d.batch) {
     gemm_parallel(ctx, false, d.tb, batches * d.m, d.n, d.k, A, B, C);
     return;
   }
-  std::array<std::span<const int64_t>, 2> ins = {d.batch_a, d.batch_b};
+  std::array<std::span<const int64_t>, 2> ins = {d.batch_a.span(), d.batch_b.span()};
   ops::Broadcast bc(d.batch, ins);
   auto one = [&](int64_t i, bool split) {
     std::array<int64_t, 3> off{};

@@ -51,7 +51,9 @@ class IdxReader {
       if (r < 0) {
         int code = 0;
         const char* msg = gzerror(file_.get(), &code);
-        fail(std::string("read error: ") + (code == Z_ERRNO ? std::strerror(errno) : msg));
+        std::string m = code == Z_ERRNO ? std::strerror(errno) : msg;
+        if (m.starts_with(path_ + ": ")) m.erase(0, path_.size() + 2);  // zlib prefixes the path
+        fail("read error: " + m);
       }
       if (r == 0) break;
       got += static_cast<size_t>(r);

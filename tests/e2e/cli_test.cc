@@ -69,7 +69,11 @@ TEST(Cli, ExportThenInspect) {
   const double fwd = 2.0 * 256 * (784 * 1024 + 1024 * 1024 + 1024 * 10);
   EXPECT_GT(testing::json_value(r.out, "flops_forward"), fwd);
   EXPECT_LT(testing::json_value(r.out, "flops_forward"), fwd * 1.05);
-  EXPECT_GT(testing::json_value(r.out, "flops_train_step"), 3 * fwd * 0.98);
+  // Training: forward + backward (twice the forward's GEMMs) + update, except that the
+  // first layer needs no gradient for its input x.
+  const double train = 3 * fwd - 2.0 * 256 * 784 * 1024;
+  EXPECT_GT(testing::json_value(r.out, "flops_train_step"), train);
+  EXPECT_LT(testing::json_value(r.out, "flops_train_step"), train * 1.02);
   EXPECT_EQ(testing::json_value(r.out, "parameter_elements"), 784 * 1024 + 1024 + 1024 * 1024 + 1024 + 1024 * 10 + 10);
 }
 
@@ -106,10 +110,8 @@ TEST(Cli, SaveAndReloadGivesBitIdenticalOutputs) {
     runtime::Executor ex(g, o);
     int p = ex.prepare({"", {"logits"}});
     ex.initialize();
-    for (auto& name : b.inputs) {
-      TensorRef t = ex.input(name);
-      for (int64_t i = 0; i < t.numel; ++i) t.as<int32_t>()[i] = static_cast<int32_t>((i * 37) % 256);
-    }
+    TensorRef tok = ex.input("tokens");
+    for (int64_t i = 0; i < tok.numel; ++i) tok.as<int32_t>()[i] = static_cast<int32_t>((i * 37) % 256);
     ex.run(p);
     TensorRef a = ex.output("logits");
     std::vector<std::byte> before(static_cast<std::byte*>(a.data), static_cast<std::byte*>(a.data) + a.bytes());
@@ -125,10 +127,8 @@ TEST(Cli, SaveAndReloadGivesBitIdenticalOutputs) {
     runtime::Executor ex2(loaded, o2);
     int p2 = ex2.prepare({"", {"logits"}});
     ex2.initialize();
-    for (auto& name : b.inputs) {
-      TensorRef t = ex2.input(name);
-      for (int64_t i = 0; i < t.numel; ++i) t.as<int32_t>()[i] = static_cast<int32_t>((i * 37) % 256);
-    }
+    TensorRef tok2 = ex2.input("tokens");
+    for (int64_t i = 0; i < tok2.numel; ++i) tok2.as<int32_t>()[i] = static_cast<int32_t>((i * 37) % 256);
     ex2.run(p2);
     TensorRef c = ex2.output("logits");
     ASSERT_EQ(c.bytes(), a.bytes());

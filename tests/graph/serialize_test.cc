@@ -36,9 +36,7 @@ std::vector<TensorType> infer_add(const Node&, std::span<const TensorType> in) {
   return {in[0]};
 }
 
-std::vector<TensorType> infer_same(const Node&, std::span<const TensorType> in) {
-  return {in[0]};
-}
+std::vector<TensorType> infer_same(const Node&, std::span<const TensorType> in) { return {in[0]}; }
 
 std::vector<TensorType> infer_split2(const Node&, std::span<const TensorType> in) {
   return {in[0], in[0]};
@@ -66,10 +64,11 @@ const OpRegistry& fake_registry() {
       d.kernel = &no_kernel;
       r.add(std::move(d));
     };
-    add("input", OpKind::input, 0, 0,
-        {{"dtype", AttrType::string}, {"shape", AttrType::i64s}}, &infer_source);
+    add("input", OpKind::input, 0, 0, {{"dtype", AttrType::string}, {"shape", AttrType::i64s}},
+        &infer_source);
     add("parameter", OpKind::variable, 0, 0,
-        {{"dtype", AttrType::string}, {"shape", AttrType::i64s},
+        {{"dtype", AttrType::string},
+         {"shape", AttrType::i64s},
          {"trainable", AttrType::boolean, false}},
         &infer_source);
     add("constant", OpKind::constant, 0, 0,
@@ -134,9 +133,9 @@ Graph sample_graph() {
   wf[2] = std::bit_cast<float>(uint32_t{0xffa00001});  // signalling NaN, negative
   wf[3] = std::numeric_limits<float>::denorm_min();
   g.set_data(w1.node, bytes_of(wf));
-  g.set_data(p64.node, bytes_of(std::vector<double>{
-                           0.1, -0.0, std::bit_cast<double>(uint64_t{0x7ff8deadbeef0001}),
-                           1e-300}));
+  g.set_data(p64.node,
+             bytes_of(std::vector<double>{
+                 0.1, -0.0, std::bit_cast<double>(uint64_t{0x7ff8deadbeef0001}), 1e-300}));
   g.set_data(empty.node, {});
   g.set_output("y", s);
   g.set_output("half", Value{sp, 1});
@@ -264,9 +263,16 @@ TEST(Serialize, WithoutData) {
 }
 
 TEST(Serialize, DoublesKeepTheirBits) {
-  const std::vector<double> awkward = {
-      0.1, 1e-300, -0.0, 5e-324, 2.2250738585072014e-308, 1.7976931348623157e308,
-      0.30000000000000004, 1.0 / 3.0, -123456789.123456789, 9007199254740993.0};
+  const std::vector<double> awkward = {0.1,
+                                       1e-300,
+                                       -0.0,
+                                       5e-324,
+                                       2.2250738585072014e-308,
+                                       1.7976931348623157e308,
+                                       0.30000000000000004,
+                                       1.0 / 3.0,
+                                       -123456789.123456789,
+                                       9007199254740993.0};
   for (bool text : {false, true}) {
     Graph g(fake_registry());
     Value x = g.add("input", {}, source_attrs("f64", {2}), "x");
@@ -412,38 +418,34 @@ std::vector<Hostile> hostile_cases() {
        [](auto& gp) { by_name(gp, "fc1/add")->set_op("frobnicate"); });
   edit("no op", "op is missing", [](auto& gp) { by_name(gp, "fc1/add")->clear_op(); });
   edit("no name", "name is missing", [](auto& gp) { by_name(gp, "fc1/add")->clear_name(); });
-  edit("duplicate name", "node 4 'x' (add, serialize_test.cc:",
-       [](auto& gp) { by_name(gp, "fc1/add")->set_name("x"); });
-  edit("unknown attribute", "unknown attribute 'bogus'", [](auto& gp) {
-    (*by_name(gp, "scale")->mutable_attrs())["bogus"].set_i(1);
+  edit("duplicate name", "node 4 'x' (add, serialize_test.cc:", [](auto& gp) {
+    by_name(gp, "fc1/add")->set_name("x");
   });
-  edit("wrong attribute type", "attribute 'factor' is int, expected float", [](auto& gp) {
-    (*by_name(gp, "scale")->mutable_attrs())["factor"].set_i(1);
-  });
-  edit("attribute without value", "attribute 'factor' has no value", [](auto& gp) {
-    (*by_name(gp, "scale")->mutable_attrs())["factor"].Clear();
-  });
-  edit("missing attribute", "missing attribute 'factor'", [](auto& gp) {
-    by_name(gp, "scale")->mutable_attrs()->erase("factor");
-  });
-  edit("wrong declared dtype", "declared output types", [](auto& gp) {
-    by_name(gp, "fc1/add")->mutable_outputs(0)->set_dtype(proto::DTYPE_F64);
-  });
-  edit("no dtype", "output 0 has no dtype", [](auto& gp) {
-    by_name(gp, "fc1/add")->mutable_outputs(0)->clear_dtype();
-  });
+  edit("unknown attribute", "unknown attribute 'bogus'",
+       [](auto& gp) { (*by_name(gp, "scale")->mutable_attrs())["bogus"].set_i(1); });
+  edit("wrong attribute type", "attribute 'factor' is int, expected float",
+       [](auto& gp) { (*by_name(gp, "scale")->mutable_attrs())["factor"].set_i(1); });
+  edit("attribute without value", "attribute 'factor' has no value",
+       [](auto& gp) { (*by_name(gp, "scale")->mutable_attrs())["factor"].Clear(); });
+  edit("missing attribute", "missing attribute 'factor'",
+       [](auto& gp) { by_name(gp, "scale")->mutable_attrs()->erase("factor"); });
+  edit("wrong declared dtype", "declared output types",
+       [](auto& gp) { by_name(gp, "fc1/add")->mutable_outputs(0)->set_dtype(proto::DTYPE_F64); });
+  edit("no dtype", "output 0 has no dtype",
+       [](auto& gp) { by_name(gp, "fc1/add")->mutable_outputs(0)->clear_dtype(); });
   edit("unknown dtype", "unknown dtype 99", [](auto& gp) {
     by_name(gp, "fc1/add")->mutable_outputs(0)->set_dtype(static_cast<proto::DType>(99));
   });
-  edit("wrong declared shape", "differ from inferred", [](auto& gp) {
-    by_name(gp, "fc1/add")->mutable_outputs(0)->set_dims(0, 5);
-  });
+  edit("wrong declared shape", "differ from inferred",
+       [](auto& gp) { by_name(gp, "fc1/add")->mutable_outputs(0)->set_dims(0, 5); });
   edit("missing declared output", "differ from inferred",
        [](auto& gp) { by_name(gp, "fc1/add")->clear_outputs(); });
-  edit("2^62 elements", "more than 2^48 elements",
-       [&](auto& gp) { dims(by_name(gp, "x"), {int64_t{1} << 31, int64_t{1} << 31}); });
-  edit("huge dim with a zero", "dimension over 2^48",
-       [&](auto& gp) { dims(by_name(gp, "x"), {0, int64_t{1} << 62}); });
+  edit("2^62 elements", "more than 2^48 elements", [&](auto& gp) {
+    dims(by_name(gp, "x"), {int64_t{1} << 31, int64_t{1} << 31});
+  });
+  edit("huge dim with a zero", "dimension over 2^48", [&](auto& gp) {
+    dims(by_name(gp, "x"), {0, int64_t{1} << 62});
+  });
   edit("int64 overflow", "more than 2^48 elements", [&](auto& gp) {
     dims(by_name(gp, "x"), {std::numeric_limits<int64_t>::max(), 3});
   });
@@ -475,9 +477,8 @@ std::vector<Hostile> hostile_cases() {
        [](auto& gp) { by_name(gp, "x")->set_data(std::string(128, '\0')); });
   edit("data on a compute node", "only variables and constants",
        [](auto& gp) { by_name(gp, "fc1/add")->set_data(std::string(256, '\0')); });
-  edit("data too short", "data has 511 bytes, f32[8,16] needs 512", [](auto& gp) {
-    by_name(gp, "fc1/w")->mutable_data()->pop_back();
-  });
+  edit("data too short", "data has 511 bytes, f32[8,16] needs 512",
+       [](auto& gp) { by_name(gp, "fc1/w")->mutable_data()->pop_back(); });
   edit("data too long", "data has 33 bytes, f64[4] needs 32",
        [](auto& gp) { by_name(gp, "p64")->mutable_data()->push_back('x'); });
   edit("update of a non-variable", "only variables can be updated",
@@ -504,7 +505,10 @@ std::vector<Hostile> hostile_cases() {
   });
 
   // Invalid UTF-8 in a name: protobuf refuses it in binary, we refuse it in text.
-  cases.push_back({"invalid utf-8 text", "format: \"tessel.graph\" format_version: 1 nodes { op: \"input\" name: \"\\377\" }", "not valid UTF-8"});
+  cases.push_back(
+      {"invalid utf-8 text",
+       "format: \"tessel.graph\" format_version: 1 nodes { op: \"input\" name: \"\\377\" }",
+       "not valid UTF-8"});
   {
     std::string b = serialize_graph(sample_graph());
     size_t at = b.find("fc1/add");
@@ -513,10 +517,10 @@ std::vector<Hostile> hostile_cases() {
   }
   cases.push_back({"empty", "", "file is empty"});
   cases.push_back({"garbage", std::string("\x01\x02\x03\xff\xfe", 5), "truncated or corrupt"});
-  cases.push_back({"text parse error", "format: \"tessel.graph\"\nformat_version: 1\nnodes { op: }\n",
+  cases.push_back({"text parse error",
+                   "format: \"tessel.graph\"\nformat_version: 1\nnodes { op: }\n",
                    "hostile.tsg:3:"});
-  cases.push_back({"text unknown field", "format: \"tessel.graph\"\nbogus: 3\n",
-                   "hostile.tsg:2:"});
+  cases.push_back({"text unknown field", "format: \"tessel.graph\"\nbogus: 3\n", "hostile.tsg:2:"});
   cases.push_back({"text repeated scalar", "format: \"a\"\nformat: \"b\"\n", "hostile.tsg:2:"});
   cases.push_back({"text wrong magic", "# hello\nformat: \"onnx\"\n", "format is 'onnx'"});
   {
@@ -546,8 +550,8 @@ TEST(Serialize, ErrorNamesFileAndNode) {
   by_name(gp, "fc1/add")->mutable_inputs(1)->set_node(99);
   std::string msg = error_of(bin(gp), "mlp.tsg");
   EXPECT_TRUE(msg.starts_with("mlp.tsg: node 4 'fc1/add' (add, serialize_test.cc:")) << msg;
-  EXPECT_TRUE(msg.ends_with(
-      "): input 1 refers to node 99, which does not exist (the file has 11 nodes)"))
+  EXPECT_TRUE(
+      msg.ends_with("): input 1 refers to node 99, which does not exist (the file has 11 nodes)"))
       << msg;
 }
 
