@@ -42,10 +42,19 @@ Shape attr_shape(const Node& n, const char* name = "shape");
 Cost streaming_cost(const Node& n, std::span<const TensorType> in, double flops_per_out);
 Cost elementwise_cost(const Node& n, std::span<const TensorType> in);
 
+// Reference kernels compute in f32 and f64 (and integers where noted); bf16 and f16 are
+// storage types here. Inference refuses what no kernel can run, so errors come at build
+// time, naming the user's line, not at the first step.
 inline void require_float(const TensorType& t, const char* what) {
-  if (t.dtype != DType::f32 && t.dtype != DType::f64 && t.dtype != DType::bf16 &&
-      t.dtype != DType::f16)
-    throw Error(std::string(what) + " must be floating point, got " + t.str());
+  if (t.dtype == DType::f32 || t.dtype == DType::f64) return;
+  std::string hint = t.dtype == DType::bf16 || t.dtype == DType::f16
+                         ? " (bf16 and f16 are storage types: cast to f32 to compute)"
+                         : "";
+  throw Error(std::string(what) + " must be f32 or f64, got " + t.str() + hint);
+}
+inline void require_numeric(const TensorType& t, const char* what) {
+  if (t.dtype == DType::i32 || t.dtype == DType::i64) return;
+  require_float(t, what);
 }
 
 }  // namespace tessel::ops

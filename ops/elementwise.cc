@@ -147,7 +147,15 @@ void grad_gelu(GradCtx& c) {
 struct Add { template <class T> static T f(T a, T b) { return a + b; } };
 struct Sub { template <class T> static T f(T a, T b) { return a - b; } };
 struct Mul { template <class T> static T f(T a, T b) { return a * b; } };
-struct Div { template <class T> static T f(T a, T b) { return a / b; } };
+struct Div {
+  template <class T> static T f(T a, T b) {
+    if constexpr (std::is_integral_v<T>) {
+      // INT_MIN / -1 overflows: wrap like two's-complement negation instead of trapping.
+      if (b == -1) return static_cast<T>(std::make_unsigned_t<T>(0) - static_cast<std::make_unsigned_t<T>>(a));
+    }
+    return a / b;
+  }
+};
 struct Maximum { template <class T> static T f(T a, T b) { return a > b ? a : b; } };
 struct Minimum { template <class T> static T f(T a, T b) { return a < b ? a : b; } };
 struct Greater { template <class T> static bool f(T a, T b) { return a > b; } };
@@ -174,6 +182,7 @@ void binary_kernel(const Node& n, std::span<const TensorRef> in, std::span<const
 std::vector<TensorType> infer_binary(const Node&, std::span<const TensorType> in) {
   if (in[0].dtype != in[1].dtype)
     throw Error("dtypes differ: " + in[0].str() + " vs " + in[1].str());
+  require_numeric(in[0], "operands");
   return {TensorType{in[0].dtype, broadcast_shapes(in[0].shape, in[1].shape)}};
 }
 std::vector<TensorType> infer_compare(const Node& n, std::span<const TensorType> in) {
@@ -257,6 +266,7 @@ std::vector<TensorType> infer_where(const Node&, std::span<const TensorType> in)
   if (in[0].dtype != DType::boolean) throw Error("condition must be bool, got " + in[0].str());
   if (in[1].dtype != in[2].dtype)
     throw Error("branches differ in dtype: " + in[1].str() + " vs " + in[2].str());
+  require_numeric(in[1], "branches");
   Shape s = broadcast_shapes(broadcast_shapes(in[0].shape, in[1].shape), in[2].shape);
   return {TensorType{in[1].dtype, s}};
 }

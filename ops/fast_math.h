@@ -49,7 +49,7 @@ inline float fast_tanh(float x) {
   float big = 1.0f - 2.0f / (e + 1.0f);
   big = a > 9.0f ? 1.0f : big;
   big = x < 0 ? -big : big;
-  return a < 0.625f ? small : big;
+  return std::copysign(a < 0.625f ? small : big, x);  // odd: keeps -0
 }
 
 inline double fast_exp(double x) { return std::exp(x); }

@@ -59,6 +59,7 @@ std::vector<TensorType> infer_scatter_add(const Node& n, std::span<const TensorT
     throw Error("updates " + in[1].str() + " must start with the indices' shape " + in[0].str());
   const int64_t size = n.attrs.get_i64("size");
   if (size < 0) throw Error("negative size");
+  require_float(in[1], "updates");
   Shape s{size};
   s.insert(s.end(), in[1].shape.begin() + ri, in[1].shape.end());
   return {TensorType{in[1].dtype, s}};
@@ -102,7 +103,9 @@ std::vector<TensorType> infer_one_hot(const Node& n, std::span<const TensorType>
   if (depth < 0) throw Error("negative depth");
   Shape s = in[0].shape;
   s.push_back(depth);
-  return {TensorType{attr_dtype(n), s}};
+  TensorType t{attr_dtype(n), s};
+  require_numeric(t, "the output");
+  return {t};
 }
 
 void one_hot_kernel(const Node& n, std::span<const TensorRef> in, std::span<const TensorRef> out,

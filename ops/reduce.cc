@@ -34,6 +34,7 @@ Shape reduced_shape(const Shape& in, const SmallVec<int>& axes, bool keepdims) {
 }
 
 std::vector<TensorType> infer_reduce(const Node& n, std::span<const TensorType> in) {
+  require_numeric(in[0], "the input");
   auto axes = reduce_axes(n, in[0].rank());
   return {TensorType{in[0].dtype, reduced_shape(in[0].shape, axes, n.attrs.get_bool("keepdims"))}};
 }

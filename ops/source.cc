@@ -58,7 +58,7 @@ std::vector<TensorType> infer_parameter(const Node& n, std::span<const TensorTyp
   if (init != "zeros" && init != "ones" && init != "constant" && init != "normal" && init != "uniform")
     throw Error("unknown initializer '" + init + "' (zeros, ones, constant, normal, uniform)");
   auto t = infer_source(n, in);
-  require_float(t[0], "a parameter");
+  if (!is_floating(t[0].dtype)) throw Error("a parameter must be floating point, got " + t[0].str());
   return t;
 }
 

@@ -70,6 +70,11 @@ void matmul_blas(const ops::MatmulDims& d, const TensorRef& a, const TensorRef& 
   const T* B = b.as<const T>();
   T* C = c.as<T>();
   const int64_t batches = numel(d.batch.span());
+  if (batches == 0 || d.m == 0 || d.n == 0) return;
+  if (d.k == 0) {  // BLAS wants leading dimensions >= 1; the product is all zeros
+    std::fill(C, C + batches * d.m * d.n, T(0));
+    return;
+  }
   // b shared by every batch of a, and a not transposed: one GEMM of [batch*M, K].
   if (numel(d.batch_b.span()) == 1 && !d.ta && d.batch_a == d.batch) {
     gemm_parallel(ctx, false, d.tb, batches * d.m, d.n, d.k, A, B, C);

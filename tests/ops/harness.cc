@@ -26,13 +26,19 @@ HostTensor zeros(DType dt, Shape shape) {
 namespace {
 double round_to(DType dt, double x) {
   switch (dt) {
-    case DType::f32: return static_cast<float>(x);
-    case DType::bf16: return ops::bf16_to_f32(ops::f32_to_bf16(static_cast<float>(x)));
-    case DType::f16: return ops::f16_to_f32(ops::f32_to_f16(static_cast<float>(x)));
+    case DType::f32:
+      return static_cast<float>(x);
+    case DType::bf16:
+      return ops::bf16_to_f32(ops::f32_to_bf16(static_cast<float>(x)));
+    case DType::f16:
+      return ops::f16_to_f32(ops::f32_to_f16(static_cast<float>(x)));
     case DType::i32:
-    case DType::i64: return std::round(x);
-    case DType::boolean: return x != 0 ? 1.0 : 0.0;
-    case DType::f64: return x;
+    case DType::i64:
+      return std::round(x);
+    case DType::boolean:
+      return x != 0 ? 1.0 : 0.0;
+    case DType::f64:
+      return x;
   }
   return x;
 }
@@ -68,13 +74,27 @@ void store(const TensorRef& t, const HostTensor& h) {
   for (int64_t i = 0; i < t.numel; ++i) {
     const double x = h.v[i];
     switch (t.dtype) {
-      case DType::f32: t.as<float>()[i] = static_cast<float>(x); break;
-      case DType::f64: t.as<double>()[i] = x; break;
-      case DType::bf16: t.as<uint16_t>()[i] = ops::f32_to_bf16(static_cast<float>(x)); break;
-      case DType::f16: t.as<uint16_t>()[i] = ops::f32_to_f16(static_cast<float>(x)); break;
-      case DType::i32: t.as<int32_t>()[i] = static_cast<int32_t>(x); break;
-      case DType::i64: t.as<int64_t>()[i] = static_cast<int64_t>(x); break;
-      case DType::boolean: t.as<bool>()[i] = x != 0; break;
+      case DType::f32:
+        t.as<float>()[i] = static_cast<float>(x);
+        break;
+      case DType::f64:
+        t.as<double>()[i] = x;
+        break;
+      case DType::bf16:
+        t.as<uint16_t>()[i] = ops::f32_to_bf16(static_cast<float>(x));
+        break;
+      case DType::f16:
+        t.as<uint16_t>()[i] = ops::f32_to_f16(static_cast<float>(x));
+        break;
+      case DType::i32:
+        t.as<int32_t>()[i] = static_cast<int32_t>(x);
+        break;
+      case DType::i64:
+        t.as<int64_t>()[i] = static_cast<int64_t>(x);
+        break;
+      case DType::boolean:
+        t.as<bool>()[i] = x != 0;
+        break;
     }
   }
 }
@@ -84,12 +104,24 @@ HostTensor load(const TensorRef& t) {
   for (int64_t i = 0; i < t.numel; ++i) {
     double& x = h.v[i];
     switch (t.dtype) {
-      case DType::f32: x = t.as<const float>()[i]; break;
-      case DType::f64: x = t.as<const double>()[i]; break;
-      case DType::bf16: x = ops::bf16_to_f32(t.as<const uint16_t>()[i]); break;
-      case DType::f16: x = ops::f16_to_f32(t.as<const uint16_t>()[i]); break;
-      case DType::i32: x = t.as<const int32_t>()[i]; break;
-      case DType::i64: x = static_cast<double>(t.as<const int64_t>()[i]); break;
+      case DType::f32:
+        x = t.as<const float>()[i];
+        break;
+      case DType::f64:
+        x = t.as<const double>()[i];
+        break;
+      case DType::bf16:
+        x = ops::bf16_to_f32(t.as<const uint16_t>()[i]);
+        break;
+      case DType::f16:
+        x = ops::f16_to_f32(t.as<const uint16_t>()[i]);
+        break;
+      case DType::i32:
+        x = t.as<const int32_t>()[i];
+        break;
+      case DType::i64:
+        x = static_cast<double>(t.as<const int64_t>()[i]);
+        break;
       case DType::boolean: {
         // Read the byte: a bool holding anything but 0 or 1 is itself a kernel bug.
         unsigned char b;
@@ -124,7 +156,8 @@ HostTensor run_op(std::string_view op, const std::vector<HostTensor>& ins, const
         << n.where() << ": cost flops " << c.flops << " bytes " << c.bytes;
   }
   SerialParallel serial;
-  runtime::Executor ex(g, {.seed = cfg.seed, .use_blas = cfg.use_blas,
+  runtime::Executor ex(g, {.seed = cfg.seed,
+                           .use_blas = cfg.use_blas,
                            .parallel = cfg.parallel ? cfg.parallel : &serial});
   const int p = ex.prepare({"", {"out"}});
   ex.initialize();
@@ -133,8 +166,8 @@ HostTensor run_op(std::string_view op, const std::vector<HostTensor>& ins, const
   return load(ex.output("out"));
 }
 
-HostTensor call_kernel(std::string_view op, const std::vector<HostTensor>& ins,
-                       const Attrs& attrs, Parallel& par, KernelFn kernel) {
+HostTensor call_kernel(std::string_view op, const std::vector<HostTensor>& ins, const Attrs& attrs,
+                       Parallel& par, KernelFn kernel) {
   Graph g(ops::registry());
   ops::Emitter e(g, Origin::here());
   std::vector<Value> in;
@@ -143,7 +176,8 @@ HostTensor call_kernel(std::string_view op, const std::vector<HostTensor>& ins,
   const Node& n = g.node(g.add(op, in, attrs, "under_test", Origin::here()).node);
   std::vector<std::unique_ptr<std::byte[]>> bufs;
   auto ref = [&](const TensorType& t) {
-    bufs.push_back(std::make_unique<std::byte[]>(static_cast<size_t>(std::max<int64_t>(t.bytes(), 1))));
+    bufs.push_back(
+        std::make_unique<std::byte[]>(static_cast<size_t>(std::max<int64_t>(t.bytes(), 1))));
     return TensorRef{bufs.back().get(), t.dtype, t.shape, t.numel()};
   };
   std::vector<TensorRef> in_refs, out_refs;
@@ -210,11 +244,11 @@ int64_t broadcast_index(const Shape& out, const Shape& in, int64_t i) {
 testing::AssertionResult all_close(const HostTensor& got, const HostTensor& want, double rtol,
                                    double atol) {
   if (got.dtype != want.dtype)
-    return testing::AssertionFailure() << "dtype " << dtype_name(got.dtype) << ", want "
-                                       << dtype_name(want.dtype);
+    return testing::AssertionFailure()
+           << "dtype " << dtype_name(got.dtype) << ", want " << dtype_name(want.dtype);
   if (got.shape != want.shape)
-    return testing::AssertionFailure() << "shape " << shape_str(got.shape) << ", want "
-                                       << shape_str(want.shape);
+    return testing::AssertionFailure()
+           << "shape " << shape_str(got.shape) << ", want " << shape_str(want.shape);
   for (int64_t i = 0; i < got.numel(); ++i) {
     const double a = got.v[i], b = want.v[i];
     if (std::isnan(a) || std::isnan(b)) {
@@ -223,7 +257,8 @@ testing::AssertionResult all_close(const HostTensor& got, const HostTensor& want
       continue;
     }
     if (std::isinf(a) || std::isinf(b)) {
-      if (a != b) return testing::AssertionFailure() << "element " << i << ": " << a << ", want " << b;
+      if (a != b)
+        return testing::AssertionFailure() << "element " << i << ": " << a << ", want " << b;
       continue;
     }
     if (std::fabs(a - b) > atol + rtol * std::fabs(b)) {
@@ -239,11 +274,16 @@ testing::AssertionResult all_close(const HostTensor& got, const HostTensor& want
 
 testing::AssertionResult all_close(const HostTensor& got, const HostTensor& want) {
   switch (want.dtype) {
-    case DType::f32: return all_close(got, want, 1e-6, 1e-6);
-    case DType::f64: return all_close(got, want, 1e-12, 1e-13);
-    case DType::bf16: return all_close(got, want, 1e-2, 1e-2);
-    case DType::f16: return all_close(got, want, 2e-3, 2e-3);
-    default: return all_close(got, want, 0, 0);
+    case DType::f32:
+      return all_close(got, want, 1e-6, 1e-6);
+    case DType::f64:
+      return all_close(got, want, 1e-12, 1e-13);
+    case DType::bf16:
+      return all_close(got, want, 1e-2, 1e-2);
+    case DType::f16:
+      return all_close(got, want, 2e-3, 2e-3);
+    default:
+      return all_close(got, want, 0, 0);
   }
 }
 

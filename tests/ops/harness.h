@@ -34,7 +34,9 @@ HostTensor zeros(DType dt, Shape shape);
 class Rng {
  public:
   explicit Rng(uint64_t seed) : gen_(seed) {}
-  double uniform(double lo, double hi) { return std::uniform_real_distribution<double>(lo, hi)(gen_); }
+  double uniform(double lo, double hi) {
+    return std::uniform_real_distribution<double>(lo, hi)(gen_);
+  }
   int64_t integer(int64_t lo, int64_t hi) {  // [lo, hi]
     return std::uniform_int_distribution<int64_t>(lo, hi)(gen_);
   }
@@ -65,13 +67,13 @@ struct RunConfig {
 };
 
 // Inputs "in0", "in1", ... typed like `ins`, one node of `op` over them, run once.
-HostTensor run_op(std::string_view op, const std::vector<HostTensor>& ins,
-                  const Attrs& attrs = {}, const RunConfig& cfg = {});
+HostTensor run_op(std::string_view op, const std::vector<HostTensor>& ins, const Attrs& attrs = {},
+                  const RunConfig& cfg = {});
 // Calls the op's reference kernel (or `kernel`) on separately allocated buffers,
 // bypassing the executor (view ops such as reshape are aliased there and never run).
 // Output buffers start as 0xFF bytes (NaN), so an element the kernel skips shows.
-HostTensor call_kernel(std::string_view op, const std::vector<HostTensor>& ins,
-                       const Attrs& attrs, Parallel& par, KernelFn kernel = nullptr);
+HostTensor call_kernel(std::string_view op, const std::vector<HostTensor>& ins, const Attrs& attrs,
+                       Parallel& par, KernelFn kernel = nullptr);
 
 // The two thread settings every kernel that splits work is checked under.
 struct Parallels {
@@ -97,8 +99,8 @@ std::vector<int64_t> unravel(const Shape& s, int64_t i);
 
 // Same dtype, same shape, and |got - want| <= atol + rtol * |want| everywhere (equal
 // infinities and NaN positions match). Names the first failing element.
-testing::AssertionResult all_close(const HostTensor& got, const HostTensor& want,
-                                   double rtol, double atol);
+testing::AssertionResult all_close(const HostTensor& got, const HostTensor& want, double rtol,
+                                   double atol);
 // Exact for integers and bool; f32 and f64 at a few units of their rounding.
 testing::AssertionResult all_close(const HostTensor& got, const HostTensor& want);
 

@@ -4,6 +4,7 @@
 // parallel grain, so work really splits). Also: each elementwise op's scalar expression
 // (what the fusion pass lowers) against its kernel.
 #include <algorithm>
+#include <bit>
 #include <climits>
 #include <cmath>
 #include <cstdlib>
@@ -74,7 +75,8 @@ const Shape kOddShapes[] = {{}, {0}, {1}, {7}, {13, 33}, {3, 0, 5}, {257, 191}};
 TEST(KernelUnary, MatchesNaive) {
   Parallels par;
   Rng rng(1);
-  for (const char* op : {"neg", "exp", "log", "sqrt", "rsqrt", "tanh", "abs", "relu", "sigmoid", "gelu"})
+  for (const char* op :
+       {"neg", "exp", "log", "sqrt", "rsqrt", "tanh", "abs", "relu", "sigmoid", "gelu"})
     for (DType dt : kFloat)
       for (const Shape& s : kOddShapes) {
         const bool pos = positive_domain(op);
@@ -84,6 +86,75 @@ TEST(KernelUnary, MatchesNaive) {
       }
 }
 
+// The f32 exp and tanh kernels (ops/fast_math.h) promise 2 ulp of the correctly rounded
+// result over the whole float range, exp of anything whose result is below the smallest
+// normal float exactly 0, and IEEE results for infinities and NaN. Checked on a million
+// floats spread over every exponent, through the executor (the vectorised loop).
+double ulps(float got, double exact) {
+  const float want = static_cast<float>(exact);
+  if (std::isinf(want) || std::isinf(got)) return got == want ? 0 : INFINITY;
+  const float a = std::fabs(want);
+  return std::fabs(double(got) - exact) / (double(std::nextafter(a, INFINITY)) - a);
+}
+
+TEST(KernelUnary, FloatExpAndTanhWithinTwoUlp) {
+  std::vector<double> xs;
+  for (uint64_t bits = 0; bits < (uint64_t{1} << 32); bits += 4099) {
+    const float x = std::bit_cast<float>(static_cast<uint32_t>(bits));
+    if (!std::isnan(x)) xs.push_back(x);
+  }
+  for (double x : std::initializer_list<double>{
+           0.0, -0.0, INFINITY, -INFINITY, NAN, 88.72283935546875, 88.7228394, 88.73, -87.33654,
+           -87.34, -103.0, 0.625, 0.62499994, 9.0, 9.01, -9.01})
+    xs.push_back(float(x));
+  const HostTensor x = make_tensor(DType::f32, {static_cast<int64_t>(xs.size())}, xs);
+  Parallels par;
+  const HostTensor e = run_op("exp", {x}, {}, {.parallel = &par.pool});
+  const HostTensor t = run_op("tanh", {x}, {}, {.parallel = &par.pool});
+  const double smallest_normal_log = std::log(double(std::numeric_limits<float>::min()));
+  double worst_e = 0, worst_t = 0;
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    const double v = x.v[i];
+    if (std::isnan(v)) {
+      EXPECT_TRUE(std::isnan(e.v[i]) && std::isnan(t.v[i]));
+      continue;
+    }
+    if (v < smallest_normal_log - 1e-5) {
+      EXPECT_EQ(e.v[i], 0.0) << "exp(" << v << ")";
+    } else if (v > smallest_normal_log + 1e-5) {
+      const double u = ulps(float(e.v[i]), std::exp(v));
+      EXPECT_LE(u, 2) << "exp(" << v << ") = " << e.v[i] << ", exact " << std::exp(v);
+      worst_e = std::max(worst_e, u);
+    }
+    const double u = ulps(float(t.v[i]), std::tanh(v));
+    EXPECT_LE(u, 2) << "tanh(" << v << ") = " << t.v[i] << ", exact " << std::tanh(v);
+    worst_t = std::max(worst_t, u);
+  }
+  RecordProperty("exp_max_ulp", std::to_string(worst_e));
+  RecordProperty("tanh_max_ulp", std::to_string(worst_t));
+}
+
+// sigmoid and gelu far out in the tails, where fast_exp saturates.
+TEST(KernelUnary, TailsMatchNaive) {
+  Parallels par;
+  std::vector<double> xs;
+  for (double x = -120; x <= 120; x += 0.37) xs.push_back(x);
+  for (const char* op : {"exp", "tanh", "sigmoid", "gelu", "relu", "abs", "neg"})
+    for (DType dt : kFloat) {
+      HostTensor x = make_tensor(dt, {static_cast<int64_t>(xs.size())}, xs);
+      for (auto& v : x.v) v = dt == DType::f32 ? double(float(v)) : v;
+      HostTensor want = map1(x, dt, [&](double v) {
+        const double y = naive_unary(op, v);
+        return dt == DType::f32 && std::fabs(y) > std::numeric_limits<float>::max()
+                   ? std::copysign(INFINITY, y)
+                   : y;
+      });
+      // Absolute tolerance: gelu's 1 + tanh(u) cancels to 0 once tanh(u) rounds to -1.
+      expect_op(par, op, {x}, {}, want, dt == DType::f32 ? 1e-6 : 1e-12,
+                dt == DType::f32 ? 1e-7 : 1e-15, attr_str(dt) + " tails");
+    }
+}
+
 // ---- binary -----------------------------------------------------------------------------
 
 double naive_binary(const std::string& op, DType dt, double a, double b) {
@@ -91,7 +162,8 @@ double naive_binary(const std::string& op, DType dt, double a, double b) {
   if (op == "sub") return a - b;
   if (op == "mul") return a * b;
   if (op == "div")
-    return is_integral(dt) ? static_cast<double>(static_cast<int64_t>(a) / static_cast<int64_t>(b)) : a / b;
+    return is_integral(dt) ? static_cast<double>(static_cast<int64_t>(a) / static_cast<int64_t>(b))
+                           : a / b;
   if (op == "maximum") return a > b ? a : b;
   if (op == "minimum") return a < b ? a : b;
   if (op == "greater") return a > b;
@@ -100,11 +172,19 @@ double naive_binary(const std::string& op, DType dt, double a, double b) {
   return 0;
 }
 
-const std::pair<Shape, Shape> kBinaryShapes[] = {
-    {{7}, {7}},         {{}, {13, 33}},       {{13, 33}, {}},          {{3, 1, 4}, {2, 4}},
-    {{13, 1}, {1, 33}}, {{5, 1, 7}, {5, 3, 1}}, {{2, 1, 3, 1}, {1, 4, 1, 5}}, {{0, 3}, {1, 3}},
-    {{3, 0}, {3, 1}},   {{1}, {1}},           {{1, 1}, {7}},           {{300, 1, 130}, {7, 130}},
-    {{64, 600}, {64, 600}}};
+const std::pair<Shape, Shape> kBinaryShapes[] = {{{7}, {7}},
+                                                 {{}, {13, 33}},
+                                                 {{13, 33}, {}},
+                                                 {{3, 1, 4}, {2, 4}},
+                                                 {{13, 1}, {1, 33}},
+                                                 {{5, 1, 7}, {5, 3, 1}},
+                                                 {{2, 1, 3, 1}, {1, 4, 1, 5}},
+                                                 {{0, 3}, {1, 3}},
+                                                 {{3, 0}, {3, 1}},
+                                                 {{1}, {1}},
+                                                 {{1, 1}, {7}},
+                                                 {{300, 1, 130}, {7, 130}},
+                                                 {{64, 600}, {64, 600}}};
 
 TEST(KernelBinary, MatchesNaive) {
   Parallels par;
@@ -115,9 +195,11 @@ TEST(KernelBinary, MatchesNaive) {
     for (DType dt : kNumeric)
       for (auto& [sa, sb] : kBinaryShapes) {
         // Quantized values: exact in every dtype and full of ties; no zero divisors.
-        HostTensor a = quantized_tensor(rng, dt, sa), b = quantized_tensor(rng, dt, sb, -8, 8, o != "div");
-        HostTensor want = map_bcast({a, b}, compare ? DType::boolean : dt,
-                                    [&](const std::vector<double>& v) { return naive_binary(o, dt, v[0], v[1]); });
+        HostTensor a = quantized_tensor(rng, dt, sa),
+                   b = quantized_tensor(rng, dt, sb, -8, 8, o != "div");
+        HostTensor want = map_bcast(
+            {a, b}, compare ? DType::boolean : dt,
+            [&](const std::vector<double>& v) { return naive_binary(o, dt, v[0], v[1]); });
         expect_op(par, op, {a, b}, {}, want, attr_str(dt) + shape_str(sa) + " " + shape_str(sb));
       }
   }
@@ -127,7 +209,8 @@ TEST(KernelBinary, FloatDivisionOnRandomValues) {
   Rng rng(3);
   for (DType dt : kFloat) {
     HostTensor a = random_tensor(rng, dt, {13, 33}), b = random_tensor(rng, dt, {33}, 0.1, 3);
-    HostTensor want = map_bcast({a, b}, dt, [](const std::vector<double>& v) { return v[0] / v[1]; });
+    HostTensor want =
+        map_bcast({a, b}, dt, [](const std::vector<double>& v) { return v[0] / v[1]; });
     EXPECT_TRUE(all_close(run_op("div", {a, b}), want)) << dtype_name(dt);
   }
 }
@@ -137,7 +220,8 @@ TEST(KernelBinary, IntegerDivisionByZeroThrows) {
   for (DType dt : {DType::i32, DType::i64})
     for (Parallel* p : par.all()) {
       HostTensor a = make_tensor(dt, {4}, {1, 2, 3, 4});
-      EXPECT_THROW(run_op("div", {a, make_tensor(dt, {4}, {1, 1, 0, 1})}, {}, {.parallel = p}), Error);
+      EXPECT_THROW(run_op("div", {a, make_tensor(dt, {4}, {1, 1, 0, 1})}, {}, {.parallel = p}),
+                   Error);
       EXPECT_THROW(run_op("div", {a, make_tensor(dt, {}, {0})}, {}, {.parallel = p}), Error);
       EXPECT_THROW(run_op("div", {zeros(dt, {}), zeros(dt, {1})}, {}, {.parallel = p}), Error);
     }
@@ -177,8 +261,10 @@ TEST(KernelWhere, MatchesNaive) {
   for (DType dt : kNumeric)
     for (auto& s : shapes) {
       HostTensor c = index_tensor(rng, DType::boolean, s[0], 0, 1);
-      HostTensor a = random_tensor(rng, dt, s[1], -100, 100), b = random_tensor(rng, dt, s[2], -100, 100);
-      HostTensor want = map_bcast({c, a, b}, dt, [](const std::vector<double>& v) { return v[0] ? v[1] : v[2]; });
+      HostTensor a = random_tensor(rng, dt, s[1], -100, 100),
+                 b = random_tensor(rng, dt, s[2], -100, 100);
+      HostTensor want =
+          map_bcast({c, a, b}, dt, [](const std::vector<double>& v) { return v[0] ? v[1] : v[2]; });
       expect_op(par, "where", {c, a, b}, {}, want,
                 attr_str(dt) + shape_str(s[0]) + shape_str(s[1]) + shape_str(s[2]));
     }
@@ -187,7 +273,10 @@ TEST(KernelWhere, MatchesNaive) {
 TEST(KernelCast, MatchesNaive) {
   Parallels par;
   Rng rng(5);
-  struct C { DType from, to; std::function<double(double)> f; };
+  struct C {
+    DType from, to;
+    std::function<double(double)> f;
+  };
   auto trunc = [](double x) { return std::trunc(x); };
   const C casts[] = {
       {DType::f32, DType::f64, [](double x) { return x; }},
@@ -212,7 +301,8 @@ TEST(KernelCast, MatchesNaive) {
     }
   // f32 -> f64 -> f32 is exact.
   HostTensor x = random_tensor(rng, DType::f32, {33});
-  HostTensor y = run_op("cast", {run_op("cast", {x}, {{"dtype", std::string("f64")}})}, {{"dtype", std::string("f32")}});
+  HostTensor y = run_op("cast", {run_op("cast", {x}, {{"dtype", std::string("f64")}})},
+                        {{"dtype", std::string("f32")}});
   EXPECT_TRUE(all_close(y, x, 0, 0));
 }
 
@@ -220,8 +310,10 @@ TEST(KernelCast, MatchesNaive) {
 TEST(KernelCast, HalfPrecisionRounding) {
   auto via = [](DType half, std::vector<double> v) {
     const Shape s{static_cast<int64_t>(v.size())};
-    return run_op("cast", {run_op("cast", {make_tensor(DType::f32, s, v)}, {{"dtype", attr_str(half)}})},
-                  {{"dtype", std::string("f32")}}).v;
+    return run_op("cast",
+                  {run_op("cast", {make_tensor(DType::f32, s, v)}, {{"dtype", attr_str(half)}})},
+                  {{"dtype", std::string("f32")}})
+        .v;
   };
   const double b = std::ldexp(1.0, -7);  // bf16 spacing above 1
   EXPECT_EQ(via(DType::bf16, {1 + b / 2, 1 + 3 * b / 2, 1 + b / 2 + b / 8, -2.5, 0}),
@@ -232,7 +324,8 @@ TEST(KernelCast, HalfPrecisionRounding) {
   Rng rng(6);
   HostTensor x = random_tensor(rng, DType::f32, {1000}, -50, 50);
   std::vector<double> y = via(DType::bf16, x.v);
-  for (size_t i = 0; i < y.size(); ++i) EXPECT_LE(std::fabs(y[i] - x.v[i]), std::ldexp(std::fabs(x.v[i]), -8)) << x.v[i];
+  for (size_t i = 0; i < y.size(); ++i)
+    EXPECT_LE(std::fabs(y[i] - x.v[i]), std::ldexp(std::fabs(x.v[i]), -8)) << x.v[i];
 }
 
 // View ops are aliased by the executor, so their kernels are also called directly.
@@ -240,7 +333,8 @@ TEST(KernelCopy, ReshapeAndStopGradient) {
   Parallels par;
   Rng rng(7);
   for (DType dt : {DType::f32, DType::f64, DType::i64, DType::boolean, DType::bf16}) {
-    HostTensor x = dt == DType::boolean ? index_tensor(rng, dt, {7, 13}, 0, 1) : random_tensor(rng, dt, {7, 13});
+    HostTensor x = dt == DType::boolean ? index_tensor(rng, dt, {7, 13}, 0, 1)
+                                        : random_tensor(rng, dt, {7, 13});
     HostTensor r = x;
     r.shape = {13, 7};
     const Attrs rs{{"shape", Shape{13, -1}}};
@@ -252,12 +346,14 @@ TEST(KernelCopy, ReshapeAndStopGradient) {
     }
   }
   HostTensor empty = zeros(DType::f32, {0, 3});
-  EXPECT_EQ(call_kernel("reshape", {empty}, {{"shape", Shape{3, 0}}}, par.serial).shape, (Shape{3, 0}));
+  EXPECT_EQ(call_kernel("reshape", {empty}, {{"shape", Shape{3, 0}}}, par.serial).shape,
+            (Shape{3, 0}));
 }
 
 // ---- reductions -------------------------------------------------------------------------
 
-HostTensor naive_reduce(const std::string& op, const HostTensor& x, std::vector<int64_t> axes, bool keep) {
+HostTensor naive_reduce(const std::string& op, const HostTensor& x, std::vector<int64_t> axes,
+                        bool keep) {
   const int rank = static_cast<int>(x.shape.size());
   std::vector<bool> red(rank, axes.empty());
   for (int64_t a : axes) red[a < 0 ? a + rank : a] = true;
@@ -266,9 +362,10 @@ HostTensor naive_reduce(const std::string& op, const HostTensor& x, std::vector<
     kept.push_back(red[d] ? 1 : x.shape[d]);
     if (!red[d] || keep) out.push_back(kept.back());
   }
-  const double init = op == "sum" ? 0.0
-                      : is_floating(x.dtype) ? -INFINITY
-                      : x.dtype == DType::i32 ? double(INT32_MIN) : double(INT64_MIN);
+  const double init = op == "sum"             ? 0.0
+                      : is_floating(x.dtype)  ? -INFINITY
+                      : x.dtype == DType::i32 ? double(INT32_MIN)
+                                              : double(INT64_MIN);
   HostTensor y = zeros(x.dtype, out);
   std::fill(y.v.begin(), y.v.end(), init);
   auto kst = strides_of(kept);
@@ -306,7 +403,8 @@ TEST(KernelReduce, MatchesNaive) {
           for (bool keep : {false, true}) {
             HostTensor want = naive_reduce(op, x, axes, keep);
             expect_op(par, op, {x}, {{"axes", axes}, {"keepdims", keep}}, want, 0, 0,
-                      attr_str(dt) + shape_str(shape) + " axes " + shape_str(axes) + (keep ? " keepdims" : ""));
+                      attr_str(dt) + shape_str(shape) + " axes " + shape_str(axes) +
+                          (keep ? " keepdims" : ""));
           }
       }
 }
@@ -319,15 +417,17 @@ TEST(KernelReduce, FloatSumsOfRandomValues) {
              {{13, 3001}, {1}}, {{3001, 13}, {0}}, {{7, 513, 9}, {1}}, {{7, 13, 33}, {0, 2}}}) {
       HostTensor x = random_tensor(rng, dt, shape, -1, 1);
       HostTensor want = naive_reduce("sum", x, axes, false);
-      expect_op(par, "sum", {x}, {{"axes", axes}, {"keepdims", false}}, want, dt == DType::f32 ? 1e-5 : 1e-12,
-                dt == DType::f32 ? 1e-4 : 1e-12, attr_str(dt) + shape_str(shape) + " axes " + shape_str(axes));
+      expect_op(par, "sum", {x}, {{"axes", axes}, {"keepdims", false}}, want,
+                dt == DType::f32 ? 1e-5 : 1e-12, dt == DType::f32 ? 1e-4 : 1e-12,
+                attr_str(dt) + shape_str(shape) + " axes " + shape_str(axes));
     }
 }
 
 TEST(KernelReduce, RejectsBadAxes) {
   HostTensor x = zeros(DType::f32, {2, 3});
   EXPECT_THROW(run_op("sum", {x}, {{"axes", std::vector<int64_t>{2}}, {"keepdims", false}}), Error);
-  EXPECT_THROW(run_op("max", {x}, {{"axes", std::vector<int64_t>{0, -2}}, {"keepdims", false}}), Error);
+  EXPECT_THROW(run_op("max", {x}, {{"axes", std::vector<int64_t>{0, -2}}, {"keepdims", false}}),
+               Error);
 }
 
 // ---- data movement ----------------------------------------------------------------------
@@ -342,10 +442,10 @@ TEST(KernelShape, Transpose) {
   Parallels par;
   Rng rng(10);
   const std::pair<Shape, std::vector<int64_t>> cases[] = {
-      {{7, 13, 3}, {0, 1, 2}}, {{7, 13, 3}, {0, 2, 1}}, {{7, 13, 3}, {1, 0, 2}},
-      {{7, 13, 3}, {1, 2, 0}}, {{7, 13, 3}, {2, 0, 1}}, {{7, 13, 3}, {2, 1, 0}},
-      {{2, 3, 4, 5}, {3, 1, 0, -2}}, {{0, 3}, {1, 0}}, {{}, {}}, {{1, 7, 1}, {2, 0, 1}},
-      {{300, 200}, {1, 0}}};
+      {{7, 13, 3}, {0, 1, 2}},       {{7, 13, 3}, {0, 2, 1}}, {{7, 13, 3}, {1, 0, 2}},
+      {{7, 13, 3}, {1, 2, 0}},       {{7, 13, 3}, {2, 0, 1}}, {{7, 13, 3}, {2, 1, 0}},
+      {{2, 3, 4, 5}, {3, 1, 0, -2}}, {{0, 3}, {1, 0}},        {{}, {}},
+      {{1, 7, 1}, {2, 0, 1}},        {{300, 200}, {1, 0}}};
   for (DType dt : kMoveTypes)
     for (auto& [s, perm] : cases) {
       HostTensor x = rand_any(rng, dt, s);
@@ -368,9 +468,12 @@ TEST(KernelShape, Transpose) {
 TEST(KernelShape, Concat) {
   Parallels par;
   Rng rng(11);
-  const std::pair<std::vector<Shape>, int64_t> cases[] = {
-      {{{7, 2, 5}, {7, 0, 5}, {7, 3, 5}}, 1}, {{{2, 3}, {5, 3}}, 0}, {{{3, 1}, {3, 4}, {3, 2}}, -1},
-      {{{13}}, 0},                           {{{0, 2}, {0, 2}}, 0}, {{{0, 2}, {0, 3}}, 1}};
+  const std::pair<std::vector<Shape>, int64_t> cases[] = {{{{7, 2, 5}, {7, 0, 5}, {7, 3, 5}}, 1},
+                                                          {{{2, 3}, {5, 3}}, 0},
+                                                          {{{3, 1}, {3, 4}, {3, 2}}, -1},
+                                                          {{{13}}, 0},
+                                                          {{{0, 2}, {0, 2}}, 0},
+                                                          {{{0, 2}, {0, 3}}, 1}};
   for (DType dt : kMoveTypes)
     for (auto& [shapes, axis] : cases) {
       std::vector<HostTensor> xs;
@@ -399,10 +502,16 @@ TEST(KernelShape, SliceAndPad) {
   Parallels par;
   Rng rng(12);
   using V = std::vector<int64_t>;
-  struct S { Shape in; V axes, starts, ends; };
-  const S slices[] = {{{7, 13}, {0, 1}, {2, -5}, {5, 13}}, {{7, 13}, {1}, {4}, {4}},
-                      {{7, 13}, {}, {}, {}},              {{3, 5, 7}, {-1, 0}, {1, 1}, {-1, 3}},
-                      {{0, 4}, {1}, {1}, {3}},            {{300, 200}, {1}, {1}, {199}}};
+  struct S {
+    Shape in;
+    V axes, starts, ends;
+  };
+  const S slices[] = {{{7, 13}, {0, 1}, {2, -5}, {5, 13}},
+                      {{7, 13}, {1}, {4}, {4}},
+                      {{7, 13}, {}, {}, {}},
+                      {{3, 5, 7}, {-1, 0}, {1, 1}, {-1, 3}},
+                      {{0, 4}, {1}, {1}, {3}},
+                      {{300, 200}, {1}, {1}, {199}}};
   for (DType dt : kMoveTypes)
     for (const S& s : slices) {
       HostTensor x = rand_any(rng, dt, s.in);
@@ -435,8 +544,9 @@ TEST(KernelShape, SliceAndPad) {
         for (int d = 0; d < r; ++d) off += (idx[d] + b[d]) * st[d];
         padded.v[off] = want.v[i];
       }
-      expect_op(par, "pad", {want}, {{"before", b}, {"after", after}}, padded, 0, 0,
-                attr_str(dt) + shape_str(os) + " before " + shape_str(b) + " after " + shape_str(after));
+      expect_op(
+          par, "pad", {want}, {{"before", b}, {"after", after}}, padded, 0, 0,
+          attr_str(dt) + shape_str(os) + " before " + shape_str(b) + " after " + shape_str(after));
     }
   HostTensor scalar = make_tensor(DType::f32, {}, {2.5});
   EXPECT_TRUE(all_close(run_op("pad", {scalar}, {{"before", V{}}, {"after", V{}}}), scalar, 0, 0));
@@ -445,8 +555,9 @@ TEST(KernelShape, SliceAndPad) {
 TEST(KernelShape, BroadcastTo) {
   Parallels par;
   Rng rng(13);
-  const std::pair<Shape, Shape> cases[] = {{{3, 1}, {2, 3, 4}}, {{}, {5}},        {{1, 7}, {13, 7}},
-                                           {{3, 1, 5}, {0, 3, 4, 5}}, {{7}, {7}}, {{1, 33, 1}, {300, 33, 40}}};
+  const std::pair<Shape, Shape> cases[] = {{{3, 1}, {2, 3, 4}}, {{}, {5}},
+                                           {{1, 7}, {13, 7}},   {{3, 1, 5}, {0, 3, 4, 5}},
+                                           {{7}, {7}},          {{1, 33, 1}, {300, 33, 40}}};
   for (DType dt : kMoveTypes)
     for (auto& [in, out] : cases) {
       HostTensor x = rand_any(rng, dt, in);
@@ -472,16 +583,20 @@ TEST(ScalarExpr, MatchesKernelForEveryElementwiseOp) {
     for (const Attrs& attrs : variants) {
       std::vector<HostTensor> ins;
       for (int i = 0; i < def->min_inputs; ++i) {
-        if (op == "where" && i == 0) ins.push_back(index_tensor(rng, DType::boolean, {33}, 0, 1));
-        else if (positive_domain(op)) ins.push_back(random_tensor(rng, DType::f64, {33}, 0.05, 5));
-        else ins.push_back(quantized_tensor(rng, DType::f64, {33}, -12, 12, op != "div"));  // ties
+        if (op == "where" && i == 0)
+          ins.push_back(index_tensor(rng, DType::boolean, {33}, 0, 1));
+        else if (positive_domain(op))
+          ins.push_back(random_tensor(rng, DType::f64, {33}, 0.05, 5));
+        else
+          ins.push_back(quantized_tensor(rng, DType::f64, {33}, -12, 12, op != "div"));  // ties
       }
       for (int i = 0; i < def->min_inputs && def->min_inputs == 2; ++i)
         for (int64_t j = 0; j < 33; j += 4) ins[i].v[j] += 0.37 * (i + 1);  // and non-ties
       Graph g(ops::registry());
       ops::Emitter e(g, Origin::here());
       std::vector<Value> in;
-      for (size_t i = 0; i < ins.size(); ++i) in.push_back(e.input("in" + std::to_string(i), ins[i].dtype, {33}));
+      for (size_t i = 0; i < ins.size(); ++i)
+        in.push_back(e.input("in" + std::to_string(i), ins[i].dtype, {33}));
       const Node& node = g.node(g.add(op, in, attrs).node);
       const ScalarExpr expr = def->scalar(node);
       ASSERT_EQ(expr.num_args(), def->min_inputs) << op;

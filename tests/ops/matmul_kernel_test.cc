@@ -21,7 +21,8 @@ std::string case_str(const MatmulCase& c) {
 }
 
 // The naive product and, per element, sum_k |a_ik| |b_kj| (the scale of its rounding).
-std::pair<HostTensor, HostTensor> naive_matmul(const HostTensor& a, const HostTensor& b, bool ta, bool tb) {
+std::pair<HostTensor, HostTensor> naive_matmul(const HostTensor& a, const HostTensor& b, bool ta,
+                                               bool tb) {
   const size_t ra = a.shape.size(), rb = b.shape.size();
   const int64_t M = ta ? a.shape[ra - 1] : a.shape[ra - 2];
   const int64_t K = ta ? a.shape[ra - 2] : a.shape[ra - 1];
@@ -39,7 +40,8 @@ std::pair<HostTensor, HostTensor> naive_matmul(const HostTensor& a, const HostTe
   os.push_back(N);
   HostTensor c = zeros(a.dtype, os), scale = zeros(a.dtype, os);
   for (int64_t bi = 0; bi < numel(batch); ++bi) {
-    const int64_t oa = broadcast_index(batch, ba, bi) * M * K, ob = broadcast_index(batch, bb, bi) * K * N;
+    const int64_t oa = broadcast_index(batch, ba, bi) * M * K,
+                  ob = broadcast_index(batch, bb, bi) * K * N;
     for (int64_t i = 0; i < M; ++i)
       for (int64_t j = 0; j < N; ++j) {
         double s = 0, t = 0;
@@ -60,11 +62,12 @@ std::pair<HostTensor, HostTensor> naive_matmul(const HostTensor& a, const HostTe
 testing::AssertionResult matmul_close(const HostTensor& got, const HostTensor& want,
                                       const HostTensor& scale, double tol) {
   if (got.shape != want.shape)
-    return testing::AssertionFailure() << "shape " << shape_str(got.shape) << ", want " << shape_str(want.shape);
+    return testing::AssertionFailure()
+           << "shape " << shape_str(got.shape) << ", want " << shape_str(want.shape);
   for (int64_t i = 0; i < got.numel(); ++i)
     if (!(std::fabs(got.v[i] - want.v[i]) <= tol * scale.v[i] + 1e-30))
-      return testing::AssertionFailure() << "element " << i << ": " << got.v[i] << ", want " << want.v[i]
-                                         << " (scale " << scale.v[i] << ")";
+      return testing::AssertionFailure() << "element " << i << ": " << got.v[i] << ", want "
+                                         << want.v[i] << " (scale " << scale.v[i] << ")";
   return testing::AssertionSuccess();
 }
 
@@ -75,14 +78,17 @@ std::vector<MatmulCase> matmul_cases(bool large) {
       c.push_back({ta ? Shape{4, 3} : Shape{3, 4}, tb ? Shape{5, 4} : Shape{4, 5}, ta, tb});
       c.push_back({ta ? Shape{13, 7} : Shape{7, 13}, tb ? Shape{33, 13} : Shape{13, 33}, ta, tb});
       c.push_back({ta ? Shape{2, 4, 3} : Shape{2, 3, 4}, tb ? Shape{5, 4} : Shape{4, 5}, ta, tb});
-      c.push_back({ta ? Shape{2, 1, 4, 3} : Shape{2, 1, 3, 4}, tb ? Shape{3, 5, 4} : Shape{3, 4, 5}, ta, tb});
+      c.push_back({ta ? Shape{2, 1, 4, 3} : Shape{2, 1, 3, 4}, tb ? Shape{3, 5, 4} : Shape{3, 4, 5},
+                   ta, tb});
       c.push_back({ta ? Shape{4, 3} : Shape{3, 4}, tb ? Shape{2, 5, 4} : Shape{2, 4, 5}, ta, tb});
       // Degenerate sizes: M, N or K of 0 or 1, batched too.
       c.push_back({ta ? Shape{4, 0} : Shape{0, 4}, tb ? Shape{5, 4} : Shape{4, 5}, ta, tb});
       c.push_back({ta ? Shape{4, 3} : Shape{3, 4}, tb ? Shape{0, 4} : Shape{4, 0}, ta, tb});
       c.push_back({ta ? Shape{0, 3} : Shape{3, 0}, tb ? Shape{5, 0} : Shape{0, 5}, ta, tb});
-      c.push_back({ta ? Shape{3, 0, 3} : Shape{3, 3, 0}, tb ? Shape{3, 5, 0} : Shape{3, 0, 5}, ta, tb});
-      c.push_back({ta ? Shape{2, 4, 0} : Shape{2, 0, 4}, tb ? Shape{2, 0, 4} : Shape{2, 4, 0}, ta, tb});
+      c.push_back(
+          {ta ? Shape{3, 0, 3} : Shape{3, 3, 0}, tb ? Shape{3, 5, 0} : Shape{3, 0, 5}, ta, tb});
+      c.push_back(
+          {ta ? Shape{2, 4, 0} : Shape{2, 0, 4}, tb ? Shape{2, 0, 4} : Shape{2, 4, 0}, ta, tb});
       c.push_back({Shape{1, 1}, Shape{1, 1}, ta, tb});
       c.push_back({ta ? Shape{4, 1} : Shape{1, 4}, tb ? Shape{1, 4} : Shape{4, 1}, ta, tb});
       c.push_back({ta ? Shape{1, 3} : Shape{3, 1}, tb ? Shape{5, 1} : Shape{1, 5}, ta, tb});
@@ -90,11 +96,16 @@ std::vector<MatmulCase> matmul_cases(bool large) {
       if (large) {
         // Rows split (300x200x100), columns split (few rows), batches split, and one
         // transposed batch that is split inside its GEMM.
-        c.push_back({ta ? Shape{100, 300} : Shape{300, 100}, tb ? Shape{200, 100} : Shape{100, 200}, ta, tb});
-        c.push_back({ta ? Shape{300, 4} : Shape{4, 300}, tb ? Shape{500, 300} : Shape{300, 500}, ta, tb});
-        c.push_back({ta ? Shape{3, 50, 40} : Shape{3, 40, 50}, tb ? Shape{3, 60, 50} : Shape{3, 50, 60}, ta, tb});
-        c.push_back({ta ? Shape{1, 100, 300} : Shape{1, 300, 100}, tb ? Shape{1, 200, 100} : Shape{1, 100, 200}, ta, tb});
-        c.push_back({ta ? Shape{2, 100, 150} : Shape{2, 150, 100}, tb ? Shape{90, 100} : Shape{100, 90}, ta, tb});
+        c.push_back({ta ? Shape{100, 300} : Shape{300, 100}, tb ? Shape{200, 100} : Shape{100, 200},
+                     ta, tb});
+        c.push_back(
+            {ta ? Shape{300, 4} : Shape{4, 300}, tb ? Shape{500, 300} : Shape{300, 500}, ta, tb});
+        c.push_back({ta ? Shape{3, 50, 40} : Shape{3, 40, 50},
+                     tb ? Shape{3, 60, 50} : Shape{3, 50, 60}, ta, tb});
+        c.push_back({ta ? Shape{1, 100, 300} : Shape{1, 300, 100},
+                     tb ? Shape{1, 200, 100} : Shape{1, 100, 200}, ta, tb});
+        c.push_back({ta ? Shape{2, 100, 150} : Shape{2, 150, 100},
+                     tb ? Shape{90, 100} : Shape{100, 90}, ta, tb});
       }
     }
   return c;
@@ -110,22 +121,25 @@ TEST(KernelMatmul, ReferenceMatchesNaive) {
       HostTensor a = random_tensor(rng, dt, c.a), b = random_tensor(rng, dt, c.b);
       auto [want, scale] = naive_matmul(a, b, c.ta, c.tb);
       for (Parallel* p : par.all())
-        EXPECT_TRUE(matmul_close(run_op("matmul", {a, b}, matmul_attrs(c), {.parallel = p}), want, scale,
-                                 dt == DType::f32 ? 1e-6 : 1e-14))
+        EXPECT_TRUE(matmul_close(run_op("matmul", {a, b}, matmul_attrs(c), {.parallel = p}), want,
+                                 scale, dt == DType::f32 ? 1e-6 : 1e-14))
             << dtype_name(dt) << " " << case_str(c) << " " << par_name(p);
-      EXPECT_TRUE(matmul_close(call_kernel("matmul", {a, b}, matmul_attrs(c), par.pool), want, scale,
-                               dt == DType::f32 ? 1e-6 : 1e-14))
+      EXPECT_TRUE(matmul_close(call_kernel("matmul", {a, b}, matmul_attrs(c), par.pool), want,
+                               scale, dt == DType::f32 ? 1e-6 : 1e-14))
           << dtype_name(dt) << " " << case_str(c) << " on poisoned buffers";
     }
   // One large product through the reference kernel's parallel path.
-  HostTensor a = random_tensor(rng, DType::f64, {301, 67}), b = random_tensor(rng, DType::f64, {67, 129});
+  HostTensor a = random_tensor(rng, DType::f64, {301, 67}),
+             b = random_tensor(rng, DType::f64, {67, 129});
   auto [want, scale] = naive_matmul(a, b, false, false);
-  EXPECT_TRUE(matmul_close(run_op("matmul", {a, b}, {}, {.parallel = &par.pool}), want, scale, 1e-14));
+  EXPECT_TRUE(
+      matmul_close(run_op("matmul", {a, b}, {}, {.parallel = &par.pool}), want, scale, 1e-14));
 }
 
 TEST(KernelMatmul, RejectsMismatchedOperands) {
   EXPECT_THROW(run_op("matmul", {zeros(DType::f32, {3, 4}), zeros(DType::f32, {5, 6})}), Error);
-  EXPECT_THROW(run_op("matmul", {zeros(DType::f32, {2, 3, 4}), zeros(DType::f32, {3, 4, 5})}), Error);
+  EXPECT_THROW(run_op("matmul", {zeros(DType::f32, {2, 3, 4}), zeros(DType::f32, {3, 4, 5})}),
+               Error);
   EXPECT_THROW(run_op("matmul", {zeros(DType::f32, {4}), zeros(DType::f32, {4, 5})}), Error);
   EXPECT_THROW(run_op("matmul", {zeros(DType::f32, {3, 4}), zeros(DType::f64, {4, 5})}), Error);
 }
@@ -144,11 +158,14 @@ TEST(FastKernel, BlasMatmulMatchesReference) {
       const HostTensor scale = naive_matmul(a, b, c.ta, c.tb).second;
       const double tol = dt == DType::f32 ? 1e-5 : 1e-13;
       for (Parallel* p : par.all()) {
-        EXPECT_TRUE(matmul_close(run_op("matmul", {a, b}, matmul_attrs(c), {.parallel = p, .use_blas = true}),
-                                 ref, scale, tol))
+        EXPECT_TRUE(matmul_close(
+            run_op("matmul", {a, b}, matmul_attrs(c), {.parallel = p, .use_blas = true}), ref,
+            scale, tol))
             << "blas " << dtype_name(dt) << " " << case_str(c) << " " << par_name(p);
-        EXPECT_TRUE(matmul_close(call_kernel("matmul", {a, b}, matmul_attrs(c), *p, blas), ref, scale, tol))
-            << "blas " << dtype_name(dt) << " " << case_str(c) << " " << par_name(p) << " on poisoned buffers";
+        EXPECT_TRUE(
+            matmul_close(call_kernel("matmul", {a, b}, matmul_attrs(c), *p, blas), ref, scale, tol))
+            << "blas " << dtype_name(dt) << " " << case_str(c) << " " << par_name(p)
+            << " on poisoned buffers";
       }
     }
 }

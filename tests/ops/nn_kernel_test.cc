@@ -22,7 +22,8 @@ HostTensor naive_gather(const HostTensor& table, const HostTensor& idx) {
   const int64_t row = table.shape[0] ? table.numel() / table.shape[0] : 0;
   HostTensor out = zeros(table.dtype, os);
   for (int64_t i = 0; i < idx.numel(); ++i)
-    for (int64_t c = 0; c < row; ++c) out.v[i * row + c] = table.v[static_cast<int64_t>(idx.v[i]) * row + c];
+    for (int64_t c = 0; c < row; ++c)
+      out.v[i * row + c] = table.v[static_cast<int64_t>(idx.v[i]) * row + c];
   return out;
 }
 
@@ -32,20 +33,23 @@ HostTensor naive_scatter_add(const HostTensor& idx, const HostTensor& upd, int64
   HostTensor out = zeros(upd.dtype, os);
   const int64_t row = idx.numel() ? upd.numel() / idx.numel() : 0;
   for (int64_t i = 0; i < idx.numel(); ++i)
-    for (int64_t c = 0; c < row; ++c) out.v[static_cast<int64_t>(idx.v[i]) * row + c] += upd.v[i * row + c];
+    for (int64_t c = 0; c < row; ++c)
+      out.v[static_cast<int64_t>(idx.v[i]) * row + c] += upd.v[i * row + c];
   return out;
 }
 
 TEST(KernelGather, MatchesNaive) {
   Parallels par;
   Rng rng(30);
-  const std::pair<Shape, Shape> cases[] = {  // table, indices
-      {{5, 3}, {2, 4}},  {{7}, {13}},   {{13, 33}, {}},     {{13, 33}, {0}},
-      {{0, 3}, {0}},     {{1, 1}, {1}}, {{3, 2, 5}, {4, 1}}, {{50, 64}, {2000}}};
+  const std::pair<Shape, Shape> cases[] = {// table, indices
+                                           {{5, 3}, {2, 4}},    {{7}, {13}},       {{13, 33}, {}},
+                                           {{13, 33}, {0}},     {{0, 3}, {0}},     {{1, 1}, {1}},
+                                           {{3, 2, 5}, {4, 1}}, {{50, 64}, {2000}}};
   for (DType dt : {DType::f32, DType::f64, DType::i32, DType::i64, DType::boolean})
     for (DType it : {DType::i32, DType::i64})
       for (auto& [ts, is] : cases) {
-        HostTensor table = dt == DType::boolean ? index_tensor(rng, dt, ts, 0, 1) : random_tensor(rng, dt, ts, -9, 9);
+        HostTensor table = dt == DType::boolean ? index_tensor(rng, dt, ts, 0, 1)
+                                                : random_tensor(rng, dt, ts, -9, 9);
         // Few rows, many indices: repeats guaranteed.
         HostTensor idx = index_tensor(rng, it, is, 0, std::max<int64_t>(ts[0] - 1, 0));
         expect_op(par, "gather", {table, idx}, {}, naive_gather(table, idx), 0, 0,
@@ -56,17 +60,22 @@ TEST(KernelGather, MatchesNaive) {
 TEST(KernelScatterAdd, MatchesNaive) {
   Parallels par;
   Rng rng(31);
-  struct C { Shape idx, upd; int64_t size; };
-  const C cases[] = {{{6}, {6, 3}, 4},     {{2, 3}, {2, 3, 2}, 3}, {{}, {5}, 2},       {{0}, {0, 4}, 3},
-                     {{0}, {0, 4}, 0},     {{7}, {7}, 13},         {{1}, {1, 1}, 1},   {{13}, {13, 33}, 7},
-                     {{1000}, {1000, 200}, 10}};
+  struct C {
+    Shape idx, upd;
+    int64_t size;
+  };
+  const C cases[] = {{{6}, {6, 3}, 4}, {{2, 3}, {2, 3, 2}, 3}, {{}, {5}, 2},
+                     {{0}, {0, 4}, 3}, {{0}, {0, 4}, 0},       {{7}, {7}, 13},
+                     {{1}, {1, 1}, 1}, {{13}, {13, 33}, 7},    {{1000}, {1000, 200}, 10}};
   for (DType dt : {DType::f32, DType::f64})
     for (DType it : {DType::i32, DType::i64})
       for (const C& c : cases) {
         HostTensor idx = index_tensor(rng, it, c.idx, 0, std::max<int64_t>(c.size - 1, 0));
         HostTensor upd = quantized_tensor(rng, dt, c.upd);  // exact sums in any order
-        expect_op(par, "scatter_add", {idx, upd}, {{"size", c.size}}, naive_scatter_add(idx, upd, c.size), 0, 0,
-                  attr_str(dt) + " idx " + attr_str(it) + shape_str(c.idx) + " updates " + shape_str(c.upd));
+        expect_op(par, "scatter_add", {idx, upd}, {{"size", c.size}},
+                  naive_scatter_add(idx, upd, c.size), 0, 0,
+                  attr_str(dt) + " idx " + attr_str(it) + shape_str(c.idx) + " updates " +
+                      shape_str(c.upd));
       }
 }
 
@@ -81,8 +90,14 @@ TEST(KernelIndex, OutOfRangeThrows) {
         HostTensor idx = make_tensor(it, {5000}, iv);
         const RunConfig cfg{.parallel = p};
         EXPECT_THROW(run_op("gather", {zeros(DType::f32, {5, 8}), idx}, {}, cfg), Error) << bad;
-        EXPECT_THROW(run_op("scatter_add", {idx, zeros(DType::f32, {5000, 8})}, {{"size", int64_t{5}}}, cfg), Error) << bad;
-        EXPECT_THROW(run_op("one_hot", {idx}, {{"depth", int64_t{5}}, {"dtype", std::string("f32")}}, cfg), Error) << bad;
+        EXPECT_THROW(
+            run_op("scatter_add", {idx, zeros(DType::f32, {5000, 8})}, {{"size", int64_t{5}}}, cfg),
+            Error)
+            << bad;
+        EXPECT_THROW(
+            run_op("one_hot", {idx}, {{"depth", int64_t{5}}, {"dtype", std::string("f32")}}, cfg),
+            Error)
+            << bad;
       }
   try {
     run_op("gather", {zeros(DType::f32, {5, 2}), make_tensor(DType::i64, {2}, {0, 7})});
@@ -96,7 +111,8 @@ TEST(KernelIndex, OutOfRangeThrows) {
 TEST(KernelOneHot, MatchesNaive) {
   Parallels par;
   Rng rng(32);
-  const std::pair<Shape, int64_t> cases[] = {{{7}, 5}, {{2, 3}, 4}, {{}, 3}, {{0}, 3}, {{13}, 1}, {{20000}, 10}};
+  const std::pair<Shape, int64_t> cases[] = {{{7}, 5}, {{2, 3}, 4}, {{}, 3},
+                                             {{0}, 3}, {{13}, 1},   {{20000}, 10}};
   for (DType dt : {DType::f32, DType::f64, DType::i32, DType::i64})
     for (DType it : {DType::i32, DType::i64})
       for (auto& [s, depth] : cases) {
@@ -104,9 +120,11 @@ TEST(KernelOneHot, MatchesNaive) {
         Shape os = s;
         os.push_back(depth);
         HostTensor want = zeros(dt, os);
-        for (int64_t i = 0; i < labels.numel(); ++i) want.v[i * depth + static_cast<int64_t>(labels.v[i])] = 1;
+        for (int64_t i = 0; i < labels.numel(); ++i)
+          want.v[i * depth + static_cast<int64_t>(labels.v[i])] = 1;
         expect_op(par, "one_hot", {labels}, {{"depth", depth}, {"dtype", attr_str(dt)}}, want, 0, 0,
-                  attr_str(dt) + " labels " + attr_str(it) + shape_str(s) + " depth " + std::to_string(depth));
+                  attr_str(dt) + " labels " + attr_str(it) + shape_str(s) + " depth " +
+                      std::to_string(depth));
       }
 }
 
@@ -115,14 +133,17 @@ TEST(KernelOneHot, MatchesNaive) {
 TEST(KernelCausalMask, Values) {
   Parallels par;
   for (DType dt : {DType::f32, DType::f64})
-    for (auto [r, c] : std::vector<std::pair<int64_t, int64_t>>{{4, 4}, {3, 7}, {0, 5}, {1, 1}, {13, 33}, {0, 0}}) {
+    for (auto [r, c] : std::vector<std::pair<int64_t, int64_t>>{
+             {4, 4}, {3, 7}, {0, 5}, {1, 1}, {13, 33}, {0, 0}}) {
       HostTensor want = zeros(dt, {r, c});
       for (int64_t i = 0; i < r; ++i)
         for (int64_t j = 0; j < c; ++j) want.v[i * c + j] = j - i <= c - r ? 0.0 : -INFINITY;
-      expect_op(par, "causal_mask", {}, {{"rows", r}, {"cols", c}, {"dtype", attr_str(dt)}}, want, 0, 0,
-                attr_str(dt) + " " + std::to_string(r) + "x" + std::to_string(c));
+      expect_op(par, "causal_mask", {}, {{"rows", r}, {"cols", c}, {"dtype", attr_str(dt)}}, want,
+                0, 0, attr_str(dt) + " " + std::to_string(r) + "x" + std::to_string(c));
     }
-  EXPECT_THROW(run_op("causal_mask", {}, {{"rows", int64_t{5}}, {"cols", int64_t{4}}, {"dtype", std::string("f32")}}), Error);
+  EXPECT_THROW(run_op("causal_mask", {},
+                      {{"rows", int64_t{5}}, {"cols", int64_t{4}}, {"dtype", std::string("f32")}}),
+               Error);
 }
 
 HostTensor dropout_mask(double p, int64_t counter, int64_t seed_attr, const RunConfig& cfg,
@@ -152,33 +173,38 @@ TEST(KernelDropoutMask, Statistics) {
       const double sigma = std::sqrt(p * (1 - p) / n);
       EXPECT_NEAR(double(kept) / n, 1 - p, 3 * sigma) << "p " << p << " " << dtype_name(dt);
       // Same (seed, counter) on one thread: the same mask.
-      EXPECT_EQ(count_differences(m, dropout_mask(p, 3, 42, {.parallel = &par.serial, .seed = 1}, dt)), 0);
+      EXPECT_EQ(
+          count_differences(m, dropout_mask(p, 3, 42, {.parallel = &par.serial, .seed = 1}, dt)),
+          0);
     }
   const HostTensor base = dropout_mask(0.5, 3, 42, {.seed = 1});
   // Another counter, attribute seed or run seed: a different mask (about half the
   // elements differ at p = 0.5).
-  for (const HostTensor& other : {dropout_mask(0.5, 4, 42, {.seed = 1}), dropout_mask(0.5, 3, 43, {.seed = 1}),
-                                  dropout_mask(0.5, 3, 42, {.seed = 2})})
+  for (const HostTensor& other :
+       {dropout_mask(0.5, 4, 42, {.seed = 1}), dropout_mask(0.5, 3, 43, {.seed = 1}),
+        dropout_mask(0.5, 3, 42, {.seed = 2})})
     EXPECT_NEAR(double(count_differences(base, other)) / n, 0.5, 0.02);
   // p = 0 keeps everything; size 0 and 1 work.
   for (double v : dropout_mask(0, 1, 1, {}, DType::f64, 1000).v) EXPECT_EQ(v, 1.0);
   EXPECT_EQ(dropout_mask(0.5, 1, 1, {}, DType::f32, 0).numel(), 0);
   EXPECT_EQ(dropout_mask(0.5, 1, 1, {}, DType::f32, 1).numel(), 1);
   // An i32 counter gives the same mask as the same i64 counter.
-  const HostTensor m32 = run_op("dropout_mask", {make_tensor(DType::i32, {}, {3})},
-                                {{"shape", Shape{n}}, {"p", 0.5}, {"seed", int64_t{42}}, {"dtype", std::string("f32")}},
-                                {.seed = 1});
+  const HostTensor m32 = run_op(
+      "dropout_mask", {make_tensor(DType::i32, {}, {3})},
+      {{"shape", Shape{n}}, {"p", 0.5}, {"seed", int64_t{42}}, {"dtype", std::string("f32")}},
+      {.seed = 1});
   EXPECT_EQ(count_differences(m32, base), 0);
 }
 
 // ---- sources ----------------------------------------------------------------------------
 
 // Values of parameter `name` (built after `before` other parameters) after initialize().
-HostTensor init_parameter(const std::string& name, Shape shape, ops::Init init, double scale, uint64_t seed,
-                          Parallel* par, DType dt = DType::f32, int before = 0) {
+HostTensor init_parameter(const std::string& name, Shape shape, ops::Init init, double scale,
+                          uint64_t seed, Parallel* par, DType dt = DType::f32, int before = 0) {
   Graph g(ops::registry());
   ops::Emitter e(g, Origin::here());
-  for (int i = 0; i < before; ++i) e.parameter("other" + std::to_string(i), {3}, ops::Init::normal, 1);
+  for (int i = 0; i < before; ++i)
+    e.parameter("other" + std::to_string(i), {3}, ops::Init::normal, 1);
   g.set_output("w", e.parameter(name, std::move(shape), init, scale, dt));
   runtime::Executor ex(g, {.seed = seed, .use_blas = false, .parallel = par});
   ex.prepare({"", {"w"}});
@@ -206,8 +232,10 @@ TEST(KernelParameter, Initializers) {
     std::tie(mean, std) = mean_std(u.v);
     EXPECT_NEAR(mean, 0, 3 * 0.25 / std::sqrt(3.0 * n));
     EXPECT_NEAR(std, 0.25 / std::sqrt(3.0), 0.002);
-    for (auto [init, value] : {std::pair{ops::Init::zeros, 0.0}, {ops::Init::ones, 1.0}, {ops::Init::constant, 0.75}})
-      for (double x : init_parameter("c", {7, 13}, init, 0.75, 1, &par.serial, dt).v) ASSERT_EQ(x, value);
+    for (auto [init, value] :
+         {std::pair{ops::Init::zeros, 0.0}, {ops::Init::ones, 1.0}, {ops::Init::constant, 0.75}})
+      for (double x : init_parameter("c", {7, 13}, init, 0.75, 1, &par.serial, dt).v)
+        ASSERT_EQ(x, value);
   }
   EXPECT_EQ(init_parameter("empty", {0, 4}, ops::Init::normal, 1, 1, &par.pool).numel(), 0);
 }
@@ -217,14 +245,24 @@ TEST(KernelParameter, SeedingIsByNameAndRunSeed) {
   constexpr int64_t n = 50000;
   const HostTensor w = init_parameter("layer/w", {n}, ops::Init::normal, 1, 7, &par.serial);
   // Same name and run seed: identical on any thread count and whatever was built before.
-  EXPECT_EQ(count_differences(w, init_parameter("layer/w", {n}, ops::Init::normal, 1, 7, &par.pool)), 0);
-  EXPECT_EQ(count_differences(w, init_parameter("layer/w", {n}, ops::Init::normal, 1, 7, &par.pool, DType::f32, 3)), 0);
+  EXPECT_EQ(
+      count_differences(w, init_parameter("layer/w", {n}, ops::Init::normal, 1, 7, &par.pool)), 0);
+  EXPECT_EQ(count_differences(w, init_parameter("layer/w", {n}, ops::Init::normal, 1, 7, &par.pool,
+                                                DType::f32, 3)),
+            0);
   // Another run seed or another name: different values.
-  EXPECT_GT(count_differences(w, init_parameter("layer/w", {n}, ops::Init::normal, 1, 8, &par.serial)), n * 9 / 10);
-  EXPECT_GT(count_differences(w, init_parameter("layer/b", {n}, ops::Init::normal, 1, 7, &par.serial)), n * 9 / 10);
+  EXPECT_GT(
+      count_differences(w, init_parameter("layer/w", {n}, ops::Init::normal, 1, 8, &par.serial)),
+      n * 9 / 10);
+  EXPECT_GT(
+      count_differences(w, init_parameter("layer/b", {n}, ops::Init::normal, 1, 7, &par.serial)),
+      n * 9 / 10);
   const HostTensor u = init_parameter("layer/w", {n}, ops::Init::uniform, 1, 7, &par.serial);
-  EXPECT_EQ(count_differences(u, init_parameter("layer/w", {n}, ops::Init::uniform, 1, 7, &par.pool)), 0);
-  EXPECT_GT(count_differences(u, init_parameter("layer/w", {n}, ops::Init::uniform, 1, 9, &par.pool)), n * 9 / 10);
+  EXPECT_EQ(
+      count_differences(u, init_parameter("layer/w", {n}, ops::Init::uniform, 1, 7, &par.pool)), 0);
+  EXPECT_GT(
+      count_differences(u, init_parameter("layer/w", {n}, ops::Init::uniform, 1, 9, &par.pool)),
+      n * 9 / 10);
 }
 
 // state and constant are filled with their value (or stored data); inputs keep what the
@@ -248,12 +286,14 @@ TEST(KernelSource, StateConstantInput) {
       const int prog = ex.prepare({"", {"s", "c", "stored", "x"}});
       ex.initialize();
       Rng rng(33);
-      const HostTensor xv = dt == DType::boolean ? index_tensor(rng, dt, {7, 13}, 0, 1) : random_tensor(rng, dt, {7, 13});
+      const HostTensor xv = dt == DType::boolean ? index_tensor(rng, dt, {7, 13}, 0, 1)
+                                                 : random_tensor(rng, dt, {7, 13});
       store(ex.input("x"), xv);
       ex.run(prog);
       ex.run(prog);
       for (double v : load(ex.output("s")).v) ASSERT_EQ(v, 1.0) << dtype_name(dt);
-      for (double v : load(ex.output("c")).v) ASSERT_EQ(v, dt == DType::boolean ? 1.0 : -3.0) << dtype_name(dt);
+      for (double v : load(ex.output("c")).v)
+        ASSERT_EQ(v, dt == DType::boolean ? 1.0 : -3.0) << dtype_name(dt);
       for (double v : load(ex.output("stored")).v) ASSERT_EQ(v, 0.0) << dtype_name(dt);
       EXPECT_TRUE(all_close(load(ex.output("x")), xv, 0, 0)) << dtype_name(dt);
     }
@@ -274,9 +314,13 @@ TEST(KernelSource, StateConstantInput) {
 
 // ---- lr_schedule ------------------------------------------------------------------------
 
-double lr(const std::string& kind, double base, double min, int64_t warmup, int64_t total, int64_t step,
-          DType dt = DType::f64, DType step_dt = DType::i64) {
-  Attrs a{{"kind", kind}, {"base", base}, {"warmup", warmup}, {"total", total}, {"dtype", attr_str(dt)}};
+double lr(const std::string& kind, double base, double min, int64_t warmup, int64_t total,
+          int64_t step, DType dt = DType::f64, DType step_dt = DType::i64) {
+  Attrs a{{"kind", kind},
+          {"base", base},
+          {"warmup", warmup},
+          {"total", total},
+          {"dtype", attr_str(dt)}};
   if (!std::isnan(min)) a.set("min", min);
   return run_op("lr_schedule", {make_tensor(step_dt, {}, {double(step)})}, a).v[0];
 }
@@ -284,7 +328,8 @@ double lr(const std::string& kind, double base, double min, int64_t warmup, int6
 TEST(KernelLrSchedule, ConstantWarmupCosine) {
   const double pi = std::acos(-1.0);
   // Constant.
-  for (int64_t step : {0, 1, 99, 100000}) EXPECT_DOUBLE_EQ(lr("constant", 0.1, NAN, 0, 100, step), 0.1);
+  for (int64_t step : {0, 1, 99, 100000})
+    EXPECT_DOUBLE_EQ(lr("constant", 0.1, NAN, 0, 100, step), 0.1);
   // Linear warmup over 10 steps, to the base rate at the last warmup step.
   EXPECT_DOUBLE_EQ(lr("constant", 0.1, NAN, 10, 100, 0), 0.01);
   EXPECT_DOUBLE_EQ(lr("constant", 0.1, NAN, 10, 100, 4), 0.05);

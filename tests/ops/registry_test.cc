@@ -2,6 +2,8 @@
 // reference-kernel test, a gradient check or an explicit "not differentiable" entry, and
 // every faster kernel a comparison with the reference. A new op without these fails here,
 // naming the op.
+#include "ops/registry.h"
+
 #include <algorithm>
 #include <cmath>
 #include <set>
@@ -10,7 +12,6 @@
 #include <vector>
 
 #include "graph/graph.h"
-#include "ops/registry.h"
 #include "runtime/cpu_kernels.h"
 #include "tests/ops/harness.h"
 
@@ -28,6 +29,8 @@ constexpr std::string_view kScalar = "ScalarExpr.MatchesKernelForEveryElementwis
 constexpr std::string_view kUnary = "KernelUnary.MatchesNaive";
 constexpr std::string_view kBinary = "KernelBinary.MatchesNaive";
 constexpr std::string_view kIndexErrors = "KernelIndex.OutOfRangeThrows";
+constexpr std::string_view kTails = "KernelUnary.TailsMatchNaive";
+constexpr std::string_view kUlp = "KernelUnary.FloatExpAndTanhWithinTwoUlp";
 
 const OpCases kOpCases[] = {
     // sources
@@ -36,21 +39,23 @@ const OpCases kOpCases[] = {
     {"state", {"KernelSource.StateConstantInput"}},
     {"constant", {"KernelSource.StateConstantInput"}},
     // elementwise
-    {"neg", {kUnary, kScalar}},
-    {"exp", {kUnary, kScalar}},
+    {"neg", {kUnary, kScalar, kTails}},
+    {"exp", {kUnary, kScalar, kTails, kUlp}},
     {"log", {kUnary, kScalar}},
     {"sqrt", {kUnary, kScalar}},
     {"rsqrt", {kUnary, kScalar}},
-    {"tanh", {kUnary, kScalar}},
-    {"abs", {kUnary, kScalar}},
-    {"relu", {kUnary, kScalar}},
-    {"sigmoid", {kUnary, kScalar}},
-    {"gelu", {kUnary, kScalar}},
+    {"tanh", {kUnary, kScalar, kTails, kUlp}},
+    {"abs", {kUnary, kScalar, kTails}},
+    {"relu", {kUnary, kScalar, kTails}},
+    {"sigmoid", {kUnary, kScalar, kTails}},
+    {"gelu", {kUnary, kScalar, kTails}},
     {"add", {kBinary, kScalar}},
     {"sub", {kBinary, kScalar}},
     {"mul", {kBinary, kScalar}},
-    {"div", {kBinary, kScalar, "KernelBinary.FloatDivisionOnRandomValues",
-             "KernelBinary.IntegerDivisionByZeroThrows", "KernelBinary.IntegerDivisionOverflowDoesNotCrash"}},
+    {"div",
+     {kBinary, kScalar, "KernelBinary.FloatDivisionOnRandomValues",
+      "KernelBinary.IntegerDivisionByZeroThrows",
+      "KernelBinary.IntegerDivisionOverflowDoesNotCrash"}},
     {"maximum", {kBinary, kScalar}},
     {"minimum", {kBinary, kScalar}},
     {"greater", {kBinary, kScalar}},
@@ -59,7 +64,9 @@ const OpCases kOpCases[] = {
     {"cast", {"KernelCast.MatchesNaive", "KernelCast.HalfPrecisionRounding", kScalar}},
     {"stop_gradient", {"KernelCopy.ReshapeAndStopGradient"}},
     // reductions
-    {"sum", {"KernelReduce.MatchesNaive", "KernelReduce.FloatSumsOfRandomValues", "KernelReduce.RejectsBadAxes"}},
+    {"sum",
+     {"KernelReduce.MatchesNaive", "KernelReduce.FloatSumsOfRandomValues",
+      "KernelReduce.RejectsBadAxes"}},
     {"max", {"KernelReduce.MatchesNaive", "KernelReduce.RejectsBadAxes"}},
     // data movement
     {"reshape", {"KernelCopy.ReshapeAndStopGradient"}},
@@ -69,8 +76,9 @@ const OpCases kOpCases[] = {
     {"pad", {"KernelShape.SliceAndPad"}},
     {"broadcast_to", {"KernelShape.BroadcastTo"}},
     // matmul, reference and BLAS
-    {"matmul", {"KernelMatmul.ReferenceMatchesNaive", "KernelMatmul.RejectsMismatchedOperands",
-                "FastKernel.BlasMatmulMatchesReference"}},
+    {"matmul",
+     {"KernelMatmul.ReferenceMatchesNaive", "KernelMatmul.RejectsMismatchedOperands",
+      "FastKernel.BlasMatmulMatchesReference"}},
     // neural-network ops
     {"gather", {"KernelGather.MatchesNaive", kIndexErrors}},
     {"scatter_add", {"KernelScatterAdd.MatchesNaive", kIndexErrors}},
@@ -82,8 +90,8 @@ const OpCases kOpCases[] = {
 
 // Ops deliberately without a gradient. Every other op must have one and a gradient check.
 const std::string_view kNonDifferentiable[] = {
-    "greater", "equal",  "one_hot", "causal_mask", "dropout_mask", "lr_schedule",
-    "input",   "parameter", "state", "constant"};
+    "greater",     "equal", "one_hot",   "causal_mask", "dropout_mask",
+    "lr_schedule", "input", "parameter", "state",       "constant"};
 
 // Emitter compositions with gradient checks of their own.
 const std::string_view kCompositions[] = {"softmax", "log_softmax", "cross_entropy", "layer_norm",
@@ -147,7 +155,8 @@ TEST(Registry, EveryOpHasReferenceKernelTests) {
   const std::set<std::string> tests = tests_in_binary();
   std::vector<std::string> untested, unknown, stale;
   for (const OpDef* d : ops::registry().all()) {
-    auto it = std::find_if(std::begin(kOpCases), std::end(kOpCases), [&](auto& c) { return c.op == d->name; });
+    auto it = std::find_if(std::begin(kOpCases), std::end(kOpCases),
+                           [&](auto& c) { return c.op == d->name; });
     if (it == std::end(kOpCases) || it->tests.empty()) untested.push_back(d->name);
   }
   std::set<std::string_view> seen;
@@ -155,10 +164,13 @@ TEST(Registry, EveryOpHasReferenceKernelTests) {
     EXPECT_TRUE(seen.insert(c.op).second) << "op '" << c.op << "' listed twice in kOpCases";
     if (!ops::registry().find(c.op)) stale.push_back(std::string(c.op));
     for (std::string_view t : c.tests)
-      if (!tests.count(std::string(t))) unknown.push_back(std::string(c.op) + ": " + std::string(t));
+      if (!tests.count(std::string(t)))
+        unknown.push_back(std::string(c.op) + ": " + std::string(t));
   }
-  EXPECT_TRUE(untested.empty()) << "ops without reference-kernel tests (write them in tests/ops/ and "
-                                   "list them in kOpCases): " << join(untested);
+  EXPECT_TRUE(untested.empty())
+      << "ops without reference-kernel tests (write them in tests/ops/ and "
+         "list them in kOpCases): "
+      << join(untested);
   EXPECT_TRUE(unknown.empty()) << "kOpCases names tests that do not exist: " << join(unknown);
   EXPECT_TRUE(stale.empty()) << "kOpCases lists ops that are not registered: " << join(stale);
 }
@@ -166,11 +178,14 @@ TEST(Registry, EveryOpHasReferenceKernelTests) {
 TEST(Registry, EveryFastKernelIsComparedWithTheReference) {
   for (const OpDef* d : ops::registry().all()) {
     if (!runtime::fast_cpu_kernel(d->name)) continue;
-    auto it = std::find_if(std::begin(kOpCases), std::end(kOpCases), [&](auto& c) { return c.op == d->name; });
+    auto it = std::find_if(std::begin(kOpCases), std::end(kOpCases),
+                           [&](auto& c) { return c.op == d->name; });
     const bool compared = it != std::end(kOpCases) &&
-                          std::any_of(it->tests.begin(), it->tests.end(),
-                                      [](std::string_view t) { return t.starts_with("FastKernel."); });
-    EXPECT_TRUE(compared) << "op '" << d->name << "' has a fast CPU kernel but no FastKernel.* test";
+                          std::any_of(it->tests.begin(), it->tests.end(), [](std::string_view t) {
+                            return t.starts_with("FastKernel.");
+                          });
+    EXPECT_TRUE(compared) << "op '" << d->name
+                          << "' has a fast CPU kernel but no FastKernel.* test";
   }
 }
 
@@ -186,18 +201,23 @@ TEST(Registry, EveryOpIsGradientCheckedOrDeclaredNonDifferentiable) {
       if (d->grad) stale_nondiff.push_back(d->name);
       continue;
     }
-    if (!d->grad) no_grad.push_back(d->name);
-    else if (!has_case(d->name)) unchecked.push_back(d->name);
+    if (!d->grad)
+      no_grad.push_back(d->name);
+    else if (!has_case(d->name))
+      unchecked.push_back(d->name);
   }
-  EXPECT_TRUE(no_grad.empty()) << "ops with no gradient rule that are not listed in kNonDifferentiable: "
-                               << join(no_grad);
+  EXPECT_TRUE(no_grad.empty())
+      << "ops with no gradient rule that are not listed in kNonDifferentiable: " << join(no_grad);
   EXPECT_TRUE(unchecked.empty()) << "differentiable ops without a gradient check (add a case to "
-                                    "grad_check_test.cc): " << join(unchecked);
-  EXPECT_TRUE(stale_nondiff.empty()) << "kNonDifferentiable lists ops that have a gradient rule: "
-                                     << join(stale_nondiff);
+                                    "grad_check_test.cc): "
+                                 << join(unchecked);
+  EXPECT_TRUE(stale_nondiff.empty())
+      << "kNonDifferentiable lists ops that have a gradient rule: " << join(stale_nondiff);
   for (std::string_view op : kNonDifferentiable)
-    EXPECT_NE(ops::registry().find(op), nullptr) << "kNonDifferentiable lists unregistered op " << op;
-  for (std::string_view comp : kCompositions) EXPECT_TRUE(has_case(comp)) << "no gradient check of " << comp;
+    EXPECT_NE(ops::registry().find(op), nullptr)
+        << "kNonDifferentiable lists unregistered op " << op;
+  for (std::string_view comp : kCompositions)
+    EXPECT_TRUE(has_case(comp)) << "no gradient check of " << comp;
   for (const GradCaseInfo& c : cases)
     EXPECT_TRUE(ops::registry().find(c.op) || contains(kCompositions, c.op))
         << "gradient case " << c.name << " names unknown op " << c.op;
