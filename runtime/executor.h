@@ -28,8 +28,11 @@ struct ProgramSpec {
   std::vector<std::string> outputs;  // names from Graph::outputs()
 };
 
-// Buffers are allocated in prepare(), before the first step, and reused by every run.
-// Not thread-safe: one thread drives an executor; kernels fan out over the thread pool.
+// Prepare every program first, then initialize(): that plans memory for all of them at
+// once. Inputs, variables and constants get buffers of their own; every other value gets
+// an offset in one arena, shared with values whose lifetimes do not overlap. Nothing is
+// allocated after initialize(). Not thread-safe: one thread drives an executor; kernels
+// fan out over the thread pool.
 class Executor {
  public:
   Executor(const Graph& graph, ExecutorOptions options = {});  // graph not owned; outlives this
@@ -38,12 +41,14 @@ class Executor {
   Executor& operator=(const Executor&) = delete;
 
   int prepare(const ProgramSpec& spec);
-  // Fills every variable from the graph's stored data or its initializer, and every
-  // constant. Call once before the first run (prepare() first).
+  // Plans and allocates memory, then fills every variable from the graph's stored data or
+  // its initializer, and every constant. Call once, after the last prepare().
   void initialize();
   void run(int program);
 
-  // Views of live buffers. The input buffer may be written between runs.
+  // Views of buffers (after initialize()). Inputs may be written between runs; outputs
+  // hold the last run's results until the next run. Other values share arena space, so
+  // their contents are only meaningful while a program computes them.
   TensorRef input(std::string_view name);
   TensorRef output(std::string_view name);
   TensorRef value(Value v);
@@ -55,6 +60,7 @@ class Executor {
   void export_variables(Graph& g) const;
 
   int64_t bytes_allocated() const { return bytes_allocated_; }
+  int64_t arena_bytes() const { return arena_bytes_; }  // the shared part of bytes_allocated
 
   // With ExecutorOptions::profile: wall time per op type over all runs so far, largest
   // first.
@@ -70,17 +76,22 @@ class Executor {
   struct Step {
     KernelFn fn;
     const Node* node;
-    std::vector<TensorRef> in, out;
+    std::vector<TensorRef> in, out;  // data pointers set by initialize()
     double ms = 0;  // accumulated when profiling
     int64_t calls = 0;
   };
   struct Program {
+    std::string phase;
+    std::vector<int32_t> nodes;  // every node the program needs, in order
     std::vector<Step> steps;
+    std::vector<Value> keep;     // outputs and update values: live to the end
     std::vector<std::pair<TensorRef, TensorRef>> updates;  // (variable, new value)
   };
-  void allocate(int32_t node);
+  void plan_and_allocate();
+  void* allocate(int64_t bytes, const Node& n);
   void fill_source(int32_t node, const KernelCtx& ctx);
   KernelFn kernel_for(const Node& n) const;
+  TensorRef ref(Value v) const;
 
   const Graph& graph_;
   ExecutorOptions options_;
@@ -89,6 +100,7 @@ class Executor {
   std::vector<std::unique_ptr<std::byte[], void (*)(std::byte*)>> owned_;
   std::vector<Program> programs_;
   int64_t bytes_allocated_ = 0;
+  int64_t arena_bytes_ = 0;
   bool initialized_ = false;
 };
 

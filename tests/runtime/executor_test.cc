@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <random>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -12,6 +13,8 @@
 #include "frontend/optim.h"
 #include "graph/error.h"
 #include "runtime/executor.h"
+#include "runtime/memory_plan.h"
+
 #include "runtime/thread_pool.h"
 
 // Counts heap allocations in this test binary.
@@ -118,6 +121,50 @@ TEST(Executor, KernelErrorsPropagateFromWorkerThreads) {
     EXPECT_THAT(e.what(), ::testing::HasSubstr("index 12"));
     EXPECT_THAT(e.what(), ::testing::HasSubstr("gather"));
   }
+}
+
+TEST(MemoryPlan, LiveBuffersNeverOverlapAndDeadOnesAreReused) {
+  std::mt19937_64 rng(3);
+  for (int trial = 0; trial < 50; ++trial) {
+    std::vector<runtime::BufferLifetime> bufs;
+    int64_t total = 0;
+    for (int i = 0; i < 60; ++i) {
+      int64_t first = static_cast<int64_t>(rng() % 100);
+      int64_t len = static_cast<int64_t>(rng() % 20);
+      int64_t bytes = static_cast<int64_t>(rng() % 5000);
+      bufs.push_back({bytes, first, first + len});
+      total += (bytes + 63) / 64 * 64 + (bytes == 0 ? 64 : 0);
+    }
+    auto plan = runtime::plan_memory(bufs, 64);
+    EXPECT_LE(plan.arena_bytes, total);
+    for (size_t a = 0; a < bufs.size(); ++a) {
+      EXPECT_EQ(plan.offsets[a] % 64, 0);
+      for (size_t b = a + 1; b < bufs.size(); ++b) {
+        bool live_together = bufs[a].first <= bufs[b].last && bufs[b].first <= bufs[a].last;
+        int64_t ea = plan.offsets[a] + std::max<int64_t>(bufs[a].bytes, 1);
+        int64_t eb = plan.offsets[b] + std::max<int64_t>(bufs[b].bytes, 1);
+        bool overlap = plan.offsets[a] < eb && plan.offsets[b] < ea;
+        ASSERT_FALSE(live_together && overlap) << "trial " << trial << " buffers " << a << ", " << b;
+      }
+    }
+  }
+  // A chain a -> b -> c -> d of equal buffers needs two slots, not four.
+  std::vector<runtime::BufferLifetime> chain = {{1024, 0, 1}, {1024, 1, 2}, {1024, 2, 3}, {1024, 3, 4}};
+  EXPECT_EQ(runtime::plan_memory(chain, 64).arena_bytes, 2048);
+}
+
+TEST(Executor, ArenaIsMuchSmallerThanOneBufferPerValue) {
+  auto b = models::from_spec("gpt:layers=2,d_model=64,heads=4,seq=32,vocab=256", 4);
+  add_training(b.model->graph(), "loss", OptimizerConfig{});
+  const Graph& g = b.model->graph();
+  runtime::Executor ex(g);
+  ex.prepare({"train", {"loss"}});
+  ex.initialize();
+  int64_t every_value = 0;
+  for (auto& n : g.nodes())
+    if (n.def->kind == OpKind::compute && !n.def->view) every_value += n.outputs[0].bytes();
+  EXPECT_LT(ex.arena_bytes(), every_value / 4) << ex.arena_bytes() << " of " << every_value;
+  EXPECT_THROW(ex.prepare({"", {"loss"}}), Error);  // programs must all come before initialize()
 }
 
 TEST(ThreadPool, CoversTheRangeOnceAndNests) {
