@@ -14,6 +14,8 @@ import statistics
 import subprocess
 import time
 
+import results
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -46,25 +48,13 @@ def main():
         return f"{100 * statistics.mean(v):.2f} % (min {100 * min(v):.2f}, max {100 * max(v):.2f})"
     print(f"tessel  {stats(ours)}\npytorch {stats(theirs)}")
     if a.record:
-        section = "\n".join([
-            "## Fashion-MNIST accuracy: tessel vs PyTorch", "",
+        results.record("Fashion-MNIST accuracy: tessel vs PyTorch", [
             f"Command: `python3 bench/compare_mnist_accuracy.py --seeds {a.seeds} --epochs {a.epochs} --record`  ",
             f"Recorded {time.strftime('%Y-%m-%d')}. MLP 784-1024-1024-10, batch 256, SGD lr 0.05 momentum 0.9, "
             f"{a.epochs} epoch(s), seeds {a.seeds}.", "",
             "| framework | mean test accuracy (min, max) | per seed |", "|---|---|---|",
             f"| tessel | {stats(ours)} | {', '.join(f'{100 * x:.2f}' for x in ours)} |",
-            f"| PyTorch (torch_mnist.py) | {stats(theirs)} | {', '.join(f'{100 * x:.2f}' for x in theirs)} |", ""])
-        path = os.path.join(HERE, "RESULTS.md")
-        text = open(path).read() if os.path.exists(path) else "# Benchmark results\n\nLatest figures, each with the command that produced it.\n"
-        start = text.find("## Fashion-MNIST accuracy")
-        if start >= 0:
-            end = text.find("\n## ", start + 1)
-            text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
-        else:
-            text = text.rstrip("\n") + "\n\n" + section
-        open(path, "w").write(text)
-        print("recorded in bench/RESULTS.md")
-
+            f"| PyTorch (torch_mnist.py) | {stats(theirs)} | {', '.join(f'{100 * x:.2f}' for x in theirs)} |"])
 
 if __name__ == "__main__":
     main()

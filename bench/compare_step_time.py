@@ -20,6 +20,8 @@ import subprocess
 import sys
 import time
 
+import results
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 CASES = [
     ("mlp:784-1024-1024-10", 256, "sgd", 30),
@@ -59,26 +61,14 @@ def main():
               f"ratio {m_ours / m_theirs:.2f} (rounds: tessel {[round(x, 1) for x in ours]}, "
               f"pytorch {[round(x, 1) for x in theirs]})", flush=True)
     if a.record:
-        lines = ["## Training step time: tessel vs PyTorch eager", "",
-                 f"Command: `python3 bench/compare_step_time.py --threads {a.threads} --rounds {a.rounds} --record`  ",
+        lines = [f"Command: `python3 bench/compare_step_time.py --threads {a.threads} --rounds {a.rounds} --record`  ",
                  f"Recorded {time.strftime('%Y-%m-%d')} on {platform.machine()}, {os.cpu_count()} cores, "
                  f"{a.threads} threads each, synthetic inputs, median over {a.rounds} alternating rounds.", "",
                  "| model | batch | optimizer | tessel ms/step | PyTorch ms/step | ratio (tessel/PyTorch) |",
                  "|---|---|---|---|---|---|"]
         for model, batch, opt, o, t, ratio, peer in rows:
             lines.append(f"| `{model}` | {batch} | {opt} | {o:.1f} | {t:.1f} ({peer}) | {ratio:.2f} |")
-        section = "\n".join(lines) + "\n"
-        path = os.path.join(HERE, "RESULTS.md")
-        text = open(path).read() if os.path.exists(path) else "# Benchmark results\n\nLatest figures, each with the command that produced it.\n\n"
-        start = text.find("## Training step time")
-        if start >= 0:
-            end = text.find("\n## ", start + 1)
-            text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
-        else:
-            text = text.rstrip("\n") + "\n\n" + section
-        open(path, "w").write(text)
-        print("recorded in bench/RESULTS.md")
-
+        results.record("Training step time: tessel vs PyTorch eager", lines)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -356,11 +356,6 @@ void grad_cast(GradCtx& c) {
   c.in_grads[0] = grad_emitter(c).cast(c.out_grads[0], from);
 }
 
-void copy_kernel(const Node&, std::span<const TensorRef> in, std::span<const TensorRef> out,
-                 const KernelCtx&) {
-  if (out[0].data != in[0].data && out[0].bytes() > 0)
-    std::memcpy(out[0].data, in[0].data, static_cast<size_t>(out[0].bytes()));
-}
 std::vector<TensorType> infer_same(const Node&, std::span<const TensorType> in) { return {in[0]}; }
 
 }  // namespace

@@ -120,6 +120,12 @@ Dims broadcast_dims(std::span<const int64_t> a, std::span<const int64_t> b) {
   return out;
 }
 
+void copy_kernel(const Node&, std::span<const TensorRef> in, std::span<const TensorRef> out,
+                 const KernelCtx&) {
+  if (out[0].data != in[0].data && out[0].bytes() > 0)
+    std::memcpy(out[0].data, in[0].data, static_cast<size_t>(out[0].bytes()));
+}
+
 uint64_t mix64(uint64_t x) {
   x += 0x9e3779b97f4a7c15ull;
   x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;

@@ -203,6 +203,11 @@ void map_ternary(const KernelCtx& ctx, const TensorRef& a, const TensorRef& b,
       std::max<int64_t>(1, kGrain / std::max<int64_t>(inner, 1)));
 }
 
+// The kernel of ops whose output holds input 0's bytes (reshape, stop_gradient); the
+// executor normally aliases them and skips it.
+void copy_kernel(const Node& n, std::span<const TensorRef> in, std::span<const TensorRef> out,
+                 const KernelCtx& ctx);
+
 // NumPy broadcast of shapes; throws describing the mismatch.
 Shape broadcast_shapes(std::span<const int64_t> a, std::span<const int64_t> b);
 Dims broadcast_dims(std::span<const int64_t> a, std::span<const int64_t> b);

@@ -86,11 +86,6 @@ std::vector<TensorType> infer_reshape(const Node& n, std::span<const TensorType>
   return {TensorType{in[0].dtype, s}};
 }
 
-void copy_kernel(const Node&, std::span<const TensorRef> in, std::span<const TensorRef> out,
-                 const KernelCtx&) {
-  if (out[0].data != in[0].data && out[0].bytes() > 0)
-    std::memcpy(out[0].data, in[0].data, static_cast<size_t>(out[0].bytes()));
-}
 
 void grad_reshape(GradCtx& c) {
   Emitter e = grad_emitter(c);

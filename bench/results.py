@@ -1,0 +1,20 @@
+"""Shared by the bench scripts: replace one "## " section of bench/RESULTS.md."""
+import os
+
+PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
+HEADER = "# Benchmark results\n\nLatest figures, each with the command that produced it.\n"
+
+
+def record(title, body_lines):
+    """Writes `## title` followed by body_lines, replacing an earlier section of that title."""
+    section = "\n".join(["## " + title, ""] + body_lines) + "\n"
+    text = open(PATH).read() if os.path.exists(PATH) else HEADER
+    start = text.find("## " + title)
+    if start >= 0:
+        end = text.find("\n## ", start + 1)
+        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    with open(PATH, "w") as f:
+        f.write(text)
+    print("recorded in bench/RESULTS.md")
