@@ -39,10 +39,28 @@ struct Cost {
   double bytes = 0;  // bytes read + written, assuming no reuse across ops
 };
 
-// Filled by the planner issue: how the op may be split over a device mesh.
+// How an op may be split over a device mesh, as data (after Shardy): every dim of every
+// input and output is labelled with a factor; splitting a factor over a mesh axis splits
+// every dim that carries it. A factor that no output carries is contracted: splitting it
+// leaves each device with a partial result, combined by `reduce`.
+enum class FactorReduce : uint8_t { none, sum, max };
 struct ShardingRule {
-  std::vector<std::string> inputs;  // per input, a dim-factor pattern, e.g. "mk"
-  std::string output;               // e.g. "mn" (factors missing from it are reduced)
+  // Per input and per output, per dim: a factor index, or -1 where the dim cannot be split
+  // (a broadcast dim of size 1, a concatenated axis, a gathered-from table dim, ...).
+  std::vector<std::vector<int>> inputs, outputs;
+  std::vector<int64_t> factor_sizes;
+  std::vector<FactorReduce> reduce;  // per factor; none for factors that reach an output
+  // Partial sums may pass through the op (so an all-reduce can wait until after it): with
+  // `additive`, when every input is partial (add, concat); otherwise when exactly one input
+  // is partial and the op is linear in it (mul, matmul, reshape, ...).
+  std::vector<bool> linear;  // per input
+  bool additive = false;
+
+  int add_factor(int64_t size, FactorReduce r = FactorReduce::none) {
+    factor_sizes.push_back(size);
+    reduce.push_back(r);
+    return static_cast<int>(factor_sizes.size()) - 1;
+  }
 };
 
 // Gradient rules see the forward node and the gradients of its outputs, and set the
@@ -60,6 +78,7 @@ using CostFn = Cost (*)(const Node& node, std::span<const TensorType> in);
 using KernelFn = void (*)(const Node& node, std::span<const TensorRef> in,
                           std::span<const TensorRef> out, const KernelCtx& ctx);
 using ScalarFn = ScalarExpr (*)(const Node& node);
+using ShardingFn = ShardingRule (*)(const Node& node, std::span<const TensorType> in);
 
 struct OpDef {
   std::string name;
@@ -72,7 +91,7 @@ struct OpDef {
   CostFn cost = nullptr;          // null: bytes of inputs + outputs, no FLOPs
   KernelFn kernel = nullptr;      // reference CPU kernel; variables: their initializer
   ScalarFn scalar = nullptr;      // elementwise ops only
-  std::vector<ShardingRule> sharding;
+  ShardingFn sharding = nullptr;  // every op has one (a registry test checks)
   // The output holds input 0's bytes unchanged (reshape, stop_gradient): an executor may
   // alias the two buffers instead of running the kernel.
   bool view = false;

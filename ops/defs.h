@@ -42,6 +42,16 @@ Shape attr_shape(const Node& n, const char* name = "shape");
 Cost streaming_cost(const Node& n, std::span<const TensorType> in, double flops_per_out);
 Cost elementwise_cost(const Node& n, std::span<const TensorType> in);
 
+// Sharding rules shared by op families (ops/sharding_rules.cc).
+// Elementwise with NumPy broadcasting: output dims get one factor each; an input dim of
+// size 1 broadcast against a larger one cannot be split. `linear`: see ShardingRule.
+ShardingRule rule_elementwise(const Node& n, std::span<const TensorType> in);
+// Sources and ops whose outputs depend on no splittable input dims: outputs get factors
+// (so they can be created sharded), inputs none.
+ShardingRule rule_source(const Node& n, std::span<const TensorType> in);
+// Same dims in and out, one factor per dim (views, identity-like ops).
+ShardingRule rule_identity(const Node& n, std::span<const TensorType> in);
+
 // Reference kernels compute in f32 and f64 (and integers where noted); bf16 and f16 are
 // storage types here. Inference refuses what no kernel can run, so errors come at build
 // time, naming the user's line, not at the first step.

@@ -75,7 +75,18 @@ ScalarExpr relu_expr(const Node&) {
   return e;
 }
 
-void add_unary(OpRegistry& r, std::string name, KernelFn k, ScalarFn s, GradFn g, std::string doc) {
+// Which inputs partial sums may pass through, per op (see ShardingRule).
+template <bool A, bool B = false, bool Additive = false>
+ShardingRule rule_ew(const Node& n, std::span<const TensorType> in) {
+  ShardingRule r = rule_elementwise(n, in);
+  r.linear = {A, B, false};
+  r.linear.resize(in.size());
+  r.additive = Additive;
+  return r;
+}
+
+void add_unary(OpRegistry& r, std::string name, KernelFn k, ScalarFn s, GradFn g, std::string doc,
+               ShardingFn sh = rule_ew<false>) {
   OpDef d;
   d.name = std::move(name);
   d.min_inputs = d.max_inputs = 1;
@@ -84,6 +95,7 @@ void add_unary(OpRegistry& r, std::string name, KernelFn k, ScalarFn s, GradFn g
   d.scalar = s;
   d.grad = g;
   d.cost = elementwise_cost;
+  d.sharding = sh;
   d.doc = std::move(doc);
   r.add(std::move(d));
 }
@@ -199,7 +211,7 @@ ScalarExpr expr_binary(const Node&) {
 }
 
 void add_binary(OpRegistry& r, std::string name, KernelFn k, ScalarFn s, GradFn g,
-                bool compare, std::string doc) {
+                bool compare, std::string doc, ShardingFn sh = rule_ew<false, false>) {
   OpDef d;
   d.name = std::move(name);
   d.min_inputs = d.max_inputs = 2;
@@ -208,6 +220,7 @@ void add_binary(OpRegistry& r, std::string name, KernelFn k, ScalarFn s, GradFn 
   d.scalar = s;
   d.grad = g;
   d.cost = elementwise_cost;
+  d.sharding = sh;
   d.doc = std::move(doc);
   r.add(std::move(d));
 }
@@ -361,7 +374,7 @@ std::vector<TensorType> infer_same(const Node&, std::span<const TensorType> in) 
 }  // namespace
 
 void register_elementwise_ops(OpRegistry& r) {
-  add_unary(r, "neg", unary_kernel<Neg>, [](const Node&) { return expr_unary(ScalarOp::neg); }, grad_neg, "-x");
+  add_unary(r, "neg", unary_kernel<Neg>, [](const Node&) { return expr_unary(ScalarOp::neg); }, grad_neg, "-x", rule_ew<true>);
   add_unary(r, "exp", unary_kernel<Exp>, [](const Node&) { return expr_unary(ScalarOp::exp); }, grad_exp, "e^x");
   add_unary(r, "log", unary_kernel<Log>, [](const Node&) { return expr_unary(ScalarOp::log); }, grad_log, "natural logarithm");
   add_unary(r, "sqrt", unary_kernel<Sqrt>, [](const Node&) { return expr_unary(ScalarOp::sqrt); }, grad_sqrt, "square root");
@@ -372,10 +385,10 @@ void register_elementwise_ops(OpRegistry& r) {
   add_unary(r, "sigmoid", unary_kernel<Sigmoid>, sigmoid_expr, grad_sigmoid, "1/(1+e^-x)");
   add_unary(r, "gelu", unary_kernel<Gelu>, gelu_expr, grad_gelu, "GELU, tanh approximation");
 
-  add_binary(r, "add", binary_kernel<Add>, expr_binary<ScalarOp::add>, grad_add, false, "a + b (broadcasting)");
-  add_binary(r, "sub", binary_kernel<Sub>, expr_binary<ScalarOp::sub>, grad_sub, false, "a - b (broadcasting)");
-  add_binary(r, "mul", binary_kernel<Mul>, expr_binary<ScalarOp::mul>, grad_mul, false, "a * b (broadcasting)");
-  add_binary(r, "div", binary_kernel<Div>, expr_binary<ScalarOp::div>, grad_div, false, "a / b (broadcasting)");
+  add_binary(r, "add", binary_kernel<Add>, expr_binary<ScalarOp::add>, grad_add, false, "a + b (broadcasting)", rule_ew<true, true, true>);
+  add_binary(r, "sub", binary_kernel<Sub>, expr_binary<ScalarOp::sub>, grad_sub, false, "a - b (broadcasting)", rule_ew<true, true, true>);
+  add_binary(r, "mul", binary_kernel<Mul>, expr_binary<ScalarOp::mul>, grad_mul, false, "a * b (broadcasting)", rule_ew<true, true>);
+  add_binary(r, "div", binary_kernel<Div>, expr_binary<ScalarOp::div>, grad_div, false, "a / b (broadcasting)", rule_ew<true, false>);
   add_binary(r, "maximum", binary_kernel<Maximum>, expr_binary<ScalarOp::max>, grad_maximum, false, "elementwise max(a, b)");
   add_binary(r, "minimum", binary_kernel<Minimum>, expr_binary<ScalarOp::min>, grad_minimum, false, "elementwise min(a, b)");
   add_binary(r, "greater", binary_kernel<Greater>, expr_binary<ScalarOp::gt>, nullptr, true, "a > b, bool");
@@ -389,6 +402,7 @@ void register_elementwise_ops(OpRegistry& r) {
   w.scalar = where_expr;
   w.grad = grad_where;
   w.cost = elementwise_cost;
+  w.sharding = rule_ew<false>;
   w.doc = "cond ? a : b (broadcasting)";
   r.add(std::move(w));
 
@@ -401,6 +415,7 @@ void register_elementwise_ops(OpRegistry& r) {
   c.scalar = cast_expr;
   c.grad = grad_cast;
   c.cost = elementwise_cost;
+  c.sharding = rule_ew<true>;
   c.doc = "convert to another dtype (round to nearest even for bf16/f16)";
   r.add(std::move(c));
 
@@ -411,6 +426,7 @@ void register_elementwise_ops(OpRegistry& r) {
   s.kernel = copy_kernel;
   s.grad = [](GradCtx&) {};  // deliberately passes no gradient
   s.view = true;
+  s.sharding = rule_identity;
   s.cost = [](const Node&, std::span<const TensorType>) { return Cost{}; };
   s.doc = "identity whose gradient is zero";
   r.add(std::move(s));

@@ -99,6 +99,29 @@ void grad_matmul(GradCtx& c) {
   c.in_grads[1] = e.sum_to(gb, e.shape(b));
 }
 
+// Batch dims broadcast like elementwise ops; m and n reach the output; k is contracted.
+ShardingRule matmul_rule(const Node& n, std::span<const TensorType> in) {
+  MatmulDims d = matmul_dims(n, in[0].shape, in[1].shape);
+  ShardingRule r;
+  std::vector<int> out;
+  for (int64_t b : d.batch) out.push_back(r.add_factor(b));
+  const int fm = r.add_factor(d.m), fn = r.add_factor(d.n), fk = r.add_factor(d.k, FactorReduce::sum);
+  auto operand = [&](const TensorType& t, bool trans, int rows, int cols) {
+    const int rank = t.rank(), off = d.batch.size() - (rank - 2);
+    std::vector<int> f(rank);
+    for (int i = 0; i < rank - 2; ++i) f[i] = t.shape[i] == d.batch[i + off] ? out[i + off] : -1;
+    f[rank - 2] = trans ? cols : rows;
+    f[rank - 1] = trans ? rows : cols;
+    return f;
+  };
+  r.inputs = {operand(in[0], d.ta, fm, fk), operand(in[1], d.tb, fk, fn)};
+  out.push_back(fm);
+  out.push_back(fn);
+  r.outputs = {out};
+  r.linear = {true, true};
+  return r;
+}
+
 Cost matmul_cost(const Node& n, std::span<const TensorType> in) {
   MatmulDims d = matmul_dims(n, in[0].shape, in[1].shape);
   Cost c = streaming_cost(n, in, 0);
@@ -117,6 +140,7 @@ void register_matmul_ops(OpRegistry& r) {
   d.kernel = matmul_kernel;
   d.grad = grad_matmul;
   d.cost = matmul_cost;
+  d.sharding = matmul_rule;
   d.doc = "a[..., M, K] @ b[..., K, N], optional transposes, broadcast batch dims";
   r.add(std::move(d));
 }

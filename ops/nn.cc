@@ -182,6 +182,47 @@ void dropout_mask_kernel(const Node& n, std::span<const TensorRef> in, std::span
 
 Cost write_cost(const Node& n, std::span<const TensorType> in) { return streaming_cost(n, in, 1); }
 
+// gather: the index dims and the table's row dims split; the gathered-from dim does not.
+ShardingRule rule_gather(const Node&, std::span<const TensorType> in) {
+  ShardingRule r;
+  std::vector<int> table{-1}, idx, out;
+  for (int64_t d : in[1].shape) idx.push_back(r.add_factor(d));
+  out = idx;
+  for (int d = 1; d < in[0].rank(); ++d) {
+    table.push_back(r.add_factor(in[0].shape[d]));
+    out.push_back(table.back());
+  }
+  r.inputs = {table, idx};
+  r.outputs = {out};
+  r.linear = {true, false};
+  return r;
+}
+
+// scatter_add: splitting the index dims leaves partial sums of the result.
+ShardingRule rule_scatter_add(const Node&, std::span<const TensorType> in) {
+  ShardingRule r;
+  std::vector<int> idx, upd, out{-1};
+  for (int64_t d : in[0].shape) idx.push_back(r.add_factor(d, FactorReduce::sum));
+  upd = idx;
+  for (int d = in[0].rank(); d < in[1].rank(); ++d) {
+    upd.push_back(r.add_factor(in[1].shape[d]));
+    out.push_back(upd.back());
+  }
+  r.inputs = {idx, upd};
+  r.outputs = {out};
+  r.linear = {false, true};
+  return r;
+}
+
+ShardingRule rule_one_hot(const Node& n, std::span<const TensorType> in) {
+  ShardingRule r = rule_identity(n, in);
+  std::vector<int> out = r.inputs[0];
+  out.push_back(r.add_factor(n.outputs[0].shape.back()));
+  r.outputs = {out};
+  r.linear = {false};
+  return r;
+}
+
 }  // namespace
 
 void register_nn_ops(OpRegistry& r) {
@@ -192,6 +233,7 @@ void register_nn_ops(OpRegistry& r) {
   g.kernel = gather_kernel;
   g.grad = grad_gather;
   g.cost = write_cost;
+  g.sharding = rule_gather;
   g.doc = "table[idx]: rows of table[V, ...] picked by integer indices (embedding lookup)";
   r.add(std::move(g));
 
@@ -203,6 +245,7 @@ void register_nn_ops(OpRegistry& r) {
   s.kernel = scatter_add_kernel;
   s.grad = grad_scatter_add;
   s.cost = write_cost;
+  s.sharding = rule_scatter_add;
   s.doc = "zeros[size, ...] with updates added at the rows idx (gradient of gather)";
   r.add(std::move(s));
 
@@ -213,6 +256,7 @@ void register_nn_ops(OpRegistry& r) {
   o.infer = infer_one_hot;
   o.kernel = one_hot_kernel;
   o.cost = write_cost;
+  o.sharding = rule_one_hot;
   o.doc = "labels[...] -> [..., depth] with a 1 at each label";
   r.add(std::move(o));
 
@@ -223,6 +267,7 @@ void register_nn_ops(OpRegistry& r) {
   m.infer = infer_causal_mask;
   m.kernel = causal_mask_kernel;
   m.cost = write_cost;
+  m.sharding = rule_source;
   m.doc = "additive attention mask [rows, cols]: 0 on and below the diagonal, -inf above";
   r.add(std::move(m));
 
@@ -234,6 +279,7 @@ void register_nn_ops(OpRegistry& r) {
   d.infer = infer_dropout_mask;
   d.kernel = dropout_mask_kernel;
   d.cost = write_cost;
+  d.sharding = rule_source;
   d.doc = "1/(1-p) with probability 1-p else 0, drawn from (seed, counter, element)";
   r.add(std::move(d));
 }

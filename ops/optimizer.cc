@@ -53,6 +53,7 @@ void register_optimizer_ops(OpRegistry& r) {
   d.infer = infer_lr;
   d.kernel = lr_kernel;
   d.cost = [](const Node&, std::span<const TensorType>) { return Cost{10, 16}; };
+  d.sharding = rule_source;
   d.doc = "learning rate at an optimizer step: linear warmup, then constant or cosine decay";
   r.add(std::move(d));
 }

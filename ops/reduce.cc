@@ -169,13 +169,32 @@ void grad_max(GradCtx& c) {
   c.in_grads[0] = e.where(e.equal(x, m), e.broadcast_to(g, e.shape(x)), e.scalar_like(x, 0));
 }
 
+template <FactorReduce R>
+ShardingRule rule_reduce(const Node& n, std::span<const TensorType> in) {
+  ShardingRule r;
+  auto axes = reduce_axes(n, in[0].rank());
+  const bool keep = n.attrs.get_bool("keepdims");
+  std::vector<int> fin, fout;
+  for (int d = 0; d < in[0].rank(); ++d) {
+    const bool red = std::binary_search(axes.begin(), axes.end(), d);
+    const int f = r.add_factor(in[0].shape[d], red ? R : FactorReduce::none);
+    fin.push_back(f);
+    if (!red) fout.push_back(f);
+    else if (keep) fout.push_back(-1);
+  }
+  r.inputs = {fin};
+  r.outputs = {fout};
+  r.linear = {R == FactorReduce::sum};
+  return r;
+}
+
 Cost reduce_cost(const Node& n, std::span<const TensorType> in) {
   Cost c = streaming_cost(n, in, 0);
   c.flops = static_cast<double>(in[0].numel());
   return c;
 }
 
-void add_reduce(OpRegistry& r, std::string name, KernelFn k, GradFn g, std::string doc) {
+void add_reduce(OpRegistry& r, std::string name, KernelFn k, GradFn g, ShardingFn sh, std::string doc) {
   OpDef d;
   d.name = std::move(name);
   d.min_inputs = d.max_inputs = 1;
@@ -184,6 +203,7 @@ void add_reduce(OpRegistry& r, std::string name, KernelFn k, GradFn g, std::stri
   d.kernel = k;
   d.grad = g;
   d.cost = reduce_cost;
+  d.sharding = sh;
   d.doc = std::move(doc);
   r.add(std::move(d));
 }
@@ -191,8 +211,8 @@ void add_reduce(OpRegistry& r, std::string name, KernelFn k, GradFn g, std::stri
 }  // namespace
 
 void register_reduce_ops(OpRegistry& r) {
-  add_reduce(r, "sum", reduce_kernel<SumOp>, grad_sum, "sum over axes (empty: all)");
-  add_reduce(r, "max", reduce_kernel<MaxOp>, grad_max, "max over axes (empty: all)");
+  add_reduce(r, "sum", reduce_kernel<SumOp>, grad_sum, rule_reduce<FactorReduce::sum>, "sum over axes (empty: all)");
+  add_reduce(r, "max", reduce_kernel<MaxOp>, grad_max, rule_reduce<FactorReduce::max>, "max over axes (empty: all)");
 }
 
 }  // namespace tessel::ops

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <numeric>
 
+
 #include "ops/defs.h"
 
 namespace tessel::ops {
@@ -325,6 +326,90 @@ void grad_broadcast_to(GradCtx& c) {
   c.in_grads[0] = e.sum_to(c.out_grads[0], e.shape(fwd(c).inputs[0]));
 }
 
+// ---- sharding rules ---------------------------------------------------------------------
+
+// Reshape: dims are grouped where running products meet; a group of one dim on each side
+// keeps its factor, a merged or split group can be split only along its major dims (a
+// contiguous block of the flat range), with the factor both major dims divide.
+ShardingRule rule_reshape(const Node& n, std::span<const TensorType> in) {
+  ShardingRule r;
+  const Shape& a = in[0].shape;
+  const Shape& b = n.outputs[0].shape;
+  std::vector<int> fa(a.size(), -1), fb(b.size(), -1);
+  size_t i = 0, j = 0;
+  while (i < a.size() && j < b.size()) {
+    if (a[i] == 1) { ++i; continue; }
+    if (b[j] == 1) { ++j; continue; }
+    const size_t gi = i, gj = j;
+    int64_t pa = a[i++], pb = b[j++];
+    while (pa != pb) {
+      if (pa < pb && i < a.size()) pa *= a[i++];
+      else if (pb < pa && j < b.size()) pb *= b[j++];
+      else break;
+    }
+    const int64_t g = std::gcd(a[gi], b[gj]);
+    if (g > 1) fa[gi] = fb[gj] = r.add_factor(g);
+  }
+  r.inputs = {fa};
+  r.outputs = {fb};
+  r.linear = {true};
+  return r;
+}
+
+ShardingRule rule_transpose(const Node& n, std::span<const TensorType> in) {
+  ShardingRule r = rule_identity(n, in);
+  auto p = checked_perm(n, in[0].rank());
+  std::vector<int> out(p.size());
+  for (int d = 0; d < p.size(); ++d) out[d] = r.inputs[0][p[d]];
+  r.outputs = {out};
+  return r;
+}
+
+ShardingRule rule_concat(const Node& n, std::span<const TensorType> in) {
+  ShardingRule r;
+  const int rank = in[0].rank();
+  const int axis = normalize_axis(n.attrs.get_i64("axis"), rank);
+  std::vector<int> f(rank, -1);
+  for (int d = 0; d < rank; ++d)
+    if (d != axis) f[d] = r.add_factor(in[0].shape[d]);
+  r.inputs.assign(in.size(), f);
+  r.outputs = {f};
+  r.linear.assign(in.size(), true);
+  r.additive = true;
+  return r;
+}
+
+// Slice and pad: the dims they cut or extend cannot be split; the others pass through.
+ShardingRule rule_except(std::span<const TensorType> in, const std::vector<bool>& fixed) {
+  ShardingRule r;
+  std::vector<int> f;
+  for (int d = 0; d < in[0].rank(); ++d) f.push_back(fixed[d] ? -1 : r.add_factor(in[0].shape[d]));
+  r.inputs = {f};
+  r.outputs = {f};
+  r.linear = {true};
+  return r;
+}
+
+ShardingRule rule_slice(const Node& n, std::span<const TensorType> in) {
+  std::vector<bool> fixed(in[0].rank(), false);
+  for (int64_t a : n.attrs.get_i64s("axes")) fixed[normalize_axis(a, in[0].rank())] = true;
+  return rule_except(in, fixed);
+}
+
+ShardingRule rule_pad(const Node& n, std::span<const TensorType> in) {
+  const auto& b = n.attrs.get_i64s("before");
+  const auto& a = n.attrs.get_i64s("after");
+  std::vector<bool> fixed(in[0].rank(), false);
+  for (int d = 0; d < in[0].rank(); ++d) fixed[d] = b[d] != 0 || a[d] != 0;
+  return rule_except(in, fixed);
+}
+
+ShardingRule rule_broadcast_to(const Node& n, std::span<const TensorType> in) {
+  ShardingRule r = rule_elementwise(n, in);
+  r.linear = {true};
+  return r;
+}
+
 Cost move_cost(const Node& n, std::span<const TensorType> in) {
   Cost c;
   for (auto& t : n.outputs) c.bytes += 2.0 * static_cast<double>(t.bytes());
@@ -350,28 +435,34 @@ void register_shape_ops(OpRegistry& r) {
   OpDef rs = def("reshape", 1, infer_reshape, copy_kernel, grad_reshape, "same elements, new shape (one dim may be -1)");
   rs.attrs = {attr("shape", AttrType::i64s)};
   rs.view = true;
+  rs.sharding = rule_reshape;
   rs.cost = [](const Node&, std::span<const TensorType>) { return Cost{}; };
   r.add(std::move(rs));
 
   OpDef tr = def("transpose", 1, infer_transpose, transpose_kernel, grad_transpose, "permute dims");
   tr.attrs = {attr("perm", AttrType::i64s)};
+  tr.sharding = rule_transpose;
   r.add(std::move(tr));
 
   OpDef cc = def("concat", 1, infer_concat, concat_kernel, grad_concat, "join along an axis");
   cc.max_inputs = -1;
   cc.attrs = {attr("axis", AttrType::i64)};
+  cc.sharding = rule_concat;
   r.add(std::move(cc));
 
   OpDef sl = def("slice", 1, infer_slice, slice_kernel, grad_slice, "[starts, ends) along axes, step 1");
   sl.attrs = {attr("axes", AttrType::i64s), attr("starts", AttrType::i64s), attr("ends", AttrType::i64s)};
+  sl.sharding = rule_slice;
   r.add(std::move(sl));
 
   OpDef pd = def("pad", 1, infer_pad, pad_kernel, grad_pad, "zero padding before/after each dim");
   pd.attrs = {attr("before", AttrType::i64s), attr("after", AttrType::i64s)};
+  pd.sharding = rule_pad;
   r.add(std::move(pd));
 
   OpDef bc = def("broadcast_to", 1, infer_broadcast_to, broadcast_kernel, grad_broadcast_to, "NumPy broadcast to a shape");
   bc.attrs = {attr("shape", AttrType::i64s)};
+  bc.sharding = rule_broadcast_to;
   r.add(std::move(bc));
 }
 

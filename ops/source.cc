@@ -74,6 +74,7 @@ void register_source_ops(OpRegistry& r) {
   in.infer = infer_source;
   in.kernel = nothing_kernel;
   in.cost = no_cost;
+  in.sharding = rule_source;
   in.doc = "data fed by the caller each step";
   r.add(std::move(in));
 
@@ -86,6 +87,7 @@ void register_source_ops(OpRegistry& r) {
   p.infer = infer_parameter;
   p.kernel = parameter_init;
   p.cost = no_cost;
+  p.sharding = rule_source;
   p.doc = "trainable weight; its kernel is the seeded initializer";
   r.add(std::move(p));
 
@@ -97,6 +99,7 @@ void register_source_ops(OpRegistry& r) {
   s.infer = infer_source;
   s.kernel = fill_value_kernel;
   s.cost = no_cost;
+  s.sharding = rule_source;
   s.doc = "persistent non-trainable tensor (optimizer state, counters), filled with value";
   r.add(std::move(s));
 
@@ -108,6 +111,7 @@ void register_source_ops(OpRegistry& r) {
   c.infer = infer_source;
   c.kernel = fill_value_kernel;
   c.cost = no_cost;
+  c.sharding = rule_source;
   c.doc = "tensor filled with value (or with stored data) before the first step";
   r.add(std::move(c));
 }

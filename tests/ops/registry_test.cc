@@ -126,6 +126,7 @@ TEST(Registry, EveryOpHasItsPieces) {
     SCOPED_TRACE("op '" + d->name + "'");
     EXPECT_NE(d->infer, nullptr);
     EXPECT_NE(d->kernel, nullptr);
+    EXPECT_NE(d->sharding, nullptr) << "every op declares how it may be split";
     EXPECT_FALSE(d->doc.empty());
     const bool source = d->kind != OpKind::compute;
     if (!source) {
