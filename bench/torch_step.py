@@ -15,12 +15,13 @@ class Block(nn.Module):
         super().__init__()
         self.h = h
         self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.q, self.k, self.v, self.proj = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
         self.fc, self.out = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
 
     def forward(self, x, mask):
         B, T, D = x.shape
-        q, k, v = self.qkv(self.ln1(x)).split(D, dim=2)
+        h = self.ln1(x)
+        q, k, v = self.q(h), self.k(h), self.v(h)
         q, k, v = (t.view(B, T, self.h, D // self.h).transpose(1, 2) for t in (q, k, v))
         att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(D // self.h)) + mask
         y = (att.softmax(-1) @ v).transpose(1, 2).reshape(B, T, D)

@@ -72,7 +72,9 @@ Tensor LayerNorm::operator()(const Tensor& x, SourceLoc loc) const {
 
 CausalSelfAttention::CausalSelfAttention(Model& m, std::string_view name_, int64_t d, int64_t h,
                                          double p, double out_std, SourceLoc loc)
-    : qkv(m, sub(name_, "qkv"), d, 3 * d, Linear::Init{ops::Init::normal, 0.02, true}, loc),
+    : q(m, sub(name_, "q"), d, d, Linear::Init{ops::Init::normal, 0.02, true}, loc),
+      k(m, sub(name_, "k"), d, d, Linear::Init{ops::Init::normal, 0.02, true}, loc),
+      v(m, sub(name_, "v"), d, d, Linear::Init{ops::Init::normal, 0.02, true}, loc),
       proj(m, sub(name_, "proj"), d, d, Linear::Init{ops::Init::normal, out_std, true}, loc),
       d_model(d), heads(h), dropout(p), name(m.scoped(name_)) {
   if (h <= 0 || d % h != 0)
@@ -87,19 +89,17 @@ Tensor CausalSelfAttention::operator()(const Tensor& x, SourceLoc loc) const {
                 std::to_string(d_model) + "], got " + x.type().str());
   Model::Scope scope(m, name, true);
   const int64_t B = x.dim(0), T = x.dim(1), H = heads, D = d_model / heads;
-  Tensor qkv_out = qkv(x, loc);  // [B, T, 3*d]
-  auto head = [&](int i) {
-    Tensor part = slice(qkv_out, 2, i * d_model, (i + 1) * d_model, loc);
-    return transpose(reshape(part, {B, T, H, D}, loc), {0, 2, 1, 3}, loc);  // [B, H, T, D]
+  auto heads_of = [&](const Linear& proj_in) {  // [B, T, d] -> [B, H, T, D]
+    return transpose(reshape(proj_in(x, loc), {B, T, H, D}, loc), {0, 2, 1, 3}, loc);
   };
-  Tensor q = head(0), k = head(1), v = head(2);
+  Tensor qh = heads_of(q), kh = heads_of(k), vh = heads_of(v);
   // Library code passes the caller's loc everywhere (no operators), so every node here
   // points at the user's line.
   ops::Emitter e = m.emit(loc);
-  Value scores = e.mul(matmul(q, k, false, true, loc).value(), 1.0 / std::sqrt(static_cast<double>(D)));
+  Value scores = e.mul(matmul(qh, kh, false, true, loc).value(), 1.0 / std::sqrt(static_cast<double>(D)));
   scores = e.add(scores, e.causal_mask(T, T, x.dtype()));
   Tensor p = tessel::dropout(softmax(m.wrap(scores), -1, loc), this->dropout, loc);
-  Tensor y = transpose(matmul(p, v, false, false, loc), {0, 2, 1, 3}, loc);  // [B, T, H, D]
+  Tensor y = transpose(matmul(p, vh, false, false, loc), {0, 2, 1, 3}, loc);  // [B, T, H, D]
   return tessel::dropout(proj(reshape(y, {B, T, d_model}, loc), loc), this->dropout, loc);
 }
 

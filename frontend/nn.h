@@ -51,7 +51,9 @@ class CausalSelfAttention {
   CausalSelfAttention(Model& m, std::string_view name, int64_t d_model, int64_t heads,
                       double dropout = 0, double out_std = 0.02, SourceLoc loc = SourceLoc::current());
   Tensor operator()(const Tensor& x, SourceLoc loc = SourceLoc::current()) const;
-  Linear qkv, proj;
+  // Separate projections, so a column split over heads needs no slicing (Megatron-style
+  // tensor parallelism splits each along its output features).
+  Linear q, k, v, proj;
   int64_t d_model, heads;
   double dropout;
   std::string name;
