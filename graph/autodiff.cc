@@ -65,7 +65,8 @@ std::vector<Value> gradients(Graph& g, Value loss, std::span<const Value> wrt) {
     if (!node.def->grad)
       throw Error(node.where() + ": op has no gradient, but lies between a differentiated "
                   "value and the loss (wrap the input in stop_gradient if that is intended)");
-    GradCtx ctx{g, id, out_grads, std::vector<Value>(node.inputs.size())};
+    GradCtx ctx{g, id, out_grads, std::vector<Value>(node.inputs.size()), {}};
+    for (auto& in : node.inputs) ctx.needed.push_back(from_wrt[in.node] && is_floating(g.type(in).dtype));
     node.def->grad(ctx);
     const Node& fwd = g.node(id);  // re-fetch: the rule added nodes
     for (size_t i = 0; i < fwd.inputs.size(); ++i) {

@@ -70,6 +70,9 @@ struct GradCtx {
   int32_t node;                        // the forward node (look it up; references may move)
   std::span<const Value> out_grads;    // invalid Value: that output has zero gradient
   std::vector<Value> in_grads;         // one per input; leave invalid for none
+  std::vector<bool> needed;            // per input: does anyone want its gradient? Rules
+                                       // may skip the others (their result is dropped)
+  bool wants(size_t input) const { return input < needed.size() ? bool(needed[input]) : true; }
 };
 
 using InferFn = std::vector<TensorType> (*)(const Node& node, std::span<const TensorType> in);

@@ -231,22 +231,28 @@ void set_binary_grads(GradCtx& c, const Emitter& e, Value ga, Value gb) {
   if (ga.valid()) c.in_grads[0] = e.sum_to(ga, e.shape(n.inputs[0]));
   if (gb.valid()) c.in_grads[1] = e.sum_to(gb, e.shape(n.inputs[1]));
 }
+// Builds an input's gradient only if it is wanted.
+template <class F>
+Value if_wanted(const GradCtx& c, size_t i, F f) {
+  return c.wants(i) ? f() : Value{};
+}
 
 void grad_add(GradCtx& c) {
   Value g = c.out_grads[0];
-  set_binary_grads(c, grad_emitter(c), g, g);
+  set_binary_grads(c, grad_emitter(c), if_wanted(c, 0, [&] { return g; }), if_wanted(c, 1, [&] { return g; }));
 }
 void grad_sub(GradCtx& c) {
   Emitter e = grad_emitter(c);
   Value g = c.out_grads[0];
-  set_binary_grads(c, e, g, e.neg(g));
+  set_binary_grads(c, e, g, if_wanted(c, 1, [&] { return e.neg(g); }));
 }
 void grad_mul(GradCtx& c) {
   Emitter e = grad_emitter(c);
   const Node& n = fwd(c);
   Value g = c.out_grads[0];
   Value a = n.inputs[0], b = n.inputs[1];
-  set_binary_grads(c, e, e.mul(g, b), e.mul(g, a));
+  set_binary_grads(c, e, if_wanted(c, 0, [&] { return e.mul(g, b); }),
+                   if_wanted(c, 1, [&] { return e.mul(g, a); }));
 }
 void grad_div(GradCtx& c) {
   Emitter e = grad_emitter(c);
@@ -254,7 +260,7 @@ void grad_div(GradCtx& c) {
   Value g = c.out_grads[0];
   Value b = n.inputs[1], y = n.out();
   Value ga = e.div(g, b);
-  set_binary_grads(c, e, ga, e.neg(e.mul(ga, y)));  // d(a/b)/db = -(a/b)/b
+  set_binary_grads(c, e, ga, if_wanted(c, 1, [&] { return e.neg(e.mul(ga, y)); }));  // d(a/b)/db = -(a/b)/b
 }
 void grad_maximum(GradCtx& c) {
   Emitter e = grad_emitter(c);
@@ -301,8 +307,8 @@ void grad_where(GradCtx& c) {
   const Node& n = fwd(c);
   Value g = c.out_grads[0], cond = n.inputs[0];
   Value zero = e.scalar_like(g, 0);
-  c.in_grads[1] = e.sum_to(e.where(cond, g, zero), e.shape(n.inputs[1]));
-  c.in_grads[2] = e.sum_to(e.where(cond, zero, g), e.shape(n.inputs[2]));
+  if (c.wants(1)) c.in_grads[1] = e.sum_to(e.where(cond, g, zero), e.shape(n.inputs[1]));
+  if (c.wants(2)) c.in_grads[2] = e.sum_to(e.where(cond, zero, g), e.shape(n.inputs[2]));
 }
 
 template <class T>

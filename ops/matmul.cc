@@ -90,13 +90,15 @@ void grad_matmul(GradCtx& c) {
   Value g = c.out_grads[0], a = n.inputs[0], b = n.inputs[1];
   const bool ta = n.attrs.get_bool_or("transpose_a", false);
   const bool tb = n.attrs.get_bool_or("transpose_b", false);
-  Value ga, gb;
-  if (!ta && !tb) { ga = e.matmul(g, b, false, true); gb = e.matmul(a, g, true, false); }
-  else if (!ta && tb) { ga = e.matmul(g, b, false, false); gb = e.matmul(g, a, true, false); }
-  else if (ta && !tb) { ga = e.matmul(b, g, false, true); gb = e.matmul(a, g, false, false); }
-  else { ga = e.matmul(b, g, true, true); gb = e.matmul(g, a, true, true); }
-  c.in_grads[0] = e.sum_to(ga, e.shape(a));
-  c.in_grads[1] = e.sum_to(gb, e.shape(b));
+  // (x, y, transpose_x, transpose_y) of each input's gradient product.
+  struct Product { Value x, y; bool tx, ty; };
+  Product pa, pb;
+  if (!ta && !tb) { pa = {g, b, false, true}; pb = {a, g, true, false}; }
+  else if (!ta && tb) { pa = {g, b, false, false}; pb = {g, a, true, false}; }
+  else if (ta && !tb) { pa = {b, g, false, true}; pb = {a, g, false, false}; }
+  else { pa = {b, g, true, true}; pb = {g, a, true, true}; }
+  if (c.wants(0)) c.in_grads[0] = e.sum_to(e.matmul(pa.x, pa.y, pa.tx, pa.ty), e.shape(a));
+  if (c.wants(1)) c.in_grads[1] = e.sum_to(e.matmul(pb.x, pb.y, pb.tx, pb.ty), e.shape(b));
 }
 
 // Batch dims broadcast like elementwise ops; m and n reach the output; k is contracted.

@@ -47,9 +47,12 @@ std::string si(double v, std::string_view unit) {
 
 std::string seconds_str(double s) {
   char buf[32];
-  if (s >= 1e-3 || s == 0) std::snprintf(buf, sizeof buf, "%.3g s", s);
-  else if (s >= 1e-6) std::snprintf(buf, sizeof buf, "%.3g us", s * 1e6);
-  else std::snprintf(buf, sizeof buf, "%.3g ns", s * 1e9);
+  if (s >= 1e-3 || s == 0)
+    std::snprintf(buf, sizeof buf, "%.3g s", s);
+  else if (s >= 1e-6)
+    std::snprintf(buf, sizeof buf, "%.3g us", s * 1e6);
+  else
+    std::snprintf(buf, sizeof buf, "%.3g ns", s * 1e9);
   return buf;
 }
 
@@ -71,25 +74,25 @@ std::string known_dtypes() {
 // mantissa, which changes results, so it is not what an f32 op means in tessel. f64 uses the
 // FP64 Tensor Core rate: it is IEEE double and cuBLAS DGEMM uses it on both GPUs.
 
-constexpr double kA100Bf16 = 312e12;    // A100 datasheet: BF16/FP16 Tensor Core 312 TFLOPS dense
-constexpr double kA100F32 = 19.5e12;    // FP32 19.5 TFLOPS (TF32 Tensor Core: 156 dense)
-constexpr double kA100F64 = 19.5e12;    // FP64 Tensor Core 19.5 TFLOPS (FP64 CUDA cores: 9.7)
-constexpr double kA100Hbm = 2.039e12;   // A100 80GB SXM: HBM2e 2,039 GB/s
-constexpr double kA100NvLink = 300e9;   // NVLink 3: 600 GB/s per GPU both directions together
+constexpr double kA100Bf16 = 312e12;   // A100 datasheet: BF16/FP16 Tensor Core 312 TFLOPS dense
+constexpr double kA100F32 = 19.5e12;   // FP32 19.5 TFLOPS (TF32 Tensor Core: 156 dense)
+constexpr double kA100F64 = 19.5e12;   // FP64 Tensor Core 19.5 TFLOPS (FP64 CUDA cores: 9.7)
+constexpr double kA100Hbm = 2.039e12;  // A100 80GB SXM: HBM2e 2,039 GB/s
+constexpr double kA100NvLink = 300e9;  // NVLink 3: 600 GB/s per GPU both directions together
 
-constexpr double kH100Bf16 = 989e12;    // H100 SXM datasheet: 1,979 TFLOPS with sparsity
-constexpr double kH100F32 = 67e12;      // FP32 67 TFLOPS (TF32 Tensor Core: 495 dense)
-constexpr double kH100F64 = 67e12;      // FP64 Tensor Core 67 TFLOPS (FP64 CUDA cores: 34)
-constexpr double kH100Hbm = 3.35e12;    // H100 SXM: HBM3 3.35 TB/s
-constexpr double kH100NvLink = 450e9;   // NVLink 4: 900 GB/s per GPU both directions together
+constexpr double kH100Bf16 = 989e12;   // H100 SXM datasheet: 1,979 TFLOPS with sparsity
+constexpr double kH100F32 = 67e12;     // FP32 67 TFLOPS (TF32 Tensor Core: 495 dense)
+constexpr double kH100F64 = 67e12;     // FP64 Tensor Core 67 TFLOPS (FP64 CUDA cores: 34)
+constexpr double kH100Hbm = 3.35e12;   // H100 SXM: HBM3 3.35 TB/s
+constexpr double kH100NvLink = 450e9;  // NVLink 4: 900 GB/s per GPU both directions together
 
 // Both SXM parts: "80GB". Decimal bytes: CUDA reports 85.2e9 usable on an A100-SXM4-80GB, so
 // this leaves some room for the CUDA context and allocator fragmentation.
 constexpr double kGpuMemory = 80e9;
 // InfiniBand data rates per port, one HCA per GPU (DGX A100: 8 single-port ConnectX-6 for the
 // compute fabric; DGX H100: 8 single-port ConnectX-7). Gb/s -> bytes/s per direction.
-constexpr double kIbHdr = 200e9 / 8;    // HDR: 4 lanes x 50 Gb/s
-constexpr double kIbNdr = 400e9 / 8;    // NDR: 4 lanes x 100 Gb/s
+constexpr double kIbHdr = 200e9 / 8;  // HDR: 4 lanes x 50 Gb/s
+constexpr double kIbNdr = 400e9 / 8;  // NDR: 4 lanes x 100 Gb/s
 // Per-step latencies are not datasheet figures: they are of the order NCCL's own tuning model
 // uses per ring step (src/graph/tuning.cc, hwLat: NVLink 0.5-3.4 us, network 2.7-9.6 us by
 // protocol). Kernel launch overhead likewise an estimate. Calibration replaces all three.
@@ -102,7 +105,8 @@ constexpr int64_t kMaxNodes = 1 << 20;
 constexpr int64_t kMaxLocalDevices = 1 << 16;
 
 // The local preset's memory bandwidth for the whole host, until calibration measures it:
-// a conservative figure for one or two channels of DDR4/DDR5 as a 2-core VM sees them.
+// about what one DDR4-3200 channel (25.6 GB/s peak) sustains; low for a multi-channel server,
+// which errs towards memory-bound estimates rather than optimistic ones.
 constexpr double kLocalMemoryBandwidth = 20e9;
 constexpr double kLocalLatency = 5e-6;  // a thread hand-off through a condition variable
 constexpr double kLocalLaunch = 1e-6;   // the executor's per-op dispatch
@@ -117,23 +121,36 @@ struct GpuPreset {
 };
 
 constexpr GpuPreset kA100{
-    "a100-80g", "NVIDIA A100-SXM4-80GB", kA100Bf16, kA100F32, kA100F64, kA100Hbm, kA100NvLink,
+    "a100-80g",
+    "NVIDIA A100-SXM4-80GB",
+    kA100Bf16,
+    kA100F32,
+    kA100F64,
+    kA100Hbm,
+    kA100NvLink,
     200,
     "NVIDIA A100 Tensor Core GPU datasheet (nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf), "
     "A100 80GB SXM: BF16/FP16 Tensor Core 312 TFLOP/s dense (624 sparse), FP32 19.5, TF32 156 "
     "dense (not used for f32), FP64 9.7 and FP64 Tensor Core 19.5 (used for f64), 80 GB HBM2e at "
     "2,039 GB/s, NVLink 600 GB/s = 300 GB/s per direction, any GPU pair through NVSwitch; "
-    "figures checked against copies of the datasheet's table (glennklockwood.com garden/A100, "
-    "thundercompute.com A100 specs), not against NVIDIA's PDF itself"};
+    "figures checked against copies of the datasheet table (glennklockwood.com garden/A100, "
+    "thundercompute.com A100 specs), not against the NVIDIA PDF itself"};
 constexpr GpuPreset kH100{
-    "h100-80g", "NVIDIA H100-SXM5-80GB", kH100Bf16, kH100F32, kH100F64, kH100Hbm, kH100NvLink,
+    "h100-80g",
+    "NVIDIA H100-SXM5-80GB",
+    kH100Bf16,
+    kH100F32,
+    kH100F64,
+    kH100Hbm,
+    kH100NvLink,
     400,
     "NVIDIA H100 Tensor Core GPU datasheet, H100 SXM: BF16/FP16 Tensor Core 1,979 TFLOP/s with "
     "sparsity = 989 dense (the datasheet: one-half lower without sparsity), FP32 67, TF32 989 "
     "sparse = 495 dense (not used for f32), FP64 34 and FP64 Tensor Core 67 (used for f64), 80 GB "
     "HBM3 at 3.35 TB/s, NVLink 900 GB/s = 450 GB/s per direction through NVSwitch; figures checked "
-    "against copies of the datasheet's table (hpctech.co.jp H100 page; glennklockwood.com "
-    "garden/h100 gives the Hopper whitepaper's 989.4 / 66.9 / 33.5), not against NVIDIA's PDF"};
+    "against copies of the datasheet table (hpctech.co.jp H100 page; glennklockwood.com "
+    "garden/h100 gives the Hopper whitepaper figures 989.4 / 66.9 / 33.5), not against the NVIDIA "
+    "PDF"};
 
 ClusterSpec gpu_cluster(const GpuPreset& p, int64_t nodes, int ib_gbps) {
   ClusterSpec c;
@@ -141,24 +158,23 @@ ClusterSpec gpu_cluster(const GpuPreset& p, int64_t nodes, int ib_gbps) {
   if (nodes > 1) c.name += ",ib=" + std::to_string(ib_gbps);
   c.num_devices = nodes * kGpusPerNode;
   c.device.name = p.device;
-  c.device.peak_flops = {{DType::bf16, p.bf16}, {DType::f16, p.bf16}, {DType::f32, p.f32},
-                         {DType::f64, p.f64}};
+  c.device.peak_flops = {
+      {DType::bf16, p.bf16}, {DType::f16, p.bf16}, {DType::f32, p.f32}, {DType::f64, p.f64}};
   c.device.memory_bandwidth = p.hbm;
   c.device.memory_bytes = kGpuMemory;
   c.device.launch_overhead_s = kGpuLaunch;
   c.levels.push_back({"nvlink", kGpusPerNode, p.nvlink, kNvLinkLatency});
   // One node has no InfiniBand traffic: the NVLink level already spans the cluster.
   if (nodes > 1)
-    c.levels.push_back(
-        {"infiniband", c.num_devices, ib_gbps == 400 ? kIbNdr : kIbHdr, kIbLatency});
+    c.levels.push_back({"infiniband", c.num_devices, ib_gbps == 400 ? kIbNdr : kIbHdr, kIbLatency});
   c.source =
       std::string(p.datasheet) +
       "; InfiniBand: one HCA per GPU as in DGX A100 / DGX H100 (eight single-port ConnectX-6 / "
       "ConnectX-7, docs.nvidia.com DGX BasePOD reference architecture for H100), HDR 200 Gb/s = "
       "25 GB/s or NDR 400 Gb/s = 50 GB/s per direction (InfiniBand Trade Association data rates: "
       "4 lanes of 50 / 100 Gb/s); per-step latencies (NVLink 2 us, InfiniBand 5 us) and the 5 us "
-      "launch overhead are estimates of the order NCCL's tuning model uses, not datasheet "
-      "figures; memory 80e9 bytes: the datasheet's 80 GB, below the 85.2e9 CUDA reports";
+      "launch overhead are estimates of the order the NCCL tuning model uses, not datasheet "
+      "figures; memory 80e9 bytes: the datasheet 80 GB, below the 85.2e9 CUDA reports";
   return c;
 }
 
@@ -184,8 +200,8 @@ ClusterSpec parse_gpu_preset(const GpuPreset& p, std::string_view opts, bool has
     size_t pos = 0;
     while (true) {
       size_t comma = opts.find(',', pos);
-      std::string_view item = opts.substr(pos, comma == std::string_view::npos ? opts.npos
-                                                                               : comma - pos);
+      std::string_view item =
+          opts.substr(pos, comma == std::string_view::npos ? opts.npos : comma - pos);
       size_t eq = item.find('=');
       if (eq == std::string_view::npos)
         throw Error("cluster spec '" + spec + "': option '" + std::string(item) +
@@ -244,7 +260,8 @@ proto::ClusterSpecProto to_proto(const ClusterSpec& c) {
   p.set_num_devices(c.num_devices);
   auto* d = p.mutable_device();
   d->set_name(c.device.name);
-  for (auto& [t, v] : c.device.peak_flops) (*d->mutable_peak_flops())[std::string(dtype_name(t))] = v;
+  for (auto& [t, v] : c.device.peak_flops)
+    (*d->mutable_peak_flops())[std::string(dtype_name(t))] = v;
   d->set_memory_bandwidth(c.device.memory_bandwidth);
   d->set_memory_bytes(c.device.memory_bytes);
   d->set_launch_overhead_s(c.device.launch_overhead_s);
@@ -273,7 +290,8 @@ ClusterSpec from_proto(const proto::ClusterSpecProto& p) {
   c.device.memory_bandwidth = p.device().memory_bandwidth();
   c.device.memory_bytes = p.device().memory_bytes();
   c.device.launch_overhead_s = p.device().launch_overhead_s();
-  for (auto& l : p.levels()) c.levels.push_back({l.name(), l.group_size(), l.bandwidth(), l.latency_s()});
+  for (auto& l : p.levels())
+    c.levels.push_back({l.name(), l.group_size(), l.bandwidth(), l.latency_s()});
   c.source = p.source();
   return c;
 }
@@ -296,8 +314,8 @@ double DeviceSpec::peak(DType t) const {
   if (it == peak_flops.end()) {
     std::string have;
     for (auto& [k, v] : peak_flops) have += (have.empty() ? "" : ", ") + std::string(dtype_name(k));
-    throw Error("device '" + name + "' has no peak FLOP/s for dtype " +
-                std::string(dtype_name(t)) + " (it has: " + (have.empty() ? "none" : have) + ")");
+    throw Error("device '" + name + "' has no peak FLOP/s for dtype " + std::string(dtype_name(t)) +
+                " (it has: " + (have.empty() ? "none" : have) + ")");
   }
   return it->second;
 }
@@ -328,11 +346,11 @@ std::string ClusterSpec::summary() const {
     o << (first ? " " : ", ") << dtype_name(t) << " " << si(v, "FLOP/s");
     first = false;
   }
-  o << "\n  memory: " << si(device.memory_bytes, "B") << " at "
+  o << "\n  device memory: " << si(device.memory_bytes, "B") << " at "
     << si(device.memory_bandwidth, "B/s") << "; launch overhead "
     << seconds_str(device.launch_overhead_s) << "\n";
   for (const LinkLevel& l : levels)
-    o << "  " << l.name << ": groups of " << l.group_size << ", " << si(l.bandwidth, "B/s")
+    o << "  link " << l.name << ": groups of " << l.group_size << ", " << si(l.bandwidth, "B/s")
       << " per device per direction, latency " << seconds_str(l.latency_s) << "\n";
   return o.str();
 }
@@ -467,13 +485,15 @@ HostInfo detect_host() {
 }
 
 ClusterSpec local_cluster(int64_t n, const HostInfo& h) {
-  if (n < 1) throw Error("local cluster: the device count must be at least 1 (got " +
-                         std::to_string(n) + ")");
+  if (n < 1)
+    throw Error("local cluster: the device count must be at least 1 (got " + std::to_string(n) +
+                ")");
   // Peak f32 per core = FMA pipes x f32 lanes x 2 FLOP per FMA x clock. Two 256-bit FMA pipes
   // per core is Haswell..Alder Lake and Zen 2..4; with AVX-512 this assumes two 512-bit pipes
   // (Xeon Gold/Platinum), an upper bound on parts with one. SMT siblings share the pipes, so
   // count physical cores, not hardware_concurrency's logical CPUs.
-  const int64_t cores = std::max<int64_t>(h.logical_cpus / std::max<int64_t>(h.threads_per_core, 1), 1);
+  const int64_t cores =
+      std::max<int64_t>(h.logical_cpus / std::max<int64_t>(h.threads_per_core, 1), 1);
   const int lanes = h.avx512 ? 16 : h.avx2 ? 8 : 4;
   const double flop_per_cycle = 2.0 * lanes * (h.fma ? 2 : 1);
   const double host_f32 = static_cast<double>(cores) * flop_per_cycle * h.clock_hz;
@@ -502,9 +522,12 @@ ClusterSpec local_cluster(int64_t n, const HostInfo& h) {
   src << "this host, measured or estimated: " << h.logical_cpus << " logical CPUs "
       << "(std::thread::hardware_concurrency), " << cores << " cores at " << h.threads_per_core
       << " thread(s) per core (/proc/cpuinfo siblings / cpu cores); clock "
-      << (h.clock_measured ? num(h.clock_hz / 1e6) + " MHz from /proc/cpuinfo 'cpu MHz'"
-                           : "2.5 GHz ASSUMED: /proc/cpuinfo has no 'cpu MHz'")
-      << "; " << (h.avx512 ? "AVX-512" : h.avx2 ? "AVX2" : "no AVX2/AVX-512: 128-bit SIMD")
+      << (h.clock_measured ? num(h.clock_hz / 1e6) + " MHz from the cpu MHz field of /proc/cpuinfo"
+                           : "2.5 GHz ASSUMED: /proc/cpuinfo has no cpu MHz field")
+      << "; "
+      << (h.avx512 ? "AVX-512"
+          : h.avx2 ? "AVX2"
+                   : "no AVX2/AVX-512: 128-bit SIMD")
       << (h.fma ? "+FMA" : " without FMA") << ": 2 pipes x " << lanes << " f32 lanes x "
       << (h.fma ? 2 : 1) << " FLOP = " << flop_per_cycle << " FLOP/cycle/core (an assumption "
       << "about the core, not measured); host peak f32 " << si(host_f32, "FLOP/s")

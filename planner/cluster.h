@@ -67,16 +67,15 @@ void validate(const ClusterSpec& c);
 
 // What `local:N` is built from. detect_host() reads this machine; tests pass their own.
 struct HostInfo {
-  int64_t logical_cpus = 1;   // std::thread::hardware_concurrency
+  int64_t logical_cpus = 1;      // std::thread::hardware_concurrency
   int64_t threads_per_core = 1;  // SMT: /proc/cpuinfo "siblings" / "cpu cores"
-  double clock_hz = 0;        // /proc/cpuinfo "cpu MHz" (the highest listed)
-  bool clock_measured = false;  // false: no "cpu MHz" line, clock_hz is the 2.5 GHz fallback
+  double clock_hz = 0;           // /proc/cpuinfo "cpu MHz" (the highest listed)
+  bool clock_measured = false;   // false: no "cpu MHz" line, clock_hz is the 2.5 GHz fallback
   bool avx2 = false, avx512 = false, fma = false;
-  double ram_bytes = 0;       // physical memory (sysconf)
+  double ram_bytes = 0;  // physical memory (sysconf)
 };
 // Fills the clock, SMT and vector flags from the text of /proc/cpuinfo.
-HostInfo host_info_from_cpuinfo(std::string_view cpuinfo, int64_t logical_cpus,
-                                double ram_bytes);
+HostInfo host_info_from_cpuinfo(std::string_view cpuinfo, int64_t logical_cpus, double ram_bytes);
 HostInfo detect_host();
 ClusterSpec local_cluster(int64_t n, const HostInfo& host);
 

@@ -33,12 +33,16 @@ double time_on(const LinkLevel& l, Terms t) { return t.steps * l.latency_s + t.b
 Terms ring_terms(Collective op, int64_t n, double s) {
   const double k = static_cast<double>(n);
   switch (op) {
-    case Collective::all_reduce: return {2 * (k - 1), 2 * (k - 1) / k * s};
+    case Collective::all_reduce:
+      return {2 * (k - 1), 2 * (k - 1) / k * s};
     case Collective::reduce_scatter:
     case Collective::all_gather:
-    case Collective::all_to_all: return {k - 1, (k - 1) / k * s};
-    case Collective::broadcast: return {k - 1, s};  // a pipelined chain: S crosses each hop once
-    case Collective::send_recv: return {1, s};
+    case Collective::all_to_all:
+      return {k - 1, (k - 1) / k * s};
+    case Collective::broadcast:
+      return {k - 1, s};  // a pipelined chain: S crosses each hop once
+    case Collective::send_recv:
+      return {1, s};
   }
   return {};
 }
@@ -77,8 +81,9 @@ CommEstimate hierarchical(const ClusterSpec& c, Collective op, double s,
   auto inside = [&](Collective inner_op, auto bytes_of) {
     double t = 0;
     for (auto& [id, members] : groups)
-      t = std::max(t, cost(c, inner_op, bytes_of(members.size()), members,
-                           CommAlgorithm::hierarchical).seconds);
+      t = std::max(t,
+                   cost(c, inner_op, bytes_of(members.size()), members, CommAlgorithm::hierarchical)
+                       .seconds);
     return t;
   };
   auto full = [s](size_t) { return s; };
@@ -118,8 +123,8 @@ CommEstimate hierarchical(const ClusterSpec& c, Collective op, double s,
                    time_on(outer, across));
       break;
     }
-    case Collective::send_recv: return estimate(c, level, CommAlgorithm::ring,
-                                                ring_terms(op, 2, s));
+    case Collective::send_recv:
+      return estimate(c, level, CommAlgorithm::ring, ring_terms(op, 2, s));
   }
   return {t, CommAlgorithm::hierarchical, level, across.bus};
 }
@@ -129,15 +134,20 @@ CommEstimate cost(const ClusterSpec& c, Collective op, double s, std::span<const
                   CommAlgorithm alg) {
   const int level = c.level_spanned(ranks);
   const auto n = static_cast<int64_t>(ranks.size());
-  if (n <= 1 || s == 0) return {0, alg == CommAlgorithm::best ? CommAlgorithm::ring : alg, level, 0};
-  if (op == Collective::send_recv) return estimate(c, level, CommAlgorithm::ring, ring_terms(op, n, s));
+  if (n <= 1 || s == 0)
+    return {0, alg == CommAlgorithm::best ? CommAlgorithm::ring : alg, level, 0};
+  if (op == Collective::send_recv)
+    return estimate(c, level, CommAlgorithm::ring, ring_terms(op, n, s));
   switch (alg) {
-    case CommAlgorithm::ring: return estimate(c, level, alg, ring_terms(op, n, s));
-    case CommAlgorithm::tree: return estimate(c, level, alg, tree_terms(op, n, s));
+    case CommAlgorithm::ring:
+      return estimate(c, level, alg, ring_terms(op, n, s));
+    case CommAlgorithm::tree:
+      return estimate(c, level, alg, tree_terms(op, n, s));
     case CommAlgorithm::hierarchical:
       if (level == 0) return estimate(c, level, CommAlgorithm::ring, ring_terms(op, n, s));
       return hierarchical(c, op, s, ranks, level);
-    case CommAlgorithm::best: break;
+    case CommAlgorithm::best:
+      break;
   }
   // Ties go to the first: ring, then tree, then hierarchical.
   CommEstimate best = estimate(c, level, CommAlgorithm::ring, ring_terms(op, n, s));
@@ -173,11 +183,15 @@ CommEstimate collective_time(const ClusterSpec& c, Collective op, double bytes,
   if (alg == CommAlgorithm::tree && !tree_models(op) && op != Collective::send_recv)
     throw Error(what + ": the tree algorithm is modelled for all_reduce and broadcast only; use " +
                 "ring, hierarchical or best");
+  for (int64_t r : ranks)
+    if (r < 0 || r >= c.num_devices)
+      throw Error(what + ": rank " + std::to_string(r) + " is outside [0, " +
+                  std::to_string(c.num_devices) + ")");
   std::vector<int64_t> sorted(ranks.begin(), ranks.end());
   std::sort(sorted.begin(), sorted.end());
   if (auto dup = std::adjacent_find(sorted.begin(), sorted.end()); dup != sorted.end())
     throw Error(what + ": rank " + std::to_string(*dup) + " is listed more than once");
-  return cost(c, op, bytes, ranks, alg);  // level_spanned checks the range
+  return cost(c, op, bytes, ranks, alg);
 }
 
 }  // namespace tessel::planner

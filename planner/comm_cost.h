@@ -12,8 +12,14 @@
 
 namespace tessel::planner {
 
-enum class Collective : uint8_t { all_reduce, reduce_scatter, all_gather, all_to_all, broadcast,
-                                  send_recv };
+enum class Collective : uint8_t {
+  all_reduce,
+  reduce_scatter,
+  all_gather,
+  all_to_all,
+  broadcast,
+  send_recv
+};
 inline constexpr int kNumCollectives = 6;
 enum class CommAlgorithm : uint8_t { ring, tree, hierarchical, best };
 inline constexpr int kNumCommAlgorithms = 4;

@@ -38,7 +38,16 @@
 namespace tessel::planner {
 
 enum class Stream : uint8_t { compute, comm };
-enum class TaskKind : uint8_t { forward, backward, recompute, optimizer, collective, send, recv, other };
+enum class TaskKind : uint8_t {
+  forward,
+  backward,
+  recompute,
+  optimizer,
+  collective,
+  send,
+  recv,
+  other
+};
 
 const char* stream_name(Stream s);
 const char* task_kind_name(TaskKind k);
@@ -73,8 +82,8 @@ class Simulation {
     double step_time_s = 0;              // makespan
     std::vector<double> start_s, end_s;  // per task
     struct RankStats {
-      double compute_s, forward_s, backward_s, recompute_s, optimizer_s, exposed_comm_s,
-          comm_s, bubble_s, idle_s, peak_memory_bytes;
+      double compute_s = 0, forward_s = 0, backward_s = 0, recompute_s = 0, optimizer_s = 0;
+      double exposed_comm_s = 0, comm_s = 0, bubble_s = 0, idle_s = 0, peak_memory_bytes = 0;
     };
     std::vector<RankStats> ranks;  // see the definitions at the top of this file
   };

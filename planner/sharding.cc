@@ -1,0 +1,303 @@
+#include "planner/sharding.h"
+
+#include <algorithm>
+#include <map>
+
+#include "graph/error.h"
+
+namespace tessel::planner {
+
+// ---- mesh -------------------------------------------------------------------------------
+
+Mesh::Mesh(std::vector<std::string> n, std::vector<int64_t> s) : names(std::move(n)), sizes(std::move(s)) {
+  if (names.size() != sizes.size()) throw Error("mesh: " + std::to_string(names.size()) + " names for " + std::to_string(sizes.size()) + " axes");
+  for (size_t i = 0; i < names.size(); ++i) {
+    if (sizes[i] < 1) throw Error("mesh: axis '" + names[i] + "' has size " + std::to_string(sizes[i]));
+    for (size_t j = 0; j < i; ++j)
+      if (names[i] == names[j]) throw Error("mesh: axis '" + names[i] + "' appears twice");
+  }
+}
+
+int64_t Mesh::size() const {
+  int64_t n = 1;
+  for (int64_t s : sizes) n *= s;
+  return n;
+}
+
+int Mesh::axis(std::string_view name) const {
+  for (size_t i = 0; i < names.size(); ++i)
+    if (names[i] == name) return static_cast<int>(i);
+  return -1;
+}
+
+std::vector<int64_t> Mesh::coords(int64_t rank) const {
+  std::vector<int64_t> c(sizes.size());
+  for (int a = static_cast<int>(sizes.size()) - 1; a >= 0; --a) {
+    c[a] = rank % sizes[a];
+    rank /= sizes[a];
+  }
+  return c;
+}
+
+int64_t Mesh::rank(std::span<const int64_t> c) const {
+  int64_t r = 0;
+  for (size_t a = 0; a < sizes.size(); ++a) r = r * sizes[a] + c[a];
+  return r;
+}
+
+std::vector<int64_t> Mesh::group(int64_t r, int axis) const {
+  std::vector<int64_t> c = coords(r), g;
+  for (int64_t i = 0; i < sizes[axis]; ++i) {
+    c[axis] = i;
+    g.push_back(rank(c));
+  }
+  return g;
+}
+
+std::string Mesh::str() const {
+  std::string s;
+  for (size_t i = 0; i < names.size(); ++i) s += (i ? " x " : "") + names[i] + "=" + std::to_string(sizes[i]);
+  return s.empty() ? "1 device" : s;
+}
+
+// ---- placements -------------------------------------------------------------------------
+
+std::string Placement::str() const {
+  switch (kind) {
+    case Kind::replicate: return "R";
+    case Kind::shard: return "S(" + std::to_string(dim) + ")";
+    case Kind::partial: return reduce == FactorReduce::max ? "P(max)" : "P(sum)";
+  }
+  return "?";
+}
+
+std::string sharding_str(const Sharding& s) {
+  std::string r = "[";
+  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + s[i].str();
+  return r + "]";
+}
+
+Sharding replicated(const Mesh& m) { return Sharding(m.sizes.size(), Placement::R()); }
+
+Shape local_shape(std::span<const int64_t> global, const Sharding& s, const Mesh& m) {
+  Shape l(global.begin(), global.end());
+  for (size_t a = 0; a < s.size(); ++a) {
+    if (!s[a].is_shard()) continue;
+    const int d = s[a].dim;
+    if (d < 0 || d >= static_cast<int>(l.size()))
+      throw Error("placement " + s[a].str() + " on axis '" + m.names[a] + "' for shape " + shape_str(global));
+    if (l[d] % m.sizes[a] != 0)
+      throw Error("dim " + std::to_string(d) + " of " + shape_str(global) + " (" + std::to_string(l[d]) +
+                  " locally) does not split evenly over " + m.names[a] + "=" + std::to_string(m.sizes[a]));
+    l[d] /= m.sizes[a];
+  }
+  return l;
+}
+
+// ---- resharding -------------------------------------------------------------------------
+
+std::string_view reshard_name(ReshardStep::Kind k) {
+  switch (k) {
+    case ReshardStep::Kind::all_reduce: return "all-reduce";
+    case ReshardStep::Kind::reduce_scatter: return "reduce-scatter";
+    case ReshardStep::Kind::all_gather: return "all-gather";
+    case ReshardStep::Kind::all_to_all: return "all-to-all";
+    case ReshardStep::Kind::slice: return "slice";
+  }
+  return "?";
+}
+
+Collective ReshardStep::collective() const {
+  switch (kind) {
+    case Kind::all_reduce: return Collective::all_reduce;
+    case Kind::reduce_scatter: return Collective::reduce_scatter;
+    case Kind::all_gather: return Collective::all_gather;
+    case Kind::all_to_all: return Collective::all_to_all;
+    case Kind::slice: break;
+  }
+  throw Error("a local slice is not a collective");
+}
+
+std::string ReshardStep::str(const Mesh& m) const {
+  return std::string(reshard_name(kind)) + " over " + m.names[axis] + " (" + from.str() + " -> " + to.str() +
+         "), " + std::to_string(static_cast<int64_t>(bytes)) + " B";
+}
+
+std::vector<ReshardStep> reshard(const TensorType& type, const Sharding& from, const Sharding& to, const Mesh& m) {
+  std::vector<ReshardStep> steps;
+  Sharding cur = from;
+  const double esize = static_cast<double>(dtype_size(type.dtype));
+  auto local_bytes = [&] { return static_cast<double>(numel(local_shape(type.shape, cur, m))) * esize; };
+  using K = ReshardStep::Kind;
+  // Gathers and reductions first, slices last: the tensor never grows more than it must.
+  for (int pass = 0; pass < 2; ++pass) {
+    for (size_t a = 0; a < cur.size(); ++a) {
+      const Placement f = cur[a], t = to[a];
+      if (f == t) continue;
+      const bool slice = !f.is_partial() && f.kind == Placement::Kind::replicate && t.is_shard();
+      if (slice != (pass == 1)) continue;
+      K k;
+      double bytes = local_bytes();
+      if (f.is_partial() && t.kind == Placement::Kind::replicate) k = K::all_reduce;
+      else if (f.is_partial() && t.is_shard()) k = K::reduce_scatter;
+      else if (f.is_shard() && t.kind == Placement::Kind::replicate) {
+        k = K::all_gather;
+        bytes *= static_cast<double>(m.sizes[a]);
+      } else if (f.is_shard() && t.is_shard()) k = K::all_to_all;
+      else if (slice) { k = K::slice; bytes = 0; }
+      else
+        throw Error("cannot reshard " + type.str() + " from " + f.str() + " to " + t.str() + " on axis '" +
+                    m.names[a] + "'");
+      if (m.sizes[a] == 1) {
+        cur[a] = t;
+        continue;
+      }
+      steps.push_back(ReshardStep{k, static_cast<int>(a), f, t, bytes});
+      cur[a] = t;
+      local_shape(type.shape, cur, m);  // validates divisibility of the new split
+    }
+  }
+  return steps;
+}
+
+// ---- propagation ------------------------------------------------------------------------
+
+namespace {
+int find_dim(const std::vector<int>& dims, int factor) {
+  for (size_t d = 0; d < dims.size(); ++d)
+    if (dims[d] == factor) return static_cast<int>(d);
+  return -1;
+}
+}  // namespace
+
+NodePlacement propagate(const Graph& g, const Node& n, std::span<const Sharding> in, const Mesh& m) {
+  const int axes = static_cast<int>(m.sizes.size());
+  std::vector<TensorType> types;
+  for (auto& v : n.inputs) types.push_back(g.type(v));
+  if (in.size() != types.size())
+    throw Error(n.where() + ": propagate got " + std::to_string(in.size()) + " input placements for " +
+                std::to_string(types.size()) + " inputs");
+  const ShardingRule rule = n.def->sharding(n, types);
+  NodePlacement out;
+  out.inputs.assign(types.size(), Sharding(axes));
+  out.outputs.assign(n.outputs.size(), Sharding(axes));
+  for (int a = 0; a < axes; ++a) {
+    // The factor already split on the most input bytes, among those that divide evenly.
+    std::map<int, double> score;
+    for (size_t i = 0; i < types.size(); ++i) {
+      const Placement p = in[i][a];
+      if (!p.is_shard()) continue;
+      const int f = rule.inputs[i][p.dim];
+      if (f < 0 || rule.factor_sizes[f] % m.sizes[a] != 0) continue;
+      score[f] += static_cast<double>(types[i].bytes());
+    }
+    int chosen = -1;
+    double best = -1;
+    for (auto& [f, s] : score)
+      if (s > best) {
+        best = s;
+        chosen = f;
+      }
+    // Partial sums pass through additive ops when every input is partial (summing partial
+    // gradients of a shared value costs one all-reduce, not one per use). Through ops with
+    // several inputs (mul, matmul) they could pass too, but resolving right away is what
+    // Megatron does and never costs more: a value read by several consumers is all-reduced
+    // once.
+    std::vector<size_t> partial;
+    for (size_t i = 0; i < types.size(); ++i)
+      if (in[i][a].is_partial()) partial.push_back(i);
+    // Views (reshape) pass them on as well: they move no data.
+    bool passthrough = false;
+    const bool all_partial = partial.size() == types.size();
+    if (chosen < 0 && !partial.empty() && all_partial && (rule.additive || n.def->view))
+      passthrough = std::all_of(partial.begin(), partial.end(), [&](size_t i) {
+        return in[i][a].reduce == FactorReduce::sum && rule.linear[i];
+      });
+    for (size_t i = 0; i < types.size(); ++i) {
+      Placement want = Placement::R();
+      if (chosen >= 0) {
+        int d = find_dim(rule.inputs[i], chosen);
+        if (d >= 0) want = Placement::S(d);
+      } else if (passthrough && in[i][a].is_partial()) {
+        want = in[i][a];
+      }
+      out.inputs[i][a] = want;
+    }
+    for (size_t o = 0; o < n.outputs.size(); ++o) {
+      Placement p = Placement::R();
+      if (chosen >= 0) {
+        int d = find_dim(rule.outputs[o], chosen);
+        if (d >= 0) p = Placement::S(d);
+        else if (rule.reduce[chosen] != FactorReduce::none) p = Placement::P(rule.reduce[chosen]);
+      } else if (passthrough) {
+        p = Placement::P(FactorReduce::sum);
+      }
+      out.outputs[o][a] = p;
+    }
+  }
+  return out;
+}
+
+GraphPlacement propagate_graph(const Graph& g, const Mesh& m, const SourcePlacement& source,
+                               std::span<const int32_t> nodes) {
+  GraphPlacement gp;
+  std::map<std::pair<std::pair<int32_t, int32_t>, std::string>, size_t> done;  // (value, target) -> reshard
+  auto add_reshard = [&](Value v, const Sharding& to, int32_t consumer, int input) {
+    auto key = std::make_pair(std::make_pair(v.node, v.index), sharding_str(to));
+    auto it = done.find(key);
+    if (it == done.end()) {
+      gp.reshards.push_back({v, to, reshard(g.type(v), gp.at(v), to, m), {}});
+      it = done.emplace(key, gp.reshards.size() - 1).first;
+    }
+    gp.reshards[it->second].consumers.push_back({consumer, input});
+  };
+  gp.values.resize(g.size());
+  std::vector<int32_t> all;
+  if (nodes.empty()) {
+    for (int32_t i = 0; i < g.size(); ++i) all.push_back(i);
+    nodes = all;
+  }
+  for (int32_t id : nodes) {
+    const Node& n = g.node(id);
+    if (n.inputs.empty()) {
+      std::optional<Sharding> s = source ? source(n) : std::nullopt;
+      if (s) {
+        for (auto& t : n.outputs) local_shape(t.shape, *s, m);  // validates
+        gp.values[id].assign(n.outputs.size(), *s);
+      } else {
+        gp.values[id].assign(n.outputs.size(), replicated(m));
+      }
+      continue;
+    }
+    std::vector<Sharding> in;
+    for (auto& v : n.inputs) {
+      if (gp.values[v.node].empty())
+        throw Error(n.where() + ": input '" + g.node(v.node).name + "' was not placed before it");
+      in.push_back(gp.at(v));
+    }
+    NodePlacement p = propagate(g, n, in, m);
+    for (size_t i = 0; i < in.size(); ++i) {
+      if (in[i] == p.inputs[i]) continue;
+      try {
+        add_reshard(n.inputs[i], p.inputs[i], id, static_cast<int>(i));
+      } catch (const Error& e) {
+        throw Error(n.where() + ": input " + std::to_string(i) + ": " + e.what());
+      }
+    }
+    gp.values[id] = p.outputs;
+  }
+  for (auto& u : g.updates()) {
+    if (gp.values[u.variable].empty() || gp.values[u.value.node].empty()) continue;
+    const Sharding& want = gp.values[u.variable][0];
+    const Sharding& have = gp.at(u.value);
+    if (want == have) continue;
+    try {
+      add_reshard(u.value, want, u.variable, -1);
+    } catch (const Error& e) {
+      throw Error(g.node(u.variable).where() + ": update: " + e.what());
+    }
+  }
+  return gp;
+}
+
+}  // namespace tessel::planner

@@ -1,0 +1,111 @@
+// The sharding algebra: a logical device mesh with named axes; per tensor and axis a
+// placement S(dim), R or P; propagation of placements through ops by their sharding rules;
+// resharding between placements as collectives.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "graph/graph.h"
+#include "planner/comm_cost.h"
+
+namespace tessel::planner {
+
+// Devices as an n-dimensional grid with named axes, row-major: the last axis varies
+// fastest over device ranks (so a trailing "tp" axis of 8 stays inside an 8-GPU node).
+struct Mesh {
+  std::vector<std::string> names;
+  std::vector<int64_t> sizes;
+
+  Mesh() = default;
+  Mesh(std::vector<std::string> n, std::vector<int64_t> s);  // throws on bad sizes / duplicate names
+  int64_t size() const;
+  int rank_of_axes() const { return static_cast<int>(sizes.size()); }
+  int axis(std::string_view name) const;  // -1 when absent
+  std::vector<int64_t> coords(int64_t rank) const;
+  int64_t rank(std::span<const int64_t> coords) const;
+  // The ranks that differ from `rank` only along `axis`, in axis order (rank included).
+  std::vector<int64_t> group(int64_t rank, int axis) const;
+  std::string str() const;  // "dp=8 x tp=8"
+  bool operator==(const Mesh&) const = default;
+};
+
+struct Placement {
+  enum class Kind : uint8_t { replicate, shard, partial };
+  Kind kind = Kind::replicate;
+  int dim = -1;                               // shard: the split dim
+  FactorReduce reduce = FactorReduce::none;   // partial: how the parts combine
+
+  static Placement R() { return {}; }
+  static Placement S(int d) { return {Kind::shard, d, FactorReduce::none}; }
+  static Placement P(FactorReduce r = FactorReduce::sum) { return {Kind::partial, -1, r}; }
+  bool is_shard() const { return kind == Kind::shard; }
+  bool is_partial() const { return kind == Kind::partial; }
+  std::string str() const;  // "R", "S(1)", "P(sum)"
+  bool operator==(const Placement&) const = default;
+};
+
+// One placement per mesh axis.
+using Sharding = std::vector<Placement>;
+std::string sharding_str(const Sharding& s);          // "[S(0), R]"
+Sharding replicated(const Mesh& m);
+// The shape each device holds; throws naming the dim when a split does not divide evenly.
+Shape local_shape(std::span<const int64_t> global, const Sharding& s, const Mesh& m);
+
+// Changing one axis's placement of a tensor.
+struct ReshardStep {
+  enum class Kind : uint8_t { all_reduce, reduce_scatter, all_gather, all_to_all, slice };
+  Kind kind;
+  int axis;
+  Placement from, to;
+  double bytes;  // NCCL convention for the collective (see comm_cost.h), per device
+  bool is_collective() const { return kind != Kind::slice; }
+  Collective collective() const;  // for collectives only
+  std::string str(const Mesh& m) const;  // "all-reduce over tp (P(sum) -> R), 4.2 MB"
+};
+std::string_view reshard_name(ReshardStep::Kind k);
+
+// The steps that turn placement `from` into `to` for a tensor of `type`, axis by axis.
+// Throws for impossible changes (R or S to P).
+std::vector<ReshardStep> reshard(const TensorType& type, const Sharding& from, const Sharding& to,
+                                 const Mesh& m);
+
+// How a node runs on the mesh: what each input must be resharded to first, and what its
+// outputs then are. Inputs already placed right need no step.
+struct NodePlacement {
+  std::vector<Sharding> inputs;   // required input placements
+  std::vector<Sharding> outputs;
+};
+
+// Chooses, per mesh axis, the factor of the node's rule to split (the one already split on
+// the most input bytes, if it divides evenly), so that the fewest bytes move. Partial
+// inputs pass through additive ops whose inputs are all partial; otherwise they are
+// resolved before the op.
+NodePlacement propagate(const Graph& g, const Node& n, std::span<const Sharding> in, const Mesh& m);
+
+// Placements of a whole graph (or of the nodes listed, in order): sources take the
+// placement `source` gives them (replicated when it gives none), every other node the
+// result of propagate(). Where a consumer needs another placement than its producer gives,
+// the value is resharded once per target placement, however many consumers share it; an
+// update whose value is placed differently from its variable reshards it too.
+struct GraphPlacement {
+  std::vector<std::vector<Sharding>> values;  // per node, per output (empty: not visited)
+  struct Reshard {
+    Value value;
+    Sharding to;
+    std::vector<ReshardStep> steps;
+    std::vector<std::pair<int32_t, int>> consumers;  // (node, input); input -1: an update
+  };
+  std::vector<Reshard> reshards;
+  const Sharding& at(Value v) const { return values.at(v.node).at(v.index); }
+};
+using SourcePlacement = std::function<std::optional<Sharding>(const Node&)>;
+GraphPlacement propagate_graph(const Graph& g, const Mesh& m, const SourcePlacement& source,
+                               std::span<const int32_t> nodes = {});
+
+}  // namespace tessel::planner
