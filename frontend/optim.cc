@@ -81,15 +81,16 @@ TrainingPhases add_training(Graph& g, const std::string& loss_output, const Opti
     add_counter_update(g, e, Value{*dropout_counter, 0}, "train");
   }
 
-  // Global gradient norm (also reported), and clipping.
-  Value norm_sq;
-  for (auto& p : params) {
-    Value s = e.sum(e.square(p.grad));
-    norm_sq = norm_sq.valid() ? e.add(norm_sq, s) : s;
-  }
-  Value norm = e.sqrt(norm_sq);
-  g.set_output("grad_norm", norm);
+  // Clipping by the global gradient norm (reported as an output). Without clipping the
+  // norm is not computed: it would read every gradient once more each step.
   if (cfg.clip_norm > 0) {
+    Value norm_sq;
+    for (auto& p : params) {
+      Value s = e.sum(e.square(p.grad));
+      norm_sq = norm_sq.valid() ? e.add(norm_sq, s) : s;
+    }
+    Value norm = e.sqrt(norm_sq);
+    g.set_output("grad_norm", norm);
     // scale = min(1, clip / (norm + 1e-6))
     Value scale = e.minimum(e.div(e.scalar_like(norm, cfg.clip_norm), e.add(norm, 1e-6)), e.scalar_like(norm, 1));
     for (auto& p : params) p.grad = e.mul(p.grad, scale);

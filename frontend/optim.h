@@ -34,7 +34,8 @@ struct TrainingPhases {
 };
 
 // Adds gradients of the scalar output `loss_output` with respect to every parameter and the
-// optimizer's updates. Outputs added: "grad_norm" (global L2 norm of the gradient) and "lr".
+// optimizer's updates. Outputs added: "lr", and with clipping "grad_norm" (the global L2
+// norm of the gradient before clipping).
 // Throws for a bad config or a parameter the loss does not depend on.
 TrainingPhases add_training(Graph& g, const std::string& loss_output, const OptimizerConfig& cfg);
 

@@ -182,10 +182,12 @@ void dropout_mask_kernel(const Node& n, std::span<const TensorRef> in, std::span
 
 Cost write_cost(const Node& n, std::span<const TensorType> in) { return streaming_cost(n, in, 1); }
 
-// gather: the index dims and the table's row dims split; the gathered-from dim does not.
+// gather: the index dims and the table's row dims split. Splitting the gathered-from dim
+// (a vocabulary-parallel embedding) leaves each device the rows in its range and zeros
+// elsewhere: partial sums.
 ShardingRule rule_gather(const Node&, std::span<const TensorType> in) {
   ShardingRule r;
-  std::vector<int> table{-1}, idx, out;
+  std::vector<int> table{r.add_factor(in[0].shape[0], FactorReduce::sum)}, idx, out;
   for (int64_t d : in[1].shape) idx.push_back(r.add_factor(d));
   out = idx;
   for (int d = 1; d < in[0].rank(); ++d) {

@@ -1,0 +1,302 @@
+#include "planner/analysis.h"
+
+#include <algorithm>
+#include <map>
+#include <set>
+
+#include "graph/error.h"
+
+namespace tessel::planner {
+
+namespace {
+
+bool fusible(const Node& n) { return n.def->scalar != nullptr; }
+bool chain_end(const Node& n) { return fusible(n) || n.op == "sum" || n.op == "max"; }
+
+struct Context {
+  const Graph& g;
+  const PlanConfig& c;
+  const ClusterSpec& cluster;
+  const CostOptions& opt;
+  Mesh mesh;
+  GraphPlacement gp;
+  std::vector<int> consumers;                // per node (single-output graphs): needed consumers
+  std::vector<char> fused_out;               // value folded into its only consumer's kernel
+  std::map<std::pair<int32_t, int>, size_t> reshard_at;  // (node, input) -> reshard index
+  std::vector<char> optimizer_node;
+};
+
+double esize(const Context& x, DType dt, bool optimizer) {
+  if (x.opt.precision == Precision::mixed && !optimizer && (dt == DType::f32 || dt == DType::f64)) return 2;
+  return static_cast<double>(dtype_size(dt));
+}
+
+double local_bytes(const Context& x, const TensorType& t, const Sharding& s, bool optimizer) {
+  return static_cast<double>(numel(local_shape(t.shape, s, x.mesh))) * esize(x, t.dtype, optimizer);
+}
+
+// The placement a node reads input i in (after any resharding).
+const Sharding& input_placement(const Context& x, const Node& n, int i) {
+  auto it = x.reshard_at.find({n.id, i});
+  if (it != x.reshard_at.end()) return x.gp.reshards[it->second].to;
+  return x.gp.at(n.inputs[i]);
+}
+
+struct NodeCost {
+  double seconds = 0, flops = 0, bytes = 0, io_bytes = 0;
+};
+
+NodeCost node_cost(const Context& x, const Node& n) {
+  NodeCost nc;
+  if (n.def->kind != OpKind::compute || n.def->view) return nc;
+  const bool opt = x.optimizer_node[n.id];
+  std::vector<TensorType> in;
+  for (auto& v : n.inputs) in.push_back(x.g.type(v));
+  Cost c = n.def->cost ? n.def->cost(n, in) : Cost{};
+  // Work is divided over an axis when the node splits a factor there.
+  double split = 1;
+  const Sharding& out = x.gp.values[n.id][0];
+  for (int a = 0; a < x.mesh.rank_of_axes(); ++a) {
+    bool all_in_partial = !n.inputs.empty();
+    for (size_t i = 0; i < n.inputs.size(); ++i) all_in_partial &= input_placement(x, n, static_cast<int>(i))[a].is_partial();
+    if (out[a].is_shard() || (out[a].is_partial() && !all_in_partial)) split *= static_cast<double>(x.mesh.sizes[a]);
+  }
+  nc.flops = c.flops / split;
+  for (size_t i = 0; i < n.inputs.size(); ++i) {
+    const double b = local_bytes(x, in[i], input_placement(x, n, static_cast<int>(i)), opt);
+    nc.io_bytes += b;
+    if (!(x.opt.fuse_elementwise && x.fused_out[n.inputs[i].node])) nc.bytes += b;
+  }
+  for (auto& t : n.outputs) {
+    const double b = local_bytes(x, t, out, opt);
+    nc.io_bytes += b;
+    if (!(x.opt.fuse_elementwise && x.fused_out[n.id])) nc.bytes += b;
+  }
+  const DeviceSpec& d = x.cluster.device;
+  double peak;
+  if (n.op == "matmul") {
+    DType dt = x.opt.precision == Precision::mixed && !opt ? DType::bf16 : in[0].dtype;
+    peak = d.peak(dt) * x.opt.gemm_efficiency;
+  } else {
+    peak = d.peak(DType::f32);
+  }
+  nc.seconds = std::max(nc.flops / peak, nc.bytes / d.memory_bandwidth);
+  if (!(x.opt.fuse_elementwise && x.fused_out[n.id])) nc.seconds += d.launch_overhead_s;
+  return nc;
+}
+
+std::vector<Segment> comm_segments(const Context& x, const GraphPlacement::Reshard& r, bool optimizer) {
+  std::vector<Segment> segs;
+  const TensorType& t = x.g.type(r.value);
+  const double scale = esize(x, t.dtype, optimizer) / static_cast<double>(dtype_size(t.dtype));
+  for (const ReshardStep& s : r.steps) {
+    if (!s.is_collective()) continue;
+    Segment seg;
+    seg.comm = true;
+    seg.op = s.collective();
+    seg.axis = s.axis;
+    seg.bytes = s.bytes * scale;
+    std::vector<int64_t> group = x.mesh.group(0, s.axis);
+    CommEstimate est = collective_time(x.cluster, seg.op, seg.bytes, group);
+    seg.seconds = est.seconds;
+    seg.level = est.level;
+    seg.bus_bytes = est.bus_bytes;
+    seg.what = x.g.node(r.value.node).name + " " + s.str(x.mesh);
+    segs.push_back(seg);
+  }
+  return segs;
+}
+
+void push_compute(std::vector<Segment>& v, double s) {
+  if (s <= 0) return;
+  if (!v.empty() && !v.back().comm) v.back().seconds += s;
+  else v.push_back(Segment{false, s, Collective::all_reduce, -1, 0, -1, 0, "compute"});
+}
+
+}  // namespace
+
+ModelProfile profile_model(const Graph& g, const std::string& phase, const PlanConfig& c, const ClusterSpec& cluster,
+                           const CostOptions& opt, const std::vector<std::pair<std::string, int64_t>>& repeats) {
+  if (c.dp < 1 || c.tp < 1 || c.pp < 1 || c.microbatches < 1) throw Error("plan: dp, tp, pp and microbatches must be >= 1");
+  LayerStructure ls = find_layers(g, phase);
+  std::vector<int32_t> nodes;
+  for (int32_t id = 0; id < g.size(); ++id) {
+    const bool mine = ls.layer_of[id] >= 0 ||
+                      std::find(ls.global.begin(), ls.global.end(), id) != ls.global.end();
+    if (mine) nodes.push_back(id);
+  }
+  Context x{g, c, cluster, opt, stage_mesh(c), {}, {}, {}, {}, {}};
+  x.gp = propagate_graph(g, x.mesh, source_placements(g, c, x.mesh), nodes);
+  for (size_t r = 0; r < x.gp.reshards.size(); ++r)
+    for (auto& [node, input] : x.gp.reshards[r].consumers)
+      if (input >= 0) x.reshard_at[{node, input}] = r;
+  x.optimizer_node.assign(g.size(), 0);
+  for (auto& l : ls.layers)
+    for (int32_t id : l.optimizer) x.optimizer_node[id] = 1;
+  for (int32_t id : ls.global)
+    if (g.node(id).name.rfind("optimizer/", 0) == 0) x.optimizer_node[id] = 1;
+  // Fusion: an elementwise value read once, by an elementwise op or a reduction, that needs
+  // no resharding in between, never goes to memory.
+  x.consumers.assign(g.size(), 0);
+  std::vector<int32_t> only_consumer(g.size(), -1);
+  for (int32_t id : nodes)
+    for (auto& in : g.node(id).inputs) {
+      x.consumers[in.node]++;
+      only_consumer[in.node] = id;
+    }
+  x.fused_out.assign(g.size(), 0);
+  for (int32_t id : nodes) {
+    const Node& n = g.node(id);
+    if (!fusible(n) || x.consumers[id] != 1) continue;
+    const Node& user = g.node(only_consumer[id]);
+    bool resharded = false;
+    for (size_t i = 0; i < user.inputs.size(); ++i)
+      if (user.inputs[i].node == id && x.reshard_at.count({user.id, static_cast<int>(i)})) resharded = true;
+    if (chain_end(user) && !resharded) x.fused_out[id] = 1;
+  }
+
+  ModelProfile mp;
+  std::map<std::string, int64_t> rep(repeats.begin(), repeats.end());
+  // Where each reshard is paid: at its first consumer, or as an update.
+  std::vector<int32_t> first_consumer(x.gp.reshards.size(), -1);
+  for (size_t r = 0; r < x.gp.reshards.size(); ++r) {
+    int32_t first = -1;
+    for (auto& [node, input] : x.gp.reshards[r].consumers)
+      if (input >= 0 && (first < 0 || node < first)) first = node;
+    first_consumer[r] = first;
+  }
+  std::map<int32_t, std::vector<size_t>> paid_before;  // node -> reshards to pay first
+  for (size_t r = 0; r < x.gp.reshards.size(); ++r)
+    if (first_consumer[r] >= 0) paid_before[first_consumer[r]].push_back(r);
+
+  for (size_t li = 0; li < ls.layers.size(); ++li) {
+    const Layer& layer = ls.layers[li];
+    LayerProfile lp;
+    lp.name = layer.name;
+    if (auto it = rep.find(layer.name); it != rep.end()) lp.repeat = it->second;
+    auto walk = [&](const std::vector<int32_t>& ids, std::vector<Segment>& segs, double& compute, double* flops) {
+      for (int32_t id : ids) {
+        const Node& n = g.node(id);
+        if (auto it = paid_before.find(id); it != paid_before.end())
+          for (size_t r : it->second) {
+            const Node& src = g.node(x.gp.reshards[r].value.node);
+            const bool from_backward = src.name.find("/grad/") != std::string::npos;
+            // Gradients reduced for the optimizer overlap the rest of the backward pass.
+            if (x.optimizer_node[id] && from_backward) continue;
+            for (auto& s : comm_segments(x, x.gp.reshards[r], x.optimizer_node[id])) segs.push_back(s);
+          }
+        NodeCost nc = node_cost(x, n);
+        compute += nc.seconds;
+        push_compute(segs, nc.seconds);
+        if (flops) {
+          std::vector<TensorType> in;
+          for (auto& v : n.inputs) in.push_back(g.type(v));
+          if (n.def->cost && n.def->kind == OpKind::compute) *flops += n.def->cost(n, in).flops;
+        }
+        lp.working_bytes = std::max(lp.working_bytes, nc.io_bytes);
+      }
+    };
+    double fwd_flops = 0, bwd_flops = 0;
+    walk(layer.forward, lp.forward, lp.forward_compute_s, &fwd_flops);
+    walk(layer.backward, lp.backward, lp.backward_compute_s, &bwd_flops);
+    lp.forward_flops = fwd_flops;
+    lp.model_flops = fwd_flops + bwd_flops;
+    std::vector<Segment> opt_segs;
+    walk(layer.optimizer, opt_segs, lp.optimizer_s, nullptr);
+    for (auto& s : opt_segs)
+      if (s.comm) lp.optimizer_s += s.seconds;  // collectives inside the update (rare)
+
+    // Gradient reductions (producer in this layer's backward, consumer its optimizer) and
+    // gathers of updated parameters.
+    std::set<int32_t> in_layer(layer.forward.begin(), layer.forward.end());
+    in_layer.insert(layer.backward.begin(), layer.backward.end());
+    in_layer.insert(layer.optimizer.begin(), layer.optimizer.end());
+    for (size_t r = 0; r < x.gp.reshards.size(); ++r) {
+      const auto& rs = x.gp.reshards[r];
+      const Node& src = g.node(rs.value.node);
+      const bool from_backward = src.name.find("/grad/") != std::string::npos;
+      bool update = false, to_optimizer = false;
+      for (auto& [node, input] : rs.consumers) {
+        if (input < 0 && ls.layer_of[node] == static_cast<int>(li)) update = true;
+        if (input >= 0 && x.optimizer_node[node] && ls.layer_of[node] == static_cast<int>(li)) to_optimizer = true;
+      }
+      if (update)
+        for (auto& s : comm_segments(x, rs, false)) lp.param_sync.push_back(s);
+      else if (to_optimizer && from_backward)
+        for (auto& s : comm_segments(x, rs, false)) lp.grad_sync.push_back(s);
+    }
+
+    // Memory of one device.
+    const int dp_axis = x.mesh.axis("dp");
+    const double wsize = opt.precision == Precision::mixed ? 2 : 4;
+    for (int32_t id : layer.forward) {
+      const Node& n = g.node(id);
+      if (n.op != "parameter") continue;
+      ParameterPlacement pp = parameter_placement(g, n, c, x.mesh, false);
+      const double elems = static_cast<double>(n.outputs[0].numel());
+      const double local = static_cast<double>(numel(local_shape(n.outputs[0].shape, pp.stored, x.mesh)));
+      Sharding grad_s = pp.used;
+      if (c.zero >= 2 && c.dp > 1) grad_s = parameter_placement(g, n, c, x.mesh, true).stored;
+      const double grad_local = static_cast<double>(numel(local_shape(n.outputs[0].shape, grad_s, x.mesh)));
+      lp.parameters += elems;
+      lp.weight_bytes += local * wsize;
+      lp.grad_bytes += grad_local * wsize;
+      if (pp.used[x.mesh.axis("tp")] == Placement::R() && c.tp > 1 && tp_role(n.name, g) != TpRole::replicated)
+        lp.notes.push_back(n.name + ": its tensor-parallel split does not divide evenly; replicated");
+      (void)dp_axis;
+    }
+    for (int32_t id : layer.optimizer) {
+      const Node& n = g.node(id);
+      if (n.op != "state" || n.outputs[0].rank() == 0) continue;
+      lp.optimizer_bytes += local_bytes(x, n.outputs[0], x.gp.values[id][0], true);
+    }
+    if (opt.precision == Precision::mixed) {  // f32 master weights, split like the optimizer state
+      for (int32_t id : layer.forward) {
+        const Node& n = g.node(id);
+        if (n.op != "parameter") continue;
+        ParameterPlacement ps = parameter_placement(g, n, c, x.mesh, true);
+        lp.optimizer_bytes += static_cast<double>(numel(local_shape(n.outputs[0].shape, ps.stored, x.mesh))) * 4;
+      }
+    }
+    std::set<int32_t> fwd(layer.forward.begin(), layer.forward.end());
+    std::set<int32_t> bwd(layer.backward.begin(), layer.backward.end());
+    std::set<std::pair<int32_t, int32_t>> saved, inputs, outputs;
+    for (int32_t id = 0; id < g.size(); ++id) {
+      if (ls.layer_of[id] < 0 && std::find(ls.global.begin(), ls.global.end(), id) == ls.global.end()) continue;
+      const Node& n = g.node(id);
+      for (auto& v : n.inputs) {
+        const Node& src = g.node(v.node);
+        if (src.def->kind != OpKind::compute || src.def->view) {
+          if (src.def->kind == OpKind::input && fwd.count(id)) inputs.insert({v.node, v.index});
+          continue;
+        }
+        if (fwd.count(v.node) && bwd.count(id)) saved.insert({v.node, v.index});
+        if (!fwd.count(v.node) && fwd.count(id) && !x.optimizer_node[v.node] && ls.layer_of[v.node] != static_cast<int>(li))
+          inputs.insert({v.node, v.index});
+        if (fwd.count(v.node) && !fwd.count(id) && !bwd.count(id) && !x.optimizer_node[id] &&
+            ls.layer_of[id] > static_cast<int>(li))
+          outputs.insert({v.node, v.index});
+      }
+    }
+    auto bytes_of = [&](const std::set<std::pair<int32_t, int32_t>>& vals) {
+      double b = 0;
+      for (auto& [node, idx] : vals) b += local_bytes(x, g.node(node).outputs[idx], x.gp.values[node][idx], false);
+      return b;
+    };
+    lp.activation_bytes = bytes_of(saved);
+    lp.input_bytes = bytes_of(inputs);
+    lp.output_bytes = bytes_of(outputs);
+    mp.layers.push_back(std::move(lp));
+  }
+  for (int32_t id : ls.global) mp.global_compute_s += node_cost(x, g.node(id)).seconds;
+  for (int32_t id : ls.global) {
+    const Node& n = g.node(id);
+    if (n.def->kind == OpKind::input && n.outputs[0].rank() > 0) {
+      mp.samples_per_microbatch = static_cast<double>(n.outputs[0].shape[0]);
+      break;
+    }
+  }
+  return mp;
+}
+
+}  // namespace tessel::planner

@@ -1,0 +1,74 @@
+// Per-layer costs of a training graph under a plan config, on one device of a stage: the
+// compute time of each op from a roofline (FLOPs over the dtype's peak against bytes over
+// memory bandwidth, plus launch overhead), the collectives the placements require, and
+// memory. The pipeline builder (planner/pipeline.h) turns these into simulated programs.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "graph/graph.h"
+#include "planner/cluster.h"
+#include "planner/comm_cost.h"
+#include "planner/layers.h"
+#include "planner/strategy.h"
+
+namespace tessel::planner {
+
+struct CostOptions {
+  Precision precision = Precision::f32;
+  // Fraction of the dtype's peak that large matrix products reach on this device (a device
+  // property, measured by calibration; 1 = pure roofline).
+  double gemm_efficiency = 1.0;
+  // Count chains of elementwise ops as one fused kernel (what the lowering issue builds):
+  // an intermediate with a single elementwise consumer costs no memory traffic or launch.
+  bool fuse_elementwise = true;
+};
+
+// A piece of a layer's forward or backward pass on one device: compute, or a collective
+// that the next piece waits for.
+struct Segment {
+  bool comm = false;
+  double seconds = 0;
+  Collective op = Collective::all_reduce;  // comm only
+  int axis = -1;                           // comm: mesh axis (0 dp, 1 tp)
+  double bytes = 0;                        // comm: NCCL-convention bytes
+  int level = -1;                          // comm: outermost link level crossed
+  double bus_bytes = 0;                    // comm: bytes each device sends on that level
+  std::string what;                        // the node or value it serves
+};
+
+struct LayerProfile {
+  std::string name;
+  int64_t repeat = 1;  // identical layers this profile stands for (solved once)
+  std::vector<Segment> forward, backward;  // one microbatch, in order
+  std::vector<Segment> grad_sync;   // gradient reductions, async after the layer's last backward
+  std::vector<Segment> param_sync;  // after the optimizer: gathers of updated parameters
+  double optimizer_s = 0;           // optimizer compute on one device
+  double forward_compute_s = 0, backward_compute_s = 0;
+  double model_flops = 0;           // forward + backward of one microbatch, whole layer (all devices)
+  double forward_flops = 0;         // forward only, whole layer (for recompute accounting)
+  double parameters = 0;            // elements, whole layer
+  // Memory on one device.
+  double weight_bytes = 0, grad_bytes = 0, optimizer_bytes = 0;
+  double activation_bytes = 0;      // kept from forward for backward, one microbatch
+  double input_bytes = 0;           // the layer's input, one microbatch (all recompute keeps)
+  double output_bytes = 0;          // what a stage boundary after this layer sends, one microbatch
+  double working_bytes = 0;         // largest transient set while computing the layer
+  std::vector<std::string> notes;   // e.g. "fc2/weight: tp split does not divide, replicated"
+};
+
+struct ModelProfile {
+  std::vector<LayerProfile> layers;  // in forward order (repeats folded)
+  double global_compute_s = 0;       // nodes outside layers (learning rate, norms), per step
+  double samples_per_microbatch = 0;
+};
+
+// Profiles every layer of `g` (a training graph whose microbatch is what one data-parallel
+// replica processes at a time) on stage 0 of `c`. `repeats` maps a layer name to how many
+// identical copies it stands for (e.g. {"block0", 96} for a one-block stand-in of GPT-3).
+ModelProfile profile_model(const Graph& g, const std::string& phase, const PlanConfig& c,
+                           const ClusterSpec& cluster, const CostOptions& opt,
+                           const std::vector<std::pair<std::string, int64_t>>& repeats = {});
+
+}  // namespace tessel::planner

@@ -1,0 +1,312 @@
+#include "planner/pipeline.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <limits>
+
+#include "graph/error.h"
+
+namespace tessel::planner {
+
+namespace {
+
+std::string human_bytes(double b) {
+  const char* u[] = {"B", "KB", "MB", "GB", "TB"};
+  int i = 0;
+  while (b >= 1000 && i < 4) {
+    b /= 1000;
+    ++i;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.3g %s", b, u[i]);
+  return buf;
+}
+
+// Contiguous ranges of layers per stage that minimise the slowest stage's time.
+std::vector<int64_t> partition(const std::vector<double>& cost, int64_t stages) {
+  const int64_t n = static_cast<int64_t>(cost.size());
+  std::vector<double> prefix(n + 1, 0);
+  for (int64_t i = 0; i < n; ++i) prefix[i + 1] = prefix[i] + cost[i];
+  const double inf = std::numeric_limits<double>::infinity();
+  // best[s][i]: min over splits of the max stage cost, first i layers in s stages.
+  std::vector<std::vector<double>> best(stages + 1, std::vector<double>(n + 1, inf));
+  std::vector<std::vector<int64_t>> cut(stages + 1, std::vector<int64_t>(n + 1, 0));
+  best[0][0] = 0;
+  for (int64_t s = 1; s <= stages; ++s)
+    for (int64_t i = s; i <= n; ++i)
+      for (int64_t j = s - 1; j < i; ++j) {
+        double v = std::max(best[s - 1][j], prefix[i] - prefix[j]);
+        if (v < best[s][i]) {
+          best[s][i] = v;
+          cut[s][i] = j;
+        }
+      }
+  std::vector<int64_t> bounds(stages + 1, n);
+  for (int64_t s = stages, i = n; s > 0; --s) {
+    bounds[s] = i;
+    i = cut[s][i];
+    bounds[s - 1] = i;
+  }
+  bounds[0] = 0;
+  return bounds;
+}
+
+}  // namespace
+
+PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const ClusterSpec& cluster,
+                           const CostOptions& opt, bool keep_simulation) {
+  PlanEstimate est;
+  est.config = c;
+  est.memory_capacity_bytes = cluster.device.memory_bytes;
+  if (c.devices() > cluster.num_devices)
+    throw Error("plan " + c.str() + " needs " + std::to_string(c.devices()) + " devices; the cluster has " +
+                std::to_string(cluster.num_devices));
+  // Expand repeated layers.
+  std::vector<const LayerProfile*> layers;
+  std::vector<std::string> names;
+  for (const LayerProfile& l : mp.layers)
+    for (int64_t r = 0; r < l.repeat; ++r) {
+      layers.push_back(&l);
+      names.push_back(l.repeat == 1 ? l.name : l.name + "#" + std::to_string(r));
+    }
+  const int64_t L = static_cast<int64_t>(layers.size());
+  if (c.pp > L) throw Error("plan " + c.str() + ": " + std::to_string(c.pp) + " pipeline stages for " + std::to_string(L) + " layers");
+  const bool recompute = c.recompute == Recompute::full;
+  std::vector<double> layer_time(L);
+  for (int64_t i = 0; i < L; ++i)
+    layer_time[i] = layers[i]->forward_compute_s * (recompute ? 2 : 1) + layers[i]->backward_compute_s;
+  std::vector<int64_t> bounds = partition(layer_time, c.pp);
+  const int64_t m = c.microbatches;
+
+  std::vector<double> base(c.pp, 0);
+  for (int64_t s = 0; s < c.pp; ++s) {
+    StageEstimate st;
+    st.first_layer = bounds[s];
+    st.end_layer = bounds[s + 1];
+    std::string first = names[st.first_layer], last = names[st.end_layer - 1];
+    st.layers = first == last ? first : first + ".." + last;
+    for (int64_t i = st.first_layer; i < st.end_layer; ++i) {
+      st.weight_bytes += layers[i]->weight_bytes;
+      st.grad_bytes += layers[i]->grad_bytes;
+      st.optimizer_bytes += layers[i]->optimizer_bytes;
+      st.working_bytes = std::max(st.working_bytes, layers[i]->working_bytes);
+      st.flops += (layers[i]->model_flops + (recompute ? layers[i]->forward_flops : 0)) * static_cast<double>(m) /
+                  static_cast<double>(c.tp);
+    }
+    base[s] = st.weight_bytes + st.grad_bytes + st.optimizer_bytes + st.working_bytes;
+    est.stages.push_back(st);
+  }
+
+  // One representative device per stage.
+  auto sim = std::make_shared<Simulation>(c.pp, base);
+  std::vector<std::vector<int64_t>> fwd_end(c.pp, std::vector<int64_t>(m, -1)), bwd_end(c.pp, std::vector<int64_t>(m, -1));
+  std::vector<std::vector<int64_t>> fwd_start(c.pp, std::vector<int64_t>(m, -1)), bwd_start(c.pp, std::vector<int64_t>(m, -1));
+  std::vector<int64_t> last_bwd_of_layer(L, -1);
+  auto emit = [&](int64_t s, const std::vector<Segment>& segs, TaskKind kind, const std::string& label,
+                  int64_t dep, double mem_delta, int64_t& first_task) {
+    int64_t prev = dep;
+    for (const Segment& seg : segs) {
+      Task t;
+      t.name = label + (seg.comm ? "/" + std::string(collective_name(seg.op)) : "");
+      t.rank = s;
+      t.stream = seg.comm ? Stream::comm : Stream::compute;
+      t.kind = seg.comm ? TaskKind::collective : kind;
+      t.duration_s = seg.seconds;
+      if (prev >= 0) t.deps.push_back(prev);
+      if (mem_delta > 0 && !seg.comm) {  // memory is taken by the first compute piece
+        t.memory_delta_bytes = mem_delta;
+        mem_delta = 0;
+      }
+      prev = sim->add(std::move(t));
+      if (first_task < 0) first_task = prev;
+    }
+    if (mem_delta > 0) {  // no compute piece to carry it
+      Task t;
+      t.name = label + "/alloc";
+      t.rank = s;
+      t.memory_delta_bytes = mem_delta;
+      if (prev >= 0) t.deps.push_back(prev);
+      prev = sim->add(std::move(t));
+      if (first_task < 0) first_task = prev;
+    }
+    return prev;
+  };
+  auto forward = [&](int64_t s, int64_t j) {
+    int64_t dep = -1;
+    if (s > 0) {  // activations from the previous stage
+      Task recv;
+      recv.name = "stage" + std::to_string(s) + "/mb" + std::to_string(j) + "/recv";
+      recv.rank = s;
+      recv.stream = Stream::comm;
+      recv.kind = TaskKind::recv;
+      const double bytes = layers[bounds[s] - 1]->output_bytes;
+      std::vector<int64_t> pair{(s - 1) * c.dp * c.tp, s * c.dp * c.tp};
+      recv.duration_s = collective_time(cluster, Collective::send_recv, bytes, pair).seconds;
+      recv.deps.push_back(fwd_end[s - 1][j]);
+      dep = sim->add(std::move(recv));
+    }
+    int64_t first = -1, last = dep;
+    for (int64_t i = bounds[s]; i < bounds[s + 1]; ++i) {
+      const double keep = recompute ? layers[i]->input_bytes : layers[i]->activation_bytes;
+      int64_t f = -1;
+      last = emit(s, layers[i]->forward, TaskKind::forward, names[i] + "/mb" + std::to_string(j) + "/fwd", last, keep, f);
+      if (first < 0) first = f;
+    }
+    fwd_start[s][j] = first;
+    fwd_end[s][j] = last;
+  };
+  auto backward = [&](int64_t s, int64_t j) {
+    int64_t dep = fwd_end[s][j];
+    int64_t recv = -1;
+    if (s + 1 < c.pp) {  // gradients from the next stage (added later: wired with add_dep)
+      Task t;
+      t.name = "stage" + std::to_string(s) + "/mb" + std::to_string(j) + "/recv_grad";
+      t.rank = s;
+      t.stream = Stream::comm;
+      t.kind = TaskKind::recv;
+      const double bytes = layers[bounds[s + 1] - 1]->output_bytes;
+      std::vector<int64_t> pair{s * c.dp * c.tp, (s + 1) * c.dp * c.tp};
+      t.duration_s = collective_time(cluster, Collective::send_recv, bytes, pair).seconds;
+      t.deps.push_back(dep);
+      recv = dep = sim->add(std::move(t));
+    }
+    int64_t first = -1, last = dep;
+    for (int64_t i = bounds[s + 1] - 1; i >= bounds[s]; --i) {
+      const std::string label = names[i] + "/mb" + std::to_string(j);
+      int64_t f = -1;
+      if (recompute) last = emit(s, layers[i]->forward, TaskKind::recompute, label + "/recompute", last,
+                                  layers[i]->activation_bytes, f);
+      int64_t b = -1;
+      last = emit(s, layers[i]->backward, TaskKind::backward, label + "/bwd", last, 0, b);
+      if (first < 0) first = f >= 0 ? f : b;
+      // Free what forward kept (and what recompute rebuilt) when the layer's backward ends.
+      Task free_task;
+      free_task.name = label + "/free";
+      free_task.rank = s;
+      free_task.deps.push_back(last);
+      free_task.memory_delta_bytes = -(recompute ? layers[i]->input_bytes + layers[i]->activation_bytes
+                                                 : layers[i]->activation_bytes);
+      last = sim->add(std::move(free_task));
+      last_bwd_of_layer[i] = last;
+    }
+    bwd_start[s][j] = recv >= 0 ? recv : first;
+    bwd_end[s][j] = last;
+  };
+  // Programs in schedule order, stage after stage; cross-stage waits are wired afterwards.
+  for (int64_t s = 0; s < c.pp; ++s) {
+    if (c.schedule == Schedule::gpipe || c.pp == 1) {
+      for (int64_t j = 0; j < m; ++j) forward(s, j);
+      for (int64_t j = 0; j < m; ++j) backward(s, j);
+    } else {
+      const int64_t warm = std::min(c.pp - s - 1, m);
+      for (int64_t j = 0; j < warm; ++j) forward(s, j);
+      for (int64_t j = 0; j + warm < m; ++j) {
+        forward(s, j + warm);
+        backward(s, j);
+      }
+      for (int64_t j = m - warm; j < m; ++j) backward(s, j);
+    }
+  }
+  for (int64_t s = 0; s + 1 < c.pp; ++s)
+    for (int64_t j = 0; j < m; ++j) sim->add_dep(bwd_start[s][j], bwd_end[s + 1][j]);
+
+  // Gradient reductions as each layer's last backward ends; the optimizer after all of a
+  // stage's; then gathers of updated parameters.
+  for (int64_t s = 0; s < c.pp; ++s) {
+    std::vector<int64_t> syncs;
+    double opt_s = 0;
+    for (int64_t i = bounds[s]; i < bounds[s + 1]; ++i) {
+      int64_t f = -1;
+      int64_t t = emit(s, layers[i]->grad_sync, TaskKind::collective, names[i] + "/grad_sync", last_bwd_of_layer[i], 0, f);
+      syncs.push_back(t);
+      opt_s += layers[i]->optimizer_s;
+    }
+    if (s == 0) opt_s += mp.global_compute_s;
+    Task o;
+    o.name = "stage" + std::to_string(s) + "/optimizer";
+    o.rank = s;
+    o.kind = TaskKind::optimizer;
+    o.duration_s = opt_s;
+    for (int64_t t : syncs)
+      if (t >= 0) o.deps.push_back(t);
+    int64_t last = sim->add(std::move(o));
+    for (int64_t i = bounds[s]; i < bounds[s + 1]; ++i) {
+      int64_t f = -1;
+      last = emit(s, layers[i]->param_sync, TaskKind::collective, names[i] + "/param_sync", last, 0, f);
+    }
+  }
+
+  Simulation::Result r = sim->run();
+  est.step_time_s = r.step_time_s;
+  double busiest = -1;
+  for (int64_t s = 0; s < c.pp; ++s) {
+    const auto& rs = r.ranks[s];
+    StageEstimate& st = est.stages[s];
+    st.compute_s = rs.compute_s - rs.optimizer_s;
+    st.optimizer_s = rs.optimizer_s;
+    st.exposed_comm_s = rs.exposed_comm_s;
+    st.bubble_s = rs.bubble_s;
+    st.peak_memory_bytes = rs.peak_memory_bytes;
+    st.activation_bytes = rs.peak_memory_bytes - base[s];
+    if (rs.compute_s > busiest) {
+      busiest = rs.compute_s;
+      est.compute_s = st.compute_s;
+      est.optimizer_s = st.optimizer_s;
+      est.exposed_comm_s = st.exposed_comm_s;
+      est.bubble_s = st.bubble_s;
+    }
+    est.peak_memory_bytes = std::max(est.peak_memory_bytes, st.peak_memory_bytes);
+  }
+  // FLOPs and utilisation.
+  double model = 0, hardware = 0;
+  for (const LayerProfile* l : layers) {
+    model += l->model_flops;
+    hardware += l->model_flops + (recompute ? l->forward_flops : 0);
+  }
+  const double per_step = static_cast<double>(m * c.dp);
+  est.model_flops_per_step = model * per_step;
+  est.hardware_flops_per_step = hardware * per_step;
+  const double devices = static_cast<double>(c.devices());
+  const DType peak_dtype = opt.precision == Precision::mixed ? DType::bf16 : DType::f32;
+  if (est.step_time_s > 0) {
+    est.tflops_per_device = est.hardware_flops_per_step / est.step_time_s / devices / 1e12;
+    est.mfu = est.model_flops_per_step / (est.step_time_s * devices * cluster.device.peak(peak_dtype));
+  }
+  // Traffic per link level, per device per step.
+  est.traffic_bytes_per_level.assign(cluster.levels.size(), 0);
+  auto count = [&](const std::vector<Segment>& segs, double times) {
+    for (auto& s : segs)
+      if (s.comm && s.level >= 0 && s.level < static_cast<int>(cluster.levels.size()))
+        est.traffic_bytes_per_level[s.level] += s.bus_bytes * times;
+  };
+  for (const LayerProfile* l : layers) {
+    count(l->forward, static_cast<double>(m) * (recompute ? 2 : 1));
+    count(l->backward, static_cast<double>(m));
+    count(l->grad_sync, 1);
+    count(l->param_sync, 1);
+  }
+  for (auto& t : est.traffic_bytes_per_level) t /= static_cast<double>(c.pp);
+  // Memory fit.
+  for (int64_t s = 0; s < c.pp; ++s) {
+    const StageEstimate& st = est.stages[s];
+    if (st.peak_memory_bytes <= cluster.device.memory_bytes) continue;
+    est.fits = false;
+    std::vector<std::pair<double, std::string>> parts = {{st.weight_bytes, "weights"},
+                                                         {st.grad_bytes, "gradients"},
+                                                         {st.optimizer_bytes, "optimizer state"},
+                                                         {st.activation_bytes, "activations"},
+                                                         {st.working_bytes, "working memory"}};
+    std::sort(parts.rbegin(), parts.rend());
+    est.fit_problem = "stage " + std::to_string(s) + " (" + st.layers + ") needs " + human_bytes(st.peak_memory_bytes) +
+                      " per device, " + human_bytes(st.peak_memory_bytes - cluster.device.memory_bytes) +
+                      " more than the " + human_bytes(cluster.device.memory_bytes) + " it has; largest part: " +
+                      parts[0].second + " " + human_bytes(parts[0].first);
+    break;
+  }
+  for (const LayerProfile& l : mp.layers)
+    for (auto& n : l.notes) est.notes.push_back(n);
+  if (keep_simulation) est.simulation = sim;
+  return est;
+}
+
+}  // namespace tessel::planner

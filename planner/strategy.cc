@@ -1,0 +1,136 @@
+#include "planner/strategy.h"
+
+#include <map>
+
+#include "graph/error.h"
+
+namespace tessel::planner {
+
+std::string_view schedule_name(Schedule s) { return s == Schedule::gpipe ? "gpipe" : "1f1b"; }
+std::string_view recompute_name(Recompute r) { return r == Recompute::full ? "full" : "none"; }
+
+std::string PlanConfig::str() const {
+  std::string s = "dp=" + std::to_string(dp) + " tp=" + std::to_string(tp) + " pp=" + std::to_string(pp);
+  if (zero) s += " zero=" + std::to_string(zero);
+  if (sequence_parallel) s += " sp";
+  s += " mb=" + std::to_string(microbatches);
+  if (pp > 1) s += " " + std::string(schedule_name(schedule));
+  if (recompute != Recompute::none) s += " recompute=" + std::string(recompute_name(recompute));
+  return s;
+}
+
+Mesh stage_mesh(const PlanConfig& c) { return Mesh({"dp", "tp"}, {c.dp, c.tp}); }
+
+namespace {
+
+bool ends_with(const std::string& s, std::string_view t) {
+  return s.size() >= t.size() && s.compare(s.size() - t.size(), t.size(), t) == 0;
+}
+
+// The parameter an optimizer-state name belongs to: "optimizer/<param>/adam_m" -> "<param>".
+std::string owner_parameter(const std::string& name) {
+  if (name.rfind("optimizer/", 0) != 0) return name;
+  std::string rest = name.substr(10);
+  auto slash = rest.rfind('/');
+  return slash == std::string::npos ? rest : rest.substr(0, slash);
+}
+
+// MLP layers named fc1, fc2, ... : their index and the count.
+std::optional<std::pair<int, int>> mlp_position(const std::string& param, const Graph& g) {
+  if (param.rfind("fc", 0) != 0) return std::nullopt;
+  auto slash = param.find('/');
+  if (slash == std::string::npos) return std::nullopt;
+  int idx = std::atoi(param.substr(2, slash - 2).c_str());
+  if (idx <= 0) return std::nullopt;
+  int count = 0;
+  while (g.find("fc" + std::to_string(count + 1) + "/weight")) ++count;
+  return std::make_pair(idx, count);
+}
+
+}  // namespace
+
+TpRole tp_role(const std::string& p, const Graph& g) {
+  for (const char* col : {"attn/q/", "attn/k/", "attn/v/", "mlp/fc/"})
+    if (p.find(col) != std::string::npos) return TpRole::column;
+  for (const char* row : {"attn/proj/", "mlp/proj/"})
+    if (p.find(row) != std::string::npos) return TpRole::row;
+  if (p == "wte/weight") return TpRole::vocab;
+  if (auto pos = mlp_position(p, g)) {
+    auto [idx, count] = *pos;
+    if (idx == count) return TpRole::replicated;  // the classifier stays whole
+    // Pairs (column, row); an odd hidden layer left at the end is replicated.
+    if (idx % 2 == 1) return idx + 1 < count || count % 2 == 0 ? TpRole::column : TpRole::replicated;
+    return TpRole::row;
+  }
+  return TpRole::replicated;
+}
+
+ParameterPlacement parameter_placement(const Graph& g, const Node& n, const PlanConfig& c, const Mesh& m,
+                                       bool optimizer_state) {
+  const std::string param = owner_parameter(n.name);
+  const Shape& shape = n.outputs[0].shape;
+  Sharding s = replicated(m);
+  const int tp = m.axis("tp"), dp = m.axis("dp");
+  if (c.tp > 1) {
+    const bool is_bias = ends_with(param, "/bias");
+    switch (tp_role(param, g)) {
+      case TpRole::column:
+        if (!shape.empty()) s[tp] = Placement::S(is_bias ? 0 : static_cast<int>(shape.size()) - 1);
+        break;
+      case TpRole::row:
+      case TpRole::vocab:
+        if (!is_bias && shape.size() >= 2) s[tp] = Placement::S(0);
+        break;
+      case TpRole::replicated: break;
+    }
+    // A split that does not divide evenly stays replicated (reported by the caller's checks).
+    if (s[tp].is_shard() && shape[s[tp].dim] % c.tp != 0) s[tp] = Placement::R();
+  }
+  ParameterPlacement p{s, s};
+  // ZeRO: split over dp along a dim that tp leaves whole and dp divides.
+  const bool split_storage = c.dp > 1 && (optimizer_state ? c.zero >= 1 : c.zero >= 3);
+  if (split_storage) {
+    for (int d = 0; d < static_cast<int>(shape.size()); ++d) {
+      if (s[tp].is_shard() && s[tp].dim == d) {
+        if ((shape[d] / c.tp) % c.dp != 0) continue;
+      } else if (shape[d] % c.dp != 0) {
+        continue;
+      }
+      p.stored[dp] = Placement::S(d);
+      break;
+    }
+    // Optimizer state is used where it is stored: the update runs on shards.
+    if (optimizer_state) p.used = p.stored;
+  }
+  return p;
+}
+
+SourcePlacement source_placements(const Graph& g, const PlanConfig& c, const Mesh& m) {
+  return [&g, c, m](const Node& n) -> std::optional<Sharding> {
+    const int dp = m.axis("dp"), tp = m.axis("tp");
+    switch (n.def->kind) {
+      case OpKind::input: {
+        Sharding s = replicated(m);
+        const Shape& shape = n.outputs[0].shape;
+        if (!shape.empty() && c.dp > 1 && shape[0] % c.dp == 0) s[dp] = Placement::S(0);
+        if (c.sequence_parallel && c.tp > 1 && shape.size() >= 2 && shape[1] % c.tp == 0) s[tp] = Placement::S(1);
+        return s;
+      }
+      case OpKind::variable: {
+        if (n.op == "parameter") return parameter_placement(g, n, c, m, false).used;
+        // Optimizer state named after its parameter; other state (counters) replicated.
+        if (n.name.rfind("optimizer/", 0) == 0 && n.outputs[0].rank() > 0) {
+          std::string owner = n.name.substr(10);
+          owner = owner.substr(0, owner.rfind('/'));
+          auto pid = g.find(owner);
+          if (pid && g.node(*pid).outputs[0].shape == n.outputs[0].shape)
+            return parameter_placement(g, n, c, m, true).used;
+        }
+        return std::nullopt;
+      }
+      default: return std::nullopt;
+    }
+  };
+}
+
+}  // namespace tessel::planner
