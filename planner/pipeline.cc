@@ -22,8 +22,9 @@ std::string human_bytes(double b) {
   return buf;
 }
 
-// Contiguous ranges of layers per stage that minimise the slowest stage's time.
-std::vector<int64_t> partition(const std::vector<double>& cost, int64_t stages) {
+}  // namespace
+
+std::vector<int64_t> partition_layers(const std::vector<double>& cost, int64_t stages) {
   const int64_t n = static_cast<int64_t>(cost.size());
   std::vector<double> prefix(n + 1, 0);
   for (int64_t i = 0; i < n; ++i) prefix[i + 1] = prefix[i] + cost[i];
@@ -51,7 +52,17 @@ std::vector<int64_t> partition(const std::vector<double>& cost, int64_t stages) 
   return bounds;
 }
 
-}  // namespace
+std::vector<double> layer_busy_times(const ModelProfile& mp, const PlanConfig& c) {
+  std::vector<double> t;
+  for (const LayerProfile& l : mp.layers) {
+    double f = 0, b = 0;
+    for (auto& s : l.forward) f += s.seconds;
+    for (auto& s : l.backward) b += s.seconds;
+    const double v = f * (c.recompute == Recompute::full ? 2 : 1) + b;
+    for (int64_t r = 0; r < l.repeat; ++r) t.push_back(v);
+  }
+  return t;
+}
 
 PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const ClusterSpec& cluster,
                            const CostOptions& opt, bool keep_simulation) {
@@ -72,10 +83,7 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
   const int64_t L = static_cast<int64_t>(layers.size());
   if (c.pp > L) throw Error("plan " + c.str() + ": " + std::to_string(c.pp) + " pipeline stages for " + std::to_string(L) + " layers");
   const bool recompute = c.recompute == Recompute::full;
-  std::vector<double> layer_time(L);
-  for (int64_t i = 0; i < L; ++i)
-    layer_time[i] = layers[i]->forward_compute_s * (recompute ? 2 : 1) + layers[i]->backward_compute_s;
-  std::vector<int64_t> bounds = partition(layer_time, c.pp);
+  std::vector<int64_t> bounds = partition_layers(layer_busy_times(mp, c), c.pp);
   const int64_t m = c.microbatches;
 
   std::vector<double> base(c.pp, 0);
@@ -91,7 +99,7 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
       st.optimizer_bytes += layers[i]->optimizer_bytes;
       st.working_bytes = std::max(st.working_bytes, layers[i]->working_bytes);
       st.flops += (layers[i]->model_flops + (recompute ? layers[i]->forward_flops : 0)) * static_cast<double>(m) /
-                  static_cast<double>(c.tp);
+                  static_cast<double>(c.tp * c.dp);
     }
     base[s] = st.weight_bytes + st.grad_bytes + st.optimizer_bytes + st.working_bytes;
     est.stages.push_back(st);
@@ -102,9 +110,29 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
   std::vector<std::vector<int64_t>> fwd_end(c.pp, std::vector<int64_t>(m, -1)), bwd_end(c.pp, std::vector<int64_t>(m, -1));
   std::vector<std::vector<int64_t>> fwd_start(c.pp, std::vector<int64_t>(m, -1)), bwd_start(c.pp, std::vector<int64_t>(m, -1));
   std::vector<int64_t> last_bwd_of_layer(L, -1);
+  // Without a trace to show, each layer's pass is one task: its collectives block the
+  // compute stream anyway (nothing else is queued behind them on that rank), so folding
+  // them in changes no times, and their time is booked as exposed communication.
+  const bool coarse = !keep_simulation;
+  std::vector<double> folded_comm(c.pp, 0);
   auto emit = [&](int64_t s, const std::vector<Segment>& segs, TaskKind kind, const std::string& label,
                   int64_t dep, double mem_delta, int64_t& first_task) {
     int64_t prev = dep;
+    if (coarse && kind != TaskKind::collective) {
+      Task t;
+      t.name = label;
+      t.rank = s;
+      t.kind = kind;
+      for (const Segment& seg : segs) {
+        t.duration_s += seg.seconds;
+        if (seg.comm) folded_comm[s] += seg.seconds;
+      }
+      if (prev >= 0) t.deps.push_back(prev);
+      t.memory_delta_bytes = mem_delta;
+      prev = sim->add(std::move(t));
+      if (first_task < 0) first_task = prev;
+      return prev;
+    }
     for (const Segment& seg : segs) {
       Task t;
       t.name = label + (seg.comm ? "/" + std::string(collective_name(seg.op)) : "");
@@ -242,14 +270,14 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
   for (int64_t s = 0; s < c.pp; ++s) {
     const auto& rs = r.ranks[s];
     StageEstimate& st = est.stages[s];
-    st.compute_s = rs.compute_s - rs.optimizer_s;
+    st.compute_s = rs.compute_s - rs.optimizer_s - folded_comm[s];
     st.optimizer_s = rs.optimizer_s;
-    st.exposed_comm_s = rs.exposed_comm_s;
+    st.exposed_comm_s = rs.exposed_comm_s + folded_comm[s];
     st.bubble_s = rs.bubble_s;
     st.peak_memory_bytes = rs.peak_memory_bytes;
     st.activation_bytes = rs.peak_memory_bytes - base[s];
-    if (rs.compute_s > busiest) {
-      busiest = rs.compute_s;
+    if (st.compute_s + st.optimizer_s > busiest) {
+      busiest = st.compute_s + st.optimizer_s;
       est.compute_s = st.compute_s;
       est.optimizer_s = st.optimizer_s;
       est.exposed_comm_s = st.exposed_comm_s;
@@ -263,7 +291,7 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
     model += l->model_flops;
     hardware += l->model_flops + (recompute ? l->forward_flops : 0);
   }
-  const double per_step = static_cast<double>(m * c.dp);
+  const double per_step = static_cast<double>(m);  // profiles cover all replicas' microbatch
   est.model_flops_per_step = model * per_step;
   est.hardware_flops_per_step = hardware * per_step;
   const double devices = static_cast<double>(c.devices());

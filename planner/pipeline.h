@@ -41,6 +41,13 @@ struct PlanEstimate {
   std::shared_ptr<Simulation> simulation;  // set when asked for (traces)
 };
 
+// Contiguous ranges of layers per stage minimising the slowest stage: bounds[s] is stage
+// s's first layer, bounds[stages] the layer count.
+std::vector<int64_t> partition_layers(const std::vector<double>& cost, int64_t stages);
+// Per expanded layer: the time one microbatch keeps a device busy (compute, the
+// collectives it waits for, and the forward again when recomputing).
+std::vector<double> layer_busy_times(const ModelProfile& mp, const PlanConfig& c);
+
 PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const ClusterSpec& cluster,
                            const CostOptions& opt, bool keep_simulation = false);
 

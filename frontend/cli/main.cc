@@ -21,6 +21,7 @@ const char* kUsage =
     "  train     train a model (DSL builder spec or .tsg file) on a dataset\n"
     "  inspect   show a graph file's ops, parameters, shapes and FLOPs per step\n"
     "  export    write a DSL model to a .tsg graph file\n"
+    "  plan      plan parallel training of a model on a cluster (search, report, trace)\n"
     "\n"
     "Run 'tessel COMMAND --help' for a command's options.\n";
 
@@ -46,6 +47,7 @@ int main(int argc, char** argv) {
         {"train", tessel::cli::cmd_train},
         {"inspect", tessel::cli::cmd_inspect},
         {"export", tessel::cli::cmd_export},
+        {"plan", tessel::cli::cmd_plan},
     };
     auto it = commands.find(cmd);
     if (it == commands.end()) {

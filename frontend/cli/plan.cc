@@ -1,0 +1,170 @@
+#include <fstream>
+#include <iostream>
+#include <regex>
+
+#include "frontend/cli/args.h"
+#include "frontend/cli/commands.h"
+#include "frontend/models.h"
+#include "frontend/optim.h"
+#include "graph/error.h"
+#include "graph/serialize.h"
+#include "ops/registry.h"
+#include "planner/report.h"
+
+namespace tessel::cli {
+
+namespace {
+
+void write_file(const std::string& path, const std::string& text) {
+  std::ofstream f(path);
+  if (!f) throw Error("cannot write " + path);
+  f << text;
+  if (!f.flush()) throw Error("cannot write " + path);
+}
+
+std::optional<int64_t> opt_i64(const Args& a, const std::string& name) {
+  if (!a.has(name)) return std::nullopt;
+  int64_t v = a.i64(name, 0);
+  if (v < 0) throw Error("tessel plan: " + name + " must be >= 0");
+  return v;
+}
+
+}  // namespace
+
+int cmd_plan(int argc, char** argv) {
+  Args args("plan",
+            "Plan how to train a model on a cluster: search data, tensor and pipeline parallelism,\n"
+            "ZeRO, microbatches and recomputation for the best predicted step time that fits in\n"
+            "memory; print the plan, why it won, and the next best alternatives. Pins fix any part.",
+            {
+                {"--model", "SPEC|FILE", "mlp:..., gpt:layers=..,d_model=..,heads=..,seq=..,vocab=.., or a .tsg file", ""},
+                {"--batch", "N", "global batch (samples per optimizer step)", "256"},
+                {"--cluster", "SPEC|FILE", "a100-80g:nodes=N[,ib=200|400], h100-80g:nodes=N, local:N, or a .pbtxt file", "local:1"},
+                {"--dp", "N", "pin data-parallel replicas", ""},
+                {"--tp", "N", "pin tensor-parallel degree", ""},
+                {"--pp", "N", "pin pipeline stages", ""},
+                {"--zero", "N", "pin ZeRO stage (0-3)", ""},
+                {"--microbatches", "N", "pin microbatches per step and replica", ""},
+                {"--schedule", "NAME", "pipeline schedule: 1f1b or gpipe", "1f1b"},
+                {"--recompute", "WHAT", "pin activation recomputation: none or full", ""},
+                {"--sp", "", "sequence parallelism for norm/dropout regions (with tp)", ""},
+                {"--precision", "P", "f32, mixed (bf16 compute, f32 master weights), or auto (mixed on GPUs)", "auto"},
+                {"--optimizer", "NAME", "sgd or adamw (decides optimizer state)", "adamw"},
+                {"--gemm-efficiency", "X", "fraction of peak that large GEMMs reach on the device", "1"},
+                {"--format", "FMT", "text or json (keys: step_time_s, model_flops_per_step, hardware_flops_per_step, "
+                                    "tflops_per_device, mfu, peak_memory_bytes, mesh, stages, search_time_s, alternatives, ...)", "text"},
+                {"--dot", "FILE", "write the graph coloured by stage, collectives drawn as red diamonds (Graphviz)", ""},
+                {"--trace", "FILE", "write the simulated step as a Chrome trace (chrome://tracing, Perfetto)", ""},
+            },
+            {});
+  // The model may also be given as the first positional argument.
+  std::vector<char*> rest;
+  std::string positional_model;
+  for (int i = 0; i < argc; ++i) {
+    std::string a = argv[i];
+    if (positional_model.empty() && a.rfind("-", 0) != 0 && (i == 0 || std::string(argv[i - 1]).rfind("--", 0) != 0 ||
+                                                              std::string(argv[i - 1]) == "--sp"))
+      positional_model = a;
+    else
+      rest.push_back(argv[i]);
+  }
+  if (!args.parse(static_cast<int>(rest.size()), rest.data())) return 0;
+  std::string spec = args.has("--model") ? args.str("--model") : positional_model;
+  if (spec.empty()) throw Error("tessel plan: give a model (--model SPEC or a .tsg file; see --help)");
+  const std::string format = args.str("--format", "text");
+  if (format != "text" && format != "json") throw Error("tessel plan: --format must be text or json");
+  const int64_t batch = args.i64("--batch", 256);
+  const std::string cluster_spec = args.str("--cluster", "local:1");
+  planner::ClusterSpec cluster = planner::parse_cluster(cluster_spec);
+
+  planner::Pins pins;
+  pins.dp = opt_i64(args, "--dp");
+  pins.tp = opt_i64(args, "--tp");
+  pins.pp = opt_i64(args, "--pp");
+  pins.zero = opt_i64(args, "--zero");
+  pins.microbatches = opt_i64(args, "--microbatches");
+  for (auto* p : {&pins.dp, &pins.tp, &pins.pp, &pins.microbatches})
+    if (*p && **p == 0) throw Error("tessel plan: dp, tp, pp and microbatches must be >= 1");
+  if (pins.zero && *pins.zero > 3) throw Error("tessel plan: --zero must be 0, 1, 2 or 3");
+  const std::string sched = args.str("--schedule", "1f1b");
+  if (sched != "1f1b" && sched != "gpipe") throw Error("tessel plan: --schedule must be 1f1b or gpipe");
+  pins.schedule = sched == "gpipe" ? planner::Schedule::gpipe : planner::Schedule::one_f_one_b;
+  if (args.has("--recompute")) {
+    std::string r = args.str("--recompute");
+    if (r != "none" && r != "full") throw Error("tessel plan: --recompute must be none or full");
+    pins.recompute = r == "full" ? planner::Recompute::full : planner::Recompute::none;
+  }
+  if (args.has("--sp")) pins.sequence_parallel = true;
+
+  planner::SearchOptions so;
+  const std::string precision = args.str("--precision", "auto");
+  if (precision == "mixed") so.cost.precision = planner::Precision::mixed;
+  else if (precision == "f32") so.cost.precision = planner::Precision::f32;
+  else if (precision == "auto") {
+    auto& peaks = cluster.device.peak_flops;
+    const bool tensor_cores = peaks.count(DType::bf16) && peaks.at(DType::bf16) > 4 * cluster.device.peak(DType::f32);
+    so.cost.precision = tensor_cores ? planner::Precision::mixed : planner::Precision::f32;
+  } else {
+    throw Error("tessel plan: --precision must be f32, mixed or auto");
+  }
+  so.cost.gemm_efficiency = args.f64("--gemm-efficiency", 1);
+  if (!(so.cost.gemm_efficiency > 0 && so.cost.gemm_efficiency <= 1))
+    throw Error("tessel plan: --gemm-efficiency must be in (0, 1]");
+  OptimizerConfig oc;
+  oc.kind = args.str("--optimizer", "adamw");
+
+  // The model builder: a DSL spec is rebuilt per microbatch size; a GPT's identical blocks
+  // are planned from a one-block stand-in. A graph file fixes its microbatch.
+  std::string description = spec;
+  planner::ModelBuilder builder;
+  const bool is_file = spec.find(':') == std::string::npos;
+  if (is_file) {
+    auto g = std::make_shared<Graph>(load_graph(spec, ops::registry()));
+    int64_t b = -1;
+    for (int32_t id : g->nodes_of_kind(OpKind::input))
+      if (g->node(id).outputs[0].rank() > 0) {
+        b = g->node(id).outputs[0].shape[0];
+        break;
+      }
+    if (b < 1) throw Error(spec + ": the graph has no batched input to plan for");
+    if (g->updates().empty()) add_training(*g, "loss", oc);
+    so.fixed_graph_batch = b;
+    builder = [g](int64_t) { return planner::PlannedModel{g, "train", {}}; };
+  } else {
+    std::smatch mt;
+    int64_t layers = 1;
+    std::string base = spec;
+    if (spec.rfind("gpt:", 0) == 0 && std::regex_search(spec, mt, std::regex("layers=([0-9]+)"))) {
+      layers = std::stoll(mt[1]);
+      base = std::regex_replace(spec, std::regex("layers=[0-9]+"), "layers=1");
+    }
+    description = models::from_spec(spec, 1, true).description;
+    builder = [base, layers, oc](int64_t b) {
+      models::Built m = models::from_spec(base, b, true);
+      add_training(m.model->graph(), "loss", oc);
+      planner::PlannedModel pm{std::make_shared<Graph>(m.model->graph()), "train", {}};
+      if (layers > 1) pm.repeats = {{"block0", layers}};
+      return pm;
+    };
+  }
+
+  planner::SearchResult result = planner::search_plan(builder, batch, cluster, pins, so);
+  planner::PlannedModel pm = builder(batch / result.best.config.microbatches);
+  planner::ReportContext ctx{description, cluster_spec, batch, &cluster, &so.cost, &pm};
+  if (format == "json") std::cout << planner::report_json(result, ctx) << std::endl;
+  else std::cout << planner::report_text(result, ctx);
+
+  if (args.has("--dot")) {
+    write_file(args.str("--dot"), planner::plan_dot(result, ctx));
+    std::cerr << "wrote " << args.str("--dot") << "\n";
+  }
+  if (args.has("--trace")) {
+    const planner::ModelProfile mp = planner::profile_model(*pm.graph, pm.phase, result.best.config, cluster, so.cost, pm.repeats);
+    planner::PlanEstimate detailed = planner::estimate_plan(mp, result.best.config, cluster, so.cost, true);
+    write_file(args.str("--trace"), detailed.simulation->chrome_trace_json(detailed.simulation->run()));
+    std::cerr << "wrote " << args.str("--trace") << "\n";
+  }
+  return result.best.fits ? 0 : 4;
+}
+
+}  // namespace tessel::cli

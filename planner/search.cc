@@ -1,0 +1,256 @@
+#include "planner/search.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <tuple>
+
+#include "graph/error.h"
+
+namespace tessel::planner {
+
+namespace {
+
+std::vector<int64_t> powers_of_two_dividing(int64_t n, int64_t limit) {
+  std::vector<int64_t> v;
+  for (int64_t p = 1; p <= limit && p <= n; p *= 2)
+    if (n % p == 0) v.push_back(p);
+  return v;
+}
+
+std::vector<int64_t> divisors(int64_t n, int64_t limit) {
+  std::vector<int64_t> v;
+  for (int64_t d = 1; d <= n && d <= limit; ++d)
+    if (n % d == 0) v.push_back(d);
+  return v;
+}
+
+std::string pct(double x) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%+.0f %%", 100 * x);
+  return b;
+}
+
+std::string why_lost(const PlanEstimate& a, const PlanEstimate& best, const ClusterSpec& cluster) {
+  if (!a.fits) return "does not fit: " + a.fit_problem;
+  const PlanConfig &c = a.config, &b = best.config;
+  std::string what;
+  const int64_t node = cluster.levels.size() > 1 ? cluster.levels[0].group_size : cluster.num_devices;
+  if (c.tp > node && b.tp <= node) what = "tp=" + std::to_string(c.tp) + " crosses nodes";
+  else if (c.tp != b.tp) what = "tp=" + std::to_string(c.tp);
+  else if (c.pp != b.pp) what = "pp=" + std::to_string(c.pp);
+  else if (c.dp != b.dp) what = "dp=" + std::to_string(c.dp);
+  else if (c.microbatches != b.microbatches) what = std::to_string(c.microbatches) + " microbatches";
+  else if (c.zero != b.zero) what = "ZeRO-" + std::to_string(c.zero);
+  else if (c.recompute != b.recompute) what = std::string("recompute ") + std::string(recompute_name(c.recompute));
+  else what = c.str();
+  struct Part {
+    double delta;
+    const char* name;
+  } parts[] = {{a.compute_s - best.compute_s, "compute"},
+               {a.exposed_comm_s - best.exposed_comm_s, "comm"},
+               {a.bubble_s - best.bubble_s, "pipeline bubble"},
+               {a.optimizer_s - best.optimizer_s, "optimizer"}};
+  const Part* worst = &parts[0];
+  for (const Part& p : parts)
+    if (p.delta > worst->delta) worst = &p;
+  const double step = std::max(best.step_time_s, 1e-12);
+  return what + ": " + worst->name + " " + pct(worst->delta / step) + " of the best step time (step " +
+         pct((a.step_time_s - best.step_time_s) / step) + ")";
+}
+
+}  // namespace
+
+SearchResult search_plan(const ModelBuilder& model, int64_t global_batch, const ClusterSpec& cluster,
+                         const Pins& pins, const SearchOptions& opt) {
+  auto t0 = std::chrono::steady_clock::now();
+  if (global_batch < 1) throw Error("plan: the batch must be >= 1");
+  const int64_t N = cluster.num_devices;
+  // Layer count, from any build (it does not depend on the microbatch).
+  const int64_t probe_b = opt.fixed_graph_batch.value_or(1);
+  PlannedModel probe = model(probe_b);
+  int64_t layer_count = 0;
+  {
+    LayerStructure ls = find_layers(*probe.graph, probe.phase);
+    std::map<std::string, int64_t> rep(probe.repeats.begin(), probe.repeats.end());
+    for (auto& l : ls.layers) layer_count += rep.count(l.name) ? rep[l.name] : 1;
+  }
+  std::map<int64_t, PlannedModel> built;
+  built.emplace(probe_b, probe);
+  auto graph_for = [&](int64_t b) -> const PlannedModel& {
+    auto it = built.find(b);
+    if (it == built.end()) it = built.emplace(b, model(b)).first;
+    return it->second;
+  };
+
+  const int64_t node = cluster.levels.size() > 1 ? cluster.levels[0].group_size : N;
+  std::vector<int64_t> tps = pins.tp ? std::vector<int64_t>{*pins.tp} : powers_of_two_dividing(N, std::max<int64_t>(2 * node, 1));
+  std::vector<PlanConfig> cands;
+  std::string why_none;
+  for (int64_t tp : tps) {
+    if (N % tp != 0) {
+      why_none = "tp=" + std::to_string(tp) + " does not divide " + std::to_string(N) + " devices";
+      continue;
+    }
+    std::vector<int64_t> pps = pins.pp ? std::vector<int64_t>{*pins.pp} : divisors(N / tp, layer_count);
+    for (int64_t pp : pps) {
+      if (pp > layer_count) {
+        why_none = "pp=" + std::to_string(pp) + " exceeds the " + std::to_string(layer_count) + " layers";
+        continue;
+      }
+      if ((N / tp) % pp != 0 && !pins.dp) {
+        why_none = "tp x pp = " + std::to_string(tp * pp) + " does not divide " + std::to_string(N) + " devices";
+        continue;
+      }
+      const int64_t dp = pins.dp ? *pins.dp : N / (tp * pp);
+      if (dp * tp * pp > N) {
+        why_none = "dp x tp x pp = " + std::to_string(dp * tp * pp) + " exceeds the " + std::to_string(N) + " devices";
+        continue;
+      }
+      std::vector<int64_t> bs;
+      if (pins.microbatches) {
+        if (global_batch % (dp * *pins.microbatches) != 0) {
+          why_none = "batch " + std::to_string(global_batch) + " does not split into dp=" + std::to_string(dp) +
+                     " x " + std::to_string(*pins.microbatches) + " microbatches";
+          continue;
+        }
+        bs = {global_batch / (dp * *pins.microbatches)};
+      } else if (opt.fixed_graph_batch) {
+        if (*opt.fixed_graph_batch % dp != 0) {
+          why_none = "the graph file's batch " + std::to_string(*opt.fixed_graph_batch) + " does not split over dp=" + std::to_string(dp);
+          continue;
+        }
+        bs = {*opt.fixed_graph_batch / dp};
+      } else {
+        bs = powers_of_two_dividing(global_batch, opt.max_microbatch_size);
+      }
+      for (int64_t b : bs) {
+        if (opt.fixed_graph_batch && b * dp != *opt.fixed_graph_batch) {
+          why_none = "the graph file fixes dp x microbatch at " + std::to_string(*opt.fixed_graph_batch);
+          continue;
+        }
+        if (global_batch % (dp * b) != 0) {
+          why_none = "batch " + std::to_string(global_batch) + " is not a multiple of dp x microbatch = " + std::to_string(dp * b);
+          continue;
+        }
+        const int64_t m = global_batch / (dp * b);
+        std::vector<int> zeros = pins.zero ? std::vector<int>{static_cast<int>(*pins.zero)}
+                                           : (dp > 1 ? std::vector<int>{0, 1, 2, 3} : std::vector<int>{0});
+        std::vector<Recompute> recs = pins.recompute ? std::vector<Recompute>{*pins.recompute}
+                                                     : std::vector<Recompute>{Recompute::none, Recompute::full};
+        for (int z : zeros)
+          for (Recompute r : recs) {
+            PlanConfig c;
+            c.dp = dp;
+            c.tp = tp;
+            c.pp = pp;
+            c.zero = z;
+            c.microbatches = m;
+            c.recompute = r;
+            c.schedule = pins.schedule.value_or(Schedule::one_f_one_b);
+            c.sequence_parallel = pins.sequence_parallel.value_or(false);
+            cands.push_back(c);
+          }
+      }
+    }
+  }
+  if (cands.empty())
+    throw Error("plan: no configuration satisfies the pins on " + std::to_string(N) + " devices" +
+                (why_none.empty() ? "" : " (" + why_none + ")"));
+
+  // Profiles depend on (dp, tp, zero, sp, microbatch) only.
+  std::map<std::tuple<int64_t, int64_t, int, bool, int64_t>, ModelProfile> profiles;
+  auto profile_for = [&](const PlanConfig& c) -> const ModelProfile& {
+    const int64_t b = global_batch / (c.dp * c.microbatches);
+    auto key = std::make_tuple(c.dp, c.tp, c.zero, c.sequence_parallel, b);
+    auto it = profiles.find(key);
+    if (it == profiles.end()) {
+      const PlannedModel& pm = graph_for(c.dp * b);
+      it = profiles.emplace(key, profile_model(*pm.graph, pm.phase, c, cluster, opt.cost, pm.repeats)).first;
+    }
+    return it->second;
+  };
+  // A lower bound on a candidate's step time: the busiest stage of the balanced partition
+  // does m microbatches back to back.
+  struct Scored {
+    PlanConfig c;
+    double bound;
+    double static_bytes;
+  };
+  std::vector<Scored> scored;
+  for (const PlanConfig& c : cands) {
+    const ModelProfile& mp = profile_for(c);
+    double stat = 0;
+    for (const auto& l : mp.layers) stat += static_cast<double>(l.repeat) * (l.weight_bytes + l.grad_bytes + l.optimizer_bytes);
+    const std::vector<double> busy = layer_busy_times(mp, c);
+    const std::vector<int64_t> bounds = partition_layers(busy, c.pp);
+    double slowest = 0;
+    for (int64_t s = 0; s < c.pp; ++s) {
+      double t = 0;
+      for (int64_t i = bounds[s]; i < bounds[s + 1]; ++i) t += busy[i];
+      slowest = std::max(slowest, t);
+    }
+    scored.push_back({c, slowest * static_cast<double>(c.microbatches), stat / static_cast<double>(c.pp)});
+  }
+  std::stable_sort(scored.begin(), scored.end(), [](const Scored& a, const Scored& b) { return a.bound < b.bound; });
+
+  SearchResult res;
+  res.candidates = static_cast<int64_t>(cands.size());
+  std::vector<PlanEstimate> fitting, failing;
+  double best_time = std::numeric_limits<double>::infinity();
+  double best_alt_cut = std::numeric_limits<double>::infinity();  // keep enough runners-up
+  for (const Scored& s : scored) {
+    // Plans that cannot fit even their static state are only simulated when nothing fits.
+    if (s.static_bytes > cluster.device.memory_bytes && !fitting.empty()) continue;
+    if (s.bound >= best_alt_cut) break;
+    PlanEstimate e = estimate_plan(profile_for(s.c), s.c, cluster, opt.cost, false);
+    ++res.simulated;
+    if (e.fits) {
+      fitting.push_back(e);
+      best_time = std::min(best_time, e.step_time_s);
+      // Alternatives need a few more than the winner; stop once the bound passes the k-th.
+      if (static_cast<int>(fitting.size()) > opt.alternatives) {
+        std::vector<double> t;
+        for (auto& f : fitting) t.push_back(f.step_time_s);
+        std::nth_element(t.begin(), t.begin() + opt.alternatives, t.end());
+        best_alt_cut = t[opt.alternatives];
+      }
+    } else {
+      failing.push_back(e);
+    }
+  }
+  auto by_time = [](const PlanEstimate& a, const PlanEstimate& b) {
+    if (a.step_time_s != b.step_time_s) return a.step_time_s < b.step_time_s;
+    return a.config.str() < b.config.str();  // deterministic ties
+  };
+  std::sort(fitting.begin(), fitting.end(), by_time);
+  if (!fitting.empty()) {
+    res.best = fitting[0];
+    // Runners-up: distinct layouts first (a different dp/tp/pp says more than another
+    // microbatch count), then the rest.
+    std::vector<const PlanEstimate*> picked;
+    auto layout = [](const PlanConfig& c) { return std::make_tuple(c.dp, c.tp, c.pp); };
+    for (size_t i = 1; i < fitting.size() && static_cast<int>(picked.size()) < opt.alternatives; ++i) {
+      bool seen = layout(fitting[i].config) == layout(res.best.config);
+      for (auto* p : picked) seen |= layout(p->config) == layout(fitting[i].config);
+      if (!seen) picked.push_back(&fitting[i]);
+    }
+    for (size_t i = 1; i < fitting.size() && static_cast<int>(picked.size()) < opt.alternatives; ++i)
+      if (std::find(picked.begin(), picked.end(), &fitting[i]) == picked.end()) picked.push_back(&fitting[i]);
+    std::sort(picked.begin(), picked.end(), [&](auto* a, auto* b) { return by_time(*a, *b); });
+    for (auto* p : picked) res.alternatives.push_back({*p, why_lost(*p, res.best, cluster)});
+    std::sort(failing.begin(), failing.end(), [](auto& a, auto& b) { return a.peak_memory_bytes < b.peak_memory_bytes; });
+    for (size_t i = 0; i < failing.size() && static_cast<int>(res.alternatives.size()) < opt.alternatives + 1; ++i)
+      res.alternatives.push_back({failing[i], why_lost(failing[i], res.best, cluster)});
+  } else {
+    std::sort(failing.begin(), failing.end(), [](auto& a, auto& b) { return a.peak_memory_bytes < b.peak_memory_bytes; });
+    res.best = failing.at(0);
+  }
+  res.best_profile = profile_for(res.best.config);
+  res.search_time_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return res;
+}
+
+}  // namespace tessel::planner
