@@ -241,7 +241,9 @@ ModelProfile profile_model(const Graph& g, const std::string& phase, const PlanC
       lp.parameters += elems;
       lp.weight_bytes += local * wsize;
       lp.grad_bytes += grad_local * wsize;
-      if (pp.used[x.mesh.axis("tp")] == Placement::R() && c.tp > 1 && tp_role(n.name, g) != TpRole::replicated)
+      const TpRole role = tp_role(n.name, g);
+      const bool row_bias = role == TpRole::row && n.outputs[0].rank() == 1;  // replicated by design
+      if (pp.used[x.mesh.axis("tp")] == Placement::R() && c.tp > 1 && role != TpRole::replicated && !row_bias)
         lp.notes.push_back(n.name + ": its tensor-parallel split does not divide evenly; replicated");
       (void)dp_axis;
     }
