@@ -14,6 +14,7 @@ const OpRegistry& registry() {
     register_matmul_ops(reg);
     register_nn_ops(reg);
     register_optimizer_ops(reg);
+    register_collective_ops(reg);
     return reg;
   }();
   return r;

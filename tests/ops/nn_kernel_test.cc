@@ -1,6 +1,8 @@
 // Reference kernels of the neural-network ops (gather, scatter_add, one_hot, causal_mask,
 // dropout_mask), the sources (input, parameter initializers, state, constant) and
 // lr_schedule, against naive code and statistics written here.
+#include <gmock/gmock.h>
+
 #include <cmath>
 #include <cstring>
 #include <numeric>
@@ -350,6 +352,55 @@ TEST(KernelLrSchedule, ConstantWarmupCosine) {
   // f32 output and an i32 step.
   EXPECT_EQ(lr("cosine", 1, 0.1, 0, 100, 50, DType::f32, DType::i32), double(0.55f));
   EXPECT_THROW(lr("linear", 1, 0, 0, 10, 0), Error);
+}
+
+}  // namespace
+}  // namespace tessel::test
+
+namespace tessel::test {
+namespace {
+
+// Collectives: shapes follow the group size; a group of one runs locally as the identity;
+// larger groups and point-to-point transfers say they need the multi-device runtime.
+TEST(KernelCollective, GroupOfOneIsLocalLargerNeedsTheRuntime) {
+  Graph g(ops::registry());
+  ops::Emitter e(g, Origin::here());
+  Value x = e.input("x", DType::f32, {4, 6});
+  const std::vector<int64_t> one{3}, four{0, 1, 2, 3};
+  Value ar = e.op("all_reduce", {x}, {{"ranks", one}});
+  EXPECT_EQ(g.type(e.op("all_gather", {x}, {{"ranks", four}, {"dim", int64_t{1}}})).shape, (Shape{4, 24}));
+  EXPECT_EQ(g.type(e.op("reduce_scatter", {x}, {{"ranks", four}, {"dim", int64_t{0}}})).shape, (Shape{1, 6}));
+  EXPECT_EQ(g.type(e.op("all_to_all", {x}, {{"ranks", std::vector<int64_t>{0, 1}}, {"split_dim", int64_t{1}},
+                                            {"concat_dim", int64_t{0}}})).shape,
+            (Shape{8, 3}));
+  EXPECT_THROW(e.op("reduce_scatter", {x}, {{"ranks", std::vector<int64_t>{0, 1, 2}}, {"dim", int64_t{0}}}), Error);
+  EXPECT_THROW(e.op("all_reduce", {x}, {{"ranks", std::vector<int64_t>{1, 1}}}), Error);
+  EXPECT_THROW(e.op("all_reduce", {x}, {{"ranks", one}, {"reduce", std::string("mean")}}), Error);
+  Value big = e.op("all_reduce", {x}, {{"ranks", four}});
+  Value sent = e.op("send", {x}, {{"peer", int64_t{1}}, {"tag", int64_t{7}}});
+  Value got = e.op("recv", {}, {{"peer", int64_t{0}}, {"tag", int64_t{7}}, {"dtype", std::string("f32")}, {"shape", Shape{2}}});
+  EXPECT_EQ(g.type(sent).dtype, DType::boolean);
+  EXPECT_EQ(g.type(got).shape, (Shape{2}));
+  g.set_output("local", ar);
+  g.set_output("big", big);
+  g.set_output("sent", sent);
+  runtime::Executor ex(g);
+  int local = ex.prepare({"", {"local"}});
+  int p_big = ex.prepare({"", {"big"}});
+  int p_send = ex.prepare({"", {"sent"}});
+  ex.initialize();
+  float* in = ex.input("x").as<float>();
+  for (int i = 0; i < 24; ++i) in[i] = static_cast<float>(i);
+  ex.run(local);
+  for (int i = 0; i < 24; ++i) EXPECT_EQ(ex.output("local").as<float>()[i], static_cast<float>(i));
+  for (int p : {p_big, p_send}) {
+    try {
+      ex.run(p);
+      FAIL();
+    } catch (const Error& err) {
+      EXPECT_THAT(err.what(), ::testing::HasSubstr("multi-device runtime"));
+    }
+  }
 }
 
 }  // namespace

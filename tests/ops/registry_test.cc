@@ -31,6 +31,7 @@ constexpr std::string_view kBinary = "KernelBinary.MatchesNaive";
 constexpr std::string_view kIndexErrors = "KernelIndex.OutOfRangeThrows";
 constexpr std::string_view kTails = "KernelUnary.TailsMatchNaive";
 constexpr std::string_view kUlp = "KernelUnary.FloatExpAndTanhWithinTwoUlp";
+constexpr std::string_view kCollective = "KernelCollective.GroupOfOneIsLocalLargerNeedsTheRuntime";
 
 const OpCases kOpCases[] = {
     // sources
@@ -86,12 +87,22 @@ const OpCases kOpCases[] = {
     {"causal_mask", {"KernelCausalMask.Values"}},
     {"dropout_mask", {"KernelDropoutMask.Statistics", "GradCheckDropout.GradientIsTheMask"}},
     {"lr_schedule", {"KernelLrSchedule.ConstantWarmupCosine"}},
+    // collectives (the runtime tests them across ranks)
+    {"all_reduce", {kCollective}},
+    {"reduce_scatter", {kCollective}},
+    {"all_gather", {kCollective}},
+    {"all_to_all", {kCollective}},
+    {"broadcast", {kCollective}},
+    {"send", {kCollective}},
+    {"recv", {kCollective}},
 };
 
 // Ops deliberately without a gradient. Every other op must have one and a gradient check.
 const std::string_view kNonDifferentiable[] = {
     "greater",     "equal", "one_hot",   "causal_mask", "dropout_mask",
-    "lr_schedule", "input", "parameter", "state",       "constant"};
+    "lr_schedule", "input", "parameter", "state",       "constant",
+    // inserted after differentiation, never differentiated
+    "all_reduce",  "reduce_scatter", "all_gather", "all_to_all", "broadcast", "send", "recv"};
 
 // Emitter compositions with gradient checks of their own.
 const std::string_view kCompositions[] = {"softmax", "log_softmax", "cross_entropy", "layer_norm",
