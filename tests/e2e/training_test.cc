@@ -7,6 +7,8 @@
 
 #include "cli_util.h"
 
+using ::testing::HasSubstr;
+
 namespace tessel {
 namespace {
 
@@ -57,6 +59,33 @@ TEST(Training, GptLossFallsWellBelowUnigramEntropy) {
   // Measured: unigram entropy 3.14 nats/byte, final training loss 2.09, validation 2.50.
   EXPECT_LT(json_value(j, "final_loss"), 0.75 * h) << j;
   EXPECT_LT(json_value(j, "test_loss"), 0.85 * h) << j;
+}
+
+// The planner's acceptance commands; slow under sanitizers (a GPT-3 search), so here.
+TEST(Planning, PlanCommandsAsWritten) {
+  const std::string gpt3 = "--model gpt:layers=96,d_model=12288,heads=96,seq=2048,vocab=51200 --batch 1536 ";
+  auto r = run_cli("plan " + gpt3 + "--cluster a100-80g:nodes=128 --format json");
+  ASSERT_EQ(r.status, 0) << r.err;
+  for (const char* k : {"step_time_s", "model_flops_per_step", "hardware_flops_per_step", "tflops_per_device", "mfu",
+                        "peak_memory_bytes", "mesh", "stages", "search_time_s", "alternatives"})
+    EXPECT_THAT(r.out, HasSubstr(std::string("\"") + k + "\"")) << k;
+  EXPECT_LT(json_value(r.out, "search_time_s"), 10.0);
+  EXPECT_GT(json_value(r.out, "mfu"), 0.1);
+  EXPECT_LT(json_value(r.out, "mfu"), 1.0);
+  r = run_cli("plan " + gpt3 + "--cluster a100-80g:nodes=128 --tp 8 --pp 16 --dp 8 --microbatches 192 --recompute full");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("pp=16 x dp=8 x tp=8"));
+  EXPECT_THAT(r.out, HasSubstr("recompute=full"));
+  EXPECT_THAT(r.out, HasSubstr("alternatives"));
+  const std::string dir = testing::temp_dir();
+  r = run_cli("plan --model mlp:784-1024-1024-10 --batch 256 --cluster local:4 --dot " + dir + "/plan.dot --trace " + dir +
+              "/plan.json");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_THAT(testing::slurp(dir + "/plan.dot"), HasSubstr("digraph"));
+  EXPECT_THAT(testing::slurp(dir + "/plan.json"), HasSubstr("traceEvents"));
+  r = run_cli("plan --model mlp:784-10 --cluster local:4 --tp 3");
+  EXPECT_NE(r.status, 0);
+  EXPECT_THAT(r.err, HasSubstr("tp=3"));
 }
 
 }  // namespace
