@@ -76,7 +76,7 @@ NodeCost node_cost(const Context& x, const Node& n) {
   double peak;
   if (n.op == "matmul") {
     DType dt = x.opt.precision == Precision::mixed && !opt ? DType::bf16 : in[0].dtype;
-    peak = d.peak(dt) * x.opt.gemm_efficiency;
+    peak = d.peak(dt) * (x.opt.gemm_efficiency > 0 ? x.opt.gemm_efficiency : d.gemm_efficiency);
   } else {
     peak = d.peak(DType::f32);
   }

@@ -17,9 +17,9 @@ namespace tessel::planner {
 
 struct CostOptions {
   Precision precision = Precision::f32;
-  // Fraction of the dtype's peak that large matrix products reach on this device (a device
-  // property, measured by calibration; 1 = pure roofline).
-  double gemm_efficiency = 1.0;
+  // Fraction of the dtype's peak that large matrix products reach; < 0: the device's own
+  // (ClusterSpec: measured by a GEMM benchmark; 1 = pure roofline).
+  double gemm_efficiency = -1;
   // Count chains of elementwise ops as one fused kernel (what the lowering issue builds):
   // an intermediate with a single elementwise consumer costs no memory traffic or launch.
   bool fuse_elementwise = true;

@@ -118,6 +118,7 @@ struct GpuPreset {
   double bf16, f32, f64, hbm, nvlink;
   int default_ib;
   const char* datasheet;
+  double gemm_efficiency;  // measured large-GEMM fraction of the bf16 peak; 1 = not calibrated
 };
 
 constexpr GpuPreset kA100{
@@ -134,7 +135,10 @@ constexpr GpuPreset kA100{
     "dense (not used for f32), FP64 9.7 and FP64 Tensor Core 19.5 (used for f64), 80 GB HBM2e at "
     "2,039 GB/s, NVLink 600 GB/s = 300 GB/s per direction, any GPU pair through NVSwitch; "
     "figures checked against copies of the datasheet table (glennklockwood.com garden/A100, "
-    "thundercompute.com A100 specs), not against the NVIDIA PDF itself"};
+    "thundercompute.com A100 specs), not against the NVIDIA PDF itself; large-GEMM efficiency "
+    "0.859: 267.9 of 312 TFLOP/s bf16 measured (maximum achievable matmul FLOPS table, "
+    "stas00/ml-engineering compute/accelerator/README.md, CUDA 12.1)",
+    0.859};
 constexpr GpuPreset kH100{
     "h100-80g",
     "NVIDIA H100-SXM5-80GB",
@@ -150,7 +154,8 @@ constexpr GpuPreset kH100{
     "HBM3 at 3.35 TB/s, NVLink 900 GB/s = 450 GB/s per direction through NVSwitch; figures checked "
     "against copies of the datasheet table (hpctech.co.jp H100 page; glennklockwood.com "
     "garden/h100 gives the Hopper whitepaper figures 989.4 / 66.9 / 33.5), not against the NVIDIA "
-    "PDF"};
+    "PDF; large-GEMM efficiency not calibrated (1)",
+    1.0};
 
 ClusterSpec gpu_cluster(const GpuPreset& p, int64_t nodes, int ib_gbps) {
   ClusterSpec c;
@@ -163,6 +168,7 @@ ClusterSpec gpu_cluster(const GpuPreset& p, int64_t nodes, int ib_gbps) {
   c.device.memory_bandwidth = p.hbm;
   c.device.memory_bytes = kGpuMemory;
   c.device.launch_overhead_s = kGpuLaunch;
+  c.device.gemm_efficiency = p.gemm_efficiency;
   c.levels.push_back({"nvlink", kGpusPerNode, p.nvlink, kNvLinkLatency});
   // One node has no InfiniBand traffic: the NVLink level already spans the cluster.
   if (nodes > 1)
@@ -265,6 +271,7 @@ proto::ClusterSpecProto to_proto(const ClusterSpec& c) {
   d->set_memory_bandwidth(c.device.memory_bandwidth);
   d->set_memory_bytes(c.device.memory_bytes);
   d->set_launch_overhead_s(c.device.launch_overhead_s);
+  d->set_gemm_efficiency(c.device.gemm_efficiency);
   for (const LinkLevel& l : c.levels) {
     auto* pl = p.add_levels();
     pl->set_name(l.name);
@@ -290,6 +297,7 @@ ClusterSpec from_proto(const proto::ClusterSpecProto& p) {
   c.device.memory_bandwidth = p.device().memory_bandwidth();
   c.device.memory_bytes = p.device().memory_bytes();
   c.device.launch_overhead_s = p.device().launch_overhead_s();
+  c.device.gemm_efficiency = p.device().gemm_efficiency() > 0 ? p.device().gemm_efficiency() : 1.0;
   for (auto& l : p.levels())
     c.levels.push_back({l.name(), l.group_size(), l.bandwidth(), l.latency_s()});
   c.source = p.source();
@@ -369,6 +377,8 @@ void validate(const ClusterSpec& c) {
   check_positive(c.device.memory_bandwidth, "device.memory_bandwidth", where);
   check_positive(c.device.memory_bytes, "device.memory_bytes", where);
   check_non_negative(c.device.launch_overhead_s, "device.launch_overhead_s", where);
+  if (!(c.device.gemm_efficiency > 0 && c.device.gemm_efficiency <= 1))
+    throw Error(where + "device.gemm_efficiency must be in (0, 1] (got " + std::to_string(c.device.gemm_efficiency) + ")");
   if (c.levels.empty()) throw Error(where + "levels is empty: give at least one link level");
   for (size_t i = 0; i < c.levels.size(); ++i) {
     const LinkLevel& l = c.levels[i];

@@ -22,6 +22,7 @@ struct DeviceSpec {
   double memory_bandwidth = 0;         // bytes/s
   double memory_bytes = 0;
   double launch_overhead_s = 0;
+  double gemm_efficiency = 1;          // large-GEMM fraction of peak (measured; 1 = roofline)
   // Peak FLOP/s for `t`; throws Error naming the dtype and the device when it has none.
   double peak(DType t) const;
   bool operator==(const DeviceSpec&) const = default;

@@ -222,7 +222,7 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
   };
   // Programs in schedule order, stage after stage; cross-stage waits are wired afterwards.
   for (int64_t s = 0; s < c.pp; ++s) {
-    if (c.schedule == Schedule::gpipe || c.pp == 1) {
+    if (c.schedule == Schedule::gpipe && c.pp > 1) {
       for (int64_t j = 0; j < m; ++j) forward(s, j);
       for (int64_t j = 0; j < m; ++j) backward(s, j);
     } else {
@@ -314,6 +314,12 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
     count(l->param_sync, 1);
   }
   for (auto& t : est.traffic_bytes_per_level) t /= static_cast<double>(c.pp);
+  // Pipeline sends: activations forward and their gradients back at every stage boundary.
+  for (int64_t s = 0; s + 1 < c.pp; ++s) {
+    std::vector<int64_t> pair{s * c.dp * c.tp, (s + 1) * c.dp * c.tp};
+    CommEstimate p2p = collective_time(cluster, Collective::send_recv, layers[bounds[s + 1] - 1]->output_bytes, pair);
+    if (p2p.level >= 0) est.traffic_bytes_per_level[p2p.level] += 2 * p2p.bus_bytes * static_cast<double>(m) / static_cast<double>(c.pp);
+  }
   // Memory fit.
   for (int64_t s = 0; s < c.pp; ++s) {
     const StageEstimate& st = est.stages[s];

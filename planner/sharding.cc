@@ -238,6 +238,88 @@ NodePlacement propagate(const Graph& g, const Node& n, std::span<const Sharding>
   return out;
 }
 
+namespace {
+
+// A replicated value that every consumer only slices (say a broadcast of the loss gradient
+// that the batch-split backward then cuts) is better produced split: its producer computes
+// just the part each device needs. Walking backwards, move such slices up through producers
+// whose inputs can be sliced (or already are) instead, so no device materialises the whole.
+template <class AddReshard>
+void sink_slices(const Graph& g, const Mesh& m, std::span<const int32_t> nodes, GraphPlacement& gp,
+                 AddReshard& add_reshard) {
+  std::vector<int> direct(g.size(), 0);
+  std::vector<char> pinned(g.size(), 0);  // outputs and update values keep their placement
+  for (auto& o : g.outputs()) pinned[o.value.node] = 1;
+  for (auto& u : g.updates()) pinned[u.value.node] = 1;
+  for (int32_t id : nodes)
+    for (auto& in : g.node(id).inputs) direct[in.node]++;
+  for (auto& r : gp.reshards)
+    for (auto& [node, input] : r.consumers)
+      if (input >= 0) direct[r.value.node]--;
+  for (auto it = nodes.rbegin(); it != nodes.rend(); ++it) {
+    const int32_t id = *it;
+    const Node& n = g.node(id);
+    if (n.inputs.empty() || n.def->kind != OpKind::compute || n.outputs.size() != 1 || pinned[id] || direct[id] > 0) continue;
+    std::vector<size_t> mine;
+    for (size_t r = 0; r < gp.reshards.size(); ++r)
+      if (gp.reshards[r].value.node == id && !gp.reshards[r].consumers.empty()) mine.push_back(r);
+    if (mine.empty()) continue;
+    const Sharding target = gp.reshards[mine[0]].to;
+    bool all_slices = true;
+    for (size_t r : mine) {
+      all_slices &= gp.reshards[r].to == target;
+      for (auto& st : gp.reshards[r].steps) all_slices &= !st.is_collective();
+    }
+    if (!all_slices) continue;
+    std::vector<TensorType> types;
+    std::vector<Sharding> in;
+    for (auto& v : n.inputs) {
+      types.push_back(g.type(v));
+      in.push_back(gp.at(v));
+    }
+    const ShardingRule rule = n.def->sharding(n, types);
+    NodePlacement before = propagate(g, n, in, m);
+    std::vector<Sharding> want = before.inputs;
+    bool ok = true;
+    for (size_t a = 0; a < target.size() && ok; ++a) {
+      if (target[a] == before.outputs[0][a]) continue;
+      if (!target[a].is_shard() || before.outputs[0][a].kind != Placement::Kind::replicate) { ok = false; break; }
+      const int f = rule.outputs[0][target[a].dim];
+      if (f < 0 || rule.factor_sizes[f] % m.sizes[a] != 0) { ok = false; break; }
+      for (size_t i = 0; i < in.size(); ++i) {
+        int d = find_dim(rule.inputs[i], f);
+        if (d < 0) continue;  // this input does not carry the split dim: stays as it is
+        const Placement cur = in[i][a];
+        if (!(cur == Placement::S(d) || cur.kind == Placement::Kind::replicate)) { ok = false; break; }
+        want[i][a] = Placement::S(d);
+      }
+    }
+    for (size_t i = 0; i < in.size() && ok; ++i) {
+      try {
+        local_shape(types[i].shape, want[i], m);
+      } catch (const Error&) {
+        ok = false;
+      }
+    }
+    if (!ok) continue;
+    for (size_t r : mine) gp.reshards[r].consumers.clear();  // consumers now read the value as is
+    gp.values[id][0] = target;
+    for (size_t i = 0; i < in.size(); ++i) {
+      if (want[i] == before.inputs[i]) continue;
+      const std::pair<int32_t, int> me{id, static_cast<int>(i)};
+      for (auto& r : gp.reshards) std::erase(r.consumers, me);
+      if (in[i] == want[i]) {
+        direct[n.inputs[i].node]++;
+      } else {
+        add_reshard(n.inputs[i], want[i], id, static_cast<int>(i));
+        if (before.inputs[i] == in[i]) direct[n.inputs[i].node]--;
+      }
+    }
+  }
+}
+
+}  // namespace
+
 GraphPlacement propagate_graph(const Graph& g, const Mesh& m, const SourcePlacement& source,
                                std::span<const int32_t> nodes) {
   GraphPlacement gp;
@@ -286,6 +368,7 @@ GraphPlacement propagate_graph(const Graph& g, const Mesh& m, const SourcePlacem
     }
     gp.values[id] = p.outputs;
   }
+  sink_slices(g, m, nodes, gp, add_reshard);
   for (auto& u : g.updates()) {
     if (gp.values[u.variable].empty() || gp.values[u.value.node].empty()) continue;
     const Sharding& want = gp.values[u.variable][0];
@@ -297,6 +380,7 @@ GraphPlacement propagate_graph(const Graph& g, const Mesh& m, const SourcePlacem
       throw Error(g.node(u.variable).where() + ": update: " + e.what());
     }
   }
+  std::erase_if(gp.reshards, [](const GraphPlacement::Reshard& r) { return r.consumers.empty(); });
   return gp;
 }
 

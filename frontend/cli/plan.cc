@@ -50,7 +50,7 @@ int cmd_plan(int argc, char** argv) {
                 {"--sp", "", "sequence parallelism for norm/dropout regions (with tp)", ""},
                 {"--precision", "P", "f32, mixed (bf16 compute, f32 master weights), or auto (mixed on GPUs)", "auto"},
                 {"--optimizer", "NAME", "sgd or adamw (decides optimizer state)", "adamw"},
-                {"--gemm-efficiency", "X", "fraction of peak that large GEMMs reach on the device", "1"},
+                {"--gemm-efficiency", "X", "fraction of peak that large GEMMs reach (overrides the cluster's measured figure)", "the device's"},
                 {"--format", "FMT", "text or json (keys: step_time_s, model_flops_per_step, hardware_flops_per_step, "
                                     "tflops_per_device, mfu, peak_memory_bytes, mesh, stages, search_time_s, alternatives, ...)", "text"},
                 {"--dot", "FILE", "write the graph coloured by stage, collectives drawn as red diamonds (Graphviz)", ""},
@@ -107,9 +107,11 @@ int cmd_plan(int argc, char** argv) {
   } else {
     throw Error("tessel plan: --precision must be f32, mixed or auto");
   }
-  so.cost.gemm_efficiency = args.f64("--gemm-efficiency", 1);
-  if (!(so.cost.gemm_efficiency > 0 && so.cost.gemm_efficiency <= 1))
-    throw Error("tessel plan: --gemm-efficiency must be in (0, 1]");
+  if (args.has("--gemm-efficiency")) {
+    so.cost.gemm_efficiency = args.f64("--gemm-efficiency", 1);
+    if (!(so.cost.gemm_efficiency > 0 && so.cost.gemm_efficiency <= 1))
+      throw Error("tessel plan: --gemm-efficiency must be in (0, 1]");
+  }
   OptimizerConfig oc;
   oc.kind = args.str("--optimizer", "adamw");
 
