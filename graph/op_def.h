@@ -83,6 +83,19 @@ using KernelFn = void (*)(const Node& node, std::span<const TensorRef> in,
 using ScalarFn = ScalarExpr (*)(const Node& node);
 using ShardingFn = ShardingRule (*)(const Node& node, std::span<const TensorType> in);
 
+// What a node is on one device of a partitioned program: its outputs' local types and where
+// its output shard starts in the global tensor (per dim), and likewise for each input.
+struct ShardView {
+  std::span<const TensorType> local_outputs;
+  std::span<const int64_t> output_offsets;      // per dim of output 0
+  std::span<const int64_t> global_output_shape;
+  std::vector<std::vector<int64_t>> input_offsets;  // per input, per dim
+  std::vector<Shape> local_inputs, global_inputs;   // per input
+};
+// The attributes of the node's local copy. Null: the attributes are kept, except that a
+// "shape" attribute becomes the local output shape.
+using LocalizeFn = Attrs (*)(const Node& node, const ShardView& view);
+
 struct OpDef {
   std::string name;
   OpKind kind = OpKind::compute;
@@ -95,6 +108,7 @@ struct OpDef {
   KernelFn kernel = nullptr;      // reference CPU kernel; variables: their initializer
   ScalarFn scalar = nullptr;      // elementwise ops only
   ShardingFn sharding = nullptr;  // every op has one (a registry test checks)
+  LocalizeFn localize = nullptr;  // see LocalizeFn
   // The output holds input 0's bytes unchanged (reshape, stop_gradient): an executor may
   // alias the two buffers instead of running the kernel.
   bool view = false;

@@ -53,6 +53,18 @@ ShardingRule rule_source(const Node& n, std::span<const TensorType> in);
 // Same dims in and out, one factor per dim (views, identity-like ops).
 ShardingRule rule_identity(const Node& n, std::span<const TensorType> in);
 
+// A shard of a tensor generated from element indices (initializers, dropout masks): the
+// attributes "global_shape" and "offsets" say where the local tensor sits, so a shard holds
+// exactly the slice of what the whole tensor would hold. Absent: the tensor is whole.
+struct ShardIndex {
+  std::vector<int64_t> global_shape, offsets, local_shape;
+  bool whole = true;
+  int64_t global(int64_t local_flat) const;  // flat index in the whole tensor
+};
+ShardIndex shard_index(const Node& n, std::span<const int64_t> local_shape);
+// Localize for ops whose output is generated from indices: shape, global_shape and offsets.
+Attrs localize_generated(const Node& n, const ShardView& v);
+
 // Reference kernels compute in f32 and f64 (and integers where noted); bf16 and f16 are
 // storage types here. Inference refuses what no kernel can run, so errors come at build
 // time, naming the user's line, not at the first step.

@@ -36,14 +36,33 @@ void gather_kernel(const Node& n, std::span<const TensorRef> in, std::span<const
   const size_t bytes = row * dtype_size(in[0].dtype);
   const auto* table = static_cast<const std::byte*>(in[0].data);
   auto* dst = static_cast<std::byte*>(out[0].data);
+  // A vocabulary shard (attribute "offset": its first row) gathers the rows it holds and
+  // zeros for the others; summing the shards gives the whole lookup.
+  const bool shard = n.attrs.has("offset");
+  const int64_t offset = n.attrs.get_i64_or("offset", 0);
   dispatch_index(n, in[1].dtype, [&](auto t) {
     using I = decltype(t);
     const I* idx = in[1].as<const I>();
     parallel_range(ctx, in[1].numel, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i)
-        std::memcpy(dst + i * bytes, table + checked_index(n, idx, i, V) * bytes, bytes);
+      for (int64_t i = b; i < e; ++i) {
+        if (!shard) {
+          std::memcpy(dst + i * bytes, table + checked_index(n, idx, i, V) * bytes, bytes);
+          continue;
+        }
+        const int64_t r = static_cast<int64_t>(idx[i]) - offset;
+        if (r >= 0 && r < V) std::memcpy(dst + i * bytes, table + r * bytes, bytes);
+        else std::memset(dst + i * bytes, 0, bytes);
+      }
     }, std::max<int64_t>(1, kGrain / std::max<int64_t>(row, 1)));
   });
+}
+
+Attrs localize_gather(const Node& n, const ShardView& v) {
+  Attrs a = n.attrs;
+  // The table split along its rows (a vocabulary-parallel embedding): this shard's first row.
+  if (v.local_inputs.at(0).at(0) != v.global_inputs.at(0).at(0) || n.attrs.has("offset"))
+    a.set("offset", v.input_offsets[0][0]);
+  return a;
 }
 
 void grad_gather(GradCtx& c) {
@@ -117,11 +136,19 @@ void one_hot_kernel(const Node& n, std::span<const TensorRef> in, std::span<cons
     dispatch_index(n, in[0].dtype, [&](auto it) {
       using I = decltype(it);
       const I* lab = in[0].as<const I>();
+      // A class shard (attribute "offset") marks only the labels in its range.
+      const bool shard = n.attrs.has("offset");
+      const int64_t offset = n.attrs.get_i64_or("offset", 0);
       parallel_range(ctx, in[0].numel, [&](int64_t b, int64_t e) {
         for (int64_t i = b; i < e; ++i) {
           T* row = o + i * depth;
           std::fill(row, row + depth, T(0));
-          row[checked_index(n, lab, i, depth)] = T(1);
+          if (!shard) {
+            row[checked_index(n, lab, i, depth)] = T(1);
+          } else {
+            const int64_t c = static_cast<int64_t>(lab[i]) - offset;
+            if (c >= 0 && c < depth) row[c] = T(1);
+          }
         }
       }, std::max<int64_t>(1, kGrain / std::max<int64_t>(depth, 1)));
     });
@@ -174,8 +201,9 @@ void dropout_mask_kernel(const Node& n, std::span<const TensorRef> in, std::span
     using T = decltype(t);
     T* o = out[0].as<T>();
     const T keep = T(1.0 / (1.0 - p));
+    const ShardIndex at = shard_index(n, out[0].shape);
     parallel_range(ctx, out[0].numel, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) o[i] = rand_uniform(seed, i) >= p ? keep : T(0);
+      for (int64_t i = b; i < e; ++i) o[i] = rand_uniform(seed, at.global(i)) >= p ? keep : T(0);
     });
   });
 }
@@ -216,6 +244,24 @@ ShardingRule rule_scatter_add(const Node&, std::span<const TensorType> in) {
   return r;
 }
 
+Attrs localize_one_hot(const Node& n, const ShardView& v) {
+  Attrs a = n.attrs;
+  const int64_t depth = v.local_outputs[0].shape.back();
+  if (depth != n.attrs.get_i64("depth") || n.attrs.has("offset")) {
+    a.set("depth", depth);
+    a.set("offset", v.output_offsets.back());
+  }
+  return a;
+}
+
+Attrs localize_causal_mask(const Node& n, const ShardView& v) {
+  for (int64_t o : v.output_offsets)
+    if (o != 0) throw Error(n.where() + ": a split causal mask is not supported");
+  if (v.local_outputs[0].shape != Shape(v.global_output_shape.begin(), v.global_output_shape.end()))
+    throw Error(n.where() + ": a split causal mask is not supported");
+  return n.attrs;
+}
+
 ShardingRule rule_one_hot(const Node& n, std::span<const TensorType> in) {
   ShardingRule r = rule_identity(n, in);
   std::vector<int> out = r.inputs[0];
@@ -236,6 +282,8 @@ void register_nn_ops(OpRegistry& r) {
   g.grad = grad_gather;
   g.cost = write_cost;
   g.sharding = rule_gather;
+  g.attrs = {attr("offset", AttrType::i64, false)};
+  g.localize = localize_gather;
   g.doc = "table[idx]: rows of table[V, ...] picked by integer indices (embedding lookup)";
   r.add(std::move(g));
 
@@ -254,7 +302,8 @@ void register_nn_ops(OpRegistry& r) {
   OpDef o;
   o.name = "one_hot";
   o.min_inputs = o.max_inputs = 1;
-  o.attrs = {attr("depth", AttrType::i64), attr("dtype", AttrType::string)};
+  o.attrs = {attr("depth", AttrType::i64), attr("dtype", AttrType::string), attr("offset", AttrType::i64, false)};
+  o.localize = localize_one_hot;
   o.infer = infer_one_hot;
   o.kernel = one_hot_kernel;
   o.cost = write_cost;
@@ -270,6 +319,7 @@ void register_nn_ops(OpRegistry& r) {
   m.kernel = causal_mask_kernel;
   m.cost = write_cost;
   m.sharding = rule_source;
+  m.localize = localize_causal_mask;
   m.doc = "additive attention mask [rows, cols]: 0 on and below the diagonal, -inf above";
   r.add(std::move(m));
 
@@ -277,7 +327,9 @@ void register_nn_ops(OpRegistry& r) {
   d.name = "dropout_mask";
   d.min_inputs = d.max_inputs = 1;
   d.attrs = {attr("shape", AttrType::i64s), attr("p", AttrType::f64), attr("seed", AttrType::i64),
-             attr("dtype", AttrType::string)};
+             attr("dtype", AttrType::string), attr("global_shape", AttrType::i64s, false),
+             attr("offsets", AttrType::i64s, false)};
+  d.localize = localize_generated;
   d.infer = infer_dropout_mask;
   d.kernel = dropout_mask_kernel;
   d.cost = write_cost;

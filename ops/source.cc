@@ -38,12 +38,13 @@ void parameter_init(const Node& n, std::span<const TensorRef>, std::span<const T
   const std::string& init = n.attrs.get_str("init");
   const double scale = n.attrs.get_f64_or("scale", 0);
   const uint64_t seed = mix64(ctx.seed ^ static_cast<uint64_t>(n.attrs.get_i64("seed")));
+  const ShardIndex at = shard_index(n, out[0].shape);  // a shard draws its slice of the whole
   if (init == "zeros") fill(ctx, out[0], [](int64_t) { return 0.0; });
   else if (init == "ones") fill(ctx, out[0], [](int64_t) { return 1.0; });
   else if (init == "constant") fill(ctx, out[0], [=](int64_t) { return scale; });
-  else if (init == "normal") fill(ctx, out[0], [=](int64_t i) { return scale * rand_normal(seed, i); });
+  else if (init == "normal") fill(ctx, out[0], [&](int64_t i) { return scale * rand_normal(seed, at.global(i)); });
   else if (init == "uniform")
-    fill(ctx, out[0], [=](int64_t i) { return scale * (2 * rand_uniform(seed, i) - 1); });
+    fill(ctx, out[0], [&](int64_t i) { return scale * (2 * rand_uniform(seed, at.global(i)) - 1); });
   else throw Error(n.where() + ": unknown initializer '" + init + "'");
 }
 
@@ -83,7 +84,9 @@ void register_source_ops(OpRegistry& r) {
   p.kind = OpKind::variable;
   p.attrs = {attr("dtype", AttrType::string), attr("shape", AttrType::i64s),
              attr("init", AttrType::string), attr("scale", AttrType::f64, false),
-             attr("seed", AttrType::i64)};
+             attr("seed", AttrType::i64), attr("global_shape", AttrType::i64s, false),
+             attr("offsets", AttrType::i64s, false)};
+  p.localize = localize_generated;
   p.infer = infer_parameter;
   p.kernel = parameter_init;
   p.cost = no_cost;

@@ -1,0 +1,33 @@
+// The partitioner: from a training graph and a plan, one program per rank — local shapes,
+// the collectives the placements need, and locally sliced parameters — that the runtime
+// runs on each device. Inserted nodes carry the origin of the node they serve, so errors
+// still point at the user's line. Deterministic; every program passes the verifier.
+#pragma once
+
+#include <vector>
+
+#include "graph/graph.h"
+#include "planner/strategy.h"
+
+namespace tessel::planner {
+
+struct RankProgram {
+  int64_t rank = 0;
+  std::vector<int64_t> coords;  // on the stage mesh (dp, tp)
+  Graph graph;                  // the training graph's phases and outputs, on this rank's shards
+  // Where each output of the graph lives: outputs the partitioner leaves split (a batch-
+  // split logits tensor, say) need gathering to be read whole.
+  std::vector<std::pair<std::string, Sharding>> output_placements;
+  // How inputs (fed per step) and variables are split: the runtime feeds each rank its part
+  // of the batch and gathers variables for checkpoints.
+  std::vector<std::pair<std::string, Sharding>> input_placements, variable_placements;
+};
+
+// Where rank `coords`' shard of a tensor of `global` shape starts, per dim.
+std::vector<int64_t> shard_offsets(std::span<const int64_t> global, const Sharding& s, const Mesh& m,
+                                   const std::vector<int64_t>& coords);
+
+// Pipeline stages (pp > 1) are not partitioned yet: throws saying so.
+std::vector<RankProgram> partition(const Graph& g, const PlanConfig& c);
+
+}  // namespace tessel::planner
