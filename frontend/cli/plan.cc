@@ -9,6 +9,8 @@
 #include "graph/error.h"
 #include "graph/serialize.h"
 #include "ops/registry.h"
+#include "planner/partition.h"
+#include "planner/plan_file.h"
 #include "planner/report.h"
 
 namespace tessel::cli {
@@ -55,6 +57,8 @@ int cmd_plan(int argc, char** argv) {
                                     "tflops_per_device, mfu, peak_memory_bytes, mesh, stages, search_time_s, alternatives, ...)", "text"},
                 {"--dot", "FILE", "write the graph coloured by stage, collectives drawn as red diamonds (Graphviz)", ""},
                 {"--trace", "FILE", "write the simulated step as a Chrome trace (chrome://tracing, Perfetto)", ""},
+                {"--output", "FILE", "write the plan (.tsp): config, placements, stages, predicted costs and, for "
+                                     "plans without pipeline stages on up to 64 devices, every rank's program", ""},
             },
             {});
   // The model may also be given as the first positional argument.
@@ -165,6 +169,34 @@ int cmd_plan(int argc, char** argv) {
     planner::PlanEstimate detailed = planner::estimate_plan(mp, result.best.config, cluster, so.cost, true);
     write_file(args.str("--trace"), detailed.simulation->chrome_trace_json(detailed.simulation->run()));
     std::cerr << "wrote " << args.str("--trace") << "\n";
+  }
+  if (args.has("--output")) {
+    planner::PlanFile f;
+    f.model = description;
+    f.cluster = cluster_spec;
+    f.global_batch = batch;
+    f.config = result.best.config;
+    f.estimate = result.best;
+    const planner::Mesh mesh = planner::stage_mesh(f.config);
+    for (int32_t id : pm.graph->parameters())
+      f.parameters.push_back({pm.graph->node(id).name,
+                              planner::parameter_placement(*pm.graph, pm.graph->node(id), f.config, mesh, false).stored});
+    if (f.config.pp > 1) {
+      f.notes.push_back("per-rank programs not included: plans with pipeline stages are not partitioned yet");
+    } else if (f.config.devices() > 64) {
+      f.notes.push_back("per-rank programs not included for more than 64 devices");
+    } else {
+      // The full-depth training graph, not the planning stand-in.
+      const int64_t graph_batch = batch / f.config.microbatches;
+      Graph full = is_file ? *pm.graph : [&] {
+        models::Built m = models::from_spec(spec, graph_batch, true);
+        add_training(m.model->graph(), "loss", oc);
+        return m.model->graph();
+      }();
+      f.programs = planner::partition(full, f.config);
+    }
+    planner::save_plan(f, args.str("--output"));
+    std::cerr << "wrote " << args.str("--output") << " (" << f.programs.size() << " rank programs)\n";
   }
   return result.best.fits ? 0 : 4;
 }

@@ -14,6 +14,10 @@
 #include "graph/error.h"
 #include "graph/serialize.h"
 #include "planner/partition.h"
+#include "planner/plan_file.h"
+#include "ops/registry.h"
+#include <filesystem>
+#include <fstream>
 #include "runtime/executor.h"
 
 namespace tessel::planner {
@@ -310,6 +314,40 @@ TEST(Partition, ProgramsSplitWhatThePlanSaysAndAreDeterministic) {
   }
   c.pp = 2;
   EXPECT_THROW(partition(b.model->graph(), c), Error);
+}
+
+TEST(PlanFile, RoundTripsConfigCostsAndPrograms) {
+  models::Built b = models::from_spec("mlp:8-16-16-4", 8, true);
+  add_training(b.model->graph(), "loss", OptimizerConfig{});
+  PlanFile f;
+  f.model = "mlp 8-16-16-4";
+  f.cluster = "local:4";
+  f.global_batch = 8;
+  f.config.dp = 2;
+  f.config.tp = 2;
+  f.config.zero = 1;
+  f.estimate.step_time_s = 0.125;
+  f.estimate.mfu = 0.5;
+  f.parameters = {{"fc1/weight", {Placement::R(), Placement::S(1)}}};
+  f.programs = partition(b.model->graph(), f.config);
+  const std::string path = (std::filesystem::temp_directory_path() / "tessel_plan_test.tsp").string();
+  save_plan(f, path);
+  PlanFile g = load_plan(path, ops::registry());
+  EXPECT_EQ(g.config, f.config);
+  EXPECT_EQ(g.estimate.step_time_s, 0.125);
+  EXPECT_EQ(g.parameters, f.parameters);
+  ASSERT_EQ(g.programs.size(), 4u);
+  for (size_t r = 0; r < 4; ++r) {
+    EXPECT_EQ(serialize_graph(g.programs[r].graph), serialize_graph(f.programs[r].graph));
+    EXPECT_EQ(g.programs[r].input_placements, f.programs[r].input_placements);
+    EXPECT_EQ(g.programs[r].coords, f.programs[r].coords);
+  }
+  {
+    std::ofstream out(path, std::ios::binary);
+    out << "not a plan";
+  }
+  EXPECT_THROW(load_plan(path, ops::registry()), Error);
+  std::filesystem::remove(path);
 }
 
 }  // namespace
