@@ -2,8 +2,10 @@
 
 #include <cstring>
 #include <map>
+#include <set>
 
 #include "graph/error.h"
+#include "planner/layers.h"
 
 namespace tessel::planner {
 
@@ -53,18 +55,51 @@ std::vector<std::byte> slice_bytes(const std::vector<std::byte>& all, const Tens
   return out;
 }
 
+// Where every node runs: its pipeline stage (-1: every stage that needs it).
+struct Staging {
+  std::vector<int> stage_of;
+  int64_t stage_size = 1;  // ranks per stage
+};
+
 class RankBuilder {
  public:
-  RankBuilder(const Graph& g, const GraphPlacement& gp, const Mesh& m, int64_t rank)
-      : g_(g), gp_(gp), m_(m), rank_(rank), coords_(m.coords(rank)), out_(g.registry()), local_(g.size()) {
+  RankBuilder(const Graph& g, const GraphPlacement& gp, const Mesh& m, int64_t local_rank, int64_t stage,
+              const Staging& st)
+      : g_(g), gp_(gp), m_(m), rank_(stage * st.stage_size + local_rank), local_rank_(local_rank), stage_(stage),
+        st_(st), coords_(m.coords(local_rank)), out_(g.registry()), local_(g.size()) {
     for (size_t r = 0; r < gp.reshards.size(); ++r)
       for (auto& [node, input] : gp.reshards[r].consumers)
         if (input >= 0) at_[{node, input}] = r;
   }
 
-  RankProgram build(const std::vector<int32_t>& nodes) {
+  RankProgram build(const std::vector<int32_t>& all) {
+    // This stage's nodes, and the shared ones (data, counters, schedules) it needs.
+    std::vector<char> mine(g_.size(), 0);
+    for (int32_t id : all)
+      if (st_.stage_of[id] == stage_) mine[id] = 1;
+    for (auto it = all.rbegin(); it != all.rend(); ++it)
+      if (mine[*it])
+        for (auto& in : g_.node(*it).inputs)
+          if (st_.stage_of[in.node] < 0) mine[in.node] = 1;
+    for (auto& u : g_.updates())
+      if (mine[u.variable] && st_.stage_of[u.variable] < 0) mine[u.value.node] = 1;
+    for (auto it = all.rbegin(); it != all.rend(); ++it)  // shared values' own inputs
+      if (mine[*it] && st_.stage_of[*it] < 0)
+        for (auto& in : g_.node(*it).inputs)
+          if (st_.stage_of[in.node] < 0) mine[in.node] = 1;
+    std::vector<int32_t> nodes;
+    for (int32_t id : all)
+      if (mine[id]) nodes.push_back(id);
+    // Values of this stage that other stages read: sent as soon as they are computed.
+    for (int32_t id : all) {
+      if (mine[id] && st_.stage_of[id] < 0) continue;
+      for (auto& in : g_.node(id).inputs) {
+        const int from = st_.stage_of[in.node], to = st_.stage_of[id];
+        if (from == stage_ && to != stage_ && to >= 0) readers_[{in.node, in.index}].insert(to);
+      }
+    }
     for (int32_t id : nodes) add(g_.node(id));
-    RankProgram p{rank_, coords_, Graph(g_.registry()), {}, {}, {}};
+    RankProgram p{rank_, stage_, coords_, Graph(g_.registry()), {}, {}, {}};
     for (int32_t id : nodes) {
       const Node& n = g_.node(id);
       if (n.def->kind == OpKind::input) p.input_placements.push_back({n.name, gp_.values[id][0]});
@@ -72,7 +107,7 @@ class RankBuilder {
     }
     // Outputs: partial sums are completed (every rank then holds the result); splits stay.
     for (auto& o : g_.outputs()) {
-      if (local_[o.value.node].empty()) continue;
+      if (local_[o.value.node].empty() || (st_.stage_of[o.value.node] >= 0 && st_.stage_of[o.value.node] != stage_)) continue;
       Sharding want = gp_.at(o.value);
       for (auto& pl : want)
         if (pl.is_partial()) pl = Placement::R();
@@ -91,7 +126,23 @@ class RankBuilder {
 
 
  private:
+  // A unique tag for a value sent to a stage, the same on both ends.
+  int64_t tag(Value v, int to) const { return (int64_t{v.node} * 64 + v.index) * 4096 + to; }
+
   void add(const Node& n) {
+    // Inputs computed on another stage arrive by recv, placed as their producer left them.
+    for (auto& v : n.inputs) {
+      const int from = st_.stage_of[v.node];
+      if (from < 0 || from == stage_ || !local_[v.node].empty()) continue;
+      const TensorType& t = g_.type(v);
+      const Sharding& s = gp_.at(v);
+      const int64_t peer = from * st_.stage_size + local_rank_;
+      Value r = out_.add("recv", {}, {{"peer", peer}, {"tag", tag(v, stage_)},
+                                      {"dtype", std::string(dtype_name(t.dtype))}, {"shape", local_shape(t.shape, s, m_)}},
+                         n.name + "/recv", n.origin);
+      local_[v.node].resize(g_.node(v.node).outputs.size());
+      local_[v.node][v.index] = r;
+    }
     std::vector<Value> in;
     ShardView view;
     for (size_t i = 0; i < n.inputs.size(); ++i) {
@@ -124,6 +175,16 @@ class RankBuilder {
       throw Error("partition, rank " + std::to_string(rank_) + ": " + e.what());
     }
     for (size_t o = 0; o < n.outputs.size(); ++o) local_[n.id].push_back(Value{id, static_cast<int32_t>(o)});
+    for (size_t o = 0; o < n.outputs.size(); ++o) {
+      auto it = readers_.find({n.id, static_cast<int32_t>(o)});
+      if (it == readers_.end()) continue;
+      for (int to : it->second) {
+        const Value v{n.id, static_cast<int32_t>(o)};
+        const int64_t peer = to * st_.stage_size + local_rank_;
+        Value tok = out_.add("send", {local_[n.id][o]}, {{"peer", peer}, {"tag", tag(v, to)}}, n.name + "/send", n.origin);
+        out_.set_output("send:" + std::to_string(tag(v, to)), tok);
+      }
+    }
     if (const auto* data = g_.data(n.id)) out_.set_data(id, slice_bytes(*data, n.outputs[0], local[0].shape, off));
   }
 
@@ -137,7 +198,8 @@ class RankBuilder {
     const TensorType& t = g_.type(v);
     Sharding s = from;
     for (const ReshardStep& st : reshard(t, from, to, m_)) {
-      const std::vector<int64_t> group = m_.group(rank_, st.axis);
+      std::vector<int64_t> group = m_.group(local_rank_, st.axis);
+      for (auto& r : group) r += stage_ * st_.stage_size;  // global ranks
       const std::string base = consumer.name + "/" + std::string(reshard_name(st.kind));
       Attrs a{{"ranks", group}, {"group", m_.names[st.axis]}};
       std::string op;
@@ -184,28 +246,63 @@ class RankBuilder {
   const Graph& g_;
   const GraphPlacement& gp_;
   const Mesh& m_;
-  int64_t rank_;
+  int64_t rank_, local_rank_, stage_;
+  const Staging& st_;
   std::vector<int64_t> coords_;
   Graph out_;
   std::vector<std::vector<Value>> local_;
   std::map<std::pair<int32_t, int>, size_t> at_;
   std::map<std::tuple<int32_t, int32_t, std::string>, Value> memo_;
+  std::map<std::pair<int32_t, int32_t>, std::set<int>> readers_;  // value -> stages reading it
 };
 
 }  // namespace
 
-std::vector<RankProgram> partition(const Graph& g, const PlanConfig& c) {
-  if (c.pp > 1)
-    throw Error("partition: pipeline stages (pp=" + std::to_string(c.pp) +
-                ") are not partitioned yet; plans with pp=1 are");
+std::vector<RankProgram> partition(const Graph& g, const PlanConfig& c, std::vector<int64_t> stage_bounds) {
   const Mesh m = stage_mesh(c);
   std::vector<Value> targets;
   for (auto& u : g.updates()) targets.push_back(u.value), targets.push_back(Value{u.variable, 0});
   for (auto& o : g.outputs()) targets.push_back(o.value);
   const std::vector<int32_t> nodes = needed_nodes(g, targets);
   const GraphPlacement gp = propagate_graph(g, m, source_placements(g, c, m), nodes);
+
+  Staging st;
+  st.stage_size = m.size();
+  st.stage_of.assign(g.size(), 0);
+  if (c.pp > 1) {
+    // A stage per contiguous range of layers; shared nodes computed from one stage's
+    // values join it.
+    const std::string phase = g.updates().empty() ? "train" : g.updates().front().phase;
+    LayerStructure ls = find_layers(g, phase);
+    const int64_t L = static_cast<int64_t>(ls.layers.size());
+    if (c.pp > L) throw Error("partition: " + std::to_string(c.pp) + " stages for " + std::to_string(L) + " layers");
+    if (stage_bounds.empty())
+      for (int64_t s = 0; s <= c.pp; ++s) stage_bounds.push_back(s * L / c.pp);
+    if (static_cast<int64_t>(stage_bounds.size()) != c.pp + 1 || stage_bounds.front() != 0 || stage_bounds.back() != L)
+      throw Error("partition: stage bounds must run from 0 to the " + std::to_string(L) + " layers in " +
+                  std::to_string(c.pp) + " steps");
+    std::vector<int> layer_stage(L);
+    for (int64_t s = 0; s < c.pp; ++s)
+      for (int64_t l = stage_bounds[s]; l < stage_bounds[s + 1]; ++l) layer_stage[l] = static_cast<int>(s);
+    for (int32_t id : nodes) st.stage_of[id] = ls.layer_of[id] >= 0 ? layer_stage[ls.layer_of[id]] : -1;
+    for (int32_t id : nodes) {
+      if (st.stage_of[id] >= 0) continue;
+      int from = -1;
+      for (auto& in : g.node(id).inputs) {
+        const int s = st.stage_of[in.node];
+        if (s < 0) continue;
+        if (from >= 0 && s != from)
+          throw Error(g.node(id).where() + ": reads values of stages " + std::to_string(from) + " and " +
+                      std::to_string(s) + " (a global reduction across pipeline stages, such as clipping by the "
+                      "global gradient norm, is not partitioned yet)");
+        from = s;
+      }
+      st.stage_of[id] = from;
+    }
+  }
   std::vector<RankProgram> out;
-  for (int64_t r = 0; r < m.size(); ++r) out.push_back(RankBuilder(g, gp, m, r).build(nodes));
+  for (int64_t s = 0; s < c.pp; ++s)
+    for (int64_t r = 0; r < m.size(); ++r) out.push_back(RankBuilder(g, gp, m, r, s, st).build(nodes));
   return out;
 }
 

@@ -13,6 +13,7 @@ namespace tessel::planner {
 
 struct RankProgram {
   int64_t rank = 0;
+  int64_t stage = 0;
   std::vector<int64_t> coords;  // on the stage mesh (dp, tp)
   Graph graph;                  // the training graph's phases and outputs, on this rank's shards
   // Where each output of the graph lives: outputs the partitioner leaves split (a batch-
@@ -27,7 +28,12 @@ struct RankProgram {
 std::vector<int64_t> shard_offsets(std::span<const int64_t> global, const Sharding& s, const Mesh& m,
                                    const std::vector<int64_t>& coords);
 
-// Pipeline stages (pp > 1) are not partitioned yet: throws saying so.
-std::vector<RankProgram> partition(const Graph& g, const PlanConfig& c);
+// Programs for every rank: stage s holds ranks [s*dp*tp, (s+1)*dp*tp). With pp > 1, the
+// layers (planner/layers.h) are cut into contiguous stages at `stage_bounds` (layer
+// indices; empty: equal layer counts) and values crossing a cut travel by send/recv
+// between the ranks with the same (dp, tp) coordinates; each program runs one microbatch's
+// forward and backward (pipelining microbatches across stages is the runtime's schedule).
+std::vector<RankProgram> partition(const Graph& g, const PlanConfig& c,
+                                   std::vector<int64_t> stage_bounds = {});
 
 }  // namespace tessel::planner

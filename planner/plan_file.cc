@@ -86,6 +86,7 @@ void save_plan(const PlanFile& f, const std::string& path) {
   for (const RankProgram& r : f.programs) {
     auto* rp = p.add_programs();
     rp->set_rank(r.rank);
+    rp->set_stage(r.stage);
     for (int64_t x : r.coords) rp->add_coords(x);
     rp->set_program(serialize_graph(r.graph, SaveOptions{}));
     for (auto& [n, s] : r.input_placements) to_proto(n, s, rp->add_inputs());
@@ -160,7 +161,7 @@ PlanFile load_plan(const std::string& path, const OpRegistry& registry) {
   e.mfu = p.mfu();
   e.peak_memory_bytes = p.peak_memory_bytes();
   for (auto& rp : p.programs()) {
-    RankProgram r{rp.rank(), {rp.coords().begin(), rp.coords().end()},
+    RankProgram r{rp.rank(), rp.stage(), {rp.coords().begin(), rp.coords().end()},
                   parse_graph(rp.program(), registry, path + " (rank " + std::to_string(rp.rank()) + ")"), {}, {}, {}};
     for (auto& x : rp.inputs()) r.input_placements.push_back(from_proto(x, path));
     for (auto& x : rp.variables()) r.variable_placements.push_back(from_proto(x, path));

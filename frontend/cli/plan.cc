@@ -57,8 +57,8 @@ int cmd_plan(int argc, char** argv) {
                                     "tflops_per_device, mfu, peak_memory_bytes, mesh, stages, search_time_s, alternatives, ...)", "text"},
                 {"--dot", "FILE", "write the graph coloured by stage, collectives drawn as red diamonds (Graphviz)", ""},
                 {"--trace", "FILE", "write the simulated step as a Chrome trace (chrome://tracing, Perfetto)", ""},
-                {"--output", "FILE", "write the plan (.tsp): config, placements, stages, predicted costs and, for "
-                                     "plans without pipeline stages on up to 64 devices, every rank's program", ""},
+                {"--output", "FILE", "write the plan (.tsp): config, placements, stages, predicted costs and, "
+                                     "on up to 64 devices, every rank's program", ""},
             },
             {});
   // The model may also be given as the first positional argument.
@@ -181,9 +181,7 @@ int cmd_plan(int argc, char** argv) {
     for (int32_t id : pm.graph->parameters())
       f.parameters.push_back({pm.graph->node(id).name,
                               planner::parameter_placement(*pm.graph, pm.graph->node(id), f.config, mesh, false).stored});
-    if (f.config.pp > 1) {
-      f.notes.push_back("per-rank programs not included: plans with pipeline stages are not partitioned yet");
-    } else if (f.config.devices() > 64) {
+    if (f.config.devices() > 64) {
       f.notes.push_back("per-rank programs not included for more than 64 devices");
     } else {
       // The full-depth training graph, not the planning stand-in.
@@ -193,7 +191,10 @@ int cmd_plan(int argc, char** argv) {
         add_training(m.model->graph(), "loss", oc);
         return m.model->graph();
       }();
-      f.programs = planner::partition(full, f.config);
+      std::vector<int64_t> bounds;
+      for (auto& st : result.best.stages) bounds.push_back(st.first_layer);
+      bounds.push_back(result.best.stages.back().end_layer);
+      f.programs = planner::partition(full, f.config, bounds);
     }
     planner::save_plan(f, args.str("--output"));
     std::cerr << "wrote " << args.str("--output") << " (" << f.programs.size() << " rank programs)\n";
