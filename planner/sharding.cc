@@ -170,7 +170,8 @@ int find_dim(const std::vector<int>& dims, int factor) {
 }
 }  // namespace
 
-NodePlacement propagate(const Graph& g, const Node& n, std::span<const Sharding> in, const Mesh& m) {
+NodePlacement propagate(const Graph& g, const Node& n, std::span<const Sharding> in, const Mesh& m,
+                        std::span<const double> weight) {
   const int axes = static_cast<int>(m.sizes.size());
   std::vector<TensorType> types;
   for (auto& v : n.inputs) types.push_back(g.type(v));
@@ -189,7 +190,7 @@ NodePlacement propagate(const Graph& g, const Node& n, std::span<const Sharding>
       if (!p.is_shard()) continue;
       const int f = rule.inputs[i][p.dim];
       if (f < 0 || rule.factor_sizes[f] % m.sizes[a] != 0) continue;
-      score[f] += static_cast<double>(types[i].bytes());
+      score[f] += static_cast<double>(types[i].bytes()) * (i < weight.size() ? weight[i] : 1.0);
     }
     int chosen = -1;
     double best = -1;
@@ -290,7 +291,10 @@ void sink_slices(const Graph& g, const Mesh& m, std::span<const int32_t> nodes, 
         int d = find_dim(rule.inputs[i], f);
         if (d < 0) continue;  // this input does not carry the split dim: stays as it is
         const Placement cur = in[i][a];
-        if (!(cur == Placement::S(d) || cur.kind == Placement::Kind::replicate)) { ok = false; break; }
+        // A partial sum resolved for this op is reduce-scattered instead of all-reduced.
+        const bool resolvable = cur.is_partial() && cur.reduce == FactorReduce::sum &&
+                                before.inputs[i][a].kind == Placement::Kind::replicate;
+        if (!(cur == Placement::S(d) || cur.kind == Placement::Kind::replicate || resolvable)) { ok = false; break; }
         want[i][a] = Placement::S(d);
       }
     }
@@ -339,6 +343,13 @@ GraphPlacement propagate_graph(const Graph& g, const Mesh& m, const SourcePlacem
     for (int32_t i = 0; i < g.size(); ++i) all.push_back(i);
     nodes = all;
   }
+  // Parameters, and views of them, hold their placement.
+  std::vector<char> is_weight(g.size(), 0);
+  for (int32_t id : nodes) {
+    const Node& n = g.node(id);
+    is_weight[id] = n.op == "parameter" || (n.def->view && is_weight[n.inputs[0].node]) ||
+                    (n.op == "cast" && is_weight[n.inputs[0].node]);
+  }
   for (int32_t id : nodes) {
     const Node& n = g.node(id);
     if (n.inputs.empty()) {
@@ -357,7 +368,9 @@ GraphPlacement propagate_graph(const Graph& g, const Mesh& m, const SourcePlacem
         throw Error(n.where() + ": input '" + g.node(v.node).name + "' was not placed before it");
       in.push_back(gp.at(v));
     }
-    NodePlacement p = propagate(g, n, in, m);
+    std::vector<double> weight;
+    for (auto& v : n.inputs) weight.push_back(is_weight[v.node] ? 1e6 : 1.0);
+    NodePlacement p = propagate(g, n, in, m, weight);
     for (size_t i = 0; i < in.size(); ++i) {
       if (in[i] == p.inputs[i]) continue;
       try {

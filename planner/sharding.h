@@ -86,7 +86,11 @@ struct NodePlacement {
 // the most input bytes, if it divides evenly), so that the fewest bytes move. Partial
 // inputs pass through additive ops whose inputs are all partial; otherwise they are
 // resolved before the op.
-NodePlacement propagate(const Graph& g, const Node& n, std::span<const Sharding> in, const Mesh& m);
+// `weight` (optional, per input) scales how much keeping an input in place counts:
+// propagate_graph gives parameters a large weight, so activations move to meet the
+// weights' split (Megatron) and not the other way round.
+NodePlacement propagate(const Graph& g, const Node& n, std::span<const Sharding> in, const Mesh& m,
+                        std::span<const double> weight = {});
 
 // Placements of a whole graph (or of the nodes listed, in order): sources take the
 // placement `source` gives them (replicated when it gives none), every other node the

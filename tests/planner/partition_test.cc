@@ -295,12 +295,13 @@ void check_equivalence(const Case& k) {
 }
 
 TEST(Partition, EveryStrategyComputesWhatOneDeviceComputes) {
-  auto cfg = [](int64_t dp, int64_t tp, int zero = 0, int64_t pp = 1) {
+  auto cfg = [](int64_t dp, int64_t tp, int zero = 0, int64_t pp = 1, bool sp = false) {
     PlanConfig c;
     c.dp = dp;
     c.tp = tp;
     c.zero = zero;
     c.pp = pp;
+    c.sequence_parallel = sp;
     return c;
   };
   const std::string mlp = "mlp:8-16-16-4", gpt = "gpt:layers=1,d_model=16,heads=4,seq=8,vocab=32";
@@ -315,7 +316,9 @@ TEST(Partition, EveryStrategyComputesWhatOneDeviceComputes) {
                                          {gpt, 4, cfg(2, 2, 2), "sgd"},
                                          // pipeline stages, alone and with dp and tp
                                          {mlp, 8, cfg(1, 1, 0, 2)}, {mlp, 8, cfg(1, 1, 0, 4)}, {mlp, 8, cfg(2, 2, 0, 2)},
-                                         {gpt, 4, cfg(1, 1, 0, 2), "sgd"}, {gpt, 4, cfg(2, 2, 0, 3), "sgd"}})
+                                         {gpt, 4, cfg(1, 1, 0, 2), "sgd"}, {gpt, 4, cfg(2, 2, 0, 3), "sgd"},
+                                         // sequence parallelism
+                                         {gpt, 4, cfg(1, 2, 0, 1, true), "sgd"}, {gpt, 4, cfg(2, 4, 0, 1, true), "sgd"}})
     check_equivalence(k);
 }
 
