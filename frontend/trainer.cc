@@ -11,6 +11,7 @@
 #include "frontend/models.h"
 #include "frontend/progress.h"
 #include "graph/error.h"
+#include "graph/text.h"
 #include "graph/serialize.h"
 #include "ops/registry.h"
 #include "planner/cost.h"
@@ -32,15 +33,6 @@ std::string json_number(double v) {
   return os.str();
 }
 
-std::string json_string(const std::string& s) {
-  std::string r = "\"";
-  for (char c : s) {
-    if (c == '"' || c == '\\') r += '\\';
-    if (static_cast<unsigned char>(c) < 0x20) { r += ' '; continue; }
-    r += c;
-  }
-  return r + "\"";
-}
 
 bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
@@ -117,7 +109,7 @@ struct TextFeeder final : Feeder {
 
 std::string TrainReport::json() const {
   std::ostringstream os;
-  os << "{\"model\":" << json_string(model) << ",\"steps\":" << steps << ",\"samples\":" << samples
+  os << "{\"model\":" << json_quote(model) << ",\"steps\":" << steps << ",\"samples\":" << samples
      << ",\"final_loss\":" << json_number(final_loss) << ",\"test_accuracy\":" << json_number(test_accuracy)
      << ",\"test_loss\":" << json_number(test_loss) << ",\"unigram_entropy\":" << json_number(unigram_entropy)
      << ",\"samples_per_s\":" << json_number(samples_per_s) << ",\"step_ms_median\":" << json_number(step_ms_median)

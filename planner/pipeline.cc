@@ -5,24 +5,9 @@
 #include <limits>
 
 #include "graph/error.h"
+#include "graph/text.h"
 
 namespace tessel::planner {
-
-namespace {
-
-std::string human_bytes(double b) {
-  const char* u[] = {"B", "KB", "MB", "GB", "TB"};
-  int i = 0;
-  while (b >= 1000 && i < 4) {
-    b /= 1000;
-    ++i;
-  }
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.3g %s", b, u[i]);
-  return buf;
-}
-
-}  // namespace
 
 std::vector<int64_t> partition_layers(const std::vector<double>& cost, int64_t stages) {
   const int64_t n = static_cast<int64_t>(cost.size());
@@ -331,10 +316,10 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
                                                          {st.activation_bytes, "activations"},
                                                          {st.working_bytes, "working memory"}};
     std::sort(parts.rbegin(), parts.rend());
-    est.fit_problem = "stage " + std::to_string(s) + " (" + st.layers + ") needs " + human_bytes(st.peak_memory_bytes) +
-                      " per device, " + human_bytes(st.peak_memory_bytes - cluster.device.memory_bytes) +
-                      " more than the " + human_bytes(cluster.device.memory_bytes) + " it has; largest part: " +
-                      parts[0].second + " " + human_bytes(parts[0].first);
+    est.fit_problem = "stage " + std::to_string(s) + " (" + st.layers + ") needs " + si_units(st.peak_memory_bytes, "B") +
+                      " per device, " + si_units(st.peak_memory_bytes - cluster.device.memory_bytes, "B") +
+                      " more than the " + si_units(cluster.device.memory_bytes, "B") + " it has; largest part: " +
+                      parts[0].second + " " + si_units(parts[0].first, "B");
     break;
   }
   for (const LayerProfile& l : mp.layers)

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "graph/error.h"
+#include "graph/text.h"
 
 namespace tessel::planner {
 
@@ -19,25 +20,7 @@ std::string num(double v, int prec = 4) {
   return b;
 }
 
-std::string human(double v, const char* unit) {
-  const char* p[] = {"", "K", "M", "G", "T", "P", "E"};
-  int i = 0;
-  while (std::fabs(v) >= 1000 && i < 6) {
-    v /= 1000;
-    ++i;
-  }
-  return num(v, 3) + " " + p[i] + unit;
-}
 
-std::string jstr(const std::string& s) {
-  std::string r = "\"";
-  for (char c : s) {
-    if (c == '"' || c == '\\') r += '\\';
-    if (static_cast<unsigned char>(c) < 0x20) continue;
-    r += c;
-  }
-  return r + "\"";
-}
 
 std::string jnum(double v) { return std::isfinite(v) ? num(v, 10) : "null"; }
 
@@ -82,26 +65,26 @@ std::string report_text(const SearchResult& r, const ReportContext& ctx) {
   os << "\nstages\n";
   for (size_t s = 0; s < e.stages.size(); ++s) {
     const StageEstimate& st = e.stages[s];
-    os << "  " << s << "  layers " << st.layers << "\n      memory " << human(st.peak_memory_bytes, "B") << " per device = weights "
-       << human(st.weight_bytes, "B") << " + gradients " << human(st.grad_bytes, "B") << " + optimizer "
-       << human(st.optimizer_bytes, "B") << " + activations " << human(st.activation_bytes, "B") << " + working "
-       << human(st.working_bytes, "B") << "\n      busy " << num(st.compute_s + st.optimizer_s) << " s, "
-       << human(st.flops, "FLOP") << " per device per step\n";
+    os << "  " << s << "  layers " << st.layers << "\n      memory " << si_units(st.peak_memory_bytes, "B") << " per device = weights "
+       << si_units(st.weight_bytes, "B") << " + gradients " << si_units(st.grad_bytes, "B") << " + optimizer "
+       << si_units(st.optimizer_bytes, "B") << " + activations " << si_units(st.activation_bytes, "B") << " + working "
+       << si_units(st.working_bytes, "B") << "\n      busy " << num(st.compute_s + st.optimizer_s) << " s, "
+       << si_units(st.flops, "FLOP") << " per device per step\n";
   }
   os << "\nplacements (per parameter, over [dp, tp] of its stage)\n";
   for (auto& [name, p] : placements(r, ctx)) os << "  " << name << "  " << p << "\n";
   os << "\npredicted step time  " << num(e.step_time_s) << " s = compute " << num(e.compute_s) << " + optimizer "
      << num(e.optimizer_s) << " + exposed comm " << num(e.exposed_comm_s) << " + bubble " << num(e.bubble_s)
      << "  (busiest device)\n";
-  os << "FLOPs per step       model " << human(e.model_flops_per_step, "FLOP") << ", hardware "
-     << human(e.hardware_flops_per_step, "FLOP") << "\n";
+  os << "FLOPs per step       model " << si_units(e.model_flops_per_step, "FLOP") << ", hardware "
+     << si_units(e.hardware_flops_per_step, "FLOP") << "\n";
   os << "throughput           " << num(e.tflops_per_device) << " TFLOP/s per device, MFU " << num(100 * e.mfu, 3) << " %\n";
-  os << "peak memory          " << human(e.peak_memory_bytes, "B") << " of " << human(e.memory_capacity_bytes, "B")
+  os << "peak memory          " << si_units(e.peak_memory_bytes, "B") << " of " << si_units(e.memory_capacity_bytes, "B")
      << " per device\n";
   if (ctx.spec) {
     os << "traffic per device   ";
     for (size_t l = 0; l < e.traffic_bytes_per_level.size(); ++l)
-      os << (l ? ", " : "") << ctx.spec->levels[l].name << " " << human(e.traffic_bytes_per_level[l], "B");
+      os << (l ? ", " : "") << ctx.spec->levels[l].name << " " << si_units(e.traffic_bytes_per_level[l], "B");
     os << " per step\n";
   }
   for (auto& n : e.notes) os << "note: " << n << "\n";
@@ -120,14 +103,14 @@ std::string report_json(const SearchResult& r, const ReportContext& ctx) {
   auto config_json = [](const PlanConfig& k) {
     return "{\"dp\":" + std::to_string(k.dp) + ",\"tp\":" + std::to_string(k.tp) + ",\"pp\":" + std::to_string(k.pp) +
            ",\"zero\":" + std::to_string(k.zero) + ",\"microbatches\":" + std::to_string(k.microbatches) +
-           ",\"schedule\":" + jstr(std::string(schedule_name(k.schedule))) + ",\"recompute\":" +
-           jstr(std::string(recompute_name(k.recompute))) + ",\"sequence_parallel\":" +
+           ",\"schedule\":" + json_quote(std::string(schedule_name(k.schedule))) + ",\"recompute\":" +
+           json_quote(std::string(recompute_name(k.recompute))) + ",\"sequence_parallel\":" +
            (k.sequence_parallel ? "true" : "false") + "}";
   };
   std::ostringstream os;
-  os << "{\"model\":" << jstr(ctx.model) << ",\"cluster\":" << jstr(ctx.cluster) << ",\"global_batch\":" << ctx.global_batch
+  os << "{\"model\":" << json_quote(ctx.model) << ",\"cluster\":" << json_quote(ctx.cluster) << ",\"global_batch\":" << ctx.global_batch
      << ",\"fits\":" << (e.fits ? "true" : "false");
-  if (!e.fits) os << ",\"fit_problem\":" << jstr(e.fit_problem);
+  if (!e.fits) os << ",\"fit_problem\":" << json_quote(e.fit_problem);
   os << ",\"config\":" << config_json(c) << ",\"mesh\":{\"pp\":" << c.pp << ",\"dp\":" << c.dp << ",\"tp\":" << c.tp
      << ",\"devices\":" << c.devices() << "}";
   os << ",\"step_time_s\":" << jnum(e.step_time_s) << ",\"breakdown\":{\"compute_s\":" << jnum(e.compute_s)
@@ -140,7 +123,7 @@ std::string report_json(const SearchResult& r, const ReportContext& ctx) {
   os << ",\"stages\":[";
   for (size_t s = 0; s < e.stages.size(); ++s) {
     const StageEstimate& st = e.stages[s];
-    os << (s ? "," : "") << "{\"layers\":" << jstr(st.layers) << ",\"first_layer\":" << st.first_layer
+    os << (s ? "," : "") << "{\"layers\":" << json_quote(st.layers) << ",\"first_layer\":" << st.first_layer
        << ",\"end_layer\":" << st.end_layer << ",\"peak_memory_bytes\":" << jnum(st.peak_memory_bytes)
        << ",\"weight_bytes\":" << jnum(st.weight_bytes) << ",\"grad_bytes\":" << jnum(st.grad_bytes)
        << ",\"optimizer_bytes\":" << jnum(st.optimizer_bytes) << ",\"activation_bytes\":" << jnum(st.activation_bytes)
@@ -149,18 +132,18 @@ std::string report_json(const SearchResult& r, const ReportContext& ctx) {
   os << "],\"placements\":{";
   bool first = true;
   for (auto& [name, p] : placements(r, ctx)) {
-    os << (first ? "" : ",") << jstr(name) << ":" << jstr(p);
+    os << (first ? "" : ",") << json_quote(name) << ":" << json_quote(p);
     first = false;
   }
   os << "},\"traffic_bytes_per_level\":{";
   for (size_t l = 0; ctx.spec && l < e.traffic_bytes_per_level.size(); ++l)
-    os << (l ? "," : "") << jstr(ctx.spec->levels[l].name) << ":" << jnum(e.traffic_bytes_per_level[l]);
+    os << (l ? "," : "") << json_quote(ctx.spec->levels[l].name) << ":" << jnum(e.traffic_bytes_per_level[l]);
   os << "},\"alternatives\":[";
   for (size_t i = 0; i < r.alternatives.size(); ++i) {
     const auto& a = r.alternatives[i];
     os << (i ? "," : "") << "{\"pins\":" << config_json(a.estimate.config) << ",\"step_time_s\":"
        << jnum(a.estimate.step_time_s) << ",\"fits\":" << (a.estimate.fits ? "true" : "false")
-       << ",\"why\":" << jstr(a.why) << "}";
+       << ",\"why\":" << json_quote(a.why) << "}";
   }
   os << "],\"search_time_s\":" << jnum(r.search_time_s) << ",\"candidates\":" << r.candidates
      << ",\"simulated\":" << r.simulated << "}";
@@ -190,12 +173,12 @@ std::string plan_dot(const SearchResult& r, const ReportContext& ctx) {
   static const char* palette[] = {"#cfe2f3", "#d9ead3", "#fff2cc", "#f4cccc", "#d9d2e9", "#fce5cd", "#d0e0e3", "#ead1dc"};
   std::ostringstream os;
   os << "digraph plan {\n  rankdir=TB;\n  node [shape=box, style=filled, fontname=\"Helvetica\", fontsize=10];\n";
-  os << "  label=" << jstr(ctx.model + " on " + ctx.cluster + ": " + c.str()) << ";\n";
+  os << "  label=" << json_quote(ctx.model + " on " + ctx.cluster + ": " + c.str()) << ";\n";
   for (int32_t id : nodes) {
     const Node& n = g.node(id);
     const int l = ls.layer_of[id];
     const int stage = l >= 0 ? stage_of_layer[l] : 0;
-    os << "  n" << id << " [label=" << jstr(n.name + "\\n" + n.op + " " + n.outputs[0].str() + "\\n" + sharding_str(gp.values[id][0]))
+    os << "  n" << id << " [label=" << json_quote(n.name + "\\n" + n.op + " " + n.outputs[0].str() + "\\n" + sharding_str(gp.values[id][0]))
        << ", fillcolor=\"" << (l >= 0 ? palette[stage % 8] : "#eeeeee") << "\"];\n";
   }
   std::set<std::pair<int32_t, int>> via_collective;
@@ -203,7 +186,7 @@ std::string plan_dot(const SearchResult& r, const ReportContext& ctx) {
     const auto& rs = gp.reshards[k];
     std::string label;
     for (auto& s : rs.steps) label += (label.empty() ? "" : "\\n") + std::string(reshard_name(s.kind)) + " over " + m.names[s.axis];
-    os << "  c" << k << " [shape=diamond, fillcolor=\"#e06666\", fontcolor=white, label=" << jstr(label) << "];\n";
+    os << "  c" << k << " [shape=diamond, fillcolor=\"#e06666\", fontcolor=white, label=" << json_quote(label) << "];\n";
     os << "  n" << rs.value.node << " -> c" << k << " [color=\"#e06666\"];\n";
     for (auto& [node, input] : rs.consumers) {
       os << "  c" << k << " -> n" << node << " [color=\"#e06666\"" << (input < 0 ? ", style=dashed, label=update" : "") << "];\n";

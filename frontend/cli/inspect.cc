@@ -9,6 +9,7 @@
 #include "frontend/cli/commands.h"
 #include "frontend/optim.h"
 #include "graph/error.h"
+#include "graph/text.h"
 #include "graph/serialize.h"
 #include "ops/registry.h"
 #include "planner/cost.h"
@@ -17,31 +18,11 @@ namespace tessel::cli {
 
 namespace {
 
-std::string human(double v, const char* unit) {
-  const char* prefix[] = {"", "K", "M", "G", "T", "P", "E"};
-  int i = 0;
-  while (v >= 1000 && i < 6) {
-    v /= 1000;
-    ++i;
-  }
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.3g %s%s", v, prefix[i], unit);
-  return buf;
-}
-
 std::string pad(std::string s, size_t w) {
   if (s.size() < w) s.resize(w, ' ');
   return s + " ";
 }
 
-std::string jstr(const std::string& s) {
-  std::string r = "\"";
-  for (char c : s) {
-    if (c == '"' || c == '\\') r += '\\';
-    r += c;
-  }
-  return r + "\"";
-}
 
 std::string init_str(const Node& n) {
   if (n.op != "parameter") return "";
@@ -97,31 +78,31 @@ int cmd_inspect(int argc, char** argv) {
 
   if (json) {
     std::ostringstream os;
-    os << "{\"file\":" << jstr(path) << ",\"nodes\":" << g.size() << ",\"inputs\":[";
+    os << "{\"file\":" << json_quote(path) << ",\"nodes\":" << g.size() << ",\"inputs\":[";
     bool first = true;
     for (int32_t id : g.nodes_of_kind(OpKind::input)) {
-      os << (first ? "" : ",") << "{\"name\":" << jstr(g.node(id).name) << ",\"type\":" << jstr(g.node(id).outputs[0].str()) << "}";
+      os << (first ? "" : ",") << "{\"name\":" << json_quote(g.node(id).name) << ",\"type\":" << json_quote(g.node(id).outputs[0].str()) << "}";
       first = false;
     }
     os << "],\"outputs\":[";
     first = true;
     for (auto& o : g.outputs()) {
-      os << (first ? "" : ",") << "{\"name\":" << jstr(o.name) << ",\"type\":" << jstr(g.type(o.value).str()) << "}";
+      os << (first ? "" : ",") << "{\"name\":" << json_quote(o.name) << ",\"type\":" << json_quote(g.type(o.value).str()) << "}";
       first = false;
     }
     os << "],\"parameters\":[";
     first = true;
     for (int32_t id : g.parameters()) {
       const Node& n = g.node(id);
-      os << (first ? "" : ",") << "{\"name\":" << jstr(n.name) << ",\"type\":" << jstr(n.outputs[0].str())
-         << ",\"elements\":" << n.outputs[0].numel() << ",\"init\":" << jstr(init_str(n))
+      os << (first ? "" : ",") << "{\"name\":" << json_quote(n.name) << ",\"type\":" << json_quote(n.outputs[0].str())
+         << ",\"elements\":" << n.outputs[0].numel() << ",\"init\":" << json_quote(init_str(n))
          << ",\"stored\":" << (g.data(id) ? "true" : "false") << "}";
       first = false;
     }
     os << "],\"parameter_elements\":" << pc.elements << ",\"parameter_bytes\":" << pc.bytes << ",\"ops\":{";
     first = true;
     for (auto& [op, c] : op_counts) {
-      os << (first ? "" : ",") << jstr(op) << ":" << c;
+      os << (first ? "" : ",") << json_quote(op) << ":" << c;
       first = false;
     }
     os << "},\"flops_forward\":" << fwd_flops << ",\"flops_train_step\":";
@@ -137,7 +118,7 @@ int cmd_inspect(int argc, char** argv) {
     std::cout << "  " << pad(g.node(id).name, 24) << g.node(id).outputs[0].str() << "\n";
   std::cout << "outputs:\n";
   for (auto& o : g.outputs()) std::cout << "  " << pad(o.name, 24) << g.type(o.value).str() << "\n";
-  std::cout << "parameters: " << pc.elements << " elements, " << human(static_cast<double>(pc.bytes), "B") << "\n";
+  std::cout << "parameters: " << pc.elements << " elements, " << si_units(static_cast<double>(pc.bytes), "B") << "\n";
   for (int32_t id : g.parameters()) {
     const Node& n = g.node(id);
     std::cout << "  " << pad(n.name, 24) << pad(n.outputs[0].str(), 18) << pad(std::to_string(n.outputs[0].numel()), 10)
@@ -145,9 +126,9 @@ int cmd_inspect(int argc, char** argv) {
   }
   std::cout << "ops:\n";
   for (auto& [op, c] : op_counts) std::cout << "  " << pad(op, 24) << c << "\n";
-  std::cout << "FLOPs per step:\n  forward              " << human(fwd_flops, "FLOP") << "\n";
+  std::cout << "FLOPs per step:\n  forward              " << si_units(fwd_flops, "FLOP") << "\n";
   if (std::isfinite(train_flops))
-    std::cout << "  training step        " << human(train_flops, "FLOP") << "  (" << train_note << ")\n";
+    std::cout << "  training step        " << si_units(train_flops, "FLOP") << "  (" << train_note << ")\n";
   if (args.has("--nodes")) {
     std::cout << "nodes:\n";
     for (auto& n : g.nodes()) {

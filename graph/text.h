@@ -1,0 +1,14 @@
+// Small text helpers every layer's reports share.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+namespace tessel {
+
+// `s` as a JSON string literal, quotes included; control characters escaped.
+std::string json_quote(std::string_view s);
+// v with an SI prefix and a unit, 3 significant digits: "1.86 MB", "2.45 GFLOP".
+std::string si_units(double v, std::string_view unit);
+
+}  // namespace tessel
