@@ -17,8 +17,9 @@ The "eq.3 TFLOP/s" columns put both sides on the paper's own FLOP count; tessel'
 (`tflops_per_device`, hardware FLOPs with recompute) is listed beside it, with the ratio of
 tessel's hardware FLOPs per step to eq. (3).
 
-Rows whose technique tessel does not model (selective recomputation, and sequence parallelism
-used together with it) are listed as "not modelled" and are not run. Rows that used the
+Every row runs with the recomputation and sequence parallelism it states (full recomputation
+without sequence parallelism, or Korthikanti's "present work": sequence parallelism with
+selective recomputation of the attention core). Rows that used the
 interleaved 1F1B schedule are run with tessel's plain 1F1B (the only 1F1B it has) and flagged:
 the paper's bubble is (p-1)/(v m), tessel's (p-1)/m.
 
@@ -100,10 +101,10 @@ source: "bench/plan_fidelity.py: a100-80g preset device and NVLink; 4 x Omni-Pat
 
 
 def row(name, src, layers, h, heads, gpus, batch, tp, pp, mbs, *, tflops=None, step=None, v=1, zero=0,
-        cluster=None, vocab=51200, seq=2048, modelled=True, why=""):
+        cluster=None, vocab=51200, seq=2048, recompute="full", sp=False, extra=(), modelled=True, why=""):
     return dict(name=name, src=src, layers=layers, h=h, heads=heads, seq=seq, vocab=vocab, gpus=gpus,
                 batch=batch, tp=tp, pp=pp, mbs=mbs, tflops=tflops, step=step, v=v, zero=zero,
-                cluster=cluster, modelled=modelled, why=why)
+                cluster=cluster, recompute=recompute, sp=sp, extra=list(extra), modelled=modelled, why=why)
 
 
 RUNS = [
@@ -128,18 +129,16 @@ RUNS = [
     row("530B", "K22-T5", 105, 20480, 128, 280, 280, 8, 35, 1, step=49.05, v=3),
     row("1T", "K22-T5", 128, 25600, 160, 512, 512, 8, 64, 1, step=94.42),
     # BLOOM 176B on Jean Zay.
+    # Its README states the stage layout (embedding counted as a block: [embed | 5 blocks], 10 x
+    # [6 blocks], [5 blocks | embed]) and that BF16_Optimizer accumulates gradients in f32.
     row("BLOOM 176B", "BLOOM", 70, 14336, 112, 384, 2048, 4, 12, 2, step=104.70, zero=1, cluster="jean-zay",
-        vocab=250880),
-    # Not modelled: selective recompute (+ sequence parallelism).
-    row("22B", "K22-PW", 48, 6144, 64, 8, 4, 8, 1, 4, step=1.10, modelled=False, why="SP + selective recompute"),
-    row("175B", "K22-PW", 96, 12288, 96, 64, 64, 8, 8, 1, step=13.75, v=3, modelled=False,
-        why="SP + selective recompute"),
-    row("530B", "K22-PW", 105, 20480, 128, 280, 280, 8, 35, 1, step=37.83, v=3, modelled=False,
-        why="SP + selective recompute"),
-    row("1T", "K22-PW", 128, 25600, 160, 512, 512, 8, 64, 1, step=71.49, modelled=False,
-        why="SP + selective recompute"),
-    row("530B", "K22-PW", 105, 20480, 128, 2240, 2240, 8, 35, 1, step=39.15, v=3, modelled=False,
-        why="SP + selective recompute"),
+        vocab=250880, extra=["--stage-layers", "6,6,6,6,6,6,6,6,6,6,6,7", "--f32-gradients"]),
+    # Korthikanti et al. 2022, Table 5 "present work" (sequence parallelism + selective recompute).
+    row("22B", "K22-PW", 48, 6144, 64, 8, 4, 8, 1, 4, step=1.10, recompute="selective", sp=True),
+    row("175B", "K22-PW", 96, 12288, 96, 64, 64, 8, 8, 1, step=13.75, v=3, recompute="selective", sp=True),
+    row("530B", "K22-PW", 105, 20480, 128, 280, 280, 8, 35, 1, step=37.83, v=3, recompute="selective", sp=True),
+    row("1T", "K22-PW", 128, 25600, 160, 512, 512, 8, 64, 1, step=71.49, recompute="selective", sp=True),
+    row("530B", "K22-PW", 105, 20480, 128, 2240, 2240, 8, 35, 1, step=39.15, v=3, recompute="selective", sp=True),
 ]
 
 
@@ -165,8 +164,8 @@ def command(tessel, r, eff, cluster_file):
     cluster = cluster_file if r["cluster"] == "jean-zay" else f"a100-80g:nodes={r['gpus'] // 8}"
     return [tessel, "plan", "--model", model, "--batch", str(r["batch"]), "--cluster", cluster,
             "--tp", str(r["tp"]), "--pp", str(r["pp"]), "--dp", str(r["dp"]), "--microbatches", str(r["m"]),
-            "--zero", str(r["zero"]), "--schedule", "1f1b", "--recompute", "full",
-            ] + (["--gemm-efficiency", repr(eff)] if eff is not None else []) + ["--format", "json"]
+            "--zero", str(r["zero"]), "--schedule", "1f1b", "--recompute", r["recompute"],
+            "--sp" if r["sp"] else "--no-sp"] + r["extra"] + (["--gemm-efficiency", repr(eff)] if eff is not None else []) + ["--format", "json"]
 
 
 def plan(tessel, r, eff, cluster_file):
@@ -252,10 +251,14 @@ def main():
         notes = []
         if r["v"] > 1:
             notes.append(f"paper interleaved (v={r['v']}), tessel plain 1F1B")
+        if r["sp"] or r["recompute"] != "full":
+            notes.append(("SP + " if r["sp"] else "") + f"{r['recompute']} recompute")
         if r["src"] == "N21-T2":
             notes.append("tp/pp split inferred")
         if r["cluster"] == "jean-zay":
             notes.append("Jean Zay cluster file (Omni-Path 6.25 GB/s per GPU)")
+        if r["extra"]:
+            notes.append("as stated: " + " ".join(r["extra"]))
         if not o.get("fits", True):
             cap = o.get("memory_capacity_bytes", 80e9)
             notes.append(f"planner: does not fit ({o['peak_memory_bytes'] / 1e9:.0f} GB of {cap / 1e9:.0f} GB)")
@@ -314,7 +317,7 @@ def main():
               (" --scan" if a.scan else "") + " --record"
         body = [f"Command: `{cmd}`  ",
                 f"Recorded {time.strftime('%Y-%m-%d')}. `tessel plan` pinned to each published configuration "
-                f"(--tp --pp --dp --microbatches --zero --schedule 1f1b --recompute full), cluster "
+                f"(--tp --pp --dp --microbatches --zero --schedule 1f1b, --recompute and --sp/--no-sp as the run stated), cluster "
                 f"`a100-80g:nodes=GPUs/8` (Selene) unless noted, gemm efficiency {eff_label}. "
                 "Error = (predicted - published) / published step time; negative = tessel predicts faster. "
                 "Published step time: given directly (K22, BLOOM) or eq.(3) FLOPs / (TFLOP/s x GPUs) (N21).", "",

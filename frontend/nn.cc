@@ -31,17 +31,19 @@ Tensor Linear::operator()(const Tensor& x, SourceLoc loc) const {
   if (s.empty() || s.back() != in_features)
     throw Error(Origin::at(loc).str() + ": linear '" + name + "': input " +
                 x.type().str() + " does not end in " + std::to_string(in_features) + " features");
-  // Fold leading dims into rows so forward and backward are plain 2-D GEMMs.
+  // Fold leading dims into rows so forward and backward are plain 2-D GEMMs. The bias is
+  // added after unfolding: a row-parallel product's partial sum then meets it as
+  // [batch, seq, features], which sequence parallelism reduce-scatters along the sequence.
   Value v = x.value();
   const bool fold = s.size() != 2;
   if (fold) v = e.reshape(v, {-1, in_features});
   Value y = e.matmul(v, weight.value());
-  if (bias.valid()) y = e.add(y, bias.value());
   if (fold) {
     Shape out(s.begin(), s.end() - 1);
     out.push_back(out_features);
     y = e.reshape(y, out);
   }
+  if (bias.valid()) y = e.add(y, bias.value());
   return m.wrap(y);
 }
 

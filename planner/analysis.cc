@@ -11,6 +11,17 @@ namespace tessel::planner {
 namespace {
 
 bool fusible(const Node& n) { return n.def->scalar != nullptr; }
+
+// The attention core of a layer (what selective recomputation reruns): the nodes of an
+// attention scope outside its q/k/v/output projections.
+bool attention_core(const Node& n) {
+  const auto at = n.name.find("/attn/");
+  if (at == std::string::npos || n.def->kind != OpKind::compute || n.name.find("/grad/") != std::string::npos) return false;
+  const std::string rest = n.name.substr(at + 6);
+  for (const char* proj : {"q/", "k/", "v/", "proj/"})
+    if (rest.rfind(proj, 0) == 0) return false;
+  return true;
+}
 bool chain_end(const Node& n) { return fusible(n) || n.op == "sum" || n.op == "max"; }
 
 struct Context {
@@ -85,10 +96,12 @@ NodeCost node_cost(const Context& x, const Node& n) {
   return nc;
 }
 
-std::vector<Segment> comm_segments(const Context& x, const GraphPlacement::Reshard& r, bool optimizer) {
+std::vector<Segment> comm_segments(const Context& x, const GraphPlacement::Reshard& r, bool optimizer,
+                                   bool gradient = false) {
   std::vector<Segment> segs;
   const TensorType& t = x.g.type(r.value);
-  const double scale = esize(x, t.dtype, optimizer) / static_cast<double>(dtype_size(t.dtype));
+  const double elem = gradient && x.opt.f32_gradients ? 4.0 : esize(x, t.dtype, optimizer);
+  const double scale = elem / static_cast<double>(dtype_size(t.dtype));
   for (const ReshardStep& s : r.steps) {
     if (!s.is_collective()) continue;
     Segment seg;
@@ -126,7 +139,7 @@ ModelProfile profile_model(const Graph& g, const std::string& phase, const PlanC
     if (mine) nodes.push_back(id);
   }
   Context x{g, c, cluster, opt, stage_mesh(c), {}, {}, {}, {}, {}};
-  x.gp = propagate_graph(g, x.mesh, source_placements(g, c, x.mesh), nodes);
+  x.gp = place_graph(g, c, x.mesh, nodes);
   for (size_t r = 0; r < x.gp.reshards.size(); ++r)
     for (auto& [node, input] : x.gp.reshards[r].consumers)
       if (input >= 0) x.reshard_at[{node, input}] = r;
@@ -173,10 +186,12 @@ ModelProfile profile_model(const Graph& g, const std::string& phase, const PlanC
     const Layer& layer = ls.layers[li];
     LayerProfile lp;
     lp.name = layer.name;
+    double fwd_flops = 0, bwd_flops = 0;
     if (auto it = rep.find(layer.name); it != rep.end()) lp.repeat = it->second;
     auto walk = [&](const std::vector<int32_t>& ids, std::vector<Segment>& segs, double& compute, double* flops) {
       for (int32_t id : ids) {
         const Node& n = g.node(id);
+        const bool core = flops == &fwd_flops && attention_core(n);
         if (auto it = paid_before.find(id); it != paid_before.end())
           for (size_t r : it->second) {
             const Node& src = g.node(x.gp.reshards[r].value.node);
@@ -188,15 +203,19 @@ ModelProfile profile_model(const Graph& g, const std::string& phase, const PlanC
         NodeCost nc = node_cost(x, n);
         compute += nc.seconds;
         push_compute(segs, nc.seconds);
+        if (core) lp.core_forward_s += nc.seconds;
         if (flops) {
           std::vector<TensorType> in;
           for (auto& v : n.inputs) in.push_back(g.type(v));
-          if (n.def->cost && n.def->kind == OpKind::compute) *flops += n.def->cost(n, in).flops;
+          if (n.def->cost && n.def->kind == OpKind::compute) {
+            const double f = n.def->cost(n, in).flops;
+            *flops += f;
+            if (core) lp.core_forward_flops += f;
+          }
         }
         lp.working_bytes = std::max(lp.working_bytes, nc.io_bytes);
       }
     };
-    double fwd_flops = 0, bwd_flops = 0;
     walk(layer.forward, lp.forward, lp.forward_compute_s, &fwd_flops);
     walk(layer.backward, lp.backward, lp.backward_compute_s, &bwd_flops);
     lp.forward_flops = fwd_flops;
@@ -223,7 +242,7 @@ ModelProfile profile_model(const Graph& g, const std::string& phase, const PlanC
       if (update)
         for (auto& s : comm_segments(x, rs, false)) lp.param_sync.push_back(s);
       else if (to_optimizer && from_backward)
-        for (auto& s : comm_segments(x, rs, false)) lp.grad_sync.push_back(s);
+        for (auto& s : comm_segments(x, rs, false, true)) lp.grad_sync.push_back(s);
     }
 
     // Memory of one device.
@@ -240,7 +259,7 @@ ModelProfile profile_model(const Graph& g, const std::string& phase, const PlanC
       const double grad_local = static_cast<double>(numel(local_shape(n.outputs[0].shape, grad_s, x.mesh)));
       lp.parameters += elems;
       lp.weight_bytes += local * wsize;
-      lp.grad_bytes += grad_local * wsize;
+      lp.grad_bytes += grad_local * (opt.f32_gradients ? 4 : wsize);
       const TpRole role = tp_role(n.name, g);
       const bool row_bias = role == TpRole::row && n.outputs[0].rank() == 1;  // replicated by design
       if (pp.used[x.mesh.axis("tp")] == Placement::R() && c.tp > 1 && role != TpRole::replicated && !row_bias)
@@ -262,7 +281,7 @@ ModelProfile profile_model(const Graph& g, const std::string& phase, const PlanC
     }
     std::set<int32_t> fwd(layer.forward.begin(), layer.forward.end());
     std::set<int32_t> bwd(layer.backward.begin(), layer.backward.end());
-    std::set<std::pair<int32_t, int32_t>> saved, inputs, outputs;
+    std::set<std::pair<int32_t, int32_t>> saved, inputs, outputs, core_saved, core_inputs;
     for (int32_t id = 0; id < g.size(); ++id) {
       if (ls.layer_of[id] < 0 && std::find(ls.global.begin(), ls.global.end(), id) == ls.global.end()) continue;
       const Node& n = g.node(id);
@@ -272,7 +291,12 @@ ModelProfile profile_model(const Graph& g, const std::string& phase, const PlanC
           if (src.def->kind == OpKind::input && fwd.count(id)) inputs.insert({v.node, v.index});
           continue;
         }
-        if (fwd.count(v.node) && bwd.count(id)) saved.insert({v.node, v.index});
+        if (fwd.count(v.node) && bwd.count(id)) {
+          saved.insert({v.node, v.index});
+          if (attention_core(src)) core_saved.insert({v.node, v.index});
+        }
+        if (fwd.count(id) && attention_core(n) && fwd.count(v.node) && !attention_core(src))
+          core_inputs.insert({v.node, v.index});
         if (!fwd.count(v.node) && fwd.count(id) && !x.optimizer_node[v.node] && ls.layer_of[v.node] != static_cast<int>(li))
           inputs.insert({v.node, v.index});
         if (fwd.count(v.node) && !fwd.count(id) && !bwd.count(id) && !x.optimizer_node[id] &&
@@ -286,6 +310,12 @@ ModelProfile profile_model(const Graph& g, const std::string& phase, const PlanC
       return b;
     };
     lp.activation_bytes = bytes_of(saved);
+    std::set<std::pair<int32_t, int32_t>> kept;
+    for (auto& v : saved)
+      if (!core_saved.count(v)) kept.insert(v);
+    kept.insert(core_inputs.begin(), core_inputs.end());
+    lp.selective_kept_bytes = bytes_of(kept);
+    lp.core_rebuilt_bytes = bytes_of(core_saved);
     lp.input_bytes = bytes_of(inputs);
     lp.output_bytes = bytes_of(outputs);
     mp.layers.push_back(std::move(lp));

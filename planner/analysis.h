@@ -23,6 +23,10 @@ struct CostOptions {
   // Count chains of elementwise ops as one fused kernel (what the lowering issue builds):
   // an intermediate with a single elementwise consumer costs no memory traffic or launch.
   bool fuse_elementwise = true;
+  // With mixed precision: gradients accumulated over microbatches and reduced across
+  // replicas in f32 rather than in the compute dtype (what Megatron does with bf16, and
+  // DeepSpeed's BF16_Optimizer): twice the gradient memory and data-parallel traffic.
+  bool f32_gradients = false;
 };
 
 // A piece of a layer's forward or backward pass on one device: compute, or a collective
@@ -55,6 +59,11 @@ struct LayerProfile {
   double input_bytes = 0;           // the layer's input, one microbatch (all recompute keeps)
   double output_bytes = 0;          // what a stage boundary after this layer sends, one microbatch
   double working_bytes = 0;         // largest transient set while computing the layer
+  // Selective recomputation: the attention core's forward (rerun before the backward), and
+  // what the layer keeps for its backward without the core's activations; the core's own
+  // kept values that the rerun rebuilds.
+  double core_forward_s = 0, core_forward_flops = 0;
+  double selective_kept_bytes = 0, core_rebuilt_bytes = 0;
   std::vector<std::string> notes;   // e.g. "fc2/weight: tp split does not divide, replicated"
 };
 

@@ -59,7 +59,35 @@ std::vector<std::byte> slice_bytes(const std::vector<std::byte>& all, const Tens
 struct Staging {
   std::vector<int> stage_of;
   int64_t stage_size = 1;  // ranks per stage
+  std::vector<Section> section_of;  // per node of the training graph
 };
+
+// The section of every node: layers' forward, backward and optimizer nodes by the layer
+// structure; shared nodes (data, counters, learning rate, gradient norms) run in the
+// earliest section that reads them, but never before a section they read.
+std::vector<Section> sections(const Graph& g, const LayerStructure& ls, std::span<const int32_t> nodes) {
+  std::vector<Section> sec(g.size(), Section::apply);
+  std::vector<char> global(g.size(), 1), read(g.size(), 0);
+  for (auto& l : ls.layers) {
+    for (int32_t id : l.forward) sec[id] = Section::forward, global[id] = 0;
+    for (int32_t id : l.backward) sec[id] = Section::backward, global[id] = 0;
+    for (int32_t id : l.optimizer) sec[id] = Section::apply, global[id] = 0;
+  }
+  for (auto it = nodes.rbegin(); it != nodes.rend(); ++it) {  // earliest reader
+    const Node& n = g.node(*it);
+    for (auto& in : n.inputs)
+      if (global[in.node]) {
+        sec[in.node] = read[in.node] ? std::min(sec[in.node], sec[*it]) : sec[*it];
+        read[in.node] = 1;
+      }
+  }
+  for (int32_t id : nodes) {  // not before what it reads
+    if (!global[id]) continue;
+    if (!read[id]) sec[id] = Section::forward;  // an output only (logits)
+    for (auto& in : g.node(id).inputs) sec[id] = std::max(sec[id], sec[in.node]);
+  }
+  return sec;
+}
 
 class RankBuilder {
  public:
@@ -98,8 +126,11 @@ class RankBuilder {
         if (from == stage_ && to != stage_ && to >= 0) readers_[{in.node, in.index}].insert(to);
       }
     }
-    for (int32_t id : nodes) add(g_.node(id));
-    RankProgram p{rank_, stage_, coords_, Graph(g_.registry()), {}, {}, {}};
+    for (int32_t id : nodes) {
+      add(g_.node(id));
+      mark(st_.section_of[id]);
+    }
+    RankProgram p{rank_, stage_, coords_, Graph(g_.registry()), {}, {}, {}, {}, {}};
     for (int32_t id : nodes) {
       const Node& n = g_.node(id);
       if (n.def->kind == OpKind::input) p.input_placements.push_back({n.name, gp_.values[id][0]});
@@ -112,20 +143,26 @@ class RankBuilder {
       for (auto& pl : want)
         if (pl.is_partial()) pl = Placement::R();
       out_.set_output(o.name, resharded(o.value, want, g_.node(o.value.node)));
+      mark(st_.section_of[o.value.node]);
       p.output_placements.push_back({o.name, want});
     }
     for (auto& u : g_.updates()) {
       if (local_[u.variable].empty() || local_[u.value.node].empty()) continue;
       Value v = resharded(u.value, gp_.values[u.variable][0], g_.node(u.variable));
       out_.add_update(local_[u.variable][0].node, v, u.phase);
+      mark(Section::apply);
     }
     out_.verify();
     p.graph = std::move(out_);
+    p.section = std::move(section_);
     return p;
   }
 
 
  private:
+  // Nodes added since the last mark belong to section s.
+  void mark(Section s) { section_.resize(static_cast<size_t>(out_.size()), s); }
+
   // A unique tag for a value sent to a stage, the same on both ends.
   int64_t tag(Value v, int to) const { return (int64_t{v.node} * 64 + v.index) * 4096 + to; }
 
@@ -254,6 +291,7 @@ class RankBuilder {
   std::map<std::pair<int32_t, int>, size_t> at_;
   std::map<std::tuple<int32_t, int32_t, std::string>, Value> memo_;
   std::map<std::pair<int32_t, int32_t>, std::set<int>> readers_;  // value -> stages reading it
+  std::vector<Section> section_;
 };
 
 }  // namespace
@@ -264,18 +302,23 @@ std::vector<RankProgram> partition(const Graph& g, const PlanConfig& c, std::vec
   for (auto& u : g.updates()) targets.push_back(u.value), targets.push_back(Value{u.variable, 0});
   for (auto& o : g.outputs()) targets.push_back(o.value);
   const std::vector<int32_t> nodes = needed_nodes(g, targets);
-  const GraphPlacement gp = propagate_graph(g, m, source_placements(g, c, m), nodes);
+  const GraphPlacement gp = place_graph(g, c, m, nodes);
 
   Staging st;
   st.stage_size = m.size();
   st.stage_of.assign(g.size(), 0);
+  const std::string phase = g.updates().empty() ? "train" : g.updates().front().phase;
+  const LayerStructure ls = find_layers(g, phase);
+  st.section_of = sections(g, ls, nodes);
   if (c.pp > 1) {
     // A stage per contiguous range of layers; shared nodes computed from one stage's
     // values join it.
-    const std::string phase = g.updates().empty() ? "train" : g.updates().front().phase;
-    LayerStructure ls = find_layers(g, phase);
     const int64_t L = static_cast<int64_t>(ls.layers.size());
     if (c.pp > L) throw Error("partition: " + std::to_string(c.pp) + " stages for " + std::to_string(L) + " layers");
+    if (stage_bounds.empty() && !c.stage_layers.empty()) {
+      stage_bounds.push_back(0);
+      for (int64_t n : c.stage_layers) stage_bounds.push_back(stage_bounds.back() + n);
+    }
     if (stage_bounds.empty())
       for (int64_t s = 0; s <= c.pp; ++s) stage_bounds.push_back(s * L / c.pp);
     if (static_cast<int64_t>(stage_bounds.size()) != c.pp + 1 || stage_bounds.front() != 0 || stage_bounds.back() != L)
@@ -302,7 +345,10 @@ std::vector<RankProgram> partition(const Graph& g, const PlanConfig& c, std::vec
   }
   std::vector<RankProgram> out;
   for (int64_t s = 0; s < c.pp; ++s)
-    for (int64_t r = 0; r < m.size(); ++r) out.push_back(RankBuilder(g, gp, m, r, s, st).build(nodes));
+    for (int64_t r = 0; r < m.size(); ++r) {
+      out.push_back(RankBuilder(g, gp, m, r, s, st).build(nodes));
+      out.back().schedule = stage_schedule(c, s);
+    }
   return out;
 }
 

@@ -22,6 +22,13 @@ struct RankProgram {
   // How inputs (fed per step) and variables are split: the runtime feeds each rank its part
   // of the batch and gathers variables for checkpoints.
   std::vector<std::pair<std::string, Sharding>> input_placements, variable_placements;
+  // Per node of `graph`: the part of the step it belongs to. A stage runs `schedule`: for each
+  // microbatch the forward section (on that microbatch's inputs), later its backward section
+  // (reading the values its forward kept for it), and after the last backward the apply
+  // section, which reads the mean over microbatches of each backward value it consumes (the
+  // gradients). Forward nodes read no backward or apply value; backward nodes no apply value.
+  std::vector<Section> section;
+  std::vector<ScheduleStep> schedule;
 };
 
 // Where rank `coords`' shard of a tensor of `global` shape starts, per dim.
@@ -30,9 +37,9 @@ std::vector<int64_t> shard_offsets(std::span<const int64_t> global, const Shardi
 
 // Programs for every rank: stage s holds ranks [s*dp*tp, (s+1)*dp*tp). With pp > 1, the
 // layers (planner/layers.h) are cut into contiguous stages at `stage_bounds` (layer
-// indices; empty: equal layer counts) and values crossing a cut travel by send/recv
+// indices; empty: the config's stage_layers, else equal layer counts) and values crossing a cut travel by send/recv
 // between the ranks with the same (dp, tp) coordinates; each program runs one microbatch's
-// forward and backward (pipelining microbatches across stages is the runtime's schedule).
+// forward and backward, split into sections and ordered by the config's schedule.
 std::vector<RankProgram> partition(const Graph& g, const PlanConfig& c,
                                    std::vector<int64_t> stage_bounds = {});
 

@@ -37,13 +37,28 @@ std::vector<int64_t> partition_layers(const std::vector<double>& cost, int64_t s
   return bounds;
 }
 
+std::vector<int64_t> stage_bounds(const std::vector<double>& busy, const PlanConfig& c) {
+  if (c.stage_layers.empty()) return partition_layers(busy, c.pp);
+  const int64_t L = static_cast<int64_t>(busy.size());
+  std::vector<int64_t> b{0};
+  for (int64_t n : c.stage_layers) {
+    if (n < 1) throw Error("plan " + c.str() + ": every pipeline stage needs at least one layer");
+    b.push_back(b.back() + n);
+  }
+  if (static_cast<int64_t>(c.stage_layers.size()) != c.pp || b.back() != L)
+    throw Error("plan " + c.str() + ": the layers per stage must be " + std::to_string(c.pp) + " counts summing to the model's " +
+                std::to_string(L) + " layers (embedding, blocks, final norm, loss)");
+  return b;
+}
+
 std::vector<double> layer_busy_times(const ModelProfile& mp, const PlanConfig& c) {
   std::vector<double> t;
   for (const LayerProfile& l : mp.layers) {
     double f = 0, b = 0;
     for (auto& s : l.forward) f += s.seconds;
     for (auto& s : l.backward) b += s.seconds;
-    const double v = f * (c.recompute == Recompute::full ? 2 : 1) + b;
+    const double v = f * (c.recompute == Recompute::full ? 2 : 1) + b +
+                     (c.recompute == Recompute::selective ? l.core_forward_s : 0);
     for (int64_t r = 0; r < l.repeat; ++r) t.push_back(v);
   }
   return t;
@@ -68,7 +83,12 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
   const int64_t L = static_cast<int64_t>(layers.size());
   if (c.pp > L) throw Error("plan " + c.str() + ": " + std::to_string(c.pp) + " pipeline stages for " + std::to_string(L) + " layers");
   const bool recompute = c.recompute == Recompute::full;
-  std::vector<int64_t> bounds = partition_layers(layer_busy_times(mp, c), c.pp);
+  const bool selective = c.recompute == Recompute::selective;
+  // FLOPs a microbatch of layer l reruns before its backward.
+  auto rerun_flops = [&](const LayerProfile& l) {
+    return recompute ? l.forward_flops : selective ? l.core_forward_flops : 0;
+  };
+  std::vector<int64_t> bounds = stage_bounds(layer_busy_times(mp, c), c);
   const int64_t m = c.microbatches;
 
   std::vector<double> base(c.pp, 0);
@@ -83,7 +103,7 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
       st.grad_bytes += layers[i]->grad_bytes;
       st.optimizer_bytes += layers[i]->optimizer_bytes;
       st.working_bytes = std::max(st.working_bytes, layers[i]->working_bytes);
-      st.flops += (layers[i]->model_flops + (recompute ? layers[i]->forward_flops : 0)) * static_cast<double>(m) /
+      st.flops += (layers[i]->model_flops + rerun_flops(*layers[i])) * static_cast<double>(m) /
                   static_cast<double>(c.tp * c.dp);
     }
     base[s] = st.weight_bytes + st.grad_bytes + st.optimizer_bytes + st.working_bytes;
@@ -99,6 +119,14 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
   // compute stream anyway (nothing else is queued behind them on that rank), so folding
   // them in changes no times, and their time is booked as exposed communication.
   const bool coarse = !keep_simulation;
+  // Task names only matter for a trace; the search simulates hundreds of plans without.
+  const bool named = keep_simulation;
+  auto mb_label = [&](const std::string& what, int64_t j, const char* suffix) {
+    return named ? what + "/mb" + std::to_string(j) + suffix : std::string();
+  };
+  auto stage_label = [&](int64_t s, const char* what) {
+    return named ? "stage" + std::to_string(s) + what : std::string();
+  };
   std::vector<double> folded_comm(c.pp, 0);
   auto emit = [&](int64_t s, const std::vector<Segment>& segs, TaskKind kind, const std::string& label,
                   int64_t dep, double mem_delta, int64_t& first_task) {
@@ -120,7 +148,7 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
     }
     for (const Segment& seg : segs) {
       Task t;
-      t.name = label + (seg.comm ? "/" + std::string(collective_name(seg.op)) : "");
+      if (named) t.name = label + (seg.comm ? "/" + std::string(collective_name(seg.op)) : "");
       t.rank = s;
       t.stream = seg.comm ? Stream::comm : Stream::compute;
       t.kind = seg.comm ? TaskKind::collective : kind;
@@ -135,7 +163,7 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
     }
     if (mem_delta > 0) {  // no compute piece to carry it
       Task t;
-      t.name = label + "/alloc";
+      if (named) t.name = label + "/alloc";
       t.rank = s;
       t.memory_delta_bytes = mem_delta;
       if (prev >= 0) t.deps.push_back(prev);
@@ -148,7 +176,7 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
     int64_t dep = -1;
     if (s > 0) {  // activations from the previous stage
       Task recv;
-      recv.name = "stage" + std::to_string(s) + "/mb" + std::to_string(j) + "/recv";
+      recv.name = mb_label(stage_label(s, ""), j, "/recv");
       recv.rank = s;
       recv.stream = Stream::comm;
       recv.kind = TaskKind::recv;
@@ -160,9 +188,11 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
     }
     int64_t first = -1, last = dep;
     for (int64_t i = bounds[s]; i < bounds[s + 1]; ++i) {
-      const double keep = recompute ? layers[i]->input_bytes : layers[i]->activation_bytes;
+      const double keep = recompute   ? layers[i]->input_bytes
+                          : selective ? layers[i]->selective_kept_bytes
+                                      : layers[i]->activation_bytes;
       int64_t f = -1;
-      last = emit(s, layers[i]->forward, TaskKind::forward, names[i] + "/mb" + std::to_string(j) + "/fwd", last, keep, f);
+      last = emit(s, layers[i]->forward, TaskKind::forward, mb_label(names[i], j, "/fwd"), last, keep, f);
       if (first < 0) first = f;
     }
     fwd_start[s][j] = first;
@@ -173,7 +203,7 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
     int64_t recv = -1;
     if (s + 1 < c.pp) {  // gradients from the next stage (added later: wired with add_dep)
       Task t;
-      t.name = "stage" + std::to_string(s) + "/mb" + std::to_string(j) + "/recv_grad";
+      t.name = mb_label(stage_label(s, ""), j, "/recv_grad");
       t.rank = s;
       t.stream = Stream::comm;
       t.kind = TaskKind::recv;
@@ -185,20 +215,26 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
     }
     int64_t first = -1, last = dep;
     for (int64_t i = bounds[s + 1] - 1; i >= bounds[s]; --i) {
-      const std::string label = names[i] + "/mb" + std::to_string(j);
+      const std::string label = mb_label(names[i], j, "");
       int64_t f = -1;
-      if (recompute) last = emit(s, layers[i]->forward, TaskKind::recompute, label + "/recompute", last,
+      if (recompute) last = emit(s, layers[i]->forward, TaskKind::recompute, named ? label + "/recompute" : label, last,
                                   layers[i]->activation_bytes, f);
+      if (selective && layers[i]->core_forward_s > 0) {
+        const std::vector<Segment> core{Segment{false, layers[i]->core_forward_s, Collective::all_reduce, -1, 0, -1, 0,
+                                                "attention core"}};
+        last = emit(s, core, TaskKind::recompute, named ? label + "/recompute_core" : label, last, layers[i]->core_rebuilt_bytes, f);
+      }
       int64_t b = -1;
-      last = emit(s, layers[i]->backward, TaskKind::backward, label + "/bwd", last, 0, b);
+      last = emit(s, layers[i]->backward, TaskKind::backward, named ? label + "/bwd" : label, last, 0, b);
       if (first < 0) first = f >= 0 ? f : b;
       // Free what forward kept (and what recompute rebuilt) when the layer's backward ends.
       Task free_task;
-      free_task.name = label + "/free";
+      if (named) free_task.name = label + "/free";
       free_task.rank = s;
       free_task.deps.push_back(last);
-      free_task.memory_delta_bytes = -(recompute ? layers[i]->input_bytes + layers[i]->activation_bytes
-                                                 : layers[i]->activation_bytes);
+      free_task.memory_delta_bytes = -(recompute   ? layers[i]->input_bytes + layers[i]->activation_bytes
+                                       : selective ? layers[i]->selective_kept_bytes + layers[i]->core_rebuilt_bytes
+                                                   : layers[i]->activation_bytes);
       last = sim->add(std::move(free_task));
       last_bwd_of_layer[i] = last;
     }
@@ -206,20 +242,11 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
     bwd_end[s][j] = last;
   };
   // Programs in schedule order, stage after stage; cross-stage waits are wired afterwards.
-  for (int64_t s = 0; s < c.pp; ++s) {
-    if (c.schedule == Schedule::gpipe && c.pp > 1) {
-      for (int64_t j = 0; j < m; ++j) forward(s, j);
-      for (int64_t j = 0; j < m; ++j) backward(s, j);
-    } else {
-      const int64_t warm = std::min(c.pp - s - 1, m);
-      for (int64_t j = 0; j < warm; ++j) forward(s, j);
-      for (int64_t j = 0; j + warm < m; ++j) {
-        forward(s, j + warm);
-        backward(s, j);
-      }
-      for (int64_t j = m - warm; j < m; ++j) backward(s, j);
+  for (int64_t s = 0; s < c.pp; ++s)
+    for (const ScheduleStep& step : stage_schedule(c, s)) {
+      if (step.section == Section::forward) forward(s, step.microbatch);
+      else if (step.section == Section::backward) backward(s, step.microbatch);
     }
-  }
   for (int64_t s = 0; s + 1 < c.pp; ++s)
     for (int64_t j = 0; j < m; ++j) sim->add_dep(bwd_start[s][j], bwd_end[s + 1][j]);
 
@@ -274,7 +301,7 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
   double model = 0, hardware = 0;
   for (const LayerProfile* l : layers) {
     model += l->model_flops;
-    hardware += l->model_flops + (recompute ? l->forward_flops : 0);
+    hardware += l->model_flops + rerun_flops(*l);
   }
   const double per_step = static_cast<double>(m);  // profiles cover all replicas' microbatch
   est.model_flops_per_step = model * per_step;

@@ -44,6 +44,9 @@ struct PlanEstimate {
 // Contiguous ranges of layers per stage minimising the slowest stage: bounds[s] is stage
 // s's first layer, bounds[stages] the layer count.
 std::vector<int64_t> partition_layers(const std::vector<double>& cost, int64_t stages);
+// The stage bounds of a config: its pinned layers per stage (checked against the layer
+// count), or partition_layers of the layers' busy times.
+std::vector<int64_t> stage_bounds(const std::vector<double>& busy, const PlanConfig& c);
 // Per expanded layer: the time one microbatch keeps a device busy (compute, the
 // collectives it waits for, and the forward again when recomputing).
 std::vector<double> layer_busy_times(const ModelProfile& mp, const PlanConfig& c);

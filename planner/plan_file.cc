@@ -55,6 +55,7 @@ void save_plan(const PlanFile& f, const std::string& path) {
   p.set_schedule(std::string(schedule_name(c.schedule)));
   p.set_recompute(std::string(recompute_name(c.recompute)));
   p.set_sequence_parallel(c.sequence_parallel);
+  for (int64_t n : c.stage_layers) p.add_stage_layers(n);
   const Mesh m = stage_mesh(c);
   for (size_t a = 0; a < m.names.size(); ++a) {
     p.add_mesh_axes(m.names[a]);
@@ -92,6 +93,14 @@ void save_plan(const PlanFile& f, const std::string& path) {
     for (auto& [n, s] : r.input_placements) to_proto(n, s, rp->add_inputs());
     for (auto& [n, s] : r.variable_placements) to_proto(n, s, rp->add_variables());
     for (auto& [n, s] : r.output_placements) to_proto(n, s, rp->add_outputs());
+    std::string sec(r.section.size(), '\0');
+    for (size_t i = 0; i < r.section.size(); ++i) sec[i] = static_cast<char>(r.section[i]);
+    rp->set_sections(sec);
+    for (const ScheduleStep& st : r.schedule) {
+      auto* sp = rp->add_schedule();
+      sp->set_section(std::string(section_name(st.section)));
+      sp->set_microbatch(st.microbatch);
+    }
   }
   for (auto& n : f.notes) p.add_notes(n);
   std::string bytes;
@@ -131,8 +140,11 @@ PlanFile load_plan(const std::string& path, const OpRegistry& registry) {
   c.zero = static_cast<int>(p.zero());
   c.microbatches = p.microbatches();
   c.schedule = p.schedule() == "gpipe" ? Schedule::gpipe : Schedule::one_f_one_b;
-  c.recompute = p.recompute() == "full" ? Recompute::full : Recompute::none;
+  const std::optional<Recompute> rc = recompute_from_name(p.recompute());
+  if (!rc) throw Error(path + ": unknown recompute '" + p.recompute() + "'");
+  c.recompute = *rc;
   c.sequence_parallel = p.sequence_parallel();
+  c.stage_layers.assign(p.stage_layers().begin(), p.stage_layers().end());
   if (c.dp < 1 || c.tp < 1 || c.pp < 1 || c.microbatches < 1 || c.zero < 0 || c.zero > 3)
     throw Error(path + ": invalid configuration " + c.str());
   for (auto& np : p.parameters()) f.parameters.push_back(from_proto(np, path));
@@ -162,7 +174,22 @@ PlanFile load_plan(const std::string& path, const OpRegistry& registry) {
   e.peak_memory_bytes = p.peak_memory_bytes();
   for (auto& rp : p.programs()) {
     RankProgram r{rp.rank(), rp.stage(), {rp.coords().begin(), rp.coords().end()},
-                  parse_graph(rp.program(), registry, path + " (rank " + std::to_string(rp.rank()) + ")"), {}, {}, {}};
+                  parse_graph(rp.program(), registry, path + " (rank " + std::to_string(rp.rank()) + ")"), {}, {}, {}, {}, {}};
+    const std::string where = path + " (rank " + std::to_string(rp.rank()) + ")";
+    if (!rp.sections().empty() && static_cast<int64_t>(rp.sections().size()) != r.graph.size())
+      throw Error(where + ": " + std::to_string(rp.sections().size()) + " sections for " + std::to_string(r.graph.size()) + " nodes");
+    for (char ch : rp.sections()) {
+      if (static_cast<unsigned char>(ch) > 2) throw Error(where + ": bad section " + std::to_string(int(ch)));
+      r.section.push_back(static_cast<Section>(ch));
+    }
+    for (auto& sp : rp.schedule()) {
+      ScheduleStep st{Section::apply, sp.microbatch()};
+      if (sp.section() == "forward") st.section = Section::forward;
+      else if (sp.section() == "backward") st.section = Section::backward;
+      else if (sp.section() != "apply") throw Error(where + ": bad schedule step '" + sp.section() + "'");
+      if (st.microbatch < 0) throw Error(where + ": negative microbatch in the schedule");
+      r.schedule.push_back(st);
+    }
     for (auto& x : rp.inputs()) r.input_placements.push_back(from_proto(x, path));
     for (auto& x : rp.variables()) r.variable_placements.push_back(from_proto(x, path));
     for (auto& x : rp.outputs()) r.output_placements.push_back(from_proto(x, path));

@@ -105,7 +105,12 @@ std::string report_json(const SearchResult& r, const ReportContext& ctx) {
            ",\"zero\":" + std::to_string(k.zero) + ",\"microbatches\":" + std::to_string(k.microbatches) +
            ",\"schedule\":" + json_quote(std::string(schedule_name(k.schedule))) + ",\"recompute\":" +
            json_quote(std::string(recompute_name(k.recompute))) + ",\"sequence_parallel\":" +
-           (k.sequence_parallel ? "true" : "false") + "}";
+           (k.sequence_parallel ? "true" : "false") + [&] {
+             if (k.stage_layers.empty()) return std::string();
+             std::string s = ",\"stage_layers\":[";
+             for (size_t i = 0; i < k.stage_layers.size(); ++i) s += (i ? "," : "") + std::to_string(k.stage_layers[i]);
+             return s + "]";
+           }() + "}";
   };
   std::ostringstream os;
   os << "{\"model\":" << json_quote(ctx.model) << ",\"cluster\":" << json_quote(ctx.cluster) << ",\"global_batch\":" << ctx.global_batch
@@ -169,7 +174,7 @@ std::string plan_dot(const SearchResult& r, const ReportContext& ctx) {
   std::vector<int32_t> nodes;
   for (int32_t id = 0; id < g.size(); ++id)
     if (ls.layer_of[id] >= 0 || std::find(ls.global.begin(), ls.global.end(), id) != ls.global.end()) nodes.push_back(id);
-  GraphPlacement gp = propagate_graph(g, m, source_placements(g, c, m), nodes);
+  GraphPlacement gp = place_graph(g, c, m, nodes);
   static const char* palette[] = {"#cfe2f3", "#d9ead3", "#fff2cc", "#f4cccc", "#d9d2e9", "#fce5cd", "#d0e0e3", "#ead1dc"};
   std::ostringstream os;
   os << "digraph plan {\n  rankdir=TB;\n  node [shape=box, style=filled, fontname=\"Helvetica\", fontsize=10];\n";

@@ -45,6 +45,7 @@ std::string why_lost(const PlanEstimate& a, const PlanEstimate& best, const Clus
   else if (c.microbatches != b.microbatches) what = std::to_string(c.microbatches) + " microbatches";
   else if (c.zero != b.zero) what = "ZeRO-" + std::to_string(c.zero);
   else if (c.recompute != b.recompute) what = std::string("recompute ") + std::string(recompute_name(c.recompute));
+  else if (c.sequence_parallel != b.sequence_parallel) what = c.sequence_parallel ? "sequence parallel" : "no sequence parallelism";
   else what = c.str();
   struct Part {
     double delta;
@@ -75,7 +76,17 @@ SearchResult search_plan(const ModelBuilder& model, int64_t global_batch, const 
   {
     LayerStructure ls = find_layers(*probe.graph, probe.phase);
     std::map<std::string, int64_t> rep(probe.repeats.begin(), probe.repeats.end());
-    for (auto& l : ls.layers) layer_count += rep.count(l.name) ? rep[l.name] : 1;
+    std::string names;
+    for (auto& l : ls.layers) {
+      const int64_t n = rep.count(l.name) ? rep[l.name] : 1;
+      layer_count += n;
+      names += (names.empty() ? "" : ", ") + l.name + (n > 1 ? " x" + std::to_string(n) : "");
+    }
+    int64_t pinned = 0;
+    for (int64_t n : pins.stage_layers) pinned += n;
+    if (!pins.stage_layers.empty() && pinned != layer_count)
+      throw Error("plan: the layers per stage sum to " + std::to_string(pinned) + "; the model has " +
+                  std::to_string(layer_count) + " layers (" + names + ")");
   }
   std::map<int64_t, PlannedModel> built;
   built.emplace(probe_b, probe);
@@ -139,9 +150,15 @@ SearchResult search_plan(const ModelBuilder& model, int64_t global_batch, const 
         std::vector<int> zeros = pins.zero ? std::vector<int>{static_cast<int>(*pins.zero)}
                                            : (dp > 1 ? std::vector<int>{0, 1, 2, 3} : std::vector<int>{0});
         std::vector<Recompute> recs = pins.recompute ? std::vector<Recompute>{*pins.recompute}
-                                                     : std::vector<Recompute>{Recompute::none, Recompute::full};
+                                                     : std::vector<Recompute>{Recompute::none, Recompute::selective,
+                                                                              Recompute::full};
+        // Sequence parallelism only matters with tensor parallelism.
+        std::vector<bool> sps = pins.sequence_parallel ? std::vector<bool>{*pins.sequence_parallel}
+                                : tp > 1                ? std::vector<bool>{false, true}
+                                                        : std::vector<bool>{false};
         for (int z : zeros)
-          for (Recompute r : recs) {
+          for (Recompute r : recs)
+            for (bool sp : sps) {
             PlanConfig c;
             c.dp = dp;
             c.tp = tp;
@@ -150,7 +167,8 @@ SearchResult search_plan(const ModelBuilder& model, int64_t global_batch, const 
             c.microbatches = m;
             c.recompute = r;
             c.schedule = pins.schedule.value_or(Schedule::one_f_one_b);
-            c.sequence_parallel = pins.sequence_parallel.value_or(false);
+            c.sequence_parallel = sp;
+            c.stage_layers = pins.stage_layers;
             cands.push_back(c);
           }
       }
@@ -172,8 +190,8 @@ SearchResult search_plan(const ModelBuilder& model, int64_t global_batch, const 
     }
     return it->second;
   };
-  // A lower bound on a candidate's step time: the busiest stage of the balanced partition
-  // does m microbatches back to back.
+  // A lower bound on each candidate's step time (below), to simulate the most promising
+  // first and stop once the bound passes the runners-up.
   struct Scored {
     PlanConfig c;
     double bound;
@@ -185,14 +203,18 @@ SearchResult search_plan(const ModelBuilder& model, int64_t global_batch, const 
     double stat = 0;
     for (const auto& l : mp.layers) stat += static_cast<double>(l.repeat) * (l.weight_bytes + l.grad_bytes + l.optimizer_bytes);
     const std::vector<double> busy = layer_busy_times(mp, c);
-    const std::vector<int64_t> bounds = partition_layers(busy, c.pp);
-    double slowest = 0;
+    const std::vector<int64_t> bounds = stage_bounds(busy, c);
+    // Stage s does m microbatches back to back, and cannot start before the stages ahead of
+    // it have run the first microbatch's forward, nor finish before they have run the last
+    // one's backward: at least m w_s + sum of w_s' over s' < s.
+    double bound = 0, ahead = 0;
     for (int64_t s = 0; s < c.pp; ++s) {
       double t = 0;
       for (int64_t i = bounds[s]; i < bounds[s + 1]; ++i) t += busy[i];
-      slowest = std::max(slowest, t);
+      bound = std::max(bound, t * static_cast<double>(c.microbatches) + ahead);
+      ahead += t;
     }
-    scored.push_back({c, slowest * static_cast<double>(c.microbatches), stat / static_cast<double>(c.pp)});
+    scored.push_back({c, bound, stat / static_cast<double>(c.pp)});
   }
   std::stable_sort(scored.begin(), scored.end(), [](const Scored& a, const Scored& b) { return a.bound < b.bound; });
 

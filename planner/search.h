@@ -29,6 +29,7 @@ struct Pins {
   std::optional<Schedule> schedule;
   std::optional<Recompute> recompute;
   std::optional<bool> sequence_parallel;
+  std::vector<int64_t> stage_layers;  // empty: balanced (pins pp to its size otherwise)
 };
 
 struct Alternative {

@@ -171,7 +171,7 @@ int find_dim(const std::vector<int>& dims, int factor) {
 }  // namespace
 
 NodePlacement propagate(const Graph& g, const Node& n, std::span<const Sharding> in, const Mesh& m,
-                        std::span<const double> weight) {
+                        std::span<const double> weight, const PropagationHints& hints) {
   const int axes = static_cast<int>(m.sizes.size());
   std::vector<TensorType> types;
   for (auto& v : n.inputs) types.push_back(g.type(v));
@@ -214,6 +214,19 @@ NodePlacement propagate(const Graph& g, const Node& n, std::span<const Sharding>
       passthrough = std::all_of(partial.begin(), partial.end(), [&](size_t i) {
         return in[i][a].reduce == FactorReduce::sum && rule.linear[i];
       });
+    // Sequence parallelism: a partial [batch, seq, ...] activation is resolved into a split
+    // along its sequence (a reduce-scatter), and the op runs on that split; an op that
+    // reduces over the sequence (a norm's bias gradient) leaves a small partial sum instead.
+    if (chosen < 0 && !passthrough && !partial.empty() && a == hints.sequence_axis) {
+      int f = -1;
+      bool ok = true;
+      for (size_t i : partial) {
+        const int fi = types[i].rank() >= 3 ? rule.inputs[i][1] : -1;
+        ok = ok && in[i][a].reduce == FactorReduce::sum && fi >= 0 && (f < 0 || fi == f);
+        f = fi;
+      }
+      if (ok && f >= 0 && rule.factor_sizes[f] % m.sizes[a] == 0) chosen = f;
+    }
     for (size_t i = 0; i < types.size(); ++i) {
       Placement want = Placement::R();
       if (chosen >= 0) {
@@ -247,7 +260,7 @@ namespace {
 // whose inputs can be sliced (or already are) instead, so no device materialises the whole.
 template <class AddReshard>
 void sink_slices(const Graph& g, const Mesh& m, std::span<const int32_t> nodes, GraphPlacement& gp,
-                 AddReshard& add_reshard) {
+                 AddReshard& add_reshard, const PropagationHints& hints) {
   std::vector<int> direct(g.size(), 0);
   std::vector<char> pinned(g.size(), 0);  // outputs and update values keep their placement
   for (auto& o : g.outputs()) pinned[o.value.node] = 1;
@@ -276,10 +289,13 @@ void sink_slices(const Graph& g, const Mesh& m, std::span<const int32_t> nodes, 
     std::vector<Sharding> in;
     for (auto& v : n.inputs) {
       types.push_back(g.type(v));
-      in.push_back(gp.at(v));
+      const Node& src = g.node(v.node);
+      std::optional<Sharding> read;
+      if (hints.read_as && src.inputs.empty()) read = hints.read_as(src, n);
+      in.push_back(read ? *read : gp.at(v));
     }
     const ShardingRule rule = n.def->sharding(n, types);
-    NodePlacement before = propagate(g, n, in, m);
+    NodePlacement before = propagate(g, n, in, m, {}, hints);
     std::vector<Sharding> want = before.inputs;
     bool ok = true;
     for (size_t a = 0; a < target.size() && ok; ++a) {
@@ -312,11 +328,12 @@ void sink_slices(const Graph& g, const Mesh& m, std::span<const int32_t> nodes, 
       if (want[i] == before.inputs[i]) continue;
       const std::pair<int32_t, int> me{id, static_cast<int>(i)};
       for (auto& r : gp.reshards) std::erase(r.consumers, me);
-      if (in[i] == want[i]) {
+      const Sharding& stored = gp.at(n.inputs[i]);
+      if (stored == want[i]) {
         direct[n.inputs[i].node]++;
       } else {
         add_reshard(n.inputs[i], want[i], id, static_cast<int>(i));
-        if (before.inputs[i] == in[i]) direct[n.inputs[i].node]--;
+        if (before.inputs[i] == stored) direct[n.inputs[i].node]--;
       }
     }
   }
@@ -325,7 +342,7 @@ void sink_slices(const Graph& g, const Mesh& m, std::span<const int32_t> nodes, 
 }  // namespace
 
 GraphPlacement propagate_graph(const Graph& g, const Mesh& m, const SourcePlacement& source,
-                               std::span<const int32_t> nodes) {
+                               std::span<const int32_t> nodes, const PropagationHints& hints) {
   GraphPlacement gp;
   std::map<std::pair<std::pair<int32_t, int32_t>, std::string>, size_t> done;  // (value, target) -> reshard
   auto add_reshard = [&](Value v, const Sharding& to, int32_t consumer, int input) {
@@ -366,13 +383,16 @@ GraphPlacement propagate_graph(const Graph& g, const Mesh& m, const SourcePlacem
     for (auto& v : n.inputs) {
       if (gp.values[v.node].empty())
         throw Error(n.where() + ": input '" + g.node(v.node).name + "' was not placed before it");
-      in.push_back(gp.at(v));
+      const Node& src = g.node(v.node);
+      std::optional<Sharding> read;
+      if (hints.read_as && src.inputs.empty()) read = hints.read_as(src, n);
+      in.push_back(read ? *read : gp.at(v));
     }
     std::vector<double> weight;
     for (auto& v : n.inputs) weight.push_back(is_weight[v.node] ? 1e6 : 1.0);
-    NodePlacement p = propagate(g, n, in, m, weight);
+    NodePlacement p = propagate(g, n, in, m, weight, hints);
     for (size_t i = 0; i < in.size(); ++i) {
-      if (in[i] == p.inputs[i]) continue;
+      if (gp.at(n.inputs[i]) == p.inputs[i]) continue;
       try {
         add_reshard(n.inputs[i], p.inputs[i], id, static_cast<int>(i));
       } catch (const Error& e) {
@@ -381,7 +401,7 @@ GraphPlacement propagate_graph(const Graph& g, const Mesh& m, const SourcePlacem
     }
     gp.values[id] = p.outputs;
   }
-  sink_slices(g, m, nodes, gp, add_reshard);
+  sink_slices(g, m, nodes, gp, add_reshard, hints);
   for (auto& u : g.updates()) {
     if (gp.values[u.variable].empty() || gp.values[u.value.node].empty()) continue;
     const Sharding& want = gp.values[u.variable][0];

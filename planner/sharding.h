@@ -82,6 +82,22 @@ struct NodePlacement {
   std::vector<Sharding> outputs;
 };
 
+// Preferences that a plan adds to propagation.
+struct PropagationHints {
+  // Sequence parallelism (Megatron): on this mesh axis, an op with a [batch, seq, ...]
+  // output that would resolve a partial sum (the row-parallel projection's output entering a
+  // bias add, dropout or residual add; the vocabulary-parallel embedding) takes it as a
+  // reduce-scatter along the sequence instead of an all-reduce, so the norm, dropout and
+  // residual regions after it run on 1/n of the sequence; the next column-parallel matmul
+  // then all-gathers its input. -1: none.
+  int sequence_axis = -1;
+  // A source stored in one placement that a consumer reads in another (ZeRO-3: a parameter
+  // stored split over dp, gathered whole for the forward and backward that use it, read as
+  // stored by its optimizer update). Returns the placement `consumer` reads `source` in;
+  // nullopt: as stored. The change is one reshard per placement, shared by its consumers.
+  std::function<std::optional<Sharding>(const Node& source, const Node& consumer)> read_as;
+};
+
 // Chooses, per mesh axis, the factor of the node's rule to split (the one already split on
 // the most input bytes, if it divides evenly), so that the fewest bytes move. Partial
 // inputs pass through additive ops whose inputs are all partial; otherwise they are
@@ -90,7 +106,7 @@ struct NodePlacement {
 // propagate_graph gives parameters a large weight, so activations move to meet the
 // weights' split (Megatron) and not the other way round.
 NodePlacement propagate(const Graph& g, const Node& n, std::span<const Sharding> in, const Mesh& m,
-                        std::span<const double> weight = {});
+                        std::span<const double> weight = {}, const PropagationHints& hints = {});
 
 // Placements of a whole graph (or of the nodes listed, in order): sources take the
 // placement `source` gives them (replicated when it gives none), every other node the
@@ -110,6 +126,6 @@ struct GraphPlacement {
 };
 using SourcePlacement = std::function<std::optional<Sharding>(const Node&)>;
 GraphPlacement propagate_graph(const Graph& g, const Mesh& m, const SourcePlacement& source,
-                               std::span<const int32_t> nodes = {});
+                               std::span<const int32_t> nodes = {}, const PropagationHints& hints = {});
 
 }  // namespace tessel::planner

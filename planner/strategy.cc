@@ -1,5 +1,6 @@
 #include "planner/strategy.h"
 
+#include <algorithm>
 #include <map>
 
 #include "graph/error.h"
@@ -7,7 +8,20 @@
 namespace tessel::planner {
 
 std::string_view schedule_name(Schedule s) { return s == Schedule::gpipe ? "gpipe" : "1f1b"; }
-std::string_view recompute_name(Recompute r) { return r == Recompute::full ? "full" : "none"; }
+std::string_view recompute_name(Recompute r) {
+  switch (r) {
+    case Recompute::full: return "full";
+    case Recompute::selective: return "selective";
+    case Recompute::none: break;
+  }
+  return "none";
+}
+
+std::optional<Recompute> recompute_from_name(std::string_view s) {
+  for (Recompute r : {Recompute::none, Recompute::full, Recompute::selective})
+    if (recompute_name(r) == s) return r;
+  return std::nullopt;
+}
 
 std::string PlanConfig::str() const {
   std::string s = "dp=" + std::to_string(dp) + " tp=" + std::to_string(tp) + " pp=" + std::to_string(pp);
@@ -16,7 +30,44 @@ std::string PlanConfig::str() const {
   s += " mb=" + std::to_string(microbatches);
   if (pp > 1) s += " " + std::string(schedule_name(schedule));
   if (recompute != Recompute::none) s += " recompute=" + std::string(recompute_name(recompute));
+  if (!stage_layers.empty()) {
+    s += " stages=";
+    for (size_t i = 0; i < stage_layers.size(); ++i) s += (i ? "," : "") + std::to_string(stage_layers[i]);
+  }
   return s;
+}
+
+std::string_view section_name(Section s) {
+  switch (s) {
+    case Section::forward: return "forward";
+    case Section::backward: return "backward";
+    case Section::apply: return "apply";
+  }
+  return "?";
+}
+
+std::vector<ScheduleStep> stage_schedule(const PlanConfig& c, int64_t stage) {
+  const int64_t m = c.microbatches;
+  std::vector<ScheduleStep> out;
+  auto fwd = [&](int64_t j) { out.push_back({Section::forward, j}); };
+  auto bwd = [&](int64_t j) { out.push_back({Section::backward, j}); };
+  if (c.schedule == Schedule::gpipe || c.pp == 1) {
+    // One stage: each microbatch's forward and backward back to back (what 1F1B gives too;
+    // GPipe with one stage keeps every microbatch's activations, for no gain).
+    if (c.pp == 1) {
+      for (int64_t j = 0; j < m; ++j) fwd(j), bwd(j);
+    } else {
+      for (int64_t j = 0; j < m; ++j) fwd(j);
+      for (int64_t j = 0; j < m; ++j) bwd(j);
+    }
+  } else {
+    const int64_t warm = std::min(c.pp - stage - 1, m);
+    for (int64_t j = 0; j < warm; ++j) fwd(j);
+    for (int64_t j = 0; j + warm < m; ++j) fwd(j + warm), bwd(j);
+    for (int64_t j = m - warm; j < m; ++j) bwd(j);
+  }
+  out.push_back({Section::apply, 0});
+  return out;
 }
 
 Mesh stage_mesh(const PlanConfig& c) { return Mesh({"dp", "tp"}, {c.dp, c.tp}); }
@@ -57,8 +108,9 @@ TpRole tp_role(const std::string& p, const Graph& g) {
   if (p == "wte/weight") return TpRole::vocab;
   if (auto pos = mlp_position(p, g)) {
     auto [idx, count] = *pos;
-    if (idx == count) return TpRole::replicated;  // the classifier stays whole
-    // Pairs (column, row); an odd hidden layer left at the end is replicated.
+    // Pairs (column, row) from the first layer; with an odd count the last layer (the
+    // classifier) is left whole.
+    if (idx == count && count % 2 == 1) return TpRole::replicated;
     if (idx % 2 == 1) return idx + 1 < count || count % 2 == 0 ? TpRole::column : TpRole::replicated;
     return TpRole::row;
   }
@@ -117,7 +169,7 @@ SourcePlacement source_placements(const Graph& g, const PlanConfig& c, const Mes
         return s;
       }
       case OpKind::variable: {
-        if (n.op == "parameter") return parameter_placement(g, n, c, m, false).used;
+        if (n.op == "parameter") return parameter_placement(g, n, c, m, false).stored;
         // Optimizer state named after its parameter; other state (counters) replicated.
         if (n.name.rfind("optimizer/", 0) == 0 && n.outputs[0].rank() > 0) {
           std::string owner = n.name.substr(10);
@@ -131,6 +183,17 @@ SourcePlacement source_placements(const Graph& g, const PlanConfig& c, const Mes
       default: return std::nullopt;
     }
   };
+}
+
+GraphPlacement place_graph(const Graph& g, const PlanConfig& c, const Mesh& m, std::span<const int32_t> nodes) {
+  PropagationHints hints;
+  if (c.sequence_parallel && c.tp > 1) hints.sequence_axis = m.axis("tp");
+  if (c.zero >= 3 && c.dp > 1)
+    hints.read_as = [&g, c, m](const Node& src, const Node& consumer) -> std::optional<Sharding> {
+      if (src.op != "parameter" || consumer.name.rfind("optimizer/", 0) == 0) return std::nullopt;
+      return parameter_placement(g, src, c, m, false).used;
+    };
+  return propagate_graph(g, m, source_placements(g, c, m), nodes, hints);
 }
 
 }  // namespace tessel::planner

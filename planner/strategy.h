@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "graph/graph.h"
 #include "planner/sharding.h"
@@ -13,7 +14,10 @@
 namespace tessel::planner {
 
 enum class Schedule : uint8_t { gpipe, one_f_one_b };
-enum class Recompute : uint8_t { none, full };
+// full: keep each layer's input, rerun its forward before its backward. selective (Korthikanti
+// et al. 2022): keep everything but the attention core (QK^T, softmax, dropout, scores x V),
+// whose activations grow with the square of the sequence, and rerun only that.
+enum class Recompute : uint8_t { none, full, selective };
 // mixed: bf16 compute, activations and gradients; f32 master weights and optimizer state.
 enum class Precision : uint8_t { f32, mixed };
 
@@ -24,6 +28,9 @@ struct PlanConfig {
   int64_t microbatches = 1;        // per optimizer step and data-parallel replica
   Schedule schedule = Schedule::one_f_one_b;
   Recompute recompute = Recompute::none;
+  // Layers per pipeline stage, in the order planner/layers.h lists them (embedding, blocks,
+  // final norm, loss); empty: balanced by the cost model.
+  std::vector<int64_t> stage_layers;
 
   int64_t devices() const { return dp * tp * pp; }
   std::string str() const;  // "dp=8 tp=8 pp=16 zero=1 mb=192 1f1b recompute=full"
@@ -31,6 +38,22 @@ struct PlanConfig {
 };
 std::string_view schedule_name(Schedule s);
 std::string_view recompute_name(Recompute r);
+std::optional<Recompute> recompute_from_name(std::string_view s);
+
+// One step of a pipeline stage's program: the forward or backward pass of a microbatch, or
+// the optimizer step (once, after every microbatch's backward).
+enum class Section : uint8_t { forward, backward, apply };
+std::string_view section_name(Section s);
+struct ScheduleStep {
+  Section section;
+  int64_t microbatch = 0;  // forward/backward only
+  bool operator==(const ScheduleStep&) const = default;
+};
+// Stage `stage`'s order of work for one optimizer step under c.schedule with
+// c.microbatches microbatches: GPipe runs every forward, then every backward; 1F1B runs
+// min(pp - stage - 1, m) forwards to fill the pipeline, then alternates one forward and one
+// backward, then drains the remaining backwards. Both end with the optimizer step.
+std::vector<ScheduleStep> stage_schedule(const PlanConfig& c, int64_t stage);
 
 // The mesh of one pipeline stage: dp x tp, tp innermost (so a tp group of 8 stays in a
 // node), as Megatron orders ranks. Stage s owns ranks [s*dp*tp, (s+1)*dp*tp).
@@ -41,8 +64,8 @@ enum class TpRole : uint8_t { replicated, column, row, vocab };
 // Megatron's split for the layers the DSL builds: attention q/k/v and the MLP's first
 // projection by output features (column), attention's and the MLP's output projections by
 // input features (row); the token embedding (tied to the output projection) by vocabulary
-// rows (vocab); everything else replicated. For an MLP (fc1, fc2, ...) the
-// hidden layers alternate column / row, and the last layer is replicated.
+// rows (vocab); everything else replicated. For an MLP (fc1, fc2, ...) the layers
+// alternate column / row from the first; with an odd count the last one is replicated.
 TpRole tp_role(const std::string& parameter_name, const Graph& g);
 
 // Placement of a parameter (or of optimizer state named "optimizer/<param>/...") as it is
@@ -55,8 +78,13 @@ ParameterPlacement parameter_placement(const Graph& g, const Node& parameter, co
                                        const Mesh& m, bool optimizer_state);
 
 // The placement of every source node under a config: inputs split along the batch over dp
-// (and along the sequence over tp with sequence parallelism); parameters and optimizer
-// state as parameter_placement says (their used placement); constants replicated.
+// (and along the sequence over tp with sequence parallelism); parameters as stored (split
+// over dp under ZeRO-3: place_graph gathers them for their users), optimizer state as
+// parameter_placement says; constants replicated.
 SourcePlacement source_placements(const Graph& g, const PlanConfig& c, const Mesh& m);
+
+// Placements of the graph's `nodes` (all: empty) under a config: its source placements,
+// propagated with the config's hints (sequence parallelism).
+GraphPlacement place_graph(const Graph& g, const PlanConfig& c, const Mesh& m, std::span<const int32_t> nodes = {});
 
 }  // namespace tessel::planner

@@ -47,10 +47,16 @@ int cmd_plan(int argc, char** argv) {
                 {"--pp", "N", "pin pipeline stages", ""},
                 {"--zero", "N", "pin ZeRO stage (0-3)", ""},
                 {"--microbatches", "N", "pin microbatches per step and replica", ""},
+                {"--stage-layers", "N,N,...", "pin the layers of each pipeline stage, in the order the stage report lists "
+                                              "them (embedding, blocks, final norm, loss); pins --pp to their count", ""},
                 {"--schedule", "NAME", "pipeline schedule: 1f1b or gpipe", "1f1b"},
-                {"--recompute", "WHAT", "pin activation recomputation: none or full", ""},
-                {"--sp", "", "sequence parallelism for norm/dropout regions (with tp)", ""},
+                {"--recompute", "WHAT", "pin activation recomputation: none, full (rerun each layer's forward) or selective (rerun only the attention core)", ""},
+                {"--sp", "", "pin sequence parallelism on: norm, dropout and residual regions split along the sequence over tp "
+                            "(default: the search decides when tp > 1)", ""},
+                {"--no-sp", "", "pin sequence parallelism off", ""},
                 {"--precision", "P", "f32, mixed (bf16 compute, f32 master weights), or auto (mixed on GPUs)", "auto"},
+                {"--f32-gradients", "", "with mixed precision, accumulate and reduce gradients in f32 (Megatron with bf16, "
+                                        "DeepSpeed's BF16_Optimizer)", ""},
                 {"--optimizer", "NAME", "sgd or adamw (decides optimizer state)", "adamw"},
                 {"--gemm-efficiency", "X", "fraction of peak that large GEMMs reach (overrides the cluster's measured figure)", "the device's"},
                 {"--format", "FMT", "text or json (keys: step_time_s, model_flops_per_step, hardware_flops_per_step, "
@@ -67,7 +73,8 @@ int cmd_plan(int argc, char** argv) {
   for (int i = 0; i < argc; ++i) {
     std::string a = argv[i];
     if (positional_model.empty() && a.rfind("-", 0) != 0 && (i == 0 || std::string(argv[i - 1]).rfind("--", 0) != 0 ||
-                                                              std::string(argv[i - 1]) == "--sp"))
+                                                              std::string(argv[i - 1]) == "--sp" ||
+                                                              std::string(argv[i - 1]) == "--no-sp"))
       positional_model = a;
     else
       rest.push_back(argv[i]);
@@ -95,10 +102,31 @@ int cmd_plan(int argc, char** argv) {
   pins.schedule = sched == "gpipe" ? planner::Schedule::gpipe : planner::Schedule::one_f_one_b;
   if (args.has("--recompute")) {
     std::string r = args.str("--recompute");
-    if (r != "none" && r != "full") throw Error("tessel plan: --recompute must be none or full");
-    pins.recompute = r == "full" ? planner::Recompute::full : planner::Recompute::none;
+    const auto rc = planner::recompute_from_name(r);
+    if (!rc) throw Error("tessel plan: --recompute must be none, full or selective");
+    pins.recompute = *rc;
   }
+  if (args.has("--stage-layers")) {
+    const std::string list = args.str("--stage-layers");
+    size_t at = 0;
+    while (at <= list.size()) {
+      const size_t comma = std::min(list.find(',', at), list.size());
+      const std::string item = list.substr(at, comma - at);
+      char* end = nullptr;
+      const long long v = std::strtoll(item.c_str(), &end, 10);
+      if (item.empty() || *end != 0 || v < 1)
+        throw Error("tessel plan: --stage-layers wants positive layer counts separated by commas, got '" + list + "'");
+      pins.stage_layers.push_back(v);
+      at = comma + 1;
+    }
+    const int64_t n = static_cast<int64_t>(pins.stage_layers.size());
+    if (pins.pp && *pins.pp != n)
+      throw Error("tessel plan: --stage-layers gives " + std::to_string(n) + " stages but --pp is " + std::to_string(*pins.pp));
+    pins.pp = n;
+  }
+  if (args.has("--sp") && args.has("--no-sp")) throw Error("tessel plan: --sp and --no-sp contradict each other");
   if (args.has("--sp")) pins.sequence_parallel = true;
+  if (args.has("--no-sp")) pins.sequence_parallel = false;
 
   planner::SearchOptions so;
   const std::string precision = args.str("--precision", "auto");
@@ -110,6 +138,11 @@ int cmd_plan(int argc, char** argv) {
     so.cost.precision = tensor_cores ? planner::Precision::mixed : planner::Precision::f32;
   } else {
     throw Error("tessel plan: --precision must be f32, mixed or auto");
+  }
+  if (args.has("--f32-gradients")) {
+    if (so.cost.precision != planner::Precision::mixed)
+      throw Error("tessel plan: --f32-gradients goes with mixed precision (gradients are f32 anyway with --precision f32)");
+    so.cost.f32_gradients = true;
   }
   if (args.has("--gemm-efficiency")) {
     so.cost.gemm_efficiency = args.f64("--gemm-efficiency", 1);

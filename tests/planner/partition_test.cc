@@ -5,6 +5,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -354,6 +355,136 @@ TEST(Partition, ProgramsSplitWhatThePlanSaysAndAreDeterministic) {
   EXPECT_THROW(partition(b.model->graph(), c), Error);
 }
 
+TEST(Partition, SequenceParallelismSplitsNormAndResidualRegionsAlongTheSequence) {
+  models::Built b = models::from_spec("gpt:layers=2,d_model=16,heads=4,seq=8,vocab=32", 4, true);
+  OptimizerConfig oc;
+  oc.kind = "sgd";
+  add_training(b.model->graph(), "loss", oc);
+  PlanConfig c;
+  c.tp = 2;
+  struct Count {
+    int activation_all_reduce = 0, reduce_scatter_seq = 0, all_gather_seq = 0;
+  };
+  auto count = [](const Graph& g) {
+    Count k;
+    for (auto& n : g.nodes()) {
+      if (n.inputs.empty() || g.type(n.inputs[0]).rank() != 3) continue;
+      if (n.op == "all_reduce" && n.attrs.get_str_or("reduce", "sum") == "sum") ++k.activation_all_reduce;
+      if (n.op == "reduce_scatter" && n.attrs.get_i64("dim") == 1) ++k.reduce_scatter_seq;
+      if (n.op == "all_gather" && n.attrs.get_i64("dim") == 1) ++k.all_gather_seq;
+    }
+    return k;
+  };
+  const Count plain = count(partition(b.model->graph(), c)[0].graph);
+  EXPECT_GT(plain.activation_all_reduce, 0);
+  EXPECT_EQ(plain.reduce_scatter_seq, 0);
+  c.sequence_parallel = true;
+  const std::vector<RankProgram> sp = partition(b.model->graph(), c);
+  const Count k = count(sp[0].graph);
+  // Megatron: every all-reduce of a [batch, seq, d] activation becomes a reduce-scatter
+  // along the sequence, and the matmul after a norm all-gathers its input.
+  EXPECT_EQ(k.activation_all_reduce, 0);
+  EXPECT_EQ(k.reduce_scatter_seq, plain.activation_all_reduce);
+  EXPECT_GE(k.all_gather_seq, k.reduce_scatter_seq);
+  // The norms run on half the sequence (forward and backward; their parameters' gradients
+  // are sums over the sequence).
+  const Graph& g = sp[0].graph;
+  int norm_nodes = 0;
+  for (auto& n : g.nodes()) {
+    if (n.name.rfind("block1/ln2/", 0) != 0 || n.def->kind != OpKind::compute || n.outputs[0].rank() != 3 ||
+        n.outputs[0].shape[1] == 1)
+      continue;
+    ++norm_nodes;
+    EXPECT_EQ(n.outputs[0].shape[1], 4) << n.name << " " << n.outputs[0].str();
+  }
+  EXPECT_GT(norm_nodes, 0);
+}
+
+TEST(Partition, SchedulesOrderMicrobatchesAsGPipeAnd1F1B) {
+  auto steps = [](const std::vector<ScheduleStep>& v) {
+    std::string s;
+    for (auto& st : v)
+      s += (s.empty() ? "" : " ") +
+           (st.section == Section::apply ? std::string("A")
+                                         : (st.section == Section::forward ? "F" : "B") + std::to_string(st.microbatch));
+    return s;
+  };
+  PlanConfig c;
+  c.pp = 4;
+  c.microbatches = 6;
+  EXPECT_EQ(steps(stage_schedule(c, 0)), "F0 F1 F2 F3 B0 F4 B1 F5 B2 B3 B4 B5 A");
+  EXPECT_EQ(steps(stage_schedule(c, 2)), "F0 F1 B0 F2 B1 F3 B2 F4 B3 F5 B4 B5 A");
+  EXPECT_EQ(steps(stage_schedule(c, 3)), "F0 B0 F1 B1 F2 B2 F3 B3 F4 B4 F5 B5 A");
+  c.microbatches = 2;  // fewer microbatches than stages: the warm-up is cut short
+  EXPECT_EQ(steps(stage_schedule(c, 0)), "F0 F1 B0 B1 A");
+  c.schedule = Schedule::gpipe;
+  c.pp = 2;
+  c.microbatches = 3;
+  EXPECT_EQ(steps(stage_schedule(c, 0)), "F0 F1 F2 B0 B1 B2 A");
+  c.pp = 1;
+  EXPECT_EQ(steps(stage_schedule(c, 0)), "F0 B0 F1 B1 F2 B2 A");
+  // 1F1B keeps at most pp - stage microbatches in flight (GPipe: all of them).
+  c.pp = 8;
+  c.microbatches = 32;
+  for (Schedule sched : {Schedule::one_f_one_b, Schedule::gpipe}) {
+    c.schedule = sched;
+    for (int64_t s = 0; s < c.pp; ++s) {
+      int64_t live = 0, peak = 0;
+      std::vector<int> fwd(32, 0), bwd(32, 0);
+      for (auto& st : stage_schedule(c, s)) {
+        if (st.section == Section::forward) ++fwd[st.microbatch], peak = std::max(peak, ++live);
+        if (st.section == Section::backward) {
+          EXPECT_EQ(fwd[st.microbatch], 1) << "backward before forward";
+          ++bwd[st.microbatch], --live;
+        }
+      }
+      for (int j = 0; j < 32; ++j) EXPECT_TRUE(fwd[j] == 1 && bwd[j] == 1);
+      EXPECT_EQ(peak, sched == Schedule::gpipe ? 32 : c.pp - s) << "stage " << s;
+    }
+  }
+}
+
+TEST(Partition, ProgramsAreSplitIntoForwardBackwardAndApplySections) {
+  for (auto [spec, batch, dp, tp, pp] : std::vector<std::tuple<std::string, int64_t, int64_t, int64_t, int64_t>>{
+           {"mlp:8-16-16-4", 8, 1, 1, 2}, {"mlp:8-16-16-4", 8, 2, 2, 1},
+           {"gpt:layers=2,d_model=16,heads=4,seq=8,vocab=32", 4, 1, 2, 2}}) {
+    SCOPED_TRACE(spec);
+    models::Built b = models::from_spec(spec, batch, true);
+    OptimizerConfig oc;
+    oc.kind = "adamw";
+    oc.clip_norm = 0;
+    add_training(b.model->graph(), "loss", oc);
+    PlanConfig c;
+    c.dp = dp;
+    c.tp = tp;
+    c.pp = pp;
+    c.microbatches = 4;
+    for (const RankProgram& p : partition(b.model->graph(), c)) {
+      const Graph& g = p.graph;
+      ASSERT_EQ(static_cast<int32_t>(p.section.size()), g.size());
+      EXPECT_EQ(p.schedule, stage_schedule(c, p.stage));
+      std::array<int, 3> count{};
+      for (auto& n : g.nodes()) {
+        const Section s = p.section[n.id];
+        ++count[static_cast<int>(s)];
+        // Never reads a later section.
+        for (auto& in : n.inputs) EXPECT_LE(p.section[in.node], s) << n.name << " reads " << g.node(in.node).name;
+        if (n.name.find("/grad/") != std::string::npos && n.def->kind == OpKind::compute) {
+          EXPECT_EQ(s, Section::backward) << n.name;
+        }
+        if (n.name.rfind("optimizer/", 0) == 0 && n.def->kind == OpKind::compute) {
+          EXPECT_EQ(s, Section::apply) << n.name;
+        }
+      }
+      for (auto& u : g.updates()) EXPECT_EQ(p.section[u.value.node], Section::apply) << g.node(u.variable).name;
+      for (int k = 0; k < 3; ++k) EXPECT_GT(count[k], 0) << "rank " << p.rank << " section " << k;
+      if (auto loss = g.output("loss")) {
+        EXPECT_EQ(p.section[loss->node], Section::forward);
+      }
+    }
+  }
+}
+
 TEST(PlanFile, RoundTripsConfigCostsAndPrograms) {
   models::Built b = models::from_spec("mlp:8-16-16-4", 8, true);
   add_training(b.model->graph(), "loss", OptimizerConfig{});
@@ -379,6 +510,8 @@ TEST(PlanFile, RoundTripsConfigCostsAndPrograms) {
     EXPECT_EQ(serialize_graph(g.programs[r].graph), serialize_graph(f.programs[r].graph));
     EXPECT_EQ(g.programs[r].input_placements, f.programs[r].input_placements);
     EXPECT_EQ(g.programs[r].coords, f.programs[r].coords);
+    EXPECT_EQ(g.programs[r].section, f.programs[r].section);
+    EXPECT_EQ(g.programs[r].schedule, f.programs[r].schedule);
   }
   {
     std::ofstream out(path, std::ios::binary);

@@ -98,6 +98,73 @@ ModelProfile uniform(int64_t layers, double f) {
   return mp;
 }
 
+ModelBuilder gpt_builder(const std::string& spec) {
+  return [spec](int64_t b) {
+    models::Built m = models::from_spec(spec, b, true);
+    OptimizerConfig oc;
+    oc.kind = "adamw";
+    add_training(m.model->graph(), "loss", oc);
+    return PlannedModel{std::make_shared<Graph>(m.model->graph()), "train", {}};
+  };
+}
+
+TEST(PlanMemory, SelectiveRecomputeAndSequenceParallelismCutActivations) {
+  // Long sequence, small model: the attention scores ([b, heads, s, s]) dominate what a
+  // block keeps, which is what selective recomputation drops.
+  ClusterSpec cl = parse_cluster("a100-80g:nodes=1");
+  CostOptions co;
+  co.precision = Precision::mixed;
+  PlannedModel pm = gpt_builder("gpt:layers=2,d_model=64,heads=8,seq=512,vocab=256")(2);
+  PlanConfig c;
+  c.tp = 2;
+  auto est = [&](Recompute r, bool sp) {
+    c.recompute = r;
+    c.sequence_parallel = sp;
+    return estimate_plan(profile_model(*pm.graph, "train", c, cl, co), c, cl, co, false);
+  };
+  const PlanEstimate none = est(Recompute::none, false), sel = est(Recompute::selective, false),
+                     full = est(Recompute::full, false), sel_sp = est(Recompute::selective, true);
+  const double act_none = none.stages[0].activation_bytes, act_sel = sel.stages[0].activation_bytes,
+               act_full = full.stages[0].activation_bytes;
+  EXPECT_LT(act_full, act_sel);
+  EXPECT_LT(act_sel, act_none);
+  // Per block, what stays between forward and backward: the s x s scores were most of it
+  // (the peak above still holds one block's rebuilt core during its backward).
+  const ModelProfile mp = profile_model(*pm.graph, "train", c, cl, co);
+  const LayerProfile& block = mp.layers[1];
+  ASSERT_EQ(block.name, "block0");
+  EXPECT_LT(block.selective_kept_bytes, 0.15 * block.activation_bytes);
+  EXPECT_GT(block.core_rebuilt_bytes, 0.8 * block.activation_bytes);
+  EXPECT_GT(block.core_forward_flops, 0);
+  // Recomputation costs FLOPs: the attention core's forward, or the whole forward.
+  EXPECT_EQ(none.hardware_flops_per_step, none.model_flops_per_step);
+  EXPECT_GT(sel.hardware_flops_per_step, none.hardware_flops_per_step);
+  EXPECT_LT(sel.hardware_flops_per_step, full.hardware_flops_per_step);
+  EXPECT_EQ(sel.model_flops_per_step, full.model_flops_per_step);
+  // Sequence parallelism splits what the norm and residual regions keep over tp.
+  EXPECT_LT(sel_sp.stages[0].activation_bytes, act_sel);
+}
+
+TEST(PlanPipeline, PinnedStageLayersAreHonouredAndChecked) {
+  ClusterSpec cl = parse_cluster("local:2");
+  Pins pins;
+  pins.dp = 1;
+  pins.tp = 1;
+  pins.pp = 2;
+  pins.stage_layers = {1, 5};  // wte | block0, block1, block2, ln_f, cross_entropy
+  SearchResult r = search_plan(gpt_builder("gpt:layers=3,d_model=32,heads=4,seq=16,vocab=64"), 4, cl, pins, SearchOptions{});
+  ASSERT_EQ(r.best.stages.size(), 2u);
+  EXPECT_EQ(r.best.stages[0].end_layer, 1);
+  EXPECT_EQ(r.best.config.stage_layers, (std::vector<int64_t>{1, 5}));
+  pins.stage_layers = {2, 2};
+  try {
+    search_plan(gpt_builder("gpt:layers=3,d_model=32,heads=4,seq=16,vocab=64"), 4, cl, pins, SearchOptions{});
+    FAIL() << "layer counts that do not add up were accepted";
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("sum to 4; the model has 6 layers (wte, block0, block1, block2, ln_f, cross_entropy)"));
+  }
+}
+
 TEST(PlanPipeline, BubbleComesOutOfTheSimulation) {
   ClusterSpec cl = parse_cluster("a100-80g:nodes=2");
   for (Schedule s : {Schedule::gpipe, Schedule::one_f_one_b})
