@@ -35,9 +35,9 @@ std::optional<int64_t> opt_i64(const Args& a, const std::string& name) {
 
 int cmd_plan(int argc, char** argv) {
   Args args("plan",
-            "Plan how to train a model on a cluster: search data, tensor and pipeline parallelism,\n"
-            "ZeRO, microbatches and recomputation for the best predicted step time that fits in\n"
-            "memory; print the plan, why it won, and the next best alternatives. Pins fix any part.",
+            "Plan how to train a model on a cluster: search data, tensor, sequence and pipeline\n"
+            "parallelism, ZeRO, microbatches and recomputation for the best predicted step time that\n"
+            "fits in memory; print the plan, why it won, and the next best alternatives. Pins fix any part.",
             {
                 {"--model", "SPEC|FILE", "mlp:..., gpt:layers=..,d_model=..,heads=..,seq=..,vocab=.., or a .tsg file", ""},
                 {"--batch", "N", "global batch (samples per optimizer step)", "256"},
@@ -64,7 +64,7 @@ int cmd_plan(int argc, char** argv) {
                 {"--dot", "FILE", "write the graph coloured by stage, collectives drawn as red diamonds (Graphviz)", ""},
                 {"--trace", "FILE", "write the simulated step as a Chrome trace (chrome://tracing, Perfetto)", ""},
                 {"--output", "FILE", "write the plan (.tsp): config, placements, stages, predicted costs and, "
-                                     "on up to 64 devices, every rank's program", ""},
+                                     "on up to 64 devices, every rank's program (forward/backward/apply sections and its stage's schedule)", ""},
             },
             {});
   // The model may also be given as the first positional argument.
