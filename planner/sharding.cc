@@ -254,6 +254,15 @@ NodePlacement propagate(const Graph& g, const Node& n, std::span<const Sharding>
 
 namespace {
 
+// The placement `consumer` reads `v` in: as stored, unless the hints read a source otherwise.
+Sharding read_placement(const Graph& g, const GraphPlacement& gp, const PropagationHints& hints, Value v,
+                        const Node& consumer) {
+  const Node& src = g.node(v.node);
+  if (hints.read_as && src.inputs.empty())
+    if (std::optional<Sharding> read = hints.read_as(src, consumer)) return *read;
+  return gp.at(v);
+}
+
 // A replicated value that every consumer only slices (say a broadcast of the loss gradient
 // that the batch-split backward then cuts) is better produced split: its producer computes
 // just the part each device needs. Walking backwards, move such slices up through producers
@@ -289,10 +298,7 @@ void sink_slices(const Graph& g, const Mesh& m, std::span<const int32_t> nodes, 
     std::vector<Sharding> in;
     for (auto& v : n.inputs) {
       types.push_back(g.type(v));
-      const Node& src = g.node(v.node);
-      std::optional<Sharding> read;
-      if (hints.read_as && src.inputs.empty()) read = hints.read_as(src, n);
-      in.push_back(read ? *read : gp.at(v));
+      in.push_back(read_placement(g, gp, hints, v, n));
     }
     const ShardingRule rule = n.def->sharding(n, types);
     NodePlacement before = propagate(g, n, in, m, {}, hints);
@@ -383,10 +389,7 @@ GraphPlacement propagate_graph(const Graph& g, const Mesh& m, const SourcePlacem
     for (auto& v : n.inputs) {
       if (gp.values[v.node].empty())
         throw Error(n.where() + ": input '" + g.node(v.node).name + "' was not placed before it");
-      const Node& src = g.node(v.node);
-      std::optional<Sharding> read;
-      if (hints.read_as && src.inputs.empty()) read = hints.read_as(src, n);
-      in.push_back(read ? *read : gp.at(v));
+      in.push_back(read_placement(g, gp, hints, v, n));
     }
     std::vector<double> weight;
     for (auto& v : n.inputs) weight.push_back(is_weight[v.node] ? 1e6 : 1.0);
