@@ -128,6 +128,22 @@ void push_compute(std::vector<Segment>& v, double s) {
 
 }  // namespace
 
+std::string_view grad_accumulation_name(CostOptions::GradAccumulation a) {
+  switch (a) {
+    case CostOptions::GradAccumulation::in_gemm: return "in-gemm";
+    case CostOptions::GradAccumulation::cast_add: return "cast-add";
+    case CostOptions::GradAccumulation::add: break;
+  }
+  return "add";
+}
+
+std::optional<CostOptions::GradAccumulation> grad_accumulation_from_name(std::string_view s) {
+  using A = CostOptions::GradAccumulation;
+  for (A a : {A::in_gemm, A::add, A::cast_add})
+    if (grad_accumulation_name(a) == s) return a;
+  return std::nullopt;
+}
+
 ModelProfile profile_model(const Graph& g, const std::string& phase, const PlanConfig& c, const ClusterSpec& cluster,
                            const CostOptions& opt, const std::vector<std::pair<std::string, int64_t>>& repeats) {
   if (c.dp < 1 || c.tp < 1 || c.pp < 1 || c.microbatches < 1) throw Error("plan: dp, tp, pp and microbatches must be >= 1");
@@ -259,7 +275,15 @@ ModelProfile profile_model(const Graph& g, const std::string& phase, const PlanC
       const double grad_local = static_cast<double>(numel(local_shape(n.outputs[0].shape, grad_s, x.mesh)));
       lp.parameters += elems;
       lp.weight_bytes += local * wsize;
-      lp.grad_bytes += grad_local * (opt.f32_gradients ? 4 : wsize);
+      const double sum_size = opt.f32_gradients ? 4 : wsize;
+      lp.grad_bytes += grad_local * sum_size;
+      // One microbatch's gradient (whole, as its producer leaves it) into the running sum.
+      if (opt.grad_accumulation != CostOptions::GradAccumulation::in_gemm) {
+        const bool cast = opt.grad_accumulation == CostOptions::GradAccumulation::cast_add;
+        const double used = static_cast<double>(numel(local_shape(n.outputs[0].shape, pp.used, x.mesh)));
+        const double bytes = used * (wsize + 2 * sum_size + (cast ? 2 * sum_size : 0));
+        lp.grad_accumulate_s += bytes / cluster.device.memory_bandwidth + (cast ? 2 : 1) * cluster.device.launch_overhead_s;
+      }
       const TpRole role = tp_role(n.name, g);
       const bool row_bias = role == TpRole::row && n.outputs[0].rank() == 1;  // replicated by design
       if (pp.used[x.mesh.axis("tp")] == Placement::R() && c.tp > 1 && role != TpRole::replicated && !row_bias)

@@ -4,7 +4,9 @@
 // memory. The pipeline builder (planner/pipeline.h) turns these into simulated programs.
 #pragma once
 
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "graph/graph.h"
@@ -27,7 +29,23 @@ struct CostOptions {
   // replicas in f32 rather than in the compute dtype (what Megatron does with bf16, and
   // DeepSpeed's BF16_Optimizer): twice the gradient memory and data-parallel traffic.
   bool f32_gradients = false;
+  // How one microbatch's weight gradients join the step's running sum when a step has
+  // several microbatches:
+  //  in_gemm:  the weight-gradient product accumulates into the sum itself (beta = 1): no
+  //            extra traffic (Megatron-LM's gradient_accumulation_fusion);
+  //  add:      a pass per microbatch reading the new gradient and reading and writing the
+  //            sum (tessel's runtime; PyTorch's AccumulateGrad; Megatron-LM's main_grad hooks);
+  //  cast_add: the gradient is first copied into the sum's dtype, then added: two passes
+  //            (DeepSpeed's BF16_Optimizer: hp_grad.add_(lp_grad.to(float32))).
+  enum class GradAccumulation : uint8_t { in_gemm, add, cast_add };
+  GradAccumulation grad_accumulation = GradAccumulation::add;
+  // Pipeline transfers hold the compute stream of both stages for their duration instead
+  // of running beside it (DeepSpeed's pipeline engine: its sends and receives are NCCL
+  // calls the compute stream waits on).
+  bool blocking_p2p = false;
 };
+std::string_view grad_accumulation_name(CostOptions::GradAccumulation a);
+std::optional<CostOptions::GradAccumulation> grad_accumulation_from_name(std::string_view s);
 
 // A piece of a layer's forward or backward pass on one device: compute, or a collective
 // that the next piece waits for.
@@ -49,6 +67,9 @@ struct LayerProfile {
   std::vector<Segment> grad_sync;   // gradient reductions, async after the layer's last backward
   std::vector<Segment> param_sync;  // after the optimizer: gathers of updated parameters
   double optimizer_s = 0;           // optimizer compute on one device
+  // Adding one microbatch's weight gradients to the step's sum (CostOptions::grad_accumulation;
+  // paid after each backward when a step has more than one microbatch).
+  double grad_accumulate_s = 0;
   double forward_compute_s = 0, backward_compute_s = 0;
   double model_flops = 0;           // forward + backward of one microbatch, whole layer (all devices)
   double forward_flops = 0;         // forward only, whole layer (for recompute accounting)

@@ -58,7 +58,8 @@ std::vector<double> layer_busy_times(const ModelProfile& mp, const PlanConfig& c
     for (auto& s : l.forward) f += s.seconds;
     for (auto& s : l.backward) b += s.seconds;
     const double v = f * (c.recompute == Recompute::full ? 2 : 1) + b +
-                     (c.recompute == Recompute::selective ? l.core_forward_s : 0);
+                     (c.recompute == Recompute::selective ? l.core_forward_s : 0) +
+                     (c.microbatches > 1 ? l.grad_accumulate_s : 0);
     for (int64_t r = 0; r < l.repeat; ++r) t.push_back(v);
   }
   return t;
@@ -172,17 +173,37 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
     }
     return prev;
   };
+  // Pipeline transfers across the boundary after stage s (activations forward, their
+  // gradients back: the same bytes), between stage s's and stage s+1's first ranks.
+  std::vector<double> p2p_s(c.pp, 0);
+  for (int64_t s = 0; s + 1 < c.pp; ++s) {
+    std::vector<int64_t> pair{s * c.dp * c.tp, (s + 1) * c.dp * c.tp};
+    p2p_s[s] = collective_time(cluster, Collective::send_recv, layers[bounds[s + 1] - 1]->output_bytes, pair).seconds;
+  }
+  // Receives run on the comm stream beside compute; with blocking transfers both the
+  // receive and the sender's send hold the compute stream instead.
+  const Stream p2p_stream = opt.blocking_p2p ? Stream::compute : Stream::comm;
+  auto send = [&](int64_t s, double seconds, const std::string& label, int64_t dep) {
+    Task t;
+    t.name = label;
+    t.rank = s;
+    t.stream = Stream::compute;
+    t.kind = TaskKind::send;
+    t.duration_s = seconds;
+    t.deps.push_back(dep);
+    folded_comm[s] += seconds;
+    sim->add(std::move(t));
+  };
   auto forward = [&](int64_t s, int64_t j) {
     int64_t dep = -1;
     if (s > 0) {  // activations from the previous stage
       Task recv;
       recv.name = mb_label(stage_label(s, ""), j, "/recv");
       recv.rank = s;
-      recv.stream = Stream::comm;
+      recv.stream = p2p_stream;
       recv.kind = TaskKind::recv;
-      const double bytes = layers[bounds[s] - 1]->output_bytes;
-      std::vector<int64_t> pair{(s - 1) * c.dp * c.tp, s * c.dp * c.tp};
-      recv.duration_s = collective_time(cluster, Collective::send_recv, bytes, pair).seconds;
+      recv.duration_s = p2p_s[s - 1];
+      if (opt.blocking_p2p) folded_comm[s] += recv.duration_s;
       recv.deps.push_back(fwd_end[s - 1][j]);
       dep = sim->add(std::move(recv));
     }
@@ -197,6 +218,7 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
     }
     fwd_start[s][j] = first;
     fwd_end[s][j] = last;
+    if (opt.blocking_p2p && s + 1 < c.pp) send(s, p2p_s[s], mb_label(stage_label(s, ""), j, "/send"), last);
   };
   auto backward = [&](int64_t s, int64_t j) {
     int64_t dep = fwd_end[s][j];
@@ -205,11 +227,10 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
       Task t;
       t.name = mb_label(stage_label(s, ""), j, "/recv_grad");
       t.rank = s;
-      t.stream = Stream::comm;
+      t.stream = p2p_stream;
       t.kind = TaskKind::recv;
-      const double bytes = layers[bounds[s + 1] - 1]->output_bytes;
-      std::vector<int64_t> pair{s * c.dp * c.tp, (s + 1) * c.dp * c.tp};
-      t.duration_s = collective_time(cluster, Collective::send_recv, bytes, pair).seconds;
+      t.duration_s = p2p_s[s];
+      if (opt.blocking_p2p) folded_comm[s] += t.duration_s;
       t.deps.push_back(dep);
       recv = dep = sim->add(std::move(t));
     }
@@ -226,6 +247,11 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
       }
       int64_t b = -1;
       last = emit(s, layers[i]->backward, TaskKind::backward, named ? label + "/bwd" : label, last, 0, b);
+      if (m > 1 && layers[i]->grad_accumulate_s > 0) {
+        const std::vector<Segment> acc{Segment{false, layers[i]->grad_accumulate_s, Collective::all_reduce, -1, 0, -1, 0,
+                                               "gradient accumulation"}};
+        last = emit(s, acc, TaskKind::backward, named ? label + "/grad_accumulate" : label, last, 0, b);
+      }
       if (first < 0) first = f >= 0 ? f : b;
       // Free what forward kept (and what recompute rebuilt) when the layer's backward ends.
       Task free_task;
@@ -240,6 +266,7 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
     }
     bwd_start[s][j] = recv >= 0 ? recv : first;
     bwd_end[s][j] = last;
+    if (opt.blocking_p2p && s > 0) send(s, p2p_s[s - 1], mb_label(stage_label(s, ""), j, "/send_grad"), last);
   };
   // Programs in schedule order, stage after stage; cross-stage waits are wired afterwards.
   for (int64_t s = 0; s < c.pp; ++s)

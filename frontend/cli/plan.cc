@@ -57,6 +57,12 @@ int cmd_plan(int argc, char** argv) {
                 {"--precision", "P", "f32, mixed (bf16 compute, f32 master weights), or auto (mixed on GPUs)", "auto"},
                 {"--f32-gradients", "", "with mixed precision, accumulate and reduce gradients in f32 (Megatron with bf16, "
                                         "DeepSpeed's BF16_Optimizer)", ""},
+                {"--grad-accumulation", "HOW", "how each microbatch's weight gradients join the step's sum: add (a pass "
+                                                "reading the gradient and the sum; tessel's runtime), in-gemm (the weight-gradient "
+                                                "product accumulates in place, as Megatron-LM's gradient_accumulation_fusion) or "
+                                                "cast-add (a converted copy, then the add: DeepSpeed's BF16_Optimizer)", "add"},
+                {"--blocking-p2p", "", "pipeline transfers hold both stages' compute streams (to compare with DeepSpeed's "
+                                       "pipeline engine; tessel overlaps them)", ""},
                 {"--optimizer", "NAME", "sgd or adamw (decides optimizer state)", "adamw"},
                 {"--gemm-efficiency", "X", "fraction of peak that large GEMMs reach (overrides the cluster's measured figure)", "the device's"},
                 {"--format", "FMT", "text or json (keys: step_time_s, model_flops_per_step, hardware_flops_per_step, "
@@ -144,6 +150,13 @@ int cmd_plan(int argc, char** argv) {
       throw Error("tessel plan: --f32-gradients goes with mixed precision (gradients are f32 anyway with --precision f32)");
     so.cost.f32_gradients = true;
   }
+  if (args.has("--grad-accumulation")) {
+    const std::string a = args.str("--grad-accumulation");
+    const auto ga = planner::grad_accumulation_from_name(a);
+    if (!ga) throw Error("tessel plan: --grad-accumulation must be add, in-gemm or cast-add (got '" + a + "')");
+    so.cost.grad_accumulation = *ga;
+  }
+  so.cost.blocking_p2p = args.has("--blocking-p2p");
   if (args.has("--gemm-efficiency")) {
     so.cost.gemm_efficiency = args.f64("--gemm-efficiency", 1);
     if (!(so.cost.gemm_efficiency > 0 && so.cost.gemm_efficiency <= 1))

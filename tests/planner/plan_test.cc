@@ -181,6 +181,75 @@ TEST(PlanPipeline, BubbleComesOutOfTheSimulation) {
     }
 }
 
+TEST(PlanCost, GradientAccumulationIsOneMemoryPassPerMicrobatch) {
+  // Mixed precision, f32 sums: a microbatch's bf16 gradient (2 bytes) is read and the f32
+  // sum read and written (8): 10 bytes per parameter; cast-add first writes and rereads an
+  // f32 copy (+8); in-gemm costs nothing. Paid per microbatch only when there are several.
+  const std::string spec = "mlp:64-128-64-32";
+  const double psi = 64 * 128 + 128 + 128 * 64 + 64 + 64 * 32 + 32;
+  const double tensors = 6;
+  ClusterSpec cl = parse_cluster("a100-80g:nodes=1");
+  const double bw = cl.device.memory_bandwidth, launch = cl.device.launch_overhead_s;
+  PlannedModel pm = mlp_builder(spec)(8);
+  PlanConfig c;
+  c.microbatches = 4;
+  auto run = [&](CostOptions::GradAccumulation a, int64_t m, double* pass) {
+    CostOptions co;
+    co.precision = Precision::mixed;
+    co.f32_gradients = true;
+    co.grad_accumulation = a;
+    PlanConfig cm = c;
+    cm.microbatches = m;
+    ModelProfile mp = profile_model(*pm.graph, "train", cm, cl, co);
+    *pass = 0;
+    for (auto& l : mp.layers) *pass += static_cast<double>(l.repeat) * l.grad_accumulate_s;
+    return estimate_plan(mp, cm, cl, co).step_time_s;
+  };
+  using A = CostOptions::GradAccumulation;
+  double add = 0, cast = 0, fused = 0;
+  const double t_add = run(A::add, 4, &add), t_cast = run(A::cast_add, 4, &cast), t_fused = run(A::in_gemm, 4, &fused);
+  EXPECT_DOUBLE_EQ(fused, 0);
+  EXPECT_NEAR(add, psi * 10 / bw + tensors * launch, 1e-15);
+  EXPECT_NEAR(cast, psi * 18 / bw + 2 * tensors * launch, 1e-15);
+  // One device, nothing to overlap: each of the 4 microbatches pays the pass once.
+  EXPECT_NEAR(t_add - t_fused, 4 * add, 1e-12);
+  EXPECT_NEAR(t_cast - t_fused, 4 * cast, 1e-12);
+  double unused = 0;
+  EXPECT_DOUBLE_EQ(run(A::add, 1, &unused), run(A::in_gemm, 1, &unused)) << "one microbatch has nothing to accumulate";
+}
+
+TEST(PlanPipeline, BlockingTransfersHoldBothStagesComputeStreams) {
+  // Two stages of 8 layers (forward f, backward 2f); the boundary sends d seconds of data.
+  ClusterSpec cl = parse_cluster("a100-80g:nodes=2");
+  const double f = 1e-3;
+  ModelProfile mp = uniform(16, f);
+  mp.layers[0].output_bytes = 50e6;
+  PlanConfig c;
+  c.pp = 2;
+  c.microbatches = 1;
+  CostOptions overlapped, blocking;
+  blocking.blocking_p2p = true;
+  const double d = collective_time(cl, Collective::send_recv, 50e6, std::vector<int64_t>{0, 1}).seconds;
+  ASSERT_GT(d, 0);
+  const double tf = 8 * f, tb = 16 * f;
+  // One microbatch: F0, transfer, F1, B1, transfer back, B0, either way.
+  EXPECT_NEAR(estimate_plan(mp, c, cl, blocking).step_time_s, 2 * tf + 2 * tb + 2 * d, 1e-9);
+  EXPECT_NEAR(estimate_plan(mp, c, cl, overlapped).step_time_s, 2 * tf + 2 * tb + 2 * d, 1e-9);
+  // Several: each stage's compute stream also carries its own sends, m each way, and books
+  // every transfer it holds as exposed communication.
+  c.microbatches = 8;
+  PlanEstimate eb = estimate_plan(mp, c, cl, blocking, true), eo = estimate_plan(mp, c, cl, overlapped);
+  EXPECT_GT(eb.step_time_s, eo.step_time_s + d);
+  for (const StageEstimate& st : eb.stages) EXPECT_NEAR(st.exposed_comm_s, 2 * 8 * d, 1e-9);
+  int sends = 0;
+  for (const Task& t : eb.simulation->tasks())
+    if (t.kind == TaskKind::send) {
+      EXPECT_EQ(t.stream, Stream::compute) << t.name;
+      ++sends;
+    }
+  EXPECT_EQ(sends, 2 * 8);
+}
+
 TEST(PlanSearch, NeverSlowerThanAnyPinnedPlanAndDeterministic) {
   for (auto [spec, cluster, batch] : std::vector<std::tuple<std::string, std::string, int64_t>>{
            {"mlp:256-512-512-10", "local:4", 64},
