@@ -328,18 +328,20 @@ std::vector<RankProgram> partition(const Graph& g, const PlanConfig& c, std::vec
     for (int64_t s = 0; s < c.pp; ++s)
       for (int64_t l = stage_bounds[s]; l < stage_bounds[s + 1]; ++l) layer_stage[l] = static_cast<int>(s);
     for (int32_t id : nodes) st.stage_of[id] = ls.layer_of[id] >= 0 ? layer_stage[ls.layer_of[id]] : -1;
+    // A shared node joins the stage of its inputs. One that reads several stages (a global
+    // reduction such as the gradient norm for clipping, and what scales each gradient by it)
+    // runs where most of its input bytes already are, the later stage on a tie, and the
+    // other stages send it their values: a chain of partial sums passes along the pipeline
+    // as scalars and the whole gradients stay where they are.
     for (int32_t id : nodes) {
       if (st.stage_of[id] >= 0) continue;
+      std::map<int, double> bytes_from;
+      for (auto& in : g.node(id).inputs)
+        if (const int s = st.stage_of[in.node]; s >= 0) bytes_from[s] += static_cast<double>(g.type(in).bytes());
       int from = -1;
-      for (auto& in : g.node(id).inputs) {
-        const int s = st.stage_of[in.node];
-        if (s < 0) continue;
-        if (from >= 0 && s != from)
-          throw Error(g.node(id).where() + ": reads values of stages " + std::to_string(from) + " and " +
-                      std::to_string(s) + " (a global reduction across pipeline stages, such as clipping by the "
-                      "global gradient norm, is not partitioned yet)");
-        from = s;
-      }
+      double most = -1;
+      for (auto& [s, b] : bytes_from)
+        if (b >= most) from = s, most = b;
       st.stage_of[id] = from;
     }
   }

@@ -234,6 +234,7 @@ struct Case {
   int64_t batch;
   PlanConfig config;
   std::string optimizer = "adamw";
+  double clip_norm = 0;  // > 0: clip by the global gradient norm (a reduction across every stage)
 };
 
 std::string name_of(const Case& c) { return c.spec + " " + c.config.str(); }
@@ -246,6 +247,7 @@ void check_equivalence(const Case& k) {
   oc.kind = k.optimizer;
   oc.lr = 0.01;
   oc.momentum = 0.9;
+  oc.clip_norm = k.clip_norm;
   add_training(g, "loss", oc);
   // Random inputs.
   std::mt19937 rng(5);
@@ -264,11 +266,14 @@ void check_equivalence(const Case& k) {
   runtime::ExecutorOptions eo;
   eo.seed = 11;
   runtime::Executor one(g, eo);
-  int prog = one.prepare({"train", {"loss"}});
+  std::vector<std::string> outs{"loss"};
+  if (k.clip_norm > 0) outs.push_back("grad_norm");
+  int prog = one.prepare({"train", outs});
   one.initialize();
   for (auto& [name, td] : inputs) std::memcpy(one.input(name).data, td.second.data(), td.second.size());
   one.run(prog);
   const float loss = one.output("loss").as<float>()[0];
+  if (k.clip_norm > 0) EXPECT_GT(one.output("grad_norm").as<float>()[0], 2 * k.clip_norm) << "the clip must bite";
   // Partitioned.
   std::vector<RankProgram> progs = partition(g, k.config);
   ASSERT_EQ(static_cast<int64_t>(progs.size()), k.config.devices());
@@ -284,6 +289,23 @@ void check_equivalence(const Case& k) {
     EXPECT_NEAR(ls.ref(r, *v).as<float>()[0], loss, 1e-5 * std::max(1.f, std::fabs(loss))) << "rank " << r;
   }
   EXPECT_EQ(with_loss, k.config.dp * k.config.tp);
+  if (k.clip_norm > 0) {
+    const float norm = one.output("grad_norm").as<float>()[0];
+    int with_norm = 0;
+    for (size_t r = 0; r < progs.size(); ++r) {
+      const RankProgram& p = progs[r];
+      if (auto v = p.graph.output("grad_norm")) {
+        ++with_norm;
+        EXPECT_NEAR(ls.ref(r, *v).as<float>()[0], norm, 1e-5 * norm) << "rank " << r;
+      }
+      // Across stages the norm travels as scalar partial sums and the scale comes back as
+      // one: no gradient leaves its stage in the optimizer step.
+      for (const Node& n : p.graph.nodes())
+        if (n.op == "send" && p.section[n.id] == Section::apply)
+          EXPECT_EQ(p.graph.type(n.inputs[0]).numel(), 1) << "rank " << r << " sends " << n.name;
+    }
+    EXPECT_GE(with_norm, 1);
+  }
   for (int32_t id : g.parameters()) {
     const std::string& name = g.node(id).name;
     std::vector<float> got = ls.gather_variable(name, g, m);
@@ -319,7 +341,12 @@ TEST(Partition, EveryStrategyComputesWhatOneDeviceComputes) {
                                          {mlp, 8, cfg(1, 1, 0, 2)}, {mlp, 8, cfg(1, 1, 0, 4)}, {mlp, 8, cfg(2, 2, 0, 2)},
                                          {gpt, 4, cfg(1, 1, 0, 2), "sgd"}, {gpt, 4, cfg(2, 2, 0, 3), "sgd"},
                                          // sequence parallelism
-                                         {gpt, 4, cfg(1, 2, 0, 1, true), "sgd"}, {gpt, 4, cfg(2, 4, 0, 1, true), "sgd"}})
+                                         {gpt, 4, cfg(1, 2, 0, 1, true), "sgd"}, {gpt, 4, cfg(2, 4, 0, 1, true), "sgd"},
+                                         // clipping by the global norm: a clip small enough to bite, whose
+                                         // norm sums partial squares from every stage (and tp shard)
+                                         {mlp, 8, cfg(1, 1, 0, 1), "adamw", 0.05}, {mlp, 8, cfg(1, 1, 0, 2), "adamw", 0.05},
+                                         {mlp, 8, cfg(1, 1, 0, 4), "adamw", 0.05}, {mlp, 8, cfg(2, 2, 1, 2), "adamw", 0.05},
+                                         {gpt, 4, cfg(2, 2, 0, 3), "sgd", 0.05}})
     check_equivalence(k);
 }
 
