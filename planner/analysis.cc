@@ -197,6 +197,22 @@ ModelProfile profile_model(const Graph& g, const std::string& phase, const PlanC
   std::map<int32_t, std::vector<size_t>> paid_before;  // node -> reshards to pay first
   for (size_t r = 0; r < x.gp.reshards.size(); ++r)
     if (first_consumer[r] >= 0) paid_before[first_consumer[r]].push_back(r);
+  // A parameter gathered for its forward users (ZeRO-3) is gathered again for its backward
+  // users, as the partitioner does: the whole copy does not stay alive in between.
+  std::vector<char> backward_node(g.size(), 0);
+  for (auto& l : ls.layers)
+    for (int32_t id : l.backward) backward_node[id] = 1;
+  for (size_t r = 0; r < x.gp.reshards.size(); ++r) {
+    if (g.node(x.gp.reshards[r].value.node).def->kind != OpKind::variable) continue;
+    int32_t first_bwd = -1;
+    bool forward_use = false;
+    for (auto& [node, input] : x.gp.reshards[r].consumers) {
+      if (input < 0) continue;
+      if (backward_node[node]) first_bwd = first_bwd < 0 ? node : std::min(first_bwd, node);
+      else if (!x.optimizer_node[node]) forward_use = true;
+    }
+    if (forward_use && first_bwd >= 0) paid_before[first_bwd].push_back(r);
+  }
 
   for (size_t li = 0; li < ls.layers.size(); ++li) {
     const Layer& layer = ls.layers[li];

@@ -230,7 +230,10 @@ class RankBuilder {
     const Sharding& from = gp_.at(v);
     Value cur = local_.at(v.node).at(v.index);
     if (from == to) return cur;
-    auto key = std::make_tuple(v.node, v.index, sharding_str(to));
+    // A parameter gathered for the forward pass is gathered again for the backward (ZeRO-3):
+    // a copy kept in between would hold the whole parameter across every microbatch.
+    const bool per_section = g_.node(v.node).def->kind == OpKind::variable;
+    auto key = std::make_tuple(v.node, v.index, sharding_str(to), per_section ? static_cast<int>(st_.section_of[consumer.id]) : -1);
     if (auto it = memo_.find(key); it != memo_.end()) return it->second;
     const TensorType& t = g_.type(v);
     Sharding s = from;
@@ -289,7 +292,7 @@ class RankBuilder {
   Graph out_;
   std::vector<std::vector<Value>> local_;
   std::map<std::pair<int32_t, int>, size_t> at_;
-  std::map<std::tuple<int32_t, int32_t, std::string>, Value> memo_;
+  std::map<std::tuple<int32_t, int32_t, std::string, int>, Value> memo_;
   std::map<std::pair<int32_t, int32_t>, std::set<int>> readers_;  // value -> stages reading it
   std::vector<Section> section_;
 };

@@ -293,7 +293,8 @@ const char* const kParams[] = {"fc1/weight", "fc1/bias", "fc2/weight", "fc2/bias
 
 // Forward and backward of the whole MLP on this rank's rows of the batch, with the weights
 // as its consumers see them (whole). Returns the gradients as this rank's partial sums.
-Params batch_split_step(Program& p, Value x, Value labels, const Params& w, const Group& dp) {
+// `w2_backward`: fc2's weight as the backward's input gradient reads it (default: w.w2).
+Params batch_split_step(Program& p, Value x, Value labels, const Params& w, const Group& dp, Value w2_backward = {}) {
   const ops::Emitter& e = p.e();
   Value pre = linear(e, x, w.w1, w.b1);
   Value h = e.relu(pre);
@@ -302,7 +303,7 @@ Params batch_split_step(Program& p, Value x, Value labels, const Params& w, cons
   p.graph().set_output("logits", logits);  // left split over dp: the runtime gathers it
   p.graph().set_output("loss", l.loss);
   Value dy = cross_entropy_grad(e, l);
-  Value dpre = relu_grad(e, pre, input_grad(e, dy, w.w2));
+  Value dpre = relu_grad(e, pre, input_grad(e, dy, w2_backward.valid() ? w2_backward : w.w2));
   return {weight_grad(e, x, dpre), bias_grad(e, dpre), weight_grad(e, h, dy), bias_grad(e, dy)};
 }
 
@@ -390,16 +391,9 @@ TEST(ExpectedProgram, Zero2) {
 }
 
 // ZeRO-3 (dp=2, momentum 0.9): parameters are stored in halves along dim 0 as well; each is
-// all-gathered once for use (fc2's weight serves the forward product and the backward's
-// input gradient from the same gather), and the update writes the stored half directly, so
-// nothing is gathered after it.
-//
-// DISCREPANCY (fails at the time of writing): the partitioner gives ZeRO-3 exactly its
-// ZeRO-1/2 programs. source_placements() places parameters by parameter_placement().used
-// (replicated), and partition() never reads .stored, so every rank holds whole [8,16],
-// [16], [16,4], [4] parameters (variable_placements say R), slices them for the half-update
-// and all-gathers the new values: no parameter memory is saved, while the planner's memory
-// estimate (analysis.cc, weight_bytes from .stored) assumes halves.
+// all-gathered for the forward pass, and fc2's weight, which the backward's input gradient
+// also reads, is all-gathered again for it (so no whole copy lives from forward to backward);
+// the update writes the stored half directly, so nothing is gathered after it.
 TEST(ExpectedProgram, Zero3) {
   models::Built b = training_graph(0.9);
   const Graph& t = b.model->graph();
@@ -411,7 +405,7 @@ TEST(ExpectedProgram, Zero3) {
                   p.parameter("fc2/weight", {8, 4}, {8 * rank, 0}), p.parameter("fc2/bias", {2}, {2 * rank})};
     Params used{p.all_gather(stored.w1, 0, dp), p.all_gather(stored.b1, 0, dp), p.all_gather(stored.w2, 0, dp),
                 p.all_gather(stored.b2, 0, dp)};
-    Params g = batch_split_step(p, p.source("x", {4, 8}), p.source("labels", {4}), used, dp);
+    Params g = batch_split_step(p, p.source("x", {4, 8}), p.source("labels", {4}), used, dp, p.all_gather(stored.w2, 0, dp));
     Value lr = p.learning_rate();
     auto ws = each(stored), gs = each(g);
     for (size_t i = 0; i < ws.size(); ++i) {
@@ -422,6 +416,15 @@ TEST(ExpectedProgram, Zero3) {
     }
     return std::move(p.graph());
   });
+  // The second gather belongs to the backward section (the runtime frees the forward's copy
+  // once the forward pass is done with it).
+  for (const RankProgram& rp : partition(t, config(2, 1, 1, 3))) {
+    std::map<Section, int> gathers;
+    for (const Node& n : rp.graph.nodes())
+      if (n.op == "all_gather") ++gathers[rp.section[n.id]];
+    EXPECT_EQ(gathers[Section::forward], 4) << "rank " << rp.rank;
+    EXPECT_EQ(gathers[Section::backward], 1) << "rank " << rp.rank;
+  }
 }
 
 // tp=2. tp_role: fc1 and fc2 are a Megatron column/row pair: fc1's weight [8, 8] of [8, 16]

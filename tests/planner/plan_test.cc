@@ -50,6 +50,26 @@ TEST(PlanMemory, ZeroStagesMatchTheZeroPaperAccounting) {
   }
 }
 
+TEST(PlanCost, Zero3GathersParametersAgainForTheBackward) {
+  // The backward's input gradients read fc2's and fc3's weights (fc1's input needs none):
+  // under ZeRO-3 each is gathered again there, as the partitioner's programs do.
+  ClusterSpec cl = parse_cluster("a100-80g:nodes=1");
+  PlannedModel pm = mlp_builder("mlp:64-128-64-32")(8);
+  for (int z : {1, 3}) {
+    PlanConfig c;
+    c.dp = 4;
+    c.zero = z;
+    ModelProfile mp = profile_model(*pm.graph, "train", c, cl, CostOptions{});
+    int forward = 0, backward = 0;
+    for (auto& l : mp.layers) {
+      for (auto& sg : l.forward) forward += sg.comm && sg.op == Collective::all_gather;
+      for (auto& sg : l.backward) backward += sg.comm && sg.op == Collective::all_gather;
+    }
+    EXPECT_EQ(forward, z == 3 ? 6 : 0) << "ZeRO-" << z;
+    EXPECT_EQ(backward, z == 3 ? 2 : 0) << "ZeRO-" << z;
+  }
+}
+
 TEST(PlanMemory, TensorParallelSplitsTheSplitLayers) {
   // fc1 column, fc2 row (its bias replicated), fc3 (the classifier) replicated; f32 Adam:
   // weights 4 + grads 4 + m, v 8 = 16 bytes per element held.
