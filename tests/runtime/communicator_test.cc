@@ -1,0 +1,244 @@
+// The in-process communicator: every collective against naive loops over the members'
+// data, on groups of 1, 2, 3, 4 and 8 (sizes that do not divide evenly included), sub-groups
+// used concurrently, point-to-point order, and the failure paths: timeouts naming the
+// missing ranks, desynchronised groups, and abort stopping everyone.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstring>
+#include <functional>
+#include <numeric>
+#include <thread>
+
+#include "graph/error.h"
+#include "runtime/inprocess_comm.h"
+
+namespace tessel::runtime {
+namespace {
+
+using ::testing::AnyOf;
+using ::testing::HasSubstr;
+
+// Runs fn on every rank of a world in its own thread; returns each rank's error ("" if none).
+std::vector<std::string> on_ranks(int64_t n, const std::function<void(Communicator&)>& fn, CommOptions o = {}) {
+  InProcessWorld world(n, o);
+  std::vector<std::string> err(static_cast<size_t>(n));
+  std::vector<std::thread> threads;
+  for (int64_t r = 0; r < n; ++r)
+    threads.emplace_back([&, r] {
+      try {
+        fn(world.rank(r));
+      } catch (const std::exception& e) {
+        err[static_cast<size_t>(r)] = e.what();
+      }
+    });
+  for (auto& t : threads) t.join();
+  return err;
+}
+
+struct Buf {
+  std::vector<int64_t> shape;
+  std::vector<float> v;
+  Buf(std::vector<int64_t> s, float fill = 0) : shape(std::move(s)), v(static_cast<size_t>(numel_of(shape)), fill) {}
+  static int64_t numel_of(const std::vector<int64_t>& s) {
+    return std::accumulate(s.begin(), s.end(), int64_t{1}, std::multiplies<>());
+  }
+  TensorRef ref() { return TensorRef{v.data(), DType::f32, shape, static_cast<int64_t>(v.size())}; }
+};
+
+// Member r's input value at flat index i: distinct per member and element.
+float value(int64_t r, int64_t i) { return static_cast<float>(r * 1000 + i % 997) * 0.5f - 3.f; }
+
+std::vector<int64_t> all_of(int64_t n) {
+  std::vector<int64_t> g(static_cast<size_t>(n));
+  std::iota(g.begin(), g.end(), 0);
+  return g;
+}
+
+TEST(InProcessComm, AllReduceOfABucketMatchesNaiveSumsMeansAndMaxima) {
+  for (int64_t n : {1, 2, 3, 4, 8})
+    for (ReduceOp op : {ReduceOp::sum, ReduceOp::mean, ReduceOp::max})
+      for (bool in_place : {false, true}) {
+        SCOPED_TRACE(std::to_string(n) + " ranks " + std::string(reduce_op_name(op)) + (in_place ? " in place" : ""));
+        const std::vector<int64_t> sizes{7, 0, 1, 4099, 13};  // a bucket: odd sizes, an empty one
+        std::vector<std::vector<Buf>> got(static_cast<size_t>(n));
+        auto err = on_ranks(n, [&](Communicator& c) {
+          auto& mine = got[static_cast<size_t>(c.rank())];
+          std::vector<Buf> in;
+          for (int64_t s : sizes) {
+            in.emplace_back(std::vector<int64_t>{s});
+            for (int64_t i = 0; i < s; ++i) in.back().v[static_cast<size_t>(i)] = value(c.rank(), i + s);
+          }
+          for (int64_t s : sizes) mine.emplace_back(std::vector<int64_t>{s});
+          std::vector<TensorRef> ri, ro;
+          for (auto& b : in) ri.push_back(b.ref());
+          for (auto& b : mine) ro.push_back(b.ref());
+          const auto g = all_of(n);
+          c.all_reduce(ri, in_place ? ri : ro, op, g);
+          if (in_place) mine = in;
+        });
+        for (auto& e : err) ASSERT_EQ(e, "");
+        for (size_t s = 0; s < sizes.size(); ++s)
+          for (int64_t i = 0; i < sizes[s]; ++i) {
+            float want = op == ReduceOp::max ? -1e30f : 0.f;
+            for (int64_t r = 0; r < n; ++r)
+              want = op == ReduceOp::max ? std::max(want, value(r, i + sizes[s])) : want + value(r, i + sizes[s]);
+            if (op == ReduceOp::mean) want /= static_cast<float>(n);
+            for (int64_t r = 0; r < n; ++r)
+              ASSERT_FLOAT_EQ(got[static_cast<size_t>(r)][s].v[static_cast<size_t>(i)], want) << "rank " << r << " tensor " << s << " [" << i << "]";
+          }
+      }
+}
+
+TEST(InProcessComm, ReduceScatterAllGatherAllToAllAndBroadcastMatchNaiveLoops) {
+  const std::vector<int64_t> shape{2, 6, 5};
+  auto at = [&](int64_t a, int64_t b, int64_t c, const std::vector<int64_t>& s) { return (a * s[1] + b) * s[2] + c; };
+  for (int64_t n : {1, 2, 3, 6}) {
+    SCOPED_TRACE(std::to_string(n) + " ranks");
+    std::vector<Buf> rs, ag, a2a, bc;
+    for (int64_t r = 0; r < n; ++r) {
+      rs.emplace_back(std::vector<int64_t>{2, 6 / n, 5});
+      ag.emplace_back(std::vector<int64_t>{2, 6 * n, 5});
+      a2a.emplace_back(std::vector<int64_t>{2 * n, 6 / n, 5});
+      bc.emplace_back(shape);
+    }
+    auto err = on_ranks(n, [&](Communicator& c) {
+      Buf in(shape);
+      for (size_t i = 0; i < in.v.size(); ++i) in.v[i] = value(c.rank(), static_cast<int64_t>(i));
+      const auto g = all_of(n);
+      const size_t r = static_cast<size_t>(c.rank());
+      c.reduce_scatter(in.ref(), rs[r].ref(), 1, ReduceOp::sum, g);
+      c.all_gather(in.ref(), ag[r].ref(), 1, g);
+      c.all_to_all(in.ref(), a2a[r].ref(), 1, 0, g);
+      c.broadcast(in.ref(), bc[r].ref(), n - 1, g);
+      c.barrier(g);
+    });
+    for (auto& e : err) ASSERT_EQ(e, "");
+    const int64_t part = 6 / n;
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t a = 0; a < 2; ++a)
+        for (int64_t c = 0; c < 5; ++c) {
+          for (int64_t b = 0; b < part; ++b) {
+            float sum = 0;
+            for (int64_t q = 0; q < n; ++q) sum += value(q, at(a, r * part + b, c, shape));
+            EXPECT_FLOAT_EQ(rs[r].v[at(a, b, c, rs[r].shape)], sum);
+            for (int64_t q = 0; q < n; ++q)  // slice r of member q's dim 1, stacked along dim 0
+              EXPECT_EQ(a2a[r].v[at(q * 2 + a, b, c, a2a[r].shape)], value(q, at(a, r * part + b, c, shape)));
+          }
+          for (int64_t q = 0; q < n; ++q)
+            for (int64_t b = 0; b < 6; ++b) EXPECT_EQ(ag[r].v[at(a, q * 6 + b, c, ag[r].shape)], value(q, at(a, b, c, shape)));
+          for (int64_t b = 0; b < 6; ++b) EXPECT_EQ(bc[r].v[at(a, b, c, shape)], value(n - 1, at(a, b, c, shape)));
+        }
+  }
+}
+
+TEST(InProcessComm, SubGroupsOfAMeshWorkConcurrentlyAndPointToPointKeepsOrder) {
+  // A 2 x 2 mesh: dp groups {0,2} {1,3}, tp groups {0,1} {2,3}; many calls interleaved.
+  std::vector<float> dp_sum(4), tp_sum(4), got_msgs(4, 0);
+  auto err = on_ranks(4, [&](Communicator& c) {
+    const int64_t r = c.rank();
+    const std::vector<int64_t> dp{r % 2, r % 2 + 2}, tp{r / 2 * 2, r / 2 * 2 + 1};
+    float acc_dp = 0, acc_tp = 0;
+    for (int i = 0; i < 200; ++i) {
+      Buf x({3}, static_cast<float>(r + i)), y({3});
+      c.all_reduce(x.ref(), y.ref(), ReduceOp::sum, tp);
+      acc_tp += y.v[2];
+      c.all_reduce(y.ref(), x.ref(), ReduceOp::sum, dp);
+      acc_dp += x.v[0];
+    }
+    dp_sum[static_cast<size_t>(r)] = acc_dp;
+    tp_sum[static_cast<size_t>(r)] = acc_tp;
+    // Pipeline-style messages: stage pair (r, r ^ 2), two tags, order kept per tag.
+    const int64_t peer = r ^ 2;
+    for (int i = 0; i < 50; ++i) {
+      Buf m({2}, static_cast<float>(i));
+      c.send(m.ref(), peer, 1);
+      m.v[0] = -static_cast<float>(i);
+      c.send(m.ref(), peer, 2);
+    }
+    for (int i = 0; i < 50; ++i) {
+      Buf a({2}), b({2});
+      c.recv(b.ref(), peer, 2);
+      c.recv(a.ref(), peer, 1);
+      if (a.v[0] == static_cast<float>(i) && b.v[0] == -static_cast<float>(i)) got_msgs[static_cast<size_t>(r)]++;
+    }
+  });
+  for (auto& e : err) ASSERT_EQ(e, "");
+  for (int64_t r = 0; r < 4; ++r) {
+    // sum_i over tp pair of (r + i), then over the dp pair of that.
+    float tp_want = 0, dp_want = 0;
+    for (int i = 0; i < 200; ++i) {
+      const int64_t a = r / 2 * 2;
+      tp_want += static_cast<float>(a + i + a + 1 + i);
+      dp_want += static_cast<float>(4 * i + 6);
+    }
+    EXPECT_FLOAT_EQ(tp_sum[static_cast<size_t>(r)], tp_want);
+    EXPECT_FLOAT_EQ(dp_sum[static_cast<size_t>(r)], dp_want);
+    EXPECT_EQ(got_msgs[static_cast<size_t>(r)], 50);
+  }
+}
+
+TEST(InProcessComm, ATimeoutNamesTheRanksThatNeverArrivedAndStopsTheOthers) {
+  CommOptions o;
+  o.timeout_s = 0.3;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto err = on_ranks(3, [&](Communicator& c) {
+    Buf x({4}, 1.f);
+    if (c.rank() == 0) c.all_reduce(x.ref(), x.ref(), ReduceOp::sum, std::vector<int64_t>{0, 1, 2});
+    if (c.rank() == 1) c.recv(x.ref(), 2, 9);  // rank 2 sends nothing
+  }, o);
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 5.0);
+  // Whichever wait expires first names what it waited for; the other is stopped with that message.
+  const std::string all = err[0] + "\n" + err[1];
+  EXPECT_THAT(all, AnyOf(HasSubstr("ranks 1, 2 never arrived"), HasSubstr("rank 2 sent nothing")));
+  EXPECT_THAT(all, HasSubstr("timed out after 0.3 s"));
+  EXPECT_NE(err[0], "");
+  EXPECT_NE(err[1], "");
+  EXPECT_EQ(err[2], "");
+}
+
+TEST(InProcessComm, DesynchronisedGroupsAndBadShapesAreReportedNotHung) {
+  auto err = on_ranks(2, [&](Communicator& c) {
+    Buf x({4, 2}, 1.f), y({8, 2});
+    const std::vector<int64_t> g{0, 1};
+    if (c.rank() == 0) c.all_reduce(x.ref(), x.ref(), ReduceOp::sum, g);
+    else c.all_gather(x.ref(), y.ref(), 0, g);
+  });
+  EXPECT_THAT(err[0], HasSubstr("desynchronised group [0,1]: rank 0 calls all_reduce of f32[4,2] (sum), rank 1 calls all_gather of f32[4,2] dim 0"));
+  EXPECT_EQ(err[0], err[1]);
+
+  err = on_ranks(2, [&](Communicator& c) {
+    Buf x({5}, 1.f), y({2});
+    c.reduce_scatter(x.ref(), y.ref(), 0, ReduceOp::sum, std::vector<int64_t>{0, 1});
+  });
+  EXPECT_THAT(err[0] + err[1], HasSubstr("dim 0 of [5] does not split over 2 ranks"));
+
+  err = on_ranks(2, [&](Communicator& c) {
+    Buf x({4}, 1.f);
+    if (c.rank() == 0) c.send(x.ref(), 1, 3);
+    else {
+      Buf y({3});
+      c.recv(y.ref(), 0, 3);
+    }
+  });
+  EXPECT_THAT(err[1], HasSubstr("rank 1: recv from rank 0 (tag 3): rank 0 sent 16 bytes, f32[3] needs 12"));
+}
+
+TEST(InProcessComm, AbortStopsEveryRankWithTheReason) {
+  auto err = on_ranks(3, [&](Communicator& c) {
+    Buf x({4}, 1.f);
+    if (c.rank() == 2) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      c.abort("rank 2 failed: out of memory in fc1/matmul");
+      return;
+    }
+    if (c.rank() == 0) c.recv(x.ref(), 2, 0);
+    else c.all_reduce(x.ref(), x.ref(), ReduceOp::sum, std::vector<int64_t>{1, 2});
+  });
+  EXPECT_THAT(err[0], HasSubstr("rank 0: recv from rank 2 (tag 0) stopped: rank 2 failed: out of memory in fc1/matmul"));
+  EXPECT_THAT(err[1], HasSubstr("stopped: rank 2 failed"));
+}
+
+}  // namespace
+}  // namespace tessel::runtime
