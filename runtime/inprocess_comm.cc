@@ -11,6 +11,7 @@
 
 #include "graph/error.h"
 #include "graph/shape.h"
+#include "runtime/block_copy.h"
 
 namespace tessel::runtime {
 
@@ -104,33 +105,6 @@ struct Mailbox {
   std::deque<std::vector<std::byte>> queue;
   std::vector<std::vector<std::byte>> spare;  // delivered buffers, reused by later sends
 };
-
-// Row-major copy of a block of shape `block` from src (shape ss) at offset so into dst
-// (shape ds) at offset doff; es bytes per element.
-void copy_block(const std::byte* src, std::span<const int64_t> ss, std::span<const int64_t> so, std::byte* dst,
-                std::span<const int64_t> ds, std::span<const int64_t> doff, std::span<const int64_t> block, size_t es) {
-  const int r = static_cast<int>(block.size());
-  if (r == 0) {
-    std::memcpy(dst, src, es);
-    return;
-  }
-  const int64_t total = numel(block);
-  if (total == 0) return;
-  const int64_t run = block[r - 1];
-  std::vector<int64_t> idx(static_cast<size_t>(r), 0);
-  for (int64_t done = 0; done < total; done += run) {
-    int64_t s = 0, d = 0;
-    for (int i = 0; i < r; ++i) {
-      s = s * ss[i] + idx[i] + so[i];
-      d = d * ds[i] + idx[i] + doff[i];
-    }
-    std::memcpy(dst + static_cast<size_t>(d) * es, src + static_cast<size_t>(s) * es, static_cast<size_t>(run) * es);
-    for (int i = r - 2; i >= 0; --i) {
-      if (++idx[i] < block[i]) break;
-      idx[i] = 0;
-    }
-  }
-}
 
 // [outer, dim, inner] view of a shape around `dim`.
 struct Split3 {

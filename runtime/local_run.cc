@@ -1,0 +1,128 @@
+#include "runtime/local_run.h"
+
+#include <algorithm>
+#include <cstring>
+#include <thread>
+
+#include "graph/error.h"
+#include "runtime/block_copy.h"
+#include "runtime/thread_pool.h"
+
+namespace tessel::runtime {
+
+LocalRun::LocalRun(std::vector<planner::RankProgram> programs, const planner::PlanConfig& config, RankOptions options,
+                   CommOptions comm, int threads)
+    : programs_(std::move(programs)), config_(config), mesh_(planner::stage_mesh(config)) {
+  const int64_t n = static_cast<int64_t>(programs_.size());
+  if (n != config.devices())
+    throw Error("the plan " + config.str() + " needs " + std::to_string(config.devices()) + " ranks, got " +
+                std::to_string(n) + " programs");
+  world_ = std::make_unique<InProcessWorld>(n, comm);
+  // The cores are shared: each rank's kernels get an equal part of them.
+  const int cores = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int per_rank = std::max<int>(1, cores / static_cast<int>(n));
+  for (int64_t r = 0; r < n; ++r) {
+    RankOptions o = options;
+    if (!o.parallel && per_rank > 1) {
+      pools_.push_back(std::make_unique<ThreadPool>(per_rank));
+      o.parallel = pools_.back().get();
+    }
+    ranks_.push_back(std::make_unique<RankExecutor>(programs_[static_cast<size_t>(r)], world_->rank(r), o));
+  }
+}
+
+LocalRun::~LocalRun() = default;
+
+void LocalRun::initialize(int64_t capacity_bytes) {
+  for (auto& r : ranks_) r->initialize(capacity_bytes);
+}
+
+void LocalRun::feed(std::string_view name, const TensorType& micro, std::span<const std::byte> data) {
+  const int64_t m = config_.microbatches;
+  const size_t es = dtype_size(micro.dtype);
+  if (static_cast<int64_t>(data.size()) != micro.bytes() * m)
+    throw Error("input '" + std::string(name) + "': " + std::to_string(data.size()) + " bytes for " + std::to_string(m) +
+                " microbatches of " + micro.str());
+  for (size_t r = 0; r < ranks_.size(); ++r) {
+    const planner::RankProgram& p = programs_[r];
+    planner::Sharding s;
+    bool found = false;
+    for (auto& [n, pl] : p.input_placements)
+      if (n == name) s = pl, found = true;
+    if (!found) continue;
+    const std::vector<int64_t> off = planner::shard_offsets(micro.shape, s, mesh_, p.coords);
+    for (int64_t mb = 0; mb < m; ++mb) {
+      TensorRef dst = ranks_[r]->input(name, mb);
+      if (!dst.data) continue;
+      const std::vector<int64_t> zero(off.size(), 0);
+      copy_block(data.data() + static_cast<size_t>(mb * micro.bytes()), micro.shape, off, static_cast<std::byte*>(dst.data),
+                 dst.shape, zero, dst.shape, es);
+    }
+  }
+}
+
+void LocalRun::step() {
+  std::vector<std::string> errors(ranks_.size());
+  std::vector<std::thread> threads;
+  for (size_t r = 0; r < ranks_.size(); ++r)
+    threads.emplace_back([&, r] {
+      try {
+        ranks_[r]->step();
+      } catch (const std::exception& e) {
+        errors[r] = e.what();
+      }
+    });
+  for (auto& t : threads) t.join();
+  // The rank that failed first is the one not stopped by another's failure.
+  std::string first;
+  for (auto& e : errors)
+    if (!e.empty() && e.find(" stopped: ") == std::string::npos) {
+      first = e;
+      break;
+    }
+  if (first.empty())
+    for (auto& e : errors)
+      if (!e.empty()) {
+        first = e;
+        break;
+      }
+  if (!first.empty()) throw Error(first);
+}
+
+double LocalRun::scalar_output(std::string_view name) {
+  for (auto& r : ranks_) {
+    TensorRef t = r->output(name);
+    if (!t.data) continue;
+    if (t.dtype == DType::f32) return t.as<float>()[0];
+    if (t.dtype == DType::f64) return t.as<double>()[0];
+    throw Error("output '" + std::string(name) + "' is not a float scalar");
+  }
+  throw Error("no rank computes an output '" + std::string(name) + "'");
+}
+
+std::vector<std::byte> LocalRun::gather_variable(std::string_view name, const TensorType& global) {
+  std::vector<std::byte> whole(static_cast<size_t>(global.bytes()));
+  bool any = false;
+  for (size_t r = 0; r < ranks_.size(); ++r) {
+    TensorRef v = ranks_[r]->variable(name);
+    if (!v.data) continue;
+    planner::Sharding s;
+    for (auto& [n, pl] : programs_[r].variable_placements)
+      if (n == name) s = pl;
+    const std::vector<int64_t> off = planner::shard_offsets(global.shape, s, mesh_, programs_[r].coords);
+    const std::vector<int64_t> zero(off.size(), 0);
+    copy_block(static_cast<const std::byte*>(v.data), v.shape, zero, whole.data(), global.shape, off, v.shape,
+               dtype_size(global.dtype));
+    any = true;
+  }
+  if (!any) throw Error("no rank holds a variable '" + std::string(name) + "'");
+  return whole;
+}
+
+std::vector<RankMemory> LocalRun::memory() const {
+  std::vector<RankMemory> m;
+  for (auto& r : ranks_) m.push_back(r->memory());
+  return m;
+}
+
+}  // namespace tessel::runtime

@@ -1,0 +1,55 @@
+// A plan run on N simulated devices inside this process: one RankExecutor per rank, each
+// in its own thread, talking through the in-process communicator. Feeds each rank its part
+// of the batch (its microbatches, then its shard by the input's placement) and gathers
+// sharded variables back into whole tensors.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "planner/partition.h"
+#include "runtime/inprocess_comm.h"
+#include "runtime/rank_executor.h"
+
+namespace tessel::runtime {
+
+class LocalRun {
+ public:
+  // programs: partition(graph, config). `threads`: cores to share among the ranks (0: all).
+  LocalRun(std::vector<planner::RankProgram> programs, const planner::PlanConfig& config, RankOptions options = {},
+           CommOptions comm = {}, int threads = 0);
+  ~LocalRun();
+
+  // capacity_bytes > 0: fail before the first step if any rank's memory plan exceeds it.
+  void initialize(int64_t capacity_bytes = 0);
+  int64_t ranks() const { return static_cast<int64_t>(programs_.size()); }
+  int64_t microbatches() const { return config_.microbatches; }
+  const planner::PlanConfig& config() const { return config_; }
+  const std::vector<planner::RankProgram>& programs() const { return programs_; }
+
+  // One optimizer step's worth of input `name`: `micro` is its type in the training graph
+  // (one microbatch, every replica), `data` holds microbatches() of them stacked along dim 0.
+  void feed(std::string_view name, const TensorType& micro, std::span<const std::byte> data);
+  // Runs one optimizer step on every rank; rethrows the error of the rank that failed first
+  // (the others stop with it).
+  void step();
+  // A scalar output (the loss), from the first rank that computes it.
+  double scalar_output(std::string_view name);
+  // The whole variable, from the shards of its holders.
+  std::vector<std::byte> gather_variable(std::string_view name, const TensorType& global);
+  std::vector<RankMemory> memory() const;
+
+ private:
+  std::vector<planner::RankProgram> programs_;
+  planner::PlanConfig config_;
+  planner::Mesh mesh_;
+  std::unique_ptr<InProcessWorld> world_;
+  std::vector<std::unique_ptr<Parallel>> pools_;
+  std::vector<std::unique_ptr<RankExecutor>> ranks_;
+};
+
+}  // namespace tessel::runtime

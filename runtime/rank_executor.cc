@@ -1,0 +1,583 @@
+#include "runtime/rank_executor.h"
+
+#include <algorithm>
+#include <climits>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <set>
+
+#include "graph/error.h"
+#include "runtime/cpu_kernels.h"
+#include "runtime/memory_plan.h"
+
+namespace tessel::runtime {
+
+using planner::Section;
+
+namespace {
+constexpr int64_t kAlign = 64;
+void free_aligned(std::byte* p) { std::free(p); }
+
+bool is_collective(const Node& n) {
+  return (n.op == "all_reduce" || n.op == "reduce_scatter" || n.op == "all_gather" || n.op == "all_to_all" ||
+          n.op == "broadcast") &&
+         n.attrs.get_i64s("ranks").size() > 1;
+}
+
+std::string bytes_str(int64_t b) {
+  char s[32];
+  if (b >= (int64_t{1} << 30)) std::snprintf(s, sizeof s, "%.2f GiB", static_cast<double>(b) / (1 << 30));
+  else if (b >= (1 << 20)) std::snprintf(s, sizeof s, "%.1f MiB", static_cast<double>(b) / (1 << 20));
+  else std::snprintf(s, sizeof s, "%.1f KiB", static_cast<double>(b) / 1024);
+  return s;
+}
+
+struct Ref {
+  int32_t buf = -1;
+  const TensorType* type = nullptr;
+};
+}  // namespace
+
+struct RankExecutor::Buffer {
+  int64_t bytes = 0;
+  bool persistent = false;
+  int64_t first = INT64_MAX, last = -1;  // ticks of the step's op list
+  std::string name;
+  std::byte* data = nullptr;
+};
+
+struct RankExecutor::Op {
+  enum class Type : uint8_t { kernel, launch, wait, recv, send, accumulate, output } type = Type::kernel;
+  const Node* node = nullptr;
+  KernelFn fn = nullptr;
+  std::vector<Ref> in, out;
+  std::vector<TensorRef> in_t, out_t;
+  int64_t task = -1;
+  bool first = false, last = false, mean = false;  // accumulate / output
+  double scale = 1;
+};
+
+struct RankExecutor::CommTask {
+  std::string op;
+  const Node* node = nullptr;  // the first node it serves, for errors
+  std::vector<Ref> in, out;
+  std::vector<TensorRef> in_t, out_t;
+  ReduceOp reduce = ReduceOp::sum;
+  int dim = 0, dim2 = 0;
+  int64_t root = 0;
+  std::vector<int64_t> ranks;
+};
+
+RankExecutor::RankExecutor(const planner::RankProgram& program, Communicator& comm, RankOptions options)
+    : program_(program), graph_(program.graph), comm_(comm), options_(options) {
+  if (options_.parallel) {
+    parallel_ = options_.parallel;
+  } else {
+    serial_ = std::make_unique<SerialParallel>();
+    parallel_ = serial_.get();
+  }
+  configure_blas_threads();
+  build();
+}
+
+RankExecutor::~RankExecutor() {
+  if (comm_thread_.joinable()) {
+    stop_.store(true);
+    launched_.fetch_add(1);
+    launched_.notify_all();
+    comm_thread_.join();
+  }
+}
+
+void RankExecutor::build() {
+  const Graph& g = graph_;
+  const auto& sec = program_.section;
+  if (static_cast<int32_t>(sec.size()) != g.size())
+    throw Error("rank " + std::to_string(program_.rank) + ": the program has " + std::to_string(sec.size()) +
+                " section marks for " + std::to_string(g.size()) + " nodes");
+  if (program_.schedule.empty()) throw Error("rank " + std::to_string(program_.rank) + ": the program has no schedule");
+  microbatches_ = 0;
+  for (auto& st : program_.schedule)
+    if (st.section == Section::forward) ++microbatches_;
+  const int64_t m = microbatches_;
+  if (m < 1) throw Error("rank " + std::to_string(program_.rank) + ": the schedule runs no forward pass");
+
+  std::vector<Value> targets;
+  for (auto& u : g.updates()) targets.push_back(u.value), targets.push_back(Value{u.variable, 0});
+  for (auto& o : g.outputs()) targets.push_back(o.value);
+  const std::vector<int32_t> nodes = needed_nodes(g, targets);
+
+  auto root = [&](Value v) {
+    while (g.node(v.node).def->view) v = g.node(v.node).inputs[0];
+    return v;
+  };
+  auto new_buffer = [&](int64_t bytes, bool persistent, std::string name) {
+    buffers_.push_back(Buffer{bytes, persistent, INT64_MAX, -1, std::move(name), nullptr});
+    return static_cast<int32_t>(buffers_.size()) - 1;
+  };
+  persistent_.assign(g.size(), -1);
+  input_slots_.assign(g.size(), {});
+  output_buffer_.assign(g.size(), -1);
+  for (int32_t id : nodes) {
+    const Node& n = g.node(id);
+    if (n.def->kind == OpKind::variable || n.def->kind == OpKind::constant)
+      persistent_[id] = new_buffer(n.outputs[0].bytes(), true, n.name);
+    else if (n.def->kind == OpKind::input)
+      for (int64_t i = 0; i < m; ++i)
+        input_slots_[id].push_back(new_buffer(n.outputs[0].bytes(), true, n.name + (m > 1 ? " (microbatch " + std::to_string(i) + ")" : "")));
+  }
+
+  // Backward values the apply section reads: accumulated over microbatches.
+  std::set<std::pair<int32_t, int32_t>> acc;
+  auto is_acc = [&](Value r) { return acc.count({r.node, r.index}) > 0; };
+  for (int32_t id : nodes) {
+    if (sec[id] != Section::apply) continue;
+    for (auto& in : g.node(id).inputs) {
+      const Value r = root(in);
+      if (sec[r.node] == Section::backward && g.node(r.node).def->kind == OpKind::compute) acc.insert({r.node, r.index});
+    }
+  }
+  for (auto& u : g.updates()) {
+    const Value r = root(u.value);
+    if (sec[r.node] == Section::backward && g.node(r.node).def->kind == OpKind::compute) acc.insert({r.node, r.index});
+  }
+
+  // Value instances: (root value, microbatch); the apply section's and accumulators are 0.
+  std::map<std::tuple<int32_t, int32_t, int64_t>, int32_t> inst;
+  auto resolve = [&](Value v, Section reader, int64_t mb) -> Ref {
+    const Value r = root(v);
+    const TensorType* t = &g.type(v);
+    const Node& rn = g.node(r.node);
+    if (persistent_[r.node] >= 0) return Ref{persistent_[r.node], t};
+    if (rn.def->kind == OpKind::input) return Ref{input_slots_[r.node][static_cast<size_t>(reader == Section::apply ? m - 1 : mb)], t};
+    const Section s = sec[r.node];
+    int64_t i = 0;
+    if (s == Section::forward) i = reader == Section::apply ? m - 1 : mb;
+    else if (s == Section::backward) i = reader == Section::apply ? 0 : mb;
+    auto [it, fresh] = inst.try_emplace({r.node, r.index, i}, -1);
+    if (fresh) {
+      std::string name = rn.name;
+      if (rn.outputs.size() > 1) name += ":" + std::to_string(r.index);
+      if (m > 1 && s != Section::apply) name += " (microbatch " + std::to_string(i) + ")";
+      it->second = new_buffer(rn.outputs[static_cast<size_t>(r.index)].bytes(), false, name);
+    }
+    return Ref{it->second, t};
+  };
+
+  // Outputs, by the root of their value.
+  std::map<std::pair<int32_t, int32_t>, std::vector<Value>> outputs_of;
+  for (auto& o : g.outputs()) {
+    if (g.node(o.value.node).op == "send") continue;
+    const Value r = root(o.value);
+    if (g.node(r.node).def->kind != OpKind::compute) continue;  // variables and inputs are read directly
+    if (output_buffer_[o.value.node] < 0) output_buffer_[o.value.node] = new_buffer(g.type(o.value).bytes(), true, o.name);
+    outputs_of[{r.node, r.index}].push_back(o.value);
+  }
+
+  // Apply-section collectives whose inputs are all accumulated gradients (or stored
+  // variables): started during the last backward, as soon as their inputs are final.
+  std::map<int32_t, int> waiting;                          // collective -> inputs not final yet
+  std::map<std::pair<int32_t, int32_t>, std::vector<int32_t>> readers;  // acc root -> such collectives
+  for (int32_t id : nodes) {
+    const Node& n = g.node(id);
+    if (sec[id] != Section::apply || !is_collective(n)) continue;
+    std::set<std::pair<int32_t, int32_t>> need;
+    bool ok = true;
+    for (auto& in : n.inputs) {
+      const Value r = root(in);
+      if (is_acc(r)) need.insert({r.node, r.index});
+      else if (persistent_[r.node] < 0) ok = false;
+    }
+    if (!ok || need.empty()) continue;
+    waiting[id] = static_cast<int>(need.size());
+    for (auto& k : need) readers[k].push_back(id);
+  }
+
+  // The op list of one step, with lifetimes (tick = op index) and events.
+  std::map<int32_t, int64_t> pending;  // buffer -> task writing it
+  int64_t waited = -1, extended = -1;
+  std::vector<std::vector<int32_t>> task_bufs;
+  auto touch = [&](int32_t b) {
+    Buffer& x = buffers_[static_cast<size_t>(b)];
+    const int64_t t = static_cast<int64_t>(ops_.size());
+    x.first = std::min(x.first, t);
+    x.last = std::max(x.last, t);
+  };
+  auto emit_wait = [&](int64_t task) {
+    if (task <= waited) return;
+    Op w;
+    w.type = Op::Type::wait;
+    w.task = task;
+    for (int64_t k = extended + 1; k <= task; ++k)
+      for (int32_t b : task_bufs[static_cast<size_t>(k)]) touch(b);
+    extended = std::max(extended, task);
+    ops_.push_back(std::move(w));
+    waited = task;
+  };
+  auto emit = [&](Op op) {
+    for (auto& r : op.in)
+      if (auto it = pending.find(r.buf); it != pending.end() && it->second > waited) emit_wait(it->second);
+    for (auto& r : op.in) touch(r.buf);
+    for (auto& r : op.out) touch(r.buf);
+    ops_.push_back(std::move(op));
+  };
+  auto launch = [&](CommTask t) {
+    const int64_t k = static_cast<int64_t>(tasks_.size());
+    std::vector<int32_t> bufs;
+    for (auto& r : t.in) bufs.push_back(r.buf);
+    for (auto& r : t.out) bufs.push_back(r.buf), pending[r.buf] = k;
+    task_bufs.push_back(bufs);
+    for (int32_t b : bufs) touch(b);
+    Op op;
+    op.type = Op::Type::launch;
+    op.task = k;
+    op.node = t.node;
+    tasks_.push_back(std::move(t));
+    ops_.push_back(std::move(op));
+  };
+  auto task_for = [&](const Node& n, Section s, int64_t mb) {
+    CommTask t;
+    t.op = n.op;
+    t.node = &n;
+    t.in.push_back(resolve(n.inputs[0], s, mb));
+    t.out.push_back(resolve(n.out(), s, mb));
+    t.ranks = n.attrs.get_i64s("ranks");
+    const std::string red = n.attrs.get_str_or("reduce", "sum");
+    t.reduce = red == "max" ? ReduceOp::max : ReduceOp::sum;
+    const int rank = g.type(n.inputs[0]).rank();
+    auto norm = [&](int64_t d) { return static_cast<int>(d < 0 ? d + rank : d); };
+    if (n.attrs.has("dim")) t.dim = norm(n.attrs.get_i64("dim"));
+    if (n.attrs.has("split_dim")) t.dim = norm(n.attrs.get_i64("split_dim")), t.dim2 = norm(n.attrs.get_i64("concat_dim"));
+    if (n.attrs.has("root")) t.root = n.attrs.get_i64("root");
+    return t;
+  };
+
+  // Buckets of hoisted all-reduces, per (group, dtype), in the order they open.
+  struct Bucket {
+    std::vector<int64_t> ranks;
+    DType dtype;
+    CommTask task;
+    int64_t bytes = 0;
+  };
+  std::vector<Bucket> open;
+  auto flush = [&](Bucket& b) {
+    if (!b.task.in.empty()) launch(std::move(b.task));
+    b.task = CommTask{};
+    b.bytes = 0;
+  };
+  auto hoist = [&](int32_t id) {
+    const Node& n = g.node(id);
+    CommTask t = task_for(n, Section::apply, 0);
+    const int64_t bytes = g.type(n.inputs[0]).bytes();
+    if (n.op != "all_reduce" || t.reduce != ReduceOp::sum) {
+      launch(std::move(t));
+      return;
+    }
+    const DType dt = g.type(n.inputs[0]).dtype;
+    auto it = std::find_if(open.begin(), open.end(), [&](const Bucket& b) { return b.ranks == t.ranks && b.dtype == dt; });
+    if (it == open.end()) {
+      open.push_back(Bucket{t.ranks, dt, {}, 0});
+      it = open.end() - 1;
+    }
+    if (it->bytes > 0 && it->bytes + bytes > options_.bucket_bytes) flush(*it);
+    if (it->task.in.empty()) {
+      it->task.op = "all_reduce";
+      it->task.node = &n;
+      it->task.ranks = t.ranks;
+    }
+    it->task.in.push_back(t.in[0]);
+    it->task.out.push_back(t.out[0]);
+    it->bytes += bytes;
+  };
+  auto finished = [&](Value r) {  // an accumulated gradient is final
+    auto it = readers.find({r.node, r.index});
+    if (it == readers.end()) return;
+    for (int32_t c : it->second)
+      if (--waiting[c] == 0) hoist(c);
+  };
+
+  for (const planner::ScheduleStep& st : program_.schedule) {
+    const Section S = st.section;
+    const int64_t mb = S == Section::apply ? 0 : st.microbatch;
+    for (int32_t id : nodes) {
+      if (sec[id] != S) continue;
+      const Node& n = g.node(id);
+      if (n.def->kind != OpKind::compute || n.def->view) continue;
+      if (S == Section::apply && waiting.count(id)) continue;  // started during the last backward
+      if (is_collective(n)) {
+        launch(task_for(n, S, mb));
+      } else {
+        Op op;
+        op.node = &n;
+        if (n.op == "recv") op.type = Op::Type::recv;
+        else if (n.op == "send") op.type = Op::Type::send;
+        else op.fn = options_.use_blas && fast_cpu_kernel(n.op) ? fast_cpu_kernel(n.op) : n.def->kernel;
+        for (auto& in : n.inputs) op.in.push_back(resolve(in, S, mb));
+        if (n.op != "send")
+          for (int o = 0; o < static_cast<int>(n.outputs.size()); ++o) op.out.push_back(resolve(n.out(o), S, mb));
+        emit(std::move(op));
+      }
+      for (int o = 0; o < static_cast<int>(n.outputs.size()); ++o) {
+        const Value v = n.out(o);
+        if (S == Section::backward && is_acc(v)) {
+          if (m > 1 && mb > 0) {
+            Op a;
+            a.type = Op::Type::accumulate;
+            a.node = &n;
+            a.in.push_back(resolve(v, S, mb));
+            a.out.push_back(resolve(v, Section::apply, 0));
+            a.in.push_back(a.out[0]);
+            a.last = mb == m - 1;
+            a.scale = 1.0 / static_cast<double>(m);
+            emit(std::move(a));
+          }
+          if (mb == m - 1) finished(v);
+        }
+        auto oit = outputs_of.find({v.node, v.index});
+        if (oit == outputs_of.end()) continue;
+        for (const Value& ov : oit->second) {
+          Op out;
+          out.type = Op::Type::output;
+          out.node = &n;
+          out.in.push_back(resolve(ov, S, mb));
+          out.out.push_back(Ref{output_buffer_[ov.node], &g.type(ov)});
+          out.mean = S == Section::forward && m > 1 && g.type(ov).numel() == 1 &&
+                     (g.type(ov).dtype == DType::f32 || g.type(ov).dtype == DType::f64);
+          out.first = mb == 0;
+          out.last = mb == m - 1;
+          out.scale = 1.0 / static_cast<double>(m);
+          emit(std::move(out));
+        }
+      }
+    }
+    if (S == Section::backward && mb == m - 1)
+      for (Bucket& b : open) flush(b);
+  }
+  for (auto& [id, left] : waiting)
+    if (left > 0)
+      throw Error(g.node(id).where() + ": rank " + std::to_string(program_.rank) +
+                  ": a gradient collective whose inputs the backward never finished");
+  if (!tasks_.empty()) emit_wait(static_cast<int64_t>(tasks_.size()) - 1);
+  for (auto& u : g.updates()) {
+    const Ref v = resolve(u.value, Section::apply, 0);
+    touch(v.buf);
+    updates_.push_back({persistent_[u.variable], v.buf});
+  }
+}
+
+void RankExecutor::initialize(int64_t capacity_bytes) {
+  if (initialized_) throw Error("RankExecutor::initialize() called twice");
+  std::vector<BufferLifetime> life;
+  std::vector<size_t> in_arena;
+  memory_ = RankMemory{};
+  for (size_t b = 0; b < buffers_.size(); ++b) {
+    Buffer& x = buffers_[b];
+    if (x.persistent) {
+      memory_.persistent_bytes += (std::max<int64_t>(x.bytes, 1) + kAlign - 1) / kAlign * kAlign;
+      continue;
+    }
+    if (x.first == INT64_MAX) x.first = x.last = 0;
+    life.push_back(BufferLifetime{x.bytes, x.first, x.last});
+    in_arena.push_back(b);
+  }
+  const MemoryPlan plan = plan_memory(life, kAlign);
+  memory_.arena_bytes = plan.arena_bytes;
+  std::vector<size_t> order(buffers_.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return buffers_[a].bytes > buffers_[b].bytes; });
+  for (size_t i = 0; i < std::min<size_t>(8, order.size()); ++i)
+    memory_.largest.push_back({buffers_[order[i]].name, buffers_[order[i]].bytes});
+  if (capacity_bytes > 0 && memory_.total() > capacity_bytes) {
+    std::string top;
+    for (size_t i = 0; i < std::min<size_t>(5, memory_.largest.size()); ++i)
+      top += "\n  " + memory_.largest[i].name + ": " + bytes_str(memory_.largest[i].bytes);
+    throw Error("rank " + std::to_string(program_.rank) + " (stage " + std::to_string(program_.stage) + ") needs " +
+                bytes_str(memory_.total()) + " (arena " + bytes_str(memory_.arena_bytes) + " + variables, inputs and outputs " +
+                bytes_str(memory_.persistent_bytes) + "), more than the device's " + bytes_str(capacity_bytes) +
+                " by " + bytes_str(memory_.total() - capacity_bytes) + "; largest buffers:" + top);
+  }
+  auto allocate = [&](int64_t bytes) {
+    const int64_t rounded = std::max(kAlign, (bytes + kAlign - 1) / kAlign * kAlign);
+    auto* p = static_cast<std::byte*>(std::aligned_alloc(kAlign, static_cast<size_t>(rounded)));
+    if (!p) throw Error("rank " + std::to_string(program_.rank) + ": cannot allocate " + bytes_str(bytes));
+    std::memset(p, 0, static_cast<size_t>(rounded));
+    owned_.emplace_back(p, free_aligned);
+    return p;
+  };
+  std::byte* arena = plan.arena_bytes > 0 ? allocate(plan.arena_bytes) : nullptr;
+  for (size_t i = 0; i < in_arena.size(); ++i) buffers_[in_arena[i]].data = arena + plan.offsets[i];
+  for (Buffer& x : buffers_)
+    if (x.persistent) x.data = allocate(x.bytes);
+  auto tensor = [&](const Ref& r) {
+    return TensorRef{buffers_[static_cast<size_t>(r.buf)].data, r.type->dtype, r.type->shape, r.type->numel()};
+  };
+  for (Op& op : ops_) {
+    for (auto& r : op.in) op.in_t.push_back(tensor(r));
+    for (auto& r : op.out) op.out_t.push_back(tensor(r));
+  }
+  for (CommTask& t : tasks_) {
+    for (auto& r : t.in) t.in_t.push_back(tensor(r));
+    for (auto& r : t.out) t.out_t.push_back(tensor(r));
+  }
+  // Variables and constants: stored data, else the initializer (which draws by global
+  // element index, so a shard holds what the whole tensor holds there).
+  const KernelCtx ctx{parallel_, options_.seed};
+  for (int32_t id = 0; id < graph_.size(); ++id) {
+    if (persistent_[id] < 0) continue;
+    const Node& n = graph_.node(id);
+    TensorRef out{buffers_[static_cast<size_t>(persistent_[id])].data, n.outputs[0].dtype, n.outputs[0].shape,
+                  n.outputs[0].numel()};
+    if (const auto* d = graph_.data(id)) {
+      if (!d->empty()) std::memcpy(out.data, d->data(), d->size());
+    } else {
+      n.def->kernel(n, {}, std::span<const TensorRef>(&out, 1), ctx);
+    }
+  }
+  if (options_.overlap && !tasks_.empty()) comm_thread_ = std::thread([this] { comm_loop(); });
+  initialized_ = true;
+}
+
+void RankExecutor::run_task(const CommTask& t) {
+  if (t.op == "all_reduce") comm_.all_reduce(t.in_t, t.out_t, t.reduce, t.ranks);
+  else if (t.op == "reduce_scatter") comm_.reduce_scatter(t.in_t[0], t.out_t[0], t.dim, t.reduce, t.ranks);
+  else if (t.op == "all_gather") comm_.all_gather(t.in_t[0], t.out_t[0], t.dim, t.ranks);
+  else if (t.op == "all_to_all") comm_.all_to_all(t.in_t[0], t.out_t[0], t.dim, t.dim2, t.ranks);
+  else if (t.op == "broadcast") comm_.broadcast(t.in_t[0], t.out_t[0], t.root, t.ranks);
+  else throw Error(t.node->where() + ": no communicator call for '" + t.op + "'");
+}
+
+void RankExecutor::comm_loop() {
+  int64_t done = 0;
+  for (;;) {
+    int64_t l = launched_.load();
+    while (l == done && !stop_.load()) {
+      launched_.wait(l);
+      l = launched_.load();
+    }
+    if (stop_.load()) return;
+    const CommTask& t = tasks_[static_cast<size_t>(done % static_cast<int64_t>(tasks_.size()))];
+    try {
+      run_task(t);
+    } catch (const std::exception& e) {
+      comm_error_ = std::make_exception_ptr(Error(t.node->where() + ": " + e.what()));
+      failed_.store(true);
+      completed_.store(INT64_MAX);
+      completed_.notify_all();
+      return;
+    }
+    completed_.store(++done);
+    completed_.notify_all();
+  }
+}
+
+void RankExecutor::wait_event(int64_t event) {
+  for (int64_t c = completed_.load(); c <= event; c = completed_.load()) {
+    if (failed_.load()) break;
+    completed_.wait(c);
+  }
+  if (failed_.load()) std::rethrow_exception(comm_error_);
+}
+
+namespace {
+template <class T>
+void accumulate(const TensorRef& in, const TensorRef& acc, bool copy, bool scale_it, double scale) {
+  const T* x = in.as<const T>();
+  T* a = acc.as<T>();
+  const T s = static_cast<T>(scale);
+  if (copy) std::memcpy(a, x, static_cast<size_t>(in.bytes()));
+  else
+    for (int64_t i = 0; i < in.numel; ++i) a[i] += x[i];
+  if (scale_it)
+    for (int64_t i = 0; i < in.numel; ++i) a[i] *= s;
+}
+}  // namespace
+
+void RankExecutor::step() {
+  if (!initialized_) throw Error("RankExecutor::step() before initialize()");
+  const int64_t base = steps_ * static_cast<int64_t>(tasks_.size());
+  const KernelCtx ctx{parallel_, options_.seed};
+  const Op* at = nullptr;
+  try {
+    for (const Op& op : ops_) {
+      at = &op;
+      switch (op.type) {
+        case Op::Type::kernel: op.fn(*op.node, op.in_t, op.out_t, ctx); break;
+        case Op::Type::launch:
+          if (options_.overlap) {
+            launched_.fetch_add(1);
+            launched_.notify_one();
+          } else {
+            run_task(tasks_[static_cast<size_t>(op.task)]);
+          }
+          break;
+        case Op::Type::wait:
+          if (options_.overlap) wait_event(base + op.task);
+          break;
+        case Op::Type::recv:
+          comm_.recv(op.out_t[0], op.node->attrs.get_i64("peer"), op.node->attrs.get_i64("tag"));
+          break;
+        case Op::Type::send: comm_.send(op.in_t[0], op.node->attrs.get_i64("peer"), op.node->attrs.get_i64("tag")); break;
+        case Op::Type::accumulate:
+        case Op::Type::output: {
+          const TensorRef& in = op.in_t[0];
+          const TensorRef& out = op.out_t[0];
+          const bool summing = op.type == Op::Type::accumulate || op.mean;
+          const bool copy = !summing || (op.type == Op::Type::output && op.first);
+          const bool scale = summing && op.last;
+          if (in.dtype == DType::f32) accumulate<float>(in, out, copy, scale, op.scale);
+          else if (in.dtype == DType::f64) accumulate<double>(in, out, copy, scale, op.scale);
+          else std::memcpy(out.data, in.data, static_cast<size_t>(in.bytes()));  // not summable: the last one
+          break;
+        }
+      }
+    }
+    at = nullptr;
+    for (auto& [var, val] : updates_) {
+      const Buffer& v = buffers_[static_cast<size_t>(var)];
+      const Buffer& x = buffers_[static_cast<size_t>(val)];
+      if (v.data != x.data && v.bytes) std::memcpy(v.data, x.data, static_cast<size_t>(v.bytes));
+    }
+  } catch (const std::exception& e) {
+    std::string msg = e.what();
+    if (msg.rfind("rank ", 0) != 0) msg = "rank " + std::to_string(program_.rank) + ": " + msg;
+    if (at && at->node && msg.find(at->node->name) == std::string::npos) msg += " (at " + at->node->where() + ")";
+    comm_.abort(msg);
+    throw Error(msg);
+  }
+  ++steps_;
+}
+
+TensorRef RankExecutor::input(std::string_view name, int64_t microbatch) {
+  auto id = graph_.find(name);
+  if (!id || input_slots_[*id].empty()) return TensorRef{};
+  if (microbatch < 0 || microbatch >= microbatches_)
+    throw Error("microbatch " + std::to_string(microbatch) + " of " + std::to_string(microbatches_));
+  const Node& n = graph_.node(*id);
+  return TensorRef{buffers_[static_cast<size_t>(input_slots_[*id][static_cast<size_t>(microbatch)])].data,
+                   n.outputs[0].dtype, n.outputs[0].shape, n.outputs[0].numel()};
+}
+
+TensorRef RankExecutor::output(std::string_view name) {
+  auto v = graph_.output(name);
+  if (!v) return TensorRef{};
+  const TensorType& t = graph_.type(*v);
+  int32_t b = output_buffer_[v->node];
+  if (b < 0) {  // a variable or input
+    Value r = *v;
+    while (graph_.node(r.node).def->view) r = graph_.node(r.node).inputs[0];
+    b = persistent_[r.node];
+    if (b < 0) return TensorRef{};
+  }
+  return TensorRef{buffers_[static_cast<size_t>(b)].data, t.dtype, t.shape, t.numel()};
+}
+
+TensorRef RankExecutor::variable(std::string_view name) {
+  auto id = graph_.find(name);
+  if (!id || persistent_[*id] < 0) return TensorRef{};
+  const Node& n = graph_.node(*id);
+  return TensorRef{buffers_[static_cast<size_t>(persistent_[*id])].data, n.outputs[0].dtype, n.outputs[0].shape,
+                   n.outputs[0].numel()};
+}
+
+}  // namespace tessel::runtime

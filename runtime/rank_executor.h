@@ -1,0 +1,118 @@
+// Runs one rank's program from a plan (planner/partition.h): its stage's schedule of
+// forward and backward sections per microbatch, then the apply section, with a compute
+// stream (the calling thread) and a communication stream (a thread of its own) ordered by
+// events, so collectives run while later compute continues.
+//
+// Gradients: each backward value the apply section reads is accumulated over the
+// microbatches (the first microbatch writes the accumulator, later ones add, the last
+// scales by 1/m). The apply section's collectives on such values (the data-parallel
+// gradient all-reduces, ZeRO's reduce-scatters) start on the communication stream as soon
+// as the last microbatch's backward has finished their inputs; all-reduces over the same
+// group are fused into buckets of up to RankOptions::bucket_bytes, in program order, which
+// every member of the group shares. Recv blocks the compute stream; send copies and returns.
+//
+// Memory: before the first step every value instance (value, microbatch) gets an offset in
+// one arena from its lifetime over the whole schedule (stashed forward values of the
+// microbatches in flight included; a collective's buffers live until it is waited for).
+// Variables, constants, inputs (one slot per microbatch) and outputs have buffers of their
+// own. Nothing is allocated in step().
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <exception>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "planner/partition.h"
+#include "runtime/communicator.h"
+
+namespace tessel::runtime {
+
+struct RankOptions {
+  uint64_t seed = 0;                // mixed into initializers and dropout masks, as on one device
+  bool use_blas = true;
+  Parallel* parallel = nullptr;     // kernels' threads; null: the calling thread only. Not owned.
+  int64_t bucket_bytes = 25 << 20;  // gradient all-reduce buckets (PyTorch DDP's default)
+  bool overlap = true;              // false: collectives run on the compute stream, in place
+};
+
+struct RankMemory {
+  int64_t arena_bytes = 0;       // high-water mark of the planned arena
+  int64_t persistent_bytes = 0;  // variables, constants, input slots, outputs
+  int64_t total() const { return arena_bytes + persistent_bytes; }
+  struct Buffer {
+    std::string name;  // "block0/attn/matmul (microbatch 2)", "fc1/weight"
+    int64_t bytes = 0;
+  };
+  std::vector<Buffer> largest;  // the largest buffers, largest first
+};
+
+class RankExecutor {
+ public:
+  // program and comm are not owned and outlive this.
+  RankExecutor(const planner::RankProgram& program, Communicator& comm, RankOptions options = {});
+  ~RankExecutor();
+  RankExecutor(const RankExecutor&) = delete;
+  RankExecutor& operator=(const RankExecutor&) = delete;
+
+  // Plans and allocates memory, fills variables (stored data or initializer) and constants,
+  // starts the communication stream. Throws if the plan needs more than capacity_bytes
+  // (0: no limit), naming this rank and its largest buffers.
+  void initialize(int64_t capacity_bytes = 0);
+
+  int64_t microbatches() const { return microbatches_; }
+  const planner::RankProgram& program() const { return program_; }
+  // Where microbatch `mb`'s part of an input goes (write before step()). Null data if the
+  // program does not read that input.
+  TensorRef input(std::string_view name, int64_t microbatch);
+  // One optimizer step: the schedule's sections, then the variable updates. On failure
+  // aborts the communicator (so the other ranks stop) and rethrows.
+  void step();
+  // After step(): a scalar forward output (the loss) is the mean over microbatches, any
+  // other output its last microbatch's value. Null data if the program has no such output.
+  TensorRef output(std::string_view name);
+  TensorRef variable(std::string_view name);
+  const RankMemory& memory() const { return memory_; }
+
+  struct Op;
+  struct CommTask;
+  struct Buffer;
+
+ private:
+  void build();
+  void comm_loop();
+  void run_task(const CommTask& t);
+  void wait_event(int64_t event);
+
+  const planner::RankProgram& program_;
+  const Graph& graph_;
+  Communicator& comm_;
+  RankOptions options_;
+  std::unique_ptr<Parallel> serial_;
+  Parallel* parallel_ = nullptr;
+  int64_t microbatches_ = 1;
+
+  std::vector<Buffer> buffers_;
+  std::vector<Op> ops_;
+  std::vector<CommTask> tasks_;  // in launch order; the same every step
+  std::vector<std::pair<int32_t, int32_t>> updates_;  // (variable buffer, value buffer)
+  std::vector<std::vector<int32_t>> input_slots_;     // per node: buffer per microbatch
+  std::vector<int32_t> output_buffer_;                // per node with a graph output, else -1
+  std::vector<int32_t> persistent_;                   // per node: its buffer, or -1
+  std::vector<std::unique_ptr<std::byte[], void (*)(std::byte*)>> owned_;
+  RankMemory memory_;
+  bool initialized_ = false;
+
+  // The communication stream.
+  std::thread comm_thread_;
+  std::atomic<int64_t> launched_{0}, completed_{0};
+  std::atomic<bool> stop_{false}, failed_{false};
+  std::exception_ptr comm_error_;
+  int64_t steps_ = 0;
+};
+
+}  // namespace tessel::runtime
