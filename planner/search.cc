@@ -62,6 +62,35 @@ std::string why_lost(const PlanEstimate& a, const PlanEstimate& best, const Clus
          pct((a.step_time_s - best.step_time_s) / step) + ")";
 }
 
+// Why tensor parallelism of degree tp (with sequence parallelism: sp) cannot split the
+// model: a dimension it shards that tp does not divide (heads, features, the vocabulary,
+// the sequence). Empty when it can.
+std::string tp_split_problem(const Graph& g, int64_t tp, bool sp) {
+  if (tp == 1) return "";
+  PlanConfig c;
+  c.tp = tp;
+  c.sequence_parallel = sp;
+  const Mesh m = stage_mesh(c);
+  GraphPlacement gp;
+  try {
+    gp = place_graph(g, c, m);
+  } catch (const Error& e) {
+    return "tp=" + std::to_string(tp) + (sp ? " with sequence parallelism" : "") + ": " + e.what();
+  }
+  for (const Node& n : g.nodes()) {
+    if (static_cast<size_t>(n.id) >= gp.values.size()) continue;
+    const auto& outs = gp.values[n.id];
+    for (size_t o = 0; o < outs.size() && o < n.outputs.size(); ++o)
+      for (size_t a = 0; a < outs[o].size(); ++a) {
+        const Placement& p = outs[o][a];
+        if (!p.is_shard() || n.outputs[o].shape[p.dim] % m.sizes[a] == 0) continue;
+        return "tp=" + std::to_string(tp) + (sp ? " with sequence parallelism" : "") + " does not divide dim " +
+               std::to_string(p.dim) + " of " + n.name + " " + n.outputs[o].str() + " (" + n.where() + ")";
+      }
+  }
+  return "";
+}
+
 }  // namespace
 
 SearchResult search_plan(const ModelBuilder& model, int64_t global_batch, const ClusterSpec& cluster,
@@ -99,38 +128,50 @@ SearchResult search_plan(const ModelBuilder& model, int64_t global_batch, const 
   const int64_t node = cluster.levels.size() > 1 ? cluster.levels[0].group_size : N;
   std::vector<int64_t> tps = pins.tp ? std::vector<int64_t>{*pins.tp} : powers_of_two_dividing(N, std::max<int64_t>(2 * node, 1));
   std::vector<PlanConfig> cands;
-  std::string why_none;
+  std::map<int64_t, std::string> sp_problem;  // per tp
+  std::vector<std::string> reasons;  // why candidates were dropped, first seen first
+  auto why_not = [&](std::string r) {
+    if (std::find(reasons.begin(), reasons.end(), r) == reasons.end()) reasons.push_back(std::move(r));
+  };
   for (int64_t tp : tps) {
     if (N % tp != 0) {
-      why_none = "tp=" + std::to_string(tp) + " does not divide " + std::to_string(N) + " devices";
+      why_not("tp=" + std::to_string(tp) + " does not divide " + std::to_string(N) + " devices");
+      continue;
+    }
+    if (std::string why = tp_split_problem(*probe.graph, tp, false); !why.empty()) {
+      why_not(why);
       continue;
     }
     std::vector<int64_t> pps = pins.pp ? std::vector<int64_t>{*pins.pp} : divisors(N / tp, layer_count);
     for (int64_t pp : pps) {
       if (pp > layer_count) {
-        why_none = "pp=" + std::to_string(pp) + " exceeds the " + std::to_string(layer_count) + " layers";
+        why_not("pp=" + std::to_string(pp) + " exceeds the " + std::to_string(layer_count) + " layers");
         continue;
       }
       if ((N / tp) % pp != 0 && !pins.dp) {
-        why_none = "tp x pp = " + std::to_string(tp * pp) + " does not divide " + std::to_string(N) + " devices";
+        why_not("tp x pp = " + std::to_string(tp * pp) + " does not divide " + std::to_string(N) + " devices");
         continue;
       }
       const int64_t dp = pins.dp ? *pins.dp : N / (tp * pp);
       if (dp * tp * pp > N) {
-        why_none = "dp x tp x pp = " + std::to_string(dp * tp * pp) + " exceeds the " + std::to_string(N) + " devices";
+        why_not("dp x tp x pp = " + std::to_string(dp * tp * pp) + " exceeds the " + std::to_string(N) + " devices");
+        continue;
+      }
+      if (!opt.fixed_graph_batch && global_batch % dp != 0) {
+        why_not("batch " + std::to_string(global_batch) + " does not split over dp=" + std::to_string(dp));
         continue;
       }
       std::vector<int64_t> bs;
       if (pins.microbatches) {
         if (global_batch % (dp * *pins.microbatches) != 0) {
-          why_none = "batch " + std::to_string(global_batch) + " does not split into dp=" + std::to_string(dp) +
-                     " x " + std::to_string(*pins.microbatches) + " microbatches";
+          why_not("batch " + std::to_string(global_batch) + " does not split into dp=" + std::to_string(dp) +
+                     " x " + std::to_string(*pins.microbatches) + " microbatches");
           continue;
         }
         bs = {global_batch / (dp * *pins.microbatches)};
       } else if (opt.fixed_graph_batch) {
         if (*opt.fixed_graph_batch % dp != 0) {
-          why_none = "the graph file's batch " + std::to_string(*opt.fixed_graph_batch) + " does not split over dp=" + std::to_string(dp);
+          why_not("the graph file's batch " + std::to_string(*opt.fixed_graph_batch) + " does not split over dp=" + std::to_string(dp));
           continue;
         }
         bs = {*opt.fixed_graph_batch / dp};
@@ -139,11 +180,11 @@ SearchResult search_plan(const ModelBuilder& model, int64_t global_batch, const 
       }
       for (int64_t b : bs) {
         if (opt.fixed_graph_batch && b * dp != *opt.fixed_graph_batch) {
-          why_none = "the graph file fixes dp x microbatch at " + std::to_string(*opt.fixed_graph_batch);
+          why_not("the graph file fixes dp x microbatch at " + std::to_string(*opt.fixed_graph_batch));
           continue;
         }
         if (global_batch % (dp * b) != 0) {
-          why_none = "batch " + std::to_string(global_batch) + " is not a multiple of dp x microbatch = " + std::to_string(dp * b);
+          why_not("batch " + std::to_string(global_batch) + " is not a multiple of dp x microbatch = " + std::to_string(dp * b));
           continue;
         }
         const int64_t m = global_batch / (dp * b);
@@ -156,6 +197,13 @@ SearchResult search_plan(const ModelBuilder& model, int64_t global_batch, const 
         std::vector<bool> sps = pins.sequence_parallel ? std::vector<bool>{*pins.sequence_parallel}
                                 : tp > 1                ? std::vector<bool>{false, true}
                                                         : std::vector<bool>{false};
+        std::erase_if(sps, [&](bool sp) {
+          if (!sp) return false;
+          auto [it, fresh] = sp_problem.try_emplace(tp);
+          if (fresh) it->second = tp_split_problem(*probe.graph, tp, true);
+          if (!it->second.empty()) why_not(it->second);
+          return !it->second.empty();
+        });
         for (int z : zeros)
           for (Recompute r : recs)
             for (bool sp : sps) {
@@ -176,7 +224,11 @@ SearchResult search_plan(const ModelBuilder& model, int64_t global_batch, const 
   }
   if (cands.empty())
     throw Error("plan: no configuration satisfies the pins on " + std::to_string(N) + " devices" +
-                (why_none.empty() ? "" : " (" + why_none + ")"));
+                (reasons.empty() ? "" : ": " + [&] {
+                  std::string all;
+                  for (auto& r : reasons) all += (all.empty() ? "" : "; ") + r;
+                  return all;
+                }()));
 
   // Profiles depend on (dp, tp, zero, sp, microbatch) only.
   std::map<std::tuple<int64_t, int64_t, int, bool, int64_t>, ModelProfile> profiles;

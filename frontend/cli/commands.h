@@ -8,5 +8,6 @@ int cmd_train(int argc, char** argv);
 int cmd_inspect(int argc, char** argv);
 int cmd_export(int argc, char** argv);
 int cmd_plan(int argc, char** argv);
+int cmd_verify(int argc, char** argv);
 
 }  // namespace tessel::cli

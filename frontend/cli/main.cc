@@ -22,6 +22,7 @@ const char* kUsage =
     "  inspect   show a graph file's ops, parameters, shapes and FLOPs per step\n"
     "  export    write a DSL model to a .tsg graph file\n"
     "  plan      plan parallel training of a model on a cluster (search, report, trace)\n"
+    "  verify    run a plan on simulated devices and compare it with one device\n"
     "\n"
     "Run 'tessel COMMAND --help' for a command's options.\n";
 
@@ -48,6 +49,7 @@ int main(int argc, char** argv) {
         {"inspect", tessel::cli::cmd_inspect},
         {"export", tessel::cli::cmd_export},
         {"plan", tessel::cli::cmd_plan},
+        {"verify", tessel::cli::cmd_verify},
     };
     auto it = commands.find(cmd);
     if (it == commands.end()) {

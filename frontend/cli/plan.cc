@@ -1,9 +1,10 @@
 #include <fstream>
 #include <iostream>
-#include <regex>
 
 #include "frontend/cli/args.h"
 #include "frontend/cli/commands.h"
+#include "frontend/cli/pins.h"
+#include "frontend/distributed.h"
 #include "frontend/models.h"
 #include "frontend/optim.h"
 #include "graph/error.h"
@@ -24,13 +25,6 @@ void write_file(const std::string& path, const std::string& text) {
   if (!f.flush()) throw Error("cannot write " + path);
 }
 
-std::optional<int64_t> opt_i64(const Args& a, const std::string& name) {
-  if (!a.has(name)) return std::nullopt;
-  int64_t v = a.i64(name, 0);
-  if (v < 0) throw Error("tessel plan: " + name + " must be >= 0");
-  return v;
-}
-
 }  // namespace
 
 int cmd_plan(int argc, char** argv) {
@@ -38,22 +32,10 @@ int cmd_plan(int argc, char** argv) {
             "Plan how to train a model on a cluster: search data, tensor, sequence and pipeline\n"
             "parallelism, ZeRO, microbatches and recomputation for the best predicted step time that\n"
             "fits in memory; print the plan, why it won, and the next best alternatives. Pins fix any part.",
-            {
+            with_pin_flags({
                 {"--model", "SPEC|FILE", "mlp:..., gpt:layers=..,d_model=..,heads=..,seq=..,vocab=.., or a .tsg file", ""},
                 {"--batch", "N", "global batch (samples per optimizer step)", "256"},
                 {"--cluster", "SPEC|FILE", "a100-80g:nodes=N[,ib=200|400], h100-80g:nodes=N, local:N, or a .pbtxt file", "local:1"},
-                {"--dp", "N", "pin data-parallel replicas", ""},
-                {"--tp", "N", "pin tensor-parallel degree", ""},
-                {"--pp", "N", "pin pipeline stages", ""},
-                {"--zero", "N", "pin ZeRO stage (0-3)", ""},
-                {"--microbatches", "N", "pin microbatches per step and replica", ""},
-                {"--stage-layers", "N,N,...", "pin the layers of each pipeline stage, in the order the stage report lists "
-                                              "them (embedding, blocks, final norm, loss); pins --pp to their count", ""},
-                {"--schedule", "NAME", "pipeline schedule: 1f1b or gpipe", "1f1b"},
-                {"--recompute", "WHAT", "pin activation recomputation: none, full (rerun each layer's forward) or selective (rerun only the attention core)", ""},
-                {"--sp", "", "pin sequence parallelism on: norm, dropout and residual regions split along the sequence over tp "
-                            "(default: the search decides when tp > 1)", ""},
-                {"--no-sp", "", "pin sequence parallelism off", ""},
                 {"--precision", "P", "f32, mixed (bf16 compute, f32 master weights), or auto (mixed on GPUs)", "auto"},
                 {"--f32-gradients", "", "with mixed precision, accumulate and reduce gradients in f32 (Megatron with bf16, "
                                         "DeepSpeed's BF16_Optimizer)", ""},
@@ -71,7 +53,7 @@ int cmd_plan(int argc, char** argv) {
                 {"--trace", "FILE", "write the simulated step as a Chrome trace (chrome://tracing, Perfetto)", ""},
                 {"--output", "FILE", "write the plan (.tsp): config, placements, stages, predicted costs and, "
                                      "on up to 64 devices, every rank's program (forward/backward/apply sections and its stage's schedule)", ""},
-            },
+            }, 3),
             {});
   // The model may also be given as the first positional argument.
   std::vector<char*> rest;
@@ -94,45 +76,8 @@ int cmd_plan(int argc, char** argv) {
   const std::string cluster_spec = args.str("--cluster", "local:1");
   planner::ClusterSpec cluster = planner::parse_cluster(cluster_spec);
 
-  planner::Pins pins;
-  pins.dp = opt_i64(args, "--dp");
-  pins.tp = opt_i64(args, "--tp");
-  pins.pp = opt_i64(args, "--pp");
-  pins.zero = opt_i64(args, "--zero");
-  pins.microbatches = opt_i64(args, "--microbatches");
-  for (auto* p : {&pins.dp, &pins.tp, &pins.pp, &pins.microbatches})
-    if (*p && **p == 0) throw Error("tessel plan: dp, tp, pp and microbatches must be >= 1");
-  if (pins.zero && *pins.zero > 3) throw Error("tessel plan: --zero must be 0, 1, 2 or 3");
-  const std::string sched = args.str("--schedule", "1f1b");
-  if (sched != "1f1b" && sched != "gpipe") throw Error("tessel plan: --schedule must be 1f1b or gpipe");
-  pins.schedule = sched == "gpipe" ? planner::Schedule::gpipe : planner::Schedule::one_f_one_b;
-  if (args.has("--recompute")) {
-    std::string r = args.str("--recompute");
-    const auto rc = planner::recompute_from_name(r);
-    if (!rc) throw Error("tessel plan: --recompute must be none, full or selective");
-    pins.recompute = *rc;
-  }
-  if (args.has("--stage-layers")) {
-    const std::string list = args.str("--stage-layers");
-    size_t at = 0;
-    while (at <= list.size()) {
-      const size_t comma = std::min(list.find(',', at), list.size());
-      const std::string item = list.substr(at, comma - at);
-      char* end = nullptr;
-      const long long v = std::strtoll(item.c_str(), &end, 10);
-      if (item.empty() || *end != 0 || v < 1)
-        throw Error("tessel plan: --stage-layers wants positive layer counts separated by commas, got '" + list + "'");
-      pins.stage_layers.push_back(v);
-      at = comma + 1;
-    }
-    const int64_t n = static_cast<int64_t>(pins.stage_layers.size());
-    if (pins.pp && *pins.pp != n)
-      throw Error("tessel plan: --stage-layers gives " + std::to_string(n) + " stages but --pp is " + std::to_string(*pins.pp));
-    pins.pp = n;
-  }
-  if (args.has("--sp") && args.has("--no-sp")) throw Error("tessel plan: --sp and --no-sp contradict each other");
-  if (args.has("--sp")) pins.sequence_parallel = true;
-  if (args.has("--no-sp")) pins.sequence_parallel = false;
+  planner::Pins pins = parse_pins(args, "plan");
+  if (!pins.schedule) pins.schedule = planner::Schedule::one_f_one_b;
 
   planner::SearchOptions so;
   const std::string precision = args.str("--precision", "auto");
@@ -183,21 +128,8 @@ int cmd_plan(int argc, char** argv) {
     so.fixed_graph_batch = b;
     builder = [g](int64_t) { return planner::PlannedModel{g, "train", {}}; };
   } else {
-    std::smatch mt;
-    int64_t layers = 1;
-    std::string base = spec;
-    if (spec.rfind("gpt:", 0) == 0 && std::regex_search(spec, mt, std::regex("layers=([0-9]+)"))) {
-      layers = std::stoll(mt[1]);
-      base = std::regex_replace(spec, std::regex("layers=[0-9]+"), "layers=1");
-    }
     description = models::from_spec(spec, 1, true).description;
-    builder = [base, layers, oc](int64_t b) {
-      models::Built m = models::from_spec(base, b, true);
-      add_training(m.model->graph(), "loss", oc);
-      planner::PlannedModel pm{std::make_shared<Graph>(m.model->graph()), "train", {}};
-      if (layers > 1) pm.repeats = {{"block0", layers}};
-      return pm;
-    };
+    builder = planning_builder(spec, oc);
   }
 
   planner::SearchResult result = planner::search_plan(builder, batch, cluster, pins, so);
@@ -231,12 +163,7 @@ int cmd_plan(int argc, char** argv) {
       f.notes.push_back("per-rank programs not included for more than 64 devices");
     } else {
       // The full-depth training graph, not the planning stand-in.
-      const int64_t graph_batch = batch / f.config.microbatches;
-      Graph full = is_file ? *pm.graph : [&] {
-        models::Built m = models::from_spec(spec, graph_batch, true);
-        add_training(m.model->graph(), "loss", oc);
-        return m.model->graph();
-      }();
+      Graph full = is_file ? *pm.graph : plan_training_graph(spec, batch, f.config, oc);
       std::vector<int64_t> bounds;
       for (auto& st : result.best.stages) bounds.push_back(st.first_layer);
       bounds.push_back(result.best.stages.back().end_layer);

@@ -1,21 +1,14 @@
 // The proof that a plan trains the same model as one device: for the MLP and a small GPT,
-// every strategy runs 5 optimizer steps on simulated devices (threads of this process,
+// every strategy runs 5 optimizer steps (tessel::verify_plan) on simulated devices (threads of this process,
 // real collectives through the in-process communicator) and must give the same losses and
 // the same parameters as one device running the whole batch.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include <cmath>
-#include <cstring>
-#include <random>
-
-#include "frontend/models.h"
-#include "frontend/optim.h"
 #include "graph/error.h"
-#include "runtime/executor.h"
-#include "runtime/local_run.h"
+#include "frontend/distributed.h"
 
-namespace tessel::runtime {
+namespace tessel {
 namespace {
 
 using planner::PlanConfig;
@@ -43,74 +36,27 @@ PlanConfig cfg(int64_t dp, int64_t tp, int zero = 0, int64_t pp = 1, int64_t mb 
   return c;
 }
 
-constexpr int kSteps = 5;
-
 void check(const Case& k) {
   SCOPED_TRACE(k.spec + " " + k.config.str() + " (" + k.optimizer + ")");
-  OptimizerConfig oc;
-  oc.kind = k.optimizer;
-  oc.lr = 0.01;
-  oc.momentum = 0.9;
-  oc.clip_norm = k.clip_norm;
-  // One device: the whole batch. The plan: a graph of one microbatch (every replica).
-  models::Built one_b = models::from_spec(k.spec, k.batch, true);
-  Graph& one_g = one_b.model->graph();
-  add_training(one_g, "loss", oc);
-  const int64_t m = k.config.microbatches;
-  models::Built plan_b = models::from_spec(k.spec, k.batch / m, true);
-  Graph& plan_g = plan_b.model->graph();
-  add_training(plan_g, "loss", oc);
-
-  ExecutorOptions eo;
-  eo.seed = 11;
-  Executor one(one_g, eo);
-  const int prog = one.prepare({"train", {"loss"}});
-  one.initialize();
-
-  RankOptions ro;
-  ro.seed = 11;
-  ro.bucket_bytes = k.bucket_bytes;
-  CommOptions co;
-  co.timeout_s = 60;
-  LocalRun run(planner::partition(plan_g, k.config), k.config, ro, co, 1);
-  run.initialize();
-
-  std::mt19937 rng(5);
-  for (int step = 0; step < kSteps; ++step) {
-    for (int32_t id : one_g.nodes_of_kind(OpKind::input)) {
-      const Node& n = one_g.node(id);
-      const TensorType& t = n.outputs[0];
-      TensorRef dst = one.input(n.name);
-      const int64_t classes = n.name == "labels" ? one_b.logits.shape().back() : 32;
-      for (int64_t i = 0; i < t.numel(); ++i) {
-        if (t.dtype == DType::f32) dst.as<float>()[i] = std::uniform_real_distribution<float>(-1, 1)(rng);
-        else dst.as<int32_t>()[i] = static_cast<int32_t>(rng() % classes);
-      }
-      const TensorType& micro = plan_g.node(*plan_g.find(n.name)).outputs[0];
-      run.feed(n.name, micro, std::span<const std::byte>(static_cast<const std::byte*>(dst.data), static_cast<size_t>(t.bytes())));
-    }
-    one.run(prog);
-    run.step();
-    const double want = one.output("loss").as<float>()[0];
-    const double got = run.scalar_output("loss");
-    EXPECT_LE(std::fabs(got - want), 1e-5 * std::max(1.0, std::fabs(want))) << "loss at step " << step << ": " << got << " vs " << want;
-  }
-  double worst = 0;
-  std::string where;
-  for (int32_t id : one_g.parameters()) {
-    const Node& n = one_g.node(id);
-    const std::vector<std::byte> got = run.gather_variable(n.name, n.outputs[0]);
-    const float* g = reinterpret_cast<const float*>(got.data());
-    const float* w = one.value(Value{id, 0}).as<float>();
-    // Relative to the tensor's scale: elements near zero are compared with its largest.
-    double scale = 0;
-    for (int64_t i = 0; i < n.outputs[0].numel(); ++i) scale = std::max(scale, std::fabs(double(w[i])));
-    for (int64_t i = 0; i < n.outputs[0].numel(); ++i) {
-      const double d = std::fabs(double(g[i]) - w[i]) / std::max(scale, 1e-6);
-      if (d > worst) worst = d, where = n.name + "[" + std::to_string(i) + "]";
-    }
-  }
-  EXPECT_LT(worst, 1e-5) << "largest parameter difference at " << where;
+  VerifyOptions o;
+  o.spec = k.spec;
+  o.batch = k.batch;
+  o.steps = 5;
+  o.seed = 11;
+  o.optimizer.kind = k.optimizer;
+  o.optimizer.lr = 0.01;
+  o.optimizer.momentum = 0.9;
+  o.optimizer.clip_norm = k.clip_norm;
+  o.rank.bucket_bytes = k.bucket_bytes;
+  o.timeout_s = 60;
+  DevicePlan plan;
+  plan.config = k.config;
+  const VerifyReport r = verify_plan(o, plan);
+  EXPECT_LE(r.max_rel_diff_loss, 1e-5);
+  EXPECT_LE(r.max_rel_diff_params, 1e-5) << "at " << r.worst_parameter;
+  EXPECT_TRUE(r.ok);
+  ASSERT_EQ(r.loss_one.size(), 5u);
+  EXPECT_NE(r.loss_one.front(), r.loss_one.back()) << "the model must train";
 }
 
 const std::string kMlp = "mlp:8-16-16-4";
@@ -156,6 +102,57 @@ TEST(Equivalence, CombinedStrategies) {
     check(k);
 }
 
+TEST(Equivalence, OneToEightDevicesIncludingOddWorldSizes) {
+  for (const Case& k : std::vector<Case>{{kMlp, 8, cfg(1, 1)}, {kGpt, 4, cfg(1, 1), "sgd"},
+                                         {kMlp, 6, cfg(3, 1)}, {kMlp, 8, cfg(1, 1, 0, 3, 4)}, {kGpt, 6, cfg(3, 1, 1), "sgd"},
+                                         {kGpt, 4, cfg(1, 1, 0, 3, 2), "sgd"}, {kMlp, 16, cfg(2, 2, 0, 2, 2)},
+                                         {kGpt, 8, cfg(2, 2, 0, 2, 2), "sgd"}, {kGpt, 8, cfg(8, 1, 2), "sgd"},
+                                         {kGpt, 4, cfg(2, 4), "sgd"}})
+    check(k);
+}
+
+TEST(Equivalence, TheAutomaticPlanOnEveryDeviceCount) {
+  for (const std::string& spec : {kMlp, kGpt})
+    for (int64_t n : {1, 2, 3, 4, 8}) {
+      SCOPED_TRACE(spec + " on " + std::to_string(n));
+      OptimizerConfig oc;
+      oc.kind = "sgd";
+      const int64_t batch = 24;  // splits over 1, 2, 3, 4 and 8 replicas
+      DevicePlan plan = plan_for_devices(spec, batch, n, planner::Pins{}, oc);
+      EXPECT_EQ(plan.config.devices(), n);
+      VerifyOptions o;
+      o.spec = spec;
+      o.batch = batch;
+      o.optimizer = oc;
+      o.optimizer.momentum = 0.9;
+      o.seed = 3;
+      const VerifyReport r = verify_plan(o, plan);
+      EXPECT_TRUE(r.ok) << plan.config.str() << ": loss " << r.max_rel_diff_loss << ", params " << r.max_rel_diff_params
+                        << " at " << r.worst_parameter;
+    }
+}
+
+TEST(Equivalence, PlansThatCannotSplitAreRefusedWithTheReason) {
+  OptimizerConfig oc;
+  auto refused = [&](const std::string& spec, int64_t batch, int64_t devices, planner::Pins pins) {
+    try {
+      plan_for_devices(spec, batch, devices, pins, oc);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("(accepted)");
+  };
+  planner::Pins dp3;
+  dp3.dp = 3;
+  EXPECT_THAT(refused(kMlp, 8, 3, dp3), ::testing::HasSubstr("batch 8 does not split over dp=3"));
+  planner::Pins pp5;
+  pp5.pp = 5;
+  EXPECT_THAT(refused(kMlp, 8, 5, pp5), ::testing::HasSubstr("exceeds the 4 layers"));
+  planner::Pins two;
+  two.dp = 2;
+  EXPECT_THAT(refused(kMlp, 8, 4, two), ::testing::HasSubstr("uses 2 of the 4 devices"));
+}
+
 TEST(Equivalence, ClippingByTheGlobalNormAcrossStages) {
   for (const Case& k : std::vector<Case>{{kMlp, 8, cfg(2, 1, 0, 2, 2), "adamw", 0.05},
                                          {kGpt, 8, cfg(2, 2, 0, 2, 2), "sgd", 0.05}})
@@ -163,4 +160,4 @@ TEST(Equivalence, ClippingByTheGlobalNormAcrossStages) {
 }
 
 }  // namespace
-}  // namespace tessel::runtime
+}  // namespace tessel

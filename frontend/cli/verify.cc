@@ -1,0 +1,102 @@
+#include <cstdio>
+#include <iostream>
+
+#include "frontend/cli/args.h"
+#include "frontend/cli/commands.h"
+#include "frontend/cli/pins.h"
+#include "frontend/distributed.h"
+#include "graph/error.h"
+#include "ops/registry.h"
+#include "planner/plan_file.h"
+
+namespace tessel::cli {
+
+int cmd_verify(int argc, char** argv) {
+  Args args("verify",
+            "Check that a plan trains what one device trains: run the plan on N simulated devices\n"
+            "(threads of this process, real collectives) and the whole batch on one device, from the\n"
+            "same initial parameters on the same random inputs, for k optimizer steps; report the\n"
+            "largest relative difference in the loss (per step) and in the parameters (after the last\n"
+            "step, relative to the larger of the tensor's largest magnitude and the learning rate).\nExits 1 above the tolerance.",
+            with_pin_flags({
+                {"--model", "SPEC", "mlp:... or gpt:layers=..,d_model=..,heads=..,seq=..,vocab=..", ""},
+                {"--batch", "N", "global batch (samples per optimizer step)", "8"},
+                {"--devices", "N", "simulated devices", "1"},
+                {"--auto", "", "let the planner choose everything the pins leave open (the default)", ""},
+                {"--plan", "FILE", "run the configuration of a plan file written by `tessel plan --output`", ""},
+                {"--steps", "K", "optimizer steps", "5"},
+                {"--optimizer", "NAME", "sgd or adamw. With adamw, a parameter whose gradient is zero in exact "
+                                        "arithmetic (a GPT's key bias: softmax ignores a constant per query) moves by lr "
+                                        "times the sign of rounding noise, which no two summation orders share: expect "
+                                        "it to differ", "sgd"},
+                {"--lr", "X", "learning rate", "0.01"},
+                {"--momentum", "X", "SGD momentum", "0.9"},
+                {"--clip-norm", "X", "clip gradients to this global L2 norm (0: off)", "0"},
+                {"--seed", "N", "seed for initial parameters and inputs", "0"},
+                {"--tolerance", "X", "largest relative difference accepted", "1e-5"},
+                {"--bucket-mb", "X", "gradient all-reduce bucket size in MiB", "25"},
+                {"--no-overlap", "", "run collectives on the compute stream (no communication thread)", ""},
+                {"--timeout", "S", "seconds a collective may wait for the other ranks", "300"},
+                {"--format", "FMT", "text, or json (keys: max_rel_diff_loss, max_rel_diff_params, ok, worst_parameter, "
+                                    "losses_one_device, losses_plan, arena_bytes)", "text"},
+            }, 3));
+  if (!args.parse(argc, argv)) return 0;
+  if (!args.has("--model")) throw Error("tessel verify: --model is required (see --help)");
+  const std::string format = args.str("--format", "text");
+  if (format != "text" && format != "json") throw Error("tessel verify: --format must be text or json");
+
+  VerifyOptions o;
+  o.spec = args.str("--model");
+  o.batch = args.i64("--batch", 8);
+  o.steps = args.i64("--steps", 5);
+  o.seed = static_cast<uint64_t>(args.i64("--seed", 0));
+  o.tolerance = args.f64("--tolerance", 1e-5);
+  o.timeout_s = args.f64("--timeout", 300);
+  o.optimizer.kind = args.str("--optimizer", "sgd");
+  o.optimizer.lr = args.f64("--lr", 0.01);
+  o.optimizer.momentum = args.f64("--momentum", 0.9);
+  o.optimizer.clip_norm = args.f64("--clip-norm", 0);
+  o.rank.bucket_bytes = static_cast<int64_t>(args.f64("--bucket-mb", 25) * (1 << 20));
+  o.rank.overlap = !args.has("--no-overlap");
+  if (o.batch < 1 || o.steps < 1) throw Error("tessel verify: --batch and --steps must be >= 1");
+  if (!(o.tolerance >= 0)) throw Error("tessel verify: --tolerance must be >= 0");
+  const int64_t devices = args.i64("--devices", 1);
+
+  DevicePlan plan;
+  if (args.has("--plan")) {
+    const planner::PlanFile f = planner::load_plan(args.str("--plan"), ops::registry());
+    if (f.global_batch != o.batch && args.has("--batch"))
+      throw Error("tessel verify: " + args.str("--plan") + " was planned for batch " + std::to_string(f.global_batch) +
+                  ", not " + std::to_string(o.batch));
+    o.batch = f.global_batch;
+    plan.config = f.config;
+    plan.cluster = f.cluster;
+    plan.search.best = f.estimate;
+    if (args.has("--devices") && f.config.devices() != devices)
+      throw Error("tessel verify: " + args.str("--plan") + " is for " + std::to_string(f.config.devices()) +
+                  " devices, not " + std::to_string(devices));
+    for (auto& st : f.estimate.stages) plan.stage_bounds.push_back(st.first_layer);
+    if (!f.estimate.stages.empty()) plan.stage_bounds.push_back(f.estimate.stages.back().end_layer);
+  } else {
+    plan = plan_for_devices(o.spec, o.batch, devices, parse_pins(args, "verify"), o.optimizer);
+  }
+  if (format == "text") std::cout << plan.summary();
+  VerifyReport r = verify_plan(o, plan);
+  if (format == "json") {
+    std::cout << r.json() << std::endl;
+  } else {
+    for (size_t s = 0; s < r.loss_one.size(); ++s) {
+      char b[160];
+      std::snprintf(b, sizeof b, "step %zu: loss one device %.7g, plan %.7g\n", s + 1, r.loss_one[s], r.loss_plan[s]);
+      std::cout << b;
+    }
+    char b[240];
+    std::snprintf(b, sizeof b, "max_rel_diff_loss %.3g  max_rel_diff_params %.3g (at %s)  tolerance %.3g: %s\n",
+                  r.max_rel_diff_loss, r.max_rel_diff_params, r.worst_parameter.c_str(), o.tolerance,
+                  r.ok ? "ok" : "NOT OK");
+    std::cout << b;
+  }
+  return r.ok ? 0 : 1;
+}
+
+}  // namespace tessel::cli

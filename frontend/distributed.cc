@@ -1,0 +1,191 @@
+#include "frontend/distributed.h"
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <regex>
+#include <sstream>
+
+#include "frontend/models.h"
+#include "graph/error.h"
+#include "graph/text.h"
+#include "planner/cluster.h"
+#include "runtime/executor.h"
+#include "runtime/local_run.h"
+
+namespace tessel {
+
+namespace {
+
+std::string num(double v) {
+  if (!std::isfinite(v)) return "null";
+  std::ostringstream os;
+  os.precision(9);
+  os << v;
+  return os.str();
+}
+
+std::string mib(double b) {
+  char s[32];
+  std::snprintf(s, sizeof s, "%.1f MiB", b / (1 << 20));
+  return s;
+}
+
+OptimizerConfig one_step(OptimizerConfig oc) {
+  oc.accumulate = 1;  // the runtime accumulates microbatches itself
+  return oc;
+}
+
+}  // namespace
+
+planner::ModelBuilder planning_builder(const std::string& spec, const OptimizerConfig& oc_in) {
+  const OptimizerConfig oc = one_step(oc_in);
+  std::smatch mt;
+  int64_t layers = 1;
+  std::string base = spec;
+  if (spec.rfind("gpt:", 0) == 0 && std::regex_search(spec, mt, std::regex("layers=([0-9]+)"))) {
+    layers = std::stoll(mt[1]);
+    base = std::regex_replace(spec, std::regex("layers=[0-9]+"), "layers=1");
+  }
+  return [base, layers, oc](int64_t b) {
+    models::Built m = models::from_spec(base, b, true);
+    add_training(m.model->graph(), "loss", oc);
+    planner::PlannedModel pm{std::make_shared<Graph>(m.model->graph()), "train", {}};
+    if (layers > 1) pm.repeats = {{"block0", layers}};
+    return pm;
+  };
+}
+
+Graph plan_training_graph(const std::string& spec, int64_t global_batch, const planner::PlanConfig& c,
+                          const OptimizerConfig& oc) {
+  if (global_batch % c.microbatches != 0)
+    throw Error("batch " + std::to_string(global_batch) + " does not split into " + std::to_string(c.microbatches) +
+                " microbatches");
+  models::Built m = models::from_spec(spec, global_batch / c.microbatches, true);
+  add_training(m.model->graph(), "loss", one_step(oc));
+  return m.model->graph();
+}
+
+std::string DevicePlan::summary() const {
+  std::ostringstream os;
+  const planner::PlanEstimate& e = search.best;
+  os << "plan: " << config.str() << " on " << cluster << "\n";
+  for (size_t s = 0; s < e.stages.size(); ++s) {
+    const int64_t per = config.dp * config.tp;
+    os << "  stage " << s << " (ranks " << s * per << "-" << (s + 1) * per - 1 << "): " << e.stages[s].layers << "\n";
+  }
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "  predicted: step %.3g ms, peak memory %s per device\n", e.step_time_s * 1e3,
+                mib(e.peak_memory_bytes).c_str());
+  os << buf;
+  return os.str();
+}
+
+std::vector<planner::RankProgram> DevicePlan::programs(const std::string& spec, int64_t global_batch,
+                                                       const OptimizerConfig& oc) const {
+  return planner::partition(plan_training_graph(spec, global_batch, config, oc), config, stage_bounds);
+}
+
+DevicePlan plan_for_devices(const std::string& spec, int64_t global_batch, int64_t devices, const planner::Pins& pins,
+                            const OptimizerConfig& oc) {
+  if (devices < 1) throw Error("--devices must be >= 1");
+  if (spec.find(':') == std::string::npos)
+    throw Error("'" + spec + "': planning for several devices needs a model spec (mlp:..., gpt:...)");
+  DevicePlan p;
+  p.cluster = "local:" + std::to_string(devices);
+  const planner::ClusterSpec cluster = planner::parse_cluster(p.cluster);
+  planner::SearchOptions so;
+  so.cost.precision = planner::Precision::f32;
+  p.search = planner::search_plan(planning_builder(spec, oc), global_batch, cluster, pins, so);
+  p.config = p.search.best.config;
+  if (p.config.devices() != devices)
+    throw Error("the plan " + p.config.str() + " uses " + std::to_string(p.config.devices()) + " of the " +
+                std::to_string(devices) + " devices: pin dp, tp and pp so that dp x tp x pp = " + std::to_string(devices));
+  for (auto& st : p.search.best.stages) p.stage_bounds.push_back(st.first_layer);
+  if (!p.search.best.stages.empty()) p.stage_bounds.push_back(p.search.best.stages.back().end_layer);
+  return p;
+}
+
+std::string VerifyReport::json() const {
+  std::ostringstream os;
+  os << "{\"max_rel_diff_loss\":" << num(max_rel_diff_loss) << ",\"max_rel_diff_params\":" << num(max_rel_diff_params)
+     << ",\"worst_parameter\":" << json_quote(worst_parameter) << ",\"ok\":" << (ok ? "true" : "false")
+     << ",\"losses_one_device\":[";
+  for (size_t i = 0; i < loss_one.size(); ++i) os << (i ? "," : "") << num(loss_one[i]);
+  os << "],\"losses_plan\":[";
+  for (size_t i = 0; i < loss_plan.size(); ++i) os << (i ? "," : "") << num(loss_plan[i]);
+  os << "],\"arena_bytes\":[";
+  for (size_t i = 0; i < arena_bytes.size(); ++i) os << (i ? "," : "") << arena_bytes[i];
+  os << "]}";
+  return os.str();
+}
+
+VerifyReport verify_plan(const VerifyOptions& opt, const DevicePlan& plan) {
+  const OptimizerConfig oc = one_step(opt.optimizer);
+  models::Built one_b = models::from_spec(opt.spec, opt.batch, true);
+  Graph& one_g = one_b.model->graph();
+  add_training(one_g, "loss", oc);
+  const Graph plan_g = plan_training_graph(opt.spec, opt.batch, plan.config, oc);
+
+  runtime::ExecutorOptions eo;
+  eo.seed = opt.seed;
+  eo.use_blas = opt.rank.use_blas;
+  runtime::Executor one(one_g, eo);
+  const int prog = one.prepare({"train", {"loss"}});
+  one.initialize();
+
+  runtime::RankOptions ro = opt.rank;
+  ro.seed = opt.seed;
+  runtime::CommOptions co;
+  co.timeout_s = opt.timeout_s;
+  runtime::LocalRun run(planner::partition(plan_g, plan.config, plan.stage_bounds), plan.config, ro, co);
+  run.initialize();
+
+  VerifyReport rep;
+  for (auto& m : run.memory()) rep.arena_bytes.push_back(m.arena_bytes);
+  std::mt19937 rng(static_cast<uint32_t>(opt.seed * 7919 + 5));
+  const int64_t classes = one_b.logits.shape().back();
+  for (int64_t step = 0; step < opt.steps; ++step) {
+    for (int32_t id : one_g.nodes_of_kind(OpKind::input)) {
+      const Node& n = one_g.node(id);
+      const TensorType& t = n.outputs[0];
+      TensorRef dst = one.input(n.name);
+      for (int64_t i = 0; i < t.numel(); ++i) {
+        if (t.dtype == DType::f32) dst.as<float>()[i] = std::uniform_real_distribution<float>(-1, 1)(rng);
+        else if (t.dtype == DType::i32) dst.as<int32_t>()[i] = static_cast<int32_t>(rng() % static_cast<uint32_t>(classes));
+        else throw Error(n.where() + ": verify feeds f32 and i32 inputs, this one is " + t.str());
+      }
+      const auto pid = plan_g.find(n.name);
+      if (!pid) continue;
+      run.feed(n.name, plan_g.node(*pid).outputs[0],
+               std::span<const std::byte>(static_cast<const std::byte*>(dst.data), static_cast<size_t>(t.bytes())));
+    }
+    one.run(prog);
+    run.step();
+    const double want = one.output("loss").as<float>()[0], got = run.scalar_output("loss");
+    rep.loss_one.push_back(want);
+    rep.loss_plan.push_back(got);
+    rep.max_rel_diff_loss = std::max(rep.max_rel_diff_loss, std::fabs(got - want) / std::max(std::fabs(want), 1e-12));
+  }
+  for (int32_t id : one_g.parameters()) {
+    const Node& n = one_g.node(id);
+    const std::vector<std::byte> got_b = run.gather_variable(n.name, n.outputs[0]);
+    const float* got = reinterpret_cast<const float*>(got_b.data());
+    const float* want = one.value(Value{id, 0}).as<float>();
+    // Relative to the tensor's largest magnitude, or to the learning rate (how far one step
+    // moves a parameter) for tensors that stay near zero.
+    double scale = opt.optimizer.lr;
+    for (int64_t i = 0; i < n.outputs[0].numel(); ++i) scale = std::max(scale, std::fabs(double(want[i])));
+    for (int64_t i = 0; i < n.outputs[0].numel(); ++i) {
+      const double d = std::fabs(double(got[i]) - want[i]) / std::max(scale, 1e-30);
+      if (d > rep.max_rel_diff_params || rep.worst_parameter.empty()) {
+        rep.max_rel_diff_params = std::max(rep.max_rel_diff_params, d);
+        if (d >= rep.max_rel_diff_params) rep.worst_parameter = n.name + "[" + std::to_string(i) + "]";
+      }
+    }
+  }
+  rep.ok = rep.max_rel_diff_loss <= opt.tolerance && rep.max_rel_diff_params <= opt.tolerance;
+  return rep;
+}
+
+}  // namespace tessel

@@ -1,0 +1,66 @@
+// Plans for N simulated devices of this host, and the check that a plan trains what one
+// device trains: used by `tessel train --devices N` and `tessel verify`.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "frontend/optim.h"
+#include "planner/partition.h"
+#include "planner/search.h"
+#include "runtime/rank_executor.h"
+
+namespace tessel {
+
+// The planner's view of a DSL model spec (mlp:..., gpt:...): its training graph at a given
+// microbatch batch; a GPT's identical blocks are planned from a one-block stand-in.
+planner::ModelBuilder planning_builder(const std::string& spec, const OptimizerConfig& oc);
+
+// The training graph the plan's programs are cut from: one microbatch of every replica.
+Graph plan_training_graph(const std::string& spec, int64_t global_batch, const planner::PlanConfig& c,
+                          const OptimizerConfig& oc);
+
+struct DevicePlan {
+  planner::PlanConfig config;
+  std::vector<int64_t> stage_bounds;  // layer index where each stage starts, then the layer count
+  planner::SearchResult search;       // predicted costs, alternatives
+  std::string cluster;                // "local:4"
+  std::string summary() const;        // a few lines: mesh, stages, predicted step and memory
+  // The rank programs for a spec (the same one the plan was made for).
+  std::vector<planner::RankProgram> programs(const std::string& spec, int64_t global_batch,
+                                             const OptimizerConfig& oc) const;
+};
+
+// The best plan for `devices` simulated devices on this host under `pins`, using every
+// device. Throws tessel::Error when the pins cannot be met (naming why: the batch does not
+// split, heads do not divide, more stages than layers, devices left idle).
+DevicePlan plan_for_devices(const std::string& spec, int64_t global_batch, int64_t devices, const planner::Pins& pins,
+                            const OptimizerConfig& oc);
+
+struct VerifyOptions {
+  std::string spec;
+  int64_t batch = 8;  // global, per optimizer step
+  int64_t steps = 5;
+  uint64_t seed = 0;
+  OptimizerConfig optimizer;
+  runtime::RankOptions rank;
+  double tolerance = 1e-5;
+  double timeout_s = 300;
+};
+
+struct VerifyReport {
+  double max_rel_diff_loss = 0;    // over steps: |plan - one| / |one|
+  double max_rel_diff_params = 0;  // after the last step, relative to max(tensor's largest magnitude, lr)
+  std::string worst_parameter;     // "fc1/weight[17]"
+  std::vector<double> loss_one, loss_plan;
+  std::vector<int64_t> arena_bytes;  // per rank
+  bool ok = false;
+  std::string json() const;
+};
+
+// Runs the plan on simulated devices and the whole batch on one device, on the same random
+// inputs and initial parameters, for opt.steps optimizer steps.
+VerifyReport verify_plan(const VerifyOptions& opt, const DevicePlan& plan);
+
+}  // namespace tessel
