@@ -96,6 +96,7 @@ DevicePlan plan_for_devices(const std::string& spec, int64_t global_batch, int64
   const planner::ClusterSpec cluster = planner::parse_cluster(p.cluster);
   planner::SearchOptions so;
   so.cost.precision = planner::Precision::f32;
+  so.max_microbatch_size = global_batch;  // small models on a host: any microbatch size is worth a look
   p.search = planner::search_plan(planning_builder(spec, oc), global_batch, cluster, pins, so);
   p.config = p.search.best.config;
   if (p.config.devices() != devices)

@@ -3,11 +3,13 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <numeric>
 #include <optional>
 #include <sstream>
 
+#include "frontend/distributed.h"
 #include "frontend/models.h"
 #include "frontend/progress.h"
 #include "graph/error.h"
@@ -16,7 +18,10 @@
 #include "ops/registry.h"
 #include "planner/cost.h"
 #include "runtime/data.h"
+#include "planner/cluster.h"
+#include "planner/plan_file.h"
 #include "runtime/executor.h"
+#include "runtime/local_run.h"
 #include "runtime/thread_pool.h"
 
 namespace tessel {
@@ -69,10 +74,12 @@ void copy_parameters(runtime::Executor& from, runtime::Executor& to) {
   }
 }
 
+using InputFn = std::function<TensorRef(const char*)>;
+
 struct Feeder {
   virtual ~Feeder() = default;
   // Fills the model inputs for microbatch `micro` of optimizer step `step`.
-  virtual void feed(runtime::Executor& ex, int64_t step, int64_t micro) = 0;
+  virtual void feed(const InputFn& input, int64_t step, int64_t micro) = 0;
 };
 
 struct ImageFeeder final : Feeder {
@@ -82,14 +89,14 @@ struct ImageFeeder final : Feeder {
   int64_t epoch = -1;
   ImageFeeder(const runtime::ImageDataset& d, int64_t batch, int64_t micro, uint64_t seed)
       : data(d), sampler(d.count, batch, seed), per_epoch(sampler.batches_per_epoch()), micro_batch(micro) {}
-  void feed(runtime::Executor& ex, int64_t step, int64_t micro) override {
+  void feed(const InputFn& input, int64_t step, int64_t micro) override {
     if (step / per_epoch != epoch) {
       epoch = step / per_epoch;
       sampler.set_epoch(epoch);
     }
     auto idx = sampler.batch(step % per_epoch).subspan(micro * micro_batch, micro_batch);
-    runtime::gather_images(data, idx, ex.input("x").as<float>());
-    runtime::gather_labels(data, idx, ex.input("labels").as<int32_t>());
+    runtime::gather_images(data, idx, input("x").as<float>());
+    runtime::gather_labels(data, idx, input("labels").as<int32_t>());
   }
 };
 
@@ -99,9 +106,111 @@ struct TextFeeder final : Feeder {
   uint64_t seed;
   TextFeeder(const runtime::TextDataset& d, int64_t b, int64_t s, int64_t k, uint64_t sd)
       : data(d), batch(b), seq(s), accumulate(k), seed(sd) {}
-  void feed(runtime::Executor& ex, int64_t step, int64_t micro) override {
+  void feed(const InputFn& input, int64_t step, int64_t micro) override {
     data.fill_batch(false, seed, step, batch, static_cast<int>(micro), static_cast<int>(accumulate), seq,
-                    ex.input("tokens").as<int32_t>(), ex.input("targets").as<int32_t>());
+                    input("tokens").as<int32_t>(), input("targets").as<int32_t>());
+  }
+};
+
+// What runs the optimizer steps: one executor, or a plan's ranks on simulated devices.
+struct Engine {
+  virtual ~Engine() = default;
+  virtual double step(Feeder& feeder, int64_t step) = 0;  // returns the step's loss
+  virtual void copy_parameters_to(runtime::Executor& eval) = 0;
+  virtual void export_variables(Graph& g) = 0;
+  virtual int64_t memory_bytes() const = 0;
+};
+
+struct OneDevice final : Engine {
+  runtime::Executor exec;
+  int64_t k;
+  int prog_step = -1, prog_micro = -1, prog_apply = -1;
+  TensorRef loss;
+  OneDevice(const Graph& g, const runtime::ExecutorOptions& eo, const TrainingPhases& phases, int64_t micro)
+      : exec(g, eo), k(micro) {
+    if (k == 1) {
+      prog_step = exec.prepare({phases.step, {"loss"}});
+    } else {
+      prog_micro = exec.prepare({phases.micro, {"loss"}});
+      prog_apply = exec.prepare({phases.apply, {}});
+    }
+    exec.initialize();
+    loss = exec.output("loss");
+  }
+  double step(Feeder& feeder, int64_t s) override {
+    const InputFn in = [&](const char* name) { return exec.input(name); };
+    if (k == 1) {
+      feeder.feed(in, s, 0);
+      exec.run(prog_step);
+      return read_scalar(loss);
+    }
+    double l = 0;
+    for (int64_t m = 0; m < k; ++m) {
+      feeder.feed(in, s, m);
+      exec.run(prog_micro);
+      l += read_scalar(loss) / static_cast<double>(k);
+    }
+    exec.run(prog_apply);
+    return l;
+  }
+  void copy_parameters_to(runtime::Executor& eval) override { copy_parameters(exec, eval); }
+  void export_variables(Graph& g) override { exec.export_variables(g); }
+  int64_t memory_bytes() const override { return exec.bytes_allocated(); }
+};
+
+// A plan on simulated devices: the whole step's batch is gathered on the host, then each
+// rank gets its microbatches' shards.
+struct Devices final : Engine {
+  runtime::LocalRun run;
+  const Graph& graph;  // one microbatch of every replica
+  int64_t batch;
+  struct Host {
+    std::string name;
+    TensorType micro, whole;
+    std::vector<std::byte> bytes;
+  };
+  std::vector<Host> inputs;
+  Devices(std::vector<planner::RankProgram> programs, const planner::PlanConfig& c, const Graph& g, int64_t global_batch,
+          const runtime::RankOptions& ro, const runtime::CommOptions& co, int threads, int64_t capacity)
+      : run(std::move(programs), c, ro, co, threads), graph(g), batch(global_batch) {
+    run.initialize(capacity);
+    for (int32_t id : g.nodes_of_kind(OpKind::input)) {
+      const TensorType& t = g.node(id).outputs[0];
+      TensorType whole = t;
+      whole.shape.at(0) = global_batch;
+      inputs.push_back(Host{g.node(id).name, t, whole, std::vector<std::byte>(static_cast<size_t>(whole.bytes()))});
+    }
+  }
+  double step(Feeder& feeder, int64_t s) override {
+    feeder.feed([&](const char* name) {
+      for (Host& h : inputs)
+        if (h.name == name) return TensorRef{h.bytes.data(), h.whole.dtype, h.whole.shape, h.whole.numel()};
+      throw Error(std::string("the plan's graph has no input '") + name + "'");
+    }, s, 0);
+    for (Host& h : inputs) run.feed(h.name, h.micro, h.bytes);
+    run.step();
+    return run.scalar_output("loss");
+  }
+  void copy_parameters_to(runtime::Executor& eval) override {
+    const Graph& dst = eval.graph();
+    for (int32_t id : dst.parameters()) {
+      if (!eval.has_buffer(Value{id, 0})) continue;
+      const Node& n = dst.node(id);
+      const std::vector<std::byte> whole = run.gather_variable(n.name, n.outputs[0]);
+      std::memcpy(eval.value(Value{id, 0}).data, whole.data(), whole.size());
+    }
+  }
+  void export_variables(Graph& g) override {
+    for (int32_t id : g.nodes_of_kind(OpKind::variable)) {
+      const Node& n = g.node(id);
+      if (!graph.find(n.name)) continue;
+      g.set_data(id, run.gather_variable(n.name, n.outputs[0]));
+    }
+  }
+  int64_t memory_bytes() const override {
+    int64_t total = 0;
+    for (auto& m : run.memory()) total += m.total();
+    return total;
   }
 };
 
@@ -114,13 +223,13 @@ std::string TrainReport::json() const {
      << ",\"test_loss\":" << json_number(test_loss) << ",\"unigram_entropy\":" << json_number(unigram_entropy)
      << ",\"samples_per_s\":" << json_number(samples_per_s) << ",\"step_ms_median\":" << json_number(step_ms_median)
      << ",\"train_seconds\":" << json_number(train_seconds) << ",\"parameters\":" << parameters
-     << ",\"memory_bytes\":" << memory_bytes << "}";
+     << ",\"memory_bytes\":" << memory_bytes << ",\"devices\":" << devices << ",\"plan\":" << json_quote(plan) << "}";
   return os.str();
 }
 
 TrainReport train(const TrainOptions& opt, std::ostream& log) {
   TrainReport report;
-  const OptimizerConfig& ocfg = opt.optimizer;
+  OptimizerConfig ocfg = opt.optimizer;
   const bool from_file = ends_with(opt.model, ".tsg") || ends_with(opt.model, ".tsg.txt") ||
                          opt.model.find(':') == std::string::npos;
   const bool images = opt.dataset == "fashion-mnist";
@@ -143,7 +252,41 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
   std::optional<models::Built> built;
   std::optional<Graph> loaded;
   int64_t batch = opt.batch;
-  const int64_t k = ocfg.accumulate;
+  const bool multi = opt.devices > 0;
+  // On simulated devices the runtime accumulates the plan's microbatches itself.
+  int64_t k = ocfg.accumulate;
+  std::optional<DevicePlan> plan;
+  if (multi) {
+    if (from_file)
+      throw Error("--devices runs model specs (mlp:..., gpt:...); a graph file trains on one device (drop --devices)");
+    if (batch <= 0) batch = 64;
+    planner::Pins pins = opt.pins;
+    if (k > 1) {
+      if (pins.microbatches && *pins.microbatches != k)
+        throw Error("--accumulate " + std::to_string(k) + " and --microbatches " + std::to_string(*pins.microbatches) +
+                    " disagree (on devices, --accumulate pins the microbatches)");
+      pins.microbatches = k;
+    }
+    if (!opt.plan_file.empty()) {
+      const planner::PlanFile f = planner::load_plan(opt.plan_file, ops::registry());
+      if (f.global_batch != batch)
+        throw Error(opt.plan_file + " was planned for batch " + std::to_string(f.global_batch) + ", not " +
+                    std::to_string(batch) + " (give --batch " + std::to_string(f.global_batch) + ")");
+      if (f.config.devices() != opt.devices)
+        throw Error(opt.plan_file + " is a plan for " + std::to_string(f.config.devices()) + " devices (" +
+                    f.config.str() + "), not " + std::to_string(opt.devices));
+      plan.emplace();
+      plan->config = f.config;
+      plan->cluster = f.cluster;
+      plan->search.best = f.estimate;
+      for (auto& st : f.estimate.stages) plan->stage_bounds.push_back(st.first_layer);
+      if (!f.estimate.stages.empty()) plan->stage_bounds.push_back(f.estimate.stages.back().end_layer);
+    } else {
+      plan = plan_for_devices(opt.model, batch, opt.devices, pins, ocfg);
+    }
+    k = plan->config.microbatches;
+    ocfg.accumulate = 1;
+  }
   if (from_file) {
     loaded.emplace(load_graph(opt.model, ops::registry()));
     const char* first = images ? "x" : "tokens";
@@ -203,26 +346,50 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
   eo.seed = opt.seed;
   eo.use_blas = opt.use_blas;
   eo.parallel = own_pool ? &*own_pool : nullptr;
-  runtime::Executor exec(graph, eo);
-  int prog_step = -1, prog_micro = -1, prog_apply = -1;
-  if (k == 1) {
-    prog_step = exec.prepare({phases.step, {"loss"}});
+  std::unique_ptr<Engine> engine;
+  if (multi) {
+    if (!opt.quiet) log << plan->summary();
+    runtime::RankOptions ro;
+    ro.seed = opt.seed;
+    ro.use_blas = opt.use_blas;
+    ro.bucket_bytes = opt.bucket_bytes;
+    ro.overlap = opt.overlap;
+    runtime::CommOptions co;
+    co.timeout_s = opt.comm_timeout_s;
+    const planner::ClusterSpec cluster = planner::parse_cluster("local:" + std::to_string(opt.devices));
+    auto dev = std::make_unique<Devices>(planner::partition(graph, plan->config, plan->stage_bounds), plan->config, graph,
+                                         batch, ro, co, opt.threads, static_cast<int64_t>(cluster.device.memory_bytes));
+    if (opt.verbose && !opt.quiet) {
+      const auto mem = dev->run.memory();
+      const auto& stages = plan->search.best.stages;
+      for (size_t r = 0; r < mem.size(); ++r) {
+        const int64_t st = dev->run.programs()[r].stage;
+        char b[256];
+        std::snprintf(b, sizeof b, "  rank %zu (stage %lld): arena %.2f MiB + variables/inputs %.2f MiB = %.2f MiB; planner predicted %.2f MiB\n",
+                      r, static_cast<long long>(st), mem[r].arena_bytes / 1048576.0, mem[r].persistent_bytes / 1048576.0,
+                      mem[r].total() / 1048576.0,
+                      static_cast<size_t>(st) < stages.size() ? stages[static_cast<size_t>(st)].peak_memory_bytes / 1048576.0 : NAN);
+        log << b;
+      }
+    }
+    engine = std::move(dev);
+    report.devices = opt.devices;
+    report.plan = plan->config.str();
   } else {
-    prog_micro = exec.prepare({phases.micro, {"loss"}});
-    prog_apply = exec.prepare({phases.apply, {}});
+    engine = std::make_unique<OneDevice>(graph, eo, phases, k);
+    report.devices = 1;
   }
-  exec.initialize();
-  report.memory_bytes = exec.bytes_allocated();
+  report.memory_bytes = engine->memory_bytes();
 
   std::unique_ptr<Feeder> feeder;
   int64_t per_epoch = 0;
   if (images) {
-    auto f = std::make_unique<ImageFeeder>(mnist->train, batch, micro, opt.seed);
+    auto f = std::make_unique<ImageFeeder>(mnist->train, batch, multi ? batch : micro, opt.seed);
     per_epoch = f->per_epoch;
     if (per_epoch == 0) throw Error("--batch " + std::to_string(batch) + " is larger than the training set");
     feeder = std::move(f);
   } else {
-    feeder = std::make_unique<TextFeeder>(*corpus, batch, seq, k, opt.seed);
+    feeder = std::make_unique<TextFeeder>(*corpus, batch, seq, multi ? 1 : k, opt.seed);
   }
   int64_t total_steps = opt.steps;
   if (total_steps == 0) {
@@ -237,7 +404,6 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
     log << ", " << total_steps << " steps, " << ocfg.kind << " lr " << ocfg.lr << "\n";
   }
   Progress progress(log, opt.progress_terminal, total_steps);
-  const TensorRef loss_ref = exec.output("loss");
   std::vector<double> step_ms;
   std::vector<double> losses;
   step_ms.reserve(total_steps);
@@ -247,19 +413,7 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
   for (int64_t step = 0; step < total_steps; ++step) {
     if (step == warmup) timed_start = Clock::now();
     auto t0 = Clock::now();
-    double loss = 0;
-    if (k == 1) {
-      feeder->feed(exec, step, 0);
-      exec.run(prog_step);
-      loss = read_scalar(loss_ref);
-    } else {
-      for (int64_t m = 0; m < k; ++m) {
-        feeder->feed(exec, step, m);
-        exec.run(prog_micro);
-        loss += read_scalar(loss_ref) / static_cast<double>(k);
-      }
-      exec.run(prog_apply);
-    }
+    const double loss = engine->step(*feeder, step);
     auto t1 = Clock::now();
     if (!std::isfinite(loss))
       throw Error("training diverged at step " + std::to_string(step + 1) + ": loss is " + std::to_string(loss) +
@@ -300,7 +454,7 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
     const auto& test = mnist->test;
     int p = eval.prepare({"", {"logits", "loss"}});
     eval.initialize();
-    copy_parameters(exec, eval);
+    engine->copy_parameters_to(eval);
     const int64_t eb = eval.input("x").shape[0];
     const int64_t classes = test.num_classes;
     int64_t correct = 0;
@@ -335,7 +489,7 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
   } else {
     int p = eval.prepare({"", {"loss"}});
     eval.initialize();
-    copy_parameters(exec, eval);
+    engine->copy_parameters_to(eval);
     double loss_sum = 0;
     for (int64_t i = 0; i < opt.eval_batches; ++i) {
       corpus->fill_batch(true, opt.seed, i, micro, 0, 1, seq, eval.input("tokens").as<int32_t>(),
@@ -359,7 +513,7 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
 
   if (!opt.save.empty()) {
     Graph out = has_updates ? graph : forward;
-    exec.export_variables(out);
+    engine->export_variables(out);
     save_graph(out, opt.save, SaveOptions{});
     if (!opt.quiet) log << "saved the trained model to " << opt.save << "\n";
   }

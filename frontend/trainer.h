@@ -7,6 +7,7 @@
 #include <string>
 
 #include "frontend/optim.h"
+#include "planner/search.h"
 
 namespace tessel {
 
@@ -23,6 +24,15 @@ struct TrainOptions {
   bool use_blas = true;
   int64_t eval_batches = 50;    // text datasets: validation batches
   std::string save;             // write the trained model (graph + parameters) here
+  // devices > 0: run a plan on this many simulated devices (threads of this process): from
+  // plan_file, or searched under pins.
+  int64_t devices = 0;
+  std::string plan_file;
+  planner::Pins pins;
+  int64_t bucket_bytes = 25 << 20;
+  bool overlap = true;
+  double comm_timeout_s = 300;
+  bool verbose = false;         // per-rank memory against the planner's prediction
   bool progress_terminal = false;
   bool quiet = false;
 };
@@ -39,7 +49,9 @@ struct TrainReport {
   double step_ms_median = 0;    // wall time of a step after warm-up
   double train_seconds = 0;
   int64_t parameters = 0;
-  int64_t memory_bytes = 0;     // executor buffers
+  int64_t memory_bytes = 0;     // executor buffers (all ranks)
+  int64_t devices = 1;
+  std::string plan;             // the plan's configuration, with devices
   std::string json() const;
 };
 

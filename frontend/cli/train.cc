@@ -4,6 +4,7 @@
 
 #include "frontend/cli/args.h"
 #include "frontend/cli/commands.h"
+#include "frontend/cli/pins.h"
 #include "frontend/trainer.h"
 #include "graph/error.h"
 
@@ -11,10 +12,13 @@ namespace tessel::cli {
 
 int cmd_train(int argc, char** argv) {
   Args args("train",
-            "Train a model on one CPU device. The model is a builder spec (mlp:784-1024-10,\n"
-            "gpt:layers=4,d_model=256,heads=4,seq=128,vocab=256) or a .tsg graph file with\n"
-            "inputs x/labels (images) or tokens/targets (text) and a scalar 'loss' output.",
-            {
+            "Train a model on one CPU device, or with --devices N on N simulated devices (threads of\n"
+            "this process with real collectives between them) under a plan: searched automatically,\n"
+            "pinned in part (--dp, --tp, --pp, ...), or loaded from `tessel plan --output`. The model\n"
+            "is a builder spec (mlp:784-1024-10, gpt:layers=4,d_model=256,heads=4,seq=128,vocab=256)\n"
+            "or, on one device, a .tsg graph file with inputs x/labels (images) or tokens/targets\n"
+            "(text) and a scalar 'loss' output.",
+            with_pin_flags({
                 {"--model", "SPEC|FILE", "model to train", ""},
                 {"--dataset", "NAME", "fashion-mnist, or text:FILE (byte-level language modelling)", ""},
                 {"--data-dir", "DIR", "directory of the fashion-mnist idx files", "/usr/share/datasets/fashion-mnist"},
@@ -40,7 +44,15 @@ int cmd_train(int argc, char** argv) {
                 {"--format", "FMT", "text, or json: end with one line of JSON (keys: test_accuracy, final_loss, "
                                     "samples_per_s, step_ms_median, steps, ...)", "text"},
                 {"--quiet", "", "no progress output", ""},
-            });
+                {"--devices", "N", "simulated devices to train on (threads of this process); the plan is searched "
+                                   "unless pinned or given", ""},
+                {"--auto", "", "with --devices: let the planner choose what the pins leave open (the default)", ""},
+                {"--plan", "FILE", "with --devices: run this plan (from `tessel plan --output`)", ""},
+                {"--verbose", "", "with --devices: each rank's planned memory (arena + variables) against the planner's prediction", ""},
+                {"--bucket-mb", "X", "with --devices: gradient all-reduce bucket size in MiB", "25"},
+                {"--no-overlap", "", "with --devices: run collectives on the compute stream", ""},
+                {"--comm-timeout", "S", "with --devices: seconds a collective waits for the other ranks before failing", "300"},
+            }, 24));
   if (!args.parse(argc, argv)) return 0;
   if (!args.has("--model")) throw Error("tessel train: --model is required (see --help)");
   if (!args.has("--dataset")) throw Error("tessel train: --dataset is required (see --help)");
@@ -72,6 +84,20 @@ int cmd_train(int argc, char** argv) {
   o.save = args.str("--save");
   o.quiet = args.has("--quiet");
   o.progress_terminal = isatty(STDERR_FILENO);
+  o.pins = parse_pins(args, "train");
+  if (args.has("--devices")) {
+    o.devices = args.i64("--devices", 1);
+    if (o.devices < 1) throw Error("tessel train: --devices must be >= 1");
+  } else if (args.has("--plan") || args.has("--auto") || any_pin(o.pins)) {
+    throw Error("tessel train: --plan, --auto and the plan pins go with --devices N");
+  }
+  if (args.has("--plan") && any_pin(o.pins)) throw Error("tessel train: give --plan or pins, not both");
+  o.plan_file = args.str("--plan");
+  o.verbose = args.has("--verbose");
+  o.bucket_bytes = static_cast<int64_t>(args.f64("--bucket-mb", 25) * (1 << 20));
+  o.overlap = !args.has("--no-overlap");
+  o.comm_timeout_s = args.f64("--comm-timeout", 300);
+  if (!(o.comm_timeout_s > 0)) throw Error("tessel train: --comm-timeout must be positive");
   if (o.optimizer.schedule == "cosine" && o.steps > 0) o.optimizer.total_steps = o.steps;
   if (o.optimizer.schedule == "cosine" && o.steps == 0)
     throw Error("tessel train: --schedule cosine needs --steps (the length of the decay)");

@@ -138,3 +138,52 @@ TEST(Cli, SaveAndReloadGivesBitIdenticalOutputs) {
 
 }  // namespace
 }  // namespace tessel
+
+namespace tessel {
+namespace {
+
+using testing::json_value;
+using testing::last_line;
+using testing::run_cli;
+
+TEST(CliDevices, VerifyAsWritten) {
+  auto r = run_cli("verify --model gpt:layers=2,d_model=64,heads=4,seq=32,vocab=256 --batch 8 "
+                   "--devices 4 --tp 2 --pp 2 --steps 5 --format json");
+  ASSERT_EQ(r.status, 0) << r.out << r.err;
+  const std::string j = last_line(r.out);
+  EXPECT_LE(json_value(j, "max_rel_diff_loss"), 1e-5) << j;
+  EXPECT_LE(json_value(j, "max_rel_diff_params"), 1e-5) << j;
+  EXPECT_NE(j.find("\"ok\":true"), std::string::npos) << j;
+}
+
+TEST(CliDevices, VerifyExitsNonZeroAboveTheTolerance) {
+  // AdamW turns the key bias's zero gradient into lr * sign(rounding noise): never equal.
+  auto r = run_cli("verify --model gpt:layers=1,d_model=16,heads=4,seq=8,vocab=32 --batch 4 --devices 2 --dp 2 "
+                   "--optimizer adamw --format json");
+  EXPECT_EQ(r.status, 1) << r.out << r.err;
+  EXPECT_NE(last_line(r.out).find("\"ok\":false"), std::string::npos) << r.out;
+}
+
+TEST(CliDevices, TrainOnDevicesFromAPlanFileAndRefuseMisuse) {
+  const std::string dir = testing::temp_dir();
+  auto p = run_cli("plan --model mlp:784-64-10 --batch 64 --cluster local:2 --dp 2 --output " + dir + "/p.tsp");
+  ASSERT_EQ(p.status, 0) << p.err;
+  auto t = run_cli("train --model mlp:784-64-10 --dataset fashion-mnist --steps 30 --batch 64 --lr 0.1 --momentum 0.9 --devices 2 --plan " + dir +
+                   "/p.tsp --format json");
+  ASSERT_EQ(t.status, 0) << t.err;
+  EXPECT_EQ(json_value(last_line(t.out), "devices"), 2) << t.out;
+  EXPECT_GT(json_value(last_line(t.out), "test_accuracy"), 0.55) << t.out;
+  auto wrong = run_cli("train --model mlp:784-64-10 --dataset fashion-mnist --steps 2 --batch 64 --devices 4 --plan " + dir +
+                       "/p.tsp");
+  EXPECT_EQ(wrong.status, 1);
+  EXPECT_NE(wrong.err.find("is a plan for 2 devices"), std::string::npos) << wrong.err;
+  auto pins = run_cli("train --model mlp:784-64-10 --dataset fashion-mnist --steps 2 --tp 2");
+  EXPECT_EQ(pins.status, 1);
+  EXPECT_NE(pins.err.find("go with --devices N"), std::string::npos) << pins.err;
+  auto split = run_cli("train --model mlp:784-64-10 --dataset fashion-mnist --steps 2 --batch 64 --devices 3 --dp 3");
+  EXPECT_EQ(split.status, 1);
+  EXPECT_NE(split.err.find("batch 64 does not split over dp=3"), std::string::npos) << split.err;
+}
+
+}  // namespace
+}  // namespace tessel

@@ -40,6 +40,23 @@ TEST(Training, MlpFiveEpochsReach87Percent) {
   EXPECT_GE(json_value(last_line(r.out), "test_accuracy"), 0.87) << r.out;
 }
 
+TEST(Training, FourSimulatedDevicesReachTheAccuracyOfOne) {
+  // The runtime issue's command as written, and the same training on one device.
+  const std::string cmd = "train --model mlp:784-1024-1024-10 --dataset fashion-mnist --epochs 1 --batch 256 "
+                          "--optimizer sgd --lr 0.05 --momentum 0.9";
+  auto four = run_cli(cmd + " --devices 4 --auto --format json");
+  ASSERT_EQ(four.status, 0) << four.err;
+  auto one = run_cli(cmd + " --format json");
+  ASSERT_EQ(one.status, 0) << one.err;
+  const std::string j4 = last_line(four.out), j1 = last_line(one.out);
+  EXPECT_EQ(json_value(j4, "devices"), 4) << j4;
+  EXPECT_EQ(json_value(j4, "steps"), 234);
+  EXPECT_THAT(four.err, HasSubstr("plan: dp="));
+  // The same training up to f32 rounding, which 234 SGD steps amplify a little.
+  EXPECT_GE(json_value(j4, "test_accuracy"), 0.82) << j4;
+  EXPECT_NEAR(json_value(j4, "test_accuracy"), json_value(j1, "test_accuracy"), 0.01) << j4 << "\n" << j1;
+}
+
 TEST(Training, GradientAccumulationTrainsTheSameModel) {
   auto r = run_cli("train --model mlp:784-256-10 --dataset fashion-mnist --steps 100 --batch 128 --accumulate 4 "
                    "--optimizer sgd --lr 0.05 --momentum 0.9 --seed 1 --format json");
