@@ -12,16 +12,6 @@ namespace {
 
 bool fusible(const Node& n) { return n.def->scalar != nullptr; }
 
-// The attention core of a layer (what selective recomputation reruns): the nodes of an
-// attention scope outside its q/k/v/output projections.
-bool attention_core(const Node& n) {
-  const auto at = n.name.find("/attn/");
-  if (at == std::string::npos || n.def->kind != OpKind::compute || n.name.find("/grad/") != std::string::npos) return false;
-  const std::string rest = n.name.substr(at + 6);
-  for (const char* proj : {"q/", "k/", "v/", "proj/"})
-    if (rest.rfind(proj, 0) == 0) return false;
-  return true;
-}
 bool chain_end(const Node& n) { return fusible(n) || n.op == "sum" || n.op == "max"; }
 
 struct Context {

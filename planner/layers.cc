@@ -103,4 +103,13 @@ LayerStructure find_layers(const Graph& g, const std::string& phase) {
   return ls;
 }
 
+bool attention_core(const Node& n) {
+  const auto at = n.name.find("/attn/");
+  if (at == std::string::npos || n.def->kind != OpKind::compute || n.name.find("/grad/") != std::string::npos) return false;
+  const std::string rest = n.name.substr(at + 6);
+  for (const char* proj : {"q/", "k/", "v/", "proj/"})
+    if (rest.rfind(proj, 0) == 0) return false;
+  return true;
+}
+
 }  // namespace tessel::planner

@@ -26,4 +26,8 @@ struct LayerStructure {
 // Nodes considered are those needed for the updates of `phase` and the "loss" output.
 LayerStructure find_layers(const Graph& g, const std::string& phase);
 
+// The attention core of a layer (what selective recomputation reruns): the forward nodes of
+// an attention scope outside its q/k/v/output projections.
+bool attention_core(const Node& n);
+
 }  // namespace tessel::planner

@@ -23,6 +23,7 @@ LocalRun::LocalRun(std::vector<planner::RankProgram> programs, const planner::Pl
   const int per_rank = std::max<int>(1, cores / static_cast<int>(n));
   for (int64_t r = 0; r < n; ++r) {
     RankOptions o = options;
+    o.recompute = config.recompute;
     if (!o.parallel && per_rank > 1) {
       pools_.push_back(std::make_unique<ThreadPool>(per_rank));
       o.parallel = pools_.back().get();

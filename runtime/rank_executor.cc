@@ -10,6 +10,7 @@
 #include "graph/error.h"
 #include "runtime/cpu_kernels.h"
 #include "runtime/memory_plan.h"
+#include "planner/layers.h"
 
 namespace tessel::runtime {
 
@@ -143,9 +144,48 @@ void RankExecutor::build() {
     if (sec[r.node] == Section::backward && g.node(r.node).def->kind == OpKind::compute) acc.insert({r.node, r.index});
   }
 
+  // Recomputation: a forward value that a layer's backward reads inside the layer's
+  // recompute region (the whole layer, or only its attention core) is not kept from the
+  // forward pass: the region runs again for each microbatch just before that layer's
+  // backward first needs it. What enters the region (the layer's input, other layers'
+  // values, received activations) is kept.
+  std::vector<int> region(g.size(), -1), layer_of(g.size(), -1);
+  std::vector<char> rerun_node(g.size(), 0);
+  std::map<int, std::vector<int32_t>> rerun;  // layer -> nodes to run again, in order
+  if (options_.recompute != planner::Recompute::none) {
+    const std::string phase = g.updates().empty() ? "train" : g.updates().front().phase;
+    const planner::LayerStructure ls = planner::find_layers(g, phase);
+    for (int32_t id : nodes) {
+      const Node& n = g.node(id);
+      layer_of[id] = ls.layer_of[id];
+      if (layer_of[id] < 0 || sec[id] != Section::forward || n.def->kind != OpKind::compute || n.op == "recv" ||
+          n.op == "send")
+        continue;
+      if (options_.recompute == planner::Recompute::selective && !planner::attention_core(n)) continue;
+      region[id] = layer_of[id];
+    }
+    for (int32_t id : nodes) {
+      if (sec[id] != Section::backward || layer_of[id] < 0) continue;
+      for (auto& in : g.node(id).inputs) {
+        const Value r = root(in);
+        if (region[r.node] == layer_of[id]) rerun_node[r.node] = 1;
+      }
+    }
+    for (auto it = nodes.rbegin(); it != nodes.rend(); ++it) {  // and what they are computed from, in the region
+      if (!rerun_node[*it]) continue;
+      for (auto& in : g.node(*it).inputs)
+        if (region[in.node] == region[*it]) rerun_node[in.node] = 1;
+    }
+    for (int32_t id : nodes)
+      if (rerun_node[id] && !g.node(id).def->view) rerun[region[id]].push_back(id);
+  }
+  constexpr int64_t kRerun = int64_t{1} << 40;  // instance offset of recomputed values
+
   // Value instances: (root value, microbatch); the apply section's and accumulators are 0.
+  // `layer` >= 0: the reader belongs to that layer's backward (or its rerun), which reads
+  // the layer's recomputed values.
   std::map<std::tuple<int32_t, int32_t, int64_t>, int32_t> inst;
-  auto resolve = [&](Value v, Section reader, int64_t mb) -> Ref {
+  auto resolve = [&](Value v, Section reader, int64_t mb, int layer = -1) -> Ref {
     const Value r = root(v);
     const TensorType* t = &g.type(v);
     const Node& rn = g.node(r.node);
@@ -155,11 +195,13 @@ void RankExecutor::build() {
     int64_t i = 0;
     if (s == Section::forward) i = reader == Section::apply ? m - 1 : mb;
     else if (s == Section::backward) i = reader == Section::apply ? 0 : mb;
-    auto [it, fresh] = inst.try_emplace({r.node, r.index, i}, -1);
+    const bool again = reader == Section::backward && layer >= 0 && rerun_node[r.node] && region[r.node] == layer;
+    auto [it, fresh] = inst.try_emplace({r.node, r.index, i + (again ? kRerun : 0)}, -1);
     if (fresh) {
       std::string name = rn.name;
       if (rn.outputs.size() > 1) name += ":" + std::to_string(r.index);
       if (m > 1 && s != Section::apply) name += " (microbatch " + std::to_string(i) + ")";
+      if (again) name += " (recomputed)";
       it->second = new_buffer(rn.outputs[static_cast<size_t>(r.index)].bytes(), false, name);
     }
     return Ref{it->second, t};
@@ -236,12 +278,12 @@ void RankExecutor::build() {
     tasks_.push_back(std::move(t));
     ops_.push_back(std::move(op));
   };
-  auto task_for = [&](const Node& n, Section s, int64_t mb) {
+  auto task_for = [&](const Node& n, Section s, int64_t mb, int layer = -1) {
     CommTask t;
     t.op = n.op;
     t.node = &n;
-    t.in.push_back(resolve(n.inputs[0], s, mb));
-    t.out.push_back(resolve(n.out(), s, mb));
+    t.in.push_back(resolve(n.inputs[0], s, mb, layer));
+    t.out.push_back(resolve(n.out(), s, mb, layer));
     t.ranks = n.attrs.get_i64s("ranks");
     const std::string red = n.attrs.get_str_or("reduce", "sum");
     t.reduce = red == "max" ? ReduceOp::max : ReduceOp::sum;
@@ -297,27 +339,36 @@ void RankExecutor::build() {
       if (--waiting[c] == 0) hoist(c);
   };
 
+  // One node's work: a kernel, a transfer, or a collective on the communication stream.
+  auto run_node = [&](const Node& n, Section S, int64_t mb, int layer) {
+    if (is_collective(n)) {
+      launch(task_for(n, S, mb, layer));
+      return;
+    }
+    Op op;
+    op.node = &n;
+    if (n.op == "recv") op.type = Op::Type::recv;
+    else if (n.op == "send") op.type = Op::Type::send;
+    else op.fn = options_.use_blas && fast_cpu_kernel(n.op) ? fast_cpu_kernel(n.op) : n.def->kernel;
+    for (auto& in : n.inputs) op.in.push_back(resolve(in, S, mb, layer));
+    if (n.op != "send")
+      for (int o = 0; o < static_cast<int>(n.outputs.size()); ++o) op.out.push_back(resolve(n.out(o), S, mb, layer));
+    emit(std::move(op));
+  };
+
   for (const planner::ScheduleStep& st : program_.schedule) {
     const Section S = st.section;
     const int64_t mb = S == Section::apply ? 0 : st.microbatch;
+    std::set<int> rerun_done;
     for (int32_t id : nodes) {
       if (sec[id] != S) continue;
       const Node& n = g.node(id);
       if (n.def->kind != OpKind::compute || n.def->view) continue;
       if (S == Section::apply && waiting.count(id)) continue;  // started during the last backward
-      if (is_collective(n)) {
-        launch(task_for(n, S, mb));
-      } else {
-        Op op;
-        op.node = &n;
-        if (n.op == "recv") op.type = Op::Type::recv;
-        else if (n.op == "send") op.type = Op::Type::send;
-        else op.fn = options_.use_blas && fast_cpu_kernel(n.op) ? fast_cpu_kernel(n.op) : n.def->kernel;
-        for (auto& in : n.inputs) op.in.push_back(resolve(in, S, mb));
-        if (n.op != "send")
-          for (int o = 0; o < static_cast<int>(n.outputs.size()); ++o) op.out.push_back(resolve(n.out(o), S, mb));
-        emit(std::move(op));
-      }
+      const int layer = S == Section::backward ? layer_of[id] : -1;
+      if (layer >= 0 && rerun.count(layer) && rerun_done.insert(layer).second)
+        for (int32_t f : rerun[layer]) run_node(g.node(f), Section::backward, mb, layer);
+      run_node(n, S, mb, layer);
       for (int o = 0; o < static_cast<int>(n.outputs.size()); ++o) {
         const Value v = n.out(o);
         if (S == Section::backward && is_acc(v)) {
@@ -325,7 +376,7 @@ void RankExecutor::build() {
             Op a;
             a.type = Op::Type::accumulate;
             a.node = &n;
-            a.in.push_back(resolve(v, S, mb));
+            a.in.push_back(resolve(v, S, mb, layer));
             a.out.push_back(resolve(v, Section::apply, 0));
             a.in.push_back(a.out[0]);
             a.last = mb == m - 1;
@@ -340,7 +391,7 @@ void RankExecutor::build() {
           Op out;
           out.type = Op::Type::output;
           out.node = &n;
-          out.in.push_back(resolve(ov, S, mb));
+          out.in.push_back(resolve(ov, S, mb, layer));
           out.out.push_back(Ref{output_buffer_[ov.node], &g.type(ov)});
           out.mean = S == Section::forward && m > 1 && g.type(ov).numel() == 1 &&
                      (g.type(ov).dtype == DType::f32 || g.type(ov).dtype == DType::f64);

@@ -38,6 +38,9 @@ struct RankOptions {
   Parallel* parallel = nullptr;     // kernels' threads; null: the calling thread only. Not owned.
   int64_t bucket_bytes = 25 << 20;  // gradient all-reduce buckets (PyTorch DDP's default)
   bool overlap = true;              // false: collectives run on the compute stream, in place
+  // full: each layer's forward runs again before its backward (only its input is kept);
+  // selective: only the attention core runs again.
+  planner::Recompute recompute = planner::Recompute::none;
 };
 
 struct RankMemory {
