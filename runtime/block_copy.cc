@@ -1,7 +1,7 @@
 #include "runtime/block_copy.h"
 
 #include <cstring>
-#include <vector>
+#include <stdexcept>
 
 #include "graph/shape.h"
 
@@ -17,7 +17,8 @@ void copy_block(const std::byte* src, std::span<const int64_t> ss, std::span<con
   const int64_t total = numel(block);
   if (total == 0) return;
   const int64_t run = block[r - 1];
-  std::vector<int64_t> idx(static_cast<size_t>(r), 0);
+  int64_t idx[32] = {};  // on the stack: a copy allocates nothing
+  if (r > 32) throw std::length_error("copy_block: more than 32 dims");
   for (int64_t done = 0; done < total; done += run) {
     int64_t s = 0, d = 0;
     for (int i = 0; i < r; ++i) {

@@ -1,11 +1,11 @@
 #include "runtime/inprocess_comm.h"
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
-#include <deque>
 #include <map>
 #include <mutex>
 
@@ -101,9 +101,34 @@ struct Group {
   std::string mismatch;
 };
 
+// Messages in order, as a vector with a read position (a deque would allocate as it turns
+// over); delivered buffers are kept for later sends.
 struct Mailbox {
-  std::deque<std::vector<std::byte>> queue;
-  std::vector<std::vector<std::byte>> spare;  // delivered buffers, reused by later sends
+  std::vector<std::vector<std::byte>> queue;
+  size_t head = 0;
+  std::vector<std::vector<std::byte>> spare;
+  bool empty() const { return head == queue.size(); }
+  void push(std::vector<std::byte> b) {
+    if (head > 0 && head == queue.size()) queue.clear(), head = 0;
+    queue.push_back(std::move(b));
+  }
+  std::vector<std::byte> pop() {
+    std::vector<std::byte> b = std::move(queue[head++]);
+    if (head == queue.size()) queue.clear(), head = 0;
+    return b;
+  }
+};
+
+// A shape on the stack: the checks of a call allocate nothing.
+struct SmallShape {
+  std::array<int64_t, 16> d{};
+  size_t n = 0;
+  explicit SmallShape(std::span<const int64_t> s) : n(s.size()) {
+    if (n > d.size()) throw Error("collectives take tensors of up to 16 dims, got " + shape_str(s));
+    std::copy(s.begin(), s.end(), d.begin());
+  }
+  std::span<const int64_t> span() const { return {d.data(), n}; }
+  int64_t& operator[](int i) { return d[static_cast<size_t>(i)]; }
 };
 
 // [outer, dim, inner] view of a shape around `dim`.
@@ -249,11 +274,11 @@ struct InProcessWorld::State {
 
   // Waits for `done` under `lk`; on timeout aborts the world with the message `what()`
   // builds, and throws it.
-  template <class Done, class What>
+  template <class Done, class What, class Who>
   void wait(std::unique_lock<std::mutex>& lk, std::condition_variable& cv, Clock::time_point deadline, Done done,
-            What what, const std::string& who) {
+            What what, Who who) {
     while (!done()) {
-      if (aborted.load()) throw Error(who + " stopped: " + why());
+      if (aborted.load()) throw Error(who() + " stopped: " + why());
       if (cv.wait_until(lk, deadline) == std::cv_status::timeout && !done() && !aborted.load()) {
         const std::string msg = what();
         lk.unlock();
@@ -290,7 +315,7 @@ class Endpoint final : public Communicator {
   void reduce_scatter(const TensorRef& in, const TensorRef& out, int dim, ReduceOp op,
                       std::span<const int64_t> group) override {
     check_dim(in, dim, "reduce_scatter");
-    std::vector<int64_t> want(in.shape.begin(), in.shape.end());
+    SmallShape want(in.shape);
     const int64_t k = static_cast<int64_t>(group.size());
     if (want[dim] % k) fail("reduce_scatter: dim " + std::to_string(dim) + " of " + shape_str(in.shape) +
                             " does not split over " + std::to_string(k) + " ranks");
@@ -307,7 +332,7 @@ class Endpoint final : public Communicator {
 
   void all_gather(const TensorRef& in, const TensorRef& out, int dim, std::span<const int64_t> group) override {
     check_dim(in, dim, "all_gather");
-    std::vector<int64_t> want(in.shape.begin(), in.shape.end());
+    SmallShape want(in.shape);
     want[dim] *= static_cast<int64_t>(group.size());
     check_out(out, in.dtype, want, "all_gather");
     Post p;
@@ -322,7 +347,7 @@ class Endpoint final : public Communicator {
                   std::span<const int64_t> group) override {
     check_dim(in, split_dim, "all_to_all");
     check_dim(in, concat_dim, "all_to_all");
-    std::vector<int64_t> want(in.shape.begin(), in.shape.end());
+    SmallShape want(in.shape);
     const int64_t k = static_cast<int64_t>(group.size());
     if (want[split_dim] % k) fail("all_to_all: dim " + std::to_string(split_dim) + " of " + shape_str(in.shape) +
                                   " does not split over " + std::to_string(k) + " ranks");
@@ -341,7 +366,7 @@ class Endpoint final : public Communicator {
   void broadcast(const TensorRef& in, const TensorRef& out, int64_t root, std::span<const int64_t> group) override {
     if (root < 0 || root >= static_cast<int64_t>(group.size()))
       fail("broadcast: root " + std::to_string(root) + " is not in a group of " + std::to_string(group.size()));
-    check_out(out, in.dtype, std::vector<int64_t>(in.shape.begin(), in.shape.end()), "broadcast");
+    check_out(out, in.dtype, SmallShape(in.shape), "broadcast");
     Post p;
     p.kind = Kind::broadcast;
     p.root = root;
@@ -372,7 +397,7 @@ class Endpoint final : public Communicator {
     buf.resize(bytes);
     if (bytes) std::memcpy(buf.data(), t.data, bytes);
     std::lock_guard lk(s_.mail_mu);
-    s_.mail[key].queue.push_back(std::move(buf));
+    s_.mail[key].push(std::move(buf));
     s_.mail_cv.notify_all();
   }
 
@@ -381,19 +406,18 @@ class Endpoint final : public Communicator {
     const auto key = std::make_tuple(peer, rank_, tag);
     std::unique_lock lk(s_.mail_mu);
     Mailbox& m = s_.mail[key];
-    const std::string what = "recv from rank " + std::to_string(peer) + " (tag " + std::to_string(tag) + ")";
-    s_.wait(lk, s_.mail_cv, Clock::now() + timeout(), [&] { return !m.queue.empty(); },
+    auto what = [&] { return "recv from rank " + std::to_string(peer) + " (tag " + std::to_string(tag) + ")"; };
+    s_.wait(lk, s_.mail_cv, Clock::now() + timeout(), [&] { return !m.empty(); },
             [&] {
-              return who() + ": " + what + " timed out after " + secs() + ": rank " + std::to_string(peer) +
+              return who() + ": " + what() + " timed out after " + secs() + ": rank " + std::to_string(peer) +
                      " sent nothing";
             },
-            who() + ": " + what);
-    std::vector<std::byte> buf = std::move(m.queue.front());
-    m.queue.pop_front();
+            [&] { return who() + ": " + what(); });
+    std::vector<std::byte> buf = m.pop();
     lk.unlock();
     const size_t bytes = static_cast<size_t>(t.bytes());
     if (buf.size() != bytes)
-      fail(what + ": rank " + std::to_string(peer) + " sent " + std::to_string(buf.size()) + " bytes, " +
+      fail(what() + ": rank " + std::to_string(peer) + " sent " + std::to_string(buf.size()) + " bytes, " +
            std::string(dtype_name(t.dtype)) + shape_str(t.shape) + " needs " + std::to_string(bytes));
     if (bytes) std::memcpy(t.data, buf.data(), bytes);
     lk.lock();
@@ -423,14 +447,24 @@ class Endpoint final : public Communicator {
     if (dim < 0 || dim >= t.rank())
       fail(std::string(op) + ": dim " + std::to_string(dim) + " is out of range for " + shape_str(t.shape));
   }
-  void check_out(const TensorRef& out, DType dt, const std::vector<int64_t>& want, std::string_view op) {
-    if (out.dtype != dt || !std::equal(want.begin(), want.end(), out.shape.begin(), out.shape.end()))
+  void check_out(const TensorRef& out, DType dt, const SmallShape& want, std::string_view op) {
+    const auto w = want.span();
+    if (out.dtype != dt || !std::equal(w.begin(), w.end(), out.shape.begin(), out.shape.end()))
       fail(std::string(op) + ": the output is " + std::string(dtype_name(out.dtype)) + shape_str(out.shape) +
-           ", expected " + std::string(dtype_name(dt)) + shape_str(want));
+           ", expected " + std::string(dtype_name(dt)) + shape_str(w));
   }
   void check_peer(int64_t peer, std::string_view op) {
     if (peer < 0 || peer >= s_.n)
       fail(std::string(op) + ": peer " + std::to_string(peer) + " is not a rank of this world of " + std::to_string(s_.n));
+  }
+
+  // The group's shared state, looked up once per group (no allocation afterwards).
+  Group& group(std::span<const int64_t> ranks) {
+    for (auto& [key, g] : groups_)
+      if (std::equal(key.begin(), key.end(), ranks.begin(), ranks.end())) return *g;
+    Group& g = s_.group(ranks);
+    groups_.push_back({std::vector<int64_t>(ranks.begin(), ranks.end()), &g});
+    return g;
   }
 
   void collective(Post& p, std::span<const int64_t> ranks) {
@@ -443,8 +477,10 @@ class Endpoint final : public Communicator {
       if (ranks[i] == rank_) me = i;
     }
     if (me < 0) fail(std::string(kind_name(p.kind)) + ": this rank is not in the group " + list_str(ranks));
-    const std::string what = std::string(kind_name(p.kind)) + " over ranks " + list_str(ranks);
-    Group& g = s_.group(ranks);
+    // Messages are built only when needed: a collective allocates nothing.
+    auto what = [&] { return std::string(kind_name(p.kind)) + " over ranks " + list_str(ranks); };
+    auto stopped = [&] { return who() + ": " + what(); };
+    Group& g = group(ranks);
     const auto deadline = Clock::now() + timeout();
     std::unique_lock lk(g.mu);
     const int64_t round = g.calls[me]++;
@@ -455,8 +491,8 @@ class Endpoint final : public Communicator {
       return m;
     };
     s_.wait(lk, g.cv, deadline, [&] { return g.round == round; },
-            [&] { return who() + ": " + what + " timed out after " + secs() + " behind the group's previous call"; },
-            who() + ": " + what);
+            [&] { return who() + ": " + what() + " timed out after " + secs() + " behind the group's previous call"; },
+            stopped);
     g.posts[me] = &p;
     if (++g.arrived == k) {
       for (int q = 1; q < k && g.mismatch.empty(); ++q)
@@ -469,19 +505,19 @@ class Endpoint final : public Communicator {
     }
     s_.wait(lk, g.cv, deadline, [&] { return g.ready; },
             [&] {
-              return who() + ": " + what + " (" + p.str() + ") timed out after " + secs() + ": ranks " + missing() +
+              return who() + ": " + what() + " (" + p.str() + ") timed out after " + secs() + ": ranks " + missing() +
                      " never arrived";
             },
-            who() + ": " + what);
+            stopped);
     if (!g.mismatch.empty()) {
       const std::string m = g.mismatch;
       lk.unlock();
       s_.abort(m);
       throw Error(m);
     }
-    const std::vector<const Post*> posts = g.posts;
+    posts_.assign(g.posts.begin(), g.posts.end());
     lk.unlock();
-    work(posts, me);
+    work(posts_, me);
     lk.lock();
     if (++g.departed == k) {
       std::fill(g.posts.begin(), g.posts.end(), nullptr);
@@ -492,8 +528,8 @@ class Endpoint final : public Communicator {
     }
     // The others may still read this member's input or write its output.
     s_.wait(lk, g.cv, deadline, [&] { return g.round > round; },
-            [&] { return who() + ": " + what + " timed out after " + secs() + " waiting for the group to finish"; },
-            who() + ": " + what);
+            [&] { return who() + ": " + what() + " timed out after " + secs() + " waiting for the group to finish"; },
+            stopped);
   }
 
   void work(const std::vector<const Post*>& posts, int me) {
@@ -519,15 +555,16 @@ class Endpoint final : public Communicator {
       }
       case Kind::all_to_all: {
         const auto& in = p.in[0];
-        std::vector<int64_t> block(in.shape.begin(), in.shape.end());
+        SmallShape block(in.shape), so(in.shape), doff(in.shape);
         block[p.dim] /= k;
-        const std::vector<int64_t> zero(block.size(), 0);
         for (int q = 0; q < k; ++q) {
-          std::vector<int64_t> so(block.size(), 0), doff(block.size(), 0);
+          so.d.fill(0);
+          doff.d.fill(0);
           so[p.dim] = me * block[p.dim];
           doff[p.dim2] = q * block[p.dim2];
-          copy_block(static_cast<const std::byte*>(posts[q]->in[0].data), in.shape, so,
-                     static_cast<std::byte*>(p.out[0].data), p.out[0].shape, doff, block, dtype_size(in.dtype));
+          copy_block(static_cast<const std::byte*>(posts[q]->in[0].data), in.shape, so.span(),
+                     static_cast<std::byte*>(p.out[0].data), p.out[0].shape, doff.span(), block.span(),
+                     dtype_size(in.dtype));
         }
         return;
       }
@@ -542,6 +579,8 @@ class Endpoint final : public Communicator {
 
   InProcessWorld::State& s_;
   int64_t rank_;
+  std::vector<std::pair<std::vector<int64_t>, Group*>> groups_;
+  std::vector<const Post*> posts_;
 };
 
 }  // namespace

@@ -32,10 +32,39 @@ LocalRun::LocalRun(std::vector<planner::RankProgram> programs, const planner::Pl
   }
 }
 
-LocalRun::~LocalRun() = default;
+LocalRun::~LocalRun() {
+  {
+    std::lock_guard lk(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  for (auto& t : threads_) t.join();
+}
 
 void LocalRun::initialize(int64_t capacity_bytes) {
   for (auto& r : ranks_) r->initialize(capacity_bytes);
+  errors_.assign(ranks_.size(), std::string());
+  for (auto& e : errors_) e.reserve(1024);
+  for (size_t r = 0; r < ranks_.size(); ++r) threads_.emplace_back([this, r] { worker(r); });
+}
+
+void LocalRun::worker(size_t r) {
+  int64_t seen = 0;
+  for (;;) {
+    {
+      std::unique_lock lk(mu_);
+      cv_.wait(lk, [&] { return stop_ || generation_ > seen; });
+      if (stop_) return;
+      seen = generation_;
+    }
+    try {
+      ranks_[r]->step();
+    } catch (const std::exception& e) {
+      errors_[r] = e.what();
+    }
+    std::lock_guard lk(mu_);
+    if (--running_ == 0) cv_.notify_all();
+  }
 }
 
 void LocalRun::feed(std::string_view name, const TensorType& micro, std::span<const std::byte> data) {
@@ -44,37 +73,43 @@ void LocalRun::feed(std::string_view name, const TensorType& micro, std::span<co
   if (static_cast<int64_t>(data.size()) != micro.bytes() * m)
     throw Error("input '" + std::string(name) + "': " + std::to_string(data.size()) + " bytes for " + std::to_string(m) +
                 " microbatches of " + micro.str());
+  auto it = feed_offsets_.find(name);
+  if (it == feed_offsets_.end()) {
+    std::vector<std::vector<int64_t>> offsets(ranks_.size());
+    for (size_t r = 0; r < ranks_.size(); ++r)
+      for (auto& [n, pl] : programs_[r].input_placements)
+        if (n == name) offsets[r] = planner::shard_offsets(micro.shape, pl, mesh_, programs_[r].coords);
+    it = feed_offsets_.emplace(std::string(name), std::move(offsets)).first;
+  }
+  static constexpr int64_t kZero[8] = {};
   for (size_t r = 0; r < ranks_.size(); ++r) {
-    const planner::RankProgram& p = programs_[r];
-    planner::Sharding s;
-    bool found = false;
-    for (auto& [n, pl] : p.input_placements)
-      if (n == name) s = pl, found = true;
-    if (!found) continue;
-    const std::vector<int64_t> off = planner::shard_offsets(micro.shape, s, mesh_, p.coords);
+    const std::vector<int64_t>& off = it->second[r];
+    if (off.empty() && micro.rank() > 0) continue;
     for (int64_t mb = 0; mb < m; ++mb) {
       TensorRef dst = ranks_[r]->input(name, mb);
       if (!dst.data) continue;
-      const std::vector<int64_t> zero(off.size(), 0);
+      if (dst.rank() > 8) throw Error("input '" + std::string(name) + "' has more than 8 dims");
       copy_block(data.data() + static_cast<size_t>(mb * micro.bytes()), micro.shape, off, static_cast<std::byte*>(dst.data),
-                 dst.shape, zero, dst.shape, es);
+                 dst.shape, std::span<const int64_t>(kZero, dst.shape.size()), dst.shape, es);
     }
   }
 }
 
 void LocalRun::step() {
-  std::vector<std::string> errors(ranks_.size());
-  std::vector<std::thread> threads;
-  for (size_t r = 0; r < ranks_.size(); ++r)
-    threads.emplace_back([&, r] {
-      try {
-        ranks_[r]->step();
-      } catch (const std::exception& e) {
-        errors[r] = e.what();
-      }
-    });
-  for (auto& t : threads) t.join();
+  if (threads_.empty()) throw Error("LocalRun::step() before initialize()");
+  {
+    std::unique_lock lk(mu_);
+    for (auto& e : errors_) e.clear();
+    running_ = ranks_.size();
+    ++generation_;
+    cv_.notify_all();
+    cv_.wait(lk, [&] { return running_ == 0; });
+  }
+  const std::vector<std::string>& errors = errors_;
   // The rank that failed first is the one not stopped by another's failure.
+  bool failed = false;
+  for (auto& e : errors) failed = failed || !e.empty();
+  if (!failed) return;
   std::string first;
   for (auto& e : errors)
     if (!e.empty() && e.find(" stopped: ") == std::string::npos) {

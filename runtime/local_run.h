@@ -5,10 +5,14 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <span>
 #include <string>
 #include <string_view>
+#include <thread>
+#include <condition_variable>
+#include <mutex>
 #include <vector>
 
 #include "planner/partition.h"
@@ -50,6 +54,18 @@ class LocalRun {
   std::unique_ptr<InProcessWorld> world_;
   std::vector<std::unique_ptr<Parallel>> pools_;
   std::vector<std::unique_ptr<RankExecutor>> ranks_;
+
+  // One thread per rank for the whole run (a step starts no thread and allocates nothing).
+  void worker(size_t r);
+  std::vector<std::thread> threads_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int64_t generation_ = 0;  // steps started
+  size_t running_ = 0;      // ranks still in the current step
+  bool stop_ = false;
+  std::vector<std::string> errors_;
+  // Per input: each rank's shard offset in one microbatch (empty: the rank does not read it).
+  std::map<std::string, std::vector<std::vector<int64_t>>, std::less<>> feed_offsets_;
 };
 
 }  // namespace tessel::runtime
