@@ -599,6 +599,33 @@ void RankExecutor::step() {
   ++steps_;
 }
 
+std::string RankExecutor::describe() const {
+  auto task_str = [&](int64_t k) {
+    const CommTask& t = tasks_[static_cast<size_t>(k)];
+    std::string s = t.op + " of " + std::to_string(t.in.size()) + (t.in.size() == 1 ? " tensor [" : " tensors [");
+    for (size_t i = 0; i < t.out.size(); ++i) s += (i ? ", " : "") + buffers_[static_cast<size_t>(t.out[i].buf)].name;
+    s += "] over";
+    for (int64_t r : t.ranks) s += " " + std::to_string(r);
+    return s;
+  };
+  std::string out;
+  for (const Op& op : ops_) {
+    std::string line;
+    auto first_out = [&] { return op.out.empty() ? op.node->name : buffers_[static_cast<size_t>(op.out[0].buf)].name; };
+    switch (op.type) {
+      case Op::Type::kernel: line = "kernel " + first_out(); break;
+      case Op::Type::launch: line = "launch " + task_str(op.task); break;
+      case Op::Type::wait: line = "wait " + task_str(op.task); break;
+      case Op::Type::recv: line = "recv " + first_out() + " from " + std::to_string(op.node->attrs.get_i64("peer")); break;
+      case Op::Type::send: line = "send " + op.node->name + " to " + std::to_string(op.node->attrs.get_i64("peer")); break;
+      case Op::Type::accumulate: line = "accumulate " + first_out(); break;
+      case Op::Type::output: line = "output " + first_out(); break;
+    }
+    out += line + "\n";
+  }
+  return out;
+}
+
 TensorRef RankExecutor::input(std::string_view name, int64_t microbatch) {
   auto id = graph_.find(name);
   if (!id || input_slots_[*id].empty()) return TensorRef{};

@@ -80,6 +80,10 @@ class RankExecutor {
   TensorRef output(std::string_view name);
   TensorRef variable(std::string_view name);
   const RankMemory& memory() const { return memory_; }
+  // The step's work in order, a line per item ("kernel fc2/grad/matmul (microbatch 1)",
+  // "launch all_reduce of 3 tensors [fc3/weight/grad, ...]", "wait all_reduce ..."): what
+  // runs on which stream and when, for tests and for reading a plan's execution.
+  std::string describe() const;
 
   struct Op;
   struct CommTask;

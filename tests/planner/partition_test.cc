@@ -273,7 +273,9 @@ void check_equivalence(const Case& k) {
   for (auto& [name, td] : inputs) std::memcpy(one.input(name).data, td.second.data(), td.second.size());
   one.run(prog);
   const float loss = one.output("loss").as<float>()[0];
-  if (k.clip_norm > 0) EXPECT_GT(one.output("grad_norm").as<float>()[0], 2 * k.clip_norm) << "the clip must bite";
+  if (k.clip_norm > 0) {
+    EXPECT_GT(one.output("grad_norm").as<float>()[0], 2 * k.clip_norm) << "the clip must bite";
+  }
   // Partitioned.
   std::vector<RankProgram> progs = partition(g, k.config);
   ASSERT_EQ(static_cast<int64_t>(progs.size()), k.config.devices());
@@ -301,8 +303,9 @@ void check_equivalence(const Case& k) {
       // Across stages the norm travels as scalar partial sums and the scale comes back as
       // one: no gradient leaves its stage in the optimizer step.
       for (const Node& n : p.graph.nodes())
-        if (n.op == "send" && p.section[n.id] == Section::apply)
+        if (n.op == "send" && p.section[n.id] == Section::apply) {
           EXPECT_EQ(p.graph.type(n.inputs[0]).numel(), 1) << "rank " << r << " sends " << n.name;
+        }
     }
     EXPECT_GE(with_norm, 1);
   }

@@ -1,0 +1,113 @@
+// The per-rank executor's schedule of work: gradient buckets start while the backward pass
+// still runs, memory is checked against the device before the first step, and a rank that
+// fails stops the others with its own error.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <sstream>
+
+#include "frontend/models.h"
+#include "frontend/optim.h"
+#include "graph/error.h"
+#include "planner/partition.h"
+#include "runtime/local_run.h"
+
+namespace tessel::runtime {
+namespace {
+
+using ::testing::HasSubstr;
+
+std::vector<std::string> lines(const std::string& s) {
+  std::vector<std::string> v;
+  std::istringstream in(s);
+  for (std::string l; std::getline(in, l);) v.push_back(l);
+  return v;
+}
+
+planner::PlanConfig dp_pp(int64_t dp, int64_t pp, int64_t mb = 1) {
+  planner::PlanConfig c;
+  c.dp = dp;
+  c.pp = pp;
+  c.microbatches = mb;
+  return c;
+}
+
+Graph mlp(int64_t batch) {
+  models::Built b = models::from_spec("mlp:8-32-32-32-4", batch, true);
+  OptimizerConfig oc;
+  oc.kind = "sgd";
+  add_training(b.model->graph(), "loss", oc);
+  return b.model->graph();
+}
+
+TEST(RankExecutor, GradientBucketsStartWhileTheBackwardStillRuns) {
+  const Graph g = mlp(8);
+  RankOptions small;
+  small.bucket_bytes = 4096;  // a 32x32 f32 weight gradient each
+  LocalRun run(planner::partition(g, dp_pp(2, 1, 2)), dp_pp(2, 1, 2), small);
+  const auto ops = lines(run.rank(0).describe());
+  int first_launch = -1, last_backward = -1, launches = 0;
+  for (int i = 0; i < static_cast<int>(ops.size()); ++i) {
+    if (ops[i].rfind("launch all_reduce", 0) == 0 && ops[i].find("optimizer/") != std::string::npos) {  // gradients
+      ++launches;
+      if (first_launch < 0) first_launch = i;
+    }
+    if (ops[i].rfind("kernel ", 0) == 0 && ops[i].find("/grad/") != std::string::npos) last_backward = i;
+  }
+  ASSERT_GE(first_launch, 0) << run.rank(0).describe();
+  // The last layer's gradients go out before the first layer's are computed, and only in the
+  // last microbatch (the others accumulate).
+  EXPECT_LT(first_launch, last_backward) << run.rank(0).describe();
+  EXPECT_THAT(ops[static_cast<size_t>(first_launch)], HasSubstr("fc4/weight"));
+  EXPECT_GE(launches, 3);
+  int accumulate_before_launch = 0;
+  for (int i = 0; i < first_launch; ++i) accumulate_before_launch += ops[static_cast<size_t>(i)].rfind("accumulate", 0) == 0;
+  EXPECT_GT(accumulate_before_launch, 0);
+
+  // With the default 25 MB, every gradient goes in one bucket.
+  LocalRun big(planner::partition(g, dp_pp(2, 1)), dp_pp(2, 1));
+  int big_launches = 0;
+  for (auto& l : lines(big.rank(0).describe()))
+    big_launches += l.rfind("launch all_reduce", 0) == 0 && l.find("optimizer/") != std::string::npos;
+  EXPECT_EQ(big_launches, 1) << big.rank(0).describe();
+}
+
+TEST(RankExecutor, APlanThatDoesNotFitFailsBeforeTheFirstStepNamingTheDeviceAndItsLargestBuffers) {
+  const Graph g = mlp(64);
+  LocalRun run(planner::partition(g, dp_pp(1, 2, 4)), dp_pp(1, 2, 4));
+  try {
+    run.initialize(20 << 10);
+    FAIL() << "20 KiB should not be enough";
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("rank 0 (stage 0) needs"));
+    EXPECT_THAT(e.what(), HasSubstr("more than the device's 20.0 KiB"));
+    EXPECT_THAT(e.what(), HasSubstr("largest buffers:"));
+  }
+}
+
+TEST(RankExecutor, ARankThatFailsStopsTheOthersWithItsOwnError) {
+  const Graph g = mlp(8);
+  const planner::PlanConfig c = dp_pp(1, 2, 2);
+  CommOptions co;
+  co.timeout_s = 30;  // the stop must come from the failure, not a timeout
+  LocalRun run(planner::partition(g, c), c, RankOptions{}, co);
+  run.initialize();
+  const TensorType& x = g.node(*g.find("x")).outputs[0];
+  const TensorType& labels = g.node(*g.find("labels")).outputs[0];
+  std::vector<std::byte> xs(static_cast<size_t>(x.bytes() * 2)), ls(static_cast<size_t>(labels.bytes() * 2));
+  reinterpret_cast<int32_t*>(ls.data())[3] = 7;  // 4 classes: the last stage's loss rejects it
+  run.feed("x", x, xs);
+  run.feed("labels", labels, ls);
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    run.step();
+    FAIL() << "a label out of range must fail";
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("rank 1"));
+    EXPECT_THAT(std::string(e.what()), ::testing::Not(HasSubstr("stopped")));
+  }
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 10);
+}
+
+}  // namespace
+}  // namespace tessel::runtime
