@@ -17,13 +17,6 @@ namespace tessel {
 
 namespace {
 
-std::string num(double v) {
-  if (!std::isfinite(v)) return "null";
-  std::ostringstream os;
-  os.precision(9);
-  os << v;
-  return os.str();
-}
 
 std::string mib(double b) {
   char s[32];
@@ -86,6 +79,16 @@ std::vector<planner::RankProgram> DevicePlan::programs(const std::string& spec, 
   return planner::partition(plan_training_graph(spec, global_batch, config, oc), config, stage_bounds);
 }
 
+DevicePlan device_plan(const planner::PlanFile& f) {
+  DevicePlan p;
+  p.config = f.config;
+  p.cluster = f.cluster;
+  p.search.best = f.estimate;
+  for (auto& st : f.estimate.stages) p.stage_bounds.push_back(st.first_layer);
+  if (!f.estimate.stages.empty()) p.stage_bounds.push_back(f.estimate.stages.back().end_layer);
+  return p;
+}
+
 DevicePlan plan_for_devices(const std::string& spec, int64_t global_batch, int64_t devices, const planner::Pins& pins,
                             const OptimizerConfig& oc) {
   if (devices < 1) throw Error("--devices must be >= 1");
@@ -109,12 +112,12 @@ DevicePlan plan_for_devices(const std::string& spec, int64_t global_batch, int64
 
 std::string VerifyReport::json() const {
   std::ostringstream os;
-  os << "{\"max_rel_diff_loss\":" << num(max_rel_diff_loss) << ",\"max_rel_diff_params\":" << num(max_rel_diff_params)
+  os << "{\"max_rel_diff_loss\":" << json_number(max_rel_diff_loss) << ",\"max_rel_diff_params\":" << json_number(max_rel_diff_params)
      << ",\"worst_parameter\":" << json_quote(worst_parameter) << ",\"ok\":" << (ok ? "true" : "false")
      << ",\"losses_one_device\":[";
-  for (size_t i = 0; i < loss_one.size(); ++i) os << (i ? "," : "") << num(loss_one[i]);
+  for (size_t i = 0; i < loss_one.size(); ++i) os << (i ? "," : "") << json_number(loss_one[i]);
   os << "],\"losses_plan\":[";
-  for (size_t i = 0; i < loss_plan.size(); ++i) os << (i ? "," : "") << num(loss_plan[i]);
+  for (size_t i = 0; i < loss_plan.size(); ++i) os << (i ? "," : "") << json_number(loss_plan[i]);
   os << "],\"arena_bytes\":[";
   for (size_t i = 0; i < arena_bytes.size(); ++i) os << (i ? "," : "") << arena_bytes[i];
   os << "]}";

@@ -8,6 +8,7 @@
 
 #include "frontend/optim.h"
 #include "planner/partition.h"
+#include "planner/plan_file.h"
 #include "planner/search.h"
 #include "runtime/rank_executor.h"
 
@@ -37,6 +38,9 @@ struct DevicePlan {
 // split, heads do not divide, more stages than layers, devices left idle).
 DevicePlan plan_for_devices(const std::string& spec, int64_t global_batch, int64_t devices, const planner::Pins& pins,
                             const OptimizerConfig& oc);
+
+// The plan a plan file holds (from `tessel plan --output`).
+DevicePlan device_plan(const planner::PlanFile& f);
 
 struct VerifyOptions {
   std::string spec;

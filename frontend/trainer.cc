@@ -30,13 +30,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-std::string json_number(double v) {
-  if (!std::isfinite(v)) return "null";
-  std::ostringstream os;
-  os.precision(8);
-  os << v;
-  return os.str();
-}
 
 
 bool ends_with(const std::string& s, const std::string& suffix) {
@@ -275,12 +268,7 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
       if (f.config.devices() != opt.devices)
         throw Error(opt.plan_file + " is a plan for " + std::to_string(f.config.devices()) + " devices (" +
                     f.config.str() + "), not " + std::to_string(opt.devices));
-      plan.emplace();
-      plan->config = f.config;
-      plan->cluster = f.cluster;
-      plan->search.best = f.estimate;
-      for (auto& st : f.estimate.stages) plan->stage_bounds.push_back(st.first_layer);
-      if (!f.estimate.stages.empty()) plan->stage_bounds.push_back(f.estimate.stages.back().end_layer);
+      plan = device_plan(f);
     } else {
       plan = plan_for_devices(opt.model, batch, opt.devices, pins, ocfg);
     }

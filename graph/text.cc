@@ -5,6 +5,13 @@
 
 namespace tessel {
 
+std::string json_number(double v, int digits) {
+  if (!std::isfinite(v)) return "null";
+  char b[40];
+  std::snprintf(b, sizeof b, "%.*g", digits, v);
+  return b;
+}
+
 std::string json_quote(std::string_view s) {
   std::string r = "\"";
   for (char c : s) {

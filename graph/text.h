@@ -8,6 +8,8 @@ namespace tessel {
 
 // `s` as a JSON string literal, quotes included; control characters escaped.
 std::string json_quote(std::string_view s);
+// A JSON number with `digits` significant digits; null for NaN and infinities.
+std::string json_number(double v, int digits = 9);
 // v with an SI prefix and a unit, 3 significant digits: "1.86 MB", "2.45 GFLOP".
 std::string si_units(double v, std::string_view unit);
 

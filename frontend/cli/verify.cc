@@ -69,14 +69,10 @@ int cmd_verify(int argc, char** argv) {
       throw Error("tessel verify: " + args.str("--plan") + " was planned for batch " + std::to_string(f.global_batch) +
                   ", not " + std::to_string(o.batch));
     o.batch = f.global_batch;
-    plan.config = f.config;
-    plan.cluster = f.cluster;
-    plan.search.best = f.estimate;
     if (args.has("--devices") && f.config.devices() != devices)
       throw Error("tessel verify: " + args.str("--plan") + " is for " + std::to_string(f.config.devices()) +
                   " devices, not " + std::to_string(devices));
-    for (auto& st : f.estimate.stages) plan.stage_bounds.push_back(st.first_layer);
-    if (!f.estimate.stages.empty()) plan.stage_bounds.push_back(f.estimate.stages.back().end_layer);
+    plan = device_plan(f);
   } else {
     plan = plan_for_devices(o.spec, o.batch, devices, parse_pins(args, "verify"), o.optimizer);
   }
