@@ -12,6 +12,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   dataset-fashion-mnist
   clang libclang-rt-14-dev
+  llvm-14-dev
 )
 
 missing=()
