@@ -1,6 +1,7 @@
 #include "runtime/cpu_jit.h"
 
 #include <chrono>
+#include <cstdlib>
 #include <functional>
 #include <mutex>
 #include <unordered_map>
@@ -14,6 +15,7 @@
 #include <llvm/IR/Module.h>
 #include <llvm/IR/Verifier.h>
 #include <llvm/Passes/PassBuilder.h>
+#include <llvm/Support/FileSystem.h>
 #include <llvm/Support/Host.h>
 #include <llvm/Support/TargetSelect.h>
 #include <llvm/Support/raw_ostream.h>
@@ -36,6 +38,47 @@ template <class T>
 T take(llvm::Expected<T> v, const char* what) {
   if (!v) throw Error(std::string("LLVM: ") + what + ": " + llvm_message(v.takeError()));
   return std::move(*v);
+}
+
+// exp and tanh as straight-line IR the loop vectoriser can widen (libm's are scalar calls):
+// the same algorithm as the reference kernels' ops/fast_math.h, within 2 ulp.
+llvm::Value* emit_exp(llvm::IRBuilder<>& b, llvm::Value* x) {
+  llvm::Type* f32 = b.getFloatTy();
+  auto c = [&](double v) { return llvm::ConstantFP::get(f32, v); };
+  llvm::Value* hi = c(88.72283935546875), *lo = c(-87.3365447505531);
+  llvm::Value* xc = b.CreateSelect(b.CreateFCmpOLT(x, lo), lo, b.CreateSelect(b.CreateFCmpOGT(x, hi), hi, x));
+  llvm::Value* n = b.CreateFSub(b.CreateFAdd(b.CreateFMul(xc, c(1.44269504088896341)), c(12582912.0)), c(12582912.0));
+  llvm::Value* r = b.CreateFSub(xc, b.CreateFMul(n, c(0.693359375)));
+  r = b.CreateFSub(r, b.CreateFMul(n, c(-2.12194440e-4)));
+  llvm::Value* p = c(1.9875691500e-4);
+  for (double k : {1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1})
+    p = b.CreateFAdd(b.CreateFMul(p, r), c(k));
+  p = b.CreateFAdd(b.CreateFAdd(b.CreateFMul(b.CreateFMul(p, r), r), r), c(1.0));
+  llvm::Value* ni = b.CreateFPToSI(n, b.getInt32Ty());
+  llvm::Value* pos = b.CreateICmpSGT(ni, b.getInt32(0));
+  llvm::Value* n1 = b.CreateSelect(pos, b.CreateSub(ni, b.getInt32(1)), ni);
+  llvm::Value* scale = b.CreateBitCast(b.CreateShl(b.CreateAdd(n1, b.getInt32(127)), 23), f32);
+  llvm::Value* y = b.CreateFMul(b.CreateFMul(p, scale), b.CreateSelect(pos, c(2.0), c(1.0)));
+  y = b.CreateSelect(b.CreateFCmpOLT(x, lo), c(0.0), y);
+  y = b.CreateSelect(b.CreateFCmpOGT(x, hi), llvm::ConstantFP::getInfinity(f32), y);
+  return b.CreateSelect(b.CreateFCmpUNO(x, x), x, y);
+}
+
+llvm::Value* emit_tanh(llvm::IRBuilder<>& b, llvm::Value* x) {
+  llvm::Type* f32 = b.getFloatTy();
+  auto c = [&](double v) { return llvm::ConstantFP::get(f32, v); };
+  llvm::Value* a = b.CreateUnaryIntrinsic(llvm::Intrinsic::fabs, x);
+  llvm::Value* z = b.CreateFMul(x, x);
+  llvm::Value* p = c(-5.70498872745e-3);
+  for (double k : {2.06390887954e-2, -5.37397155531e-2, 1.33314422036e-1, -3.33332819422e-1})
+    p = b.CreateFAdd(b.CreateFMul(p, z), c(k));
+  llvm::Value* small = b.CreateFAdd(x, b.CreateFMul(b.CreateFMul(x, z), p));
+  llvm::Value* e = emit_exp(b, b.CreateFMul(c(2.0), b.CreateSelect(b.CreateFCmpOGT(a, c(9.0)), c(9.0), a)));
+  llvm::Value* big = b.CreateFSub(c(1.0), b.CreateFDiv(c(2.0), b.CreateFAdd(e, c(1.0))));
+  big = b.CreateSelect(b.CreateFCmpOGT(a, c(9.0)), c(1.0), big);
+  big = b.CreateSelect(b.CreateFCmpOLT(x, c(0.0)), b.CreateFNeg(big), big);
+  llvm::Value* v = b.CreateSelect(b.CreateFCmpOLT(a, c(0.625)), small, big);
+  return b.CreateBinaryIntrinsic(llvm::Intrinsic::copysign, v, x);
 }
 
 // The kernel as LLVM IR: a loop over [begin, end), one load per non-scalar argument, the
@@ -91,7 +134,6 @@ std::unique_ptr<llvm::Module> build_module(const ElementwiseKernel& k, const std
         scalar[static_cast<size_t>(a)]
             ? scalar[static_cast<size_t>(a)]
             : b.CreateAlignedLoad(f32, b.CreateInBoundsGEP(f32, ptr[static_cast<size_t>(a)], i), llvm::MaybeAlign(4));
-  llvm::FunctionCallee tanhf = m->getOrInsertFunction("tanhf", llvm::FunctionType::get(f32, {f32}, false));
   llvm::Value* zero = llvm::ConstantFP::get(f32, 0.0);
   llvm::Value* one = llvm::ConstantFP::get(f32, 1.0);
   std::vector<llvm::Value*> r;
@@ -103,11 +145,11 @@ std::unique_ptr<llvm::Module> build_module(const ElementwiseKernel& k, const std
       case ScalarOp::arg: v = arg.at(static_cast<size_t>(s.index)); break;
       case ScalarOp::constant: v = llvm::ConstantFP::get(f32, s.imm); break;
       case ScalarOp::neg: v = b.CreateFNeg(A()); break;
-      case ScalarOp::exp: v = b.CreateUnaryIntrinsic(llvm::Intrinsic::exp, A()); break;
+      case ScalarOp::exp: v = emit_exp(b, A()); break;
       case ScalarOp::log: v = b.CreateUnaryIntrinsic(llvm::Intrinsic::log, A()); break;
       case ScalarOp::sqrt: v = b.CreateUnaryIntrinsic(llvm::Intrinsic::sqrt, A()); break;
       case ScalarOp::rsqrt: v = b.CreateFDiv(one, b.CreateUnaryIntrinsic(llvm::Intrinsic::sqrt, A())); break;
-      case ScalarOp::tanh: v = b.CreateCall(tanhf, {A()}); break;
+      case ScalarOp::tanh: v = emit_tanh(b, A()); break;
       case ScalarOp::abs: v = b.CreateUnaryIntrinsic(llvm::Intrinsic::fabs, A()); break;
       case ScalarOp::add: v = b.CreateFAdd(A(), B()); break;
       case ScalarOp::sub: v = b.CreateFSub(A(), B()); break;
@@ -190,7 +232,14 @@ CpuJit::CpuJit() : impl_(std::make_unique<Impl>()) {
   impl_->jit->getIRTransformLayer().setTransform(
       [tm](llvm::orc::ThreadSafeModule tsm, const llvm::orc::MaterializationResponsibility&)
           -> llvm::Expected<llvm::orc::ThreadSafeModule> {
-        tsm.withModuleDo([tm](llvm::Module& m) { optimize(m, tm); });
+        tsm.withModuleDo([tm](llvm::Module& m) {
+          optimize(m, tm);
+          if (const char* dump = std::getenv("TESSEL_JIT_DUMP")) {  // the optimised IR, appended to a file
+            std::error_code ec;
+            llvm::raw_fd_ostream os(dump, ec, llvm::sys::fs::OF_Append);
+            if (!ec) m.print(os, nullptr);
+          }
+        });
         return tsm;
       });
 }
