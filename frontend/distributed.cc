@@ -79,7 +79,10 @@ std::vector<planner::RankProgram> DevicePlan::programs(const std::string& spec, 
   return planner::partition(plan_training_graph(spec, global_batch, config, oc), config, stage_bounds);
 }
 
-DevicePlan device_plan(const planner::PlanFile& f) {
+DevicePlan device_plan(const planner::PlanFile& f, const std::string& path, int64_t devices) {
+  if (devices > 0 && f.config.devices() != devices)
+    throw Error(path + " is a plan for " + std::to_string(f.config.devices()) + " devices (" + f.config.str() +
+                "), not " + std::to_string(devices));
   DevicePlan p;
   p.config = f.config;
   p.cluster = f.cluster;
@@ -183,8 +186,8 @@ VerifyReport verify_plan(const VerifyOptions& opt, const DevicePlan& plan) {
     for (int64_t i = 0; i < n.outputs[0].numel(); ++i) {
       const double d = std::fabs(double(got[i]) - want[i]) / std::max(scale, 1e-30);
       if (d > rep.max_rel_diff_params || rep.worst_parameter.empty()) {
-        rep.max_rel_diff_params = std::max(rep.max_rel_diff_params, d);
-        if (d >= rep.max_rel_diff_params) rep.worst_parameter = n.name + "[" + std::to_string(i) + "]";
+        rep.max_rel_diff_params = d;
+        rep.worst_parameter = n.name + "[" + std::to_string(i) + "]";
       }
     }
   }

@@ -39,8 +39,9 @@ struct DevicePlan {
 DevicePlan plan_for_devices(const std::string& spec, int64_t global_batch, int64_t devices, const planner::Pins& pins,
                             const OptimizerConfig& oc);
 
-// The plan a plan file holds (from `tessel plan --output`).
-DevicePlan device_plan(const planner::PlanFile& f);
+// The plan a plan file (`path`, from `tessel plan --output`) holds. devices > 0: the plan
+// must be for that many devices, else an error says what it is for.
+DevicePlan device_plan(const planner::PlanFile& f, const std::string& path, int64_t devices);
 
 struct VerifyOptions {
   std::string spec;

@@ -265,10 +265,7 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
       if (f.global_batch != batch)
         throw Error(opt.plan_file + " was planned for batch " + std::to_string(f.global_batch) + ", not " +
                     std::to_string(batch) + " (give --batch " + std::to_string(f.global_batch) + ")");
-      if (f.config.devices() != opt.devices)
-        throw Error(opt.plan_file + " is a plan for " + std::to_string(f.config.devices()) + " devices (" +
-                    f.config.str() + "), not " + std::to_string(opt.devices));
-      plan = device_plan(f);
+      plan = device_plan(f, opt.plan_file, opt.devices);
     } else {
       plan = plan_for_devices(opt.model, batch, opt.devices, pins, ocfg);
     }

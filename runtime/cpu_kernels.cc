@@ -123,4 +123,10 @@ void configure_blas_threads() {
   (void)done;
 }
 
+KernelFn cpu_kernel_for(const Node& n, bool use_blas) {
+  if (use_blas)
+    if (KernelFn f = fast_cpu_kernel(n.op)) return f;
+  return n.def->kernel;
+}
+
 }  // namespace tessel::runtime

@@ -28,12 +28,6 @@ Executor::Executor(const Graph& graph, ExecutorOptions options)
 
 Executor::~Executor() = default;
 
-KernelFn Executor::kernel_for(const Node& n) const {
-  if (options_.use_blas)
-    if (KernelFn f = fast_cpu_kernel(n.op)) return f;
-  return n.def->kernel;
-}
-
 void* Executor::allocate(int64_t bytes, const Node& n) {
   const int64_t rounded = std::max(kAlign, (bytes + kAlign - 1) / kAlign * kAlign);
   auto* p = static_cast<std::byte*>(std::aligned_alloc(kAlign, static_cast<size_t>(rounded)));
@@ -70,7 +64,7 @@ int Executor::prepare(const ProgramSpec& spec) {
   prog.nodes = needed_nodes(graph_, prog.keep);
   for (int32_t id : prog.nodes) {
     const Node& n = graph_.node(id);
-    if (n.def->kind == OpKind::compute && !n.def->view) prog.steps.push_back(Step{kernel_for(n), &n, {}, {}});
+    if (n.def->kind == OpKind::compute && !n.def->view) prog.steps.push_back(Step{cpu_kernel_for(n, options_.use_blas), &n, {}, {}});
   }
   for (auto& u : graph_.updates())
     if (u.phase == spec.phase) {

@@ -90,7 +90,6 @@ class Executor {
   void plan_and_allocate();
   void* allocate(int64_t bytes, const Node& n);
   void fill_source(int32_t node, const KernelCtx& ctx);
-  KernelFn kernel_for(const Node& n) const;
   TensorRef ref(Value v) const;
 
   const Graph& graph_;

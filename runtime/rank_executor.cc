@@ -55,6 +55,7 @@ struct RankExecutor::Op {
   std::vector<Ref> in, out;
   std::vector<TensorRef> in_t, out_t;
   int64_t task = -1;
+  int64_t peer = -1, tag = -1;  // send / recv
   bool first = false, last = false, mean = false;  // accumulate / output
   double scale = 1;
 };
@@ -347,9 +348,12 @@ void RankExecutor::build() {
     }
     Op op;
     op.node = &n;
-    if (n.op == "recv") op.type = Op::Type::recv;
-    else if (n.op == "send") op.type = Op::Type::send;
-    else op.fn = options_.use_blas && fast_cpu_kernel(n.op) ? fast_cpu_kernel(n.op) : n.def->kernel;
+    if (n.op == "recv" || n.op == "send") {
+      op.type = n.op == "recv" ? Op::Type::recv : Op::Type::send;
+      op.peer = n.attrs.get_i64("peer");
+      op.tag = n.attrs.get_i64("tag");
+    }
+    else op.fn = cpu_kernel_for(n, options_.use_blas);
     for (auto& in : n.inputs) op.in.push_back(resolve(in, S, mb, layer));
     if (n.op != "send")
       for (int o = 0; o < static_cast<int>(n.outputs.size()); ++o) op.out.push_back(resolve(n.out(o), S, mb, layer));
@@ -566,9 +570,9 @@ void RankExecutor::step() {
           if (options_.overlap) wait_event(base + op.task);
           break;
         case Op::Type::recv:
-          comm_.recv(op.out_t[0], op.node->attrs.get_i64("peer"), op.node->attrs.get_i64("tag"));
+          comm_.recv(op.out_t[0], op.peer, op.tag);
           break;
-        case Op::Type::send: comm_.send(op.in_t[0], op.node->attrs.get_i64("peer"), op.node->attrs.get_i64("tag")); break;
+        case Op::Type::send: comm_.send(op.in_t[0], op.peer, op.tag); break;
         case Op::Type::accumulate:
         case Op::Type::output: {
           const TensorRef& in = op.in_t[0];
@@ -616,8 +620,8 @@ std::string RankExecutor::describe() const {
       case Op::Type::kernel: line = "kernel " + first_out(); break;
       case Op::Type::launch: line = "launch " + task_str(op.task); break;
       case Op::Type::wait: line = "wait " + task_str(op.task); break;
-      case Op::Type::recv: line = "recv " + first_out() + " from " + std::to_string(op.node->attrs.get_i64("peer")); break;
-      case Op::Type::send: line = "send " + op.node->name + " to " + std::to_string(op.node->attrs.get_i64("peer")); break;
+      case Op::Type::recv: line = "recv " + first_out() + " from " + std::to_string(op.peer); break;
+      case Op::Type::send: line = "send " + op.node->name + " to " + std::to_string(op.peer); break;
       case Op::Type::accumulate: line = "accumulate " + first_out(); break;
       case Op::Type::output: line = "output " + first_out(); break;
     }

@@ -69,10 +69,7 @@ int cmd_verify(int argc, char** argv) {
       throw Error("tessel verify: " + args.str("--plan") + " was planned for batch " + std::to_string(f.global_batch) +
                   ", not " + std::to_string(o.batch));
     o.batch = f.global_batch;
-    if (args.has("--devices") && f.config.devices() != devices)
-      throw Error("tessel verify: " + args.str("--plan") + " is for " + std::to_string(f.config.devices()) +
-                  " devices, not " + std::to_string(devices));
-    plan = device_plan(f);
+    plan = device_plan(f, args.str("--plan"), args.has("--devices") ? devices : 0);
   } else {
     plan = plan_for_devices(o.spec, o.batch, devices, parse_pins(args, "verify"), o.optimizer);
   }
