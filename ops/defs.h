@@ -21,6 +21,7 @@ void register_matmul_ops(OpRegistry& r);       // matmul.cc
 void register_nn_ops(OpRegistry& r);           // nn.cc
 void register_optimizer_ops(OpRegistry& r);    // optimizer.cc
 void register_collective_ops(OpRegistry& r);   // collective.cc
+void register_fused_ops(OpRegistry& r);        // fused.cc
 
 inline AttrSpec attr(std::string name, AttrType t, bool required = true) {
   return AttrSpec{std::move(name), t, required};

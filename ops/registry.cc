@@ -15,6 +15,7 @@ const OpRegistry& registry() {
     register_nn_ops(reg);
     register_optimizer_ops(reg);
     register_collective_ops(reg);
+    register_fused_ops(reg);
     return reg;
   }();
   return r;

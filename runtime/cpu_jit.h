@@ -1,31 +1,36 @@
-// Elementwise kernels compiled for this CPU through LLVM's ORC JIT: a scalar expression
-// (graph/scalar_expr.h, the data each elementwise op registers) lowered to a loop over a
-// range of elements, optimised for the host's vector units. The first slice of the lowering
-// in ../shared/DESIGN.md: one expression per kernel, f32, contiguous or scalar-broadcast
-// arguments; the fusion pass and the executor's use of these kernels come next.
+// Fused kernels (ops/fused.h) compiled for this CPU through LLVM's ORC JIT: the description
+// lowered to a loop over rows (runtime/kernel_ir.h), optimised at O3 for the host's vector
+// units (AVX2 / AVX-512 as present; the loop vectoriser handles the last partial vector),
+// then compiled to machine code.
+//
+// Compiled kernels are cached in memory by a hash of their IR and target, and on disk as
+// object files (default_kernel_cache_dir()): an entry is written to a temporary file and
+// renamed into place, so concurrent writers never expose a partial file, and carries a
+// checksum, so a corrupt entry is compiled again instead of loaded.
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <string>
-#include <vector>
 
-#include "graph/scalar_expr.h"
+#include "graph/tensor_ref.h"
+#include "ops/fused.h"
 
 namespace tessel::runtime {
 
-struct ElementwiseKernel {
-  std::string name;               // the symbol's stem, for reading IR and profiles
-  ScalarExpr expr;                // over arguments 0..n-1
-  std::vector<bool> scalar_args;  // per argument: true reads element 0 for every output element
-};
+// Rows [row_begin, row_end), columns [col_begin, col_end) of the kernel's domain. Kernels
+// with reductions or per-row outputs must be given whole rows.
+using FusedFn = void (*)(const float* const* in, float* const* out, int64_t row_begin, int64_t row_end,
+                         int64_t col_begin, int64_t col_end);
 
-// out[i] = expr(in[0][i or 0], in[1][i or 0], ...) for i in [begin, end).
-using ElementwiseFn = void (*)(const float* const* in, float* out, int64_t begin, int64_t end);
+// TESSEL_KERNEL_CACHE if set ("off": no disk cache), else $XDG_CACHE_HOME/tessel/kernels,
+// else $HOME/.cache/tessel/kernels; "" when none of these can be had.
+std::string default_kernel_cache_dir();
 
 class CpuJit {
  public:
-  CpuJit();
+  // cache_dir "": no disk cache.
+  explicit CpuJit(std::string cache_dir = default_kernel_cache_dir());
   ~CpuJit();
   CpuJit(const CpuJit&) = delete;
   CpuJit& operator=(const CpuJit&) = delete;
@@ -33,17 +38,20 @@ class CpuJit {
   // The process's JIT. Thread-safe.
   static CpuJit& shared();
 
-  // Compiles (or finds in the cache, keyed by the kernel's IR and the host CPU) and returns
-  // the kernel. Throws tessel::Error when LLVM fails, with its message.
-  ElementwiseFn compile(const ElementwiseKernel& k);
+  // Compiles (or finds in a cache) the kernel. Throws tessel::Error when the description is
+  // malformed or LLVM fails, with its message.
+  FusedFn compile(const ops::FusedKernelDesc& d);
   // The kernel's LLVM IR before optimisation.
-  std::string ir(const ElementwiseKernel& k) const;
-  // The host CPU LLVM targets ("skylake-avx512", "znver3", ...) and its features.
+  std::string ir(const ops::FusedKernelDesc& d) const;
+  // The host CPU LLVM targets ("znver3", "skylake-avx512", ...) and its features.
   std::string host_cpu() const;
+  const std::string& cache_dir() const;
 
   struct Stats {
-    int64_t compiled = 0, cache_hits = 0;
-    double compile_s = 0;
+    int64_t compiled = 0;     // compiled by LLVM in this process
+    int64_t disk_hits = 0;    // loaded from the disk cache
+    int64_t memory_hits = 0;  // already loaded
+    double compile_s = 0;     // time in compile(), all of it
   };
   Stats stats() const;
 
@@ -51,5 +59,10 @@ class CpuJit {
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
+
+// Runs a compiled kernel over its whole domain, split across `parallel`: by rows when it
+// has reductions or per-row outputs (or rows are plenty), else by rows and column chunks.
+void run_fused(FusedFn fn, const ops::FusedKernelDesc& d, const float* const* in, float* const* out,
+               Parallel& parallel);
 
 }  // namespace tessel::runtime

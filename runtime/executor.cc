@@ -20,10 +20,27 @@ constexpr int64_t kAlign = 64;
 bool persistent(const Node& n) { return n.def->kind != OpKind::compute; }
 }  // namespace
 
+namespace {
+std::unique_ptr<FusedGraph> fuse_if(const Graph& g, bool jit, double& seconds) {
+  if (!jit) return nullptr;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto f = std::make_unique<FusedGraph>(fuse(g));
+  seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return f;
+}
+}  // namespace
+
 Executor::Executor(const Graph& graph, ExecutorOptions options)
-    : graph_(graph), options_(options),
+    : source_(graph), fused_(fuse_if(graph, options.jit, jit_report_.compile_s)),
+      graph_(fused_ ? fused_->graph : graph), options_(options),
       parallel_(options.parallel ? options.parallel : &ThreadPool::shared()) {
   configure_blas_threads();
+  if (fused_) {
+    jit_report_.fused_nodes = fused_->fused_nodes;
+    jit_report_.nodes_fused = fused_->nodes_fused;
+  }
+  descs_.resize(static_cast<size_t>(graph_.size()));
+  fused_fns_.resize(static_cast<size_t>(graph_.size()), nullptr);
 }
 
 Executor::~Executor() = default;
@@ -64,7 +81,27 @@ int Executor::prepare(const ProgramSpec& spec) {
   prog.nodes = needed_nodes(graph_, prog.keep);
   for (int32_t id : prog.nodes) {
     const Node& n = graph_.node(id);
-    if (n.def->kind == OpKind::compute && !n.def->view) prog.steps.push_back(Step{cpu_kernel_for(n, options_.use_blas), &n, {}, {}});
+    if (n.def->kind != OpKind::compute || n.def->view) continue;
+    Step step;
+    step.fn = cpu_kernel_for(n, options_.use_blas);
+    step.node = &n;
+    if (n.op == "fused") {  // compiled here: only what a program needs
+      const size_t u = static_cast<size_t>(id);
+      if (!fused_fns_[u]) {
+        const auto t0 = std::chrono::steady_clock::now();
+        descs_[u] = std::make_unique<ops::FusedKernelDesc>(ops::FusedKernelDesc::from_attrs(n.attrs));
+        const CpuJit::Stats before = CpuJit::shared().stats();
+        fused_fns_[u] = CpuJit::shared().compile(*descs_[u]);
+        const CpuJit::Stats after = CpuJit::shared().stats();
+        jit_report_.compiled += after.compiled - before.compiled;
+        jit_report_.disk_hits += after.disk_hits - before.disk_hits;
+        ++jit_report_.kernels;
+        jit_report_.compile_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      }
+      step.jit = fused_fns_[u];
+      step.desc = descs_[u].get();
+    }
+    prog.steps.push_back(std::move(step));
   }
   for (auto& u : graph_.updates())
     if (u.phase == spec.phase) {
@@ -136,6 +173,10 @@ void Executor::plan_and_allocate() {
     for (Step& s : p.steps) {
       for (auto& in : s.node->inputs) s.in.push_back(ref(in));
       for (int o = 0; o < static_cast<int>(s.node->outputs.size()); ++o) s.out.push_back(ref(s.node->out(o)));
+      if (s.jit) {
+        for (auto& t : s.in) s.in_ptrs.push_back(t.as<const float>());
+        for (auto& t : s.out) s.out_ptrs.push_back(t.as<float>());
+      }
     }
     size_t u = 0;
     for (auto& up : graph_.updates()) {
@@ -174,12 +215,16 @@ void Executor::run(int program) {
   if (!initialized_) throw Error("Executor::run() before initialize()");
   Program& p = programs_.at(static_cast<size_t>(program));
   const KernelCtx ctx{parallel_, options_.seed};
+  auto call = [&](const Step& s) {
+    if (s.jit) run_fused(s.jit, *s.desc, s.in_ptrs.data(), s.out_ptrs.data(), *parallel_);
+    else s.fn(*s.node, s.in, s.out, ctx);
+  };
   if (!options_.profile) {
-    for (const Step& s : p.steps) s.fn(*s.node, s.in, s.out, ctx);
+    for (const Step& s : p.steps) call(s);
   } else {
     for (Step& s : p.steps) {
       auto t0 = std::chrono::steady_clock::now();
-      s.fn(*s.node, s.in, s.out, ctx);
+      call(s);
       s.ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
       s.calls++;
     }
@@ -194,29 +239,43 @@ TensorRef Executor::ref(Value v) const {
   return TensorRef{buffers_[v.node][v.index], t.dtype, t.shape, t.numel()};
 }
 
+Value Executor::run_value(Value source) const { return fused_ ? fused_->map(source) : source; }
+
+namespace {
+bool has(const std::vector<std::vector<void*>>& buffers, Value v) {
+  return v.node >= 0 && static_cast<size_t>(v.node) < buffers.size() &&
+         static_cast<size_t>(v.index) < buffers[static_cast<size_t>(v.node)].size() &&
+         buffers[static_cast<size_t>(v.node)][static_cast<size_t>(v.index)];
+}
+}  // namespace
+
 TensorRef Executor::value(Value v) {
   if (!initialized_) throw Error("Executor: buffers exist only after initialize()");
-  if (!has_buffer(v))
-    throw Error(graph_.node(v.node).where() + ": no buffer (not part of any prepared program)");
-  return ref(v);
+  const Value r = run_value(v);
+  if (!r.valid())
+    throw Error(source_.node(v.node).where() + ": no buffer: the value lives inside a fused kernel (run without the JIT to read it)");
+  if (!has(buffers_, r))
+    throw Error(source_.node(v.node).where() + ": no buffer (not part of any prepared program)");
+  return ref(r);
 }
 
-bool Executor::has_buffer(Value v) const {
-  return v.node >= 0 && static_cast<size_t>(v.node) < buffers_.size() &&
-         static_cast<size_t>(v.index) < buffers_[v.node].size() && buffers_[v.node][v.index];
-}
+bool Executor::has_buffer(Value v) const { return has(buffers_, run_value(v)); }
 
 TensorRef Executor::input(std::string_view name) {
   auto id = graph_.find(name);
   if (!id || graph_.node(*id).def->kind != OpKind::input)
     throw Error("the graph has no input '" + std::string(name) + "'");
-  return value(Value{*id, 0});
+  if (!initialized_) throw Error("Executor: buffers exist only after initialize()");
+  if (!has(buffers_, Value{*id, 0})) throw Error(graph_.node(*id).where() + ": no buffer (not part of any prepared program)");
+  return ref(Value{*id, 0});
 }
 
 TensorRef Executor::output(std::string_view name) {
   auto v = graph_.output(name);
   if (!v) throw Error("the graph has no output '" + std::string(name) + "'");
-  return value(*v);
+  if (!initialized_) throw Error("Executor: buffers exist only after initialize()");
+  if (!has(buffers_, *v)) throw Error("output '" + std::string(name) + "': no buffer (not part of any prepared program)");
+  return ref(*v);
 }
 
 std::vector<Executor::OpTime> Executor::profile() const {
@@ -235,11 +294,12 @@ std::vector<Executor::OpTime> Executor::profile() const {
 }
 
 void Executor::export_variables(Graph& g) const {
-  for (int32_t id = 0; id < static_cast<int32_t>(buffers_.size()) && id < g.size(); ++id) {
+  for (int32_t id = 0; id < static_cast<int32_t>(buffers_.size()); ++id) {
     if (buffers_[id].empty() || graph_.node(id).def->kind != OpKind::variable) continue;
-    if (g.node(id).name != graph_.node(id).name || g.node(id).outputs != graph_.node(id).outputs) continue;
+    const auto gid = g.find(graph_.node(id).name);
+    if (!gid || g.node(*gid).outputs != graph_.node(id).outputs) continue;
     const auto* p = static_cast<const std::byte*>(buffers_[id][0]);
-    g.set_data(id, std::vector<std::byte>(p, p + graph_.node(id).outputs[0].bytes()));
+    g.set_data(*gid, std::vector<std::byte>(p, p + graph_.node(id).outputs[0].bytes()));
   }
 }
 

@@ -12,12 +12,18 @@
 
 #include "graph/graph.h"
 #include "graph/tensor_ref.h"
+#include "runtime/cpu_jit.h"
+#include "runtime/fusion.h"
 
 namespace tessel::runtime {
 
 struct ExecutorOptions {
   uint64_t seed = 0;          // mixed into initializers and dropout masks
-  bool use_blas = true;       // false: reference kernels only (for debugging and tests)
+  bool use_blas = true;       // false: reference kernels for matrix products
+  // Fuse elementwise chains and the reductions that end them (runtime/fusion.h) and run
+  // them as JIT-compiled kernels (runtime/cpu_jit.h). false: every op runs its reference
+  // kernel (for debugging and tests).
+  bool jit = true;
   bool profile = false;       // time every kernel call (see Executor::profile())
   Parallel* parallel = nullptr;  // not owned; null: the process-wide ThreadPool
 };
@@ -46,9 +52,11 @@ class Executor {
   void initialize();
   void run(int program);
 
-  // Views of buffers (after initialize()). Inputs may be written between runs; outputs
+  // Views of buffers (after initialize()), by the values of the graph given to the
+  // constructor. Inputs may be written between runs; outputs
   // hold the last run's results until the next run. Other values share arena space, so
-  // their contents are only meaningful while a program computes them.
+  // their contents are only meaningful while a program computes them; a value that lives only
+  // inside a fused kernel has no buffer.
   TensorRef input(std::string_view name);
   TensorRef output(std::string_view name);
   TensorRef value(Value v);
@@ -70,13 +78,27 @@ class Executor {
     double ms = 0;
   };
   std::vector<OpTime> profile() const;
-  const Graph& graph() const { return graph_; }
+  const Graph& graph() const { return source_; }
+  // The graph that runs: the fused graph with jit, else the one given.
+  const Graph& executed_graph() const { return graph_; }
+
+  struct JitReport {
+    int64_t fused_nodes = 0, nodes_fused = 0;  // fused kernels; the nodes they replace
+    int64_t kernels = 0;                        // distinct kernels among them
+    int64_t compiled = 0, disk_hits = 0;        // compiled by LLVM; loaded from the disk cache
+    double compile_s = 0;                       // fusion and compilation, in the constructor
+  };
+  const JitReport& jit_report() const { return jit_report_; }
 
  private:
   struct Step {
-    KernelFn fn;
-    const Node* node;
+    KernelFn fn = nullptr;
+    const Node* node = nullptr;
     std::vector<TensorRef> in, out;  // data pointers set by initialize()
+    FusedFn jit = nullptr;           // a fused node's compiled kernel
+    const ops::FusedKernelDesc* desc = nullptr;
+    std::vector<const float*> in_ptrs;  // for jit, set by initialize()
+    std::vector<float*> out_ptrs;
     double ms = 0;  // accumulated when profiling
     int64_t calls = 0;
   };
@@ -91,9 +113,15 @@ class Executor {
   void* allocate(int64_t bytes, const Node& n);
   void fill_source(int32_t node, const KernelCtx& ctx);
   TensorRef ref(Value v) const;
+  Value run_value(Value source) const;  // a source value in the graph that runs (invalid: fused away)
 
-  const Graph& graph_;
+  const Graph& source_;
+  std::unique_ptr<FusedGraph> fused_;  // with jit
+  const Graph& graph_;                 // the graph that runs
   ExecutorOptions options_;
+  std::vector<std::unique_ptr<ops::FusedKernelDesc>> descs_;  // per fused node, in node order
+  std::vector<FusedFn> fused_fns_;
+  JitReport jit_report_;
   Parallel* parallel_;
   std::vector<std::vector<void*>> buffers_;  // per node, per output; aliased for views
   std::vector<std::unique_ptr<std::byte[], void (*)(std::byte*)>> owned_;

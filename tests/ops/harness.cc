@@ -158,6 +158,7 @@ HostTensor run_op(std::string_view op, const std::vector<HostTensor>& ins, const
   SerialParallel serial;
   runtime::Executor ex(g, {.seed = cfg.seed,
                            .use_blas = cfg.use_blas,
+                           .jit = cfg.jit,
                            .parallel = cfg.parallel ? cfg.parallel : &serial});
   const int p = ex.prepare({"", {"out"}});
   ex.initialize();

@@ -59,10 +59,13 @@ HostTensor index_tensor(Rng& r, DType dt, Shape shape, int64_t lo, int64_t hi);
 void store(const TensorRef& t, const HostTensor& h);
 HostTensor load(const TensorRef& t);
 
-// How one-op graphs run: reference kernels unless use_blas.
+// How one-op graphs run: reference kernels unless use_blas, and with jit the op's fused
+// kernel where the fusion pass takes it (elementwise ops, broadcasts, trailing-axis
+// reductions in f32): so every naive check covers the JIT-compiled kernel too.
 struct RunConfig {
   Parallel* parallel = nullptr;  // null: a SerialParallel
   bool use_blas = false;
+  bool jit = true;
   uint64_t seed = 0;
 };
 
@@ -83,8 +86,8 @@ struct Parallels {
 };
 inline std::string par_name(Parallel* p) { return p->num_threads() == 1 ? "serial" : "pool(2)"; }
 
-// Checks `op` on `ins` against `want` three ways: through the executor on one thread and
-// on the pool, and by call_kernel on poisoned buffers. `what` names the case.
+// Checks `op` on `ins` against `want` three ways: through the executor (with the JIT) on
+// one thread and on the pool, and by call_kernel (the reference kernel) on poisoned buffers. `what` names the case.
 void expect_op(Parallels& par, std::string_view op, const std::vector<HostTensor>& ins,
                const Attrs& attrs, const HostTensor& want, const std::string& what);
 void expect_op(Parallels& par, std::string_view op, const std::vector<HostTensor>& ins,

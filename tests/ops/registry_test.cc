@@ -95,6 +95,8 @@ const OpCases kOpCases[] = {
     {"broadcast", {kCollective}},
     {"send", {kCollective}},
     {"recv", {kCollective}},
+    // made by the fusion pass
+    {"fused", {"KernelFused.InterpretsWhatItReplaces", "KernelFused.RefusesInconsistentShapes"}},
 };
 
 // Ops deliberately without a gradient. Every other op must have one and a gradient check.
@@ -102,7 +104,7 @@ const std::string_view kNonDifferentiable[] = {
     "greater",     "equal", "one_hot",   "causal_mask", "dropout_mask",
     "lr_schedule", "input", "parameter", "state",       "constant",
     // inserted after differentiation, never differentiated
-    "all_reduce",  "reduce_scatter", "all_gather", "all_to_all", "broadcast", "send", "recv"};
+    "all_reduce",  "reduce_scatter", "all_gather", "all_to_all", "broadcast", "send", "recv", "fused"};
 
 // Emitter compositions with gradient checks of their own.
 const std::string_view kCompositions[] = {"softmax", "log_softmax", "cross_entropy", "layer_norm",

@@ -1,59 +1,99 @@
-// The CPU JIT against the scalar expressions it compiles: every elementwise op of the
-// registry, and fused chains (bias + GELU, an AdamW-style update), on sizes 0, 1, 7 and
-// 1031 (a partial last vector), with arguments broadcast as scalars, over split ranges.
+// The CPU JIT against the reference interpreter of the same kernel description (and the
+// scalar expressions against their f64 meaning): every elementwise op of the registry with
+// its arguments whole, per column, per row and scalar; row reductions (softmax, layer norm)
+// on odd shapes, sizes 0 and 1; split ranges; the memory and disk caches, a corrupt entry
+// and concurrent writers.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <random>
+#include <thread>
 
 #include "graph/error.h"
 #include "ops/emit.h"
 #include "ops/registry.h"
 #include "runtime/cpu_jit.h"
+#include "runtime/thread_pool.h"
 
 namespace tessel::runtime {
 namespace {
 
-bool uses(const ScalarExpr& e, std::initializer_list<ScalarOp> ops) {
-  for (auto& i : e.code())
+using ops::FusedInput;
+using ops::FusedKernelDesc;
+
+bool uses(const FusedKernelDesc& d, std::initializer_list<ScalarOp> ops) {
+  for (auto& i : d.code)
     for (ScalarOp o : ops)
-      if (i.op == o) return true;
+      if (i.op == o && i.reduce == ops::FusedReduce::none) return true;
   return false;
 }
 
-// Runs the kernel over [0, n) in three pieces and checks every element against eval().
-void check(const ElementwiseKernel& k, int64_t n, uint32_t seed, const std::string& what) {
+struct Buffers {
+  std::vector<std::vector<float>> in, out;
+  std::vector<const float*> in_ptrs;
+  std::vector<float*> out_ptrs;
+};
+
+// Inputs drawn for the description (positive where it takes logs or roots), one guard
+// element past every buffer.
+Buffers make_buffers(const FusedKernelDesc& d, uint32_t seed) {
   std::mt19937 rng(seed);
-  const bool positive = uses(k.expr, {ScalarOp::log, ScalarOp::sqrt, ScalarOp::rsqrt});
-  const int nargs = static_cast<int>(k.scalar_args.size());
-  std::vector<std::vector<float>> in(static_cast<size_t>(nargs));
-  for (int a = 0; a < nargs; ++a) {
-    in[static_cast<size_t>(a)].resize(static_cast<size_t>(k.scalar_args[static_cast<size_t>(a)] ? 1 : n) + 1);
-    for (float& x : in[static_cast<size_t>(a)])
+  const bool positive = uses(d, {ScalarOp::log, ScalarOp::sqrt, ScalarOp::rsqrt});
+  Buffers b;
+  for (size_t i = 0; i < d.inputs.size(); ++i) {
+    b.in.emplace_back(static_cast<size_t>(d.input_numel(i)) + 1);
+    for (float& x : b.in.back())
       x = positive ? std::uniform_real_distribution<float>(0.05f, 5.f)(rng)
                    : std::round(std::uniform_real_distribution<float>(-12.f, 12.f)(rng) * 4) / 4 + (rng() % 3 ? 0.37f : 0.f);
   }
-  std::vector<const float*> ptrs;
-  for (auto& v : in) ptrs.push_back(v.data());
-  std::vector<float> out(static_cast<size_t>(n) + 1, -7.f);
-  const ElementwiseFn fn = CpuJit::shared().compile(k);
-  fn(ptrs.data(), out.data(), 0, n / 3);
-  fn(ptrs.data(), out.data(), n / 3, n / 2);
-  fn(ptrs.data(), out.data(), n / 2, n);
-  for (int64_t i = 0; i < n; ++i) {
-    std::vector<double> args;
-    for (int a = 0; a < nargs; ++a) args.push_back(in[static_cast<size_t>(a)][k.scalar_args[static_cast<size_t>(a)] ? 0 : static_cast<size_t>(i)]);
-    const double want = static_cast<float>(k.expr.eval(args));
-    const double got = out[static_cast<size_t>(i)];
-    if (got == want || (std::isnan(got) && std::isnan(want))) continue;  // infinities and NaNs alike
-    const double tol = uses(k.expr, {ScalarOp::exp, ScalarOp::log, ScalarOp::tanh}) ? 4e-6 : 1e-6;
-    ASSERT_NEAR(out[static_cast<size_t>(i)], want, tol * std::fabs(want) + 1e-6) << what << " n " << n << " [" << i << "] " << k.expr.str();
-  }
-  EXPECT_EQ(out[static_cast<size_t>(n)], -7.f) << what << ": wrote past the end";
+  for (size_t o = 0; o < d.outputs.size(); ++o) b.out.emplace_back(static_cast<size_t>(d.output_numel(o)) + 1, -7.f);
+  for (auto& v : b.in) b.in_ptrs.push_back(v.data());
+  for (auto& v : b.out) b.out_ptrs.push_back(v.data());
+  return b;
 }
 
-TEST(CpuJit, EveryElementwiseOpMatchesItsScalarExpression) {
+// JIT (whole domain on two threads, and again in pieces) against the reference interpreter.
+void check(const FusedKernelDesc& d, uint32_t seed, const std::string& what) {
+  Buffers jit = make_buffers(d, seed), ref = make_buffers(d, seed), pieces = make_buffers(d, seed);
+  const FusedFn fn = CpuJit::shared().compile(d);
+  ThreadPool pool(2);
+  run_fused(fn, d, jit.in_ptrs.data(), jit.out_ptrs.data(), pool);
+  ops::run_fused_reference(d, ref.in_ptrs.data(), ref.out_ptrs.data(), 0, d.rows);
+  bool whole_rows = d.has_reduction();
+  for (auto& o : d.outputs) whole_rows = whole_rows || o.row;
+  if (whole_rows) {
+    fn(pieces.in_ptrs.data(), pieces.out_ptrs.data(), 0, d.rows / 2, 0, d.cols);
+    fn(pieces.in_ptrs.data(), pieces.out_ptrs.data(), d.rows / 2, d.rows, 0, d.cols);
+  } else {
+    for (int64_t r = 0; r < d.rows; ++r) {
+      fn(pieces.in_ptrs.data(), pieces.out_ptrs.data(), r, r + 1, 0, d.cols / 3);
+      fn(pieces.in_ptrs.data(), pieces.out_ptrs.data(), r, r + 1, d.cols / 3, d.cols);
+    }
+  }
+  const double tol = uses(d, {ScalarOp::exp, ScalarOp::log, ScalarOp::tanh}) || d.has_reduction() ? 1e-5 : 1e-6;
+  for (size_t o = 0; o < d.outputs.size(); ++o) {
+    const int64_t n = d.output_numel(o);
+    // Error is relative to the output's scale: with FMA contraction and another summation
+    // order, a small result of large terms (xc * rstd * gamma + beta) differs in its last
+    // bits of those terms.
+    double scale = 0;
+    for (int64_t i = 0; i < n; ++i) scale = std::max(scale, std::fabs(double(ref.out[o][static_cast<size_t>(i)])));
+    for (const Buffers* got : {&jit, &pieces}) {
+      for (int64_t i = 0; i < n; ++i) {
+        const double want = ref.out[o][static_cast<size_t>(i)], g = got->out[o][static_cast<size_t>(i)];
+        if (g == want || (std::isnan(g) && std::isnan(want))) continue;
+        ASSERT_NEAR(g, want, tol * std::max(std::fabs(want), 0.05 * scale) + 1e-6)
+            << what << " [" << d.rows << ", " << d.cols << "] output " << o << " [" << i << "]\n" << d.str();
+      }
+      EXPECT_EQ(got->out[o][static_cast<size_t>(n)], -7.f) << what << ": wrote past the end";
+    }
+  }
+}
+
+TEST(CpuJit, EveryElementwiseOpMatchesTheReference) {
   int checked = 0;
   for (const OpDef* def : ops::registry().all()) {
     if (!def->elementwise()) continue;
@@ -64,57 +104,198 @@ TEST(CpuJit, EveryElementwiseOpMatchesItsScalarExpression) {
       in.push_back(e.input("in" + std::to_string(i), def->name == "where" && i == 0 ? DType::boolean : DType::f32, {4}));
     Attrs attrs;
     if (def->name == "cast") attrs = Attrs{{"dtype", std::string("f32")}};
-    const Node& node = g.node(g.add(def->name, in, attrs).node);
-    ElementwiseKernel k{def->name, def->scalar(node), std::vector<bool>(static_cast<size_t>(def->min_inputs), false)};
-    for (int64_t n : {0, 1, 7, 1031}) check(k, n, 3, def->name);
-    if (def->min_inputs >= 2) {  // the second argument broadcast, as a bias or a scalar
-      k.scalar_args[1] = true;
-      check(k, 1031, 4, def->name + " (scalar second argument)");
+    const ScalarExpr expr = def->scalar(g.node(g.add(def->name, in, attrs).node));
+    const size_t nargs = static_cast<size_t>(def->min_inputs);
+    // The expression against its f64 meaning, through the interpreter.
+    {
+      const FusedKernelDesc d = ops::elementwise_desc(expr, std::vector<FusedInput>(nargs, FusedInput::full), 1, 257);
+      Buffers b = make_buffers(d, 2);
+      ops::run_fused_reference(d, b.in_ptrs.data(), b.out_ptrs.data(), 0, 1);
+      for (size_t i = 0; i < 257; ++i) {
+        std::vector<double> args;
+        for (auto& v : b.in) args.push_back(v[i]);
+        const double want = static_cast<float>(expr.eval(args)), got = b.out[0][i];
+        if (got == want || (std::isnan(got) && std::isnan(want))) continue;
+        ASSERT_NEAR(got, want, 4e-6 * std::fabs(want) + 1e-6) << def->name << " [" << i << "]";
+      }
     }
+    for (auto [rows, cols] : {std::pair<int64_t, int64_t>{1, 0}, {1, 1}, {1, 7}, {3, 1031}, {0, 4}})
+      check(ops::elementwise_desc(expr, std::vector<FusedInput>(nargs, FusedInput::full), rows, cols), 3, def->name);
+    if (nargs >= 2)  // the second argument broadcast: a bias, a statistic, a scalar
+      for (FusedInput k : {FusedInput::per_col, FusedInput::per_row, FusedInput::scalar}) {
+        std::vector<FusedInput> kinds(nargs, FusedInput::full);
+        kinds[1] = k;
+        check(ops::elementwise_desc(expr, kinds, 5, 67), 4, def->name + " (broadcast second argument)");
+      }
     ++checked;
   }
   EXPECT_GE(checked, 20);
 }
 
-TEST(CpuJit, FusedChainsMatchAndCompileOnce) {
-  // gelu(x + b), tanh form; b a broadcast scalar.
-  ScalarExpr gelu;
-  {
-    int x = gelu.binary(ScalarOp::add, gelu.arg(0), gelu.arg(1));
-    int x3 = gelu.binary(ScalarOp::mul, gelu.binary(ScalarOp::mul, x, x), x);
-    int inner = gelu.binary(ScalarOp::mul, gelu.constant(0.7978845608),
-                            gelu.binary(ScalarOp::add, x, gelu.binary(ScalarOp::mul, gelu.constant(0.044715), x3)));
-    int t = gelu.binary(ScalarOp::add, gelu.constant(1), gelu.unary(ScalarOp::tanh, inner));
-    gelu.binary(ScalarOp::mul, gelu.binary(ScalarOp::mul, gelu.constant(0.5), x), t);
+// softmax over rows: max, exp(x - max), sum, divide; and layer norm with gamma and beta.
+FusedKernelDesc softmax_desc(int64_t rows, int64_t cols) {
+  using ops::FusedInstr;
+  using ops::FusedReduce;
+  FusedKernelDesc d;
+  d.rows = rows;
+  d.cols = cols;
+  d.inputs = {FusedInput::full};
+  d.code = {FusedInstr{ScalarOp::arg},                                // %0 x
+            FusedInstr{ScalarOp::arg, FusedReduce::max, 0},           // %1 max
+            FusedInstr{ScalarOp::sub, FusedReduce::none, 0, 1},       // %2 x - max
+            FusedInstr{ScalarOp::exp, FusedReduce::none, 2},          // %3
+            FusedInstr{ScalarOp::arg, FusedReduce::sum, 3},           // %4 sum
+            FusedInstr{ScalarOp::div, FusedReduce::none, 3, 4}};      // %5
+  d.outputs = {{5, false}, {4, true}};
+  return d;
+}
+
+FusedKernelDesc layer_norm_desc(int64_t rows, int64_t cols) {
+  using ops::FusedInstr;
+  using ops::FusedReduce;
+  FusedKernelDesc d;
+  d.rows = rows;
+  d.cols = cols;
+  d.inputs = {FusedInput::full, FusedInput::per_col, FusedInput::per_col};
+  auto I = [](ScalarOp op, int a = -1, int b = -1, double imm = 0, int index = 0) {
+    return FusedInstr{op, FusedReduce::none, a, b, -1, index, imm};
+  };
+  d.code = {I(ScalarOp::arg),                                         // %0 x
+            FusedInstr{ScalarOp::arg, FusedReduce::sum, 0},           // %1 sum x
+            I(ScalarOp::constant, -1, -1, 1.0 / static_cast<double>(cols)),  // %2
+            I(ScalarOp::mul, 1, 2),                                   // %3 mean
+            I(ScalarOp::sub, 0, 3),                                   // %4 xc
+            I(ScalarOp::mul, 4, 4),                                   // %5
+            FusedInstr{ScalarOp::arg, FusedReduce::sum, 5},           // %6
+            I(ScalarOp::mul, 6, 2),                                   // %7 var
+            I(ScalarOp::constant, -1, -1, 1e-5),                      // %8
+            I(ScalarOp::add, 7, 8),                                   // %9
+            I(ScalarOp::rsqrt, 9),                                    // %10
+            I(ScalarOp::mul, 4, 10),                                  // %11
+            I(ScalarOp::arg, -1, -1, 0, 1),                           // %12 gamma
+            I(ScalarOp::mul, 11, 12),                                 // %13
+            I(ScalarOp::arg, -1, -1, 0, 2),                           // %14 beta
+            I(ScalarOp::add, 13, 14)};                                // %15
+  d.outputs = {{15, false}, {10, true}, {3, true}};
+  return d;
+}
+
+TEST(CpuJit, RowReductionsMatchTheReference) {
+  for (auto [rows, cols] : {std::pair<int64_t, int64_t>{1, 1}, {3, 7}, {5, 1031}, {0, 5}, {64, 33}}) {
+    check(softmax_desc(rows, cols), 7, "softmax");
+    check(layer_norm_desc(rows, cols), 8, "layer norm");
   }
-  // p - lr * (m / (sqrt(v) + eps) + wd * p): parameter, moment, second moment, lr scalar.
-  ScalarExpr adam;
-  {
-    int p = adam.arg(0), m = adam.arg(1), v = adam.arg(2), lr = adam.arg(3);
-    int den = adam.binary(ScalarOp::add, adam.unary(ScalarOp::sqrt, adam.unary(ScalarOp::abs, v)), adam.constant(1e-8));
-    int step = adam.binary(ScalarOp::add, adam.binary(ScalarOp::div, m, den), adam.binary(ScalarOp::mul, adam.constant(0.01), p));
-    adam.binary(ScalarOp::sub, p, adam.binary(ScalarOp::mul, lr, step));
-  }
-  const ElementwiseKernel g{"bias_gelu", gelu, {false, true}};
-  const ElementwiseKernel a{"adamw", adam, {false, false, false, true}};
-  for (int64_t n : {0, 1, 7, 1031, 100003}) {
-    check(g, n, 5, "bias+gelu");
-    check(a, n, 6, "adamw");
-  }
+}
+
+TEST(CpuJit, TheMemoryCacheServesAnIdenticalKernel) {
+  const FusedKernelDesc d = softmax_desc(4, 9);
+  const FusedFn a = CpuJit::shared().compile(d);
   const auto before = CpuJit::shared().stats();
-  ElementwiseKernel again = g;
-  again.name = "another_name";  // the same code: served from the cache
-  EXPECT_EQ(CpuJit::shared().compile(again), CpuJit::shared().compile(g));
+  EXPECT_EQ(CpuJit::shared().compile(d), a);
   EXPECT_EQ(CpuJit::shared().stats().compiled, before.compiled);
-  EXPECT_EQ(CpuJit::shared().stats().cache_hits, before.cache_hits + 2);
-  EXPECT_THAT(CpuJit::shared().ir(g), ::testing::HasSubstr("define void @tessel_bias_gelu"));
+  EXPECT_EQ(CpuJit::shared().stats().memory_hits, before.memory_hits + 1);
+  EXPECT_NE(CpuJit::shared().compile(softmax_desc(4, 10)), a);  // another shape: another kernel
+  EXPECT_THAT(CpuJit::shared().ir(d), ::testing::HasSubstr("define void @tessel_fused"));
   EXPECT_FALSE(CpuJit::shared().host_cpu().empty());
 }
 
-TEST(CpuJit, AnExpressionReadingMissingArgumentsIsAnError) {
-  ScalarExpr e;
-  e.binary(ScalarOp::add, e.arg(0), e.arg(2));
-  EXPECT_THROW(CpuJit::shared().compile(ElementwiseKernel{"bad", e, {false, false}}), Error);
+std::filesystem::path fresh_dir(const std::string& name) {
+  auto dir = std::filesystem::temp_directory_path() / ("tessel_cpu_jit_test_" + name + "_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  return dir;
+}
+
+TEST(CpuJit, TheDiskCacheSurvivesTheProcessAndACorruptEntry) {
+  const auto dir = fresh_dir("disk");
+  const FusedKernelDesc d = layer_norm_desc(6, 37);
+  {
+    CpuJit jit(dir.string());
+    jit.compile(d);
+    EXPECT_EQ(jit.stats().compiled, 1);
+    EXPECT_EQ(jit.stats().disk_hits, 0);
+  }
+  std::vector<std::filesystem::path> entries;
+  for (auto& e : std::filesystem::directory_iterator(dir)) entries.push_back(e.path());
+  ASSERT_EQ(entries.size(), 1u) << "one entry, no temporary files";
+  {
+    CpuJit jit(dir.string());  // a new process, as far as caches go
+    const FusedFn fn = jit.compile(d);
+    EXPECT_EQ(jit.stats().compiled, 0);
+    EXPECT_EQ(jit.stats().disk_hits, 1);
+    Buffers got = make_buffers(d, 9), ref = make_buffers(d, 9);
+    fn(got.in_ptrs.data(), got.out_ptrs.data(), 0, d.rows, 0, d.cols);
+    ops::run_fused_reference(d, ref.in_ptrs.data(), ref.out_ptrs.data(), 0, d.rows);
+    for (size_t i = 0; i < ref.out[0].size(); ++i) EXPECT_NEAR(got.out[0][i], ref.out[0][i], 1e-5);
+  }
+  // Flip a byte in the middle of the object: the checksum catches it and the kernel is
+  // compiled again (and the entry rewritten).
+  {
+    std::fstream f(entries[0], std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(200);
+    char c = 0;
+    f.read(&c, 1);
+    c = static_cast<char>(c ^ 0x5a);
+    f.seekp(200);
+    f.write(&c, 1);
+  }
+  {
+    CpuJit jit(dir.string());
+    jit.compile(d);
+    EXPECT_EQ(jit.stats().compiled, 1);
+    EXPECT_EQ(jit.stats().disk_hits, 0);
+  }
+  std::filesystem::resize_file(entries[0], 30);  // truncated
+  {
+    CpuJit jit(dir.string());
+    jit.compile(d);
+    EXPECT_EQ(jit.stats().compiled, 1);
+  }
+  {
+    CpuJit jit(dir.string());
+    jit.compile(d);
+    EXPECT_EQ(jit.stats().disk_hits, 1) << "the rewritten entry is good";
+  }
+  std::filesystem::remove_all(dir);
+}
+
+TEST(CpuJit, ConcurrentWritersLeaveWholeEntries) {
+  const auto dir = fresh_dir("concurrent");
+  std::vector<std::thread> ts;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < 4; ++t)
+    ts.emplace_back([&] {
+      CpuJit jit(dir.string());  // four JITs, one directory: as four processes would
+      for (int64_t cols : {3, 5, 8, 13}) {
+        const FusedKernelDesc d = softmax_desc(2, cols);
+        const FusedFn fn = jit.compile(d);
+        Buffers got = make_buffers(d, 1), ref = make_buffers(d, 1);
+        fn(got.in_ptrs.data(), got.out_ptrs.data(), 0, d.rows, 0, d.cols);
+        ops::run_fused_reference(d, ref.in_ptrs.data(), ref.out_ptrs.data(), 0, d.rows);
+        for (size_t i = 0; i < ref.out[0].size(); ++i)
+          if (std::fabs(got.out[0][i] - ref.out[0][i]) > 1e-5) ++failures;
+      }
+    });
+  for (auto& t : ts) t.join();
+  EXPECT_EQ(failures.load(), 0);
+  int entries = 0;
+  for (auto& e : std::filesystem::directory_iterator(dir)) {
+    EXPECT_EQ(e.path().extension(), ".o") << e.path();
+    ++entries;
+  }
+  EXPECT_EQ(entries, 4);
+  CpuJit reader(dir.string());
+  for (int64_t cols : {3, 5, 8, 13}) reader.compile(softmax_desc(2, cols));
+  EXPECT_EQ(reader.stats().disk_hits, 4);
+  std::filesystem::remove_all(dir);
+}
+
+TEST(CpuJit, AMalformedDescriptionIsAnError) {
+  FusedKernelDesc d = softmax_desc(2, 3);
+  d.code[2].b = 7;  // a later instruction
+  EXPECT_THROW(CpuJit::shared().compile(d), Error);
+  d = softmax_desc(2, 3);
+  d.outputs[0].row = true;  // a per-element value written per row
+  EXPECT_THROW(CpuJit::shared().compile(d), Error);
 }
 
 }  // namespace

@@ -1,0 +1,50 @@
+// The fusion pass: a graph transform that replaces chains of elementwise ops, broadcasts
+// and the row reductions that end them (bias + GELU, softmax, layer norm forward and
+// backward, the optimizer's update of each parameter, ...) by "fused" nodes
+// (ops/fused.h), which the JIT compiles. Matrix products, gathers, shape changes and
+// everything not in f32 stay as they are. The result passes Graph::verify().
+//
+// A group is one domain [rows, cols] (its tensors' shape, cols = the reduced trailing axes
+// or, with no reduction, as many trailing axes as its broadcast inputs allow). An input of
+// the group is read whole, per column (a bias), per row (a statistic) or as one number;
+// constants become immediates. A value leaves the group (is written to memory) only when
+// something outside it reads it, or it is a graph output or an update's value.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "graph/graph.h"
+
+namespace tessel::runtime {
+
+struct FusionOptions {
+  // Per node of the source graph: nodes with different keys are never fused together
+  // (pipeline sections, recomputed layers). Empty: one key for all.
+  std::vector<int64_t> key;
+};
+
+struct FusedGraph {
+  Graph graph;
+  // Per node and output of the source graph: where that value is in `graph`; invalid when
+  // it lives only inside a fused kernel.
+  std::vector<std::vector<Value>> values;
+  // Per node of `graph`: the source node it copies, or -1 for a fused node.
+  std::vector<int32_t> source_node;
+  // Per node of `graph`: for fused nodes, the source nodes it computes, in order.
+  std::vector<std::vector<int32_t>> members;
+  int64_t fused_nodes = 0;    // fused nodes made
+  int64_t nodes_fused = 0;    // source nodes they replace
+
+  Value map(Value v) const {
+    return v.node >= 0 && static_cast<size_t>(v.node) < values.size() &&
+                   static_cast<size_t>(v.index) < values[static_cast<size_t>(v.node)].size()
+               ? values[static_cast<size_t>(v.node)][static_cast<size_t>(v.index)]
+               : Value{};
+  }
+};
+
+FusedGraph fuse(const Graph& g, const FusionOptions& options = {});
+
+}  // namespace tessel::runtime

@@ -1,0 +1,247 @@
+#include "runtime/kernel_ir.h"
+
+#include <llvm/IR/Intrinsics.h>
+
+#include "graph/error.h"
+
+namespace tessel::runtime {
+
+using ops::FusedInput;
+using ops::FusedInstr;
+using ops::FusedKernelDesc;
+using ops::FusedReduce;
+
+llvm::Value* emit_exp(llvm::IRBuilder<>& b, llvm::Value* x) {
+  llvm::Type* f32 = b.getFloatTy();
+  auto c = [&](double v) { return llvm::ConstantFP::get(f32, v); };
+  llvm::Value* hi = c(88.72283935546875), *lo = c(-87.3365447505531);
+  llvm::Value* xc = b.CreateSelect(b.CreateFCmpOLT(x, lo), lo, b.CreateSelect(b.CreateFCmpOGT(x, hi), hi, x));
+  llvm::Value* n = b.CreateFSub(b.CreateFAdd(b.CreateFMul(xc, c(1.44269504088896341)), c(12582912.0)), c(12582912.0));
+  llvm::Value* r = b.CreateFSub(xc, b.CreateFMul(n, c(0.693359375)));
+  r = b.CreateFSub(r, b.CreateFMul(n, c(-2.12194440e-4)));
+  llvm::Value* p = c(1.9875691500e-4);
+  for (double k : {1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1})
+    p = b.CreateFAdd(b.CreateFMul(p, r), c(k));
+  p = b.CreateFAdd(b.CreateFAdd(b.CreateFMul(b.CreateFMul(p, r), r), r), c(1.0));
+  llvm::Value* ni = b.CreateFPToSI(n, b.getInt32Ty());
+  llvm::Value* pos = b.CreateICmpSGT(ni, b.getInt32(0));
+  llvm::Value* n1 = b.CreateSelect(pos, b.CreateSub(ni, b.getInt32(1)), ni);
+  llvm::Value* scale = b.CreateBitCast(b.CreateShl(b.CreateAdd(n1, b.getInt32(127)), 23), f32);
+  llvm::Value* y = b.CreateFMul(b.CreateFMul(p, scale), b.CreateSelect(pos, c(2.0), c(1.0)));
+  y = b.CreateSelect(b.CreateFCmpOLT(x, lo), c(0.0), y);
+  y = b.CreateSelect(b.CreateFCmpOGT(x, hi), llvm::ConstantFP::getInfinity(f32), y);
+  return b.CreateSelect(b.CreateFCmpUNO(x, x), x, y);
+}
+
+llvm::Value* emit_tanh(llvm::IRBuilder<>& b, llvm::Value* x) {
+  llvm::Type* f32 = b.getFloatTy();
+  auto c = [&](double v) { return llvm::ConstantFP::get(f32, v); };
+  llvm::Value* a = b.CreateUnaryIntrinsic(llvm::Intrinsic::fabs, x);
+  llvm::Value* z = b.CreateFMul(x, x);
+  llvm::Value* p = c(-5.70498872745e-3);
+  for (double k : {2.06390887954e-2, -5.37397155531e-2, 1.33314422036e-1, -3.33332819422e-1})
+    p = b.CreateFAdd(b.CreateFMul(p, z), c(k));
+  llvm::Value* small = b.CreateFAdd(x, b.CreateFMul(b.CreateFMul(x, z), p));
+  llvm::Value* e = emit_exp(b, b.CreateFMul(c(2.0), b.CreateSelect(b.CreateFCmpOGT(a, c(9.0)), c(9.0), a)));
+  llvm::Value* big = b.CreateFSub(c(1.0), b.CreateFDiv(c(2.0), b.CreateFAdd(e, c(1.0))));
+  big = b.CreateSelect(b.CreateFCmpOGT(a, c(9.0)), c(1.0), big);
+  big = b.CreateSelect(b.CreateFCmpOLT(x, c(0.0)), b.CreateFNeg(big), big);
+  llvm::Value* v = b.CreateSelect(b.CreateFCmpOLT(a, c(0.625)), small, big);
+  // copysign(v, x) by bits: keeps tanh(-0) = -0.
+  llvm::Type* i32 = b.getInt32Ty();
+  llvm::Value* mag = b.CreateAnd(b.CreateBitCast(v, i32), b.getInt32(0x7fffffff));
+  llvm::Value* sign = b.CreateAnd(b.CreateBitCast(x, i32), b.getInt32(0x80000000u));
+  return b.CreateBitCast(b.CreateOr(mag, sign), f32);
+}
+
+llvm::Value* emit_log(llvm::IRBuilder<>& b, llvm::Value* x) {
+  // Cephes logf: x = m * 2^e with m in [sqrt(1/2), sqrt(2)); log(m) by a degree-9 polynomial.
+  llvm::Type* f32 = b.getFloatTy();
+  llvm::Type* i32 = b.getInt32Ty();
+  auto c = [&](double v) { return llvm::ConstantFP::get(f32, v); };
+  // Subnormal inputs: scale by 2^23 first.
+  llvm::Value* tiny = b.CreateFCmpOLT(x, c(1.17549435e-38));
+  llvm::Value* xs = b.CreateSelect(tiny, b.CreateFMul(x, c(8388608.0)), x);
+  llvm::Value* bits = b.CreateBitCast(xs, i32);
+  llvm::Value* e = b.CreateSub(b.CreateAnd(b.CreateLShr(bits, 23), b.getInt32(0xff)), b.getInt32(126));
+  e = b.CreateSelect(tiny, b.CreateSub(e, b.getInt32(23)), e);
+  llvm::Value* m = b.CreateBitCast(b.CreateOr(b.CreateAnd(bits, b.getInt32(0x807fffff)), b.getInt32(0x3f000000)), f32);
+  llvm::Value* fe = b.CreateSIToFP(e, f32);
+  llvm::Value* lt = b.CreateFCmpOLT(m, c(0.707106781186547524));
+  fe = b.CreateSelect(lt, b.CreateFSub(fe, c(1.0)), fe);
+  llvm::Value* t = b.CreateSelect(lt, b.CreateFSub(b.CreateFAdd(m, m), c(1.0)), b.CreateFSub(m, c(1.0)));
+  llvm::Value* z = b.CreateFMul(t, t);
+  llvm::Value* p = c(7.0376836292e-2);
+  for (double k : {-1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1, 1.4249322787e-1, -1.6668057665e-1,
+                   2.0000714765e-1, -2.4999993993e-1, 3.3333331174e-1})
+    p = b.CreateFAdd(b.CreateFMul(p, t), c(k));
+  llvm::Value* y = b.CreateFMul(b.CreateFMul(p, t), z);
+  y = b.CreateFAdd(y, b.CreateFMul(fe, c(-2.12194440e-4)));
+  y = b.CreateFSub(y, b.CreateFMul(z, c(0.5)));
+  llvm::Value* r = b.CreateFAdd(b.CreateFAdd(t, y), b.CreateFMul(fe, c(0.693359375)));
+  // Special cases: log(0) = -inf, log(x < 0) = NaN, log(inf) = inf, log(NaN) = NaN.
+  r = b.CreateSelect(b.CreateFCmpOEQ(x, c(0.0)), llvm::ConstantFP::getInfinity(f32, true), r);
+  r = b.CreateSelect(b.CreateFCmpOLT(x, c(0.0)), llvm::ConstantFP::getNaN(f32), r);
+  r = b.CreateSelect(b.CreateFCmpOEQ(x, llvm::ConstantFP::getInfinity(f32)), x, r);
+  return b.CreateSelect(b.CreateFCmpUNO(x, x), x, r);
+}
+
+namespace {
+
+llvm::Value* apply(llvm::IRBuilder<>& b, ScalarOp op, llvm::Value* A, llvm::Value* B, llvm::Value* C) {
+  llvm::Type* f32 = b.getFloatTy();
+  llvm::Value* zero = llvm::ConstantFP::get(f32, 0.0);
+  llvm::Value* one = llvm::ConstantFP::get(f32, 1.0);
+  switch (op) {
+    case ScalarOp::neg: return b.CreateFNeg(A);
+    case ScalarOp::exp: return emit_exp(b, A);
+    case ScalarOp::log: return emit_log(b, A);
+    case ScalarOp::sqrt: return b.CreateUnaryIntrinsic(llvm::Intrinsic::sqrt, A);
+    case ScalarOp::rsqrt: return b.CreateFDiv(one, b.CreateUnaryIntrinsic(llvm::Intrinsic::sqrt, A));
+    case ScalarOp::tanh: return emit_tanh(b, A);
+    case ScalarOp::abs: return b.CreateUnaryIntrinsic(llvm::Intrinsic::fabs, A);
+    case ScalarOp::add: return b.CreateFAdd(A, B);
+    case ScalarOp::sub: return b.CreateFSub(A, B);
+    case ScalarOp::mul: return b.CreateFMul(A, B);
+    case ScalarOp::div: return b.CreateFDiv(A, B);
+    // As the reference kernels: the first operand unless the second is strictly larger (smaller).
+    case ScalarOp::max: return b.CreateSelect(b.CreateFCmpOLT(A, B), B, A);
+    case ScalarOp::min: return b.CreateSelect(b.CreateFCmpOLT(B, A), B, A);
+    case ScalarOp::gt: return b.CreateSelect(b.CreateFCmpOGT(A, B), one, zero);
+    case ScalarOp::ge: return b.CreateSelect(b.CreateFCmpOGE(A, B), one, zero);
+    case ScalarOp::eq: return b.CreateSelect(b.CreateFCmpOEQ(A, B), one, zero);
+    case ScalarOp::select: return b.CreateSelect(b.CreateFCmpUNE(A, zero), B, C);
+    case ScalarOp::arg:
+    case ScalarOp::constant: break;
+  }
+  throw Error("fused kernel: no lowering for this instruction");
+}
+
+// Per-element values of one column loop, computed on demand from the row values.
+struct ColumnScope {
+  llvm::IRBuilder<>& b;
+  const FusedKernelDesc& d;
+  const std::vector<bool>& row;
+  const std::vector<llvm::Value*>& row_vals;
+  const std::vector<llvm::Value*>& in;
+  llvm::Value* r;
+  llvm::Value* c;
+  std::vector<llvm::Value*> memo;
+
+  llvm::Value* get(int32_t k) {
+    const size_t u = static_cast<size_t>(k);
+    if (row[u]) return row_vals[u];
+    if (memo[u]) return memo[u];
+    const FusedInstr& i = d.code[u];
+    llvm::Type* f32 = b.getFloatTy();
+    llvm::Value* v = nullptr;
+    if (i.op == ScalarOp::arg) {
+      const size_t a = static_cast<size_t>(i.index);
+      llvm::Value* idx = d.inputs[a] == FusedInput::full ? b.CreateAdd(b.CreateMul(r, b.getInt64(d.cols)), c) : c;
+      v = b.CreateAlignedLoad(f32, b.CreateInBoundsGEP(f32, in[a], idx), llvm::MaybeAlign(4));
+    } else {
+      auto op = [&](int32_t o) { return o >= 0 ? get(o) : nullptr; };
+      llvm::Value* A = op(i.a);
+      llvm::Value* B = op(i.b);
+      llvm::Value* C = op(i.c);
+      v = apply(b, i.op, A, B, C);
+    }
+    return memo[u] = v;
+  }
+};
+
+}  // namespace
+
+void emit_row_body(llvm::IRBuilder<>& b, llvm::Function* f, const FusedKernelDesc& d, llvm::Value* r,
+                   llvm::Value* c0, llvm::Value* c1, const std::vector<llvm::Value*>& in,
+                   const std::vector<llvm::Value*>& out) {
+  llvm::LLVMContext& ctx = b.getContext();
+  llvm::Type* f32 = b.getFloatTy();
+  llvm::Type* i64 = b.getInt64Ty();
+  const std::vector<bool> row = d.row_levels();
+  std::vector<llvm::Value*> row_vals(d.code.size(), nullptr);
+  auto column_loop = [&](llvm::Value* lo, llvm::Value* hi, const char* name, auto&& body) {
+    llvm::BasicBlock* pre = b.GetInsertBlock();
+    auto* loop = llvm::BasicBlock::Create(ctx, name, f);
+    auto* exit = llvm::BasicBlock::Create(ctx, std::string(name) + ".end", f);
+    b.CreateCondBr(b.CreateICmpSLT(lo, hi), loop, exit);
+    b.SetInsertPoint(loop);
+    llvm::PHINode* c = b.CreatePHI(i64, 2, "c");
+    c->addIncoming(lo, pre);
+    body(c, pre, loop, exit);
+    llvm::Value* next = b.CreateAdd(c, b.getInt64(1), "c.next", true, true);
+    c->addIncoming(next, b.GetInsertBlock());
+    b.CreateCondBr(b.CreateICmpSLT(next, hi), loop, exit);
+    b.SetInsertPoint(exit);
+  };
+  for (size_t k = 0; k < d.code.size(); ++k) {
+    if (!row[k]) continue;
+    const FusedInstr& i = d.code[k];
+    if (i.reduce != FusedReduce::none && row[static_cast<size_t>(i.a)]) {  // constant along the row
+      llvm::Value* x = row_vals[static_cast<size_t>(i.a)];
+      row_vals[k] = i.reduce == FusedReduce::sum ? b.CreateFMul(x, llvm::ConstantFP::get(f32, static_cast<double>(d.cols)))
+                    : d.cols > 0                 ? x
+                                                 : llvm::ConstantFP::getInfinity(f32, true);
+      continue;
+    }
+    if (i.reduce != FusedReduce::none) {
+      const bool sum = i.reduce == FusedReduce::sum;
+      llvm::Value* init = sum ? llvm::ConstantFP::get(f32, 0.0) : llvm::ConstantFP::getInfinity(f32, true);
+      llvm::PHINode* acc = nullptr;
+      llvm::Value* next_acc = nullptr;
+      llvm::BasicBlock* pre_block = nullptr;
+      llvm::BasicBlock* latch = nullptr;
+      column_loop(b.getInt64(0), b.getInt64(d.cols), "reduce", [&](llvm::Value* c, llvm::BasicBlock* pre, llvm::BasicBlock*, llvm::BasicBlock*) {
+        pre_block = pre;
+        acc = b.CreatePHI(f32, 2, "acc");
+        acc->addIncoming(init, pre);
+        ColumnScope s{b, d, row, row_vals, in, r, c, std::vector<llvm::Value*>(d.code.size(), nullptr)};
+        llvm::Value* x = s.get(i.a);
+        if (sum) {
+          llvm::FastMathFlags fm;
+          fm.setAllowReassoc();
+          next_acc = b.CreateFAdd(acc, x);
+          llvm::cast<llvm::Instruction>(next_acc)->setFastMathFlags(fm);
+        } else {
+          next_acc = b.CreateSelect(b.CreateFCmpOGT(x, acc), x, acc);
+        }
+        latch = b.GetInsertBlock();
+        acc->addIncoming(next_acc, latch);
+      });
+      llvm::PHINode* result = b.CreatePHI(f32, 2, "reduced");
+      result->addIncoming(init, pre_block);
+      result->addIncoming(next_acc, latch);
+      row_vals[k] = result;
+      continue;
+    }
+    if (i.op == ScalarOp::constant) {
+      row_vals[k] = llvm::ConstantFP::get(f32, i.imm);
+    } else if (i.op == ScalarOp::arg) {
+      const size_t a = static_cast<size_t>(i.index);
+      llvm::Value* idx = d.inputs[a] == FusedInput::per_row ? r : b.getInt64(0);
+      row_vals[k] = b.CreateAlignedLoad(f32, b.CreateInBoundsGEP(f32, in[a], idx), llvm::MaybeAlign(4));
+    } else {
+      auto op = [&](int32_t o) { return o >= 0 ? row_vals.at(static_cast<size_t>(o)) : nullptr; };
+      row_vals[k] = apply(b, i.op, op(i.a), op(i.b), op(i.c));
+    }
+  }
+  bool any_full = false;
+  for (size_t o = 0; o < d.outputs.size(); ++o) {
+    if (!d.outputs[o].row) {
+      any_full = true;
+      continue;
+    }
+    b.CreateAlignedStore(row_vals[static_cast<size_t>(d.outputs[o].instr)], b.CreateInBoundsGEP(f32, out[o], r),
+                         llvm::MaybeAlign(4));
+  }
+  if (!any_full) return;
+  column_loop(c0, c1, "cols", [&](llvm::Value* c, llvm::BasicBlock*, llvm::BasicBlock*, llvm::BasicBlock*) {
+    ColumnScope s{b, d, row, row_vals, in, r, c, std::vector<llvm::Value*>(d.code.size(), nullptr)};
+    llvm::Value* base = b.CreateAdd(b.CreateMul(r, b.getInt64(d.cols)), c);
+    for (size_t o = 0; o < d.outputs.size(); ++o)
+      if (!d.outputs[o].row)
+        b.CreateAlignedStore(s.get(d.outputs[o].instr), b.CreateInBoundsGEP(f32, out[o], base), llvm::MaybeAlign(4));
+  });
+}
+
+}  // namespace tessel::runtime

@@ -1,0 +1,31 @@
+// Internal to runtime/: a fused kernel description (ops/fused.h) as LLVM IR, shared by the
+// CPU JIT (runtime/cpu_jit.h) and the PTX emitter (runtime/ptx.h). Each target wraps the
+// same row body in its own iteration: a loop over rows on the CPU, a thread per element or
+// per row on a GPU.
+#pragma once
+
+#include <vector>
+
+#include <llvm/IR/IRBuilder.h>
+
+#include "ops/fused.h"
+
+namespace tessel::runtime {
+
+// Emits, at b's insertion point in function f, the work of rows [r, r + 1) restricted to
+// columns [c0, c1): the row values (reductions loop over all columns), the per-row outputs
+// (callers that split rows by columns must not ask for those), then the per-element outputs
+// over [c0, c1). `in` and `out` are float pointers in the description's order. Leaves b at
+// the end of the emitted code.
+void emit_row_body(llvm::IRBuilder<>& b, llvm::Function* f, const ops::FusedKernelDesc& d, llvm::Value* r,
+                   llvm::Value* c0, llvm::Value* c1, const std::vector<llvm::Value*>& in,
+                   const std::vector<llvm::Value*>& out);
+
+// exp, tanh and log as straight-line f32 arithmetic (vectorisable on the CPU, lowerable on
+// NVPTX, which has no libm): the reference kernels' ops/fast_math.h algorithms for exp and
+// tanh; log by Cephes' logf polynomial (within 2 ulp).
+llvm::Value* emit_exp(llvm::IRBuilder<>& b, llvm::Value* x);
+llvm::Value* emit_tanh(llvm::IRBuilder<>& b, llvm::Value* x);
+llvm::Value* emit_log(llvm::IRBuilder<>& b, llvm::Value* x);
+
+}  // namespace tessel::runtime
