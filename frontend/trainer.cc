@@ -112,6 +112,11 @@ struct Engine {
   virtual void copy_parameters_to(runtime::Executor& eval) = 0;
   virtual void export_variables(Graph& g) = 0;
   virtual int64_t memory_bytes() const = 0;
+  struct Jit {
+    int64_t kernels = 0, compiled = 0;
+    double seconds = 0;
+  };
+  virtual Jit jit() const = 0;
 };
 
 struct OneDevice final : Engine {
@@ -149,6 +154,10 @@ struct OneDevice final : Engine {
   void copy_parameters_to(runtime::Executor& eval) override { copy_parameters(exec, eval); }
   void export_variables(Graph& g) override { exec.export_variables(g); }
   int64_t memory_bytes() const override { return exec.bytes_allocated(); }
+  Jit jit() const override {
+    const auto& r = exec.jit_report();
+    return Jit{r.kernels, r.compiled, r.compile_s};
+  }
 };
 
 // A plan on simulated devices: the whole step's batch is gathered on the host, then each
@@ -200,6 +209,15 @@ struct Devices final : Engine {
       g.set_data(id, run.gather_variable(n.name, n.outputs[0]));
     }
   }
+  Jit jit() const override {
+    Jit j;
+    for (const auto& r : run.jit_reports()) {
+      j.kernels += r.kernels;
+      j.compiled += r.compiled;
+      j.seconds += r.compile_s;
+    }
+    return j;
+  }
   int64_t memory_bytes() const override {
     int64_t total = 0;
     for (auto& m : run.memory()) total += m.total();
@@ -216,11 +234,14 @@ std::string TrainReport::json() const {
      << ",\"test_loss\":" << json_number(test_loss) << ",\"unigram_entropy\":" << json_number(unigram_entropy)
      << ",\"samples_per_s\":" << json_number(samples_per_s) << ",\"step_ms_median\":" << json_number(step_ms_median)
      << ",\"train_seconds\":" << json_number(train_seconds) << ",\"parameters\":" << parameters
-     << ",\"memory_bytes\":" << memory_bytes << ",\"devices\":" << devices << ",\"plan\":" << json_quote(plan) << "}";
+     << ",\"memory_bytes\":" << memory_bytes << ",\"devices\":" << devices << ",\"plan\":" << json_quote(plan)
+     << ",\"jit_kernels\":" << jit_kernels << ",\"jit_compiled\":" << jit_compiled
+     << ",\"jit_seconds\":" << json_number(jit_seconds) << ",\"startup_seconds\":" << json_number(startup_seconds) << "}";
   return os.str();
 }
 
 TrainReport train(const TrainOptions& opt, std::ostream& log) {
+  const Clock::time_point started = Clock::now();
   TrainReport report;
   OptimizerConfig ocfg = opt.optimizer;
   const bool from_file = ends_with(opt.model, ".tsg") || ends_with(opt.model, ".tsg.txt") ||
@@ -330,6 +351,7 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
   runtime::ExecutorOptions eo;
   eo.seed = opt.seed;
   eo.use_blas = opt.use_blas;
+  eo.jit = opt.jit;
   eo.parallel = own_pool ? &*own_pool : nullptr;
   std::unique_ptr<Engine> engine;
   if (multi) {
@@ -337,6 +359,7 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
     runtime::RankOptions ro;
     ro.seed = opt.seed;
     ro.use_blas = opt.use_blas;
+    ro.jit = opt.jit;
     ro.bucket_bytes = opt.bucket_bytes;
     ro.overlap = opt.overlap;
     runtime::CommOptions co;
@@ -365,6 +388,19 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
     report.devices = 1;
   }
   report.memory_bytes = engine->memory_bytes();
+  {
+    const Engine::Jit j = engine->jit();
+    report.jit_kernels = j.kernels;
+    report.jit_compiled = j.compiled;
+    report.jit_seconds = j.seconds;
+    if (!opt.quiet && opt.jit) {
+      char b[160];
+      std::snprintf(b, sizeof b, "tessel: JIT: %lld fused kernels, %lld compiled, %lld from the kernel cache, %.2f s\n",
+                    static_cast<long long>(j.kernels), static_cast<long long>(j.compiled),
+                    static_cast<long long>(j.kernels - j.compiled), j.seconds);
+      log << b;
+    }
+  }
 
   std::unique_ptr<Feeder> feeder;
   int64_t per_epoch = 0;
@@ -395,6 +431,7 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
   losses.reserve(total_steps);
   const int64_t warmup = std::min<int64_t>(3, total_steps / 10);
   Clock::time_point timed_start;
+  report.startup_seconds = std::chrono::duration<double>(Clock::now() - started).count();
   for (int64_t step = 0; step < total_steps; ++step) {
     if (step == warmup) timed_start = Clock::now();
     auto t0 = Clock::now();

@@ -22,6 +22,7 @@ struct TrainOptions {
   uint64_t seed = 0;
   int threads = 0;              // 0: all cores
   bool use_blas = true;
+  bool jit = true;              // fused JIT kernels; false: every op on its reference kernel
   int64_t eval_batches = 50;    // text datasets: validation batches
   std::string save;             // write the trained model (graph + parameters) here
   // devices > 0: run a plan on this many simulated devices (threads of this process): from
@@ -52,6 +53,10 @@ struct TrainReport {
   int64_t memory_bytes = 0;     // executor buffers (all ranks)
   int64_t devices = 1;
   std::string plan;             // the plan's configuration, with devices
+  int64_t jit_kernels = 0;      // fused kernels the training step runs (all ranks)
+  int64_t jit_compiled = 0;     // of which compiled in this run (the rest came from the disk cache)
+  double jit_seconds = 0;       // fusion and compilation
+  double startup_seconds = 0;   // from the start of train() to the first step (data, graph, plan, JIT)
   std::string json() const;
 };
 

@@ -104,6 +104,11 @@ struct Group {
 // Messages in order, as a vector with a read position (a deque would allocate as it turns
 // over); delivered buffers are kept for later sends.
 struct Mailbox {
+  // Room for this many messages in flight before a vector grows (an allocation in a step).
+  Mailbox() {
+    queue.reserve(64);
+    spare.reserve(64);
+  }
   std::vector<std::vector<std::byte>> queue;
   size_t head = 0;
   std::vector<std::vector<std::byte>> spare;

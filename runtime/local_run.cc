@@ -155,6 +155,12 @@ std::vector<std::byte> LocalRun::gather_variable(std::string_view name, const Te
   return whole;
 }
 
+std::vector<RankExecutor::JitReport> LocalRun::jit_reports() const {
+  std::vector<RankExecutor::JitReport> v;
+  for (auto& r : ranks_) v.push_back(r->jit_report());
+  return v;
+}
+
 std::vector<RankMemory> LocalRun::memory() const {
   std::vector<RankMemory> m;
   for (auto& r : ranks_) m.push_back(r->memory());

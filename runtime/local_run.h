@@ -46,6 +46,7 @@ class LocalRun {
   // The whole variable, from the shards of its holders.
   std::vector<std::byte> gather_variable(std::string_view name, const TensorType& global);
   std::vector<RankMemory> memory() const;
+  std::vector<RankExecutor::JitReport> jit_reports() const;
   const RankExecutor& rank(int64_t r) const { return *ranks_.at(static_cast<size_t>(r)); }
 
  private:

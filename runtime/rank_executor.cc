@@ -1,6 +1,7 @@
 #include "runtime/rank_executor.h"
 
 #include <algorithm>
+#include <chrono>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
@@ -9,6 +10,7 @@
 
 #include "graph/error.h"
 #include "runtime/cpu_kernels.h"
+#include "runtime/fusion.h"
 #include "runtime/memory_plan.h"
 #include "planner/layers.h"
 
@@ -52,8 +54,12 @@ struct RankExecutor::Op {
   enum class Type : uint8_t { kernel, launch, wait, recv, send, accumulate, output } type = Type::kernel;
   const Node* node = nullptr;
   KernelFn fn = nullptr;
+  FusedFn jit = nullptr;  // a fused node's compiled kernel
+  const ops::FusedKernelDesc* desc = nullptr;
   std::vector<Ref> in, out;
   std::vector<TensorRef> in_t, out_t;
+  std::vector<const float*> in_p;  // with jit
+  std::vector<float*> out_p;
   int64_t task = -1;
   int64_t peer = -1, tag = -1;  // send / recv
   bool first = false, last = false, mean = false;  // accumulate / output
@@ -71,8 +77,45 @@ struct RankExecutor::CommTask {
   std::vector<int64_t> ranks;
 };
 
+namespace {
+
+// The program after the fusion pass. Kernels never mix sections (a forward value the
+// backward reads must be kept per microbatch; a gradient is accumulated between backward
+// and apply) nor, under recomputation, layers or a layer's recomputed region and the rest.
+std::unique_ptr<planner::RankProgram> fuse_program(const planner::RankProgram& p, planner::Recompute recompute,
+                                                   RankExecutor::JitReport& report) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const Graph& g = p.graph;
+  FusionOptions fo;
+  fo.key.assign(static_cast<size_t>(g.size()), 0);
+  std::vector<int> layer_of(static_cast<size_t>(g.size()), -1);
+  if (recompute != planner::Recompute::none) {
+    const std::string phase = g.updates().empty() ? "train" : g.updates().front().phase;
+    layer_of = planner::find_layers(g, phase).layer_of;
+  }
+  for (int32_t id = 0; id < g.size(); ++id) {
+    const size_t u = static_cast<size_t>(id);
+    const bool core = recompute == planner::Recompute::selective && planner::attention_core(g.node(id));
+    fo.key[u] = (static_cast<int64_t>(p.section.at(u)) * (int64_t{1} << 24) + (layer_of[u] + 1)) * 2 + (core ? 1 : 0);
+  }
+  FusedGraph f = fuse(g, fo);
+  auto out = std::make_unique<planner::RankProgram>(planner::RankProgram{
+      p.rank, p.stage, p.coords, std::move(f.graph), p.output_placements, p.input_placements, p.variable_placements, {},
+      p.schedule});
+  for (size_t id = 0; id < f.source_node.size(); ++id)
+    out->section.push_back(p.section.at(static_cast<size_t>(
+        f.source_node[id] >= 0 ? f.source_node[id] : f.members[id].back())));
+  report.fused_nodes = f.fused_nodes;
+  report.nodes_fused = f.nodes_fused;
+  report.compile_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return out;
+}
+
+}  // namespace
+
 RankExecutor::RankExecutor(const planner::RankProgram& program, Communicator& comm, RankOptions options)
-    : program_(program), graph_(program.graph), comm_(comm), options_(options) {
+    : fused_(options.jit ? fuse_program(program, options.recompute, jit_report_) : nullptr),
+      program_(fused_ ? *fused_ : program), graph_(program_.graph), comm_(comm), options_(options) {
   if (options_.parallel) {
     parallel_ = options_.parallel;
   } else {
@@ -354,6 +397,22 @@ void RankExecutor::build() {
       op.tag = n.attrs.get_i64("tag");
     }
     else op.fn = cpu_kernel_for(n, options_.use_blas);
+    if (n.op == "fused") {
+      auto& [desc, fn] = kernels_[n.id];
+      if (!fn) {
+        const auto t0 = std::chrono::steady_clock::now();
+        desc = std::make_unique<ops::FusedKernelDesc>(ops::FusedKernelDesc::from_attrs(n.attrs));
+        const CpuJit::Stats before = CpuJit::shared().stats();
+        fn = CpuJit::shared().compile(*desc);
+        const CpuJit::Stats after = CpuJit::shared().stats();
+        jit_report_.compiled += after.compiled - before.compiled;
+        jit_report_.disk_hits += after.disk_hits - before.disk_hits;
+        jit_report_.compile_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      }
+      op.jit = fn;
+      op.desc = desc.get();
+      jit_report_.kernels = static_cast<int64_t>(kernels_.size());
+    }
     for (auto& in : n.inputs) op.in.push_back(resolve(in, S, mb, layer));
     if (n.op != "send")
       for (int o = 0; o < static_cast<int>(n.outputs.size()); ++o) op.out.push_back(resolve(n.out(o), S, mb, layer));
@@ -470,6 +529,10 @@ void RankExecutor::initialize(int64_t capacity_bytes) {
   for (Op& op : ops_) {
     for (auto& r : op.in) op.in_t.push_back(tensor(r));
     for (auto& r : op.out) op.out_t.push_back(tensor(r));
+    if (op.jit) {
+      for (auto& t : op.in_t) op.in_p.push_back(t.as<const float>());
+      for (auto& t : op.out_t) op.out_p.push_back(t.as<float>());
+    }
   }
   for (CommTask& t : tasks_) {
     for (auto& r : t.in) t.in_t.push_back(tensor(r));
@@ -557,7 +620,10 @@ void RankExecutor::step() {
     for (const Op& op : ops_) {
       at = &op;
       switch (op.type) {
-        case Op::Type::kernel: op.fn(*op.node, op.in_t, op.out_t, ctx); break;
+        case Op::Type::kernel:
+          if (op.jit) run_fused(op.jit, *op.desc, op.in_p.data(), op.out_p.data(), *parallel_);
+          else op.fn(*op.node, op.in_t, op.out_t, ctx);
+          break;
         case Op::Type::launch:
           if (options_.overlap) {
             launched_.fetch_add(1);

@@ -21,6 +21,7 @@
 #include <atomic>
 #include <cstdint>
 #include <exception>
+#include <map>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -29,12 +30,14 @@
 
 #include "planner/partition.h"
 #include "runtime/communicator.h"
+#include "runtime/cpu_jit.h"
 
 namespace tessel::runtime {
 
 struct RankOptions {
   uint64_t seed = 0;                // mixed into initializers and dropout masks, as on one device
   bool use_blas = true;
+  bool jit = true;                  // fuse and JIT-compile elementwise chains (see ExecutorOptions)
   Parallel* parallel = nullptr;     // kernels' threads; null: the calling thread only. Not owned.
   int64_t bucket_bytes = 25 << 20;  // gradient all-reduce buckets (PyTorch DDP's default)
   bool overlap = true;              // false: collectives run on the compute stream, in place
@@ -68,7 +71,16 @@ class RankExecutor {
   void initialize(int64_t capacity_bytes = 0);
 
   int64_t microbatches() const { return microbatches_; }
+  // The program that runs: with jit, the given one after the fusion pass (nodes keep their
+  // names; fused kernels take their last node's name).
   const planner::RankProgram& program() const { return program_; }
+  struct JitReport {
+    int64_t fused_nodes = 0, nodes_fused = 0;
+    int64_t kernels = 0;                  // fused kernels this rank runs
+    int64_t compiled = 0, disk_hits = 0;  // compiled by LLVM here; loaded from the disk cache
+    double compile_s = 0;
+  };
+  const JitReport& jit_report() const { return jit_report_; }
   // Where microbatch `mb`'s part of an input goes (write before step()). Null data if the
   // program does not read that input.
   TensorRef input(std::string_view name, int64_t microbatch);
@@ -95,7 +107,9 @@ class RankExecutor {
   void run_task(const CommTask& t);
   void wait_event(int64_t event);
 
-  const planner::RankProgram& program_;
+  JitReport jit_report_;
+  std::unique_ptr<planner::RankProgram> fused_;  // with jit
+  const planner::RankProgram& program_;          // the program that runs
   const Graph& graph_;
   Communicator& comm_;
   RankOptions options_;
@@ -105,6 +119,7 @@ class RankExecutor {
 
   std::vector<Buffer> buffers_;
   std::vector<Op> ops_;
+  std::map<int32_t, std::pair<std::unique_ptr<ops::FusedKernelDesc>, FusedFn>> kernels_;  // per fused node
   std::vector<CommTask> tasks_;  // in launch order; the same every step
   std::vector<std::pair<int32_t, int32_t>> updates_;  // (variable buffer, value buffer)
   std::vector<std::vector<int32_t>> input_slots_;     // per node: buffer per microbatch

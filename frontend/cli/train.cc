@@ -39,6 +39,7 @@ int cmd_train(int argc, char** argv) {
                 {"--seed", "N", "seed for initialization, shuffling and dropout", "0"},
                 {"--threads", "N", "CPU threads (0: all cores)", "0"},
                 {"--no-blas", "", "use the reference matmul kernel instead of OpenBLAS", ""},
+                {"--no-jit", "", "run every op on its reference kernel: no fusion, no compiled kernels (for debugging)", ""},
                 {"--eval-batches", "N", "validation batches for text datasets", "50"},
                 {"--save", "FILE", "write the trained model (graph + parameters) to FILE", ""},
                 {"--format", "FMT", "text, or json: end with one line of JSON (keys: test_accuracy, final_loss, "
@@ -80,6 +81,7 @@ int cmd_train(int argc, char** argv) {
   o.seed = static_cast<uint64_t>(args.i64("--seed", 0));
   o.threads = static_cast<int>(args.i64("--threads", 0));
   o.use_blas = !args.has("--no-blas");
+  o.jit = !args.has("--no-jit");
   o.eval_batches = args.i64("--eval-batches", 50);
   o.save = args.str("--save");
   o.quiet = args.has("--quiet");

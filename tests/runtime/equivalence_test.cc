@@ -5,6 +5,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cstdio>
+
 #include "graph/error.h"
 #include "frontend/distributed.h"
 
@@ -172,8 +174,10 @@ TEST(Equivalence, RecomputationFullAndSelective) {
 
 TEST(Equivalence, RecomputationKeepsLessThanStoringActivations) {
   // With 4 microbatches in flight on one stage, what the forward keeps dominates the arena.
-  auto arena = [](planner::Recompute r) {
+  for (bool jit : {false, true}) {
+  auto arena = [jit](planner::Recompute r) {
     VerifyOptions o;
+    o.rank.jit = jit;
     o.spec = "gpt:layers=4,d_model=32,heads=4,seq=16,vocab=32";
     o.batch = 8;
     o.steps = 1;
@@ -186,9 +190,13 @@ TEST(Equivalence, RecomputationKeepsLessThanStoringActivations) {
   };
   const int64_t none = arena(planner::Recompute::none), full = arena(planner::Recompute::full),
                 selective = arena(planner::Recompute::selective);
-  EXPECT_LT(full, none * 0.6) << full << " vs " << none;
+  // Fused kernels keep fewer intermediates to begin with, so recomputation saves less.
+  EXPECT_LT(full, none * (jit ? 0.7 : 0.6)) << full << " vs " << none << (jit ? " with the JIT" : "");
   EXPECT_LT(selective, none) << selective << " vs " << none;
   EXPECT_LT(full, selective);
+  std::printf("arena, jit %d: none %lld, full %lld, selective %lld\n", jit, static_cast<long long>(none),
+              static_cast<long long>(full), static_cast<long long>(selective));
+  }
 }
 
 TEST(Equivalence, ClippingByTheGlobalNormAcrossStages) {
