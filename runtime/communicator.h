@@ -59,6 +59,11 @@ class Communicator {
   // Point to point between global ranks. Messages with the same (from, to, tag) arrive in
   // the order they were sent. send returns once the data may be reused.
   virtual void send(const TensorRef& t, int64_t peer, int64_t tag) = 0;
+  // Before the first step: this rank will send up to `count` messages of `bytes` to `peer`
+  // under `tag` per step, so an engine that buffers them can make room once.
+  virtual void reserve_sends(int64_t peer, int64_t tag, int64_t bytes, int64_t count) {
+    (void)peer, (void)tag, (void)bytes, (void)count;
+  }
   virtual void recv(const TensorRef& t, int64_t peer, int64_t tag) = 0;
 
   // Stops every rank's pending and future calls with an error carrying `why`. A rank that

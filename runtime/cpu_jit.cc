@@ -81,37 +81,61 @@ std::unique_ptr<llvm::Module> build_module(const ops::FusedKernelDesc& d, const 
   llvm::Type* i64 = b.getInt64Ty();
   llvm::PointerType* fptr = llvm::PointerType::getUnqual(f32);
   llvm::PointerType* fptrptr = llvm::PointerType::getUnqual(fptr);
+  // The body takes every buffer as its own noalias pointer (outputs never overlap inputs or
+  // each other: the memory plan gives values live at once distinct bytes), so the loop
+  // vectoriser needs no run-time overlap checks; the entry point unpacks the pointer arrays
+  // and calls it, and the inliner turns noalias into alias scopes.
+  auto set_target = [&](llvm::Function* fn) {
+    if (tm) {
+      fn->addFnAttr("target-cpu", tm->getTargetCPU());
+      fn->addFnAttr("target-features", tm->getTargetFeatureString());
+    }
+    fn->addFnAttr(llvm::Attribute::NoUnwind);
+  };
+  std::vector<llvm::Type*> body_params(d.inputs.size() + d.outputs.size(), fptr);
+  body_params.insert(body_params.end(), {i64, i64, i64, i64});
+  auto* body = llvm::Function::Create(llvm::FunctionType::get(b.getVoidTy(), body_params, false),
+                                      llvm::Function::InternalLinkage, symbol + ".body", m.get());
+  set_target(body);
+  body->addFnAttr(llvm::Attribute::AlwaysInline);
+  const size_t nbuf = d.inputs.size() + d.outputs.size();
+  for (size_t k = 0; k < nbuf; ++k) body->addParamAttr(static_cast<unsigned>(k), llvm::Attribute::NoAlias);
+  {
+    auto* entry = llvm::BasicBlock::Create(ctx, "entry", body);
+    b.SetInsertPoint(entry);
+    std::vector<llvm::Value*> in, out;
+    for (size_t k = 0; k < nbuf; ++k) (k < d.inputs.size() ? in : out).push_back(body->getArg(static_cast<unsigned>(k)));
+    llvm::Value* r0 = body->getArg(static_cast<unsigned>(nbuf));
+    llvm::Value* r1 = body->getArg(static_cast<unsigned>(nbuf + 1));
+    auto* loop = llvm::BasicBlock::Create(ctx, "rows", body);
+    auto* exit = llvm::BasicBlock::Create(ctx, "exit", body);
+    b.CreateCondBr(b.CreateICmpSLT(r0, r1), loop, exit);
+    b.SetInsertPoint(loop);
+    llvm::PHINode* r = b.CreatePHI(i64, 2, "r");
+    r->addIncoming(r0, entry);
+    emit_row_body(b, body, d, r, body->getArg(static_cast<unsigned>(nbuf + 2)), body->getArg(static_cast<unsigned>(nbuf + 3)),
+                  in, out);
+    llvm::Value* next = b.CreateAdd(r, b.getInt64(1), "r.next", true, true);
+    r->addIncoming(next, b.GetInsertBlock());
+    b.CreateCondBr(b.CreateICmpSLT(next, r1), loop, exit);
+    b.SetInsertPoint(exit);
+    b.CreateRetVoid();
+  }
   auto* fty = llvm::FunctionType::get(b.getVoidTy(), {fptrptr, fptrptr, i64, i64, i64, i64}, false);
   auto* f = llvm::Function::Create(fty, llvm::Function::ExternalLinkage, symbol, m.get());
-  if (tm) {
-    f->addFnAttr("target-cpu", tm->getTargetCPU());
-    f->addFnAttr("target-features", tm->getTargetFeatureString());
-  }
-  f->addFnAttr(llvm::Attribute::NoUnwind);
+  set_target(f);
   auto* entry = llvm::BasicBlock::Create(ctx, "entry", f);
   b.SetInsertPoint(entry);
+  std::vector<llvm::Value*> args;
   auto pointers = [&](llvm::Value* array, size_t n, const char* name) {
-    std::vector<llvm::Value*> p;
     for (size_t k = 0; k < n; ++k)
-      p.push_back(b.CreateAlignedLoad(fptr, b.CreateInBoundsGEP(fptr, array, b.getInt64(static_cast<int64_t>(k))),
-                                      llvm::MaybeAlign(8), name + std::to_string(k)));
-    return p;
+      args.push_back(b.CreateAlignedLoad(fptr, b.CreateInBoundsGEP(fptr, array, b.getInt64(static_cast<int64_t>(k))),
+                                         llvm::MaybeAlign(8), name + std::to_string(k)));
   };
-  const std::vector<llvm::Value*> in = pointers(f->getArg(0), d.inputs.size(), "in");
-  const std::vector<llvm::Value*> out = pointers(f->getArg(1), d.outputs.size(), "out");
-  llvm::Value* r0 = f->getArg(2);
-  llvm::Value* r1 = f->getArg(3);
-  auto* loop = llvm::BasicBlock::Create(ctx, "rows", f);
-  auto* exit = llvm::BasicBlock::Create(ctx, "exit", f);
-  b.CreateCondBr(b.CreateICmpSLT(r0, r1), loop, exit);
-  b.SetInsertPoint(loop);
-  llvm::PHINode* r = b.CreatePHI(i64, 2, "r");
-  r->addIncoming(r0, entry);
-  emit_row_body(b, f, d, r, f->getArg(4), f->getArg(5), in, out);
-  llvm::Value* next = b.CreateAdd(r, b.getInt64(1), "r.next", true, true);
-  r->addIncoming(next, b.GetInsertBlock());
-  b.CreateCondBr(b.CreateICmpSLT(next, r1), loop, exit);
-  b.SetInsertPoint(exit);
+  pointers(f->getArg(0), d.inputs.size(), "in");
+  pointers(f->getArg(1), d.outputs.size(), "out");
+  for (unsigned k = 2; k < 6; ++k) args.push_back(f->getArg(k));
+  b.CreateCall(body, args);
   b.CreateRetVoid();
   std::string err;
   llvm::raw_string_ostream es(err);

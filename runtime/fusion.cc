@@ -190,6 +190,7 @@ class Fuser {
       grp.nodes.push_back(n.id);
       group_[id] = gi;
       level_[id] = lvl;
+      merge_siblings(n, gi);
       return;
     }
     Group grp;
@@ -206,6 +207,25 @@ class Fuser {
     groups_.push_back(std::move(grp));
     group_[id] = gi;
     level_[id] = lvl;
+  }
+
+  // n joined group gi; other groups that n reads (the moments of an AdamW update, say) join
+  // it too when they share its domain and key and nothing outside them reads them before n.
+  // The two groups then cannot reference each other (that reader would come before n), so
+  // every value stays where it was computed.
+  void merge_siblings(const Node& n, int gi) {
+    for (const Value& v : n.inputs) {
+      const int hi = group_[static_cast<size_t>(v.node)];
+      if (hi < 0 || hi == gi) continue;
+      Group& g = groups_[static_cast<size_t>(gi)];
+      Group& h = groups_[static_cast<size_t>(hi)];
+      if (h.key != g.key || h.shape != g.shape || (h.allowed & g.allowed) == 0 || !readers_after(h, hi, n.id)) continue;
+      g.allowed &= h.allowed;
+      for (int32_t m : h.nodes) group_[static_cast<size_t>(m)] = gi;
+      g.nodes.insert(g.nodes.end(), h.nodes.begin(), h.nodes.end());
+      std::sort(g.nodes.begin(), g.nodes.end());
+      h.nodes.clear();
+    }
   }
 
   // The fused node of group gi: its kernel, inputs and the source values it writes.
@@ -321,7 +341,7 @@ class Fuser {
     for (const Node& n : g_.nodes()) {
       const int gi = group_[static_cast<size_t>(n.id)];
       if (gi >= 0) {
-        if (groups_[static_cast<size_t>(gi)].nodes.back() == n.id) emit(gi, fg);
+        if (groups_[static_cast<size_t>(gi)].nodes.back() == n.id) emit(gi, fg);  // merged groups are empty
         continue;
       }
       std::vector<Value> in;

@@ -406,6 +406,15 @@ class Endpoint final : public Communicator {
     s_.mail_cv.notify_all();
   }
 
+  void reserve_sends(int64_t peer, int64_t tag, int64_t bytes, int64_t count) override {
+    check_peer(peer, "send");
+    std::lock_guard lk(s_.mail_mu);
+    Mailbox& m = s_.mail[std::make_tuple(rank_, peer, tag)];
+    // One buffer per message a step can have in flight, and one the receiver is copying out.
+    while (static_cast<int64_t>(m.spare.size()) < count + 1)
+      m.spare.emplace_back(static_cast<size_t>(bytes));
+  }
+
   void recv(const TensorRef& t, int64_t peer, int64_t tag) override {
     check_peer(peer, "recv");
     const auto key = std::make_tuple(peer, rank_, tag);

@@ -482,6 +482,16 @@ void RankExecutor::build() {
 
 void RankExecutor::initialize(int64_t capacity_bytes) {
   if (initialized_) throw Error("RankExecutor::initialize() called twice");
+  {
+    std::map<std::pair<int64_t, int64_t>, std::pair<int64_t, int64_t>> sends;  // (peer, tag) -> (bytes, count)
+    for (const Op& op : ops_)
+      if (op.type == Op::Type::send) {
+        auto& [bytes, count] = sends[{op.peer, op.tag}];
+        bytes = std::max(bytes, op.node->inputs.empty() ? 0 : graph_.type(op.node->inputs[0]).bytes());
+        ++count;
+      }
+    for (auto& [key, v] : sends) comm_.reserve_sends(key.first, key.second, v.first, v.second);
+  }
   std::vector<BufferLifetime> life;
   std::vector<size_t> in_arena;
   memory_ = RankMemory{};
