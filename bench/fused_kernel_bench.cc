@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -33,6 +34,22 @@ double median(std::vector<double> v) {
 
 double seconds(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
+// n floats, 64-byte aligned, filled with v.
+class Buffer {
+ public:
+  Buffer(int64_t n, float v)
+      : p_(static_cast<float*>(std::aligned_alloc(64, static_cast<size_t>((n * 4 + 63) / 64 * 64)))) {
+    std::fill(p_.get(), p_.get() + n, v);
+  }
+  float* data() const { return p_.get(); }
+
+ private:
+  struct Free {
+    void operator()(float* p) const { std::free(p); }
+  };
+  std::unique_ptr<float, Free> p_;
+};
+
 // The fused node of g (after the pass) that writes the most bytes.
 runtime::FusedGraph fused(const Graph& g, const Node*& largest) {
   runtime::FusedGraph f = runtime::fuse(g);
@@ -54,15 +71,16 @@ void bench(const char* name, const Graph& g, int iters, runtime::ThreadPool& poo
   const auto c0 = Clock::now();
   const runtime::FusedFn fn = runtime::CpuJit::shared().compile(d);
   const double compile_s = seconds(c0);
-  std::vector<std::vector<float>> in, out;
+  // Buffers 64-byte aligned, as the executors allocate them.
+  std::vector<Buffer> in, out;
   int64_t bytes = 0;
   for (const Value& v : node->inputs) {
     const TensorType& t = f.graph.type(v);
-    in.emplace_back(static_cast<size_t>(t.numel()), 0.25f);
+    in.emplace_back(t.numel(), 0.25f);
     bytes += t.bytes();
   }
   for (const TensorType& t : node->outputs) {
-    out.emplace_back(static_cast<size_t>(t.numel()), 0.0f);
+    out.emplace_back(t.numel(), 0.0f);
     bytes += t.bytes();
   }
   std::vector<const float*> ip;
@@ -71,10 +89,12 @@ void bench(const char* name, const Graph& g, int iters, runtime::ThreadPool& poo
   for (auto& v : out) op.push_back(v.data());
   // memcpy of bytes / 2 (each byte read once and written once), split over 2 threads.
   const size_t half = static_cast<size_t>(bytes / 2);
-  std::vector<char> src(half, 1), dst(half, 0);
+  Buffer src_buf(static_cast<int64_t>(half / 4 + 1), 1.0f), dst_buf(static_cast<int64_t>(half / 4 + 1), 0.0f);
+  char* src = reinterpret_cast<char*>(src_buf.data());
+  char* dst = reinterpret_cast<char*>(dst_buf.data());
   auto copy = [&] {
-    std::thread t([&] { std::memcpy(dst.data() + half / 2, src.data() + half / 2, half - half / 2); });
-    std::memcpy(dst.data(), src.data(), half / 2);
+    std::thread t([&] { std::memcpy(dst + half / 2, src + half / 2, half - half / 2); });
+    std::memcpy(dst, src, half / 2);
     t.join();
   };
   std::vector<double> k, c;

@@ -54,7 +54,13 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile the forward and loss (inductor), and the optimizer step")
+    ap.add_argument("--fused", action="store_true", help="the fused optimizer implementation (torch >= 2.4 on CPU)")
     a = ap.parse_args()
+    if a.compile and not hasattr(torch, "compile"):
+        print(json.dumps({"framework": "pytorch " + torch.__version__, "error": "no torch.compile"}))
+        return
     torch.set_num_threads(a.threads)
     torch.manual_seed(1)
     kind, spec = a.model.split(":", 1)
@@ -76,22 +82,28 @@ def main():
         x = torch.randint(0, 256, (a.batch, c["seq"]))
         y = torch.randint(0, 256, (a.batch, c["seq"]))
         loss_fn = lambda: F.cross_entropy(model(x).reshape(-1, c["vocab"]), y.reshape(-1))
+    extra = {"fused": True} if a.fused else {}
     if a.optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, **extra)
     else:
-        opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.0)
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.0, **extra)
+    step = opt.step
+    if a.compile:
+        loss_fn = torch.compile(loss_fn)
+        step = torch.compile(opt.step)
     times = []
     for s in range(a.warmup + a.steps):
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss = loss_fn()
         loss.backward()
-        opt.step()
+        step()
         t1 = time.perf_counter()
         if s >= a.warmup:
             times.append((t1 - t0) * 1e3)
     times.sort()
-    print(json.dumps({"framework": "pytorch " + torch.__version__, "model": a.model, "batch": a.batch,
+    name = "pytorch " + torch.__version__ + (" compile" if a.compile else " eager") + (" fused" if a.fused else "")
+    print(json.dumps({"framework": name, "model": a.model, "batch": a.batch,
                       "threads": torch.get_num_threads(), "step_ms_median": times[len(times) // 2],
                       "step_ms_min": times[0], "loss": loss.item()}))
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iterator>
 
 #include "graph/error.h"
 
@@ -58,6 +59,7 @@ double ScalarExpr::eval(std::span<const double> args) const {
       case ScalarOp::ge: v = A() >= B() ? 1.0 : 0.0; break;
       case ScalarOp::eq: v = A() == B() ? 1.0 : 0.0; break;
       case ScalarOp::select: v = A() != 0 ? B() : r.at(i.c); break;
+      case ScalarOp::sigmoid: v = 1.0 / (1.0 + std::exp(-A())); break;
     }
     r[k] = v;
   }
@@ -65,14 +67,18 @@ double ScalarExpr::eval(std::span<const double> args) const {
   return r.back();
 }
 
+const char* scalar_op_name(ScalarOp op) {
+  static const char* names[] = {"arg", "const", "neg", "exp", "log", "sqrt", "rsqrt", "tanh", "abs", "add",
+                                "sub", "mul",   "div", "max", "min", "gt",   "ge",    "eq",   "select", "sigmoid"};
+  static_assert(std::size(names) == static_cast<size_t>(ScalarOp::sigmoid) + 1);
+  return names[static_cast<int>(op)];
+}
+
 std::string ScalarExpr::str() const {
-  static const char* names[] = {"arg", "const", "neg", "exp", "log", "sqrt", "rsqrt", "tanh",
-                                "abs", "add",   "sub", "mul", "div", "max",  "min",   "gt",
-                                "ge",  "eq",    "select"};
   std::string s;
   for (size_t k = 0; k < code_.size(); ++k) {
     const ScalarInstr& i = code_[k];
-    s += "%" + std::to_string(k) + " = " + names[static_cast<int>(i.op)];
+    s += "%" + std::to_string(k) + " = " + scalar_op_name(i.op);
     if (i.op == ScalarOp::arg) s += " " + std::to_string(i.index);
     else if (i.op == ScalarOp::constant) s += " " + std::to_string(i.imm);
     else {

@@ -17,7 +17,11 @@ enum class ScalarOp : uint8_t {
   add, sub, mul, div, max, min,
   gt, ge, eq,  // 1.0 when true, else 0.0
   select,      // a != 0 ? b : c
+  sigmoid,     // 1 / (1 + e^-a)
 };
+
+// The instruction's name as ScalarExpr::str() and fused kernel listings print it.
+const char* scalar_op_name(ScalarOp op);
 
 struct ScalarInstr {
   ScalarOp op;

@@ -13,18 +13,12 @@ namespace tessel::ops {
 
 namespace {
 
-const char* op_name(ScalarOp op) {
-  static const char* names[] = {"arg", "const", "neg", "exp", "log", "sqrt", "rsqrt", "tanh", "abs", "add",
-                                "sub", "mul",   "div", "max", "min", "gt",   "ge",    "eq",   "select"};
-  return names[static_cast<int>(op)];
-}
-
 int operand_count(ScalarOp op) {
   switch (op) {
     case ScalarOp::arg:
     case ScalarOp::constant: return 0;
     case ScalarOp::neg: case ScalarOp::exp: case ScalarOp::log: case ScalarOp::sqrt:
-    case ScalarOp::rsqrt: case ScalarOp::tanh: case ScalarOp::abs: return 1;
+    case ScalarOp::rsqrt: case ScalarOp::tanh: case ScalarOp::abs: case ScalarOp::sigmoid: return 1;
     case ScalarOp::select: return 3;
     default: return 2;
   }
@@ -49,6 +43,7 @@ float apply(ScalarOp op, float a, float b, float c) {
     case ScalarOp::ge: return a >= b ? 1.0f : 0.0f;
     case ScalarOp::eq: return a == b ? 1.0f : 0.0f;
     case ScalarOp::select: return a != 0 ? b : c;
+    case ScalarOp::sigmoid: return fast_sigmoid(a);
     default: return 0;
   }
 }
@@ -159,7 +154,7 @@ FusedKernelDesc FusedKernelDesc::from_attrs(const Attrs& a) {
                 std::to_string(imm.size()) + " (want 6 per instruction and one)");
   for (size_t k = 0; k < imm.size(); ++k) {
     const int64_t* p = &c[6 * k];
-    if (p[0] < 0 || p[0] > static_cast<int64_t>(ScalarOp::select) || p[1] < 0 || p[1] > 2)
+    if (p[0] < 0 || p[0] > static_cast<int64_t>(ScalarOp::sigmoid) || p[1] < 0 || p[1] > 2)
       throw Error("fused kernel: bad instruction %" + std::to_string(k));
     d.code.push_back(FusedInstr{static_cast<ScalarOp>(p[0]), static_cast<FusedReduce>(p[1]), static_cast<int32_t>(p[2]),
                                 static_cast<int32_t>(p[3]), static_cast<int32_t>(p[4]), static_cast<int32_t>(p[5]), imm[k]});
@@ -185,7 +180,7 @@ std::string FusedKernelDesc::str() const {
     } else if (i.op == ScalarOp::constant) {
       s += std::to_string(i.imm);
     } else {
-      s += std::string(op_name(i.op)) + "(";
+      s += std::string(scalar_op_name(i.op)) + "(";
       int n = operand_count(i.op);
       bool first = true;
       for (int32_t o : {i.a, i.b, i.c})

@@ -18,6 +18,7 @@
 #include <llvm/ExecutionEngine/Orc/JITTargetMachineBuilder.h>
 #include <llvm/ExecutionEngine/Orc/LLJIT.h>
 #include <llvm/IR/IRBuilder.h>
+#include <llvm/IR/IntrinsicsX86.h>
 #include <llvm/IR/LLVMContext.h>
 #include <llvm/IR/LegacyPassManager.h>
 #include <llvm/IR/Module.h>
@@ -63,11 +64,43 @@ std::string hex(uint64_t v) {
   return buf;
 }
 
+// Kernels that touch more bytes than the last-level cache holds write their per-element
+// outputs with streaming stores (emit_row_body): what they write is out of the cache by the
+// time anything reads it, and plain stores would first read every line in.
+// The last-level cache's size as the kernel (sysfs) reports it to this machine: sysconf's
+// figure can be the whole host's under a hypervisor.
+int64_t cache_bytes() {
+  static const int64_t bytes = [] {
+    std::ifstream f("/sys/devices/system/cpu/cpu0/cache/index3/size");
+    int64_t n = 0;
+    char unit = 0;
+    if (f >> n) {
+      f >> unit;
+      n <<= unit == 'K' ? 10 : unit == 'M' ? 20 : 0;
+    }
+    if (n <= 0) n = sysconf(_SC_LEVEL3_CACHE_SIZE);
+    return n > 0 ? n : int64_t{32} << 20;
+  }();
+  return bytes;
+}
+
+bool streams(const ops::FusedKernelDesc& d, const llvm::TargetMachine* tm, int64_t threshold) {
+  if (!tm || !tm->getTargetTriple().isX86()) return false;
+  int64_t bytes = 0, streamed = 0;
+  for (size_t k = 0; k < d.inputs.size(); ++k)
+    bytes += d.inputs[k] == ops::FusedInput::full ? d.rows * d.cols * 4 : 0;
+  for (size_t o = 0; o < d.outputs.size(); ++o)
+    if (!d.outputs[o].row) streamed += d.rows * d.cols * 4;
+  return streamed > 0 && bytes + streamed > threshold;
+}
+
 // The kernel as a function (float** in, float** out, i64 r0, i64 r1, i64 c0, i64 c1) looping
 // over rows [r0, r1).
 std::unique_ptr<llvm::Module> build_module(const ops::FusedKernelDesc& d, const std::string& symbol,
-                                           llvm::LLVMContext& ctx, const llvm::TargetMachine* tm) {
+                                           llvm::LLVMContext& ctx, const llvm::TargetMachine* tm,
+                                           int64_t streaming_bytes) {
   d.validate();
+  const bool stream = streams(d, tm, streaming_bytes);
   auto m = std::make_unique<llvm::Module>(symbol, ctx);
   if (tm) {
     m->setDataLayout(tm->createDataLayout());
@@ -114,7 +147,7 @@ std::unique_ptr<llvm::Module> build_module(const ops::FusedKernelDesc& d, const 
     llvm::PHINode* r = b.CreatePHI(i64, 2, "r");
     r->addIncoming(r0, entry);
     emit_row_body(b, body, d, r, body->getArg(static_cast<unsigned>(nbuf + 2)), body->getArg(static_cast<unsigned>(nbuf + 3)),
-                  in, out);
+                  in, out, stream);
     llvm::Value* next = b.CreateAdd(r, b.getInt64(1), "r.next", true, true);
     r->addIncoming(next, b.GetInsertBlock());
     b.CreateCondBr(b.CreateICmpSLT(next, r1), loop, exit);
@@ -136,6 +169,8 @@ std::unique_ptr<llvm::Module> build_module(const ops::FusedKernelDesc& d, const 
   pointers(f->getArg(1), d.outputs.size(), "out");
   for (unsigned k = 2; k < 6; ++k) args.push_back(f->getArg(k));
   b.CreateCall(body, args);
+  // Streaming stores are weakly ordered: fence them before the caller signals another thread.
+  if (stream && streams_past_cache(d)) b.CreateCall(llvm::Intrinsic::getDeclaration(m.get(), llvm::Intrinsic::x86_sse_sfence));
   b.CreateRetVoid();
   std::string err;
   llvm::raw_string_ostream es(err);
@@ -222,11 +257,13 @@ struct CpuJit::Impl {
   std::string target;     // cpu and features, part of every key
   std::string cache_dir;  // "" : none
   bool cache_ok = false;  // the directory exists (or was made)
+  int64_t streaming_bytes = 0;
   std::unordered_map<std::string, FusedFn> loaded;  // key -> kernel
   Stats stats;
 };
 
-CpuJit::CpuJit(std::string cache_dir) : impl_(std::make_unique<Impl>()) {
+CpuJit::CpuJit(std::string cache_dir, int64_t streaming_bytes) : impl_(std::make_unique<Impl>()) {
+  impl_->streaming_bytes = streaming_bytes >= 0 ? streaming_bytes : cache_bytes();
   llvm::InitializeNativeTarget();
   llvm::InitializeNativeTargetAsmPrinter();
   llvm::InitializeNativeTargetAsmParser();
@@ -255,7 +292,7 @@ const std::string& CpuJit::cache_dir() const { return impl_->cache_dir; }
 
 std::string CpuJit::ir(const ops::FusedKernelDesc& d) const {
   llvm::LLVMContext ctx;
-  return module_text(*build_module(d, "tessel_fused", ctx, impl_->tm.get()));
+  return module_text(*build_module(d, "tessel_fused", ctx, impl_->tm.get(), impl_->streaming_bytes));
 }
 
 std::string CpuJit::host_cpu() const {
@@ -282,7 +319,7 @@ FusedFn CpuJit::compile(const ops::FusedKernelDesc& d) {
   const bool from_disk = !object.empty();
   if (!from_disk) {
     llvm::LLVMContext ctx;
-    std::unique_ptr<llvm::Module> m = build_module(d, symbol, ctx, impl_->tm.get());
+    std::unique_ptr<llvm::Module> m = build_module(d, symbol, ctx, impl_->tm.get(), impl_->streaming_bytes);
     optimize(*m, impl_->tm.get());
     if (const char* dump = std::getenv("TESSEL_JIT_DUMP")) {  // the optimised IR, appended to a file
       std::error_code ec;

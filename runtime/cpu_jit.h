@@ -29,8 +29,10 @@ std::string default_kernel_cache_dir();
 
 class CpuJit {
  public:
-  // cache_dir "": no disk cache.
-  explicit CpuJit(std::string cache_dir = default_kernel_cache_dir());
+  // cache_dir "": no disk cache. Kernels that read and write more than streaming_bytes write
+  // their outputs a cache line at a time, past the cache where that pays (kernel_ir.h);
+  // -1: the size of this machine's last-level cache.
+  explicit CpuJit(std::string cache_dir = default_kernel_cache_dir(), int64_t streaming_bytes = -1);
   ~CpuJit();
   CpuJit(const CpuJit&) = delete;
   CpuJit& operator=(const CpuJit&) = delete;

@@ -16,16 +16,24 @@ namespace tessel::runtime {
 // columns [c0, c1): the row values (reductions loop over all columns), the per-row outputs
 // (callers that split rows by columns must not ask for those), then the per-element outputs
 // over [c0, c1). `in` and `out` are float pointers in the description's order. Leaves b at
-// the end of the emitted code.
+// the end of the emitted code. `streaming` (CPU only, for kernels whose data does not fit in
+// the cache) writes the per-element outputs a whole 64-byte aligned line at a time, and a
+// single such output with non-temporal stores, which save reading each line in before it
+// is written; the caller must then order them (sfence, see streams_past_cache) before
+// another thread reads the output.
 void emit_row_body(llvm::IRBuilder<>& b, llvm::Function* f, const ops::FusedKernelDesc& d, llvm::Value* r,
                    llvm::Value* c0, llvm::Value* c1, const std::vector<llvm::Value*>& in,
-                   const std::vector<llvm::Value*>& out);
+                   const std::vector<llvm::Value*>& out, bool streaming = false);
 
 // exp, tanh and log as straight-line f32 arithmetic (vectorisable on the CPU, lowerable on
 // NVPTX, which has no libm): the reference kernels' ops/fast_math.h algorithms for exp and
 // tanh; log by Cephes' logf polynomial (within 2 ulp).
+// Whether emit_row_body(..., streaming = true) emits non-temporal stores for d.
+bool streams_past_cache(const ops::FusedKernelDesc& d);
+
 llvm::Value* emit_exp(llvm::IRBuilder<>& b, llvm::Value* x);
 llvm::Value* emit_tanh(llvm::IRBuilder<>& b, llvm::Value* x);
+llvm::Value* emit_sigmoid(llvm::IRBuilder<>& b, llvm::Value* x);
 llvm::Value* emit_log(llvm::IRBuilder<>& b, llvm::Value* x);
 
 }  // namespace tessel::runtime

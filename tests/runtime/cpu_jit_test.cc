@@ -56,9 +56,9 @@ Buffers make_buffers(const FusedKernelDesc& d, uint32_t seed) {
 }
 
 // JIT (whole domain on two threads, and again in pieces) against the reference interpreter.
-void check(const FusedKernelDesc& d, uint32_t seed, const std::string& what) {
+void check(const FusedKernelDesc& d, uint32_t seed, const std::string& what, CpuJit& compiler = CpuJit::shared()) {
   Buffers jit = make_buffers(d, seed), ref = make_buffers(d, seed), pieces = make_buffers(d, seed);
-  const FusedFn fn = CpuJit::shared().compile(d);
+  const FusedFn fn = compiler.compile(d);
   ThreadPool pool(2);
   run_fused(fn, d, jit.in_ptrs.data(), jit.out_ptrs.data(), pool);
   ops::run_fused_reference(d, ref.in_ptrs.data(), ref.out_ptrs.data(), 0, d.rows);
@@ -185,6 +185,40 @@ TEST(CpuJit, RowReductionsMatchTheReference) {
     check(softmax_desc(rows, cols), 7, "softmax");
     check(layer_norm_desc(rows, cols), 8, "layer norm");
   }
+}
+
+// Kernels over more data than the cache holds write whole aligned lines, a single output
+// past the cache: the head (up to the first aligned column), the streamed middle and the
+// tail, on buffers of every alignment the pieces give, with one and with several outputs.
+TEST(CpuJit, StreamingKernelsMatchTheReference) {
+  CpuJit streaming("", 0);  // every kernel streams
+  ScalarExpr gelu;
+  {
+    Graph g(ops::registry());
+    ops::Emitter e(g, Origin::here());
+    gelu = ops::registry().get("gelu").scalar(g.node(e.gelu(e.input("x", DType::f32, {4})).node));
+  }
+  for (auto [rows, cols] : {std::pair<int64_t, int64_t>{1, 1}, {1, 15}, {1, 16}, {3, 1031}, {2, 4099}, {7, 64}}) {
+    const FusedKernelDesc d = ops::elementwise_desc(gelu, {FusedInput::full}, rows, cols);
+    EXPECT_NE(streaming.ir(d).find("!nontemporal"), std::string::npos);
+    EXPECT_EQ(CpuJit::shared().ir(d).find("!nontemporal"), std::string::npos) << "small kernels store plainly";
+    check(d, 5, "streamed gelu", streaming);
+  }
+  check(softmax_desc(5, 1031), 6, "streamed softmax", streaming);
+  check(layer_norm_desc(64, 33), 7, "streamed layer norm", streaming);
+  // Two per-element outputs: whole lines, plain stores.
+  FusedKernelDesc two;
+  two.rows = 3;
+  two.cols = 1031;
+  two.inputs = {FusedInput::full, FusedInput::per_col};
+  two.code = {ops::FusedInstr{ScalarOp::arg}, ops::FusedInstr{ScalarOp::arg, ops::FusedReduce::none, -1, -1, -1, 1},
+              ops::FusedInstr{ScalarOp::add, ops::FusedReduce::none, 0, 1},
+              ops::FusedInstr{ScalarOp::mul, ops::FusedReduce::none, 0, 1}};
+  two.outputs = {{2, false}, {3, false}};
+  const std::string ir = streaming.ir(two);
+  EXPECT_NE(ir.find("cols.stream"), std::string::npos);
+  EXPECT_EQ(ir.find("!nontemporal"), std::string::npos);
+  check(two, 8, "two streamed outputs", streaming);
 }
 
 TEST(CpuJit, TheMemoryCacheServesAnIdenticalKernel) {

@@ -114,7 +114,9 @@ TEST(Fusion, WhatTheGptStepFuses) {
   for (const NamedValue& o : g.outputs()) EXPECT_TRUE(f.graph.output(o.name).has_value()) << o.name;
   for (int32_t id : g.parameters()) EXPECT_TRUE(f.graph.find(g.node(id).name).has_value());
   for (const Node& n : g.nodes()) {
-    if (n.op == "matmul") EXPECT_TRUE(f.map(n.out()).valid()) << n.name << ": matrix products stay library calls";
+    if (n.op == "matmul") {
+      EXPECT_TRUE(f.map(n.out()).valid()) << n.name << ": matrix products stay library calls";
+    }
   }
 }
 
