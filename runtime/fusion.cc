@@ -145,7 +145,7 @@ class Fuser {
     for (const Value& v : n.inputs) {
       if (immediate(v)) continue;
       const TensorType& t = g_.type(v);
-      if (t.dtype != DType::f32) return false;
+      if (t.dtype != DType::f32 && !internal(v, gi)) return false;  // bool conditions only from inside
       if (internal(v, gi)) {
         const Level l = level_[static_cast<size_t>(v.node)];
         if (l == Level::full) {
@@ -175,21 +175,64 @@ class Fuser {
     return true;
   }
 
+  // A comparison whose bool result only n reads (relu's backward: where(x > 0, dy, 0)): it
+  // joins n's kernel, where the bool is a 1.0 / 0.0 that is never stored.
+  int32_t absorbable_condition(const Node& n) const {
+    for (const Value& v : n.inputs) {
+      if (g_.type(v).dtype == DType::f32 || immediate(v)) continue;
+      const Node& c = g_.node(v.node);
+      if (g_.type(v).dtype != DType::boolean || c.def->kind != OpKind::compute || !c.def->elementwise() ||
+          c.outputs.size() != 1 || c.outputs[0].shape != n.outputs[0].shape || kept_[static_cast<size_t>(c.id)] ||
+          group_[static_cast<size_t>(c.id)] >= 0 || key(c.id) != key(n.id))
+        return -2;
+      for (const Value& x : c.inputs)
+        if (g_.type(x).dtype != DType::f32) return -2;
+      for (int32_t u : users_[static_cast<size_t>(c.id)])
+        if (u != n.id) return -2;
+      return c.id;
+    }
+    return -1;
+  }
+
+  // Adds n (and the condition it absorbs) to group gi if both fit.
+  bool join(const Node& n, int32_t cond, int gi, Group& grp) {
+    uint32_t allowed = grp.allowed;
+    Level cl = Level::full, lvl = Level::full;
+    if (cond >= 0) {
+      const Node& c = g_.node(cond);
+      if (!fits(c, gi, grp, allowed, cl) || cl != Level::full) return false;
+      group_[static_cast<size_t>(cond)] = gi;  // so that n sees its condition as internal
+    }
+    const uint32_t before = grp.allowed;
+    grp.allowed = allowed;
+    const bool ok = fits(n, gi, grp, allowed, lvl);
+    grp.allowed = before;
+    if (!ok) {
+      if (cond >= 0) group_[static_cast<size_t>(cond)] = -1;
+      return false;
+    }
+    grp.allowed = allowed;
+    if (cond >= 0) {
+      grp.nodes.push_back(cond);
+      level_[static_cast<size_t>(cond)] = cl;
+    }
+    grp.nodes.push_back(n.id);
+    std::sort(grp.nodes.begin(), grp.nodes.end());
+    group_[static_cast<size_t>(n.id)] = gi;
+    level_[static_cast<size_t>(n.id)] = lvl;
+    return true;
+  }
+
   void place(const Node& n) {
     if (!fusible(n)) return;
-    const size_t id = static_cast<size_t>(n.id);
+    const int32_t cond = absorbable_condition(n);
+    if (cond == -2) return;
     for (const Value& v : n.inputs) {
       const int gi = group_[static_cast<size_t>(v.node)];
-      if (gi < 0) continue;
+      if (gi < 0 || v.node == cond) continue;
       Group& grp = groups_[static_cast<size_t>(gi)];
-      if (grp.key != key(n.id)) continue;
-      uint32_t allowed = 0;
-      Level lvl = Level::full;
-      if (!fits(n, gi, grp, allowed, lvl) || !readers_after(grp, gi, n.id)) continue;
-      grp.allowed = allowed;
-      grp.nodes.push_back(n.id);
-      group_[id] = gi;
-      level_[id] = lvl;
+      if (grp.key != key(n.id) || !readers_after(grp, gi, n.id)) continue;
+      if (!join(n, cond, gi, grp)) continue;
       merge_siblings(n, gi);
       return;
     }
@@ -198,15 +241,9 @@ class Fuser {
     if (grp.shape.size() > 30) return;
     grp.allowed = (2u << grp.shape.size()) - 1;
     grp.key = key(n.id);
-    uint32_t allowed = 0;
-    Level lvl = Level::full;
     const int gi = static_cast<int>(groups_.size());
-    if (!fits(n, gi, grp, allowed, lvl)) return;
-    grp.allowed = allowed;
-    grp.nodes.push_back(n.id);
+    if (!join(n, cond, gi, grp)) return;
     groups_.push_back(std::move(grp));
-    group_[id] = gi;
-    level_[id] = lvl;
   }
 
   // n joined group gi; other groups that n reads (the moments of an AdamW update, say) join

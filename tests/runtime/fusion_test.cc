@@ -156,5 +156,40 @@ TEST(Fusion, KeysKeepGroupsApartAndInternalValuesHaveNoBuffer) {
   EXPECT_THROW(fuse(g, FusionOptions{{1, 2}}), Error) << "a key per node or none";
 }
 
+// relu's backward, where(x > 0, dy, 0): the comparison joins the where's kernel (its bool
+// is never stored); a comparison something else also reads stays a node of its own.
+TEST(Fusion, AComparisonOnlyAWhereReadsJoinsItsKernel) {
+  Graph g(ops::registry());
+  ops::Emitter e(g, Origin::here());
+  Value x = e.input("x", DType::f32, {3, 5}), dy = e.input("dy", DType::f32, {3, 5});
+  Value zero = e.scalar_like(x, 0);
+  Value mask = e.greater(x, zero);
+  Value dx = e.where(mask, dy, zero);
+  g.set_output("dx", e.mul(dx, 2.0));
+  const FusedGraph f = fuse(g);
+  EXPECT_EQ(f.fused_nodes, 1);
+  EXPECT_FALSE(f.map(mask).valid()) << "the bool lives only inside the kernel";
+  Executor ex(g), plain(g, {.jit = false});
+  for (Executor* x_ : {&ex, &plain}) {
+    x_->prepare({"", {"dx"}});
+    x_->initialize();
+    for (int i = 0; i < 15; ++i) {
+      x_->input("x").as<float>()[i] = static_cast<float>(i % 4) - 1.5f + (i == 7 ? 1.5f : 0.f);  // one exact 0
+      x_->input("dy").as<float>()[i] = static_cast<float>(i) * 0.25f;
+    }
+    x_->run(0);
+  }
+  for (int i = 0; i < 15; ++i) EXPECT_EQ(ex.output("dx").as<float>()[i], plain.output("dx").as<float>()[i]) << i;
+
+  Graph h(ops::registry());
+  ops::Emitter eh(h, Origin::here());
+  Value hx = eh.input("x", DType::f32, {3, 5});
+  Value hmask = eh.greater(hx, eh.scalar_like(hx, 0));
+  h.set_output("dx", eh.where(hmask, hx, eh.scalar_like(hx, 1)));
+  h.set_output("mask", hmask);
+  const FusedGraph kept = fuse(h);
+  EXPECT_TRUE(kept.map(hmask).valid()) << "an output: stored";
+}
+
 }  // namespace
 }  // namespace tessel::runtime
