@@ -25,9 +25,10 @@ void emit_row_body(llvm::IRBuilder<>& b, llvm::Function* f, const ops::FusedKern
                    llvm::Value* c0, llvm::Value* c1, const std::vector<llvm::Value*>& in,
                    const std::vector<llvm::Value*>& out, bool streaming = false);
 
-// exp, tanh and log as straight-line f32 arithmetic (vectorisable on the CPU, lowerable on
-// NVPTX, which has no libm): the reference kernels' ops/fast_math.h algorithms for exp and
-// tanh; log by Cephes' logf polynomial (within 2 ulp).
+// exp, tanh, sigmoid and log as straight-line arithmetic on a float or a vector of floats
+// (vectorisable on the CPU, lowerable on NVPTX, which has no libm): the reference kernels'
+// ops/fast_math.h algorithms for exp, tanh and sigmoid; log by Cephes' logf polynomial
+// (within 2 ulp).
 // Whether emit_row_body(..., streaming = true) emits non-temporal stores for d.
 bool streams_past_cache(const ops::FusedKernelDesc& d);
 
