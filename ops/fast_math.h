@@ -35,6 +35,25 @@ inline float fast_exp(float x) {
   return x != x ? x : y;
 }
 
+// e^t for t in [-87.3, 88] (NaN gives NaN): 2^n (1 + p(r)) with 2^n a normal float taken
+// from the bits of the rounding sum, so none of fast_exp's range handling. For callers that
+// clamp their argument (fast_tanh, fast_sigmoid).
+inline float exp_in_range(float t) {
+  const float s = t * 1.44269504088896341f + 12582912.0f;  // 1.5 * 2^23 + n in the low bits
+  const float n = s - 12582912.0f;
+  float r = t - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float q = 1.984830596e-4f;  // e^r - 1 = r + r^2 q(r) on |r| <= ln 2 / 2 (minimax)
+  q = q * r + 1.394062070e-3f;
+  q = q * r + 8.333384991e-3f;
+  q = q * r + 4.166636243e-2f;
+  q = q * r + 1.666666567e-1f;
+  q = q * r + 0.5f;
+  const float p = r * r * q + r;
+  const float scale = std::bit_cast<float>((std::bit_cast<uint32_t>(s) + 127u) << 23);
+  return scale * p + scale;
+}
+
 inline float fast_tanh(float x) {
   // Small |x|: odd polynomial (no cancellation). Otherwise 1 - 2 / (e^{2|x|} + 1), with
   // e^t = 2^n (1 + p(r)) for t = 2|x| clamped to 40 (where the result is 1): t >= 0 needs
@@ -50,20 +69,7 @@ inline float fast_tanh(float x) {
   const float small = a * z * sp + a;
   float t = 2.0f * a;
   t = t > 40.0f ? 40.0f : t;  // NaN passes through
-  const float s = t * 1.44269504088896341f + 12582912.0f;  // 1.5 * 2^23 + n in the low bits
-  const float n = s - 12582912.0f;
-  float r = t - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float q = 1.984830596e-4f;  // e^r - 1 = r + r^2 q(r) on |r| <= ln 2 / 2 (minimax)
-  q = q * r + 1.394062070e-3f;
-  q = q * r + 8.333384991e-3f;
-  q = q * r + 4.166636243e-2f;
-  q = q * r + 1.666666567e-1f;
-  q = q * r + 0.5f;
-  const float p = r * r * q + r;
-  const float scale = std::bit_cast<float>((std::bit_cast<uint32_t>(s) + 127u) << 23);
-  const float e = scale * p + scale;
-  const float big = 1.0f - 2.0f / (e + 1.0f);
+  const float big = 1.0f - 2.0f / (exp_in_range(t) + 1.0f);
   return std::copysign(a < 0.625f ? small : big, x);  // odd: keeps -0
 }
 
@@ -75,19 +81,7 @@ inline float fast_sigmoid(float x) {
   t = t < -87.3f ? -87.3f : t;
   const bool zero = t > 88.0f;
   t = zero ? 88.0f : t;  // NaN passes through both
-  const float s = t * 1.44269504088896341f + 12582912.0f;  // 1.5 * 2^23 + n in the low bits
-  const float n = s - 12582912.0f;
-  float r = t - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float q = 1.984830596e-4f;  // e^r - 1 = r + r^2 q(r) on |r| <= ln 2 / 2 (minimax)
-  q = q * r + 1.394062070e-3f;
-  q = q * r + 8.333384991e-3f;
-  q = q * r + 4.166636243e-2f;
-  q = q * r + 1.666666567e-1f;
-  q = q * r + 0.5f;
-  const float p = r * r * q + r;
-  const float scale = std::bit_cast<float>((std::bit_cast<uint32_t>(s) + 127u) << 23);
-  return zero ? 0.0f : 1.0f / (1.0f + (scale * p + scale));
+  return zero ? 0.0f : 1.0f / (1.0f + exp_in_range(t));
 }
 
 inline double fast_exp(double x) { return std::exp(x); }

@@ -113,12 +113,11 @@ class Fuser {
     return static_cast<int>(axes.front());
   }
 
-  // Whether n can be computed in group gi's domain; on success the narrowed split set and
-  // n's level.
-  bool fits(const Node& n, int gi, const Group& grp, uint32_t& allowed_out, Level& level_out) const {
-    const Shape& s = grp.shape;
+  // Whether n can be computed in group gi's domain s with the splits in `allowed_io`; on
+  // success those narrowed to what n allows, and n's level.
+  bool fits(const Node& n, int gi, const Shape& s, uint32_t& allowed_io, Level& level_out) const {
     const int r = static_cast<int>(s.size());
-    uint32_t allowed = grp.allowed;
+    uint32_t allowed = allowed_io;
     auto restrict = [&](auto pred) {
       uint32_t m = 0;
       for (int p = 0; p <= r; ++p)
@@ -132,7 +131,7 @@ class Fuser {
       if (internal(x, gi) && level_[static_cast<size_t>(x.node)] != Level::full) return false;
       const auto a = trailing_axes(n);
       if (!a || !restrict([&](int p) { return p == *a; })) return false;
-      allowed_out = allowed;
+      allowed_io = allowed;
       level_out = Level::row;
       return true;
     }
@@ -161,7 +160,7 @@ class Fuser {
       });
       if (!ok) return false;
     }
-    allowed_out = allowed;
+    allowed_io = allowed;
     level_out = lvl;
     return true;
   }
@@ -199,15 +198,10 @@ class Fuser {
     uint32_t allowed = grp.allowed;
     Level cl = Level::full, lvl = Level::full;
     if (cond >= 0) {
-      const Node& c = g_.node(cond);
-      if (!fits(c, gi, grp, allowed, cl) || cl != Level::full) return false;
+      if (!fits(g_.node(cond), gi, grp.shape, allowed, cl) || cl != Level::full) return false;
       group_[static_cast<size_t>(cond)] = gi;  // so that n sees its condition as internal
     }
-    const uint32_t before = grp.allowed;
-    grp.allowed = allowed;
-    const bool ok = fits(n, gi, grp, allowed, lvl);
-    grp.allowed = before;
-    if (!ok) {
+    if (!fits(n, gi, grp.shape, allowed, lvl)) {
       if (cond >= 0) group_[static_cast<size_t>(cond)] = -1;
       return false;
     }

@@ -46,6 +46,28 @@ llvm::Value* emit_exp(llvm::IRBuilder<>& b, llvm::Value* x) {
   return b.CreateSelect(b.CreateFCmpUNO(x, x), x, y);
 }
 
+namespace {
+
+// As ops::exp_in_range: e^t for t in [-87.3, 88], no range handling.
+llvm::Value* emit_exp_in_range(llvm::IRBuilder<>& b, llvm::Value* t) {
+  llvm::Type* f32 = t->getType();
+  llvm::Type* i32 = int_like(t);
+  auto ci = [&](uint64_t v) { return llvm::ConstantInt::get(i32, v); };
+  auto c = [&](double v) { return llvm::ConstantFP::get(f32, v); };
+  llvm::Value* s = b.CreateFAdd(b.CreateFMul(t, c(1.44269504088896341)), c(12582912.0));
+  llvm::Value* n = b.CreateFSub(s, c(12582912.0));
+  llvm::Value* r = b.CreateFSub(t, b.CreateFMul(n, c(0.693359375)));
+  r = b.CreateFSub(r, b.CreateFMul(n, c(-2.12194440e-4)));
+  llvm::Value* q = c(1.984830596e-4);
+  for (double k : {1.394062070e-3, 8.333384991e-3, 4.166636243e-2, 1.666666567e-1, 0.5})
+    q = b.CreateFAdd(b.CreateFMul(q, r), c(k));
+  llvm::Value* p = b.CreateFAdd(b.CreateFMul(b.CreateFMul(r, r), q), r);
+  llvm::Value* scale = b.CreateBitCast(b.CreateShl(b.CreateAdd(b.CreateBitCast(s, i32), ci(127)), 23), f32);
+  return b.CreateFAdd(b.CreateFMul(scale, p), scale);
+}
+
+}  // namespace
+
 llvm::Value* emit_tanh(llvm::IRBuilder<>& b, llvm::Value* x) {
   // As ops::fast_tanh: an odd polynomial below 0.625, else 1 - 2 / (e^{2|x|} + 1) with e^t
   // for t in [0, 40] only (no range checks; 2^n from the bits of the rounding sum).
@@ -61,17 +83,7 @@ llvm::Value* emit_tanh(llvm::IRBuilder<>& b, llvm::Value* x) {
   llvm::Value* small = b.CreateFAdd(b.CreateFMul(b.CreateFMul(a, z), sp), a);
   llvm::Value* t = b.CreateFMul(a, c(2.0));
   t = b.CreateSelect(b.CreateFCmpOGT(t, c(40.0)), c(40.0), t);  // NaN passes through
-  llvm::Value* s = b.CreateFAdd(b.CreateFMul(t, c(1.44269504088896341)), c(12582912.0));
-  llvm::Value* n = b.CreateFSub(s, c(12582912.0));
-  llvm::Value* r = b.CreateFSub(t, b.CreateFMul(n, c(0.693359375)));
-  r = b.CreateFSub(r, b.CreateFMul(n, c(-2.12194440e-4)));
-  llvm::Value* q = c(1.984830596e-4);
-  for (double k : {1.394062070e-3, 8.333384991e-3, 4.166636243e-2, 1.666666567e-1, 0.5})
-    q = b.CreateFAdd(b.CreateFMul(q, r), c(k));
-  llvm::Value* p = b.CreateFAdd(b.CreateFMul(b.CreateFMul(r, r), q), r);
-  llvm::Value* scale = b.CreateBitCast(b.CreateShl(b.CreateAdd(b.CreateBitCast(s, i32), ci(127)), 23), f32);
-  llvm::Value* e = b.CreateFAdd(b.CreateFMul(scale, p), scale);
-  llvm::Value* big = b.CreateFSub(c(1.0), b.CreateFDiv(c(2.0), b.CreateFAdd(e, c(1.0))));
+  llvm::Value* big = b.CreateFSub(c(1.0), b.CreateFDiv(c(2.0), b.CreateFAdd(emit_exp_in_range(b, t), c(1.0))));
   llvm::Value* v = b.CreateSelect(b.CreateFCmpOLT(a, c(0.625)), small, big);
   // copysign(v, x) by bits: keeps tanh(-0) = -0.
   llvm::Value* sign = b.CreateAnd(b.CreateBitCast(x, i32), ci(0x80000000u));
@@ -81,24 +93,12 @@ llvm::Value* emit_tanh(llvm::IRBuilder<>& b, llvm::Value* x) {
 llvm::Value* emit_sigmoid(llvm::IRBuilder<>& b, llvm::Value* x) {
   // As ops::fast_sigmoid: 1 / (1 + e^t), t = -x clamped so 2^n needs no range handling.
   llvm::Type* f32 = x->getType();
-  llvm::Type* i32 = int_like(x);
-  auto ci = [&](uint64_t v) { return llvm::ConstantInt::get(i32, v); };
   auto c = [&](double v) { return llvm::ConstantFP::get(f32, v); };
   llvm::Value* t = b.CreateFNeg(x);
   t = b.CreateSelect(b.CreateFCmpOLT(t, c(-87.3)), c(-87.3), t);  // NaN passes through
   llvm::Value* zero = b.CreateFCmpOGT(t, c(88.0));
   t = b.CreateSelect(zero, c(88.0), t);
-  llvm::Value* s = b.CreateFAdd(b.CreateFMul(t, c(1.44269504088896341)), c(12582912.0));
-  llvm::Value* n = b.CreateFSub(s, c(12582912.0));
-  llvm::Value* r = b.CreateFSub(t, b.CreateFMul(n, c(0.693359375)));
-  r = b.CreateFSub(r, b.CreateFMul(n, c(-2.12194440e-4)));
-  llvm::Value* q = c(1.984830596e-4);
-  for (double k : {1.394062070e-3, 8.333384991e-3, 4.166636243e-2, 1.666666567e-1, 0.5})
-    q = b.CreateFAdd(b.CreateFMul(q, r), c(k));
-  llvm::Value* p = b.CreateFAdd(b.CreateFMul(b.CreateFMul(r, r), q), r);
-  llvm::Value* scale = b.CreateBitCast(b.CreateShl(b.CreateAdd(b.CreateBitCast(s, i32), ci(127)), 23), f32);
-  llvm::Value* e = b.CreateFAdd(b.CreateFMul(scale, p), scale);
-  return b.CreateSelect(zero, c(0.0), b.CreateFDiv(c(1.0), b.CreateFAdd(c(1.0), e)));
+  return b.CreateSelect(zero, c(0.0), b.CreateFDiv(c(1.0), b.CreateFAdd(c(1.0), emit_exp_in_range(b, t))));
 }
 
 llvm::Value* emit_log(llvm::IRBuilder<>& b, llvm::Value* x) {
