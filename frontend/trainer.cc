@@ -115,6 +115,7 @@ struct Engine {
   struct Jit {
     int64_t kernels = 0, compiled = 0;
     double seconds = 0;
+    int64_t in_place = 0;  // updates written over their variables
   };
   virtual Jit jit() const = 0;
 };
@@ -156,7 +157,7 @@ struct OneDevice final : Engine {
   int64_t memory_bytes() const override { return exec.bytes_allocated(); }
   Jit jit() const override {
     const auto& r = exec.jit_report();
-    return Jit{r.kernels, r.compiled, r.compile_s};
+    return Jit{r.kernels, r.compiled, r.compile_s, r.updates_in_place};
   }
 };
 
@@ -215,6 +216,7 @@ struct Devices final : Engine {
       j.kernels += r.kernels;
       j.compiled += r.compiled;
       j.seconds += r.compile_s;
+      j.in_place += r.updates_in_place;
     }
     return j;
   }
@@ -394,10 +396,12 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
     report.jit_compiled = j.compiled;
     report.jit_seconds = j.seconds;
     if (!opt.quiet && opt.jit) {
-      char b[160];
-      std::snprintf(b, sizeof b, "tessel: JIT: %lld fused kernels, %lld compiled, %lld from the kernel cache, %.2f s\n",
+      char b[200];
+      std::snprintf(b, sizeof b,
+                    "tessel: JIT: %lld fused kernels, %lld compiled, %lld from the kernel cache, %.2f s; %lld updates "
+                    "written in place\n",
                     static_cast<long long>(j.kernels), static_cast<long long>(j.compiled),
-                    static_cast<long long>(j.kernels - j.compiled), j.seconds);
+                    static_cast<long long>(j.kernels - j.compiled), j.seconds, static_cast<long long>(j.in_place));
       log << b;
     }
   }

@@ -96,6 +96,13 @@ void FusedKernelDesc::validate() const {
       throw Error("fused kernel: an output names %" + std::to_string(o.instr) + " of " + std::to_string(code.size()));
     if (o.row && !row[static_cast<size_t>(o.instr)])
       throw Error("fused kernel: output %" + std::to_string(o.instr) + " is per row but the value is per element");
+    if (o.over < 0) continue;
+    if (o.row || static_cast<size_t>(o.over) >= inputs.size() || inputs[static_cast<size_t>(o.over)] != FusedInput::full)
+      throw Error("fused kernel: output %" + std::to_string(o.instr) + " is written over in" + std::to_string(o.over) +
+                  ", which is not a full input of a per-element output");
+    for (const FusedOutput& p : outputs)
+      if (&p != &o && p.over == o.over)
+        throw Error("fused kernel: two outputs are written over in" + std::to_string(o.over));
   }
 }
 
@@ -192,7 +199,8 @@ std::string FusedKernelDesc::str() const {
     }
   }
   for (size_t k = 0; k < outputs.size(); ++k)
-    s += "\n  out" + std::to_string(k) + " = %" + std::to_string(outputs[k].instr) + (outputs[k].row ? " (per row)" : "");
+    s += "\n  out" + std::to_string(k) + " = %" + std::to_string(outputs[k].instr) + (outputs[k].row ? " (per row)" : "") +
+         (outputs[k].over >= 0 ? " (over in" + std::to_string(outputs[k].over) + ")" : "");
   return s;
 }
 

@@ -45,6 +45,11 @@ struct FusedInstr {
 struct FusedOutput {
   int32_t instr = 0;
   bool row = false;  // one value per row (else per element)
+  // >= 0: the output is written over that input's buffer (a full input; a per-element
+  // output): the caller passes the same pointer for both, and each element is read before
+  // it is written. An executor's choice of where values live (an optimizer update written
+  // into its variable), so not part of the node's attributes.
+  int32_t over = -1;
 };
 
 struct FusedKernelDesc {

@@ -115,7 +115,8 @@ std::unique_ptr<llvm::Module> build_module(const ops::FusedKernelDesc& d, const 
   llvm::PointerType* fptr = llvm::PointerType::getUnqual(f32);
   llvm::PointerType* fptrptr = llvm::PointerType::getUnqual(fptr);
   // The body takes every buffer as its own noalias pointer (outputs never overlap inputs or
-  // each other: the memory plan gives values live at once distinct bytes), so the loop
+  // each other: the memory plan gives values live at once distinct bytes, and an output
+  // written over an input goes through the input's pointer, emit_row_body), so the loop
   // vectoriser needs no run-time overlap checks; the entry point unpacks the pointer arrays
   // and calls it, and the inliner turns noalias into alias scopes.
   auto set_target = [&](llvm::Function* fn) {

@@ -85,20 +85,9 @@ int Executor::prepare(const ProgramSpec& spec) {
     Step step;
     step.fn = cpu_kernel_for(n, options_.use_blas);
     step.node = &n;
-    if (n.op == "fused") {  // compiled here: only what a program needs
+    if (n.op == "fused") {  // compiled by initialize(): only what a program needs
       const size_t u = static_cast<size_t>(id);
-      if (!fused_fns_[u]) {
-        const auto t0 = std::chrono::steady_clock::now();
-        descs_[u] = std::make_unique<ops::FusedKernelDesc>(ops::FusedKernelDesc::from_attrs(n.attrs));
-        const CpuJit::Stats before = CpuJit::shared().stats();
-        fused_fns_[u] = CpuJit::shared().compile(*descs_[u]);
-        const CpuJit::Stats after = CpuJit::shared().stats();
-        jit_report_.compiled += after.compiled - before.compiled;
-        jit_report_.disk_hits += after.disk_hits - before.disk_hits;
-        ++jit_report_.kernels;
-        jit_report_.compile_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      }
-      step.jit = fused_fns_[u];
+      if (!descs_[u]) descs_[u] = std::make_unique<ops::FusedKernelDesc>(ops::FusedKernelDesc::from_attrs(n.attrs));
       step.desc = descs_[u].get();
     }
     prog.steps.push_back(std::move(step));
@@ -113,8 +102,61 @@ int Executor::prepare(const ProgramSpec& spec) {
   return static_cast<int>(programs_.size()) - 1;
 }
 
+void Executor::write_updates_in_place() {
+  auto root = [&](Value v) {
+    while (graph_.node(v.node).def->view) v = graph_.node(v.node).inputs[0];
+    return v.node;
+  };
+  for (auto& up : graph_.updates()) {
+    const Node& f = graph_.node(up.value.node);
+    ops::FusedKernelDesc* d = descs_[static_cast<size_t>(f.id)].get();
+    if (!d) continue;
+    const int over = update_over_input(graph_, f, *d, up.value.index, up.variable);
+    if (over < 0) continue;
+    // Every program that runs f applies this update, and nothing there reads the variable
+    // after f.
+    bool ok = true;
+    for (const Program& p : programs_) {
+      auto at = std::find(p.nodes.begin(), p.nodes.end(), f.id);
+      if (at == p.nodes.end()) continue;
+      ok = p.phase == up.phase;
+      for (auto it = at + 1; ok && it != p.nodes.end(); ++it) {
+        const Node& n = graph_.node(*it);
+        if (n.def->view) continue;
+        for (const Value& in : n.inputs) ok = ok && root(in) != up.variable;
+      }
+      if (!ok) break;
+    }
+    if (!ok) continue;
+    d->outputs[static_cast<size_t>(up.value.index)].over = over;
+    in_place_.push_back({up.value, up.variable});
+    ++jit_report_.updates_in_place;
+  }
+}
+
+void Executor::compile_kernels() {
+  for (int32_t id = 0; id < graph_.size(); ++id) {
+    const size_t u = static_cast<size_t>(id);
+    if (!descs_[u]) continue;
+    const auto t0 = std::chrono::steady_clock::now();
+    const CpuJit::Stats before = CpuJit::shared().stats();
+    fused_fns_[u] = CpuJit::shared().compile(*descs_[u]);
+    const CpuJit::Stats after = CpuJit::shared().stats();
+    jit_report_.compiled += after.compiled - before.compiled;
+    jit_report_.disk_hits += after.disk_hits - before.disk_hits;
+    ++jit_report_.kernels;
+    jit_report_.compile_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+  for (Program& p : programs_)
+    for (Step& s : p.steps)
+      if (s.desc) s.jit = fused_fns_[static_cast<size_t>(s.node->id)];
+}
+
 void Executor::plan_and_allocate() {
   buffers_.assign(graph_.size(), {});
+  auto written_over = [&](Value v) {
+    return std::any_of(in_place_.begin(), in_place_.end(), [&](const auto& w) { return w.first == v; });
+  };
   // Storage root of every value: a view shares its input's storage.
   auto root = [&](Value v) {
     while (graph_.node(v.node).def->view) v = graph_.node(v.node).inputs[0];
@@ -131,6 +173,7 @@ void Executor::plan_and_allocate() {
         if (buffers_[id].empty()) buffers_[id].push_back(allocate(n.outputs[0].bytes(), n));
       } else if (!n.def->view) {
         for (int i = 0; i < static_cast<int>(n.outputs.size()); ++i) {
+          if (written_over(n.out(i))) continue;  // lives in its variable's buffer
           auto [it, fresh] = life.try_emplace(key(n.out(i)), BufferLifetime{n.outputs[i].bytes(), t, t});
           if (!fresh) it->second.last = std::max(it->second.last, t);  // computed again later
         }
@@ -161,6 +204,11 @@ void Executor::plan_and_allocate() {
     outs.resize(graph_.node(k.first).outputs.size(), nullptr);
     outs[k.second] = arena + plan.offsets[i++];
   }
+  for (auto& [value, variable] : in_place_) {
+    auto& outs = buffers_[value.node];
+    outs.resize(graph_.node(value.node).outputs.size(), nullptr);
+    outs[value.index] = buffers_[variable][0];
+  }
   // Views alias their roots, in node order so chains resolve.
   for (int32_t id = 0; id < graph_.size(); ++id) {
     const Node& n = graph_.node(id);
@@ -173,7 +221,7 @@ void Executor::plan_and_allocate() {
     for (Step& s : p.steps) {
       for (auto& in : s.node->inputs) s.in.push_back(ref(in));
       for (int o = 0; o < static_cast<int>(s.node->outputs.size()); ++o) s.out.push_back(ref(s.node->out(o)));
-      if (s.jit) {
+      if (s.desc) {
         for (auto& t : s.in) s.in_ptrs.push_back(t.as<const float>());
         for (auto& t : s.out) s.out_ptrs.push_back(t.as<float>());
       }
@@ -204,6 +252,8 @@ void Executor::fill_source(int32_t id, const KernelCtx& ctx) {
 
 void Executor::initialize() {
   if (initialized_) throw Error("Executor::initialize() called twice");
+  write_updates_in_place();
+  compile_kernels();
   plan_and_allocate();
   const KernelCtx ctx{parallel_, options_.seed};
   for (int32_t id = 0; id < static_cast<int32_t>(buffers_.size()); ++id)

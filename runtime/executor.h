@@ -47,8 +47,9 @@ class Executor {
   Executor& operator=(const Executor&) = delete;
 
   int prepare(const ProgramSpec& spec);
-  // Plans and allocates memory, then fills every variable from the graph's stored data or
-  // its initializer, and every constant. Call once, after the last prepare().
+  // Compiles the programs' fused kernels, plans and allocates memory, then fills every
+  // variable from the graph's stored data or its initializer, and every constant. Call
+  // once, after the last prepare().
   void initialize();
   void run(int program);
 
@@ -86,7 +87,8 @@ class Executor {
     int64_t fused_nodes = 0, nodes_fused = 0;  // fused kernels; the nodes they replace
     int64_t kernels = 0;                        // distinct kernels among them
     int64_t compiled = 0, disk_hits = 0;        // compiled by LLVM; loaded from the disk cache
-    double compile_s = 0;                       // fusion and compilation, in the constructor
+    double compile_s = 0;                       // fusion (constructor) and compilation (initialize())
+    int64_t updates_in_place = 0;  // updates written over their variables (no copy after the step)
   };
   const JitReport& jit_report() const { return jit_report_; }
 
@@ -109,6 +111,11 @@ class Executor {
     std::vector<Value> keep;     // outputs and update values: live to the end
     std::vector<std::pair<TensorRef, TensorRef>> updates;  // (variable, new value)
   };
+  // With jit: an update whose new value a fused kernel computes element by element from its
+  // variable, where nothing reads the variable after that kernel, is written over the
+  // variable (no buffer of its own, no copy after the step). Before compile_kernels().
+  void write_updates_in_place();
+  void compile_kernels();
   void plan_and_allocate();
   void* allocate(int64_t bytes, const Node& n);
   void fill_source(int32_t node, const KernelCtx& ctx);
@@ -121,6 +128,7 @@ class Executor {
   ExecutorOptions options_;
   std::vector<std::unique_ptr<ops::FusedKernelDesc>> descs_;  // per fused node, in node order
   std::vector<FusedFn> fused_fns_;
+  std::vector<std::pair<Value, int32_t>> in_place_;  // (update value, its variable's node)
   JitReport jit_report_;
   Parallel* parallel_;
   std::vector<std::vector<void*>> buffers_;  // per node, per output; aliased for views

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "graph/graph.h"
+#include "ops/fused.h"
 
 namespace tessel::runtime {
 
@@ -46,5 +47,14 @@ struct FusedGraph {
 };
 
 FusedGraph fuse(const Graph& g, const FusionOptions& options = {});
+
+// An update's new value written over its variable: when fused node n (description d)
+// computes output `output`, the new value of `variable`, element by element from the
+// variable itself (an input read whole, of the same type, and no other input a view of
+// the variable), the index of that input, else -1. Then the kernel can write the output
+// over the variable (FusedOutput::over) instead of into a buffer of its own that is copied
+// back after the step, provided nothing reads the variable after n, nothing else writes
+// the value, and every program that runs n applies the update: the executor's to check.
+int update_over_input(const Graph& g, const Node& n, const ops::FusedKernelDesc& d, int output, int32_t variable);
 
 }  // namespace tessel::runtime

@@ -209,15 +209,21 @@ struct ColumnScope {
 }  // namespace
 
 bool streams_past_cache(const FusedKernelDesc& d) {
-  int full_outputs = 0;
-  for (const auto& o : d.outputs) full_outputs += o.row ? 0 : 1;
-  return full_outputs == 1;
+  // An output written over its input has its lines in the cache already: plain stores.
+  int full_outputs = 0, over = 0;
+  for (const auto& o : d.outputs) full_outputs += o.row ? 0 : 1, over += o.over >= 0 ? 1 : 0;
+  return full_outputs == 1 && over == 0;
 }
 
 void emit_row_body(llvm::IRBuilder<>& b, llvm::Function* f, const FusedKernelDesc& d, llvm::Value* r,
                    llvm::Value* c0, llvm::Value* c1, const std::vector<llvm::Value*>& in,
-                   const std::vector<llvm::Value*>& out, bool streaming) {
+                   const std::vector<llvm::Value*>& out_ptrs, bool streaming) {
   llvm::LLVMContext& ctx = b.getContext();
+  // An output written over an input is stored through the input's pointer: one pointer read
+  // and written, not two (noalias on the CPU) that alias.
+  std::vector<llvm::Value*> out = out_ptrs;
+  for (size_t o = 0; o < d.outputs.size(); ++o)
+    if (d.outputs[o].over >= 0) out[o] = in.at(static_cast<size_t>(d.outputs[o].over));
   llvm::Type* f32 = b.getFloatTy();
   llvm::Type* i64 = b.getInt64Ty();
   const std::vector<bool> row = d.row_levels();
@@ -309,9 +315,14 @@ void emit_row_body(llvm::IRBuilder<>& b, llvm::Function* f, const FusedKernelDes
     column_loop(lo, hi, name, [&](llvm::Value* c, llvm::BasicBlock*, llvm::BasicBlock*, llvm::BasicBlock*) {
       ColumnScope s{b, d, row, row_vals, in, r, c, std::vector<llvm::Value*>(d.code.size(), nullptr), stream ? kStreamWidth : 1};
       llvm::Value* base = b.CreateAdd(b.CreateMul(r, b.getInt64(d.cols)), c);
+      // Every value first, then the stores: an output written over an input (in place) must
+      // not be stored before another output has read that input.
+      std::vector<llvm::Value*> vals(d.outputs.size(), nullptr);
+      for (size_t o = 0; o < d.outputs.size(); ++o)
+        if (!d.outputs[o].row) vals[o] = s.get(d.outputs[o].instr);
       for (size_t o = 0; o < d.outputs.size(); ++o) {
         if (d.outputs[o].row) continue;
-        llvm::Value* v = s.get(d.outputs[o].instr);
+        llvm::Value* v = vals[o];
         llvm::Value* ptr = b.CreateInBoundsGEP(f32, out[o], base);
         if (!stream) {
           b.CreateAlignedStore(v, ptr, llvm::MaybeAlign(4));

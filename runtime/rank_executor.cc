@@ -397,21 +397,10 @@ void RankExecutor::build() {
       op.tag = n.attrs.get_i64("tag");
     }
     else op.fn = cpu_kernel_for(n, options_.use_blas);
-    if (n.op == "fused") {
+    if (n.op == "fused") {  // compiled at the end of build()
       auto& [desc, fn] = kernels_[n.id];
-      if (!fn) {
-        const auto t0 = std::chrono::steady_clock::now();
-        desc = std::make_unique<ops::FusedKernelDesc>(ops::FusedKernelDesc::from_attrs(n.attrs));
-        const CpuJit::Stats before = CpuJit::shared().stats();
-        fn = CpuJit::shared().compile(*desc);
-        const CpuJit::Stats after = CpuJit::shared().stats();
-        jit_report_.compiled += after.compiled - before.compiled;
-        jit_report_.disk_hits += after.disk_hits - before.disk_hits;
-        jit_report_.compile_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      }
-      op.jit = fn;
+      if (!desc) desc = std::make_unique<ops::FusedKernelDesc>(ops::FusedKernelDesc::from_attrs(n.attrs));
       op.desc = desc.get();
-      jit_report_.kernels = static_cast<int64_t>(kernels_.size());
     }
     for (auto& in : n.inputs) op.in.push_back(resolve(in, S, mb, layer));
     if (n.op != "send")
@@ -478,6 +467,79 @@ void RankExecutor::build() {
     touch(v.buf);
     updates_.push_back({persistent_[u.variable], v.buf});
   }
+  write_updates_in_place();
+  for (auto& [id, k] : kernels_) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const CpuJit::Stats before = CpuJit::shared().stats();
+    k.second = CpuJit::shared().compile(*k.first);
+    const CpuJit::Stats after = CpuJit::shared().stats();
+    jit_report_.compiled += after.compiled - before.compiled;
+    jit_report_.disk_hits += after.disk_hits - before.disk_hits;
+    jit_report_.compile_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+  jit_report_.kernels = static_cast<int64_t>(kernels_.size());
+  for (Op& op : ops_)
+    if (op.desc) op.jit = kernels_.at(op.node->id).second;
+}
+
+// An update's new value is written straight into its variable, when the one thing that
+// writes it is a fused kernel computing it element by element from the variable (the
+// kernel writes over the variable, FusedOutput::over) or a collective (ZeRO's all-gather of
+// the updated shards), and from that write on nothing reads the variable (no op after it,
+// no collective not yet finished). The value's buffer and its copy after the step go away.
+void RankExecutor::write_updates_in_place() {
+  const Graph& g = graph_;
+  auto has = [](const std::vector<Ref>& refs, int32_t b) {
+    return std::any_of(refs.begin(), refs.end(), [&](const Ref& r) { return r.buf == b; });
+  };
+  for (size_t k = 0; k < updates_.size(); ++k) {
+    const Update& u = g.updates()[k];
+    const auto [var, val] = updates_[k];
+    if (var < 0 || var == val || buffers_[static_cast<size_t>(val)].persistent) continue;
+    int64_t at = -1, writers = 0, task = -1, runs = 0;  // at: the op that writes (a kernel, or a launch)
+    for (size_t i = 0; i < ops_.size(); ++i) {
+      const Op& op = ops_[i];
+      const bool launch = op.type == Op::Type::launch && has(tasks_[static_cast<size_t>(op.task)].out, val);
+      if (has(op.out, val) || launch) ++writers, at = static_cast<int64_t>(i), task = launch ? op.task : -1;
+      if (op.type == Op::Type::kernel && op.node && op.node->id == u.value.node) ++runs;
+      if (has(op.out, var)) writers = -1;  // something else writes the variable
+    }
+    if (writers != 1) continue;
+    ops::FusedKernelDesc* d = nullptr;
+    int over = -1;
+    if (task < 0) {  // a kernel: a fused one that runs once a step
+      const Op& w = ops_[static_cast<size_t>(at)];
+      if (w.type != Op::Type::kernel || !w.desc || w.node->id != u.value.node || runs != 1) continue;
+      d = kernels_.at(w.node->id).first.get();
+      over = update_over_input(g, *w.node, *d, u.value.index, u.variable);
+      if (over < 0) continue;
+    } else if (has(tasks_[static_cast<size_t>(task)].in, var)) {
+      continue;
+    }
+    int64_t waited = -1;  // collectives finished before the write (they run in launch order)
+    for (int64_t i = 0; i < at; ++i)
+      if (ops_[static_cast<size_t>(i)].type == Op::Type::wait) waited = std::max(waited, ops_[static_cast<size_t>(i)].task);
+    if (task >= 0) waited = std::max(waited, task - 1);
+    bool ok = true;
+    for (size_t i = static_cast<size_t>(at) + 1; ok && i < ops_.size(); ++i) ok = !has(ops_[i].in, var);
+    for (size_t t = 0; ok && t < tasks_.size(); ++t)
+      ok = !has(tasks_[t].out, var) && (!has(tasks_[t].in, var) || static_cast<int64_t>(t) <= waited);
+    if (!ok) continue;
+    if (d) d->outputs[static_cast<size_t>(u.value.index)].over = over;
+    ++jit_report_.updates_in_place;
+    for (Op& op : ops_)
+      for (auto* refs : {&op.in, &op.out})
+        for (Ref& r : *refs)
+          if (r.buf == val) r.buf = var;
+    for (CommTask& t : tasks_)
+      for (auto* refs : {&t.in, &t.out})
+        for (Ref& r : *refs)
+          if (r.buf == val) r.buf = var;
+    Buffer& x = buffers_[static_cast<size_t>(val)];
+    x.bytes = 0, x.first = INT64_MAX, x.last = -1;
+    for (auto& [v2, x2] : updates_)
+      if (x2 == val) x2 = var;
+  }
 }
 
 void RankExecutor::initialize(int64_t capacity_bytes) {
@@ -539,7 +601,7 @@ void RankExecutor::initialize(int64_t capacity_bytes) {
   for (Op& op : ops_) {
     for (auto& r : op.in) op.in_t.push_back(tensor(r));
     for (auto& r : op.out) op.out_t.push_back(tensor(r));
-    if (op.jit) {
+    if (op.desc) {
       for (auto& t : op.in_t) op.in_p.push_back(t.as<const float>());
       for (auto& t : op.out_t) op.out_p.push_back(t.as<float>());
     }

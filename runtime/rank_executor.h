@@ -79,6 +79,7 @@ class RankExecutor {
     int64_t kernels = 0;                  // fused kernels this rank runs
     int64_t compiled = 0, disk_hits = 0;  // compiled by LLVM here; loaded from the disk cache
     double compile_s = 0;
+    int64_t updates_in_place = 0;  // updates written over their variables (no copy after the step)
   };
   const JitReport& jit_report() const { return jit_report_; }
   // Where microbatch `mb`'s part of an input goes (write before step()). Null data if the
@@ -103,6 +104,7 @@ class RankExecutor {
 
  private:
   void build();
+  void write_updates_in_place();
   void comm_loop();
   void run_task(const CommTask& t);
   void wait_event(int64_t event);

@@ -221,6 +221,79 @@ TEST(CpuJit, StreamingKernelsMatchTheReference) {
   check(two, 8, "two streamed outputs", streaming);
 }
 
+// Outputs written over inputs (an optimizer's update written into its variable): every
+// element is read before it is written, whichever output overwrites which input, next to a
+// row reduction of an overwritten input and an output of its own, whole and in pieces,
+// streamed or not. Against the reference on separate buffers.
+TEST(CpuJit, OutputsWrittenOverTheirInputsMatchTheReference) {
+  using ops::FusedInstr;
+  using ops::FusedReduce;
+  auto desc = [](int64_t rows, int64_t cols) {
+    FusedKernelDesc d;
+    d.rows = rows;
+    d.cols = cols;
+    d.inputs = {FusedInput::full, FusedInput::full, FusedInput::per_col, FusedInput::full};  // p, m, c, g
+    d.code = {FusedInstr{ScalarOp::arg},
+              FusedInstr{ScalarOp::arg, FusedReduce::none, -1, -1, -1, 1},
+              FusedInstr{ScalarOp::arg, FusedReduce::none, -1, -1, -1, 2},
+              FusedInstr{ScalarOp::arg, FusedReduce::none, -1, -1, -1, 3},
+              FusedInstr{ScalarOp::mul, FusedReduce::none, 3, 2},  // %4 = g * c: over m (which it does not read)
+              FusedInstr{ScalarOp::mul, FusedReduce::none, 0, 2},
+              FusedInstr{ScalarOp::sub, FusedReduce::none, 5, 1},  // %6 = p * c - m (the old m, read first here): over p
+              FusedInstr{ScalarOp::constant, FusedReduce::sum, 0},  // %7 = row_sum(p), the old p
+              FusedInstr{ScalarOp::mul, FusedReduce::none, 1, 7}};  // %8 = m * %7: an output of its own
+    d.outputs = {{4, false, 1}, {6, false, 0}, {8, false}, {7, true}};
+    return d;
+  };
+  ThreadPool pool(2);
+  CpuJit streaming("", 0);
+  for (auto [rows, cols] : {std::pair<int64_t, int64_t>{1, 1}, {3, 1031}, {0, 5}, {4, 0}, {64, 33}}) {
+    const FusedKernelDesc d = desc(rows, cols);
+    Buffers ref = make_buffers(d, 3);
+    ops::run_fused_reference(d, ref.in_ptrs.data(), ref.out_ptrs.data(), 0, rows);
+    for (CpuJit* compiler : {&CpuJit::shared(), &streaming}) {
+      EXPECT_EQ(compiler->ir(d).find("!nontemporal"), std::string::npos) << "an output over its input stores plainly";
+      const FusedFn fn = compiler->compile(d);
+      for (bool pieces : {false, true}) {
+        Buffers got = make_buffers(d, 3);
+        for (size_t o = 0; o < d.outputs.size(); ++o)
+          if (d.outputs[o].over >= 0) got.out_ptrs[o] = got.in[static_cast<size_t>(d.outputs[o].over)].data();
+        if (!pieces) {
+          run_fused(fn, d, got.in_ptrs.data(), got.out_ptrs.data(), pool);
+        } else {
+          fn(got.in_ptrs.data(), got.out_ptrs.data(), 0, rows / 2, 0, cols);
+          fn(got.in_ptrs.data(), got.out_ptrs.data(), rows / 2, rows, 0, cols);
+        }
+        const std::string what = "[" + std::to_string(rows) + ", " + std::to_string(cols) + "]" +
+                                 (compiler == &streaming ? " streamed" : "") + (pieces ? " in pieces" : "");
+        for (size_t o = 0; o < d.outputs.size(); ++o) {
+          const float* g = got.out_ptrs[o];
+          double scale = 0;  // as in check(): a row sum's rounding is relative to its terms
+          for (int64_t i = 0; i < d.output_numel(o); ++i) scale = std::max(scale, std::fabs(double(ref.out[o][static_cast<size_t>(i)])));
+          for (int64_t i = 0; i < d.output_numel(o); ++i) {
+            const double want = ref.out[o][static_cast<size_t>(i)];
+            ASSERT_NEAR(g[i], want, 1e-5 * std::max(std::fabs(want), 0.05 * scale) + 1e-6)
+                << what << " output " << o << " [" << i << "]";
+          }
+        }
+        // What no output overwrites is left alone.
+        EXPECT_EQ(got.in[2], ref.in[2]) << what;
+        EXPECT_EQ(got.in[3], ref.in[3]) << what;
+      }
+    }
+  }
+  // Only a whole input of a per-element output can be written over, once.
+  FusedKernelDesc bad = desc(2, 3);
+  bad.outputs[2].over = 2;
+  EXPECT_THROW(bad.validate(), Error);
+  bad = desc(2, 3);
+  bad.outputs[3].over = 3;
+  EXPECT_THROW(bad.validate(), Error);
+  bad = desc(2, 3);
+  bad.outputs[2].over = 1;
+  EXPECT_THROW(bad.validate(), Error);
+}
+
 TEST(CpuJit, TheMemoryCacheServesAnIdenticalKernel) {
   const FusedKernelDesc d = softmax_desc(4, 9);
   const FusedFn a = CpuJit::shared().compile(d);

@@ -135,6 +135,109 @@ TEST(Executor, UpdatesAreSimultaneous) {
   EXPECT_EQ(ex.value(b).as<float>()[0], 1);
 }
 
+// Every input filled: floats uniform in [-1, 1], integers 0 (valid labels and tokens).
+void fill_inputs(runtime::Executor& ex, const std::vector<std::string>& names, uint32_t seed) {
+  std::mt19937 rng(seed);
+  for (auto& name : names) {
+    TensorRef t = ex.input(name);
+    if (t.dtype != DType::f32) {
+      std::memset(t.data, 0, static_cast<size_t>(t.bytes()));
+      continue;
+    }
+    for (int64_t i = 0; i < t.numel; ++i) t.as<float>()[i] = std::uniform_real_distribution<float>(-1, 1)(rng);
+  }
+}
+
+// With the JIT, the AdamW update of every parameter and both its moments is written over
+// the variables by the fused update kernel (no buffer of its own, no copy after the step),
+// and training follows the reference kernels step by step.
+TEST(Executor, UpdatesAreWrittenOverTheirVariables) {
+  auto b = models::from_spec("mlp:20-16-5", 4);
+  OptimizerConfig c;
+  c.kind = "adamw";
+  c.weight_decay = 0.1;
+  add_training(b.model->graph(), "loss", c);
+  const Graph& g = b.model->graph();
+  runtime::ExecutorOptions ref_options;
+  ref_options.jit = false;
+  runtime::Executor jit(g), ref(g, ref_options);
+  for (runtime::Executor* ex : {&jit, &ref}) {
+    ex->prepare({"train", {"loss"}});
+    ex->initialize();
+  }
+  int64_t tensors = 0;  // the parameters and their moments (the step counters are scalars)
+  for (auto& u : g.updates()) {
+    if (g.type(u.value).numel() == 1) continue;
+    ++tensors;
+    EXPECT_EQ(jit.value(u.value).data, jit.value(Value{u.variable, 0}).data) << g.node(u.variable).name;
+  }
+  EXPECT_EQ(tensors, 12);
+  EXPECT_EQ(jit.jit_report().updates_in_place, tensors);
+  EXPECT_EQ(ref.jit_report().updates_in_place, 0);
+  for (int step = 0; step < 3; ++step) {
+    fill_inputs(jit, b.inputs, step);
+    fill_inputs(ref, b.inputs, step);
+    jit.run(0);
+    ref.run(0);
+    EXPECT_NEAR(jit.output("loss").as<float>()[0], ref.output("loss").as<float>()[0], 1e-5) << "step " << step;
+    for (auto& u : g.updates()) {
+      const TensorRef x = jit.value(Value{u.variable, 0}), y = ref.value(Value{u.variable, 0});
+      for (int64_t i = 0; i < x.numel; ++i)
+        ASSERT_NEAR(x.as<float>()[i], y.as<float>()[i], 1e-5 * std::max(1.f, std::fabs(y.as<float>()[i])))
+            << g.node(u.variable).name << "[" << i << "] after step " << step;
+    }
+  }
+}
+
+// An update is written over its variable only where that changes nothing a program sees:
+// not when something reads the variable after the update kernel (it must see the old
+// value), nor when a program runs the kernel without applying the update.
+TEST(Executor, AnUpdateIsNotWrittenOverAVariableStillToBeRead) {
+  for (bool read_after : {false, true}) {
+    Model m;
+    ops::Emitter e = m.emit(SourceLoc::current());
+    Value w = e.state("w", {4, 4}, DType::f32, 1);
+    Value x = e.input("x", DType::f32, {4, 4});
+    Value y;
+    if (!read_after) y = e.matmul(x, w);
+    Value w_new = e.sub(w, e.mul(x, 0.5));
+    if (read_after) y = e.matmul(x, w);  // after the update kernel
+    m.graph().add_update(w.node, w_new, "train");
+    m.graph().set_output("y", y);
+    runtime::Executor ex(m.graph());
+    const int train = ex.prepare({"train", {"y"}});
+    ex.initialize();
+    EXPECT_EQ(ex.jit_report().updates_in_place, read_after ? 0 : 1) << "read after: " << read_after;
+    for (int64_t i = 0; i < 16; ++i) ex.input("x").as<float>()[i] = 1;
+    // w = 1, 0.5, 0 before steps 0, 1, 2; y reads w before this step's update.
+    for (int step = 0; step < 2; ++step) {
+      ex.run(train);
+      EXPECT_EQ(ex.output("y").as<float>()[5], 4 * (1 - 0.5f * static_cast<float>(step)))
+          << "read after: " << read_after << ", step " << step;
+      EXPECT_EQ(ex.value(w).as<float>()[5], 1 - 0.5f * static_cast<float>(step + 1));
+    }
+  }
+  // A second program computes the new value without applying the update.
+  Model m;
+  ops::Emitter e = m.emit(SourceLoc::current());
+  Value w = e.state("w", {8}, DType::f32, 1);
+  Value x = e.input("x", DType::f32, {8});
+  Value w_new = e.sub(w, e.mul(x, 0.5));
+  m.graph().add_update(w.node, w_new, "train");
+  m.graph().set_output("w_new", w_new);
+  runtime::Executor ex(m.graph());
+  const int train = ex.prepare({"train", {}});
+  const int peek = ex.prepare({"", {"w_new"}});
+  ex.initialize();
+  EXPECT_EQ(ex.jit_report().updates_in_place, 0);
+  for (int64_t i = 0; i < 8; ++i) ex.input("x").as<float>()[i] = 1;
+  ex.run(peek);
+  EXPECT_EQ(ex.value(w).as<float>()[3], 1.f) << "peeking at the new value changed the variable";
+  EXPECT_EQ(ex.output("w_new").as<float>()[3], 0.5f);
+  ex.run(train);
+  EXPECT_EQ(ex.value(w).as<float>()[3], 0.5f);
+}
+
 TEST(Executor, UnknownOutputsAndPhasesAreNamed) {
   auto b = models::from_spec("mlp:4-2", 2);
   runtime::Executor ex(b.model->graph());
