@@ -148,6 +148,13 @@ int main(int argc, char** argv) {
     g.set_output("y", e.layer_norm(x, gamma, beta));
     bench("layer_norm", g, iters, pool);
   }
+  {  // the GPT's attention probabilities: masked scores, softmax over the last axis
+    Graph g(ops::registry());
+    ops::Emitter e(g, Origin::here());
+    Value x = e.input("x", DType::f32, {16, 4, 128, 128});
+    g.set_output("y", e.softmax(x));
+    bench("attention_softmax", g, iters, pool);
+  }
   {
     const int64_t n = 100'000'000;
     Graph g(ops::registry());

@@ -72,9 +72,15 @@ int main(int argc, char** argv) {
     std::cout << "{\"framework\":\"tessel\",\"model\":\"" << spec << "\",\"batch\":" << batch
               << ",\"threads\":" << pool.num_threads() << ",\"step_ms_median\":" << ms[ms.size() / 2]
               << ",\"step_ms_min\":" << ms.front() << ",\"loss\":" << ex.output("loss").as<float>()[0] << "}\n";
-    if (profile)
-      for (auto& t : ex.profile())
-        std::cerr << t.op << "  " << t.calls << " calls  " << t.ms / static_cast<double>(warmup + steps) << " ms/step\n";
+    if (profile) {
+      const double n = static_cast<double>(warmup + steps);
+      for (auto& t : ex.profile()) std::cerr << t.op << "  " << t.calls << " calls  " << t.ms / n << " ms/step\n";
+      std::cerr << "largest nodes:\n";
+      const auto nodes = ex.node_profile();
+      for (size_t i = 0; i < std::min<size_t>(nodes.size(), 400); ++i)
+        std::cerr << "  " << nodes[i].ms / n << " ms/step  " << nodes[i].op << " " << nodes[i].node << "  "
+                  << nodes[i].shapes << "\n";
+    }
   } catch (const Error& e) {
     std::cerr << "step_bench: " << e.what() << "\n";
     return 1;

@@ -343,6 +343,27 @@ std::vector<Executor::OpTime> Executor::profile() const {
   return v;
 }
 
+std::vector<Executor::NodeTime> Executor::node_profile() const {
+  std::map<int32_t, NodeTime> by_node;
+  for (auto& p : programs_)
+    for (auto& s : p.steps) {
+      NodeTime& t = by_node[s.node->id];
+      if (t.node.empty()) {
+        t.node = s.node->name;
+        t.op = s.node->op;
+        for (auto& in : s.node->inputs) t.shapes += (t.shapes.empty() ? "" : " ") + shape_str(graph_.type(in).shape);
+        t.shapes += " ->";
+        for (auto& o : s.node->outputs) t.shapes += " " + shape_str(o.shape);
+      }
+      t.calls += s.calls;
+      t.ms += s.ms;
+    }
+  std::vector<NodeTime> v;
+  for (auto& [k, t] : by_node) v.push_back(t);
+  std::sort(v.begin(), v.end(), [](const NodeTime& a, const NodeTime& b) { return a.ms > b.ms; });
+  return v;
+}
+
 void Executor::export_variables(Graph& g) const {
   for (int32_t id = 0; id < static_cast<int32_t>(buffers_.size()); ++id) {
     if (buffers_[id].empty() || graph_.node(id).def->kind != OpKind::variable) continue;

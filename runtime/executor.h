@@ -79,6 +79,14 @@ class Executor {
     double ms = 0;
   };
   std::vector<OpTime> profile() const;
+  // The same per node that runs (fused kernels under their last node's name), with its
+  // input and output shapes ("[256,784] [784,1024] -> [256,1024]"), largest first.
+  struct NodeTime {
+    std::string node, op, shapes;
+    int64_t calls = 0;
+    double ms = 0;
+  };
+  std::vector<NodeTime> node_profile() const;
   const Graph& graph() const { return source_; }
   // The graph that runs: the fused graph with jit, else the one given.
   const Graph& executed_graph() const { return graph_; }

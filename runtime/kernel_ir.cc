@@ -254,32 +254,54 @@ void emit_row_body(llvm::IRBuilder<>& b, llvm::Function* f, const FusedKernelDes
     }
     if (i.reduce != FusedReduce::none) {
       const bool sum = i.reduce == FusedReduce::sum;
+      auto combine = [&](llvm::Value* acc, llvm::Value* x) -> llvm::Value* {
+        if (!sum) return b.CreateSelect(b.CreateFCmpOGT(x, acc), x, acc);  // NaN never wins, as in the reference
+        llvm::FastMathFlags fm;
+        fm.setAllowReassoc();
+        llvm::Value* v = b.CreateFAdd(acc, x);
+        llvm::cast<llvm::Instruction>(v)->setFastMathFlags(fm);
+        return v;
+      };
+      // Columns [lo, hi) folded into init, vf at a time (init a vector of vf then).
+      auto fold = [&](int64_t lo, int64_t hi, llvm::Value* init, unsigned vf) {
+        llvm::PHINode* acc = nullptr;
+        llvm::Value* next_acc = nullptr;
+        llvm::BasicBlock* pre_block = nullptr;
+        llvm::BasicBlock* latch = nullptr;
+        column_loop(b.getInt64(lo), b.getInt64(hi), "reduce", [&](llvm::Value* c, llvm::BasicBlock* pre, llvm::BasicBlock*, llvm::BasicBlock*) {
+          pre_block = pre;
+          acc = b.CreatePHI(init->getType(), 2, "acc");
+          acc->addIncoming(init, pre);
+          ColumnScope s{b, d, row, row_vals, in, r, c, std::vector<llvm::Value*>(d.code.size(), nullptr), vf};
+          next_acc = combine(acc, s.get(i.a));
+          latch = b.GetInsertBlock();
+          acc->addIncoming(next_acc, latch);
+        }, vf);
+        llvm::PHINode* result = b.CreatePHI(init->getType(), 2, "reduced");
+        result->addIncoming(init, pre_block);
+        result->addIncoming(next_acc, latch);
+        return static_cast<llvm::Value*>(result);
+      };
       llvm::Value* init = sum ? llvm::ConstantFP::get(f32, 0.0) : llvm::ConstantFP::getInfinity(f32, true);
-      llvm::PHINode* acc = nullptr;
-      llvm::Value* next_acc = nullptr;
-      llvm::BasicBlock* pre_block = nullptr;
-      llvm::BasicBlock* latch = nullptr;
-      column_loop(b.getInt64(0), b.getInt64(d.cols), "reduce", [&](llvm::Value* c, llvm::BasicBlock* pre, llvm::BasicBlock*, llvm::BasicBlock*) {
-        pre_block = pre;
-        acc = b.CreatePHI(f32, 2, "acc");
-        acc->addIncoming(init, pre);
-        ColumnScope s{b, d, row, row_vals, in, r, c, std::vector<llvm::Value*>(d.code.size(), nullptr)};
-        llvm::Value* x = s.get(i.a);
-        if (sum) {
-          llvm::FastMathFlags fm;
-          fm.setAllowReassoc();
-          next_acc = b.CreateFAdd(acc, x);
-          llvm::cast<llvm::Instruction>(next_acc)->setFastMathFlags(fm);
-        } else {
-          next_acc = b.CreateSelect(b.CreateFCmpOGT(x, acc), x, acc);
+      if (sum) {  // the loop vectoriser widens a reassociable sum itself
+        row_vals[k] = fold(0, d.cols, init, 1);
+        continue;
+      }
+      // A max it leaves serial (a compare and select per column, each waiting for the last):
+      // kMaxWidth columns at a time, the lanes folded pairwise, then the last columns.
+      constexpr unsigned kMaxWidth = 16;
+      const int64_t whole = d.cols / kMaxWidth * kMaxWidth;
+      llvm::Value* acc = init;
+      if (whole > 0) {
+        llvm::Value* v = fold(0, whole, b.CreateVectorSplat(kMaxWidth, init), kMaxWidth);
+        for (unsigned w = kMaxWidth / 2; w >= 1; w /= 2) {
+          std::vector<int> lo_lanes, hi_lanes;
+          for (unsigned l = 0; l < w; ++l) lo_lanes.push_back(static_cast<int>(l)), hi_lanes.push_back(static_cast<int>(l + w));
+          v = combine(b.CreateShuffleVector(v, lo_lanes), b.CreateShuffleVector(v, hi_lanes));
         }
-        latch = b.GetInsertBlock();
-        acc->addIncoming(next_acc, latch);
-      });
-      llvm::PHINode* result = b.CreatePHI(f32, 2, "reduced");
-      result->addIncoming(init, pre_block);
-      result->addIncoming(next_acc, latch);
-      row_vals[k] = result;
+        acc = b.CreateExtractElement(v, uint64_t{0});
+      }
+      row_vals[k] = whole < d.cols ? fold(whole, d.cols, acc, 1) : acc;
       continue;
     }
     if (i.op == ScalarOp::constant) {

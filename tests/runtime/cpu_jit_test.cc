@@ -181,7 +181,7 @@ FusedKernelDesc layer_norm_desc(int64_t rows, int64_t cols) {
 }
 
 TEST(CpuJit, RowReductionsMatchTheReference) {
-  for (auto [rows, cols] : {std::pair<int64_t, int64_t>{1, 1}, {3, 7}, {5, 1031}, {0, 5}, {64, 33}}) {
+  for (auto [rows, cols] : {std::pair<int64_t, int64_t>{1, 1}, {3, 7}, {5, 1031}, {0, 5}, {64, 33}, {2, 16}, {3, 48}, {4, 0}}) {
     check(softmax_desc(rows, cols), 7, "softmax");
     check(layer_norm_desc(rows, cols), 8, "layer norm");
   }
