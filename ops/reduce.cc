@@ -1,5 +1,6 @@
 // Reductions over axes: sum and max (mean is a composition in Emitter).
 #include <algorithm>
+#include <vector>
 #include <limits>
 
 #include "ops/defs.h"
@@ -99,6 +100,31 @@ void reduce_impl(const Node& n, const TensorRef& x, const TensorRef& y, const Ke
     const int64_t outer = rank == 2 ? 1 : dims[0];
     const int64_t len = dims[rank - 2];
     const int64_t inner = dims[rank - 1];
+    // [R, K] with many rows (a bias gradient: the sum over the batch): blocks of whole rows,
+    // each read front to back into its own partial row, then the partials combined. Column
+    // chunks would read a slice of every row, which the prefetcher follows badly.
+    const int64_t threads = ctx.parallel->num_threads();
+    const int64_t blocks = std::min<int64_t>(4 * threads, len / 64);
+    if (outer == 1 && threads > 1 && blocks > 1 && inner <= (int64_t{1} << 16)) {
+      static thread_local std::vector<T> partial;  // grows once; the step loop allocates nothing after
+      if (partial.size() < static_cast<size_t>(blocks * inner)) partial.resize(static_cast<size_t>(blocks * inner));
+      T* part = partial.data();
+      ctx.parallel->for_range(blocks, 1, [&](int64_t b0, int64_t b1) {
+        for (int64_t k = b0; k < b1; ++k) {
+          T* acc = part + k * inner;
+          for (int64_t c = 0; c < inner; ++c) acc[c] = R::template init<T>();
+          const int64_t r0 = len * k / blocks, r1 = len * (k + 1) / blocks;
+          for (int64_t r = r0; r < r1; ++r) {
+            const T* row = in + r * inner;
+            for (int64_t c = 0; c < inner; ++c) acc[c] = R::combine(acc[c], row[c]);
+          }
+        }
+      });
+      for (int64_t c = 0; c < inner; ++c) out[c] = part[c];
+      for (int64_t k = 1; k < blocks; ++k)
+        for (int64_t c = 0; c < inner; ++c) out[c] = R::combine(out[c], part[k * inner + c]);
+      return;
+    }
     // Split over outer blocks and inner columns so both shapes use every thread.
     const int64_t col_chunk = 256;
     const int64_t chunks_per_outer = (inner + col_chunk - 1) / col_chunk;
