@@ -96,7 +96,8 @@ def main():
             print(f"{model} round {r + 1}: tessel {ours[-1]:.1f} ms, " +
                   ", ".join(f"{label} {v[-1]:.1f} ms" for label, v in theirs.items()), flush=True)
         row = {"model": model, "batch": batch, "opt": opt, "tessel": statistics.median(ours),
-               "peers": {label: statistics.median(v) for label, v in theirs.items()}}
+               "peers": {label: statistics.median(v) for label, v in theirs.items()},
+               "round_ratios": {label: [t / p for t, p in zip(ours, v)] for label, v in theirs.items()}}
         rows.append(row)
         print(f"{model}: tessel {row['tessel']:.1f} ms; " +
               ", ".join(f"{label} {v:.1f} ms (ratio {row['tessel'] / v:.2f})" for label, v in row["peers"].items()),
@@ -124,6 +125,11 @@ def main():
                       f"GFLOP: tessel's step runs at {100 * share:.0f} % of that peak" +
                       "".join(f", {label} at {100 * mlp_flops(256) / (mlp['peers'][label] / 1e3) / 1e9 / peak:.0f} %"
                               for label in labels) + "."]
+        lines += ["", "Ratios within each round (tessel / peer, both timed in that round), median and range: " +
+                  "; ".join(f"`{row['model'].split(':')[0]}` " + ", ".join(
+                      f"{label} {statistics.median(row['round_ratios'][label]):.2f} "
+                      f"({min(row['round_ratios'][label]):.2f}-{max(row['round_ratios'][label]):.2f})"
+                      for label in labels) for row in rows) + "."]
         results.record("Training step time: tessel vs PyTorch (eager, torch.compile) and JAX jit", lines + [""])
 
 
