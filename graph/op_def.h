@@ -112,7 +112,7 @@ struct OpDef {
   // The output holds input 0's bytes unchanged (reshape, stop_gradient): an executor may
   // alias the two buffers instead of running the kernel.
   bool view = false;
-  std::string doc;                // one line, shown by `tessel inspect --ops`
+  std::string doc;                // one line saying what the op computes (for listings of the registry)
 
   bool elementwise() const { return scalar != nullptr; }
   bool differentiable() const { return grad != nullptr; }
