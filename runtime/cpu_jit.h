@@ -31,7 +31,7 @@ class CpuJit {
  public:
   // cache_dir "": no disk cache. Kernels that read and write more than streaming_bytes write
   // their outputs a cache line at a time, past the cache where that pays (kernel_ir.h);
-  // -1: the size of this machine's last-level cache.
+  // -1: four times this machine's L2 cache (what that choice rests on: cpu_jit.cc).
   explicit CpuJit(std::string cache_dir = default_kernel_cache_dir(), int64_t streaming_bytes = -1);
   ~CpuJit();
   CpuJit(const CpuJit&) = delete;

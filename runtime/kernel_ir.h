@@ -14,15 +14,14 @@ namespace tessel::runtime {
 
 // Emits, at b's insertion point in function f, the work of rows [r, r + 1) restricted to
 // columns [c0, c1): the row values (reductions loop over all columns), the per-row outputs
-// (callers that split rows by columns must not ask for those), then the per-element outputs
-// over [c0, c1). `in` and `out` are float pointers in the description's order; an output
-// written over an input (FusedOutput::over) is stored through the input's pointer, its
-// own is not used. Leaves b at
-// the end of the emitted code. `streaming` (CPU only, for kernels whose data does not fit in
-// the cache) writes the per-element outputs a whole 64-byte aligned line at a time, and a
-// single such output with non-temporal stores, which save reading each line in before it
-// is written; the caller must then order them (sfence, see streams_past_cache) before
-// another thread reads the output.
+// (callers that split rows by columns must not ask for those), then the per-element
+// outputs over [c0, c1). `in` and `out` are float pointers in the description's order; an
+// output written over an input (FusedOutput::over) is stored through the input's pointer,
+// its own is not used. Leaves b at the end of the emitted code. `streaming` (CPU only, for
+// kernels whose data does not fit in the cores' private caches) writes the per-element
+// outputs a whole 64-byte aligned line at a time, and a single such output with
+// non-temporal stores, which save reading each line in before it is written; the caller
+// must then order them (sfence, see streams_past_cache) before another thread reads the output.
 void emit_row_body(llvm::IRBuilder<>& b, llvm::Function* f, const ops::FusedKernelDesc& d, llvm::Value* r,
                    llvm::Value* c0, llvm::Value* c1, const std::vector<llvm::Value*>& in,
                    const std::vector<llvm::Value*>& out, bool streaming = false);
