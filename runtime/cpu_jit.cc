@@ -151,7 +151,7 @@ std::unique_ptr<llvm::Module> build_module(const ops::FusedKernelDesc& d, const 
     llvm::PHINode* r = b.CreatePHI(i64, 2, "r");
     r->addIncoming(r0, entry);
     emit_row_body(b, body, d, r, body->getArg(static_cast<unsigned>(nbuf + 2)), body->getArg(static_cast<unsigned>(nbuf + 3)),
-                  in, out, stream);
+                  in, out, stream, /*row_cache=*/true);
     llvm::Value* next = b.CreateAdd(r, b.getInt64(1), "r.next", true, true);
     r->addIncoming(next, b.GetInsertBlock());
     b.CreateCondBr(b.CreateICmpSLT(next, r1), loop, exit);

@@ -177,24 +177,28 @@ struct ColumnScope {
   llvm::Value* c;
   std::vector<llvm::Value*> memo;
   unsigned vf = 1;  // > 1: values are vectors of columns [c, c + vf)
+  const std::vector<llvm::Value*>* cache = nullptr;  // per instruction: its row, kept, or null
+
+  llvm::Value* load(llvm::Value* base, llvm::Value* idx) {
+    llvm::Type* f32 = b.getFloatTy();
+    llvm::Value* ptr = b.CreateInBoundsGEP(f32, base, idx);
+    if (vf == 1) return b.CreateAlignedLoad(f32, ptr, llvm::MaybeAlign(4));
+    llvm::Type* vt = llvm::FixedVectorType::get(f32, vf);
+    return b.CreateAlignedLoad(vt, b.CreateBitCast(ptr, llvm::PointerType::getUnqual(vt)), llvm::MaybeAlign(4));
+  }
 
   llvm::Value* get(int32_t k) {
     const size_t u = static_cast<size_t>(k);
     if (memo[u]) return memo[u];
     if (row[u]) return memo[u] = vf > 1 ? b.CreateVectorSplat(vf, row_vals[u]) : row_vals[u];
+    if (cache && (*cache)[u]) return memo[u] = load((*cache)[u], c);
     const FusedInstr& i = d.code[u];
     llvm::Type* f32 = b.getFloatTy();
     llvm::Value* v = nullptr;
     if (i.op == ScalarOp::arg) {
       const size_t a = static_cast<size_t>(i.index);
       llvm::Value* idx = d.inputs[a] == FusedInput::full ? b.CreateAdd(b.CreateMul(r, b.getInt64(d.cols)), c) : c;
-      llvm::Value* ptr = b.CreateInBoundsGEP(f32, in[a], idx);
-      if (vf > 1) {
-        llvm::Type* vt = llvm::FixedVectorType::get(f32, vf);
-        v = b.CreateAlignedLoad(vt, b.CreateBitCast(ptr, llvm::PointerType::getUnqual(vt)), llvm::MaybeAlign(4));
-      } else {
-        v = b.CreateAlignedLoad(f32, ptr, llvm::MaybeAlign(4));
-      }
+      v = load(in[a], idx);
     } else {
       auto op = [&](int32_t o) { return o >= 0 ? get(o) : nullptr; };
       llvm::Value* A = op(i.a);
@@ -217,7 +221,7 @@ bool streams_past_cache(const FusedKernelDesc& d) {
 
 void emit_row_body(llvm::IRBuilder<>& b, llvm::Function* f, const FusedKernelDesc& d, llvm::Value* r,
                    llvm::Value* c0, llvm::Value* c1, const std::vector<llvm::Value*>& in,
-                   const std::vector<llvm::Value*>& out_ptrs, bool streaming) {
+                   const std::vector<llvm::Value*>& out_ptrs, bool streaming, bool row_cache) {
   llvm::LLVMContext& ctx = b.getContext();
   // An output written over an input is stored through the input's pointer: one pointer read
   // and written, not two (noalias on the CPU) that alias.
@@ -228,6 +232,34 @@ void emit_row_body(llvm::IRBuilder<>& b, llvm::Function* f, const FusedKernelDes
   llvm::Type* i64 = b.getInt64Ty();
   const std::vector<bool> row = d.row_levels();
   std::vector<llvm::Value*> row_vals(d.code.size(), nullptr);
+  // A value a row reduction folds that something else uses again (softmax's exp, used by
+  // the division after the sum): kept for the row in a stack buffer while it is folded,
+  // then read back instead of computed again.
+  std::vector<llvm::Value*> slot(d.code.size(), nullptr), kept(d.code.size(), nullptr);
+  if (row_cache && d.cols > 0 && d.cols <= kRowCacheColumns) {
+    std::vector<bool> reused(d.code.size(), false);
+    for (const FusedInstr& i : d.code)
+      if (i.reduce == FusedReduce::none)
+        for (int32_t o : {i.a, i.b, i.c})
+          if (o >= 0) reused[static_cast<size_t>(o)] = true;
+    for (const ops::FusedOutput& o : d.outputs) reused[static_cast<size_t>(o.instr)] = true;
+    llvm::IRBuilder<> entry(&f->getEntryBlock(), f->getEntryBlock().begin());
+    for (const FusedInstr& i : d.code) {
+      if (i.reduce == FusedReduce::none || row[static_cast<size_t>(i.a)]) continue;
+      const size_t a = static_cast<size_t>(i.a);
+      const ScalarOp op = d.code[a].op;
+      if (!reused[a] || slot[a] || d.code[a].reduce != FusedReduce::none || op == ScalarOp::arg || op == ScalarOp::constant)
+        continue;
+      auto* buf = entry.CreateAlloca(f32, entry.getInt64(d.cols), "row.kept");
+      buf->setAlignment(llvm::Align(64));
+      slot[a] = buf;
+    }
+  }
+  auto keep = [&](size_t a, llvm::Value* c, llvm::Value* x) {  // while folding a
+    if (!slot[a] || kept[a]) return;
+    llvm::Value* ptr = b.CreateInBoundsGEP(f32, slot[a], c);
+    b.CreateAlignedStore(x, b.CreateBitCast(ptr, llvm::PointerType::getUnqual(x->getType())), llvm::MaybeAlign(4));
+  };
   auto column_loop = [&](llvm::Value* lo, llvm::Value* hi, const char* name, auto&& body, int64_t step = 1) {
     llvm::BasicBlock* pre = b.GetInsertBlock();
     auto* loop = llvm::BasicBlock::Create(ctx, name, f);
@@ -272,8 +304,10 @@ void emit_row_body(llvm::IRBuilder<>& b, llvm::Function* f, const FusedKernelDes
           pre_block = pre;
           acc = b.CreatePHI(init->getType(), 2, "acc");
           acc->addIncoming(init, pre);
-          ColumnScope s{b, d, row, row_vals, in, r, c, std::vector<llvm::Value*>(d.code.size(), nullptr), vf};
-          next_acc = combine(acc, s.get(i.a));
+          ColumnScope s{b, d, row, row_vals, in, r, c, std::vector<llvm::Value*>(d.code.size(), nullptr), vf, &kept};
+          llvm::Value* x = s.get(i.a);
+          keep(static_cast<size_t>(i.a), c, x);
+          next_acc = combine(acc, x);
           latch = b.GetInsertBlock();
           acc->addIncoming(next_acc, latch);
         }, vf);
@@ -285,6 +319,7 @@ void emit_row_body(llvm::IRBuilder<>& b, llvm::Function* f, const FusedKernelDes
       llvm::Value* init = sum ? llvm::ConstantFP::get(f32, 0.0) : llvm::ConstantFP::getInfinity(f32, true);
       if (sum) {  // the loop vectoriser widens a reassociable sum itself
         row_vals[k] = fold(0, d.cols, init, 1);
+        kept[static_cast<size_t>(i.a)] = slot[static_cast<size_t>(i.a)];
         continue;
       }
       // A max it leaves serial (a compare and select per column, each waiting for the last):
@@ -302,6 +337,7 @@ void emit_row_body(llvm::IRBuilder<>& b, llvm::Function* f, const FusedKernelDes
         acc = b.CreateExtractElement(v, uint64_t{0});
       }
       row_vals[k] = whole < d.cols ? fold(whole, d.cols, acc, 1) : acc;
+      kept[static_cast<size_t>(i.a)] = slot[static_cast<size_t>(i.a)];
       continue;
     }
     if (i.op == ScalarOp::constant) {
@@ -335,7 +371,7 @@ void emit_row_body(llvm::IRBuilder<>& b, llvm::Function* f, const FusedKernelDes
   const bool nontemporal = streaming && streams_past_cache(d);
   auto outputs = [&](llvm::Value* lo, llvm::Value* hi, const char* name, bool stream) {
     column_loop(lo, hi, name, [&](llvm::Value* c, llvm::BasicBlock*, llvm::BasicBlock*, llvm::BasicBlock*) {
-      ColumnScope s{b, d, row, row_vals, in, r, c, std::vector<llvm::Value*>(d.code.size(), nullptr), stream ? kStreamWidth : 1};
+      ColumnScope s{b, d, row, row_vals, in, r, c, std::vector<llvm::Value*>(d.code.size(), nullptr), stream ? kStreamWidth : 1, &kept};
       llvm::Value* base = b.CreateAdd(b.CreateMul(r, b.getInt64(d.cols)), c);
       // Every value first, then the stores: an output written over an input (in place) must
       // not be stored before another output has read that input.

@@ -24,7 +24,12 @@ namespace tessel::runtime {
 // must then order them (sfence, see streams_past_cache) before another thread reads the output.
 void emit_row_body(llvm::IRBuilder<>& b, llvm::Function* f, const ops::FusedKernelDesc& d, llvm::Value* r,
                    llvm::Value* c0, llvm::Value* c1, const std::vector<llvm::Value*>& in,
-                   const std::vector<llvm::Value*>& out, bool streaming = false);
+                   const std::vector<llvm::Value*>& out, bool streaming = false, bool row_cache = false);
+
+// row_cache (CPU): a value that a row reduction folds and something else uses again is kept
+// for the row in a stack buffer instead of computed twice, for rows of up to this many
+// columns.
+constexpr int64_t kRowCacheColumns = 4096;
 
 // exp, tanh, sigmoid and log as straight-line arithmetic on a float or a vector of floats
 // (vectorisable on the CPU, lowerable on NVPTX, which has no libm): the reference kernels'

@@ -185,6 +185,13 @@ TEST(CpuJit, RowReductionsMatchTheReference) {
     check(softmax_desc(rows, cols), 7, "softmax");
     check(layer_norm_desc(rows, cols), 8, "layer norm");
   }
+  // softmax's exp is folded by the sum and used again by the division: kept for the row, not
+  // computed twice; layer norm folds nothing it uses again.
+  EXPECT_NE(CpuJit::shared().ir(softmax_desc(3, 48)).find("row.kept"), std::string::npos);
+  EXPECT_EQ(CpuJit::shared().ir(layer_norm_desc(3, 48)).find("row.kept"), std::string::npos);
+  constexpr int64_t too_long = 4097;  // kRowCacheColumns + 1 (runtime/kernel_ir.h)
+  EXPECT_EQ(CpuJit::shared().ir(softmax_desc(3, too_long)).find("row.kept"), std::string::npos);
+  check(softmax_desc(2, too_long), 9, "softmax, rows too long to keep");
 }
 
 // Kernels over more data than the cache holds write whole aligned lines, a single output
