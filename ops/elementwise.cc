@@ -136,17 +136,17 @@ void grad_abs(GradCtx& c) {
   c.in_grads[0] = e.where(e.greater(x, e.scalar_like(x, 0)), g, e.neg(g));
 }
 void grad_gelu(GradCtx& c) {
-  // d/dx 0.5x(1+t) = 0.5(1+t) + 0.5x(1-t^2) * c(1 + 3a x^2), t = tanh(c(x + a x^3))
+  // gelu(x) = x s, s = sigmoid(2u), u = c(x + a x^3); d/dx = s + x s (1 - s) 2u'
+  //         = s (1 + x (1 - s) 2c(1 + 3a x^2)). One sigmoid, as the forward has (equal to the
+  // tanh form's 0.5(1 + t) + 0.5x(1 - t^2)u' with t = 2s - 1).
   Emitter e = grad_emitter(c);
   Value x = fwd(c).inputs[0];
   Value x2 = e.square(x);
-  Value u = e.mul(e.mul(x, e.add(e.mul(x2, kGeluA), 1.0)), kGeluC);
-  Value t = e.tanh(u);
+  Value s = e.sigmoid(e.mul(e.mul(x, e.add(e.mul(x2, kGeluA), 1.0)), 2 * kGeluC));
+  Value du2 = e.mul(e.add(e.mul(x2, 3 * kGeluA), 1.0), 2 * kGeluC);
   Value one = e.scalar_like(x, 1);
-  Value left = e.mul(e.add(t, 1.0), 0.5);
-  Value du = e.mul(e.add(e.mul(x2, 3 * kGeluA), 1.0), kGeluC);
-  Value right = e.mul(e.mul(e.mul(x, 0.5), e.sub(one, e.square(t))), du);
-  c.in_grads[0] = e.mul(c.out_grads[0], e.add(left, right));
+  Value inner = e.add(e.mul(e.mul(x, e.sub(one, s)), du2), 1.0);
+  c.in_grads[0] = e.mul(c.out_grads[0], e.mul(s, inner));
 }
 
 // ---- binary ----------------------------------------------------------------------------
