@@ -254,6 +254,11 @@ void Graph::verify() const {
   }
 }
 
+Value storage_root(const Graph& g, Value v) {
+  while (g.node(v.node).def->view) v = g.node(v.node).inputs[0];
+  return v;
+}
+
 std::vector<int32_t> needed_nodes(const Graph& g, std::span<const Value> targets) {
   std::vector<char> need(g.size(), 0);
   for (auto& v : targets) {

@@ -114,6 +114,9 @@ class Graph {
   std::unordered_map<std::string, int64_t> name_counters_;
 };
 
+// The value whose storage v shares: v itself, or what its chain of views reads.
+Value storage_root(const Graph& g, Value v);
+
 // Nodes needed to compute `targets` (and nothing else), in topological order.
 std::vector<int32_t> needed_nodes(const Graph& g, std::span<const Value> targets);
 

@@ -353,6 +353,17 @@ CpuJit::Stats CpuJit::stats() const {
   return impl_->stats;
 }
 
+FusedFn compile_and_count(const ops::FusedKernelDesc& d, int64_t& compiled, int64_t& disk_hits, double& seconds) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const CpuJit::Stats before = CpuJit::shared().stats();
+  const FusedFn fn = CpuJit::shared().compile(d);
+  const CpuJit::Stats after = CpuJit::shared().stats();
+  compiled += after.compiled - before.compiled;
+  disk_hits += after.disk_hits - before.disk_hits;
+  seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return fn;
+}
+
 void run_fused(FusedFn fn, const ops::FusedKernelDesc& d, const float* const* in, float* const* out,
                Parallel& parallel) {
   constexpr int64_t kChunk = 1 << 14;  // elements per task: large enough to amortise a call

@@ -62,6 +62,10 @@ class CpuJit {
   std::unique_ptr<Impl> impl_;
 };
 
+// Compiles d with CpuJit::shared() and adds to an executor's report what that took: kernels
+// compiled by LLVM, kernels loaded from the disk cache, seconds.
+FusedFn compile_and_count(const ops::FusedKernelDesc& d, int64_t& compiled, int64_t& disk_hits, double& seconds);
+
 // Runs a compiled kernel over its whole domain, split across `parallel`: by rows when it
 // has reductions or per-row outputs (or rows are plenty), else by rows and column chunks.
 void run_fused(FusedFn fn, const ops::FusedKernelDesc& d, const float* const* in, float* const* out,

@@ -103,10 +103,6 @@ int Executor::prepare(const ProgramSpec& spec) {
 }
 
 void Executor::write_updates_in_place() {
-  auto root = [&](Value v) {
-    while (graph_.node(v.node).def->view) v = graph_.node(v.node).inputs[0];
-    return v.node;
-  };
   for (auto& up : graph_.updates()) {
     const Node& f = graph_.node(up.value.node);
     ops::FusedKernelDesc* d = descs_[static_cast<size_t>(f.id)].get();
@@ -123,7 +119,7 @@ void Executor::write_updates_in_place() {
       for (auto it = at + 1; ok && it != p.nodes.end(); ++it) {
         const Node& n = graph_.node(*it);
         if (n.def->view) continue;
-        for (const Value& in : n.inputs) ok = ok && root(in) != up.variable;
+        for (const Value& in : n.inputs) ok = ok && storage_root(graph_, in).node != up.variable;
       }
       if (!ok) break;
     }
@@ -138,14 +134,8 @@ void Executor::compile_kernels() {
   for (int32_t id = 0; id < graph_.size(); ++id) {
     const size_t u = static_cast<size_t>(id);
     if (!descs_[u]) continue;
-    const auto t0 = std::chrono::steady_clock::now();
-    const CpuJit::Stats before = CpuJit::shared().stats();
-    fused_fns_[u] = CpuJit::shared().compile(*descs_[u]);
-    const CpuJit::Stats after = CpuJit::shared().stats();
-    jit_report_.compiled += after.compiled - before.compiled;
-    jit_report_.disk_hits += after.disk_hits - before.disk_hits;
+    fused_fns_[u] = compile_and_count(*descs_[u], jit_report_.compiled, jit_report_.disk_hits, jit_report_.compile_s);
     ++jit_report_.kernels;
-    jit_report_.compile_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
   for (Program& p : programs_)
     for (Step& s : p.steps)
@@ -157,11 +147,8 @@ void Executor::plan_and_allocate() {
   auto written_over = [&](Value v) {
     return std::any_of(in_place_.begin(), in_place_.end(), [&](const auto& w) { return w.first == v; });
   };
-  // Storage root of every value: a view shares its input's storage.
-  auto root = [&](Value v) {
-    while (graph_.node(v.node).def->view) v = graph_.node(v.node).inputs[0];
-    return v;
-  };
+  // A view shares its input's storage.
+  auto root = [&](Value v) { return storage_root(graph_, v); };
   // Lifetimes on one timeline: program after program, one tick per node.
   std::map<std::pair<int32_t, int32_t>, BufferLifetime> life;
   auto key = [](Value v) { return std::make_pair(v.node, v.index); };
@@ -330,13 +317,12 @@ TensorRef Executor::output(std::string_view name) {
 
 std::vector<Executor::OpTime> Executor::profile() const {
   std::map<std::string, OpTime> by_op;
-  for (auto& p : programs_)
-    for (auto& s : p.steps) {
-      OpTime& t = by_op[s.node->op];
-      t.op = s.node->op;
-      t.calls += s.calls;
-      t.ms += s.ms;
-    }
+  for (const NodeTime& n : node_profile()) {
+    OpTime& t = by_op[n.op];
+    t.op = n.op;
+    t.calls += n.calls;
+    t.ms += n.ms;
+  }
   std::vector<OpTime> v;
   for (auto& [k, t] : by_op) v.push_back(t);
   std::sort(v.begin(), v.end(), [](const OpTime& a, const OpTime& b) { return a.ms > b.ms; });

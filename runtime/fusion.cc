@@ -416,13 +416,9 @@ int update_over_input(const Graph& g, const Node& n, const ops::FusedKernelDesc&
     return -1;
   if (n.outputs.size() != d.outputs.size() || n.inputs.size() != d.inputs.size()) return -1;
   if (g.type(Value{variable, 0}) != n.outputs[static_cast<size_t>(output)]) return -1;
-  auto root = [&](Value v) {
-    while (g.node(v.node).def->view) v = g.node(v.node).inputs[0];
-    return v.node;
-  };
   int found = -1;
   for (size_t k = 0; k < n.inputs.size(); ++k) {
-    if (root(n.inputs[k]) != variable) continue;
+    if (storage_root(g, n.inputs[k]).node != variable) continue;
     if (found >= 0 || n.inputs[k] != Value{variable, 0} || d.inputs[k] != ops::FusedInput::full) return -1;
     found = static_cast<int>(k);
   }

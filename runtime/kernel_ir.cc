@@ -193,7 +193,6 @@ struct ColumnScope {
     if (row[u]) return memo[u] = vf > 1 ? b.CreateVectorSplat(vf, row_vals[u]) : row_vals[u];
     if (cache && (*cache)[u]) return memo[u] = load((*cache)[u], c);
     const FusedInstr& i = d.code[u];
-    llvm::Type* f32 = b.getFloatTy();
     llvm::Value* v = nullptr;
     if (i.op == ScalarOp::arg) {
       const size_t a = static_cast<size_t>(i.index);
@@ -317,15 +316,11 @@ void emit_row_body(llvm::IRBuilder<>& b, llvm::Function* f, const FusedKernelDes
         return static_cast<llvm::Value*>(result);
       };
       llvm::Value* init = sum ? llvm::ConstantFP::get(f32, 0.0) : llvm::ConstantFP::getInfinity(f32, true);
-      if (sum) {  // the loop vectoriser widens a reassociable sum itself
-        row_vals[k] = fold(0, d.cols, init, 1);
-        kept[static_cast<size_t>(i.a)] = slot[static_cast<size_t>(i.a)];
-        continue;
-      }
-      // A max it leaves serial (a compare and select per column, each waiting for the last):
-      // kMaxWidth columns at a time, the lanes folded pairwise, then the last columns.
+      // The loop vectoriser widens a reassociable sum itself. A max it leaves serial (a
+      // compare and select per column, each waiting for the last): kMaxWidth columns at a
+      // time, the lanes folded pairwise, then the last columns.
       constexpr unsigned kMaxWidth = 16;
-      const int64_t whole = d.cols / kMaxWidth * kMaxWidth;
+      const int64_t whole = sum ? 0 : d.cols / kMaxWidth * kMaxWidth;
       llvm::Value* acc = init;
       if (whole > 0) {
         llvm::Value* v = fold(0, whole, b.CreateVectorSplat(kMaxWidth, init), kMaxWidth);

@@ -153,10 +153,7 @@ void RankExecutor::build() {
   for (auto& o : g.outputs()) targets.push_back(o.value);
   const std::vector<int32_t> nodes = needed_nodes(g, targets);
 
-  auto root = [&](Value v) {
-    while (g.node(v.node).def->view) v = g.node(v.node).inputs[0];
-    return v;
-  };
+  auto root = [&](Value v) { return storage_root(g, v); };
   auto new_buffer = [&](int64_t bytes, bool persistent, std::string name) {
     buffers_.push_back(Buffer{bytes, persistent, INT64_MAX, -1, std::move(name), nullptr});
     return static_cast<int32_t>(buffers_.size()) - 1;
@@ -468,15 +465,8 @@ void RankExecutor::build() {
     updates_.push_back({persistent_[u.variable], v.buf});
   }
   write_updates_in_place();
-  for (auto& [id, k] : kernels_) {
-    const auto t0 = std::chrono::steady_clock::now();
-    const CpuJit::Stats before = CpuJit::shared().stats();
-    k.second = CpuJit::shared().compile(*k.first);
-    const CpuJit::Stats after = CpuJit::shared().stats();
-    jit_report_.compiled += after.compiled - before.compiled;
-    jit_report_.disk_hits += after.disk_hits - before.disk_hits;
-    jit_report_.compile_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  }
+  for (auto& [id, k] : kernels_)
+    k.second = compile_and_count(*k.first, jit_report_.compiled, jit_report_.disk_hits, jit_report_.compile_s);
   jit_report_.kernels = static_cast<int64_t>(kernels_.size());
   for (Op& op : ops_)
     if (op.desc) op.jit = kernels_.at(op.node->id).second;
