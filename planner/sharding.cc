@@ -124,38 +124,75 @@ std::string ReshardStep::str(const Mesh& m) const {
 }
 
 std::vector<ReshardStep> reshard(const TensorType& type, const Sharding& from, const Sharding& to, const Mesh& m) {
+  // Several axes may split one dim; blocks then nest in mesh order (the outer axis picks the
+  // block, the inner one a piece of it: shard_offsets). A collective or slice on axis a
+  // that adds or removes a split of dim d is right only while no inner axis splits d: were
+  // tp splitting a seq dim that dp then reduce-scatters, dp's chunk would be taken from
+  // tp's piece, not tp's piece from dp's chunk. So every inner axis splitting a dim that a
+  // change touches is gathered first and split again after (`reset`), splits are removed
+  // innermost first, and added outermost first.
+  const int axes = static_cast<int>(m.sizes.size());
+  if (static_cast<int>(from.size()) != axes || static_cast<int>(to.size()) != axes)
+    throw Error("reshard: placements " + sharding_str(from) + " -> " + sharding_str(to) + " for a mesh of " +
+                std::to_string(axes) + " axes");
+  for (int a = 0; a < axes; ++a)
+    if (to[a].is_partial() && from[a] != to[a])
+      throw Error("cannot reshard " + type.str() + " from " + from[a].str() + " to " + to[a].str() + " on axis '" +
+                  m.names[a] + "'");
+  std::vector<char> reset(axes, 0);
+  for (int a = 0; a < axes; ++a) reset[a] = from[a] != to[a] && m.sizes[a] > 1;
+  auto touches = [&](int a, int d) {
+    return (from[a].is_shard() && from[a].dim == d) || (to[a].is_shard() && to[a].dim == d);
+  };
+  for (bool grew = true; grew;) {
+    grew = false;
+    for (int b = 0; b < axes; ++b) {
+      if (reset[b] || !from[b].is_shard() || m.sizes[b] == 1) continue;
+      for (int a = 0; a < b && !reset[b]; ++a)
+        if (reset[a] && touches(a, from[b].dim)) reset[b] = grew = true;
+    }
+  }
   std::vector<ReshardStep> steps;
   Sharding cur = from;
+  for (int a = 0; a < axes; ++a)
+    if (m.sizes[a] == 1) cur[a] = to[a];  // nothing moves on an axis of one device
   const double esize = static_cast<double>(dtype_size(type.dtype));
   auto local_bytes = [&] { return static_cast<double>(numel(local_shape(type.shape, cur, m))) * esize; };
+  auto inner_splits = [&](int a, int d) {
+    for (int b = a + 1; b < axes; ++b)
+      if (cur[b].is_shard() && cur[b].dim == d && m.sizes[b] > 1) return true;
+    return false;
+  };
+  auto others_touch = [&](int a, int d) {
+    for (int b = 0; b < axes; ++b)
+      if (b != a && reset[b] && touches(b, d)) return true;
+    return false;
+  };
   using K = ReshardStep::Kind;
-  // Gathers and reductions first, slices last: the tensor never grows more than it must.
-  for (int pass = 0; pass < 2; ++pass) {
-    for (size_t a = 0; a < cur.size(); ++a) {
-      const Placement f = cur[a], t = to[a];
-      if (f == t) continue;
-      const bool slice = !f.is_partial() && f.kind == Placement::Kind::replicate && t.is_shard();
-      if (slice != (pass == 1)) continue;
-      K k;
-      double bytes = local_bytes();
-      if (f.is_partial() && t.kind == Placement::Kind::replicate) k = K::all_reduce;
-      else if (f.is_partial() && t.is_shard()) k = K::reduce_scatter;
-      else if (f.is_shard() && t.kind == Placement::Kind::replicate) {
-        k = K::all_gather;
-        bytes *= static_cast<double>(m.sizes[a]);
-      } else if (f.is_shard() && t.is_shard()) k = K::all_to_all;
-      else if (slice) { k = K::slice; bytes = 0; }
-      else
-        throw Error("cannot reshard " + type.str() + " from " + f.str() + " to " + t.str() + " on axis '" +
-                    m.names[a] + "'");
-      if (m.sizes[a] == 1) {
-        cur[a] = t;
-        continue;
-      }
-      steps.push_back(ReshardStep{k, static_cast<int>(a), f, t, bytes});
-      cur[a] = t;
-      local_shape(type.shape, cur, m);  // validates divisibility of the new split
+  auto push = [&](K k, int a, Placement t, double bytes) {
+    steps.push_back(ReshardStep{k, a, cur[a], t, bytes});
+    cur[a] = t;
+    local_shape(type.shape, cur, m);  // validates divisibility of the new split
+  };
+  // Removals, innermost axis first: gathers, and all-reduces of sums that end replicated.
+  for (int a = axes - 1; a >= 0; --a) {
+    if (!reset[a]) continue;
+    const Placement f = cur[a], t = to[a];
+    if (f.is_shard() && t.is_shard() && f.dim != t.dim && !inner_splits(a, f.dim) && !inner_splits(a, t.dim) &&
+        !others_touch(a, f.dim) && !others_touch(a, t.dim)) {
+      push(K::all_to_all, a, t, local_bytes());
+    } else if (f.is_shard()) {
+      push(K::all_gather, a, Placement::R(), local_bytes() * static_cast<double>(m.sizes[a]));
+    } else if (f.is_partial() && !t.is_shard()) {
+      push(K::all_reduce, a, Placement::R(), local_bytes());
     }
+  }
+  // Additions, outermost axis first: reduce-scatters of sums, and local slices.
+  for (int a = 0; a < axes; ++a) {
+    if (!reset[a] || cur[a] == to[a]) continue;
+    const Placement f = cur[a], t = to[a];
+    if (f.is_partial()) push(K::reduce_scatter, a, t, local_bytes());
+    else push(K::slice, a, t, 0);
   }
   return steps;
 }
