@@ -17,7 +17,8 @@ std::vector<int64_t> shard_offsets(std::span<const int64_t> global, const Shardi
                                    const std::vector<int64_t>& coords) {
   std::vector<int64_t> off(global.size(), 0);
   Shape cur(global.begin(), global.end());
-  for (size_t a = 0; a < s.size(); ++a) {
+  // The last axis picks the outer block (planner/sharding.h: nested splits).
+  for (size_t a = s.size(); a-- > 0;) {
     if (!s[a].is_shard()) continue;
     const int d = s[a].dim;
     cur[d] /= m.sizes[a];

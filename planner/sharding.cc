@@ -124,13 +124,13 @@ std::string ReshardStep::str(const Mesh& m) const {
 }
 
 std::vector<ReshardStep> reshard(const TensorType& type, const Sharding& from, const Sharding& to, const Mesh& m) {
-  // Several axes may split one dim; blocks then nest in mesh order (the outer axis picks the
-  // block, the inner one a piece of it: shard_offsets). A collective or slice on axis a
-  // that adds or removes a split of dim d is right only while no inner axis splits d: were
-  // tp splitting a seq dim that dp then reduce-scatters, dp's chunk would be taken from
-  // tp's piece, not tp's piece from dp's chunk. So every inner axis splitting a dim that a
-  // change touches is gathered first and split again after (`reset`), splits are removed
-  // innermost first, and added outermost first.
+  // Several axes may split one dim; their blocks nest (sharding.h). A collective or slice on
+  // axis a that adds or removes a split of dim d is right only while no axis nested inside a
+  // splits d: were dp's chunk of a tensor split along the sequence by both dp and tp taken
+  // by a reduce-scatter over dp before tp's, it would be cut from tp's piece instead of
+  // tp's piece from it. So every axis nested inside a change and splitting a dim that the
+  // change touches is gathered first and split again after (`reset`); splits are removed
+  // innermost first and added outermost first.
   const int axes = static_cast<int>(m.sizes.size());
   if (static_cast<int>(from.size()) != axes || static_cast<int>(to.size()) != axes)
     throw Error("reshard: placements " + sharding_str(from) + " -> " + sharding_str(to) + " for a mesh of " +
@@ -139,6 +139,7 @@ std::vector<ReshardStep> reshard(const TensorType& type, const Sharding& from, c
     if (to[a].is_partial() && from[a] != to[a])
       throw Error("cannot reshard " + type.str() + " from " + from[a].str() + " to " + to[a].str() + " on axis '" +
                   m.names[a] + "'");
+  // Nesting: axis b lies inside axis a when b < a.
   std::vector<char> reset(axes, 0);
   for (int a = 0; a < axes; ++a) reset[a] = from[a] != to[a] && m.sizes[a] > 1;
   auto touches = [&](int a, int d) {
@@ -148,7 +149,7 @@ std::vector<ReshardStep> reshard(const TensorType& type, const Sharding& from, c
     grew = false;
     for (int b = 0; b < axes; ++b) {
       if (reset[b] || !from[b].is_shard() || m.sizes[b] == 1) continue;
-      for (int a = 0; a < b && !reset[b]; ++a)
+      for (int a = b + 1; a < axes && !reset[b]; ++a)
         if (reset[a] && touches(a, from[b].dim)) reset[b] = grew = true;
     }
   }
@@ -158,8 +159,8 @@ std::vector<ReshardStep> reshard(const TensorType& type, const Sharding& from, c
     if (m.sizes[a] == 1) cur[a] = to[a];  // nothing moves on an axis of one device
   const double esize = static_cast<double>(dtype_size(type.dtype));
   auto local_bytes = [&] { return static_cast<double>(numel(local_shape(type.shape, cur, m))) * esize; };
-  auto inner_splits = [&](int a, int d) {
-    for (int b = a + 1; b < axes; ++b)
+  auto nested_splits = [&](int a, int d) {
+    for (int b = 0; b < a; ++b)
       if (cur[b].is_shard() && cur[b].dim == d && m.sizes[b] > 1) return true;
     return false;
   };
@@ -174,11 +175,11 @@ std::vector<ReshardStep> reshard(const TensorType& type, const Sharding& from, c
     cur[a] = t;
     local_shape(type.shape, cur, m);  // validates divisibility of the new split
   };
-  // Removals, innermost axis first: gathers, and all-reduces of sums that end replicated.
-  for (int a = axes - 1; a >= 0; --a) {
+  // Removals, innermost first: gathers, and all-reduces of sums that end replicated.
+  for (int a = 0; a < axes; ++a) {
     if (!reset[a]) continue;
     const Placement f = cur[a], t = to[a];
-    if (f.is_shard() && t.is_shard() && f.dim != t.dim && !inner_splits(a, f.dim) && !inner_splits(a, t.dim) &&
+    if (f.is_shard() && t.is_shard() && f.dim != t.dim && !nested_splits(a, f.dim) && !nested_splits(a, t.dim) &&
         !others_touch(a, f.dim) && !others_touch(a, t.dim)) {
       push(K::all_to_all, a, t, local_bytes());
     } else if (f.is_shard()) {
@@ -187,12 +188,11 @@ std::vector<ReshardStep> reshard(const TensorType& type, const Sharding& from, c
       push(K::all_reduce, a, Placement::R(), local_bytes());
     }
   }
-  // Additions, outermost axis first: reduce-scatters of sums, and local slices.
-  for (int a = 0; a < axes; ++a) {
+  // Additions, outermost first: reduce-scatters of sums, and local slices.
+  for (int a = axes - 1; a >= 0; --a) {
     if (!reset[a] || cur[a] == to[a]) continue;
-    const Placement f = cur[a], t = to[a];
-    if (f.is_partial()) push(K::reduce_scatter, a, t, local_bytes());
-    else push(K::slice, a, t, 0);
+    if (cur[a].is_partial()) push(K::reduce_scatter, a, to[a], local_bytes());
+    else push(K::slice, a, to[a], 0);
   }
   return steps;
 }

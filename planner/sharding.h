@@ -50,7 +50,10 @@ struct Placement {
   bool operator==(const Placement&) const = default;
 };
 
-// One placement per mesh axis.
+// One placement per mesh axis. Where several axes split one dim their blocks nest, the
+// last axis outermost: on a (dp, tp) mesh, tp picks a tensor-parallel piece and dp a part of
+// that piece (what ZeRO stores of a tensor-parallel shard). shard_offsets says where each
+// device's block starts; reshard keeps the nesting.
 using Sharding = std::vector<Placement>;
 std::string sharding_str(const Sharding& s);          // "[S(0), R]"
 Sharding replicated(const Mesh& m);

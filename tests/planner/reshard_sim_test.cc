@@ -204,18 +204,26 @@ TEST(Reshard, RandomPlacementsMoveExactlyTheRightBlocks) {
 }
 
 // The case that trained the wrong model: a gradient split along the sequence over tp and
-// partial over dp, reduce-scattered over dp for ZeRO along the same dim.
-TEST(Reshard, AnOuterAxisDoesNotSplitAnInnerAxisPiece) {
+// partial over dp, reduce-scattered over dp for ZeRO along the same dim; dp's part lies in
+// tp's piece, so one reduce-scatter does it. Taking dp's part first instead needs tp's
+// piece gathered and split again.
+TEST(Reshard, SplitsOfOneDimNestWithTheLastAxisOutermost) {
   const Mesh m({"dp", "tp"}, {2, 2});
-  const auto st = reshard(TensorType{DType::f32, {32, 64}}, {Placement::P(), Placement::S(0)},
-                          {Placement::S(0), Placement::S(0)}, m);
+  const TensorType t{DType::f32, {32, 64}};
+  auto st = reshard(t, {Placement::P(), Placement::S(0)}, {Placement::S(0), Placement::S(0)}, m);
+  ASSERT_EQ(st.size(), 1u);
+  EXPECT_EQ(st[0].kind, ReshardStep::Kind::reduce_scatter);
+  EXPECT_EQ(st[0].axis, 0);
+  EXPECT_EQ(shard_offsets(t.shape, {Placement::S(0), Placement::S(0)}, m, {1, 0}), (std::vector<int64_t>{8, 0}));
+  EXPECT_EQ(shard_offsets(t.shape, {Placement::S(0), Placement::S(0)}, m, {0, 1}), (std::vector<int64_t>{16, 0}));
+  st = reshard(t, {Placement::S(0), Placement::P()}, {Placement::S(0), Placement::S(0)}, m);
   ASSERT_EQ(st.size(), 3u);
-  EXPECT_EQ(st[0].kind, ReshardStep::Kind::all_gather);  // tp's piece back first
-  EXPECT_EQ(st[0].axis, 1);
+  EXPECT_EQ(st[0].kind, ReshardStep::Kind::all_gather);  // dp's part back first
+  EXPECT_EQ(st[0].axis, 0);
   EXPECT_EQ(st[1].kind, ReshardStep::Kind::reduce_scatter);
-  EXPECT_EQ(st[1].axis, 0);
+  EXPECT_EQ(st[1].axis, 1);
   EXPECT_EQ(st[2].kind, ReshardStep::Kind::slice);
-  EXPECT_EQ(st[2].axis, 1);
+  EXPECT_EQ(st[2].axis, 0);
 }
 
 }  // namespace
