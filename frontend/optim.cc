@@ -40,7 +40,8 @@ TrainingPhases add_training(Graph& g, const std::string& loss_output, const Opti
   if (!loss) throw Error("the graph has no output '" + loss_output + "'");
   if (g.type(*loss).rank() != 0)
     throw Error(g.node(loss->node).where() + ": the loss must be a scalar, got " + g.type(*loss).str());
-  const Origin origin = g.node(loss->node).origin;
+  Origin origin = g.node(loss->node).origin;
+  origin.scope.clear();  // update nodes belong to the parameter they serve, not to the loss's layer
 
   std::vector<Param> params;
   std::vector<Value> wrt;
@@ -56,6 +57,13 @@ TrainingPhases add_training(Graph& g, const std::string& loss_output, const Opti
     params[i].grad = grads[i];
   }
 
+  // Everything from here on is the optimizer's: shared (step counter, learning rate,
+  // gradient norm: marked as each part is made) or serving one parameter.
+  int32_t shared_from = g.size();
+  auto mark_shared = [&] {
+    g.annotate(shared_from, Pass::update, -1);
+    shared_from = g.size();
+  };
   ops::Emitter e(g, origin, "optimizer");
   TrainingPhases phases;
   phases.accumulate = cfg.accumulate;
@@ -70,11 +78,14 @@ TrainingPhases add_training(Graph& g, const std::string& loss_output, const Opti
     ops::Emitter acc_e = e.with_scope("accumulate");
     for (auto& p : params) {
       const TensorType& t = g.type(p.value);
+      mark_shared();
       Value acc = acc_e.state(p.name + "/grad_sum", t.shape, t.dtype, 0);
       g.add_update(acc.node, acc_e.add(acc, p.grad), "micro");
       // The apply phase uses the mean of the microbatch gradients, then clears the sums.
       p.grad = acc_e.mul(acc, 1.0 / static_cast<double>(cfg.accumulate));
       g.add_update(acc.node, acc_e.zeros_like(acc), "apply");
+      g.annotate(shared_from, Pass::update, p.id);
+      shared_from = g.size();
     }
     if (dropout_counter) add_counter_update(g, e, Value{*dropout_counter, 0}, "micro");
   } else if (dropout_counter) {
@@ -117,6 +128,7 @@ TrainingPhases add_training(Graph& g, const std::string& loss_output, const Opti
     bias2 = e.sub(e.scalar_like(b2_new, 1), b2_new);
   }
 
+  mark_shared();
   for (auto& p : params) {
     ops::Emitter pe = e.with_scope(p.name);
     const TensorType& t = g.type(p.value);
@@ -147,6 +159,8 @@ TrainingPhases add_training(Graph& g, const std::string& loss_output, const Opti
       updated = pe.sub(base, pe.mul(step_dir, lr_p));
     }
     g.add_update(p.id, updated, apply_phase);
+    g.annotate(shared_from, Pass::update, p.id);
+    shared_from = g.size();
   }
   return phases;
 }

@@ -93,7 +93,11 @@ class Model {
   // The per-forward-pass counter that seeds dropout masks (created on first use).
   Tensor dropout_counter();
 
-  ops::Emitter emit(SourceLoc loc) { return ops::Emitter(graph_, Origin::at(loc), scope_); }
+  ops::Emitter emit(SourceLoc loc) {
+    Origin o = Origin::at(loc);
+    o.scope = scope_;
+    return ops::Emitter(graph_, std::move(o), scope_);
+  }
   Tensor wrap(Value v) { return Tensor(this, v); }
 
  private:

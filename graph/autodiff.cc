@@ -33,16 +33,20 @@ std::vector<Value> gradients(Graph& g, Value loss, std::span<const Value> wrt) {
     auto [it, fresh] = grad.emplace(at, gv);
     if (!fresh) {
       const Node& src = g.node(at.node);
+      const int32_t first = g.size();
       it->second = g.add("add", {it->second, gv}, {}, src.name + "/grad/acc", src.origin);
+      g.annotate(first, Pass::backward, at.node);
     }
   };
   {
     const Node& ln = g.node(loss.node);
+    const int32_t first = g.size();
     Value seed = g.add("constant", {},
                        {{"dtype", std::string(dtype_name(loss_type.dtype))},
                         {"shape", loss_type.shape},
                         {"value", 1.0}},
                        ln.name + "/grad/seed", ln.origin);
+    g.annotate(first, Pass::backward, -1);
     grad.emplace(loss, seed);
   }
 
@@ -67,7 +71,9 @@ std::vector<Value> gradients(Graph& g, Value loss, std::span<const Value> wrt) {
                   "value and the loss (wrap the input in stop_gradient if that is intended)");
     GradCtx ctx{g, id, out_grads, std::vector<Value>(node.inputs.size()), {}};
     for (auto& in : node.inputs) ctx.needed.push_back(from_wrt[in.node] && is_floating(g.type(in).dtype));
+    const int32_t first = g.size();
     node.def->grad(ctx);
+    g.annotate(first, Pass::backward, id);
     const Node& fwd = g.node(id);  // re-fetch: the rule added nodes
     for (size_t i = 0; i < fwd.inputs.size(); ++i) {
       Value in = fwd.inputs[i];

@@ -1,5 +1,6 @@
 // Reverse-mode differentiation over a static graph. Backward nodes are added to the same
-// graph using each op's gradient rule from the registry.
+// graph using each op's gradient rule from the registry, marked Pass::backward and serving
+// the forward node whose rule made them.
 #pragma once
 
 #include <span>

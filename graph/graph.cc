@@ -178,6 +178,30 @@ std::optional<Value> Graph::output(std::string_view name) const {
   return std::nullopt;
 }
 
+void Graph::annotate(int32_t from, Pass pass, int32_t serves) {
+  if (serves < -1 || serves >= size()) throw Error("annotate: node " + std::to_string(serves) + " does not exist");
+  for (int32_t i = std::max(from, 0); i < size(); ++i) {
+    nodes_[i].pass = pass;
+    nodes_[i].serves = serves;
+  }
+}
+
+void Graph::annotate_node(int32_t node, Pass pass, int32_t serves) {
+  if (node < 0 || node >= size()) throw Error("annotate: node " + std::to_string(node) + " does not exist");
+  if (serves < -1 || serves >= node) throw Error("annotate: node " + std::to_string(serves) + " is not defined before " + nodes_[node].where());
+  nodes_[node].pass = pass;
+  nodes_[node].serves = serves;
+}
+
+std::string_view pass_name(Pass p) {
+  switch (p) {
+    case Pass::forward: return "forward";
+    case Pass::backward: return "backward";
+    case Pass::update: return "update";
+  }
+  return "?";
+}
+
 void Graph::add_update(int32_t variable, Value value, std::string_view phase) {
   if (variable < 0 || variable >= size()) throw Error("update of missing node " + std::to_string(variable));
   const Node& var = nodes_[variable];
@@ -231,6 +255,7 @@ void Graph::verify() const {
     if (n.id != i) fail("id out of sequence");
     if (!n.def || n.def != registry_->find(n.op)) fail("op is not resolved in this registry");
     if (!names.emplace(n.name, n.id).second) fail("duplicate name");
+    if (n.serves < -1 || n.serves >= n.id) fail("serves node " + std::to_string(n.serves) + ", not one defined before it");
     std::vector<TensorType> in;
     for (auto& v : n.inputs) {
       if (v.node < 0 || v.node >= n.id) fail("input refers to a node not defined before it");

@@ -18,6 +18,14 @@
 
 namespace tessel {
 
+// The part of a training step a node belongs to, recorded by the pass that made it.
+enum class Pass : uint8_t {
+  forward,   // the model (and anything not marked)
+  backward,  // made by autodiff
+  update,    // made by the optimizer
+};
+std::string_view pass_name(Pass p);
+
 struct Node {
   int32_t id = -1;
   std::string op;
@@ -26,6 +34,11 @@ struct Node {
   std::vector<Value> inputs;
   std::vector<TensorType> outputs;
   Origin origin;
+  Pass pass = Pass::forward;
+  // backward: the forward node whose gradient rule made it (or whose output's gradients it
+  // sums); update: the parameter it updates; -1: none (the loss seed, shared optimizer
+  // values such as the step counter or the gradient norm).
+  int32_t serves = -1;
   const OpDef* def = nullptr;  // resolved from the graph's registry; not owned
 
   Value out(int i = 0) const { return Value{id, i}; }
@@ -83,6 +96,10 @@ class Graph {
   const std::vector<NamedValue>& outputs() const { return outputs_; }
 
   void add_update(int32_t variable, Value value, std::string_view phase);
+
+  // Marks nodes [from, size()) as made by `pass` for `serves` (see Node).
+  void annotate(int32_t from, Pass pass, int32_t serves);
+  void annotate_node(int32_t node, Pass pass, int32_t serves);
   const std::vector<Update>& updates() const { return updates_; }
 
   // Stored tensor data (parameter values, constants), raw little-endian bytes whose size

@@ -118,7 +118,9 @@ void put_attr(const Node& n, const AttrValue& v, proto::AttrProto* p) {
 
 // Origins a loader makes for file nodes (Origin::from_file) carry nothing worth storing,
 // and storing them would make a file's bytes depend on where it was loaded from.
-bool worth_storing(const Origin& o) { return !o.empty() && (o.line != 0 || !o.function.empty()); }
+bool worth_storing(const Origin& o) {
+  return !o.empty() && (o.line != 0 || !o.function.empty() || !o.scope.empty());
+}
 
 void to_proto(const Graph& g, const SaveOptions& opt, proto::GraphProto* gp) {
   gp->set_format(std::string(kFormat));
@@ -145,7 +147,14 @@ void to_proto(const Graph& g, const SaveOptions& opt, proto::GraphProto* gp) {
       p->mutable_origin()->set_file(n.origin.file);
       p->mutable_origin()->set_line(n.origin.line);
       p->mutable_origin()->set_function(n.origin.function);
+      if (!n.origin.scope.empty()) {
+        check_utf8(n.origin.scope, &n, "the origin scope");
+        p->mutable_origin()->set_scope(n.origin.scope);
+      }
     }
+    if (n.pass != Pass::forward)
+      p->set_pass(n.pass == Pass::backward ? proto::NODE_PASS_BACKWARD : proto::NODE_PASS_UPDATE);
+    if (n.serves >= 0) p->set_serves(n.serves);
     if (opt.with_data)
       if (const std::vector<std::byte>* d = g.data(n.id))
         p->set_data(reinterpret_cast<const char*>(d->data()), d->size());
@@ -231,7 +240,7 @@ class Loader {
     const proto::NodeProto& p = pnode(i);
     std::string s = "node " + std::to_string(i) + " '" + p.name() + "' (" + p.op();
     if (p.origin().line() != 0 && !p.origin().file().empty())
-      s += ", " + Origin{p.origin().file(), p.origin().line(), {}}.str();
+      s += ", " + Origin{p.origin().file(), p.origin().line(), {}, {}}.str();
     return s + ")";
   }
   [[noreturn]] void fail_node(int32_t i, std::string_view msg) const {
@@ -346,7 +355,8 @@ class Loader {
       if (p.has_origin() && !p.origin().file().empty()) {
         utf8(p.origin().file(), "node " + std::to_string(i) + ": the origin file");
         utf8(p.origin().function(), "node " + std::to_string(i) + ": the origin function");
-        pn.origin = Origin{p.origin().file(), p.origin().line(), p.origin().function()};
+        utf8(p.origin().scope(), "node " + std::to_string(i) + ": the origin scope");
+        pn.origin = Origin{p.origin().file(), p.origin().line(), p.origin().function(), p.origin().scope()};
       } else {
         pn.origin = Origin::from_file(source_);
       }
@@ -387,6 +397,12 @@ class Loader {
         }
         pn.declared.push_back(TensorType{*dt, std::move(shape)});
       }
+      if (p.pass() != proto::NODE_PASS_FORWARD && p.pass() != proto::NODE_PASS_BACKWARD &&
+          p.pass() != proto::NODE_PASS_UPDATE)
+        fail_node(i, "unknown pass " + std::to_string(p.pass()));
+      if (p.has_serves() && (p.serves() < 0 || p.serves() >= n || p.serves() == i))
+        fail_node(i, "serves node " + std::to_string(p.serves()) + ", which does not exist (the file has " +
+                         std::to_string(n) + " nodes)");
       pending_.push_back(std::move(pn));
     }
   }
@@ -476,6 +492,15 @@ class Loader {
         fail_node_from(i, e);
       }
       if (p.has_data()) set_data(g, i, id_of[i]);
+    }
+    for (int32_t i : order) {  // passes, once every node has its id
+      const proto::NodeProto& p = pnode(i);
+      const Pass pass = p.pass() == proto::NODE_PASS_BACKWARD ? Pass::backward
+                        : p.pass() == proto::NODE_PASS_UPDATE ? Pass::update
+                                                              : Pass::forward;
+      const int32_t serves = p.has_serves() ? id_of[p.serves()] : -1;
+      if (serves >= id_of[i]) fail_node(i, "serves node " + std::to_string(p.serves()) + ", which comes after it");
+      if (pass != Pass::forward || serves >= 0) g.annotate_node(id_of[i], pass, serves);
     }
     std::unordered_map<std::string_view, int> out_names;
     for (int k = 0; k < gp_->outputs_size(); ++k) {

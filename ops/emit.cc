@@ -24,7 +24,9 @@ std::string init_name(Init i) {
 
 Emitter Emitter::with_scope(std::string_view sub) const {
   std::string s = scope_.empty() ? std::string(sub) : scope_ + "/" + std::string(sub);
-  return Emitter(*g_, origin_, std::move(s));
+  Origin o = origin_;
+  if (o.scope == scope_) o.scope = s;  // an emitter that records its scope (the DSL's) keeps doing so
+  return Emitter(*g_, std::move(o), std::move(s));
 }
 
 Value Emitter::op(std::string_view op, std::vector<Value> in, Attrs attrs,

@@ -15,7 +15,8 @@ enum class Init { zeros, ones, constant, normal, uniform };
 
 class Emitter {
  public:
-  // Nodes get `origin` and names "<scope>/<op>"; the graph is not owned.
+  // Nodes get `origin` and names "<scope>/<op>"; the graph is not owned. When origin.scope
+  // equals `scope` (the DSL's emitters), with_scope extends both.
   Emitter(Graph& g, Origin origin, std::string scope = {})
       : g_(&g), origin_(std::move(origin)), scope_(std::move(scope)) {}
 

@@ -71,7 +71,11 @@ void register_source_ops(OpRegistry& r) {
   OpDef in;
   in.name = "input";
   in.kind = OpKind::input;
-  in.attrs = {attr("dtype", AttrType::string), attr("shape", AttrType::i64s)};
+  // batch_dim: the dim that holds the samples (absent: 0; -1: not batched), which the planner
+  // splits into microbatches and over data-parallel replicas. role: what a dataset feeds
+  // ("data", "labels", "tokens", "targets", or any other word).
+  in.attrs = {attr("dtype", AttrType::string), attr("shape", AttrType::i64s), attr("batch_dim", AttrType::i64, false),
+              attr("role", AttrType::string, false)};
   in.infer = infer_source;
   in.kernel = nothing_kernel;
   in.cost = no_cost;

@@ -153,7 +153,7 @@ ModelProfile profile_model(const Graph& g, const std::string& phase, const PlanC
   for (auto& l : ls.layers)
     for (int32_t id : l.optimizer) x.optimizer_node[id] = 1;
   for (int32_t id : ls.global)
-    if (g.node(id).name.rfind("optimizer/", 0) == 0) x.optimizer_node[id] = 1;
+    if (g.node(id).pass == Pass::update) x.optimizer_node[id] = 1;
   // Fusion: an elementwise value read once, by an elementwise op or a reduction, that needs
   // no resharding in between, never goes to memory.
   x.consumers.assign(g.size(), 0);
@@ -213,11 +213,11 @@ ModelProfile profile_model(const Graph& g, const std::string& phase, const PlanC
     auto walk = [&](const std::vector<int32_t>& ids, std::vector<Segment>& segs, double& compute, double* flops) {
       for (int32_t id : ids) {
         const Node& n = g.node(id);
-        const bool core = flops == &fwd_flops && attention_core(n);
+        const bool core = flops == &fwd_flops && ls.attention_core[n.id];
         if (auto it = paid_before.find(id); it != paid_before.end())
           for (size_t r : it->second) {
             const Node& src = g.node(x.gp.reshards[r].value.node);
-            const bool from_backward = src.name.find("/grad/") != std::string::npos;
+            const bool from_backward = src.pass == Pass::backward;
             // Gradients reduced for the optimizer overlap the rest of the backward pass.
             if (x.optimizer_node[id] && from_backward) continue;
             for (auto& s : comm_segments(x, x.gp.reshards[r], x.optimizer_node[id])) segs.push_back(s);
@@ -255,7 +255,7 @@ ModelProfile profile_model(const Graph& g, const std::string& phase, const PlanC
     for (size_t r = 0; r < x.gp.reshards.size(); ++r) {
       const auto& rs = x.gp.reshards[r];
       const Node& src = g.node(rs.value.node);
-      const bool from_backward = src.name.find("/grad/") != std::string::npos;
+      const bool from_backward = src.pass == Pass::backward;
       bool update = false, to_optimizer = false;
       for (auto& [node, input] : rs.consumers) {
         if (input < 0 && ls.layer_of[node] == static_cast<int>(li)) update = true;
@@ -323,9 +323,9 @@ ModelProfile profile_model(const Graph& g, const std::string& phase, const PlanC
         }
         if (fwd.count(v.node) && bwd.count(id)) {
           saved.insert({v.node, v.index});
-          if (attention_core(src)) core_saved.insert({v.node, v.index});
+          if (ls.attention_core[src.id]) core_saved.insert({v.node, v.index});
         }
-        if (fwd.count(id) && attention_core(n) && fwd.count(v.node) && !attention_core(src))
+        if (fwd.count(id) && ls.attention_core[n.id] && fwd.count(v.node) && !ls.attention_core[src.id])
           core_inputs.insert({v.node, v.index});
         if (!fwd.count(v.node) && fwd.count(id) && !x.optimizer_node[v.node] && ls.layer_of[v.node] != static_cast<int>(li))
           inputs.insert({v.node, v.index});

@@ -1,9 +1,13 @@
-// The layer structure of a training graph, from node names: the unit of pipeline stages,
-// recomputation and repetition. A layer is a top-level DSL scope ("block3", "fc1"); its
-// backward nodes are named "<forward node>/grad/..." and its optimizer nodes
-// "optimizer/<parameter>/...".
+// The layer structure of a training graph, from the graph alone: the unit of pipeline
+// stages, recomputation and repetition. Forward nodes belong to the layer of their DSL scope
+// (the first part of Origin::scope: "block3" for "block3/attn/q"); in a graph without
+// scopes, layers are cut where the forward pass narrows to one value (the residual stream
+// between blocks) before an op that reads a weight. Backward nodes belong to the layer of the
+// forward node they serve, optimizer nodes to the layer of their parameter (Node::pass,
+// Node::serves). Node names are never read.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -12,22 +16,26 @@
 namespace tessel::planner {
 
 struct Layer {
-  std::string name;
+  std::string name;  // its scope ("block3"), or "layer7" in a graph without scopes
   std::vector<int32_t> forward, backward, optimizer;  // in graph order
+  // Layers of one class have identical subgraphs (ops, attributes, types, edges; node k of
+  // one part corresponds to node k of the same part of the other); the class is the index of
+  // its first layer.
+  int klass = -1;
 };
 
 struct LayerStructure {
   std::vector<Layer> layers;    // in forward order
   std::vector<int32_t> global;  // data inputs, step counters, learning rate, shared scalars
-  // The layer of each node (-1: global).
-  std::vector<int> layer_of;
+  std::vector<int> layer_of;    // per node: its layer, -1 global or not needed
+  // Per node: its index in its layer's part (forward, backward or optimizer), -1 for
+  // global nodes: node k of a layer corresponds to node k of any layer of its class.
+  std::vector<int32_t> position;
+  // Per node: the attention core of its layer (what selective recomputation reruns).
+  std::vector<char> attention_core;
 };
 
 // Nodes considered are those needed for the updates of `phase` and the "loss" output.
 LayerStructure find_layers(const Graph& g, const std::string& phase);
-
-// The attention core of a layer (what selective recomputation reruns): the forward nodes of
-// an attention scope outside its q/k/v/output projections.
-bool attention_core(const Node& n);
 
 }  // namespace tessel::planner

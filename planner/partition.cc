@@ -2,6 +2,7 @@
 
 #include <cstring>
 #include <map>
+#include <optional>
 #include <set>
 
 #include "graph/error.h"
@@ -61,6 +62,8 @@ struct Staging {
   std::vector<int> stage_of;
   int64_t stage_size = 1;  // ranks per stage
   std::vector<Section> section_of;  // per node of the training graph
+  std::vector<int> layer_of;        // per node of the training graph
+  std::vector<char> recompute;      // per node of the training graph: in its layer's recompute region
 };
 
 // The section of every node: layers' forward, backward and optimizer nodes by the layer
@@ -129,9 +132,9 @@ class RankBuilder {
     }
     for (int32_t id : nodes) {
       add(g_.node(id));
-      mark(st_.section_of[id]);
+      mark(id);
     }
-    RankProgram p{rank_, stage_, coords_, Graph(g_.registry()), {}, {}, {}, {}, {}};
+    RankProgram p{rank_, stage_, coords_, Graph(g_.registry()), {}, {}, {}, {}, {}, {}, {}};
     for (int32_t id : nodes) {
       const Node& n = g_.node(id);
       if (n.def->kind == OpKind::input) p.input_placements.push_back({n.name, gp_.values[id][0]});
@@ -144,25 +147,33 @@ class RankBuilder {
       for (auto& pl : want)
         if (pl.is_partial()) pl = Placement::R();
       out_.set_output(o.name, resharded(o.value, want, g_.node(o.value.node)));
-      mark(st_.section_of[o.value.node]);
+      mark(o.value.node);
       p.output_placements.push_back({o.name, want});
     }
     for (auto& u : g_.updates()) {
       if (local_[u.variable].empty() || local_[u.value.node].empty()) continue;
       Value v = resharded(u.value, gp_.values[u.variable][0], g_.node(u.variable));
       out_.add_update(local_[u.variable][0].node, v, u.phase);
-      mark(Section::apply);
+      mark(u.variable, Section::apply);
     }
     out_.verify();
     p.graph = std::move(out_);
     p.section = std::move(section_);
+    p.layer = std::move(layer_);
+    p.recompute = std::move(recompute_);
     return p;
   }
 
 
  private:
-  // Nodes added since the last mark belong to section s.
-  void mark(Section s) { section_.resize(static_cast<size_t>(out_.size()), s); }
+  // Nodes added since the last mark serve training-graph node `id` (its section unless
+  // given, its layer and recompute region).
+  void mark(int32_t id, std::optional<Section> s = std::nullopt) {
+    const size_t n = static_cast<size_t>(out_.size());
+    section_.resize(n, s.value_or(st_.section_of[id]));
+    layer_.resize(n, st_.layer_of[id]);
+    recompute_.resize(n, s ? 0 : st_.recompute[id]);
+  }
 
   // A unique tag for a value sent to a stage, the same on both ends.
   int64_t tag(Value v, int to) const { return (int64_t{v.node} * 64 + v.index) * 4096 + to; }
@@ -296,6 +307,8 @@ class RankBuilder {
   std::map<std::tuple<int32_t, int32_t, std::string, int>, Value> memo_;
   std::map<std::pair<int32_t, int32_t>, std::set<int>> readers_;  // value -> stages reading it
   std::vector<Section> section_;
+  std::vector<int32_t> layer_;
+  std::vector<char> recompute_;
 };
 
 }  // namespace
@@ -314,6 +327,14 @@ std::vector<RankProgram> partition(const Graph& g, const PlanConfig& c, std::vec
   const std::string phase = g.updates().empty() ? "train" : g.updates().front().phase;
   const LayerStructure ls = find_layers(g, phase);
   st.section_of = sections(g, ls, nodes);
+  st.layer_of = ls.layer_of;
+  st.recompute.assign(g.size(), 0);
+  if (c.recompute != Recompute::none)
+    for (const Layer& l : ls.layers)
+      for (int32_t id : l.forward) {
+        const Node& n = g.node(id);
+        st.recompute[id] = n.def->kind == OpKind::compute && (c.recompute == Recompute::full || ls.attention_core[id]);
+      }
   if (c.pp > 1) {
     // A stage per contiguous range of layers; shared nodes computed from one stage's
     // values join it.

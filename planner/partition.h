@@ -29,6 +29,13 @@ struct RankProgram {
   // gradients). Forward nodes read no backward or apply value; backward nodes no apply value.
   std::vector<Section> section;
   std::vector<ScheduleStep> schedule;
+  // Per node of `graph`: the layer it belongs to (planner/layers.h, -1: none), and whether it
+  // lies in its layer's recompute region under the plan (the whole forward with full
+  // recomputation, the attention core with selective): the runtime reruns that region before
+  // the layer's backward instead of keeping its values. Inserted collectives take the values
+  // of the node they serve.
+  std::vector<int32_t> layer;
+  std::vector<char> recompute;
 };
 
 // Where rank `coords`' shard of a tensor of `global` shape starts, per dim.

@@ -96,6 +96,8 @@ void save_plan(const PlanFile& f, const std::string& path) {
     std::string sec(r.section.size(), '\0');
     for (size_t i = 0; i < r.section.size(); ++i) sec[i] = static_cast<char>(r.section[i]);
     rp->set_sections(sec);
+    for (int32_t l : r.layer) rp->add_layers(l);
+    rp->set_recompute(std::string(r.recompute.begin(), r.recompute.end()));
     for (const ScheduleStep& st : r.schedule) {
       auto* sp = rp->add_schedule();
       sp->set_section(std::string(section_name(st.section)));
@@ -174,7 +176,7 @@ PlanFile load_plan(const std::string& path, const OpRegistry& registry) {
   e.peak_memory_bytes = p.peak_memory_bytes();
   for (auto& rp : p.programs()) {
     RankProgram r{rp.rank(), rp.stage(), {rp.coords().begin(), rp.coords().end()},
-                  parse_graph(rp.program(), registry, path + " (rank " + std::to_string(rp.rank()) + ")"), {}, {}, {}, {}, {}};
+                  parse_graph(rp.program(), registry, path + " (rank " + std::to_string(rp.rank()) + ")"), {}, {}, {}, {}, {}, {}, {}};
     const std::string where = path + " (rank " + std::to_string(rp.rank()) + ")";
     if (!rp.sections().empty() && static_cast<int64_t>(rp.sections().size()) != r.graph.size())
       throw Error(where + ": " + std::to_string(rp.sections().size()) + " sections for " + std::to_string(r.graph.size()) + " nodes");
@@ -182,6 +184,14 @@ PlanFile load_plan(const std::string& path, const OpRegistry& registry) {
       if (static_cast<unsigned char>(ch) > 2) throw Error(where + ": bad section " + std::to_string(int(ch)));
       r.section.push_back(static_cast<Section>(ch));
     }
+    if (rp.layers_size() != r.graph.size() || static_cast<int64_t>(rp.recompute().size()) != r.graph.size())
+      throw Error(where + ": " + std::to_string(rp.layers_size()) + " layer marks and " + std::to_string(rp.recompute().size()) +
+                  " recompute marks for " + std::to_string(r.graph.size()) + " nodes");
+    for (int32_t l : rp.layers()) {
+      if (l < -1) throw Error(where + ": bad layer " + std::to_string(l));
+      r.layer.push_back(l);
+    }
+    for (char ch : rp.recompute()) r.recompute.push_back(ch != 0);
     for (auto& sp : rp.schedule()) {
       ScheduleStep st{Section::apply, sp.microbatch()};
       if (sp.section() == "forward") st.section = Section::forward;

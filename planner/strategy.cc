@@ -78,12 +78,13 @@ bool ends_with(const std::string& s, std::string_view t) {
   return s.size() >= t.size() && s.compare(s.size() - t.size(), t.size(), t) == 0;
 }
 
-// The parameter an optimizer-state name belongs to: "optimizer/<param>/adam_m" -> "<param>".
-std::string owner_parameter(const std::string& name) {
-  if (name.rfind("optimizer/", 0) != 0) return name;
-  std::string rest = name.substr(10);
-  auto slash = rest.rfind('/');
-  return slash == std::string::npos ? rest : rest.substr(0, slash);
+// The parameter whose placement a variable takes: itself, or for optimizer state (momentum,
+// moments) the parameter it serves when it has its shape.
+const Node* owner_parameter(const Graph& g, const Node& n) {
+  if (n.op == "parameter") return &n;
+  if (n.pass != Pass::update || n.serves < 0) return nullptr;
+  const Node& p = g.node(n.serves);
+  return p.op == "parameter" && p.outputs[0].shape == n.outputs[0].shape ? &p : nullptr;
 }
 
 // MLP layers named fc1, fc2, ... : their index and the count.
@@ -117,9 +118,15 @@ TpRole tp_role(const std::string& p, const Graph& g) {
   return TpRole::replicated;
 }
 
+int input_batch_dim(const Node& n) {
+  if (n.attrs.has("batch_dim")) return static_cast<int>(n.attrs.get_i64("batch_dim"));
+  return n.outputs[0].rank() > 0 ? 0 : -1;
+}
+
 ParameterPlacement parameter_placement(const Graph& g, const Node& n, const PlanConfig& c, const Mesh& m,
                                        bool optimizer_state) {
-  const std::string param = owner_parameter(n.name);
+  const Node* owner = owner_parameter(g, n);
+  const std::string param = owner ? owner->name : n.name;
   const Shape& shape = n.outputs[0].shape;
   Sharding s = replicated(m);
   const int tp = m.axis("tp"), dp = m.axis("dp");
@@ -162,22 +169,21 @@ SourcePlacement source_placements(const Graph& g, const PlanConfig& c, const Mes
     const int dp = m.axis("dp"), tp = m.axis("tp");
     switch (n.def->kind) {
       case OpKind::input: {
+        // Split along the batch over dp, and with sequence parallelism along the next dim
+        // (the sequence of [batch, seq, ...] data) over tp.
         Sharding s = replicated(m);
         const Shape& shape = n.outputs[0].shape;
-        if (!shape.empty() && c.dp > 1 && shape[0] % c.dp == 0) s[dp] = Placement::S(0);
-        if (c.sequence_parallel && c.tp > 1 && shape.size() >= 2 && shape[1] % c.tp == 0) s[tp] = Placement::S(1);
+        const int b = input_batch_dim(n);
+        if (b < 0 || b >= static_cast<int>(shape.size())) return s;
+        if (c.dp > 1 && shape[b] % c.dp == 0) s[dp] = Placement::S(b);
+        if (c.sequence_parallel && c.tp > 1 && b + 1 < static_cast<int>(shape.size()) && shape[b + 1] % c.tp == 0)
+          s[tp] = Placement::S(b + 1);
         return s;
       }
       case OpKind::variable: {
         if (n.op == "parameter") return parameter_placement(g, n, c, m, false).stored;
-        // Optimizer state named after its parameter; other state (counters) replicated.
-        if (n.name.rfind("optimizer/", 0) == 0 && n.outputs[0].rank() > 0) {
-          std::string owner = n.name.substr(10);
-          owner = owner.substr(0, owner.rfind('/'));
-          auto pid = g.find(owner);
-          if (pid && g.node(*pid).outputs[0].shape == n.outputs[0].shape)
-            return parameter_placement(g, n, c, m, true).used;
-        }
+        // Optimizer state takes its parameter's placement; other state (counters) replicated.
+        if (n.outputs[0].rank() > 0 && owner_parameter(g, n)) return parameter_placement(g, n, c, m, true).used;
         return std::nullopt;
       }
       default: return std::nullopt;
@@ -190,7 +196,7 @@ GraphPlacement place_graph(const Graph& g, const PlanConfig& c, const Mesh& m, s
   if (c.sequence_parallel && c.tp > 1) hints.sequence_axis = m.axis("tp");
   if (c.zero >= 3 && c.dp > 1)
     hints.read_as = [&g, c, m](const Node& src, const Node& consumer) -> std::optional<Sharding> {
-      if (src.op != "parameter" || consumer.name.rfind("optimizer/", 0) == 0) return std::nullopt;
+      if (src.op != "parameter" || consumer.pass == Pass::update) return std::nullopt;
       return parameter_placement(g, src, c, m, false).used;
     };
   return propagate_graph(g, m, source_placements(g, c, m), nodes, hints);

@@ -68,7 +68,11 @@ enum class TpRole : uint8_t { replicated, column, row, vocab };
 // alternate column / row from the first; with an odd count the last one is replicated.
 TpRole tp_role(const std::string& parameter_name, const Graph& g);
 
-// Placement of a parameter (or of optimizer state named "optimizer/<param>/...") as it is
+// The dim of an input that holds the batch: its "batch_dim" attribute, else 0 (-1 for a
+// scalar or an input marked as not batched).
+int input_batch_dim(const Node& input);
+
+// Placement of a parameter (or of the optimizer state serving it) as it is
 // stored, and as its consumers see it (they differ under ZeRO-3: stored split over dp,
 // gathered for use).
 struct ParameterPlacement {

@@ -88,23 +88,23 @@ std::unique_ptr<planner::RankProgram> fuse_program(const planner::RankProgram& p
   const Graph& g = p.graph;
   FusionOptions fo;
   fo.key.assign(static_cast<size_t>(g.size()), 0);
-  std::vector<int> layer_of(static_cast<size_t>(g.size()), -1);
-  if (recompute != planner::Recompute::none) {
-    const std::string phase = g.updates().empty() ? "train" : g.updates().front().phase;
-    layer_of = planner::find_layers(g, phase).layer_of;
-  }
+  const bool recomputing = recompute != planner::Recompute::none;
   for (int32_t id = 0; id < g.size(); ++id) {
     const size_t u = static_cast<size_t>(id);
-    const bool core = recompute == planner::Recompute::selective && planner::attention_core(g.node(id));
-    fo.key[u] = (static_cast<int64_t>(p.section.at(u)) * (int64_t{1} << 24) + (layer_of[u] + 1)) * 2 + (core ? 1 : 0);
+    const int64_t layer = recomputing ? p.layer.at(u) : -1;
+    fo.key[u] = (static_cast<int64_t>(p.section.at(u)) * (int64_t{1} << 24) + (layer + 1)) * 2 +
+                (recomputing && p.recompute.at(u) ? 1 : 0);
   }
   FusedGraph f = fuse(g, fo);
   auto out = std::make_unique<planner::RankProgram>(planner::RankProgram{
       p.rank, p.stage, p.coords, std::move(f.graph), p.output_placements, p.input_placements, p.variable_placements, {},
-      p.schedule});
-  for (size_t id = 0; id < f.source_node.size(); ++id)
-    out->section.push_back(p.section.at(static_cast<size_t>(
-        f.source_node[id] >= 0 ? f.source_node[id] : f.members[id].back())));
+      p.schedule, {}, {}});
+  for (size_t id = 0; id < f.source_node.size(); ++id) {
+    const size_t src = static_cast<size_t>(f.source_node[id] >= 0 ? f.source_node[id] : f.members[id].back());
+    out->section.push_back(p.section.at(src));
+    out->layer.push_back(p.layer.at(src));
+    out->recompute.push_back(p.recompute.at(src));
+  }
   report.fused_nodes = f.fused_nodes;
   report.nodes_fused = f.nodes_fused;
   report.compile_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -194,15 +194,14 @@ void RankExecutor::build() {
   std::vector<char> rerun_node(g.size(), 0);
   std::map<int, std::vector<int32_t>> rerun;  // layer -> nodes to run again, in order
   if (options_.recompute != planner::Recompute::none) {
-    const std::string phase = g.updates().empty() ? "train" : g.updates().front().phase;
-    const planner::LayerStructure ls = planner::find_layers(g, phase);
+    if (static_cast<int32_t>(program_.layer.size()) != g.size() || static_cast<int32_t>(program_.recompute.size()) != g.size())
+      throw Error("rank " + std::to_string(program_.rank) + ": the program has no layer marks for recomputation");
     for (int32_t id : nodes) {
       const Node& n = g.node(id);
-      layer_of[id] = ls.layer_of[id];
+      layer_of[id] = program_.layer[static_cast<size_t>(id)];
       if (layer_of[id] < 0 || sec[id] != Section::forward || n.def->kind != OpKind::compute || n.op == "recv" ||
-          n.op == "send")
+          n.op == "send" || !program_.recompute[static_cast<size_t>(id)])
         continue;
-      if (options_.recompute == planner::Recompute::selective && !planner::attention_core(n)) continue;
       region[id] = layer_of[id];
     }
     for (int32_t id : nodes) {

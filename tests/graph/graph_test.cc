@@ -16,7 +16,7 @@ using ::testing::HasSubstr;
 
 TEST(Graph, ErrorsNameOriginOpNodeAndInputTypes) {
   Graph g(ops::registry());
-  Origin o{"model.cc", 42, "build"};
+  Origin o{"model.cc", 42, "build", {}};
   ops::Emitter e(g, o, "net");
   Value a = e.input("a", DType::f32, {256, 1024});
   Value b = e.input("b", DType::f32, {512, 10});
@@ -83,7 +83,7 @@ TEST(Autodiff, SharedSubexpressionsAccumulate) {
 
 TEST(Autodiff, NonDifferentiablePathIsNamed) {
   Graph g(ops::registry());
-  Origin o{"net.cc", 7, ""};
+  Origin o{"net.cc", 7, "", {}};
   ops::Emitter e(g, o);
   Value x = e.input("x", DType::f32, {4});
   Value c = e.cast(e.cast(x, DType::i32), DType::f32);  // int round trip: no gradient
