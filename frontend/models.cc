@@ -91,10 +91,11 @@ Built llama(const LlamaConfig& c, bool training) {
     if (v < 1) throw Error("llama: " + std::string(key) + "=" + std::to_string(v) + " must be positive");
   // The rotary table needs head_dim before any attention layer can check it.
   if (c.d_model % c.heads != 0)
-    throw Error("llama: d_model " + std::to_string(c.d_model) + " is not divisible by heads " + std::to_string(c.heads));
+    throw Error("llama: d_model " + std::to_string(c.d_model) + " is not divisible by heads " +
+                std::to_string(c.heads));
   if (c.d_model / c.heads % 2 != 0)
-    throw Error("llama: head_dim = d_model " + std::to_string(c.d_model) + " / heads " + std::to_string(c.heads) + " = " +
-                std::to_string(c.d_model / c.heads) + " is odd; rotary positions rotate pairs of features");
+    throw Error("llama: head_dim = d_model " + std::to_string(c.d_model) + " / heads " + std::to_string(c.heads) +
+                " = " + std::to_string(c.d_model / c.heads) + " is odd; rotary positions rotate pairs of features");
   Built b;
   b.model = std::make_unique<Model>();
   Model& m = *b.model;
@@ -117,7 +118,7 @@ Built llama(const LlamaConfig& c, bool training) {
   m.output("loss", b.loss);
   b.inputs = {"tokens", "targets"};
   char theta[32];
-  *std::to_chars(theta, theta + sizeof theta - 1, c.rope_theta).ptr = '\0';
+  *std::to_chars(theta, theta + sizeof theta - 1, c.rope_theta, std::chars_format::fixed).ptr = '\0';
   b.description = "llama layers=" + std::to_string(c.layers) + " d_model=" + std::to_string(c.d_model) +
                   " heads=" + std::to_string(c.heads) + " kv_heads=" + std::to_string(c.kv()) +
                   " ffn=" + std::to_string(c.hidden()) + " seq=" + std::to_string(c.seq) +

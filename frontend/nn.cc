@@ -158,7 +158,8 @@ int64_t checked_kv_heads(const Model& m, std::string_view name, int64_t d, int64
     throw Error(where + "heads " + std::to_string(h) + " is not divisible by kv_heads " + std::to_string(kv));
   if (o.rotary && o.rotary->head_dim != d / h)
     throw Error(where + "rotary '" + o.rotary->name + "' is for head_dim " + std::to_string(o.rotary->head_dim) +
-                ", but d_model " + std::to_string(d) + " / heads " + std::to_string(h) + " is " + std::to_string(d / h));
+                ", but d_model " + std::to_string(d) + " / heads " + std::to_string(h) + " is " +
+                std::to_string(d / h));
   return kv;
 }
 }  // namespace
@@ -231,7 +232,9 @@ LlamaBlock::LlamaBlock(Model& m, std::string_view name_, int64_t d, int64_t h, i
                        int64_t n_layers, const Rotary* rotary, double norm_eps, SourceLoc loc)
     : ln1(m, sub(name_, "ln1"), d, norm_eps, loc),
       attn(m, sub(name_, "attn"), d, h,
-           AttentionOptions{kv, rotary, false, 0, 0.02 / std::sqrt(2.0 * std::max<int64_t>(n_layers, 1))}, loc),
+           AttentionOptions{.kv_heads = kv, .rotary = rotary, .bias = false,
+                            .out_std = 0.02 / std::sqrt(2.0 * std::max<int64_t>(n_layers, 1))},
+           loc),
       ln2(m, sub(name_, "ln2"), d, norm_eps, loc),
       mlp(m, sub(name_, "mlp"), d, ffn, 0.02 / std::sqrt(2.0 * std::max<int64_t>(n_layers, 1)), loc),
       name(m.scoped(name_)) {}

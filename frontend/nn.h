@@ -102,7 +102,7 @@ class CausalSelfAttention {
                       const AttentionOptions& options, SourceLoc loc = SourceLoc::current());
   CausalSelfAttention(Model& m, std::string_view name, int64_t d_model, int64_t heads,
                       double dropout = 0, double out_std = 0.02, SourceLoc loc = SourceLoc::current())
-      : CausalSelfAttention(m, name, d_model, heads, AttentionOptions{0, nullptr, true, dropout, out_std}, loc) {}
+      : CausalSelfAttention(m, name, d_model, heads, AttentionOptions{.dropout = dropout, .out_std = out_std}, loc) {}
   Tensor operator()(const Tensor& x, SourceLoc loc = SourceLoc::current()) const;
   int64_t d_model, heads, kv_heads;  // declared first: checked before any parameter is made
   // Separate projections, so a column split over heads needs no slicing (Megatron-style

@@ -52,7 +52,8 @@ Tensor Model::dropout_counter() {
 }
 
 void Model::set_float_dtype(DType dt) {
-  if (!is_floating(dt)) throw Error("Model::set_float_dtype: " + std::string(dtype_name(dt)) + " is not a floating type");
+  if (!is_floating(dt))
+    throw Error("Model::set_float_dtype: " + std::string(dtype_name(dt)) + " is not a floating type");
   float_dtype_ = dt;
 }
 
