@@ -36,7 +36,8 @@ planner::ModelBuilder planning_builder(const std::string& spec, const OptimizerC
   std::smatch mt;
   int64_t layers = 1;
   std::string base = spec;
-  if (spec.rfind("gpt:", 0) == 0 && std::regex_search(spec, mt, std::regex("layers=([0-9]+)"))) {
+  const bool blocks = spec.rfind("gpt:", 0) == 0 || spec.rfind("llama:", 0) == 0;
+  if (blocks && std::regex_search(spec, mt, std::regex("layers=([0-9]+)"))) {
     layers = std::stoll(mt[1]);
     base = std::regex_replace(spec, std::regex("layers=[0-9]+"), "layers=1");
   }
@@ -96,7 +97,7 @@ DevicePlan plan_for_devices(const std::string& spec, int64_t global_batch, int64
                             const OptimizerConfig& oc) {
   if (devices < 1) throw Error("--devices must be >= 1");
   if (spec.find(':') == std::string::npos)
-    throw Error("'" + spec + "': planning for several devices needs a model spec (mlp:..., gpt:...)");
+    throw Error("'" + spec + "': planning for several devices needs a model spec (mlp:..., gpt:..., llama:...)");
   DevicePlan p;
   p.cluster = "local:" + std::to_string(devices);
   const planner::ClusterSpec cluster = planner::parse_cluster(p.cluster);

@@ -14,7 +14,7 @@
 
 namespace tessel {
 
-// The planner's view of a DSL model spec (mlp:..., gpt:...): its training graph at a given
+// The planner's view of a DSL model spec (mlp:..., gpt:..., llama:...): its training graph at a given
 // microbatch batch; a GPT's identical blocks are planned from a one-block stand-in.
 planner::ModelBuilder planning_builder(const std::string& spec, const OptimizerConfig& oc);
 

@@ -1,5 +1,7 @@
 #include "frontend/tensor.h"
 
+#include <cstring>
+
 #include "graph/error.h"
 #include "ops/kernel_util.h"
 #include "ops/registry.h"
@@ -35,7 +37,7 @@ Tensor Model::input(std::string_view name, Shape shape, DType dt, SourceLoc loc)
   return wrap(emit(loc).input(name, dt, std::move(shape)));
 }
 Tensor Model::parameter(std::string_view name, Shape shape, ops::Init init, double scale, SourceLoc loc) {
-  return wrap(emit(loc).parameter(name, std::move(shape), init, scale));
+  return wrap(emit(loc).parameter(name, std::move(shape), init, scale, float_dtype_));
 }
 Tensor Model::constant(double v, Shape shape, DType dt, SourceLoc loc) {
   return wrap(emit(loc).constant(v, dt, std::move(shape)));
@@ -47,6 +49,37 @@ Tensor Model::dropout_counter() {
     dropout_counter_ = e.state("dropout/counter", {}, DType::i64, 0);
   }
   return wrap(dropout_counter_);
+}
+
+void Model::set_float_dtype(DType dt) {
+  if (!is_floating(dt))
+    throw Error("Model::set_float_dtype: " + std::string(dtype_name(dt)) + " is not a floating type");
+  float_dtype_ = dt;
+}
+
+Tensor Model::constant(std::string_view name, Shape shape, std::span<const double> values, DType dt,
+                       SourceLoc loc) {
+  const std::string where = Origin::at(loc).str() + ": constant '" + scoped(name) + "': ";
+  if (static_cast<int64_t>(values.size()) != numel(shape))
+    throw Error(where + std::to_string(values.size()) + " values for shape " + shape_str(shape));
+  std::vector<std::byte> bytes(values.size() * dtype_size(dt));
+  auto put = [&](auto conv) {
+    for (size_t i = 0; i < values.size(); ++i) {
+      auto x = conv(values[i]);
+      std::memcpy(bytes.data() + i * sizeof x, &x, sizeof x);
+    }
+  };
+  switch (dt) {
+    case DType::f64: put([](double x) { return x; }); break;
+    case DType::f32: put([](double x) { return static_cast<float>(x); }); break;
+    case DType::bf16: put([](double x) { return ops::f32_to_bf16(static_cast<float>(x)); }); break;
+    case DType::f16: put([](double x) { return ops::f32_to_f16(static_cast<float>(x)); }); break;
+    default: throw Error(where + "stored values must be floating point, not " + std::string(dtype_name(dt)));
+  }
+  Value v = emit(loc).op("constant", {}, {{"dtype", std::string(dtype_name(dt))}, {"shape", std::move(shape)},
+                                          {"value", 0.0}}, name);
+  graph_.set_data(v.node, std::move(bytes));
+  return wrap(v);
 }
 
 #define TESSEL_BINARY(sym, method)                                                        \
@@ -83,6 +116,10 @@ TESSEL_UNARY(relu) TESSEL_UNARY(gelu) TESSEL_UNARY(sigmoid) TESSEL_UNARY(abs)
 TESSEL_UNARY(stop_gradient)
 #undef TESSEL_UNARY
 
+Tensor silu(const Tensor& x, SourceLoc loc) {
+  ops::Emitter e = em(x, loc);
+  return x.model().wrap(e.mul(x.value(), e.sigmoid(x.value())));
+}
 Tensor maximum(const Tensor& a, const Tensor& b, SourceLoc loc) {
   return model_of(a, b).wrap(em(a, loc).maximum(a.value(), b.value()));
 }
@@ -116,6 +153,9 @@ Tensor reshape(const Tensor& x, Shape shape, SourceLoc loc) {
 }
 Tensor transpose(const Tensor& x, std::vector<int64_t> perm, SourceLoc loc) {
   return x.model().wrap(em(x, loc).transpose(x.value(), std::move(perm)));
+}
+Tensor broadcast_to(const Tensor& x, Shape shape, SourceLoc loc) {
+  return x.model().wrap(em(x, loc).broadcast_to(x.value(), std::move(shape)));
 }
 Tensor concat(const std::vector<Tensor>& xs, int64_t axis, SourceLoc loc) {
   if (xs.empty()) throw Error(Origin::at(loc).str() + ": concat of no tensors");

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <source_location>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -66,6 +67,10 @@ class Model {
   Tensor parameter(std::string_view name, Shape shape, ops::Init init, double scale = 0,
                    SourceLoc loc = SourceLoc::current());
   Tensor constant(double v, Shape shape = {}, DType dt = DType::f32, SourceLoc loc = SourceLoc::current());
+  // A constant holding `values` (row-major), stored in the graph: tables such as rotary
+  // angles. Floating dtypes only.
+  Tensor constant(std::string_view name, Shape shape, std::span<const double> values, DType dt,
+                  SourceLoc loc = SourceLoc::current());
   void output(std::string_view name, const Tensor& t) { graph_.set_output(name, t.value()); }
 
   // Names created inside a scope are prefixed "<scope>/".
@@ -90,6 +95,10 @@ class Model {
   // Training mode turns dropout on; set it before building.
   bool training() const { return training_; }
   void set_training(bool on) { training_ = on; }
+  // The floating dtype of the parameters and tables that layers create (f32; f64 for
+  // gradient checks); set it before building.
+  DType float_dtype() const { return float_dtype_; }
+  void set_float_dtype(DType dt);
   // The per-forward-pass counter that seeds dropout masks (created on first use).
   Tensor dropout_counter();
 
@@ -104,6 +113,7 @@ class Model {
   Graph graph_;
   std::string scope_;
   bool training_ = true;
+  DType float_dtype_ = DType::f32;
   Value dropout_counter_;
 };
 
@@ -128,6 +138,7 @@ TESSEL_UNARY(exp) TESSEL_UNARY(log) TESSEL_UNARY(sqrt) TESSEL_UNARY(rsqrt) TESSE
 TESSEL_UNARY(relu) TESSEL_UNARY(gelu) TESSEL_UNARY(sigmoid) TESSEL_UNARY(abs)
 TESSEL_UNARY(stop_gradient)
 #undef TESSEL_UNARY
+Tensor silu(const Tensor& x, SourceLoc loc = SourceLoc::current());  // x * sigmoid(x)
 Tensor maximum(const Tensor& a, const Tensor& b, SourceLoc loc = SourceLoc::current());
 Tensor minimum(const Tensor& a, const Tensor& b, SourceLoc loc = SourceLoc::current());
 Tensor greater(const Tensor& a, const Tensor& b, SourceLoc loc = SourceLoc::current());
@@ -140,6 +151,7 @@ Tensor mean(const Tensor& x, std::vector<int64_t> axes = {}, bool keepdims = fal
 Tensor max(const Tensor& x, std::vector<int64_t> axes = {}, bool keepdims = false, SourceLoc loc = SourceLoc::current());
 Tensor reshape(const Tensor& x, Shape shape, SourceLoc loc = SourceLoc::current());
 Tensor transpose(const Tensor& x, std::vector<int64_t> perm, SourceLoc loc = SourceLoc::current());
+Tensor broadcast_to(const Tensor& x, Shape shape, SourceLoc loc = SourceLoc::current());
 Tensor concat(const std::vector<Tensor>& xs, int64_t axis, SourceLoc loc = SourceLoc::current());
 Tensor slice(const Tensor& x, int64_t axis, int64_t start, int64_t end, SourceLoc loc = SourceLoc::current());
 Tensor gather(const Tensor& table, const Tensor& idx, SourceLoc loc = SourceLoc::current());

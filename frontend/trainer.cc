@@ -274,7 +274,7 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
   std::optional<DevicePlan> plan;
   if (multi) {
     if (from_file)
-      throw Error("--devices runs model specs (mlp:..., gpt:...); a graph file trains on one device (drop --devices)");
+      throw Error("--devices runs model specs (mlp:..., gpt:..., llama:...); a graph file trains on one device (drop --devices)");
     if (batch <= 0) batch = 64;
     planner::Pins pins = opt.pins;
     if (k > 1) {

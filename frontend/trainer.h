@@ -12,7 +12,7 @@
 namespace tessel {
 
 struct TrainOptions {
-  std::string model;            // "mlp:..." / "gpt:..." spec, or a .tsg graph file
+  std::string model;            // "mlp:..." / "gpt:..." / "llama:..." spec, or a .tsg graph file
   std::string dataset;          // "fashion-mnist" or "text:FILE"
   std::string data_dir;         // fashion-mnist directory ("" = the Debian package's)
   int64_t epochs = 0;           // one of epochs / steps; neither: 1 epoch

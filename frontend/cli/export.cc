@@ -13,7 +13,7 @@ int cmd_export(int argc, char** argv) {
   Args args("export",
             "Build a model from a DSL builder spec and write its graph (inputs, forward pass,\n"
             "loss, seeded parameter initializers) to a file. Binary .tsg unless --text.",
-            {{"--model", "SPEC", "mlp:784-1024-1024-10 or gpt:layers=..,d_model=..,heads=..,seq=..,vocab=..", ""},
+            {{"--model", "SPEC", "mlp:784-1024-1024-10, gpt:layers=..,d_model=..,heads=..,seq=..,vocab=.. or llama:..,kv_heads=..,ffn=..[,rope_theta=..]", ""},
              {"--batch", "N", "batch size the graph is built for", "256"},
              {"--output", "FILE", "where to write (also -o)", ""},
              {"--text", "", "write protobuf text format instead of binary", ""},
@@ -35,7 +35,9 @@ int cmd_export(int argc, char** argv) {
   }
   SaveOptions so;
   so.text = args.has("--text");
-  so.with_data = args.has("--with-params");
+  // Always: constants' stored data (rotary tables) is part of the model. Variables have data
+  // only after export_variables, i.e. with --with-params.
+  so.with_data = true;
   save_graph(g, args.str("--output"), so);
   std::cerr << "wrote " << b.description << " (" << g.size() << " nodes) to " << args.str("--output") << "\n";
   return 0;

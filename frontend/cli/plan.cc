@@ -33,7 +33,7 @@ int cmd_plan(int argc, char** argv) {
             "parallelism, ZeRO, microbatches and recomputation for the best predicted step time that\n"
             "fits in memory; print the plan, why it won, and the next best alternatives. Pins fix any part.",
             with_pin_flags({
-                {"--model", "SPEC|FILE", "mlp:..., gpt:layers=..,d_model=..,heads=..,seq=..,vocab=.., or a .tsg file", ""},
+                {"--model", "SPEC|FILE", "mlp:..., gpt:layers=..,d_model=..,heads=..,seq=..,vocab=.., llama:..., or a .tsg file", ""},
                 {"--batch", "N", "global batch (samples per optimizer step)", "256"},
                 {"--cluster", "SPEC|FILE", "a100-80g:nodes=N[,ib=200|400], h100-80g:nodes=N, local:N, or a .pbtxt file", "local:1"},
                 {"--precision", "P", "f32, mixed (bf16 compute, f32 master weights), or auto (mixed on GPUs)", "auto"},

@@ -15,7 +15,8 @@ int cmd_train(int argc, char** argv) {
             "Train a model on one CPU device, or with --devices N on N simulated devices (threads of\n"
             "this process with real collectives between them) under a plan: searched automatically,\n"
             "pinned in part (--dp, --tp, --pp, ...), or loaded from `tessel plan --output`. The model\n"
-            "is a builder spec (mlp:784-1024-10, gpt:layers=4,d_model=256,heads=4,seq=128,vocab=256)\n"
+            "is a builder spec (mlp:784-1024-10, gpt:layers=4,d_model=256,heads=4,seq=128,vocab=256,\n"
+            "llama:layers=4,d_model=256,heads=8,kv_heads=2,ffn=768,seq=128,vocab=256)\n"
             "or, on one device, a .tsg graph file with inputs x/labels (images) or tokens/targets\n"
             "(text) and a scalar 'loss' output.",
             with_pin_flags({

@@ -19,7 +19,7 @@ int cmd_verify(int argc, char** argv) {
             "largest relative difference in the loss (per step) and in the parameters (after the last\n"
             "step, relative to the larger of the tensor's largest magnitude and the learning rate).\nExits 1 above the tolerance.",
             with_pin_flags({
-                {"--model", "SPEC", "mlp:... or gpt:layers=..,d_model=..,heads=..,seq=..,vocab=..", ""},
+                {"--model", "SPEC", "mlp:..., gpt:layers=..,d_model=..,heads=..,seq=..,vocab=.. or llama:..,kv_heads=..,ffn=..", ""},
                 {"--batch", "N", "global batch (samples per optimizer step)", "8"},
                 {"--devices", "N", "simulated devices", "1"},
                 {"--auto", "", "let the planner choose everything the pins leave open (the default)", ""},
