@@ -3,7 +3,6 @@
 #include <cmath>
 #include <cstring>
 #include <random>
-#include <regex>
 #include <sstream>
 
 #include "frontend/models.h"
@@ -31,33 +30,11 @@ OptimizerConfig one_step(OptimizerConfig oc) {
 
 }  // namespace
 
-planner::ModelBuilder planning_builder(const std::string& spec, const OptimizerConfig& oc_in) {
-  const OptimizerConfig oc = one_step(oc_in);
-  std::smatch mt;
-  int64_t layers = 1;
-  std::string base = spec;
-  const bool blocks = spec.rfind("gpt:", 0) == 0 || spec.rfind("llama:", 0) == 0;
-  if (blocks && std::regex_search(spec, mt, std::regex("layers=([0-9]+)"))) {
-    layers = std::stoll(mt[1]);
-    base = std::regex_replace(spec, std::regex("layers=[0-9]+"), "layers=1");
-  }
-  return [base, layers, oc](int64_t b) {
-    models::Built m = models::from_spec(base, b, true);
-    add_training(m.model->graph(), "loss", oc);
-    planner::PlannedModel pm{std::make_shared<Graph>(m.model->graph()), "train", {}};
-    if (layers > 1) pm.repeats = {{"block0", layers}};
-    return pm;
-  };
-}
-
-Graph plan_training_graph(const std::string& spec, int64_t global_batch, const planner::PlanConfig& c,
-                          const OptimizerConfig& oc) {
-  if (global_batch % c.microbatches != 0)
-    throw Error("batch " + std::to_string(global_batch) + " does not split into " + std::to_string(c.microbatches) +
-                " microbatches");
-  models::Built m = models::from_spec(spec, global_batch / c.microbatches, true);
+Graph training_graph(const std::string& spec, int64_t global_batch, const OptimizerConfig& oc) {
+  if (global_batch < 1) throw Error("the batch must be >= 1, got " + std::to_string(global_batch));
+  models::Built m = models::from_spec(spec, global_batch, true);
   add_training(m.model->graph(), "loss", one_step(oc));
-  return m.model->graph();
+  return std::move(m.model->graph());
 }
 
 std::string DevicePlan::summary() const {
@@ -75,9 +52,8 @@ std::string DevicePlan::summary() const {
   return os.str();
 }
 
-std::vector<planner::RankProgram> DevicePlan::programs(const std::string& spec, int64_t global_batch,
-                                                       const OptimizerConfig& oc) const {
-  return planner::partition(plan_training_graph(spec, global_batch, config, oc), config, stage_bounds);
+std::vector<planner::RankProgram> DevicePlan::programs(const Graph& training) const {
+  return planner::partition(training, config, stage_bounds);
 }
 
 DevicePlan device_plan(const planner::PlanFile& f, const std::string& path, int64_t devices) {
@@ -93,18 +69,16 @@ DevicePlan device_plan(const planner::PlanFile& f, const std::string& path, int6
   return p;
 }
 
-DevicePlan plan_for_devices(const std::string& spec, int64_t global_batch, int64_t devices, const planner::Pins& pins,
-                            const OptimizerConfig& oc) {
+DevicePlan plan_for_devices(const Graph& training, int64_t devices, const planner::Pins& pins) {
   if (devices < 1) throw Error("--devices must be >= 1");
-  if (spec.find(':') == std::string::npos)
-    throw Error("'" + spec + "': planning for several devices needs a model spec (mlp:..., gpt:..., llama:...)");
   DevicePlan p;
   p.cluster = "local:" + std::to_string(devices);
   const planner::ClusterSpec cluster = planner::parse_cluster(p.cluster);
   planner::SearchOptions so;
   so.cost.precision = planner::Precision::f32;
-  so.max_microbatch_size = global_batch;  // small models on a host: any microbatch size is worth a look
-  p.search = planner::search_plan(planning_builder(spec, oc), global_batch, cluster, pins, so);
+  so.max_microbatch_size = planner::graph_batch(training);  // small models on a host: any microbatch size is worth a look
+  const std::string phase = training.updates().empty() ? "train" : training.updates().front().phase;
+  p.search = planner::search_plan(training, phase, cluster, pins, so);
   p.config = p.search.best.config;
   if (p.config.devices() != devices)
     throw Error("the plan " + p.config.str() + " uses " + std::to_string(p.config.devices()) + " of the " +
@@ -129,11 +103,7 @@ std::string VerifyReport::json() const {
 }
 
 VerifyReport verify_plan(const VerifyOptions& opt, const DevicePlan& plan) {
-  const OptimizerConfig oc = one_step(opt.optimizer);
-  models::Built one_b = models::from_spec(opt.spec, opt.batch, true);
-  Graph& one_g = one_b.model->graph();
-  add_training(one_g, "loss", oc);
-  const Graph plan_g = plan_training_graph(opt.spec, opt.batch, plan.config, oc);
+  const Graph one_g = training_graph(opt.spec, opt.batch, opt.optimizer);
 
   runtime::ExecutorOptions eo;
   eo.seed = opt.seed;
@@ -146,13 +116,15 @@ VerifyReport verify_plan(const VerifyOptions& opt, const DevicePlan& plan) {
   ro.seed = opt.seed;
   runtime::CommOptions co;
   co.timeout_s = opt.timeout_s;
-  runtime::LocalRun run(planner::partition(plan_g, plan.config, plan.stage_bounds), plan.config, ro, co);
+  runtime::LocalRun run(plan.programs(one_g), plan.config, ro, co);
   run.initialize();
 
   VerifyReport rep;
   for (auto& m : run.memory()) rep.arena_bytes.push_back(m.arena_bytes);
   std::mt19937 rng(static_cast<uint32_t>(opt.seed * 7919 + 5));
-  const int64_t classes = one_b.logits.shape().back();
+  const auto logits = one_g.output("logits");
+  if (!logits) throw Error(opt.spec + ": the model has no 'logits' output to draw labels for");
+  const int64_t classes = one_g.type(*logits).shape.back();
   for (int64_t step = 0; step < opt.steps; ++step) {
     for (int32_t id : one_g.nodes_of_kind(OpKind::input)) {
       const Node& n = one_g.node(id);
@@ -163,10 +135,7 @@ VerifyReport verify_plan(const VerifyOptions& opt, const DevicePlan& plan) {
         else if (t.dtype == DType::i32) dst.as<int32_t>()[i] = static_cast<int32_t>(rng() % static_cast<uint32_t>(classes));
         else throw Error(n.where() + ": verify feeds f32 and i32 inputs, this one is " + t.str());
       }
-      const auto pid = plan_g.find(n.name);
-      if (!pid) continue;
-      run.feed(n.name, plan_g.node(*pid).outputs[0],
-               std::span<const std::byte>(static_cast<const std::byte*>(dst.data), static_cast<size_t>(t.bytes())));
+      run.feed(n.name, t, std::span<const std::byte>(static_cast<const std::byte*>(dst.data), static_cast<size_t>(t.bytes())));
     }
     one.run(prog);
     run.step();

@@ -14,13 +14,10 @@
 
 namespace tessel {
 
-// The planner's view of a DSL model spec (mlp:..., gpt:..., llama:...): its training graph at a given
-// microbatch batch; a GPT's identical blocks are planned from a one-block stand-in.
-planner::ModelBuilder planning_builder(const std::string& spec, const OptimizerConfig& oc);
-
-// The training graph the plan's programs are cut from: one microbatch of every replica.
-Graph plan_training_graph(const std::string& spec, int64_t global_batch, const planner::PlanConfig& c,
-                          const OptimizerConfig& oc);
+// The training graph of a DSL model spec (mlp:..., gpt:..., llama:...) at the global batch:
+// the model, its gradients and the optimizer's updates (one optimizer step per batch; a plan
+// splits the batch into microbatches itself).
+Graph training_graph(const std::string& spec, int64_t global_batch, const OptimizerConfig& oc);
 
 struct DevicePlan {
   planner::PlanConfig config;
@@ -28,16 +25,15 @@ struct DevicePlan {
   planner::SearchResult search;       // predicted costs, alternatives
   std::string cluster;                // "local:4"
   std::string summary() const;        // a few lines: mesh, stages, predicted step and memory
-  // The rank programs for a spec (the same one the plan was made for).
-  std::vector<planner::RankProgram> programs(const std::string& spec, int64_t global_batch,
-                                             const OptimizerConfig& oc) const;
+  // The rank programs for the training graph the plan was made for.
+  std::vector<planner::RankProgram> programs(const Graph& training) const;
 };
 
-// The best plan for `devices` simulated devices on this host under `pins`, using every
-// device. Throws tessel::Error when the pins cannot be met (naming why: the batch does not
-// split, heads do not divide, more stages than layers, devices left idle).
-DevicePlan plan_for_devices(const std::string& spec, int64_t global_batch, int64_t devices, const planner::Pins& pins,
-                            const OptimizerConfig& oc);
+// The best plan for the training graph `training` (at the global batch) on `devices`
+// simulated devices of this host under `pins`, using every device. Throws tessel::Error when
+// the pins cannot be met (naming why: the batch does not split, heads do not divide, more
+// stages than layers, devices left idle).
+DevicePlan plan_for_devices(const Graph& training, int64_t devices, const planner::Pins& pins);
 
 // The plan a plan file (`path`, from `tessel plan --output`) holds. devices > 0: the plan
 // must be for that many devices, else an error says what it is for.

@@ -165,23 +165,20 @@ struct OneDevice final : Engine {
 // rank gets its microbatches' shards.
 struct Devices final : Engine {
   runtime::LocalRun run;
-  const Graph& graph;  // one microbatch of every replica
-  int64_t batch;
+  const Graph& graph;  // the training graph, at the global batch
   struct Host {
     std::string name;
-    TensorType micro, whole;
+    TensorType whole;
     std::vector<std::byte> bytes;
   };
   std::vector<Host> inputs;
-  Devices(std::vector<planner::RankProgram> programs, const planner::PlanConfig& c, const Graph& g, int64_t global_batch,
+  Devices(std::vector<planner::RankProgram> programs, const planner::PlanConfig& c, const Graph& g,
           const runtime::RankOptions& ro, const runtime::CommOptions& co, int threads, int64_t capacity)
-      : run(std::move(programs), c, ro, co, threads), graph(g), batch(global_batch) {
+      : run(std::move(programs), c, ro, co, threads), graph(g) {
     run.initialize(capacity);
     for (int32_t id : g.nodes_of_kind(OpKind::input)) {
       const TensorType& t = g.node(id).outputs[0];
-      TensorType whole = t;
-      whole.shape.at(0) = global_batch;
-      inputs.push_back(Host{g.node(id).name, t, whole, std::vector<std::byte>(static_cast<size_t>(whole.bytes()))});
+      inputs.push_back(Host{g.node(id).name, t, std::vector<std::byte>(static_cast<size_t>(t.bytes()))});
     }
   }
   double step(Feeder& feeder, int64_t s) override {
@@ -190,7 +187,7 @@ struct Devices final : Engine {
         if (h.name == name) return TensorRef{h.bytes.data(), h.whole.dtype, h.whole.shape, h.whole.numel()};
       throw Error(std::string("the plan's graph has no input '") + name + "'");
     }, s, 0);
-    for (Host& h : inputs) run.feed(h.name, h.micro, h.bytes);
+    for (Host& h : inputs) run.feed(h.name, h.whole, h.bytes);
     run.step();
     return run.scalar_output("loss");
   }
@@ -269,30 +266,23 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
   std::optional<Graph> loaded;
   int64_t batch = opt.batch;
   const bool multi = opt.devices > 0;
-  // On simulated devices the runtime accumulates the plan's microbatches itself.
+  // On simulated devices the graph takes the whole batch and the plan splits it into
+  // microbatches (--accumulate pins their number); on one device the graph takes one
+  // microbatch and accumulates gradients itself.
   int64_t k = ocfg.accumulate;
+  planner::Pins pins = opt.pins;
   std::optional<DevicePlan> plan;
   if (multi) {
     if (from_file)
       throw Error("--devices runs model specs (mlp:..., gpt:..., llama:...); a graph file trains on one device (drop --devices)");
     if (batch <= 0) batch = 64;
-    planner::Pins pins = opt.pins;
     if (k > 1) {
       if (pins.microbatches && *pins.microbatches != k)
         throw Error("--accumulate " + std::to_string(k) + " and --microbatches " + std::to_string(*pins.microbatches) +
                     " disagree (on devices, --accumulate pins the microbatches)");
       pins.microbatches = k;
     }
-    if (!opt.plan_file.empty()) {
-      const planner::PlanFile f = planner::load_plan(opt.plan_file, ops::registry());
-      if (f.global_batch != batch)
-        throw Error(opt.plan_file + " was planned for batch " + std::to_string(f.global_batch) + ", not " +
-                    std::to_string(batch) + " (give --batch " + std::to_string(f.global_batch) + ")");
-      plan = device_plan(f, opt.plan_file, opt.devices);
-    } else {
-      plan = plan_for_devices(opt.model, batch, opt.devices, pins, ocfg);
-    }
-    k = plan->config.microbatches;
+    k = 1;
     ocfg.accumulate = 1;
   }
   if (from_file) {
@@ -346,6 +336,17 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
     phases = add_training(graph, "loss", ocfg);
   }
   graph.verify();
+  if (multi) {
+    if (!opt.plan_file.empty()) {
+      const planner::PlanFile f = planner::load_plan(opt.plan_file, ops::registry());
+      if (f.global_batch != batch)
+        throw Error(opt.plan_file + " was planned for batch " + std::to_string(f.global_batch) + ", not " +
+                    std::to_string(batch) + " (give --batch " + std::to_string(f.global_batch) + ")");
+      plan = device_plan(f, opt.plan_file, opt.devices);
+    } else {
+      plan = plan_for_devices(graph, opt.devices, pins);
+    }
+  }
   report.parameters = planner::count_parameters(graph).elements;
 
   std::optional<runtime::ThreadPool> own_pool;
@@ -367,8 +368,8 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
     runtime::CommOptions co;
     co.timeout_s = opt.comm_timeout_s;
     const planner::ClusterSpec cluster = planner::parse_cluster("local:" + std::to_string(opt.devices));
-    auto dev = std::make_unique<Devices>(planner::partition(graph, plan->config, plan->stage_bounds), plan->config, graph,
-                                         batch, ro, co, opt.threads, static_cast<int64_t>(cluster.device.memory_bytes));
+    auto dev = std::make_unique<Devices>(plan->programs(graph), plan->config, graph, ro, co, opt.threads,
+                                         static_cast<int64_t>(cluster.device.memory_bytes));
     if (opt.verbose && !opt.quiet) {
       const auto mem = dev->run.memory();
       const auto& stages = plan->search.best.stages;
@@ -425,7 +426,8 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
 
   if (!opt.quiet) {
     log << "tessel: " << report.model << ", " << report.parameters << " parameters, batch " << batch;
-    if (k > 1) log << " (" << k << " microbatches of " << micro << ")";
+    const int64_t mbs = multi ? plan->config.microbatches : k;
+    if (mbs > 1) log << " (" << mbs << " microbatches of " << batch / mbs << ")";
     log << ", " << total_steps << " steps, " << ocfg.kind << " lr " << ocfg.lr << "\n";
   }
   Progress progress(log, opt.progress_terminal, total_steps);

@@ -21,7 +21,6 @@ struct Context {
   const CostOptions& opt;
   Mesh mesh;
   GraphPlacement gp;
-  std::vector<int> consumers;                // per node (single-output graphs): needed consumers
   std::vector<char> fused_out;               // value folded into its only consumer's kernel
   std::map<std::pair<int32_t, int>, size_t> reshard_at;  // (node, input) -> reshard index
   std::vector<char> optimizer_node;
@@ -56,7 +55,7 @@ NodeCost node_cost(const Context& x, const Node& n) {
   Cost c = n.def->cost ? n.def->cost(n, in) : Cost{};
   // Work is divided over an axis when the node splits a factor there.
   double split = 1;
-  const Sharding& out = x.gp.values[n.id][0];
+  const Sharding& out = x.gp.at(n.out(0));
   for (int a = 0; a < x.mesh.rank_of_axes(); ++a) {
     bool all_in_partial = !n.inputs.empty();
     for (size_t i = 0; i < n.inputs.size(); ++i) all_in_partial &= input_placement(x, n, static_cast<int>(i))[a].is_partial();
@@ -93,13 +92,13 @@ std::vector<Segment> comm_segments(const Context& x, const GraphPlacement::Resha
   const double elem = gradient && x.opt.f32_gradients ? 4.0 : esize(x, t.dtype, optimizer);
   const double scale = elem / static_cast<double>(dtype_size(t.dtype));
   for (const ReshardStep& s : r.steps) {
-    if (!s.is_collective()) continue;
+    if (!s.is_collective() || s.axis == kMicrobatchAxis) continue;  // sums over microbatches: the runtime's
     Segment seg;
     seg.comm = true;
     seg.op = s.collective();
     seg.axis = s.axis;
     seg.bytes = s.bytes * scale;
-    std::vector<int64_t> group = x.mesh.group(0, s.axis);
+    const std::vector<int64_t> group = x.mesh.group(0, s.axis);
     CommEstimate est = collective_time(x.cluster, seg.op, seg.bytes, group);
     seg.seconds = est.seconds;
     seg.level = est.level;
@@ -134,18 +133,16 @@ std::optional<CostOptions::GradAccumulation> grad_accumulation_from_name(std::st
   return std::nullopt;
 }
 
-ModelProfile profile_model(const Graph& g, const std::string& phase, const PlanConfig& c, const ClusterSpec& cluster,
-                           const CostOptions& opt, const std::vector<std::pair<std::string, int64_t>>& repeats) {
+ModelProfile profile_model(const Graph& g, const LayerStructure& ls, const PlanConfig& c, const ClusterSpec& cluster,
+                           const CostOptions& opt) {
   if (c.dp < 1 || c.tp < 1 || c.pp < 1 || c.microbatches < 1) throw Error("plan: dp, tp, pp and microbatches must be >= 1");
-  LayerStructure ls = find_layers(g, phase);
-  std::vector<int32_t> nodes;
-  for (int32_t id = 0; id < g.size(); ++id) {
-    const bool mine = ls.layer_of[id] >= 0 ||
-                      std::find(ls.global.begin(), ls.global.end(), id) != ls.global.end();
-    if (mine) nodes.push_back(id);
-  }
-  Context x{g, c, cluster, opt, stage_mesh(c), {}, {}, {}, {}, {}};
-  x.gp = place_graph(g, c, x.mesh, nodes);
+  // A layer repeating an earlier one of its class is placed as that one (LayerStructure).
+  const std::vector<int32_t>& nodes = ls.distinct;
+  const std::vector<int32_t>& same_as = ls.repeats;
+  const std::vector<int>& last_of = ls.last_of_class;
+  Context x{g, c, cluster, opt, planning_mesh(c), {}, {}, {}, {}};
+  x.gp = place_graph(g, c, x.mesh, nodes, same_as, ls.read_by_repeat);
+  if (std::string why = microbatch_problem(g, x.gp, x.mesh); !why.empty()) throw Error(why);
   for (size_t r = 0; r < x.gp.reshards.size(); ++r)
     for (auto& [node, input] : x.gp.reshards[r].consumers)
       if (input >= 0) x.reshard_at[{node, input}] = r;
@@ -156,26 +153,20 @@ ModelProfile profile_model(const Graph& g, const std::string& phase, const PlanC
     if (g.node(id).pass == Pass::update) x.optimizer_node[id] = 1;
   // Fusion: an elementwise value read once, by an elementwise op or a reduction, that needs
   // no resharding in between, never goes to memory.
-  x.consumers.assign(g.size(), 0);
-  std::vector<int32_t> only_consumer(g.size(), -1);
-  for (int32_t id : nodes)
-    for (auto& in : g.node(id).inputs) {
-      x.consumers[in.node]++;
-      only_consumer[in.node] = id;
-    }
+  const std::vector<std::vector<int32_t>>& users = ls.users;
   x.fused_out.assign(g.size(), 0);
   for (int32_t id : nodes) {
     const Node& n = g.node(id);
-    if (!fusible(n) || x.consumers[id] != 1) continue;
-    const Node& user = g.node(only_consumer[id]);
+    if (!fusible(n) || users[id].size() != 1) continue;
+    const Node& user = g.node(users[id][0]);
+    const int32_t as = same_as[user.id] >= 0 ? same_as[user.id] : user.id;  // its reshards, if it repeats another
     bool resharded = false;
     for (size_t i = 0; i < user.inputs.size(); ++i)
-      if (user.inputs[i].node == id && x.reshard_at.count({user.id, static_cast<int>(i)})) resharded = true;
+      if (user.inputs[i].node == id && x.reshard_at.count({as, static_cast<int>(i)})) resharded = true;
     if (chain_end(user) && !resharded) x.fused_out[id] = 1;
   }
 
   ModelProfile mp;
-  std::map<std::string, int64_t> rep(repeats.begin(), repeats.end());
   // Where each reshard is paid: at its first consumer, or as an update.
   std::vector<int32_t> first_consumer(x.gp.reshards.size(), -1);
   for (size_t r = 0; r < x.gp.reshards.size(); ++r) {
@@ -204,12 +195,30 @@ ModelProfile profile_model(const Graph& g, const std::string& phase, const PlanC
     if (forward_use && first_bwd >= 0) paid_before[first_bwd].push_back(r);
   }
 
+  std::vector<int> profile_of(ls.layers.size(), -1);  // a layer's entry in mp.layers
   for (size_t li = 0; li < ls.layers.size(); ++li) {
     const Layer& layer = ls.layers[li];
+    if (layer.klass != static_cast<int>(li)) {  // as its class's first layer
+      const int first = profile_of[static_cast<size_t>(layer.klass)];
+      LayerProfile& prev = mp.layers.back();
+      if (ls.layers[li - 1].klass == layer.klass) {
+        prev.repeat += 1;
+        prev.members.push_back(layer.name);
+      } else {
+        LayerProfile copy = mp.layers[static_cast<size_t>(first)];
+        copy.name = layer.name;
+        copy.repeat = 1;
+        copy.members = {layer.name};
+        mp.layers.push_back(std::move(copy));
+      }
+      profile_of[li] = static_cast<int>(mp.layers.size()) - 1;
+      continue;
+    }
+    profile_of[li] = static_cast<int>(mp.layers.size());
     LayerProfile lp;
     lp.name = layer.name;
+    lp.members = {layer.name};
     double fwd_flops = 0, bwd_flops = 0;
-    if (auto it = rep.find(layer.name); it != rep.end()) lp.repeat = it->second;
     auto walk = [&](const std::vector<int32_t>& ids, std::vector<Segment>& segs, double& compute, double* flops) {
       for (int32_t id : ids) {
         const Node& n = g.node(id);
@@ -231,15 +240,15 @@ ModelProfile profile_model(const Graph& g, const std::string& phase, const PlanC
           for (auto& v : n.inputs) in.push_back(g.type(v));
           if (n.def->cost && n.def->kind == OpKind::compute) {
             const double f = n.def->cost(n, in).flops;
-            *flops += f;
-            if (core) lp.core_forward_flops += f;
+            *flops += f / static_cast<double>(c.microbatches);  // cost() sees the whole batch
+            if (core) lp.core_forward_flops += f / static_cast<double>(c.microbatches);
           }
         }
         lp.working_bytes = std::max(lp.working_bytes, nc.io_bytes);
       }
     };
     walk(layer.forward, lp.forward, lp.forward_compute_s, &fwd_flops);
-    walk(layer.backward, lp.backward, lp.backward_compute_s, &bwd_flops);
+    walk(ls.layers[last_of[li]].backward, lp.backward, lp.backward_compute_s, &bwd_flops);
     lp.forward_flops = fwd_flops;
     lp.model_flops = fwd_flops + bwd_flops;
     std::vector<Segment> opt_segs;
@@ -299,7 +308,7 @@ ModelProfile profile_model(const Graph& g, const std::string& phase, const PlanC
     for (int32_t id : layer.optimizer) {
       const Node& n = g.node(id);
       if (n.op != "state" || n.outputs[0].rank() == 0) continue;
-      lp.optimizer_bytes += local_bytes(x, n.outputs[0], x.gp.values[id][0], true);
+      lp.optimizer_bytes += local_bytes(x, n.outputs[0], x.gp.at(n.out(0)), true);
     }
     if (opt.precision == Precision::mixed) {  // f32 master weights, split like the optimizer state
       for (int32_t id : layer.forward) {
@@ -312,8 +321,10 @@ ModelProfile profile_model(const Graph& g, const std::string& phase, const PlanC
     std::set<int32_t> fwd(layer.forward.begin(), layer.forward.end());
     std::set<int32_t> bwd(layer.backward.begin(), layer.backward.end());
     std::set<std::pair<int32_t, int32_t>> saved, inputs, outputs, core_saved, core_inputs;
-    for (int32_t id = 0; id < g.size(); ++id) {
-      if (ls.layer_of[id] < 0 && std::find(ls.global.begin(), ls.global.end(), id) == ls.global.end()) continue;
+    std::set<int32_t> readers(fwd.begin(), fwd.end());  // what may read the layer's values
+    readers.insert(bwd.begin(), bwd.end());
+    for (int32_t id : layer.forward) readers.insert(users[id].begin(), users[id].end());
+    for (int32_t id : readers) {
       const Node& n = g.node(id);
       for (auto& v : n.inputs) {
         const Node& src = g.node(v.node);
@@ -336,7 +347,7 @@ ModelProfile profile_model(const Graph& g, const std::string& phase, const PlanC
     }
     auto bytes_of = [&](const std::set<std::pair<int32_t, int32_t>>& vals) {
       double b = 0;
-      for (auto& [node, idx] : vals) b += local_bytes(x, g.node(node).outputs[idx], x.gp.values[node][idx], false);
+      for (auto& [node, idx] : vals) b += local_bytes(x, g.node(node).outputs[idx], x.gp.at(Value{node, idx}), false);
       return b;
     };
     lp.activation_bytes = bytes_of(saved);
@@ -351,13 +362,14 @@ ModelProfile profile_model(const Graph& g, const std::string& phase, const PlanC
     mp.layers.push_back(std::move(lp));
   }
   for (int32_t id : ls.global) mp.global_compute_s += node_cost(x, g.node(id)).seconds;
-  for (int32_t id : ls.global) {
-    const Node& n = g.node(id);
-    if (n.def->kind == OpKind::input && n.outputs[0].rank() > 0) {
-      mp.samples_per_microbatch = static_cast<double>(n.outputs[0].shape[0]);
-      break;
+  for (int32_t id : ls.global)
+    if (g.node(id).def->kind == OpKind::input) {
+      const int b = input_batch_dim(g.node(id));
+      if (b >= 0 && b < g.node(id).outputs[0].rank()) {
+        mp.samples_per_microbatch = static_cast<double>(g.node(id).outputs[0].shape[b]) / static_cast<double>(c.microbatches);
+        break;
+      }
     }
-  }
   return mp;
 }
 

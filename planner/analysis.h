@@ -62,7 +62,8 @@ struct Segment {
 
 struct LayerProfile {
   std::string name;
-  int64_t repeat = 1;  // identical layers this profile stands for (solved once)
+  int64_t repeat = 1;  // identical consecutive layers this profile stands for (solved once)
+  std::vector<std::string> members;  // their names, repeat of them
   std::vector<Segment> forward, backward;  // one microbatch, in order
   std::vector<Segment> grad_sync;   // gradient reductions, async after the layer's last backward
   std::vector<Segment> param_sync;  // after the optimizer: gathers of updated parameters
@@ -91,14 +92,15 @@ struct LayerProfile {
 struct ModelProfile {
   std::vector<LayerProfile> layers;  // in forward order (repeats folded)
   double global_compute_s = 0;       // nodes outside layers (learning rate, norms), per step
-  double samples_per_microbatch = 0;
+  double samples_per_microbatch = 0;  // of all replicas together
 };
 
-// Profiles every layer of `g` (a training graph whose microbatch is what one data-parallel
-// replica processes at a time) on stage 0 of `c`. `repeats` maps a layer name to how many
-// identical copies it stands for (e.g. {"block0", 96} for a one-block stand-in of GPT-3).
-ModelProfile profile_model(const Graph& g, const std::string& phase, const PlanConfig& c,
-                           const ClusterSpec& cluster, const CostOptions& opt,
-                           const std::vector<std::pair<std::string, int64_t>>& repeats = {});
+// Profiles every layer of `g` (a training graph at the global batch, whose layers are `ls`)
+// for one microbatch on a device of stage 0 of `c`. A layer identical to an earlier one (the
+// same class) is profiled once: its placements are the first's and consecutive ones share
+// one profile (a 96-block GPT is planned from one block). Throws when the model cannot be
+// split into c.microbatches (planning_mesh).
+ModelProfile profile_model(const Graph& g, const LayerStructure& ls, const PlanConfig& c, const ClusterSpec& cluster,
+                           const CostOptions& opt);
 
 }  // namespace tessel::planner

@@ -202,6 +202,27 @@ LayerStructure find_layers(const Graph& g, const std::string& phase) {
   for (size_t li = 0; li < ls.layers.size(); ++li)
     ls.layers[li].klass = classes.try_emplace(canonical(g, ls, static_cast<int>(li)), static_cast<int>(li)).first->second;
   ls.attention_core = attention_cores(g, ls, weight);
+  ls.users.assign(g.size(), {});
+  for (int32_t id : nodes)
+    for (auto& in : g.node(id).inputs) ls.users[in.node].push_back(id);
+
+  ls.last_of_class.assign(ls.layers.size(), -1);
+  for (size_t l = 0; l < ls.layers.size(); ++l) ls.last_of_class[static_cast<size_t>(ls.layers[l].klass)] = static_cast<int>(l);
+  ls.repeats.assign(g.size(), -1);
+  ls.read_by_repeat.assign(g.size(), 0);
+  for (int32_t id : nodes) {
+    const int l = ls.layer_of[id];
+    const Node& n = g.node(id);
+    const int from = l < 0 ? l : n.pass == Pass::backward ? ls.last_of_class[ls.layers[l].klass] : ls.layers[l].klass;
+    if (from == l) {
+      ls.distinct.push_back(id);
+      continue;
+    }
+    const Layer& rep = ls.layers[from];
+    const auto& part = n.pass == Pass::forward ? rep.forward : n.pass == Pass::backward ? rep.backward : rep.optimizer;
+    ls.repeats[id] = part.at(static_cast<size_t>(ls.position[id]));
+    for (auto& in : n.inputs) ls.read_by_repeat[in.node] = 1;
+  }
   return ls;
 }
 

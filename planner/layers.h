@@ -33,6 +33,17 @@ struct LayerStructure {
   std::vector<int32_t> position;
   // Per node: the attention core of its layer (what selective recomputation reruns).
   std::vector<char> attention_core;
+  // Per node: the nodes considered that read it, in order.
+  std::vector<std::vector<int32_t>> users;
+
+  // Repetition, for planning a layer once per class. Per node: the node whose placement it
+  // repeats (-1: none): for a forward or optimizer node of a class's later layer, the node of
+  // the class's first layer; for a backward node of any but the class's last layer, the node
+  // of its last (the backward pass meets that one first).
+  std::vector<int32_t> repeats;
+  std::vector<int32_t> distinct;     // the nodes considered that repeat none, in order
+  std::vector<char> read_by_repeat;  // per node: a repeating node reads it
+  std::vector<int> last_of_class;    // per layer that starts a class: the class's last layer
 };
 
 // Nodes considered are those needed for the updates of `phase` and the "loss" output.

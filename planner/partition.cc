@@ -134,11 +134,11 @@ class RankBuilder {
       add(g_.node(id));
       mark(id);
     }
-    RankProgram p{rank_, stage_, coords_, Graph(g_.registry()), {}, {}, {}, {}, {}, {}, {}};
+    RankProgram p{rank_, stage_, on_stage_coords(), Graph(g_.registry()), {}, {}, {}, {}, {}, {}, {}, {}};
     for (int32_t id : nodes) {
       const Node& n = g_.node(id);
-      if (n.def->kind == OpKind::input) p.input_placements.push_back({n.name, gp_.values[id][0]});
-      if (n.def->kind == OpKind::variable) p.variable_placements.push_back({n.name, gp_.values[id][0]});
+      if (n.def->kind == OpKind::input) p.input_placements.push_back({n.name, on_stage_mesh(gp_.values[id][0])});
+      if (n.def->kind == OpKind::variable) p.variable_placements.push_back({n.name, on_stage_mesh(gp_.values[id][0])});
     }
     // Outputs: partial sums are completed (every rank then holds the result); splits stay.
     for (auto& o : g_.outputs()) {
@@ -148,7 +148,7 @@ class RankBuilder {
         if (pl.is_partial()) pl = Placement::R();
       out_.set_output(o.name, resharded(o.value, want, g_.node(o.value.node)));
       mark(o.value.node);
-      p.output_placements.push_back({o.name, want});
+      p.output_placements.push_back({o.name, on_stage_mesh(want)});
     }
     for (auto& u : g_.updates()) {
       if (local_[u.variable].empty() || local_[u.value.node].empty()) continue;
@@ -161,6 +161,8 @@ class RankBuilder {
     p.section = std::move(section_);
     p.layer = std::move(layer_);
     p.recompute = std::move(recompute_);
+    summed_.resize(static_cast<size_t>(p.graph.size()), 0);
+    p.summed = std::move(summed_);
     return p;
   }
 
@@ -168,6 +170,14 @@ class RankBuilder {
  private:
   // Nodes added since the last mark serve training-graph node `id` (its section unless
   // given, its layer and recompute region).
+  std::vector<int64_t> on_stage_coords() const { return std::vector<int64_t>(coords_.begin() + 1, coords_.end()); }
+
+  // Node `id` of the program holds a microbatch's part of a sum over the batch.
+  void summed(int32_t id, bool partial) {
+    summed_.resize(static_cast<size_t>(out_.size()), 0);
+    summed_[static_cast<size_t>(id)] = partial;
+  }
+
   void mark(int32_t id, std::optional<Section> s = std::nullopt) {
     const size_t n = static_cast<size_t>(out_.size());
     section_.resize(n, s.value_or(st_.section_of[id]));
@@ -191,6 +201,7 @@ class RankBuilder {
                          n.name + "/recv", n.origin);
       local_[v.node].resize(g_.node(v.node).outputs.size());
       local_[v.node][v.index] = r;
+      summed(r.node, s[kMicrobatchAxis].is_partial());
     }
     std::vector<Value> in;
     ShardView view;
@@ -224,6 +235,7 @@ class RankBuilder {
       throw Error("partition, rank " + std::to_string(rank_) + ": " + e.what());
     }
     for (size_t o = 0; o < n.outputs.size(); ++o) local_[n.id].push_back(Value{id, static_cast<int32_t>(o)});
+    summed(id, gp_.values[n.id][0][kMicrobatchAxis].is_partial());
     for (size_t o = 0; o < n.outputs.size(); ++o) {
       auto it = readers_.find({n.id, static_cast<int32_t>(o)});
       if (it == readers_.end()) continue;
@@ -249,7 +261,14 @@ class RankBuilder {
     if (auto it = memo_.find(key); it != memo_.end()) return it->second;
     const TensorType& t = g_.type(v);
     Sharding s = from;
+    const bool partial = from[kMicrobatchAxis].is_partial();
     for (const ReshardStep& st : reshard(t, from, to, m_)) {
+      // A sum over microbatches is the runtime's (RankProgram::summed); a slice over them
+      // is of a value the same in every microbatch (microbatch_problem), taken at 0.
+      if (st.axis == kMicrobatchAxis && st.kind == ReshardStep::Kind::all_reduce) {
+        s[st.axis] = st.to;
+        continue;
+      }
       std::vector<int64_t> group = m_.group(local_rank_, st.axis);
       for (auto& r : group) r += stage_ * st_.stage_size;  // global ranks
       const std::string base = consumer.name + "/" + std::string(reshard_name(st.kind));
@@ -290,6 +309,7 @@ class RankBuilder {
       } catch (const Error& e) {
         throw Error("partition, rank " + std::to_string(rank_) + ": " + e.what());
       }
+      summed(cur.node, partial);
     }
     memo_[key] = cur;
     return cur;
@@ -309,20 +329,22 @@ class RankBuilder {
   std::vector<Section> section_;
   std::vector<int32_t> layer_;
   std::vector<char> recompute_;
+  std::vector<char> summed_;
 };
 
 }  // namespace
 
 std::vector<RankProgram> partition(const Graph& g, const PlanConfig& c, std::vector<int64_t> stage_bounds) {
-  const Mesh m = stage_mesh(c);
+  const Mesh m = planning_mesh(c);
   std::vector<Value> targets;
   for (auto& u : g.updates()) targets.push_back(u.value), targets.push_back(Value{u.variable, 0});
   for (auto& o : g.outputs()) targets.push_back(o.value);
   const std::vector<int32_t> nodes = needed_nodes(g, targets);
   const GraphPlacement gp = place_graph(g, c, m, nodes);
+  if (std::string why = microbatch_problem(g, gp, m); !why.empty()) throw Error("partition: " + why);
 
   Staging st;
-  st.stage_size = m.size();
+  st.stage_size = c.dp * c.tp;
   st.stage_of.assign(g.size(), 0);
   const std::string phase = g.updates().empty() ? "train" : g.updates().front().phase;
   const LayerStructure ls = find_layers(g, phase);
@@ -372,7 +394,7 @@ std::vector<RankProgram> partition(const Graph& g, const PlanConfig& c, std::vec
   }
   std::vector<RankProgram> out;
   for (int64_t s = 0; s < c.pp; ++s)
-    for (int64_t r = 0; r < m.size(); ++r) {
+    for (int64_t r = 0; r < st.stage_size; ++r) {
       out.push_back(RankBuilder(g, gp, m, r, s, st).build(nodes));
       out.back().schedule = stage_schedule(c, s);
     }

@@ -36,13 +36,20 @@ struct RankProgram {
   // of the node they serve.
   std::vector<int32_t> layer;
   std::vector<char> recompute;
+  // Per node of `graph`: its outputs are one microbatch's part of a sum over the batch (a
+  // gradient, the loss): the runtime adds the microbatches' values up. Otherwise a value
+  // the apply section or an output reads across microbatches is the same in each.
+  std::vector<char> summed;
 };
 
 // Where rank `coords`' shard of a tensor of `global` shape starts, per dim.
 std::vector<int64_t> shard_offsets(std::span<const int64_t> global, const Sharding& s, const Mesh& m,
                                    const std::vector<int64_t>& coords);
 
-// Programs for every rank: stage s holds ranks [s*dp*tp, (s+1)*dp*tp). With pp > 1, the
+// Programs for every rank, from the training graph at the global batch: stage s holds ranks
+// [s*dp*tp, (s+1)*dp*tp); each runs one microbatch at a time (c.microbatches of them per
+// step, planning_mesh). Throws naming the node when the step cannot be split into that
+// many microbatches. With pp > 1, the
 // layers (planner/layers.h) are cut into contiguous stages at `stage_bounds` (layer
 // indices; empty: the config's stage_layers, else equal layer counts) and values crossing a cut travel by send/recv
 // between the ranks with the same (dp, tp) coordinates; each program runs one microbatch's

@@ -79,7 +79,9 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
   for (const LayerProfile& l : mp.layers)
     for (int64_t r = 0; r < l.repeat; ++r) {
       layers.push_back(&l);
-      names.push_back(l.repeat == 1 ? l.name : l.name + "#" + std::to_string(r));
+      names.push_back(static_cast<size_t>(r) < l.members.size() ? l.members[static_cast<size_t>(r)]
+                      : l.repeat == 1                          ? l.name
+                                                               : l.name + "#" + std::to_string(r));
     }
   const int64_t L = static_cast<int64_t>(layers.size());
   if (c.pp > L) throw Error("plan " + c.str() + ": " + std::to_string(c.pp) + " pipeline stages for " + std::to_string(L) + " layers");

@@ -98,6 +98,7 @@ void save_plan(const PlanFile& f, const std::string& path) {
     rp->set_sections(sec);
     for (int32_t l : r.layer) rp->add_layers(l);
     rp->set_recompute(std::string(r.recompute.begin(), r.recompute.end()));
+    rp->set_summed(std::string(r.summed.begin(), r.summed.end()));
     for (const ScheduleStep& st : r.schedule) {
       auto* sp = rp->add_schedule();
       sp->set_section(std::string(section_name(st.section)));
@@ -176,7 +177,7 @@ PlanFile load_plan(const std::string& path, const OpRegistry& registry) {
   e.peak_memory_bytes = p.peak_memory_bytes();
   for (auto& rp : p.programs()) {
     RankProgram r{rp.rank(), rp.stage(), {rp.coords().begin(), rp.coords().end()},
-                  parse_graph(rp.program(), registry, path + " (rank " + std::to_string(rp.rank()) + ")"), {}, {}, {}, {}, {}, {}, {}};
+                  parse_graph(rp.program(), registry, path + " (rank " + std::to_string(rp.rank()) + ")"), {}, {}, {}, {}, {}, {}, {}, {}};
     const std::string where = path + " (rank " + std::to_string(rp.rank()) + ")";
     if (!rp.sections().empty() && static_cast<int64_t>(rp.sections().size()) != r.graph.size())
       throw Error(where + ": " + std::to_string(rp.sections().size()) + " sections for " + std::to_string(r.graph.size()) + " nodes");
@@ -192,6 +193,9 @@ PlanFile load_plan(const std::string& path, const OpRegistry& registry) {
       r.layer.push_back(l);
     }
     for (char ch : rp.recompute()) r.recompute.push_back(ch != 0);
+    if (static_cast<int64_t>(rp.summed().size()) != r.graph.size())
+      throw Error(where + ": " + std::to_string(rp.summed().size()) + " microbatch-sum marks for " + std::to_string(r.graph.size()) + " nodes");
+    for (char ch : rp.summed()) r.summed.push_back(ch != 0);
     for (auto& sp : rp.schedule()) {
       ScheduleStep st{Section::apply, sp.microbatch()};
       if (sp.section() == "forward") st.section = Section::forward;

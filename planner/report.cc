@@ -32,18 +32,21 @@ std::string mesh_str(const PlanConfig& c) {
 // Placements of every parameter, on one stage's dp x tp mesh.
 std::vector<std::pair<std::string, std::string>> placements(const SearchResult& r, const ReportContext& ctx) {
   std::vector<std::pair<std::string, std::string>> out;
-  if (!ctx.model_graph) return out;
-  const Graph& g = *ctx.model_graph->graph;
+  if (!ctx.graph) return out;
+  const Graph& g = *ctx.graph;
   const Mesh m = stage_mesh(r.best.config);
-  std::map<std::string, int64_t> rep(ctx.model_graph->repeats.begin(), ctx.model_graph->repeats.end());
+  const LayerStructure ls = find_layers(g, ctx.phase);
+  std::vector<int64_t> members(ls.layers.size(), 0);
+  for (const Layer& l : ls.layers) members[static_cast<size_t>(l.klass)]++;
   for (int32_t id : g.parameters()) {
     const Node& n = g.node(id);
+    const int layer = ls.layer_of[id];
+    if (layer >= 0 && ls.layers[layer].klass != layer) continue;  // shown once per class
     ParameterPlacement p = parameter_placement(g, n, r.best.config, m, false);
     ParameterPlacement o = parameter_placement(g, n, r.best.config, m, true);
     std::string s = n.outputs[0].str() + " " + sharding_str(p.stored);
     if (!(o.stored == p.stored)) s += ", optimizer state " + sharding_str(o.stored);
-    std::string scope = n.name.substr(0, n.name.find('/'));
-    if (rep.count(scope) && rep[scope] > 1) s += "  (one of " + std::to_string(rep[scope]) + " identical layers)";
+    if (layer >= 0 && members[layer] > 1) s += "  (one of " + std::to_string(members[layer]) + " identical layers)";
     out.push_back({n.name, s});
   }
   return out;
@@ -156,20 +159,15 @@ std::string report_json(const SearchResult& r, const ReportContext& ctx) {
 }
 
 std::string plan_dot(const SearchResult& r, const ReportContext& ctx) {
-  if (!ctx.model_graph) throw Error("plan_dot needs the model graph");
-  const Graph& g = *ctx.model_graph->graph;
-  const PlannedModel& pm = *ctx.model_graph;
+  if (!ctx.graph) throw Error("plan_dot needs the model graph");
+  const Graph& g = *ctx.graph;
   const PlanConfig& c = r.best.config;
-  LayerStructure ls = find_layers(g, pm.phase);
-  // Layer index (expanded) -> stage, by the plan's ranges; a repeated layer's first copy.
-  std::map<std::string, int64_t> rep(pm.repeats.begin(), pm.repeats.end());
+  LayerStructure ls = find_layers(g, ctx.phase);
   std::vector<int> stage_of_layer(ls.layers.size(), 0);
-  int64_t expanded = 0;
-  for (size_t l = 0; l < ls.layers.size(); ++l) {
+  for (size_t l = 0; l < ls.layers.size(); ++l)
     for (size_t s = 0; s < r.best.stages.size(); ++s)
-      if (expanded >= r.best.stages[s].first_layer && expanded < r.best.stages[s].end_layer) stage_of_layer[l] = static_cast<int>(s);
-    expanded += rep.count(ls.layers[l].name) ? rep[ls.layers[l].name] : 1;
-  }
+      if (static_cast<int64_t>(l) >= r.best.stages[s].first_layer && static_cast<int64_t>(l) < r.best.stages[s].end_layer)
+        stage_of_layer[l] = static_cast<int>(s);
   const Mesh m = stage_mesh(c);
   std::vector<int32_t> nodes;
   for (int32_t id = 0; id < g.size(); ++id)

@@ -15,7 +15,8 @@ struct ReportContext {
   int64_t global_batch = 0;
   const ClusterSpec* spec = nullptr;
   const CostOptions* cost = nullptr;
-  const PlannedModel* model_graph = nullptr;  // for placements and the DOT view
+  const Graph* graph = nullptr;  // the training graph planned: for placements and the DOT view
+  std::string phase = "train";
 };
 
 std::string report_text(const SearchResult& r, const ReportContext& ctx);

@@ -65,7 +65,7 @@ std::string why_lost(const PlanEstimate& a, const PlanEstimate& best, const Clus
 // Why tensor parallelism of degree tp (with sequence parallelism: sp) cannot split the
 // model: a dimension it shards that tp does not divide (heads, features, the vocabulary,
 // the sequence). Empty when it can.
-std::string tp_split_problem(const Graph& g, int64_t tp, bool sp) {
+std::string tp_split_problem(const Graph& g, const LayerStructure& ls, int64_t tp, bool sp) {
   if (tp == 1) return "";
   PlanConfig c;
   c.tp = tp;
@@ -73,12 +73,12 @@ std::string tp_split_problem(const Graph& g, int64_t tp, bool sp) {
   const Mesh m = stage_mesh(c);
   GraphPlacement gp;
   try {
-    gp = place_graph(g, c, m);
+    gp = place_graph(g, c, m, ls.distinct, ls.repeats, ls.read_by_repeat);
   } catch (const Error& e) {
     return "tp=" + std::to_string(tp) + (sp ? " with sequence parallelism" : "") + ": " + e.what();
   }
-  for (const Node& n : g.nodes()) {
-    if (static_cast<size_t>(n.id) >= gp.values.size()) continue;
+  for (int32_t id : ls.distinct) {
+    const Node& n = g.node(id);
     const auto& outs = gp.values[n.id];
     for (size_t o = 0; o < outs.size() && o < n.outputs.size(); ++o)
       for (size_t a = 0; a < outs[o].size(); ++a) {
@@ -93,37 +93,24 @@ std::string tp_split_problem(const Graph& g, int64_t tp, bool sp) {
 
 }  // namespace
 
-SearchResult search_plan(const ModelBuilder& model, int64_t global_batch, const ClusterSpec& cluster,
-                         const Pins& pins, const SearchOptions& opt) {
+SearchResult search_plan(const Graph& g, const std::string& phase, const ClusterSpec& cluster, const Pins& pins,
+                         const SearchOptions& opt) {
   auto t0 = std::chrono::steady_clock::now();
-  if (global_batch < 1) throw Error("plan: the batch must be >= 1");
+  const int64_t global_batch = graph_batch(g);
   const int64_t N = cluster.num_devices;
-  // Layer count, from any build (it does not depend on the microbatch).
-  const int64_t probe_b = opt.fixed_graph_batch.value_or(1);
-  PlannedModel probe = model(probe_b);
-  int64_t layer_count = 0;
+  const LayerStructure ls = find_layers(g, phase);
+  const int64_t layer_count = static_cast<int64_t>(ls.layers.size());
   {
-    LayerStructure ls = find_layers(*probe.graph, probe.phase);
-    std::map<std::string, int64_t> rep(probe.repeats.begin(), probe.repeats.end());
-    std::string names;
-    for (auto& l : ls.layers) {
-      const int64_t n = rep.count(l.name) ? rep[l.name] : 1;
-      layer_count += n;
-      names += (names.empty() ? "" : ", ") + l.name + (n > 1 ? " x" + std::to_string(n) : "");
-    }
     int64_t pinned = 0;
     for (int64_t n : pins.stage_layers) pinned += n;
-    if (!pins.stage_layers.empty() && pinned != layer_count)
+    if (!pins.stage_layers.empty() && pinned != layer_count) {
+      std::string names;
+      for (size_t i = 0; i < ls.layers.size() && i < 8; ++i) names += (i ? ", " : "") + ls.layers[i].name;
+      if (ls.layers.size() > 8) names += ", ..., " + ls.layers.back().name;
       throw Error("plan: the layers per stage sum to " + std::to_string(pinned) + "; the model has " +
                   std::to_string(layer_count) + " layers (" + names + ")");
+    }
   }
-  std::map<int64_t, PlannedModel> built;
-  built.emplace(probe_b, probe);
-  auto graph_for = [&](int64_t b) -> const PlannedModel& {
-    auto it = built.find(b);
-    if (it == built.end()) it = built.emplace(b, model(b)).first;
-    return it->second;
-  };
 
   const int64_t node = cluster.levels.size() > 1 ? cluster.levels[0].group_size : N;
   std::vector<int64_t> tps = pins.tp ? std::vector<int64_t>{*pins.tp} : powers_of_two_dividing(N, std::max<int64_t>(2 * node, 1));
@@ -138,7 +125,7 @@ SearchResult search_plan(const ModelBuilder& model, int64_t global_batch, const 
       why_not("tp=" + std::to_string(tp) + " does not divide " + std::to_string(N) + " devices");
       continue;
     }
-    if (std::string why = tp_split_problem(*probe.graph, tp, false); !why.empty()) {
+    if (std::string why = tp_split_problem(g, ls, tp, false); !why.empty()) {
       why_not(why);
       continue;
     }
@@ -157,7 +144,7 @@ SearchResult search_plan(const ModelBuilder& model, int64_t global_batch, const 
         why_not("dp x tp x pp = " + std::to_string(dp * tp * pp) + " exceeds the " + std::to_string(N) + " devices");
         continue;
       }
-      if (!opt.fixed_graph_batch && global_batch % dp != 0) {
+      if (global_batch % dp != 0) {
         why_not("batch " + std::to_string(global_batch) + " does not split over dp=" + std::to_string(dp));
         continue;
       }
@@ -169,20 +156,10 @@ SearchResult search_plan(const ModelBuilder& model, int64_t global_batch, const 
           continue;
         }
         bs = {global_batch / (dp * *pins.microbatches)};
-      } else if (opt.fixed_graph_batch) {
-        if (*opt.fixed_graph_batch % dp != 0) {
-          why_not("the graph file's batch " + std::to_string(*opt.fixed_graph_batch) + " does not split over dp=" + std::to_string(dp));
-          continue;
-        }
-        bs = {*opt.fixed_graph_batch / dp};
       } else {
         bs = powers_of_two_dividing(global_batch, opt.max_microbatch_size);
       }
       for (int64_t b : bs) {
-        if (opt.fixed_graph_batch && b * dp != *opt.fixed_graph_batch) {
-          why_not("the graph file fixes dp x microbatch at " + std::to_string(*opt.fixed_graph_batch));
-          continue;
-        }
         if (global_batch % (dp * b) != 0) {
           why_not("batch " + std::to_string(global_batch) + " is not a multiple of dp x microbatch = " + std::to_string(dp * b));
           continue;
@@ -200,7 +177,7 @@ SearchResult search_plan(const ModelBuilder& model, int64_t global_batch, const 
         std::erase_if(sps, [&](bool sp) {
           if (!sp) return false;
           auto [it, fresh] = sp_problem.try_emplace(tp);
-          if (fresh) it->second = tp_split_problem(*probe.graph, tp, true);
+          if (fresh) it->second = tp_split_problem(g, ls, tp, true);
           if (!it->second.empty()) why_not(it->second);
           return !it->second.empty();
         });
@@ -230,18 +207,23 @@ SearchResult search_plan(const ModelBuilder& model, int64_t global_batch, const 
                   return all;
                 }()));
 
-  // Profiles depend on (dp, tp, zero, sp, microbatch) only.
-  std::map<std::tuple<int64_t, int64_t, int, bool, int64_t>, ModelProfile> profiles;
-  auto profile_for = [&](const PlanConfig& c) -> const ModelProfile& {
-    const int64_t b = global_batch / (c.dp * c.microbatches);
-    auto key = std::make_tuple(c.dp, c.tp, c.zero, c.sequence_parallel, b);
+  // Profiles depend on (dp, tp, zero, sp, microbatches) only; null: the configuration
+  // cannot run (why_not says why).
+  std::map<std::tuple<int64_t, int64_t, int, bool, int64_t>, std::optional<ModelProfile>> profiles;
+  auto profile_or_null = [&](const PlanConfig& c) -> const ModelProfile* {
+    auto key = std::make_tuple(c.dp, c.tp, c.zero, c.sequence_parallel, c.microbatches);
     auto it = profiles.find(key);
     if (it == profiles.end()) {
-      const PlannedModel& pm = graph_for(c.dp * b);
-      it = profiles.emplace(key, profile_model(*pm.graph, pm.phase, c, cluster, opt.cost, pm.repeats)).first;
+      it = profiles.emplace(key, std::nullopt).first;
+      try {
+        it->second = profile_model(g, ls, c, cluster, opt.cost);
+      } catch (const Error& e) {
+        why_not(e.what());
+      }
     }
-    return it->second;
+    return it->second ? &*it->second : nullptr;
   };
+  auto profile_for = [&](const PlanConfig& c) -> const ModelProfile& { return *profile_or_null(c); };
   // A lower bound on each candidate's step time (below), to simulate the most promising
   // first and stop once the bound passes the runners-up.
   struct Scored {
@@ -251,7 +233,9 @@ SearchResult search_plan(const ModelBuilder& model, int64_t global_batch, const 
   };
   std::vector<Scored> scored;
   for (const PlanConfig& c : cands) {
-    const ModelProfile& mp = profile_for(c);
+    const ModelProfile* profiled = profile_or_null(c);
+    if (!profiled) continue;
+    const ModelProfile& mp = *profiled;
     double stat = 0;
     for (const auto& l : mp.layers) stat += static_cast<double>(l.repeat) * (l.weight_bytes + l.grad_bytes + l.optimizer_bytes);
     const std::vector<double> busy = layer_busy_times(mp, c);
@@ -269,6 +253,11 @@ SearchResult search_plan(const ModelBuilder& model, int64_t global_batch, const 
     scored.push_back({c, bound, stat / static_cast<double>(c.pp)});
   }
   std::stable_sort(scored.begin(), scored.end(), [](const Scored& a, const Scored& b) { return a.bound < b.bound; });
+  if (scored.empty()) {
+    std::string all;
+    for (auto& r : reasons) all += (all.empty() ? "" : "; ") + r;
+    throw Error("plan: no configuration can run on " + std::to_string(N) + " devices: " + all);
+  }
 
   SearchResult res;
   res.candidates = static_cast<int64_t>(cands.size());

@@ -251,6 +251,12 @@ NodePlacement propagate(const Graph& g, const Node& n, std::span<const Sharding>
       passthrough = std::all_of(partial.begin(), partial.end(), [&](size_t i) {
         return in[i][a].reduce == FactorReduce::sum && rule.linear[i];
       });
+    if (chosen < 0 && !passthrough && a == hints.deferred_sum_axis && n.pass != Pass::update && partial.size() == 1 &&
+        in[partial[0]][a].reduce == FactorReduce::sum && rule.linear[partial[0]]) {
+      passthrough = true;
+      for (size_t i = 0; i < types.size(); ++i)
+        passthrough &= i == partial[0] || in[i][a].kind == Placement::Kind::replicate;
+    }
     // Sequence parallelism: a partial [batch, seq, ...] activation is resolved into a split
     // along its sequence (a reduce-scatter), and the op runs on that split; an op that
     // reduces over the sequence (a norm's bias gradient) leaves a small partial sum instead.
@@ -311,6 +317,7 @@ void sink_slices(const Graph& g, const Mesh& m, std::span<const int32_t> nodes, 
   std::vector<char> pinned(g.size(), 0);  // outputs and update values keep their placement
   for (auto& o : g.outputs()) pinned[o.value.node] = 1;
   for (auto& u : g.updates()) pinned[u.value.node] = 1;
+  for (size_t id = 0; id < hints.keep.size(); ++id) pinned[id] |= hints.keep[id];
   for (int32_t id : nodes)
     for (auto& in : g.node(id).inputs) direct[in.node]++;
   for (auto& r : gp.reshards)
@@ -385,7 +392,8 @@ void sink_slices(const Graph& g, const Mesh& m, std::span<const int32_t> nodes, 
 }  // namespace
 
 GraphPlacement propagate_graph(const Graph& g, const Mesh& m, const SourcePlacement& source,
-                               std::span<const int32_t> nodes, const PropagationHints& hints) {
+                               std::span<const int32_t> nodes, const PropagationHints& hints,
+                               std::span<const int32_t> same_as) {
   GraphPlacement gp;
   std::map<std::pair<std::pair<int32_t, int32_t>, std::string>, size_t> done;  // (value, target) -> reshard
   auto add_reshard = [&](Value v, const Sharding& to, int32_t consumer, int input) {
@@ -398,6 +406,7 @@ GraphPlacement propagate_graph(const Graph& g, const Mesh& m, const SourcePlacem
     gp.reshards[it->second].consumers.push_back({consumer, input});
   };
   gp.values.resize(g.size());
+  if (!same_as.empty()) gp.alias.assign(same_as.begin(), same_as.end());
   std::vector<int32_t> all;
   if (nodes.empty()) {
     for (int32_t i = 0; i < g.size(); ++i) all.push_back(i);
@@ -410,8 +419,11 @@ GraphPlacement propagate_graph(const Graph& g, const Mesh& m, const SourcePlacem
     is_weight[id] = n.op == "parameter" || (n.def->view && is_weight[n.inputs[0].node]) ||
                     (n.op == "cast" && is_weight[n.inputs[0].node]);
   }
+  std::vector<int32_t> propagated;  // what sink_slices may revisit
   for (int32_t id : nodes) {
     const Node& n = g.node(id);
+    if (!same_as.empty() && same_as[id] >= 0) continue;
+    propagated.push_back(id);
     if (n.inputs.empty()) {
       std::optional<Sharding> s = source ? source(n) : std::nullopt;
       if (s) {
@@ -424,7 +436,8 @@ GraphPlacement propagate_graph(const Graph& g, const Mesh& m, const SourcePlacem
     }
     std::vector<Sharding> in;
     for (auto& v : n.inputs) {
-      if (gp.values[v.node].empty())
+      const int32_t from = gp.alias.empty() || gp.alias[v.node] < 0 ? v.node : gp.alias[v.node];
+      if (gp.values[from].empty())
         throw Error(n.where() + ": input '" + g.node(v.node).name + "' was not placed before it");
       in.push_back(read_placement(g, gp, hints, v, n));
     }
@@ -441,8 +454,9 @@ GraphPlacement propagate_graph(const Graph& g, const Mesh& m, const SourcePlacem
     }
     gp.values[id] = p.outputs;
   }
-  sink_slices(g, m, nodes, gp, add_reshard, hints);
+  sink_slices(g, m, propagated, gp, add_reshard, hints);
   for (auto& u : g.updates()) {
+    if (!same_as.empty() && (same_as[u.variable] >= 0 || same_as[u.value.node] >= 0)) continue;
     if (gp.values[u.variable].empty() || gp.values[u.value.node].empty()) continue;
     const Sharding& want = gp.values[u.variable][0];
     const Sharding& have = gp.at(u.value);

@@ -94,6 +94,14 @@ struct PropagationHints {
   // residual regions after it run on 1/n of the sequence; the next column-parallel matmul
   // then all-gathers its input. -1: none.
   int sequence_axis = -1;
+  // On this mesh axis a partial sum passes through every op of the forward and backward
+  // passes linear in it (the scaling of a mean, a negation) instead of being resolved before
+  // it: the microbatch axis, whose sums the runtime forms before the optimizer runs, not a
+  // collective in the middle of a pass. -1: none.
+  int deferred_sum_axis = -1;
+  // Per node (or empty): values whose placement later passes keep (read by nodes that
+  // repeat others' placements).
+  std::span<const char> keep;
   // A source stored in one placement that a consumer reads in another (ZeRO-3: a parameter
   // stored split over dp, gathered whole for the forward and backward that use it, read as
   // stored by its optimizer update). Returns the placement `consumer` reads `source` in;
@@ -125,10 +133,19 @@ struct GraphPlacement {
     std::vector<std::pair<int32_t, int>> consumers;  // (node, input); input -1: an update
   };
   std::vector<Reshard> reshards;
-  const Sharding& at(Value v) const { return values.at(v.node).at(v.index); }
+  // Per node (or empty): the node whose placements it takes (propagate_graph's same_as).
+  std::vector<int32_t> alias;
+  const Sharding& at(Value v) const {
+    const int32_t n = alias.empty() || alias[static_cast<size_t>(v.node)] < 0 ? v.node : alias[static_cast<size_t>(v.node)];
+    return values.at(static_cast<size_t>(n)).at(static_cast<size_t>(v.index));
+  }
 };
 using SourcePlacement = std::function<std::optional<Sharding>(const Node&)>;
+// `same_as` (optional, per node): a node that takes the placements of another (the
+// corresponding node of an identical layer, placed before it) instead of being propagated:
+// at() answers for it, nothing is resharded for it, and it need not be in `nodes`.
 GraphPlacement propagate_graph(const Graph& g, const Mesh& m, const SourcePlacement& source,
-                               std::span<const int32_t> nodes = {}, const PropagationHints& hints = {});
+                               std::span<const int32_t> nodes = {}, const PropagationHints& hints = {},
+                               std::span<const int32_t> same_as = {});
 
 }  // namespace tessel::planner

@@ -72,19 +72,41 @@ std::vector<ScheduleStep> stage_schedule(const PlanConfig& c, int64_t stage) {
 
 Mesh stage_mesh(const PlanConfig& c) { return Mesh({"dp", "tp"}, {c.dp, c.tp}); }
 
-namespace {
+Mesh planning_mesh(const PlanConfig& c) { return Mesh({"microbatch", "dp", "tp"}, {c.microbatches, c.dp, c.tp}); }
 
-bool ends_with(const std::string& s, std::string_view t) {
-  return s.size() >= t.size() && s.compare(s.size() - t.size(), t.size(), t) == 0;
+Sharding on_stage_mesh(const Sharding& s) { return Sharding(s.begin() + 1, s.end()); }
+
+int64_t graph_batch(const Graph& g) {
+  int64_t batch = -1;
+  std::string first;
+  for (int32_t id : g.nodes_of_kind(OpKind::input)) {
+    const Node& n = g.node(id);
+    const int b = input_batch_dim(n);
+    if (b < 0 || b >= n.outputs[0].rank()) continue;
+    const int64_t size = n.outputs[0].shape[b];
+    if (batch < 0) {
+      batch = size;
+      first = n.where();
+    } else if (size != batch) {
+      throw Error(n.where() + ": batch " + std::to_string(size) + " (dim " + std::to_string(b) + " of " + n.outputs[0].str() +
+                  ") differs from " + first + "'s " + std::to_string(batch));
+    }
+  }
+  if (batch < 0) throw Error("the graph has no batched input (an input whose batch_dim is a dim of its shape)");
+  return batch;
 }
 
-// The parameter whose placement a variable takes: itself, or for optimizer state (momentum,
-// moments) the parameter it serves when it has its shape.
 const Node* owner_parameter(const Graph& g, const Node& n) {
   if (n.op == "parameter") return &n;
   if (n.pass != Pass::update || n.serves < 0) return nullptr;
   const Node& p = g.node(n.serves);
   return p.op == "parameter" && p.outputs[0].shape == n.outputs[0].shape ? &p : nullptr;
+}
+
+namespace {
+
+bool ends_with(const std::string& s, std::string_view t) {
+  return s.size() >= t.size() && s.compare(s.size() - t.size(), t.size(), t) == 0;
 }
 
 // MLP layers named fc1, fc2, ... : their index and the count.
@@ -176,6 +198,10 @@ SourcePlacement source_placements(const Graph& g, const PlanConfig& c, const Mes
         const int b = input_batch_dim(n);
         if (b < 0 || b >= static_cast<int>(shape.size())) return s;
         if (c.dp > 1 && shape[b] % c.dp == 0) s[dp] = Placement::S(b);
+        // Microbatches: pieces of each replica's part (the last axis's split is outermost).
+        if (const int mb = m.axis("microbatch"); mb >= 0 && c.microbatches > 1 &&
+                                                  shape[b] % (c.dp * c.microbatches) == 0)
+          s[mb] = Placement::S(b);
         if (c.sequence_parallel && c.tp > 1 && b + 1 < static_cast<int>(shape.size()) && shape[b + 1] % c.tp == 0)
           s[tp] = Placement::S(b + 1);
         return s;
@@ -191,15 +217,56 @@ SourcePlacement source_placements(const Graph& g, const PlanConfig& c, const Mes
   };
 }
 
-GraphPlacement place_graph(const Graph& g, const PlanConfig& c, const Mesh& m, std::span<const int32_t> nodes) {
+GraphPlacement place_graph(const Graph& g, const PlanConfig& c, const Mesh& m, std::span<const int32_t> nodes,
+                           std::span<const int32_t> same_as, std::span<const char> keep) {
   PropagationHints hints;
   if (c.sequence_parallel && c.tp > 1) hints.sequence_axis = m.axis("tp");
+  if (const int mb = m.axis("microbatch"); mb >= 0 && m.sizes[mb] > 1) hints.deferred_sum_axis = mb;
+  hints.keep = keep;
   if (c.zero >= 3 && c.dp > 1)
     hints.read_as = [&g, c, m](const Node& src, const Node& consumer) -> std::optional<Sharding> {
       if (src.op != "parameter" || consumer.pass == Pass::update) return std::nullopt;
       return parameter_placement(g, src, c, m, false).used;
     };
-  return propagate_graph(g, m, source_placements(g, c, m), nodes, hints);
+  return propagate_graph(g, m, source_placements(g, c, m), nodes, hints, same_as);
+}
+
+namespace {
+// Whether every slice of v along `dim` holds the same values (a broadcast along it), so
+// that microbatch 0's slice stands for every microbatch's.
+bool uniform_along(const Graph& g, Value v, int dim) {
+  const Node& n = g.node(v.node);
+  if (n.op == "constant") return g.data(n.id) == nullptr;
+  if (n.op != "broadcast_to") return false;
+  const TensorType& in = g.type(n.inputs[0]);
+  const int lead = n.outputs[0].rank() - in.rank();
+  return dim < lead || in.shape[dim - lead] == 1;
+}
+}  // namespace
+
+std::string microbatch_problem(const Graph& g, const GraphPlacement& gp, const Mesh& m) {
+  if (m.axis("microbatch") != kMicrobatchAxis || m.sizes[kMicrobatchAxis] == 1) return "";
+  for (const auto& r : gp.reshards)
+    for (const ReshardStep& s : r.steps) {
+      if (s.axis != kMicrobatchAxis) continue;
+      const Node& v = g.node(r.value.node);
+      for (auto& [node, input] : r.consumers) {
+        if (input < 0) continue;
+        const Node& user = g.node(node);
+        std::string why;
+        if (s.kind == ReshardStep::Kind::all_reduce && user.pass != Pass::update)
+          why = "reads '" + v.name + "' " + v.outputs[r.value.index].str() + " summed over the whole batch";
+        else if (s.kind == ReshardStep::Kind::slice && !uniform_along(g, r.value, s.to.dim))
+          why = "reads a part of '" + v.name + "' that depends on which microbatch runs";
+        else if (s.kind != ReshardStep::Kind::all_reduce && s.kind != ReshardStep::Kind::slice)
+          why = "reads '" + v.name + "' " + v.outputs[r.value.index].str() + " across the whole batch (" +
+                std::string(reshard_name(s.kind)) + ")";
+        if (!why.empty())
+          return "the step cannot be split into " + std::to_string(m.sizes[kMicrobatchAxis]) + " microbatches: " +
+                 user.where() + " " + why;
+      }
+    }
+  return "";
 }
 
 }  // namespace tessel::planner

@@ -59,6 +59,22 @@ std::vector<ScheduleStep> stage_schedule(const PlanConfig& c, int64_t stage);
 // node), as Megatron orders ranks. Stage s owns ranks [s*dp*tp, (s+1)*dp*tp).
 Mesh stage_mesh(const PlanConfig& c);
 
+// The mesh placements are found on: the stage mesh with a leading "microbatch" axis of
+// c.microbatches. A microbatch is a split of the batch in time rather than over devices, so
+// local shapes on this mesh are what one rank computes for one microbatch; every rank holds
+// coordinate 0 of it. Partial sums over that axis are not reduced by a collective: the
+// runtime adds up the microbatches' values (gradients, the loss). Anything else the axis
+// would need (a value gathered across the batch, a batch statistic used in the forward pass)
+// means the model cannot be split into microbatches.
+Mesh planning_mesh(const PlanConfig& c);
+inline constexpr int kMicrobatchAxis = 0;
+// A placement on the planning mesh without its microbatch axis (what ranks and plan files see).
+Sharding on_stage_mesh(const Sharding& s);
+
+// The batch of a graph: the size of every batched input's batch dim (they must agree).
+// Throws naming the inputs when they disagree or there is none.
+int64_t graph_batch(const Graph& g);
+
 // Tensor-parallel role of a parameter, from the layer it belongs to.
 enum class TpRole : uint8_t { replicated, column, row, vocab };
 // Megatron's split for the layers the DSL builds: attention q/k/v and the MLP's first
@@ -71,6 +87,10 @@ TpRole tp_role(const std::string& parameter_name, const Graph& g);
 // The dim of an input that holds the batch: its "batch_dim" attribute, else 0 (-1 for a
 // scalar or an input marked as not batched).
 int input_batch_dim(const Node& input);
+
+// The variable whose placement a variable takes: a parameter itself, the parameter that
+// optimizer state serves when it has its shape; null for other state (counters).
+const Node* owner_parameter(const Graph& g, const Node& variable);
 
 // Placement of a parameter (or of the optimizer state serving it) as it is
 // stored, and as its consumers see it (they differ under ZeRO-3: stored split over dp,
@@ -89,6 +109,13 @@ SourcePlacement source_placements(const Graph& g, const PlanConfig& c, const Mes
 
 // Placements of the graph's `nodes` (all: empty) under a config: its source placements,
 // propagated with the config's hints (sequence parallelism).
-GraphPlacement place_graph(const Graph& g, const PlanConfig& c, const Mesh& m, std::span<const int32_t> nodes = {});
+// `same_as` as propagate_graph takes it.
+GraphPlacement place_graph(const Graph& g, const PlanConfig& c, const Mesh& m, std::span<const int32_t> nodes = {},
+                           std::span<const int32_t> same_as = {}, std::span<const char> keep = {});
+
+// Why a placement on the planning mesh cannot run as microbatches (planning_mesh): a value
+// summed over the batch that the forward or backward pass reads, or one gathered across the
+// batch; empty when it can.
+std::string microbatch_problem(const Graph& g, const GraphPlacement& gp, const Mesh& m);
 
 }  // namespace tessel::planner

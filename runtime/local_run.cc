@@ -67,30 +67,47 @@ void LocalRun::worker(size_t r) {
   }
 }
 
-void LocalRun::feed(std::string_view name, const TensorType& micro, std::span<const std::byte> data) {
+void LocalRun::feed(std::string_view name, const TensorType& whole, std::span<const std::byte> data) {
   const int64_t m = config_.microbatches;
-  const size_t es = dtype_size(micro.dtype);
-  if (static_cast<int64_t>(data.size()) != micro.bytes() * m)
-    throw Error("input '" + std::string(name) + "': " + std::to_string(data.size()) + " bytes for " + std::to_string(m) +
-                " microbatches of " + micro.str());
+  const size_t es = dtype_size(whole.dtype);
+  if (static_cast<int64_t>(data.size()) != whole.bytes())
+    throw Error("input '" + std::string(name) + "': " + std::to_string(data.size()) + " bytes for " + whole.str());
+  if (whole.rank() > 8) throw Error("input '" + std::string(name) + "' has more than 8 dims");
   auto it = feed_offsets_.find(name);
   if (it == feed_offsets_.end()) {
-    std::vector<std::vector<int64_t>> offsets(ranks_.size());
+    // Per rank: where its block starts, and the dim along which microbatches follow each
+    // other in it (-1: every microbatch reads the same block).
+    std::vector<Feed> feeds(ranks_.size());
     for (size_t r = 0; r < ranks_.size(); ++r)
-      for (auto& [n, pl] : programs_[r].input_placements)
-        if (n == name) offsets[r] = planner::shard_offsets(micro.shape, pl, mesh_, programs_[r].coords);
-    it = feed_offsets_.emplace(std::string(name), std::move(offsets)).first;
+      for (auto& [n, pl] : programs_[r].input_placements) {
+        if (n != name) continue;
+        Feed& f = feeds[r];
+        f.offsets = planner::shard_offsets(whole.shape, pl, mesh_, programs_[r].coords);
+        const Shape block = planner::local_shape(whole.shape, pl, mesh_);
+        const TensorRef first = ranks_[r]->input(name, 0);
+        const Shape local(first.shape.begin(), first.shape.end());
+        for (int d = 0; d < whole.rank(); ++d) {
+          if (block[d] == local[d]) continue;
+          if (f.dim >= 0 || block[d] != local[d] * m)
+            throw Error("input '" + std::string(name) + "': rank " + std::to_string(r) + " holds " + shape_str(local) +
+                        " of its block " + shape_str(block) + ", which is not one of " + std::to_string(m) + " microbatches");
+          f.dim = d;
+        }
+      }
+    it = feed_offsets_.emplace(std::string(name), std::move(feeds)).first;
   }
   static constexpr int64_t kZero[8] = {};
   for (size_t r = 0; r < ranks_.size(); ++r) {
-    const std::vector<int64_t>& off = it->second[r];
-    if (off.empty() && micro.rank() > 0) continue;
+    const Feed& f = it->second[r];
+    if (f.offsets.empty() && whole.rank() > 0) continue;
+    int64_t off[8] = {};  // no allocation in the step loop
+    std::copy(f.offsets.begin(), f.offsets.end(), off);
     for (int64_t mb = 0; mb < m; ++mb) {
       TensorRef dst = ranks_[r]->input(name, mb);
       if (!dst.data) continue;
-      if (dst.rank() > 8) throw Error("input '" + std::string(name) + "' has more than 8 dims");
-      copy_block(data.data() + static_cast<size_t>(mb * micro.bytes()), micro.shape, off, static_cast<std::byte*>(dst.data),
-                 dst.shape, std::span<const int64_t>(kZero, dst.shape.size()), dst.shape, es);
+      if (f.dim >= 0) off[f.dim] = f.offsets[static_cast<size_t>(f.dim)] + mb * dst.shape[static_cast<size_t>(f.dim)];
+      copy_block(data.data(), whole.shape, std::span<const int64_t>(off, f.offsets.size()), static_cast<std::byte*>(dst.data), dst.shape,
+                 std::span<const int64_t>(kZero, dst.shape.size()), dst.shape, es);
     }
   }
 }

@@ -35,9 +35,10 @@ class LocalRun {
   const planner::PlanConfig& config() const { return config_; }
   const std::vector<planner::RankProgram>& programs() const { return programs_; }
 
-  // One optimizer step's worth of input `name`: `micro` is its type in the training graph
-  // (one microbatch, every replica), `data` holds microbatches() of them stacked along dim 0.
-  void feed(std::string_view name, const TensorType& micro, std::span<const std::byte> data);
+  // One optimizer step's worth of input `name`: `whole` is its type in the training graph
+  // (the global batch) and `data` its bytes. Each rank gets, for each microbatch, its part:
+  // a replica's block of the batch, cut into microbatches (planner::planning_mesh).
+  void feed(std::string_view name, const TensorType& whole, std::span<const std::byte> data);
   // Runs one optimizer step on every rank; rethrows the error of the rank that failed first
   // (the others stop with it).
   void step();
@@ -67,7 +68,11 @@ class LocalRun {
   bool stop_ = false;
   std::vector<std::string> errors_;
   // Per input: each rank's shard offset in one microbatch (empty: the rank does not read it).
-  std::map<std::string, std::vector<std::vector<int64_t>>, std::less<>> feed_offsets_;
+  struct Feed {
+    std::vector<int64_t> offsets;  // where the rank's block of the whole input starts
+    int dim = -1;                  // microbatches follow each other along it; -1: all read the block
+  };
+  std::map<std::string, std::vector<Feed>, std::less<>> feed_offsets_;
 };
 
 }  // namespace tessel::runtime

@@ -98,13 +98,18 @@ std::unique_ptr<planner::RankProgram> fuse_program(const planner::RankProgram& p
   FusedGraph f = fuse(g, fo);
   auto out = std::make_unique<planner::RankProgram>(planner::RankProgram{
       p.rank, p.stage, p.coords, std::move(f.graph), p.output_placements, p.input_placements, p.variable_placements, {},
-      p.schedule, {}, {}});
+      p.schedule, {}, {}, {}});
   for (size_t id = 0; id < f.source_node.size(); ++id) {
     const size_t src = static_cast<size_t>(f.source_node[id] >= 0 ? f.source_node[id] : f.members[id].back());
     out->section.push_back(p.section.at(src));
     out->layer.push_back(p.layer.at(src));
     out->recompute.push_back(p.recompute.at(src));
   }
+  out->summed.assign(f.source_node.size(), 0);
+  for (int32_t src = 0; src < g.size(); ++src)
+    if (p.summed.at(static_cast<size_t>(src)))
+      for (int o = 0; o < static_cast<int>(g.node(src).outputs.size()); ++o)
+        if (const Value v = f.map(Value{src, o}); v.valid()) out->summed[static_cast<size_t>(v.node)] = 1;
   report.fused_nodes = f.fused_nodes;
   report.nodes_fused = f.nodes_fused;
   report.compile_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -225,6 +230,11 @@ void RankExecutor::build() {
   // `layer` >= 0: the reader belongs to that layer's backward (or its rerun), which reads
   // the layer's recomputed values.
   std::map<std::tuple<int32_t, int32_t, int64_t>, int32_t> inst;
+  // A value that is one microbatch's part of a sum over the batch adds up over microbatches;
+  // any other the apply section or an output reads is averaged (each microbatch's is alike).
+  auto summed = [&](const Node& n) {
+    return static_cast<int32_t>(program_.summed.size()) == g.size() && program_.summed[static_cast<size_t>(n.id)];
+  };
   auto resolve = [&](Value v, Section reader, int64_t mb, int layer = -1) -> Ref {
     const Value r = root(v);
     const TensorType* t = &g.type(v);
@@ -428,7 +438,7 @@ void RankExecutor::build() {
             a.out.push_back(resolve(v, Section::apply, 0));
             a.in.push_back(a.out[0]);
             a.last = mb == m - 1;
-            a.scale = 1.0 / static_cast<double>(m);
+            a.scale = summed(n) ? 1.0 : 1.0 / static_cast<double>(m);
             emit(std::move(a));
           }
           if (mb == m - 1) finished(v);
@@ -445,7 +455,7 @@ void RankExecutor::build() {
                      (g.type(ov).dtype == DType::f32 || g.type(ov).dtype == DType::f64);
           out.first = mb == 0;
           out.last = mb == m - 1;
-          out.scale = 1.0 / static_cast<double>(m);
+          out.scale = summed(g.node(ov.node)) ? 1.0 : 1.0 / static_cast<double>(m);
           emit(std::move(out));
         }
       }

@@ -72,7 +72,7 @@ int cmd_plan(int argc, char** argv) {
   if (spec.empty()) throw Error("tessel plan: give a model (--model SPEC or a .tsg file; see --help)");
   const std::string format = args.str("--format", "text");
   if (format != "text" && format != "json") throw Error("tessel plan: --format must be text or json");
-  const int64_t batch = args.i64("--batch", 256);
+  int64_t batch = args.i64("--batch", 256);
   const std::string cluster_spec = args.str("--cluster", "local:1");
   planner::ClusterSpec cluster = planner::parse_cluster(cluster_spec);
 
@@ -110,31 +110,29 @@ int cmd_plan(int argc, char** argv) {
   OptimizerConfig oc;
   oc.kind = args.str("--optimizer", "adamw");
 
-  // The model builder: a DSL spec is rebuilt per microbatch size; a GPT's identical blocks
-  // are planned from a one-block stand-in. A graph file fixes its microbatch.
+  // The training graph at the global batch: a DSL spec built at --batch, or a graph file
+  // (whose batched inputs fix the batch).
   std::string description = spec;
-  planner::ModelBuilder builder;
   const bool is_file = spec.find(':') == std::string::npos;
+  Graph g = [&] {
+    if (!is_file) {
+      description = models::from_spec(spec, 1, true).description;
+      return training_graph(spec, batch, oc);
+    }
+    Graph loaded = load_graph(spec, ops::registry());
+    if (loaded.updates().empty()) add_training(loaded, "loss", oc);
+    return loaded;
+  }();
   if (is_file) {
-    auto g = std::make_shared<Graph>(load_graph(spec, ops::registry()));
-    int64_t b = -1;
-    for (int32_t id : g->nodes_of_kind(OpKind::input))
-      if (g->node(id).outputs[0].rank() > 0) {
-        b = g->node(id).outputs[0].shape[0];
-        break;
-      }
-    if (b < 1) throw Error(spec + ": the graph has no batched input to plan for");
-    if (g->updates().empty()) add_training(*g, "loss", oc);
-    so.fixed_graph_batch = b;
-    builder = [g](int64_t) { return planner::PlannedModel{g, "train", {}}; };
-  } else {
-    description = models::from_spec(spec, 1, true).description;
-    builder = planning_builder(spec, oc);
+    const int64_t b = planner::graph_batch(g);
+    if (args.has("--batch") && b != batch)
+      throw Error(spec + ": the graph takes batch " + std::to_string(b) + ", not --batch " + std::to_string(batch));
+    batch = b;
   }
+  const std::string phase = g.updates().front().phase;
 
-  planner::SearchResult result = planner::search_plan(builder, batch, cluster, pins, so);
-  planner::PlannedModel pm = builder(batch / result.best.config.microbatches);
-  planner::ReportContext ctx{description, cluster_spec, batch, &cluster, &so.cost, &pm};
+  planner::SearchResult result = planner::search_plan(g, phase, cluster, pins, so);
+  planner::ReportContext ctx{description, cluster_spec, batch, &cluster, &so.cost, &g, phase};
   if (format == "json") std::cout << planner::report_json(result, ctx) << std::endl;
   else std::cout << planner::report_text(result, ctx);
 
@@ -143,7 +141,8 @@ int cmd_plan(int argc, char** argv) {
     std::cerr << "wrote " << args.str("--dot") << "\n";
   }
   if (args.has("--trace")) {
-    const planner::ModelProfile mp = planner::profile_model(*pm.graph, pm.phase, result.best.config, cluster, so.cost, pm.repeats);
+    const planner::ModelProfile mp =
+        planner::profile_model(g, planner::find_layers(g, phase), result.best.config, cluster, so.cost);
     planner::PlanEstimate detailed = planner::estimate_plan(mp, result.best.config, cluster, so.cost, true);
     write_file(args.str("--trace"), detailed.simulation->chrome_trace_json(detailed.simulation->run()));
     std::cerr << "wrote " << args.str("--trace") << "\n";
@@ -156,18 +155,15 @@ int cmd_plan(int argc, char** argv) {
     f.config = result.best.config;
     f.estimate = result.best;
     const planner::Mesh mesh = planner::stage_mesh(f.config);
-    for (int32_t id : pm.graph->parameters())
-      f.parameters.push_back({pm.graph->node(id).name,
-                              planner::parameter_placement(*pm.graph, pm.graph->node(id), f.config, mesh, false).stored});
+    for (int32_t id : g.parameters())
+      f.parameters.push_back({g.node(id).name, planner::parameter_placement(g, g.node(id), f.config, mesh, false).stored});
     if (f.config.devices() > 64) {
       f.notes.push_back("per-rank programs not included for more than 64 devices");
     } else {
-      // The full-depth training graph, not the planning stand-in.
-      Graph full = is_file ? *pm.graph : plan_training_graph(spec, batch, f.config, oc);
       std::vector<int64_t> bounds;
       for (auto& st : result.best.stages) bounds.push_back(st.first_layer);
       bounds.push_back(result.best.stages.back().end_layer);
-      f.programs = planner::partition(full, f.config, bounds);
+      f.programs = planner::partition(g, f.config, bounds);
     }
     planner::save_plan(f, args.str("--output"));
     std::cerr << "wrote " << args.str("--output") << " (" << f.programs.size() << " rank programs)\n";

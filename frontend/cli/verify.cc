@@ -71,7 +71,7 @@ int cmd_verify(int argc, char** argv) {
     o.batch = f.global_batch;
     plan = device_plan(f, args.str("--plan"), args.has("--devices") ? devices : 0);
   } else {
-    plan = plan_for_devices(o.spec, o.batch, devices, parse_pins(args, "verify"), o.optimizer);
+    plan = plan_for_devices(training_graph(o.spec, o.batch, o.optimizer), devices, parse_pins(args, "verify"));
   }
   if (format == "text") std::cout << plan.summary();
   VerifyReport r = verify_plan(o, plan);

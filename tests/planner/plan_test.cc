@@ -15,14 +15,22 @@ namespace {
 
 using ::testing::HasSubstr;
 
-ModelBuilder mlp_builder(const std::string& spec, const std::string& opt = "adamw") {
-  return [spec, opt](int64_t b) {
-    models::Built m = models::from_spec(spec, b, true);
-    OptimizerConfig oc;
-    oc.kind = opt;
-    add_training(m.model->graph(), "loss", oc);
-    return PlannedModel{std::make_shared<Graph>(m.model->graph()), "train", {}};
-  };
+// The training graph of a model spec at a global batch.
+std::shared_ptr<Graph> training(const std::string& spec, int64_t batch, const std::string& opt = "adamw") {
+  models::Built m = models::from_spec(spec, batch, true);
+  OptimizerConfig oc;
+  oc.kind = opt;
+  add_training(m.model->graph(), "loss", oc);
+  return std::make_shared<Graph>(m.model->graph());
+}
+
+ModelProfile profile(const Graph& g, const PlanConfig& c, const ClusterSpec& cl, const CostOptions& co) {
+  return profile_model(g, find_layers(g, "train"), c, cl, co);
+}
+
+SearchResult search(const std::string& spec, int64_t batch, const ClusterSpec& cl, const Pins& pins,
+                    const SearchOptions& so = {}) {
+  return search_plan(*training(spec, batch), "train", cl, pins, so);
 }
 
 double static_bytes(const ModelProfile& mp) {
@@ -38,14 +46,14 @@ TEST(PlanMemory, ZeroStagesMatchTheZeroPaperAccounting) {
   ClusterSpec cl = parse_cluster("a100-80g:nodes=1");
   CostOptions co;
   co.precision = Precision::mixed;
-  PlannedModel pm = mlp_builder(spec)(8);
+  auto pm = training(spec, 8);
   const double dp = 4;
   double expect[4] = {16 * psi, 4 * psi + 12 * psi / dp, 2 * psi + 14 * psi / dp, 16 * psi / dp};
   for (int z = 0; z < 4; ++z) {
     PlanConfig c;
     c.dp = 4;
     c.zero = z;
-    ModelProfile mp = profile_model(*pm.graph, "train", c, cl, co);
+    ModelProfile mp = profile(*pm, c, cl, co);
     EXPECT_DOUBLE_EQ(static_bytes(mp), expect[z]) << "ZeRO-" << z;
   }
 }
@@ -54,12 +62,12 @@ TEST(PlanCost, Zero3GathersParametersAgainForTheBackward) {
   // The backward's input gradients read fc2's and fc3's weights (fc1's input needs none):
   // under ZeRO-3 each is gathered again there, as the partitioner's programs do.
   ClusterSpec cl = parse_cluster("a100-80g:nodes=1");
-  PlannedModel pm = mlp_builder("mlp:64-128-64-32")(8);
+  auto pm = training("mlp:64-128-64-32", 8);
   for (int z : {1, 3}) {
     PlanConfig c;
     c.dp = 4;
     c.zero = z;
-    ModelProfile mp = profile_model(*pm.graph, "train", c, cl, CostOptions{});
+    ModelProfile mp = profile(*pm, c, cl, CostOptions{});
     int forward = 0, backward = 0;
     for (auto& l : mp.layers) {
       for (auto& sg : l.forward) forward += sg.comm && sg.op == Collective::all_gather;
@@ -74,21 +82,21 @@ TEST(PlanMemory, TensorParallelSplitsTheSplitLayers) {
   // fc1 column, fc2 row (its bias replicated), fc3 (the classifier) replicated; f32 Adam:
   // weights 4 + grads 4 + m, v 8 = 16 bytes per element held.
   ClusterSpec cl = parse_cluster("local:4");
-  PlannedModel pm = mlp_builder("mlp:64-128-64-32")(8);
+  auto pm = training("mlp:64-128-64-32", 8);
   PlanConfig c;
   c.tp = 4;
-  ModelProfile mp = profile_model(*pm.graph, "train", c, cl, CostOptions{});
+  ModelProfile mp = profile(*pm, c, cl, CostOptions{});
   const double held = (64 * 128 + 128) / 4.0 + (128 * 64) / 4.0 + 64 + 64 * 32 + 32;
   EXPECT_DOUBLE_EQ(static_bytes(mp), 16 * held);
 }
 
 TEST(PlanMemory, PipelineStagesHoldTheirLayersAndActivationsInFlight) {
   ClusterSpec cl = parse_cluster("local:4");
-  PlannedModel pm = mlp_builder("mlp:64-128-64-32")(8);
+  auto pm = training("mlp:64-128-64-32", 8);
   PlanConfig c;
   c.pp = 2;
   c.microbatches = 4;
-  ModelProfile mp = profile_model(*pm.graph, "train", c, cl, CostOptions{});
+  ModelProfile mp = profile(*pm, c, cl, CostOptions{});
   PlanEstimate e = estimate_plan(mp, c, cl, CostOptions{});
   ASSERT_EQ(e.stages.size(), 2u);
   double total = 0;
@@ -118,29 +126,19 @@ ModelProfile uniform(int64_t layers, double f) {
   return mp;
 }
 
-ModelBuilder gpt_builder(const std::string& spec) {
-  return [spec](int64_t b) {
-    models::Built m = models::from_spec(spec, b, true);
-    OptimizerConfig oc;
-    oc.kind = "adamw";
-    add_training(m.model->graph(), "loss", oc);
-    return PlannedModel{std::make_shared<Graph>(m.model->graph()), "train", {}};
-  };
-}
-
 TEST(PlanMemory, SelectiveRecomputeAndSequenceParallelismCutActivations) {
   // Long sequence, small model: the attention scores ([b, heads, s, s]) dominate what a
   // block keeps, which is what selective recomputation drops.
   ClusterSpec cl = parse_cluster("a100-80g:nodes=1");
   CostOptions co;
   co.precision = Precision::mixed;
-  PlannedModel pm = gpt_builder("gpt:layers=2,d_model=64,heads=8,seq=512,vocab=256")(2);
+  auto pm = training("gpt:layers=2,d_model=64,heads=8,seq=512,vocab=256", 2);
   PlanConfig c;
   c.tp = 2;
   auto est = [&](Recompute r, bool sp) {
     c.recompute = r;
     c.sequence_parallel = sp;
-    return estimate_plan(profile_model(*pm.graph, "train", c, cl, co), c, cl, co, false);
+    return estimate_plan(profile(*pm, c, cl, co), c, cl, co, false);
   };
   const PlanEstimate none = est(Recompute::none, false), sel = est(Recompute::selective, false),
                      full = est(Recompute::full, false), sel_sp = est(Recompute::selective, true);
@@ -150,7 +148,7 @@ TEST(PlanMemory, SelectiveRecomputeAndSequenceParallelismCutActivations) {
   EXPECT_LT(act_sel, act_none);
   // Per block, what stays between forward and backward: the s x s scores were most of it
   // (the peak above still holds one block's rebuilt core during its backward).
-  const ModelProfile mp = profile_model(*pm.graph, "train", c, cl, co);
+  const ModelProfile mp = profile(*pm, c, cl, co);
   const LayerProfile& block = mp.layers[1];
   ASSERT_EQ(block.name, "block0");
   EXPECT_LT(block.selective_kept_bytes, 0.15 * block.activation_bytes);
@@ -172,13 +170,13 @@ TEST(PlanPipeline, PinnedStageLayersAreHonouredAndChecked) {
   pins.tp = 1;
   pins.pp = 2;
   pins.stage_layers = {1, 5};  // wte | block0, block1, block2, ln_f, cross_entropy
-  SearchResult r = search_plan(gpt_builder("gpt:layers=3,d_model=32,heads=4,seq=16,vocab=64"), 4, cl, pins, SearchOptions{});
+  SearchResult r = search("gpt:layers=3,d_model=32,heads=4,seq=16,vocab=64", 4, cl, pins, SearchOptions{});
   ASSERT_EQ(r.best.stages.size(), 2u);
   EXPECT_EQ(r.best.stages[0].end_layer, 1);
   EXPECT_EQ(r.best.config.stage_layers, (std::vector<int64_t>{1, 5}));
   pins.stage_layers = {2, 2};
   try {
-    search_plan(gpt_builder("gpt:layers=3,d_model=32,heads=4,seq=16,vocab=64"), 4, cl, pins, SearchOptions{});
+    search("gpt:layers=3,d_model=32,heads=4,seq=16,vocab=64", 4, cl, pins, SearchOptions{});
     FAIL() << "layer counts that do not add up were accepted";
   } catch (const Error& e) {
     EXPECT_THAT(e.what(), HasSubstr("sum to 4; the model has 6 layers (wte, block0, block1, block2, ln_f, cross_entropy)"));
@@ -210,7 +208,7 @@ TEST(PlanCost, GradientAccumulationIsOneMemoryPassPerMicrobatch) {
   const double tensors = 6;
   ClusterSpec cl = parse_cluster("a100-80g:nodes=1");
   const double bw = cl.device.memory_bandwidth, launch = cl.device.launch_overhead_s;
-  PlannedModel pm = mlp_builder(spec)(8);
+  auto pm = training(spec, 8);
   PlanConfig c;
   c.microbatches = 4;
   auto run = [&](CostOptions::GradAccumulation a, int64_t m, double* pass) {
@@ -220,7 +218,7 @@ TEST(PlanCost, GradientAccumulationIsOneMemoryPassPerMicrobatch) {
     co.grad_accumulation = a;
     PlanConfig cm = c;
     cm.microbatches = m;
-    ModelProfile mp = profile_model(*pm.graph, "train", cm, cl, co);
+    ModelProfile mp = profile(*pm, cm, cl, co);
     *pass = 0;
     for (auto& l : mp.layers) *pass += static_cast<double>(l.repeat) * l.grad_accumulate_s;
     return estimate_plan(mp, cm, cl, co).step_time_s;
@@ -276,10 +274,10 @@ TEST(PlanSearch, NeverSlowerThanAnyPinnedPlanAndDeterministic) {
            {"gpt:layers=4,d_model=64,heads=4,seq=32,vocab=128", "a100-80g:nodes=2", 32}}) {
     ClusterSpec cl = parse_cluster(cluster);
     SearchOptions so;
-    ModelBuilder build = mlp_builder(spec);
-    SearchResult best = search_plan(build, batch, cl, Pins{}, so);
+    const auto g = training(spec, batch);
+    SearchResult best = search_plan(*g, "train", cl, Pins{}, so);
     ASSERT_TRUE(best.best.fits) << spec;
-    SearchResult again = search_plan(build, batch, cl, Pins{}, so);
+    SearchResult again = search_plan(*g, "train", cl, Pins{}, so);
     EXPECT_EQ(again.best.config, best.best.config);
     EXPECT_EQ(again.best.step_time_s, best.best.step_time_s);
     for (int64_t tp : {1, 2, 4})
@@ -289,7 +287,7 @@ TEST(PlanSearch, NeverSlowerThanAnyPinnedPlanAndDeterministic) {
         pins.tp = tp;
         pins.pp = pp;
         try {
-          SearchResult pinned = search_plan(build, batch, cl, pins, so);
+          SearchResult pinned = search_plan(*g, "train", cl, pins, so);
           if (pinned.best.fits) {
             EXPECT_LE(best.best.step_time_s, pinned.best.step_time_s * (1 + 1e-9))
                 << spec << ": search " << best.best.config.str() << " vs pinned " << pinned.best.config.str();
@@ -307,7 +305,7 @@ TEST(PlanSearch, ImpossiblePinsAndMemorySayWhy) {
   Pins pins;
   pins.tp = 3;
   try {
-    search_plan(mlp_builder("mlp:64-128-10"), 16, cl, pins, SearchOptions{});
+    search("mlp:64-128-10", 16, cl, pins, SearchOptions{});
     FAIL();
   } catch (const Error& e) {
     EXPECT_THAT(e.what(), HasSubstr("tp=3"));
@@ -318,7 +316,7 @@ TEST(PlanSearch, ImpossiblePinsAndMemorySayWhy) {
   single.dp = 1;
   single.tp = 1;
   single.pp = 1;
-  SearchResult r = search_plan(mlp_builder("mlp:65536-65536-65536-10"), 8, one, single, SearchOptions{});
+  SearchResult r = search("mlp:65536-65536-65536-10", 8, one, single, SearchOptions{});
   EXPECT_FALSE(r.best.fits);
   EXPECT_THAT(r.best.fit_problem, HasSubstr("stage 0"));
   EXPECT_THAT(r.best.fit_problem, HasSubstr("more than"));
@@ -327,10 +325,9 @@ TEST(PlanSearch, ImpossiblePinsAndMemorySayWhy) {
 
 TEST(PlanReport, JsonHasTheDocumentedKeys) {
   ClusterSpec cl = parse_cluster("local:4");
-  ModelBuilder build = mlp_builder("mlp:64-128-64-32");
-  SearchResult r = search_plan(build, 32, cl, Pins{}, SearchOptions{});
-  PlannedModel pm = build(32 / r.best.config.microbatches);
-  ReportContext ctx{"mlp", "local:4", 32, &cl, nullptr, &pm};
+  const auto g = training("mlp:64-128-64-32", 32);
+  SearchResult r = search_plan(*g, "train", cl, Pins{}, SearchOptions{});
+  ReportContext ctx{"mlp", "local:4", 32, &cl, nullptr, g.get(), "train"};
   std::string j = report_json(r, ctx);
   for (const char* k : {"step_time_s", "model_flops_per_step", "hardware_flops_per_step", "tflops_per_device", "mfu",
                         "peak_memory_bytes", "mesh", "stages", "search_time_s", "alternatives", "why"})

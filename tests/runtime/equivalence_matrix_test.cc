@@ -76,7 +76,7 @@ TEST(EquivalenceMatrix, EveryStrategyOnOneToEightDevicesWorksOrIsRefusedWithARea
         oc.momentum = 0.9;
         DevicePlan plan;
         try {
-          plan = plan_for_devices(spec, 24, n, *p, oc);
+          plan = plan_for_devices(training_graph(spec, 24, oc), n, *p);
         } catch (const Error& e) {
           ++refused;
           std::printf("refused: %s %s on %lld: %s\n", spec.c_str(), st.name.c_str(), static_cast<long long>(n), e.what());

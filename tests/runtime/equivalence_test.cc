@@ -120,7 +120,7 @@ TEST(Equivalence, TheAutomaticPlanOnEveryDeviceCount) {
       OptimizerConfig oc;
       oc.kind = "sgd";
       const int64_t batch = 24;  // splits over 1, 2, 3, 4 and 8 replicas
-      DevicePlan plan = plan_for_devices(spec, batch, n, planner::Pins{}, oc);
+      DevicePlan plan = plan_for_devices(training_graph(spec, batch, oc), n, planner::Pins{});
       EXPECT_EQ(plan.config.devices(), n);
       VerifyOptions o;
       o.spec = spec;
@@ -138,7 +138,7 @@ TEST(Equivalence, PlansThatCannotSplitAreRefusedWithTheReason) {
   OptimizerConfig oc;
   auto refused = [&](const std::string& spec, int64_t batch, int64_t devices, planner::Pins pins) {
     try {
-      plan_for_devices(spec, batch, devices, pins, oc);
+      plan_for_devices(training_graph(spec, batch, oc), devices, pins);
     } catch (const Error& e) {
       return std::string(e.what());
     }

@@ -80,7 +80,7 @@ TEST(LocalRun, NoHeapAllocationInTheStepLoopOfAnyRank) {
   for (auto [spec, c] : std::vector<std::pair<std::string, planner::PlanConfig>>{
            {"mlp:20-16-16-5", cfg(2, 1, 2, 2, 1, planner::Recompute::none)},
            {"gpt:layers=2,d_model=16,heads=2,seq=8,vocab=32", cfg(1, 2, 2, 2, 0, planner::Recompute::full)}}) {
-    auto b = models::from_spec(spec, 8 / c.microbatches);
+    auto b = models::from_spec(spec, 8);
     OptimizerConfig oc;
     oc.kind = "adamw";
     add_training(b.model->graph(), "loss", oc);
@@ -89,7 +89,7 @@ TEST(LocalRun, NoHeapAllocationInTheStepLoopOfAnyRank) {
     std::map<std::string, std::vector<std::byte>> data;
     for (auto& name : b.inputs) {
       const TensorType& t = b.model->graph().node(*b.model->graph().find(name)).outputs[0];
-      data[name].assign(static_cast<size_t>(t.bytes() * c.microbatches), std::byte{0});
+      data[name].assign(static_cast<size_t>(t.bytes()), std::byte{0});
     }
     auto one_step = [&] {
       for (auto& name : b.inputs)

@@ -109,7 +109,7 @@ TEST(RankExecutor, UpdatesAreWrittenOverTheirVariablesOnEveryPlan) {
     for (int step = 0; step < 3; ++step) {
       for (auto& name : b.inputs) {
         const TensorType& t = g.node(*g.find(name)).outputs[0];
-        std::vector<std::byte> data(static_cast<size_t>(t.bytes() * c.microbatches), std::byte{0});
+        std::vector<std::byte> data(static_cast<size_t>(t.bytes()), std::byte{0});
         if (t.dtype == DType::f32)
           for (size_t i = 0; i < data.size() / 4; ++i)
             reinterpret_cast<float*>(data.data())[i] = std::uniform_real_distribution<float>(-1, 1)(rng);
@@ -153,7 +153,7 @@ TEST(RankExecutor, ARankThatFailsStopsTheOthersWithItsOwnError) {
   run.initialize();
   const TensorType& x = g.node(*g.find("x")).outputs[0];
   const TensorType& labels = g.node(*g.find("labels")).outputs[0];
-  std::vector<std::byte> xs(static_cast<size_t>(x.bytes() * 2)), ls(static_cast<size_t>(labels.bytes() * 2));
+  std::vector<std::byte> xs(static_cast<size_t>(x.bytes())), ls(static_cast<size_t>(labels.bytes()));
   reinterpret_cast<int32_t*>(ls.data())[3] = 7;  // 4 classes: the last stage's loss rejects it
   run.feed("x", x, xs);
   run.feed("labels", labels, ls);
