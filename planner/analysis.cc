@@ -1,6 +1,7 @@
 #include "planner/analysis.h"
 
 #include <algorithm>
+#include <limits>
 #include <map>
 #include <set>
 
@@ -136,6 +137,14 @@ std::optional<CostOptions::GradAccumulation> grad_accumulation_from_name(std::st
 ModelProfile profile_model(const Graph& g, const LayerStructure& ls, const PlanConfig& c, const ClusterSpec& cluster,
                            const CostOptions& opt) {
   if (c.dp < 1 || c.tp < 1 || c.pp < 1 || c.microbatches < 1) throw Error("plan: dp, tp, pp and microbatches must be >= 1");
+  if (c.tp > 1 && c.tp_dims.empty()) {
+    PlanConfig chosen = c;
+    chosen.tp_dims = choose_tensor_parallel(g, ls, c, cluster, opt);
+    return profile_model(g, ls, chosen, cluster, opt);
+  }
+  if (!c.tp_dims.empty() && static_cast<int32_t>(c.tp_dims.size()) != g.size())
+    throw Error("plan: tensor-parallel splits for " + std::to_string(c.tp_dims.size()) + " nodes, the graph has " +
+                std::to_string(g.size()));
   // A layer repeating an earlier one of its class is placed as that one (LayerStructure).
   const std::vector<int32_t>& nodes = ls.distinct;
   const std::vector<int32_t>& same_as = ls.repeats;
@@ -299,10 +308,6 @@ ModelProfile profile_model(const Graph& g, const LayerStructure& ls, const PlanC
         const double bytes = used * (wsize + 2 * sum_size + (cast ? 2 * sum_size : 0));
         lp.grad_accumulate_s += bytes / cluster.device.memory_bandwidth + (cast ? 2 : 1) * cluster.device.launch_overhead_s;
       }
-      const TpRole role = tp_role(n.name, g);
-      const bool row_bias = role == TpRole::row && n.outputs[0].rank() == 1;  // replicated by design
-      if (pp.used[x.mesh.axis("tp")] == Placement::R() && c.tp > 1 && role != TpRole::replicated && !row_bias)
-        lp.notes.push_back(n.name + ": its tensor-parallel split does not divide evenly; replicated");
       (void)dp_axis;
     }
     for (int32_t id : layer.optimizer) {
@@ -371,6 +376,216 @@ ModelProfile profile_model(const Graph& g, const LayerStructure& ls, const PlanC
       }
     }
   return mp;
+}
+
+namespace {
+
+// The seconds one device spends on `nodes` under `gp`: their compute and the collectives
+// their inputs need (CostOptions as profile_model applies them, no overlap).
+struct Spent {
+  double compute = 0, comm = 0;
+};
+Spent seconds_of(const Graph& g, const LayerStructure& ls, const PlanConfig& c, const ClusterSpec& cluster,
+                  const CostOptions& opt, const Mesh& mesh, GraphPlacement& gp, const std::vector<int32_t>& nodes) {
+  Context x{g, c, cluster, opt, mesh, std::move(gp), {}, {}, {}};
+  for (size_t r = 0; r < x.gp.reshards.size(); ++r)
+    for (auto& [node, input] : x.gp.reshards[r].consumers)
+      if (input >= 0) x.reshard_at[{node, input}] = r;
+  x.optimizer_node.assign(g.size(), 0);
+  x.fused_out.assign(g.size(), 0);
+  for (int32_t id : nodes) {
+    const Node& n = g.node(id);
+    x.optimizer_node[id] = n.pass == Pass::update;
+    if (!fusible(n) || ls.users[id].size() != 1) continue;
+    const Node& user = g.node(ls.users[id][0]);
+    bool resharded = false;
+    for (size_t i = 0; i < user.inputs.size(); ++i) resharded |= user.inputs[i].node == id && x.reshard_at.count({user.id, static_cast<int>(i)});
+    x.fused_out[id] = chain_end(user) && !resharded;
+  }
+  Spent s;
+  for (int32_t id : nodes) s.compute += node_cost(x, g.node(id)).seconds;
+  for (const auto& r : x.gp.reshards)
+    for (const Segment& seg : comm_segments(x, r, g.node(r.consumers.front().first).pass == Pass::update,
+                                            g.node(r.value.node).pass == Pass::backward))
+      s.comm += seg.seconds;
+  gp = std::move(x.gp);  // back to the caller, whose storage it is
+  return s;
+}
+
+}  // namespace
+
+std::vector<int8_t> choose_tensor_parallel(const Graph& g, const LayerStructure& ls, const PlanConfig& c,
+                                           const ClusterSpec& cluster, const CostOptions& opt) {
+  PlanConfig k = c;
+  k.tp_dims.assign(g.size(), -1);
+  if (c.tp <= 1) return k.tp_dims;
+  const Mesh mesh = planning_mesh(k);
+  std::vector<char> is_param(g.size(), 0);
+  for (int32_t id : g.parameters()) is_param[id] = 1;
+  // Parameters of a layer and their counterparts in the other layers of its class.
+  auto counterparts = [&](int32_t p) {
+    std::vector<int32_t> all;
+    const int l = ls.layer_of[p];
+    if (l < 0) return std::vector<int32_t>{p};
+    for (size_t m = 0; m < ls.layers.size(); ++m)
+      if (ls.layers[m].klass == ls.layers[l].klass) all.push_back(ls.layers[m].forward.at(static_cast<size_t>(ls.position[p])));
+    return all;
+  };
+  GraphPlacement base = place_graph(g, k, mesh, ls.distinct, ls.repeats, ls.read_by_repeat);
+  // Each parameter's update, replicated (what it costs on one device when nothing splits it).
+  std::vector<double> update_s(g.size(), 0);
+  {
+    std::vector<int32_t> updates;
+    for (const Layer& l : ls.layers)
+      if (l.klass == &l - ls.layers.data()) updates.insert(updates.end(), l.optimizer.begin(), l.optimizer.end());
+    std::sort(updates.begin(), updates.end());
+    GraphPlacement gp = place_graph(g, k, mesh, updates, {}, {}, &base);
+    Context x{g, k, cluster, opt, mesh, std::move(gp), {}, {}, {}};
+    x.optimizer_node.assign(g.size(), 1);
+    x.fused_out.assign(g.size(), 0);
+    for (int32_t id : updates) {
+      const Node& n = g.node(id);
+      if (n.serves < 0) continue;
+      for (int32_t q : counterparts(n.serves)) update_s[q] += node_cost(x, n).seconds;
+    }
+  }
+  GraphPlacement scratch;  // storage the many small placements below take turns with
+  // Two sweeps over the layers: a layer decided before the ones after it is decided again
+  // knowing them (an embedding whose table the output layer also reads).
+  for (int sweep = 0; sweep < 2; ++sweep)
+  for (size_t li = 0; li < ls.layers.size(); ++li) {
+    const Layer& layer = ls.layers[li];
+    if (layer.klass != static_cast<int>(li)) continue;
+    // The layer's weights, grouped by the activation their first reader multiplies.
+    std::map<std::pair<int32_t, int32_t>, std::vector<int32_t>> by_partner;
+    std::vector<int32_t> free;  // its other parameters
+    for (int32_t id : layer.forward) {
+      if (!is_param[id]) continue;
+      const Node& p = g.node(id);
+      if (p.outputs[0].rank() < 2 || ls.users[id].empty()) {
+        free.push_back(id);
+        continue;
+      }
+      const Node& reader = g.node(ls.users[id][0]);
+      std::pair<int32_t, int32_t> partner{id, -1};
+      for (auto& in : reader.inputs)
+        if (in.node != id) partner = {in.node, in.index};
+      by_partner[partner].push_back(id);
+    }
+    if (by_partner.empty() && free.empty()) continue;
+    std::vector<std::vector<int32_t>> groups;
+    for (auto& [partner, ws] : by_partner) groups.push_back(ws);
+    // What the layer's weights reach: its own nodes and those of every layer reading them,
+    // and of the layer after each (which meets the placement they leave).
+    std::set<int> touched{static_cast<int>(li)};
+    for (auto& grp : groups)
+      for (int32_t w : grp)
+        for (int32_t u : ls.users[w])
+          if (ls.layer_of[u] >= 0) touched.insert(ls.layer_of[u]);
+    for (int l : std::set<int>(touched))
+      if (l + 1 < static_cast<int>(ls.layers.size())) touched.insert(l + 1);
+    // Priced on their forward passes: the backward mirrors each collective (an all-reduce
+    // for an all-reduce, a reduce-scatter for an all-gather) at about twice the compute, and
+    // each parameter's update costs its replicated cost over the devices that split it.
+    std::vector<int32_t> nodes;
+    for (int l : touched) nodes.insert(nodes.end(), ls.layers[l].forward.begin(), ls.layers[l].forward.end());
+    std::sort(nodes.begin(), nodes.end());
+    std::vector<std::vector<int>> options;
+    for (auto& grp : groups) {
+      std::set<int> dims{-1};
+      for (int32_t w : grp)
+        for (int d = 0; d < g.node(w).outputs[0].rank(); ++d)
+          if (g.node(w).outputs[0].shape[d] % c.tp == 0) dims.insert(d);
+      options.emplace_back(dims.begin(), dims.end());
+    }
+    // A split applies to the weight and its counterparts in the class's other layers.
+    auto set_dim = [&](int32_t p, int d) {
+      for (int32_t q : counterparts(p)) k.tp_dims[q] = static_cast<int8_t>(d);
+    };
+    auto apply = [&](const std::vector<int>& pick) {
+      for (size_t gi = 0; gi < groups.size(); ++gi)
+        for (int32_t w : groups[gi]) {
+          const int d = pick[gi];
+          const bool fits = d >= 0 && d < g.node(w).outputs[0].rank() && g.node(w).outputs[0].shape[d] % c.tp == 0;
+          set_dim(w, fits ? d : -1);
+        }
+    };
+    // Parameters that are not weights are stored as their first reader slices them.
+    auto settle = [&](GraphPlacement& gp) {
+      bool changed = false;
+      const int tp_axis = mesh.axis("tp");
+      for (int32_t p : free) {
+        int dim = -1, targets = 0;
+        bool slices = true;
+        for (const auto& r : gp.reshards) {
+          if (r.value.node != p) continue;
+          ++targets;
+          for (const ReshardStep& st : r.steps) slices &= st.kind == ReshardStep::Kind::slice && st.axis == tp_axis;
+          if (r.to[tp_axis].is_shard()) dim = r.to[tp_axis].dim;
+        }
+        if (targets == 1 && slices && dim >= 0 && k.tp_dims[p] != dim) {
+          set_dim(p, dim);
+          changed = true;
+        }
+      }
+      if (changed) gp = place_graph(g, k, mesh, nodes, {}, {}, &base, &gp);
+    };
+    auto price = [&] {
+      for (int32_t p : free) set_dim(p, -1);
+      GraphPlacement gp = place_graph(g, k, mesh, nodes, {}, {}, &base, &scratch);
+      settle(gp);
+      const Spent s = seconds_of(g, ls, k, cluster, opt, mesh, gp, nodes);
+      scratch = std::move(gp);
+      double updates = 0;
+      for (int l : touched)
+        for (int32_t p : ls.layers[l].forward)
+          if (is_param[p]) updates += update_s[p] / (k.tp_dims[p] >= 0 ? static_cast<double>(c.tp) : 1.0);
+      return 3 * s.compute + 2 * s.comm + updates;
+    };
+    // Every combination (replicated first, so ties stay replicated); coordinate descent
+    // where there are too many.
+    std::vector<int> pick(groups.size(), 0), best_pick = pick;
+    size_t combos = 1;
+    for (auto& o : options) combos = std::min<size_t>(combos * o.size(), 1 << 20);
+    auto as_dims = [&](const std::vector<int>& idx) {
+      std::vector<int> d(idx.size());
+      for (size_t i = 0; i < idx.size(); ++i) d[i] = options[i][static_cast<size_t>(idx[i])];
+      return d;
+    };
+    double best = std::numeric_limits<double>::infinity();
+    if (combos <= 729) {
+      for (size_t n = 0; n < combos; ++n) {
+        size_t rest = n;
+        for (size_t i = 0; i < groups.size(); ++i) {
+          pick[i] = static_cast<int>(rest % options[i].size());
+          rest /= options[i].size();
+        }
+        apply(as_dims(pick));
+        const double s = price();
+        if (s < best * (1 - 1e-9)) best = s, best_pick = pick;
+      }
+    } else {
+      apply(as_dims(pick));
+      best = price();
+      for (int sweep = 0; sweep < 3; ++sweep)
+        for (size_t i = 0; i < groups.size(); ++i)
+          for (int o = 0; o < static_cast<int>(options[i].size()); ++o) {
+            std::vector<int> trial = best_pick;
+            trial[i] = o;
+            apply(as_dims(trial));
+            const double s = price();
+            if (s < best * (1 - 1e-9)) best = s, best_pick = trial;
+          }
+    }
+    apply(as_dims(best_pick));
+    {
+      for (int32_t p : free) set_dim(p, -1);
+      GraphPlacement gp = place_graph(g, k, mesh, nodes, {}, {}, &base);
+      settle(gp);
+    }
+    base = place_graph(g, k, mesh, ls.distinct, ls.repeats, ls.read_by_repeat);
+  }
+  return k.tp_dims;
 }
 
 }  // namespace tessel::planner

@@ -103,4 +103,17 @@ struct ModelProfile {
 ModelProfile profile_model(const Graph& g, const LayerStructure& ls, const PlanConfig& c, const ClusterSpec& cluster,
                            const CostOptions& opt);
 
+// The tensor-parallel split of every parameter for c.tp and c.sequence_parallel
+// (PlanConfig::tp_dims), from the ops' sharding rules and the cost model, with no knowledge
+// of names or model kinds. Per layer class in forward order (solved once for its layers): the
+// weights (parameters of rank >= 2) read alongside the same activation form a group that
+// splits alike (q, k and v; a SwiGLU's gate and up); every combination of the groups' splits
+// (replicated, or any dim tp divides) is propagated through the layers reading them, with the
+// other parameters stored as their first readers slice them (a column-split projection's
+// bias), and priced: compute on local shapes plus every collective the placements need, and,
+// for a layer that repeats, the change from its output's placement back to its input's.
+// The cheapest wins, replicated on ties. c's dp and microbatches set the shapes priced.
+std::vector<int8_t> choose_tensor_parallel(const Graph& g, const LayerStructure& ls, const PlanConfig& c,
+                                           const ClusterSpec& cluster, const CostOptions& opt);
+
 }  // namespace tessel::planner

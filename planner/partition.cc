@@ -6,6 +6,7 @@
 #include <set>
 
 #include "graph/error.h"
+#include "planner/analysis.h"
 #include "planner/layers.h"
 
 namespace tessel::planner {
@@ -334,7 +335,15 @@ class RankBuilder {
 
 }  // namespace
 
-std::vector<RankProgram> partition(const Graph& g, const PlanConfig& c, std::vector<int64_t> stage_bounds) {
+std::vector<RankProgram> partition(const Graph& g, const PlanConfig& config, std::vector<int64_t> stage_bounds) {
+  const std::string phase = g.updates().empty() ? "train" : g.updates().front().phase;
+  const LayerStructure ls = find_layers(g, phase);
+  PlanConfig c = config;
+  if (c.tp > 1 && c.tp_dims.empty())  // chosen for this host
+    c.tp_dims = choose_tensor_parallel(g, ls, c, parse_cluster("local:" + std::to_string(c.devices())), CostOptions{});
+  if (!c.tp_dims.empty() && static_cast<int32_t>(c.tp_dims.size()) != g.size())
+    throw Error("partition: the plan's tensor-parallel splits are for a graph of " + std::to_string(c.tp_dims.size()) +
+                " nodes, this one has " + std::to_string(g.size()) + " (a plan for another model?)");
   const Mesh m = planning_mesh(c);
   std::vector<Value> targets;
   for (auto& u : g.updates()) targets.push_back(u.value), targets.push_back(Value{u.variable, 0});
@@ -346,8 +355,6 @@ std::vector<RankProgram> partition(const Graph& g, const PlanConfig& c, std::vec
   Staging st;
   st.stage_size = c.dp * c.tp;
   st.stage_of.assign(g.size(), 0);
-  const std::string phase = g.updates().empty() ? "train" : g.updates().front().phase;
-  const LayerStructure ls = find_layers(g, phase);
   st.section_of = sections(g, ls, nodes);
   st.layer_of = ls.layer_of;
   st.recompute.assign(g.size(), 0);

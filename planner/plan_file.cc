@@ -56,6 +56,7 @@ void save_plan(const PlanFile& f, const std::string& path) {
   p.set_recompute(std::string(recompute_name(c.recompute)));
   p.set_sequence_parallel(c.sequence_parallel);
   for (int64_t n : c.stage_layers) p.add_stage_layers(n);
+  p.set_tp_dims(std::string(c.tp_dims.begin(), c.tp_dims.end()));
   const Mesh m = stage_mesh(c);
   for (size_t a = 0; a < m.names.size(); ++a) {
     p.add_mesh_axes(m.names[a]);
@@ -148,6 +149,10 @@ PlanFile load_plan(const std::string& path, const OpRegistry& registry) {
   c.recompute = *rc;
   c.sequence_parallel = p.sequence_parallel();
   c.stage_layers.assign(p.stage_layers().begin(), p.stage_layers().end());
+  for (char d : p.tp_dims()) {
+    if (d < -1) throw Error(path + ": bad tensor-parallel split " + std::to_string(int(d)));
+    c.tp_dims.push_back(static_cast<int8_t>(d));
+  }
   if (c.dp < 1 || c.tp < 1 || c.pp < 1 || c.microbatches < 1 || c.zero < 0 || c.zero > 3)
     throw Error(path + ": invalid configuration " + c.str());
   for (auto& np : p.parameters()) f.parameters.push_back(from_proto(np, path));

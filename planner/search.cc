@@ -65,11 +65,13 @@ std::string why_lost(const PlanEstimate& a, const PlanEstimate& best, const Clus
 // Why tensor parallelism of degree tp (with sequence parallelism: sp) cannot split the
 // model: a dimension it shards that tp does not divide (heads, features, the vocabulary,
 // the sequence). Empty when it can.
-std::string tp_split_problem(const Graph& g, const LayerStructure& ls, int64_t tp, bool sp) {
+std::string tp_split_problem(const Graph& g, const LayerStructure& ls, int64_t tp, bool sp,
+                             const std::vector<int8_t>& dims) {
   if (tp == 1) return "";
   PlanConfig c;
   c.tp = tp;
   c.sequence_parallel = sp;
+  c.tp_dims = dims;
   const Mesh m = stage_mesh(c);
   GraphPlacement gp;
   try {
@@ -112,6 +114,19 @@ SearchResult search_plan(const Graph& g, const std::string& phase, const Cluster
     }
   }
 
+  // The tensor-parallel split of every parameter, per (tp, sp): chosen once, on one replica
+  // taking the whole batch.
+  std::map<std::pair<int64_t, bool>, std::vector<int8_t>> tp_splits;
+  auto tp_split = [&](int64_t tp, bool sp) -> const std::vector<int8_t>& {
+    auto [it, fresh] = tp_splits.try_emplace({tp, sp});
+    if (fresh && tp > 1) {
+      PlanConfig c;
+      c.tp = tp;
+      c.sequence_parallel = sp;
+      it->second = choose_tensor_parallel(g, ls, c, cluster, opt.cost);
+    }
+    return it->second;
+  };
   const int64_t node = cluster.levels.size() > 1 ? cluster.levels[0].group_size : N;
   std::vector<int64_t> tps = pins.tp ? std::vector<int64_t>{*pins.tp} : powers_of_two_dividing(N, std::max<int64_t>(2 * node, 1));
   std::vector<PlanConfig> cands;
@@ -125,7 +140,7 @@ SearchResult search_plan(const Graph& g, const std::string& phase, const Cluster
       why_not("tp=" + std::to_string(tp) + " does not divide " + std::to_string(N) + " devices");
       continue;
     }
-    if (std::string why = tp_split_problem(g, ls, tp, false); !why.empty()) {
+    if (std::string why = tp_split_problem(g, ls, tp, false, tp_split(tp, false)); !why.empty()) {
       why_not(why);
       continue;
     }
@@ -177,7 +192,7 @@ SearchResult search_plan(const Graph& g, const std::string& phase, const Cluster
         std::erase_if(sps, [&](bool sp) {
           if (!sp) return false;
           auto [it, fresh] = sp_problem.try_emplace(tp);
-          if (fresh) it->second = tp_split_problem(g, ls, tp, true);
+          if (fresh) it->second = tp_split_problem(g, ls, tp, true, tp_split(tp, true));
           if (!it->second.empty()) why_not(it->second);
           return !it->second.empty();
         });
@@ -185,6 +200,7 @@ SearchResult search_plan(const Graph& g, const std::string& phase, const Cluster
           for (Recompute r : recs)
             for (bool sp : sps) {
             PlanConfig c;
+            c.tp_dims = tp_split(tp, sp);
             c.dp = dp;
             c.tp = tp;
             c.pp = pp;

@@ -313,8 +313,11 @@ Sharding read_placement(const Graph& g, const GraphPlacement& gp, const Propagat
 template <class AddReshard>
 void sink_slices(const Graph& g, const Mesh& m, std::span<const int32_t> nodes, GraphPlacement& gp,
                  AddReshard& add_reshard, const PropagationHints& hints) {
-  std::vector<int> direct(g.size(), 0);
-  std::vector<char> pinned(g.size(), 0);  // outputs and update values keep their placement
+  // Per-node scratch, kept between calls: planning places small parts of large graphs often.
+  static thread_local std::vector<int> direct;
+  static thread_local std::vector<char> pinned;  // outputs and update values keep their placement
+  direct.assign(static_cast<size_t>(g.size()), 0);
+  pinned.assign(static_cast<size_t>(g.size()), 0);
   for (auto& o : g.outputs()) pinned[o.value.node] = 1;
   for (auto& u : g.updates()) pinned[u.value.node] = 1;
   for (size_t id = 0; id < hints.keep.size(); ++id) pinned[id] |= hints.keep[id];
@@ -393,7 +396,7 @@ void sink_slices(const Graph& g, const Mesh& m, std::span<const int32_t> nodes, 
 
 GraphPlacement propagate_graph(const Graph& g, const Mesh& m, const SourcePlacement& source,
                                std::span<const int32_t> nodes, const PropagationHints& hints,
-                               std::span<const int32_t> same_as) {
+                               std::span<const int32_t> same_as, const GraphPlacement* base, GraphPlacement* reuse) {
   GraphPlacement gp;
   std::map<std::pair<std::pair<int32_t, int32_t>, std::string>, size_t> done;  // (value, target) -> reshard
   auto add_reshard = [&](Value v, const Sharding& to, int32_t consumer, int input) {
@@ -405,7 +408,12 @@ GraphPlacement propagate_graph(const Graph& g, const Mesh& m, const SourcePlacem
     }
     gp.reshards[it->second].consumers.push_back({consumer, input});
   };
+  if (reuse) {  // its storage, not its contents
+    gp.values = std::move(reuse->values);
+    gp.values.clear();
+  }
   gp.values.resize(g.size());
+  gp.base = base;
   if (!same_as.empty()) gp.alias.assign(same_as.begin(), same_as.end());
   std::vector<int32_t> all;
   if (nodes.empty()) {
@@ -413,7 +421,8 @@ GraphPlacement propagate_graph(const Graph& g, const Mesh& m, const SourcePlacem
     nodes = all;
   }
   // Parameters, and views of them, hold their placement.
-  std::vector<char> is_weight(g.size(), 0);
+  static thread_local std::vector<char> is_weight;
+  is_weight.assign(static_cast<size_t>(g.size()), 0);
   for (int32_t id : nodes) {
     const Node& n = g.node(id);
     is_weight[id] = n.op == "parameter" || (n.def->view && is_weight[n.inputs[0].node]) ||
@@ -436,9 +445,7 @@ GraphPlacement propagate_graph(const Graph& g, const Mesh& m, const SourcePlacem
     }
     std::vector<Sharding> in;
     for (auto& v : n.inputs) {
-      const int32_t from = gp.alias.empty() || gp.alias[v.node] < 0 ? v.node : gp.alias[v.node];
-      if (gp.values[from].empty())
-        throw Error(n.where() + ": input '" + g.node(v.node).name + "' was not placed before it");
+      if (!gp.has(v)) throw Error(n.where() + ": input '" + g.node(v.node).name + "' was not placed before it");
       in.push_back(read_placement(g, gp, hints, v, n));
     }
     std::vector<double> weight;
@@ -457,7 +464,7 @@ GraphPlacement propagate_graph(const Graph& g, const Mesh& m, const SourcePlacem
   sink_slices(g, m, propagated, gp, add_reshard, hints);
   for (auto& u : g.updates()) {
     if (!same_as.empty() && (same_as[u.variable] >= 0 || same_as[u.value.node] >= 0)) continue;
-    if (gp.values[u.variable].empty() || gp.values[u.value.node].empty()) continue;
+    if (gp.values[u.variable].empty() || gp.values[u.value.node].empty()) continue;  // only what it placed
     const Sharding& want = gp.values[u.variable][0];
     const Sharding& have = gp.at(u.value);
     if (want == have) continue;

@@ -135,8 +135,15 @@ struct GraphPlacement {
   std::vector<Reshard> reshards;
   // Per node (or empty): the node whose placements it takes (propagate_graph's same_as).
   std::vector<int32_t> alias;
+  // Placements of nodes this one did not place (not owned; may be null).
+  const GraphPlacement* base = nullptr;
+  bool has(Value v) const {
+    const int32_t n = alias.empty() || alias[static_cast<size_t>(v.node)] < 0 ? v.node : alias[static_cast<size_t>(v.node)];
+    return !values.at(static_cast<size_t>(n)).empty() || (base && base->has(v));
+  }
   const Sharding& at(Value v) const {
     const int32_t n = alias.empty() || alias[static_cast<size_t>(v.node)] < 0 ? v.node : alias[static_cast<size_t>(v.node)];
+    if (base && values.at(static_cast<size_t>(n)).empty()) return base->at(v);
     return values.at(static_cast<size_t>(n)).at(static_cast<size_t>(v.index));
   }
 };
@@ -144,8 +151,11 @@ using SourcePlacement = std::function<std::optional<Sharding>(const Node&)>;
 // `same_as` (optional, per node): a node that takes the placements of another (the
 // corresponding node of an identical layer, placed before it) instead of being propagated:
 // at() answers for it, nothing is resharded for it, and it need not be in `nodes`.
+// `base` (optional): where the placements of nodes outside `nodes` that these read come from.
+// `reuse` (optional): a placement whose storage the result takes over (its contents are lost).
 GraphPlacement propagate_graph(const Graph& g, const Mesh& m, const SourcePlacement& source,
                                std::span<const int32_t> nodes = {}, const PropagationHints& hints = {},
-                               std::span<const int32_t> same_as = {});
+                               std::span<const int32_t> same_as = {}, const GraphPlacement* base = nullptr,
+                               GraphPlacement* reuse = nullptr);
 
 }  // namespace tessel::planner

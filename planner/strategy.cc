@@ -103,43 +103,6 @@ const Node* owner_parameter(const Graph& g, const Node& n) {
   return p.op == "parameter" && p.outputs[0].shape == n.outputs[0].shape ? &p : nullptr;
 }
 
-namespace {
-
-bool ends_with(const std::string& s, std::string_view t) {
-  return s.size() >= t.size() && s.compare(s.size() - t.size(), t.size(), t) == 0;
-}
-
-// MLP layers named fc1, fc2, ... : their index and the count.
-std::optional<std::pair<int, int>> mlp_position(const std::string& param, const Graph& g) {
-  if (param.rfind("fc", 0) != 0) return std::nullopt;
-  auto slash = param.find('/');
-  if (slash == std::string::npos) return std::nullopt;
-  int idx = std::atoi(param.substr(2, slash - 2).c_str());
-  if (idx <= 0) return std::nullopt;
-  int count = 0;
-  while (g.find("fc" + std::to_string(count + 1) + "/weight")) ++count;
-  return std::make_pair(idx, count);
-}
-
-}  // namespace
-
-TpRole tp_role(const std::string& p, const Graph& g) {
-  for (const char* col : {"attn/q/", "attn/k/", "attn/v/", "mlp/fc/"})
-    if (p.find(col) != std::string::npos) return TpRole::column;
-  for (const char* row : {"attn/proj/", "mlp/proj/"})
-    if (p.find(row) != std::string::npos) return TpRole::row;
-  if (p == "wte/weight") return TpRole::vocab;
-  if (auto pos = mlp_position(p, g)) {
-    auto [idx, count] = *pos;
-    // Pairs (column, row) from the first layer; with an odd count the last layer (the
-    // classifier) is left whole.
-    if (idx == count && count % 2 == 1) return TpRole::replicated;
-    if (idx % 2 == 1) return idx + 1 < count || count % 2 == 0 ? TpRole::column : TpRole::replicated;
-    return TpRole::row;
-  }
-  return TpRole::replicated;
-}
-
 int input_batch_dim(const Node& n) {
   if (n.attrs.has("batch_dim")) return static_cast<int>(n.attrs.get_i64("batch_dim"));
   return n.outputs[0].rank() > 0 ? 0 : -1;
@@ -148,24 +111,13 @@ int input_batch_dim(const Node& n) {
 ParameterPlacement parameter_placement(const Graph& g, const Node& n, const PlanConfig& c, const Mesh& m,
                                        bool optimizer_state) {
   const Node* owner = owner_parameter(g, n);
-  const std::string param = owner ? owner->name : n.name;
   const Shape& shape = n.outputs[0].shape;
   Sharding s = replicated(m);
   const int tp = m.axis("tp"), dp = m.axis("dp");
-  if (c.tp > 1) {
-    const bool is_bias = ends_with(param, "/bias");
-    switch (tp_role(param, g)) {
-      case TpRole::column:
-        if (!shape.empty()) s[tp] = Placement::S(is_bias ? 0 : static_cast<int>(shape.size()) - 1);
-        break;
-      case TpRole::row:
-      case TpRole::vocab:
-        if (!is_bias && shape.size() >= 2) s[tp] = Placement::S(0);
-        break;
-      case TpRole::replicated: break;
-    }
-    // A split that does not divide evenly stays replicated (reported by the caller's checks).
-    if (s[tp].is_shard() && shape[s[tp].dim] % c.tp != 0) s[tp] = Placement::R();
+  if (c.tp > 1 && owner && static_cast<size_t>(owner->id) < c.tp_dims.size()) {
+    const int d = c.tp_dims[static_cast<size_t>(owner->id)];
+    // A split that does not divide evenly stays replicated.
+    if (d >= 0 && d < static_cast<int>(shape.size()) && shape[d] % c.tp == 0) s[tp] = Placement::S(d);
   }
   ParameterPlacement p{s, s};
   // ZeRO: split over dp along a dim that tp leaves whole and dp divides.
@@ -218,7 +170,8 @@ SourcePlacement source_placements(const Graph& g, const PlanConfig& c, const Mes
 }
 
 GraphPlacement place_graph(const Graph& g, const PlanConfig& c, const Mesh& m, std::span<const int32_t> nodes,
-                           std::span<const int32_t> same_as, std::span<const char> keep) {
+                           std::span<const int32_t> same_as, std::span<const char> keep,
+                           const GraphPlacement* base, GraphPlacement* reuse) {
   PropagationHints hints;
   if (c.sequence_parallel && c.tp > 1) hints.sequence_axis = m.axis("tp");
   if (const int mb = m.axis("microbatch"); mb >= 0 && m.sizes[mb] > 1) hints.deferred_sum_axis = mb;
@@ -228,7 +181,7 @@ GraphPlacement place_graph(const Graph& g, const PlanConfig& c, const Mesh& m, s
       if (src.op != "parameter" || consumer.pass == Pass::update) return std::nullopt;
       return parameter_placement(g, src, c, m, false).used;
     };
-  return propagate_graph(g, m, source_placements(g, c, m), nodes, hints, same_as);
+  return propagate_graph(g, m, source_placements(g, c, m), nodes, hints, same_as, base, reuse);
 }
 
 namespace {

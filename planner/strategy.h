@@ -31,6 +31,11 @@ struct PlanConfig {
   // Layers per pipeline stage, in the order planner/layers.h lists them (embedding, blocks,
   // final norm, loss); empty: balanced by the cost model.
   std::vector<int64_t> stage_layers;
+  // The tensor-parallel split of each parameter, per node of the training graph: the dim
+  // split over tp, or -1 (replicated; also for every other node). Chosen by the search from
+  // the ops' sharding rules and the cost model (planner/analysis.h choose_tensor_parallel);
+  // empty with tp > 1: partition() chooses it.
+  std::vector<int8_t> tp_dims;
 
   int64_t devices() const { return dp * tp * pp; }
   std::string str() const;  // "dp=8 tp=8 pp=16 zero=1 mb=192 1f1b recompute=full"
@@ -75,15 +80,6 @@ Sharding on_stage_mesh(const Sharding& s);
 // Throws naming the inputs when they disagree or there is none.
 int64_t graph_batch(const Graph& g);
 
-// Tensor-parallel role of a parameter, from the layer it belongs to.
-enum class TpRole : uint8_t { replicated, column, row, vocab };
-// Megatron's split for the layers the DSL builds: attention q/k/v and the MLP's first
-// projection by output features (column), attention's and the MLP's output projections by
-// input features (row); the token embedding (tied to the output projection) by vocabulary
-// rows (vocab); everything else replicated. For an MLP (fc1, fc2, ...) the layers
-// alternate column / row from the first; with an odd count the last one is replicated.
-TpRole tp_role(const std::string& parameter_name, const Graph& g);
-
 // The dim of an input that holds the batch: its "batch_dim" attribute, else 0 (-1 for a
 // scalar or an input marked as not batched).
 int input_batch_dim(const Node& input);
@@ -111,7 +107,8 @@ SourcePlacement source_placements(const Graph& g, const PlanConfig& c, const Mes
 // propagated with the config's hints (sequence parallelism).
 // `same_as` as propagate_graph takes it.
 GraphPlacement place_graph(const Graph& g, const PlanConfig& c, const Mesh& m, std::span<const int32_t> nodes = {},
-                           std::span<const int32_t> same_as = {}, std::span<const char> keep = {});
+                           std::span<const int32_t> same_as = {}, std::span<const char> keep = {},
+                           const GraphPlacement* base = nullptr, GraphPlacement* reuse = nullptr);
 
 // Why a placement on the planning mesh cannot run as microbatches (planning_mesh): a value
 // summed over the batch that the forward or backward pass reads, or one gathered across the
