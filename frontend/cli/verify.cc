@@ -20,23 +20,23 @@ int cmd_verify(int argc, char** argv) {
             "step, relative to the larger of the tensor's largest magnitude and the learning rate).\nExits 1 above the tolerance.",
             with_pin_flags({
                 {"--model", "SPEC", "mlp:... or gpt:layers=..,d_model=..,heads=..,seq=..,vocab=..", ""},
-                {"--batch", "N", "global batch (samples per optimizer step)", "8"},
-                {"--devices", "N", "simulated devices", "1"},
+                {"--batch", "N", "global batch (samples per optimizer step)", "8", ints(1)},
+                {"--devices", "N", "simulated devices", "1", ints(1)},
                 {"--auto", "", "let the planner choose everything the pins leave open (the default)", ""},
                 {"--plan", "FILE", "run the configuration of a plan file written by `tessel plan --output`", ""},
-                {"--steps", "K", "optimizer steps", "5"},
+                {"--steps", "K", "optimizer steps", "5", ints(1)},
                 {"--optimizer", "NAME", "sgd or adamw. With adamw, a parameter whose gradient is zero in exact "
                                         "arithmetic (a GPT's key bias: softmax ignores a constant per query) moves by lr "
                                         "times the sign of rounding noise, which no two summation orders share: expect "
                                         "it to differ", "sgd"},
-                {"--lr", "X", "learning rate", "0.01"},
-                {"--momentum", "X", "SGD momentum", "0.9"},
-                {"--clip-norm", "X", "clip gradients to this global L2 norm (0: off)", "0"},
-                {"--seed", "N", "seed for initial parameters and inputs", "0"},
-                {"--tolerance", "X", "largest relative difference accepted", "1e-5"},
-                {"--bucket-mb", "X", "gradient all-reduce bucket size in MiB", "25"},
+                {"--lr", "X", "learning rate", "0.01", positive()},
+                {"--momentum", "X", "SGD momentum", "0.9", fraction_below_one()},
+                {"--clip-norm", "X", "clip gradients to this global L2 norm (0: off)", "0", non_negative()},
+                {"--seed", "N", "seed for initial parameters and inputs", "0", ints(0)},
+                {"--tolerance", "X", "largest relative difference accepted", "1e-5", positive()},
+                {"--bucket-mb", "X", "gradient all-reduce bucket size in MiB", "25", positive()},
                 {"--no-overlap", "", "run collectives on the compute stream (no communication thread)", ""},
-                {"--timeout", "S", "seconds a collective may wait for the other ranks", "300"},
+                {"--timeout", "S", "seconds a collective may wait for the other ranks", "300", positive()},
                 {"--format", "FMT", "text, or json (keys: max_rel_diff_loss, max_rel_diff_params, ok, worst_parameter, "
                                     "losses_one_device, losses_plan, arena_bytes)", "text"},
             }, 3));
@@ -58,8 +58,6 @@ int cmd_verify(int argc, char** argv) {
   o.optimizer.clip_norm = args.f64("--clip-norm", 0);
   o.rank.bucket_bytes = static_cast<int64_t>(args.f64("--bucket-mb", 25) * (1 << 20));
   o.rank.overlap = !args.has("--no-overlap");
-  if (o.batch < 1 || o.steps < 1) throw Error("tessel verify: --batch and --steps must be >= 1");
-  if (!(o.tolerance >= 0)) throw Error("tessel verify: --tolerance must be >= 0");
   const int64_t devices = args.i64("--devices", 1);
 
   DevicePlan plan;
