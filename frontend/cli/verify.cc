@@ -4,14 +4,14 @@
 #include "frontend/cli/args.h"
 #include "frontend/cli/commands.h"
 #include "frontend/cli/pins.h"
-#include "frontend/distributed.h"
+#include "frontend/cli/verify.h"
 #include "graph/error.h"
 #include "ops/registry.h"
 #include "planner/plan_file.h"
 
 namespace tessel::cli {
 
-int cmd_verify(int argc, char** argv) {
+std::optional<VerifyCommand> parse_verify(int argc, char** argv) {
   Args args("verify",
             "Check that a plan trains what one device trains: run the plan on N simulated devices\n"
             "(threads of this process, real collectives) and the whole batch on one device, from the\n"
@@ -40,12 +40,13 @@ int cmd_verify(int argc, char** argv) {
                 {"--format", "FMT", "text, or json (keys: max_rel_diff_loss, max_rel_diff_params, ok, worst_parameter, "
                                     "losses_one_device, losses_plan, arena_bytes)", "text"},
             }, 3));
-  if (!args.parse(argc, argv)) return 0;
+  if (!args.parse(argc, argv)) return std::nullopt;
   if (!args.has("--model")) throw Error("tessel verify: --model is required (see --help)");
-  const std::string format = args.str("--format", "text");
-  if (format != "text" && format != "json") throw Error("tessel verify: --format must be text or json");
+  VerifyCommand c;
+  c.format = args.str("--format", "text");
+  if (c.format != "text" && c.format != "json") throw Error("tessel verify: --format must be text or json");
 
-  VerifyOptions o;
+  VerifyOptions& o = c.options;
   o.spec = args.str("--model");
   o.batch = args.i64("--batch", 8);
   o.steps = args.i64("--steps", 5);
@@ -58,19 +59,34 @@ int cmd_verify(int argc, char** argv) {
   o.optimizer.clip_norm = args.f64("--clip-norm", 0);
   o.rank.bucket_bytes = static_cast<int64_t>(args.f64("--bucket-mb", 25) * (1 << 20));
   o.rank.overlap = !args.has("--no-overlap");
-  const int64_t devices = args.i64("--devices", 1);
+  c.devices = args.i64("--devices", 1);
+  c.devices_given = args.has("--devices");
+  c.batch_given = args.has("--batch");
+  c.plan_file = args.str("--plan");
+  c.pins = parse_pins(args, "verify");
+  return c;
+}
 
-  DevicePlan plan;
-  if (args.has("--plan")) {
-    const planner::PlanFile f = planner::load_plan(args.str("--plan"), ops::registry());
-    if (f.global_batch != o.batch && args.has("--batch"))
-      throw Error("tessel verify: " + args.str("--plan") + " was planned for batch " + std::to_string(f.global_batch) +
+DevicePlan VerifyCommand::plan() {
+  VerifyOptions& o = options;
+  if (!plan_file.empty()) {
+    const planner::PlanFile f = planner::load_plan(plan_file, ops::registry());
+    if (f.global_batch != o.batch && batch_given)
+      throw Error("tessel verify: " + plan_file + " was planned for batch " + std::to_string(f.global_batch) +
                   ", not " + std::to_string(o.batch));
     o.batch = f.global_batch;
-    plan = device_plan(f, args.str("--plan"), args.has("--devices") ? devices : 0);
-  } else {
-    plan = plan_for_devices(o.spec, o.batch, devices, parse_pins(args, "verify"), o.optimizer);
+    return device_plan(f, plan_file, devices_given ? devices : 0);
   }
+  return plan_for_devices(o.spec, o.batch, devices, pins, o.optimizer);
+}
+
+int cmd_verify(int argc, char** argv) {
+  std::optional<VerifyCommand> c = parse_verify(argc, argv);
+  if (!c) return 0;
+  const VerifyOptions& o = c->options;
+  const std::string& format = c->format;
+
+  const DevicePlan plan = c->plan();
   if (format == "text") std::cout << plan.summary();
   VerifyReport r = verify_plan(o, plan);
   if (format == "json") {
