@@ -145,7 +145,9 @@ VerifyReport verify_plan(const VerifyOptions& opt, const DevicePlan& plan) {
   ro.seed = opt.seed;
   runtime::CommOptions co;
   co.timeout_s = opt.timeout_s;
-  runtime::LocalRun run(planner::partition(plan_g, plan.config, plan.stage_bounds), plan.config, ro, co);
+  std::vector<planner::RankProgram> programs = planner::partition(plan_g, plan.config, plan.stage_bounds);
+  if (opt.rewrite_programs) opt.rewrite_programs(programs);
+  runtime::LocalRun run(std::move(programs), plan.config, ro, co);
   run.initialize();
 
   VerifyReport rep;
