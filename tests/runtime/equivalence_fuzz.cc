@@ -97,6 +97,8 @@ const std::vector<Family>& families() {
   static const std::vector<Family> f{
       {"mlp", draw_mlp},
       key_value_family("gpt", {{"layers", {1, 2, 3, 4}}, {"heads", {1, 2, 3, 4}, Key::tp}, {"d_model", {2, 4, 6, 8}, Key::tp, "heads"}, {"seq", {4, 6, 8, 12, 20}, Key::sp}, {"vocab", {16, 20, 33, 48}, Key::tp}, {"dropout", {}, Key::none, "", "", {"", "", "", "0.1"}}}),
+      // With a Llama builder (grouped-query attention: kv_heads divides heads), add:
+      // key_value_family("llama", {{"layers", {1, 2, 3}}, {"heads", {2, 4}, Key::tp}, {"kv_heads", {1, 2, 4}, Key::tp, "", "heads"}, {"d_model", {4, 8}, Key::tp, "heads"}, {"ffn", {12, 30, 32}, Key::tp}, {"seq", {4, 12, 20}, Key::sp}, {"vocab", {16, 33}, Key::tp}}),
   };
   return f;
 }
