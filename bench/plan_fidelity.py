@@ -191,7 +191,7 @@ def command(tessel, r, eff, cluster_file):
     cluster = cluster_file if r["cluster"] == "jean-zay" else f"a100-80g:nodes={r['gpus'] // 8}"
     return [tessel, "plan", "--model", model, "--batch", str(r["batch"]), "--cluster", cluster,
             "--tp", str(r["tp"]), "--pp", str(r["pp"]), "--dp", str(r["dp"]), "--microbatches", str(r["m"]),
-            "--zero", str(r["zero"]), "--schedule", "1f1b", "--recompute", r["recompute"],
+            "--zero", str(r["zero"]), "--pipeline-schedule", "1f1b", "--recompute", r["recompute"],
             "--sp" if r["sp"] else "--no-sp"] + r["extra"] + (["--gemm-efficiency", repr(eff)] if eff is not None else []) + ["--format", "json"]
 
 
@@ -344,7 +344,7 @@ def main():
               (" --scan" if a.scan else "") + " --record"
         body = [f"Command: `{cmd}`  ",
                 f"Recorded {time.strftime('%Y-%m-%d')}. `tessel plan` pinned to each published configuration "
-                f"(--tp --pp --dp --microbatches --zero --schedule 1f1b, --recompute and --sp/--no-sp as the run stated), cluster "
+                f"(--tp --pp --dp --microbatches --zero --pipeline-schedule 1f1b, --recompute and --sp/--no-sp as the run stated), cluster "
                 f"`a100-80g:nodes=GPUs/8` (Selene) unless noted, gemm efficiency {eff_label}. "
                 "Error = (predicted - published) / published step time; negative = tessel predicts faster. "
                 "Published step time: given directly (K22, BLOOM) or eq.(3) FLOPs / (TFLOP/s x GPUs) (N21).", "",

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -48,6 +49,9 @@ struct VerifyOptions {
   runtime::RankOptions rank;
   double tolerance = 1e-5;
   double timeout_s = 300;
+  // Tests only: applied to the rank programs right after partitioning, before they run, to
+  // plant a mistake that the comparison must catch. Empty: the programs run as planned.
+  std::function<void(std::vector<planner::RankProgram>&)> rewrite_programs;
 };
 
 struct VerifyReport {

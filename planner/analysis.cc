@@ -1,9 +1,12 @@
 #include "planner/analysis.h"
 
+#include "planner/pipeline.h"
+
 #include <algorithm>
 #include <limits>
 #include <map>
 #include <set>
+#include <tuple>
 
 #include "graph/error.h"
 
@@ -25,6 +28,8 @@ struct Context {
   std::vector<char> fused_out;               // value folded into its only consumer's kernel
   std::map<std::pair<int32_t, int>, size_t> reshard_at;  // (node, input) -> reshard index
   std::vector<char> optimizer_node;
+  // collective_time by (collective, axis, bytes): a model's layers move the same few sizes.
+  mutable std::map<std::tuple<int, int, double>, CommEstimate> comm_times;
 };
 
 double esize(const Context& x, DType dt, bool optimizer) {
@@ -99,12 +104,12 @@ std::vector<Segment> comm_segments(const Context& x, const GraphPlacement::Resha
     seg.op = s.collective();
     seg.axis = s.axis;
     seg.bytes = s.bytes * scale;
-    const std::vector<int64_t> group = x.mesh.group(0, s.axis);
-    CommEstimate est = collective_time(x.cluster, seg.op, seg.bytes, group);
+    auto [it, fresh] = x.comm_times.try_emplace({static_cast<int>(seg.op), s.axis, seg.bytes});
+    if (fresh) it->second = collective_time(x.cluster, seg.op, seg.bytes, x.mesh.group(0, s.axis));
+    const CommEstimate& est = it->second;
     seg.seconds = est.seconds;
     seg.level = est.level;
     seg.bus_bytes = est.bus_bytes;
-    seg.what = x.g.node(r.value.node).name + " " + s.str(x.mesh);
     segs.push_back(seg);
   }
   return segs;
@@ -113,7 +118,7 @@ std::vector<Segment> comm_segments(const Context& x, const GraphPlacement::Resha
 void push_compute(std::vector<Segment>& v, double s) {
   if (s <= 0) return;
   if (!v.empty() && !v.back().comm) v.back().seconds += s;
-  else v.push_back(Segment{false, s, Collective::all_reduce, -1, 0, -1, 0, "compute"});
+  else v.push_back(Segment{false, s, Collective::all_reduce, -1, 0, -1, 0});
 }
 
 }  // namespace
@@ -142,14 +147,12 @@ ModelProfile profile_model(const Graph& g, const LayerStructure& ls, const PlanC
     chosen.tp_dims = choose_tensor_parallel(g, ls, c, cluster, opt);
     return profile_model(g, ls, chosen, cluster, opt);
   }
-  if (!c.tp_dims.empty() && static_cast<int32_t>(c.tp_dims.size()) != g.size())
-    throw Error("plan: tensor-parallel splits for " + std::to_string(c.tp_dims.size()) + " nodes, the graph has " +
-                std::to_string(g.size()));
+  if (std::string why = tp_dims_problem(g, c.tp_dims); !why.empty()) throw Error("plan: " + why);
   // A layer repeating an earlier one of its class is placed as that one (LayerStructure).
   const std::vector<int32_t>& nodes = ls.distinct;
   const std::vector<int32_t>& same_as = ls.repeats;
   const std::vector<int>& last_of = ls.last_of_class;
-  Context x{g, c, cluster, opt, planning_mesh(c), {}, {}, {}, {}};
+  Context x{g, c, cluster, opt, planning_mesh(c), {}, {}, {}, {}, {}};
   x.gp = place_graph(g, c, x.mesh, nodes, same_as, ls.read_by_repeat);
   if (std::string why = microbatch_problem(g, x.gp, x.mesh); !why.empty()) throw Error(why);
   for (size_t r = 0; r < x.gp.reshards.size(); ++r)
@@ -387,7 +390,7 @@ struct Spent {
 };
 Spent seconds_of(const Graph& g, const LayerStructure& ls, const PlanConfig& c, const ClusterSpec& cluster,
                   const CostOptions& opt, const Mesh& mesh, GraphPlacement& gp, const std::vector<int32_t>& nodes) {
-  Context x{g, c, cluster, opt, mesh, std::move(gp), {}, {}, {}};
+  Context x{g, c, cluster, opt, mesh, std::move(gp), {}, {}, {}, {}};
   for (size_t r = 0; r < x.gp.reshards.size(); ++r)
     for (auto& [node, input] : x.gp.reshards[r].consumers)
       if (input >= 0) x.reshard_at[{node, input}] = r;
@@ -415,20 +418,28 @@ Spent seconds_of(const Graph& g, const LayerStructure& ls, const PlanConfig& c, 
 }  // namespace
 
 std::vector<int8_t> choose_tensor_parallel(const Graph& g, const LayerStructure& ls, const PlanConfig& c,
-                                           const ClusterSpec& cluster, const CostOptions& opt) {
+                                           const ClusterSpec& cluster, const CostOptions& opt,
+                                           const std::vector<int8_t>& start) {
   PlanConfig k = c;
   k.tp_dims.assign(g.size(), -1);
   if (c.tp <= 1) return k.tp_dims;
+  for (size_t id = 0; id < start.size() && id < k.tp_dims.size(); ++id) {
+    const int d = start[id];
+    if (d >= 0 && d < g.node(static_cast<int32_t>(id)).outputs[0].rank() &&
+        g.node(static_cast<int32_t>(id)).outputs[0].shape[d] % c.tp == 0)
+      k.tp_dims[id] = static_cast<int8_t>(d);
+  }
   const Mesh mesh = planning_mesh(k);
   std::vector<char> is_param(g.size(), 0);
   for (int32_t id : g.parameters()) is_param[id] = 1;
-  // Parameters of a layer and their counterparts in the other layers of its class.
+  // Parameters of a layer and their counterparts in the other layers of its forward class.
   auto counterparts = [&](int32_t p) {
     std::vector<int32_t> all;
     const int l = ls.layer_of[p];
     if (l < 0) return std::vector<int32_t>{p};
     for (size_t m = 0; m < ls.layers.size(); ++m)
-      if (ls.layers[m].klass == ls.layers[l].klass) all.push_back(ls.layers[m].forward.at(static_cast<size_t>(ls.position[p])));
+      if (ls.layers[m].forward_class == ls.layers[l].forward_class)
+        all.push_back(ls.layers[m].forward.at(static_cast<size_t>(ls.position[p])));
     return all;
   };
   GraphPlacement base = place_graph(g, k, mesh, ls.distinct, ls.repeats, ls.read_by_repeat);
@@ -440,7 +451,7 @@ std::vector<int8_t> choose_tensor_parallel(const Graph& g, const LayerStructure&
       if (l.klass == &l - ls.layers.data()) updates.insert(updates.end(), l.optimizer.begin(), l.optimizer.end());
     std::sort(updates.begin(), updates.end());
     GraphPlacement gp = place_graph(g, k, mesh, updates, {}, {}, &base);
-    Context x{g, k, cluster, opt, mesh, std::move(gp), {}, {}, {}};
+    Context x{g, k, cluster, opt, mesh, std::move(gp), {}, {}, {}, {}};
     x.optimizer_node.assign(g.size(), 1);
     x.fused_out.assign(g.size(), 0);
     for (int32_t id : updates) {
@@ -449,27 +460,76 @@ std::vector<int8_t> choose_tensor_parallel(const Graph& g, const LayerStructure&
       for (int32_t q : counterparts(n.serves)) update_s[q] += node_cost(x, n).seconds;
     }
   }
+  // Every parameter that is not a weight, stored as its first reader slices it, throughout
+  // the model: what the plan under the splits chosen so far places everything as.
+  std::vector<int32_t> not_weights;
+  for (int32_t id : g.parameters())
+    if (g.node(id).outputs[0].rank() < 2 || ls.users[id].empty() || g.node(ls.users[id][0]).def->elementwise())
+      not_weights.push_back(id);
+  auto settle_everywhere = [&] {
+    auto each = [&](int32_t p, int d) {
+      for (int32_t q : counterparts(p)) k.tp_dims[q] = static_cast<int8_t>(d);
+    };
+    for (int32_t p : not_weights) each(p, -1);
+    GraphPlacement gp = place_graph(g, k, mesh, ls.distinct, ls.repeats, ls.read_by_repeat);
+    const int tp_axis = mesh.axis("tp");
+    bool changed = false;
+    for (int32_t p : not_weights) {
+      if (ls.repeats[p] >= 0) continue;  // placed as its class's first layer's
+      int dim = -1, targets = 0;
+      bool slices = true;
+      for (const auto& r : gp.reshards) {
+        if (r.value.node != p) continue;
+        ++targets;
+        for (const ReshardStep& st : r.steps) slices &= st.kind == ReshardStep::Kind::slice && st.axis == tp_axis;
+        if (r.to[tp_axis].is_shard()) dim = r.to[tp_axis].dim;
+      }
+      if (targets == 1 && slices && dim >= 0) each(p, dim), changed = true;
+    }
+    if (changed) gp = place_graph(g, k, mesh, ls.distinct, ls.repeats, ls.read_by_repeat);
+    return gp;
+  };
   GraphPlacement scratch;  // storage the many small placements below take turns with
-  // Two sweeps over the layers: a layer decided before the ones after it is decided again
-  // knowing them (an embedding whose table the output layer also reads).
-  for (int sweep = 0; sweep < 2; ++sweep)
-  for (size_t li = 0; li < ls.layers.size(); ++li) {
+  // Two sweeps over the layers: each is decided again knowing what the others chose (the
+  // blocks meet the embedding's placement; the embedding's table is also the output layer's).
+  // The classes that cost most (a transformer's blocks) decide first, meeting replicated
+  // inputs; the rest fit around them.
+  std::vector<size_t> order;
+  {
+    std::vector<double> weight(ls.layers.size(), 0);
+    for (size_t l = 0; l < ls.layers.size(); ++l)
+      for (int32_t id : ls.layers[l].forward) {
+        const Node& n = g.node(id);
+        if (n.def->kind != OpKind::compute || !n.def->cost) continue;
+        std::vector<TensorType> in;
+        for (auto& v : n.inputs) in.push_back(g.type(v));
+        weight[static_cast<size_t>(ls.layers[l].forward_class)] += n.def->cost(n, in).flops;
+      }
+    for (size_t l = 0; l < ls.layers.size(); ++l)
+      if (ls.layers[l].forward_class == static_cast<int>(l)) order.push_back(l);
+    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return weight[a] > weight[b]; });
+  }
+  for (int sweep = start.empty() ? 0 : 1; sweep < 2; ++sweep)
+  for (size_t li : order) {
     const Layer& layer = ls.layers[li];
-    if (layer.klass != static_cast<int>(li)) continue;
     // The layer's weights, grouped by the activation their first reader multiplies.
     std::map<std::pair<int32_t, int32_t>, std::vector<int32_t>> by_partner;
     std::vector<int32_t> free;  // its other parameters
     for (int32_t id : layer.forward) {
       if (!is_param[id]) continue;
       const Node& p = g.node(id);
-      if (p.outputs[0].rank() < 2 || ls.users[id].empty()) {
+      // A weight is multiplied or looked up (a matrix product, an embedding), not added.
+      if (p.outputs[0].rank() < 2 || ls.users[id].empty() || g.node(ls.users[id][0]).def->elementwise()) {
         free.push_back(id);
         continue;
       }
       const Node& reader = g.node(ls.users[id][0]);
       std::pair<int32_t, int32_t> partner{id, -1};
       for (auto& in : reader.inputs)
-        if (in.node != id) partner = {in.node, in.index};
+        if (in.node != id) {
+          const Value root = storage_root(g, in);  // the same activation seen through views
+          partner = {root.node, root.index};
+        }
       by_partner[partner].push_back(id);
     }
     if (by_partner.empty() && free.empty()) continue;
@@ -542,6 +602,12 @@ std::vector<int8_t> choose_tensor_parallel(const Graph& g, const LayerStructure&
           if (is_param[p]) updates += update_s[p] / (k.tp_dims[p] >= 0 ? static_cast<double>(c.tp) : 1.0);
       return 3 * s.compute + 2 * s.comm + updates;
     };
+    // The few best by that measure are priced again as the whole model's simulated step
+    // (every pass, overlap of communication with compute).
+    auto price_all = [&] {
+      settle_everywhere();
+      return estimate_plan(profile_model(g, ls, k, cluster, opt), k, cluster, opt).step_time_s;
+    };
     // Every combination (replicated first, so ties stay replicated); coordinate descent
     // where there are too many.
     std::vector<int> pick(groups.size(), 0), best_pick = pick;
@@ -554,6 +620,7 @@ std::vector<int8_t> choose_tensor_parallel(const Graph& g, const LayerStructure&
     };
     double best = std::numeric_limits<double>::infinity();
     if (combos <= 729) {
+      std::vector<std::pair<double, std::vector<int>>> scored;
       for (size_t n = 0; n < combos; ++n) {
         size_t rest = n;
         for (size_t i = 0; i < groups.size(); ++i) {
@@ -561,8 +628,14 @@ std::vector<int8_t> choose_tensor_parallel(const Graph& g, const LayerStructure&
           rest /= options[i].size();
         }
         apply(as_dims(pick));
-        const double s = price();
-        if (s < best * (1 - 1e-9)) best = s, best_pick = pick;
+        scored.push_back({price(), pick});
+      }
+      std::stable_sort(scored.begin(), scored.end(), [](auto& a, auto& b) { return a.first < b.first; });
+      constexpr size_t kFinalists = 8;
+      for (size_t i = 0; i < scored.size() && i < kFinalists; ++i) {
+        apply(as_dims(scored[i].second));
+        const double s = price_all();
+        if (s < best * (1 - 1e-9)) best = s, best_pick = scored[i].second;
       }
     } else {
       apply(as_dims(pick));
@@ -578,13 +651,12 @@ std::vector<int8_t> choose_tensor_parallel(const Graph& g, const LayerStructure&
           }
     }
     apply(as_dims(best_pick));
-    {
-      for (int32_t p : free) set_dim(p, -1);
-      GraphPlacement gp = place_graph(g, k, mesh, nodes, {}, {}, &base);
-      settle(gp);
-    }
-    base = place_graph(g, k, mesh, ls.distinct, ls.repeats, ls.read_by_repeat);
+    base = settle_everywhere();
   }
+  // Parameters come before what trains them: the splits end at the last one.
+  int32_t last = -1;
+  for (int32_t id : g.parameters()) last = std::max(last, id);
+  k.tp_dims.resize(static_cast<size_t>(last + 1));
   return k.tp_dims;
 }
 

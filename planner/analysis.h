@@ -57,7 +57,6 @@ struct Segment {
   double bytes = 0;                        // comm: NCCL-convention bytes
   int level = -1;                          // comm: outermost link level crossed
   double bus_bytes = 0;                    // comm: bytes each device sends on that level
-  std::string what;                        // the node or value it serves
 };
 
 struct LayerProfile {
@@ -112,8 +111,12 @@ ModelProfile profile_model(const Graph& g, const LayerStructure& ls, const PlanC
 // other parameters stored as their first readers slice them (a column-split projection's
 // bias), and priced: compute on local shapes plus every collective the placements need, and,
 // for a layer that repeats, the change from its output's placement back to its input's.
-// The cheapest wins, replicated on ties. c's dp and microbatches set the shapes priced.
+// The few cheapest are priced again as the whole model's simulated step; the cheapest wins,
+// replicated on ties. Two sweeps over the layers, so that each is decided knowing the others;
+// one, starting from `start` (the splits found for another degree), when given. c's dp and
+// microbatches set the shapes priced.
 std::vector<int8_t> choose_tensor_parallel(const Graph& g, const LayerStructure& ls, const PlanConfig& c,
-                                           const ClusterSpec& cluster, const CostOptions& opt);
+                                           const ClusterSpec& cluster, const CostOptions& opt,
+                                           const std::vector<int8_t>& start = {});
 
 }  // namespace tessel::planner

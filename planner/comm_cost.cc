@@ -173,24 +173,25 @@ std::string_view algorithm_name(CommAlgorithm alg) {
 
 CommEstimate collective_time(const ClusterSpec& c, Collective op, double bytes,
                              std::span<const int64_t> ranks, CommAlgorithm alg) {
-  const std::string what = std::string(collective_name(op)) + " on cluster '" + c.name + "'";
-  if (ranks.empty()) throw Error(what + ": no ranks given");
+  auto what = [&] { return std::string(collective_name(op)) + " on cluster '" + c.name + "'"; };  // for errors only
+  if (ranks.empty()) throw Error(what() + ": no ranks given");
   if (!(bytes >= 0) || !std::isfinite(bytes))
-    throw Error(what + ": bytes must be a finite number >= 0 (got " + std::to_string(bytes) + ")");
+    throw Error(what() + ": bytes must be a finite number >= 0 (got " + std::to_string(bytes) + ")");
   if (op == Collective::send_recv && ranks.size() > 2)
-    throw Error(what + ": send_recv takes two ranks, sender and receiver (got " +
+    throw Error(what() + ": send_recv takes two ranks, sender and receiver (got " +
                 std::to_string(ranks.size()) + ")");
   if (alg == CommAlgorithm::tree && !tree_models(op) && op != Collective::send_recv)
-    throw Error(what + ": the tree algorithm is modelled for all_reduce and broadcast only; use " +
+    throw Error(what() + ": the tree algorithm is modelled for all_reduce and broadcast only; use " +
                 "ring, hierarchical or best");
   for (int64_t r : ranks)
     if (r < 0 || r >= c.num_devices)
-      throw Error(what + ": rank " + std::to_string(r) + " is outside [0, " +
+      throw Error(what() + ": rank " + std::to_string(r) + " is outside [0, " +
                   std::to_string(c.num_devices) + ")");
-  std::vector<int64_t> sorted(ranks.begin(), ranks.end());
-  std::sort(sorted.begin(), sorted.end());
-  if (auto dup = std::adjacent_find(sorted.begin(), sorted.end()); dup != sorted.end())
-    throw Error(what + ": rank " + std::to_string(*dup) + " is listed more than once");
+  // Groups are small and usually ascending (mesh groups): check for repeats without sorting.
+  for (size_t i = 1; i < ranks.size(); ++i)
+    if (ranks[i] <= ranks[i - 1])
+      for (size_t j = 0; j < i; ++j)
+        if (ranks[j] == ranks[i]) throw Error(what() + ": rank " + std::to_string(ranks[i]) + " is listed more than once");
   return cost(c, op, bytes, ranks, alg);
 }
 

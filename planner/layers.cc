@@ -97,7 +97,14 @@ std::vector<char> attention_cores(const Graph& g, const LayerStructure& ls, cons
 // A layer's subgraph as tokens: per node its op, attributes (but seeds, which differ per
 // parameter), output types and inputs (a node of the same layer by part and index; another
 // layer's by relative layer, op and output; a global node by id).
-std::vector<std::string> canonical(const Graph& g, const LayerStructure& ls, int li) {
+std::string attrs_str(const Node& n) {
+  std::string s;
+  for (auto& [k, v] : n.attrs.items())
+    if (k != "seed") s += " " + k + "=" + attr_value_str(v);
+  return s;
+}
+
+std::vector<std::string> canonical(const Graph& g, const LayerStructure& ls, int li, bool forward_only = false) {
   std::vector<std::string> t;
   const Layer& l = ls.layers[li];
   auto part_of = [&](int32_t id) {
@@ -105,18 +112,18 @@ std::vector<std::string> canonical(const Graph& g, const LayerStructure& ls, int
     return n.pass == Pass::forward ? 'f' : n.pass == Pass::backward ? 'b' : 'o';
   };
   for (const auto* part : {&l.forward, &l.backward, &l.optimizer}) {
+    if (forward_only && part != &l.forward) break;
     t.push_back("|");
     for (int32_t id : *part) {
       const Node& n = g.node(id);
-      std::string s = n.op;
-      for (auto& [k, v] : n.attrs.items())
-        if (k != "seed") s += " " + k + "=" + attr_value_str(v);
+      std::string s = n.op + attrs_str(n);
       for (auto& o : n.outputs) s += " " + o.str();
       for (auto& in : n.inputs) {
         const int lj = ls.layer_of[in.node];
         const Node& src = g.node(in.node);
         if (lj == li) s += " <" + std::string(1, part_of(in.node)) + std::to_string(ls.position[in.node]);
         else if (lj >= 0) s += " <L" + std::to_string(lj - li) + ":" + src.op + ":" + g.type(in).str();
+        else if (src.def->kind == OpKind::constant && !g.data(src.id)) s += " <c" + attrs_str(src);  // by value
         else s += " <g" + std::to_string(in.node);
         s += "." + std::to_string(in.index);
       }
@@ -201,6 +208,10 @@ LayerStructure find_layers(const Graph& g, const std::string& phase) {
   std::map<std::vector<std::string>, int> classes;
   for (size_t li = 0; li < ls.layers.size(); ++li)
     ls.layers[li].klass = classes.try_emplace(canonical(g, ls, static_cast<int>(li)), static_cast<int>(li)).first->second;
+  std::map<std::vector<std::string>, int> forward_classes;
+  for (size_t li = 0; li < ls.layers.size(); ++li)
+    ls.layers[li].forward_class =
+        forward_classes.try_emplace(canonical(g, ls, static_cast<int>(li), true), static_cast<int>(li)).first->second;
   ls.attention_core = attention_cores(g, ls, weight);
   ls.users.assign(g.size(), {});
   for (int32_t id : nodes)

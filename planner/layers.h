@@ -22,6 +22,9 @@ struct Layer {
   // one part corresponds to node k of the same part of the other); the class is the index of
   // its first layer.
   int klass = -1;
+  // The same for the forward part alone (a model's last block, whose backward starts from
+  // the output layer's, shares its first block's forward class).
+  int forward_class = -1;
 };
 
 struct LayerStructure {

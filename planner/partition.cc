@@ -341,9 +341,7 @@ std::vector<RankProgram> partition(const Graph& g, const PlanConfig& config, std
   PlanConfig c = config;
   if (c.tp > 1 && c.tp_dims.empty())  // chosen for this host
     c.tp_dims = choose_tensor_parallel(g, ls, c, parse_cluster("local:" + std::to_string(c.devices())), CostOptions{});
-  if (!c.tp_dims.empty() && static_cast<int32_t>(c.tp_dims.size()) != g.size())
-    throw Error("partition: the plan's tensor-parallel splits are for a graph of " + std::to_string(c.tp_dims.size()) +
-                " nodes, this one has " + std::to_string(g.size()) + " (a plan for another model?)");
+  if (std::string why = tp_dims_problem(g, c.tp_dims); !why.empty()) throw Error("partition: " + why);
   const Mesh m = planning_mesh(c);
   std::vector<Value> targets;
   for (auto& u : g.updates()) targets.push_back(u.value), targets.push_back(Value{u.variable, 0});

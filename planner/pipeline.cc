@@ -243,15 +243,13 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
       if (recompute) last = emit(s, layers[i]->forward, TaskKind::recompute, named ? label + "/recompute" : label, last,
                                   layers[i]->activation_bytes, f);
       if (selective && layers[i]->core_forward_s > 0) {
-        const std::vector<Segment> core{Segment{false, layers[i]->core_forward_s, Collective::all_reduce, -1, 0, -1, 0,
-                                                "attention core"}};
+        const std::vector<Segment> core{Segment{false, layers[i]->core_forward_s, Collective::all_reduce, -1, 0, -1, 0}};
         last = emit(s, core, TaskKind::recompute, named ? label + "/recompute_core" : label, last, layers[i]->core_rebuilt_bytes, f);
       }
       int64_t b = -1;
       last = emit(s, layers[i]->backward, TaskKind::backward, named ? label + "/bwd" : label, last, 0, b);
       if (m > 1 && layers[i]->grad_accumulate_s > 0) {
-        const std::vector<Segment> acc{Segment{false, layers[i]->grad_accumulate_s, Collective::all_reduce, -1, 0, -1, 0,
-                                               "gradient accumulation"}};
+        const std::vector<Segment> acc{Segment{false, layers[i]->grad_accumulate_s, Collective::all_reduce, -1, 0, -1, 0}};
         last = emit(s, acc, TaskKind::backward, named ? label + "/grad_accumulate" : label, last, 0, b);
       }
       if (first < 0) first = f >= 0 ? f : b;

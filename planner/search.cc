@@ -93,6 +93,20 @@ std::string tp_split_problem(const Graph& g, const LayerStructure& ls, int64_t t
   return "";
 }
 
+// dp as large as the batch allows up to `replicas`, then up to `max_microbatches`
+// microbatches while the batch splits.
+PlanConfig typical_config(int64_t batch, int64_t replicas, int64_t max_microbatches) {
+  PlanConfig c;
+  c.dp = replicas;
+  while (c.dp > 1 && batch % c.dp != 0) --c.dp;
+  for (int64_t m = std::min(max_microbatches, batch / c.dp); m >= 1; --m)
+    if (batch % (c.dp * m) == 0) {
+      c.microbatches = m;
+      break;
+    }
+  return c;
+}
+
 }  // namespace
 
 SearchResult search_plan(const Graph& g, const std::string& phase, const ClusterSpec& cluster, const Pins& pins,
@@ -114,16 +128,26 @@ SearchResult search_plan(const Graph& g, const std::string& phase, const Cluster
     }
   }
 
-  // The tensor-parallel split of every parameter, per (tp, sp): chosen once, on one replica
-  // taking the whole batch.
+  // The tensor-parallel split of every parameter, per (tp, sp): chosen once, for the plan a
+  // cluster would typically run it in: the other devices as data-parallel replicas, a few
+  // microbatches of few samples.
   std::map<std::pair<int64_t, bool>, std::vector<int8_t>> tp_splits;
   auto tp_split = [&](int64_t tp, bool sp) -> const std::vector<int8_t>& {
     auto [it, fresh] = tp_splits.try_emplace({tp, sp});
     if (fresh && tp > 1) {
-      PlanConfig c;
+      PlanConfig c = typical_config(global_batch, std::max<int64_t>(N / tp, 1), 2);
       c.tp = tp;
       c.sequence_parallel = sp;
-      it->second = choose_tensor_parallel(g, ls, c, cluster, opt.cost);
+      // Starting from the splits found for a smaller degree, when there is one.
+      std::vector<int8_t> start;
+      for (auto& [key, dims] : tp_splits)
+        if (key.second == sp && key.first < tp && !dims.empty()) start = dims;
+      try {
+        it->second = choose_tensor_parallel(g, ls, c, cluster, opt.cost, start);
+      } catch (const Error&) {  // a model that cannot take microbatches
+        c.microbatches = 1;
+        it->second = choose_tensor_parallel(g, ls, c, cluster, opt.cost, start);
+      }
     }
     return it->second;
   };

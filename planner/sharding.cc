@@ -71,6 +71,11 @@ std::string Placement::str() const {
   return "?";
 }
 
+uint8_t Sharding::checked(size_t n) {
+  if (n > kMaxAxes) throw Error("a placement over " + std::to_string(n) + " mesh axes; at most " + std::to_string(kMaxAxes));
+  return static_cast<uint8_t>(n);
+}
+
 std::string sharding_str(const Sharding& s) {
   std::string r = "[";
   for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + s[i].str();

@@ -3,8 +3,12 @@
 // resharding between placements as collectives.
 #pragma once
 
+#include <algorithm>
+#include <array>
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
+#include <iterator>
 #include <optional>
 #include <span>
 #include <string>
@@ -54,7 +58,37 @@ struct Placement {
 // last axis outermost: on a (dp, tp) mesh, tp picks a tensor-parallel piece and dp a part of
 // that piece (what ZeRO stores of a tensor-parallel shard). shard_offsets says where each
 // device's block starts; reshard keeps the nesting.
-using Sharding = std::vector<Placement>;
+// Held inline: meshes have few axes (microbatch, dp, tp), and planning copies placements of
+// every value many times.
+class Sharding {
+ public:
+  static constexpr size_t kMaxAxes = 6;
+  Sharding() = default;
+  explicit Sharding(size_t n, Placement p = {}) : n_(checked(n)) { std::fill(p_.begin(), p_.begin() + n, p); }
+  Sharding(std::initializer_list<Placement> l) : n_(checked(l.size())) { std::copy(l.begin(), l.end(), p_.begin()); }
+  template <class It>
+  Sharding(It b, It e) : n_(checked(static_cast<size_t>(std::distance(b, e)))) {
+    std::copy(b, e, p_.begin());
+  }
+  size_t size() const { return n_; }
+  bool empty() const { return n_ == 0; }
+  Placement& operator[](size_t i) { return p_[i]; }
+  const Placement& operator[](size_t i) const { return p_[i]; }
+  Placement* begin() { return p_.data(); }
+  Placement* end() { return p_.data() + n_; }
+  const Placement* begin() const { return p_.data(); }
+  const Placement* end() const { return p_.data() + n_; }
+  void push_back(Placement p) {
+    checked(n_ + size_t{1});
+    p_[n_++] = p;
+  }
+  bool operator==(const Sharding& o) const { return n_ == o.n_ && std::equal(begin(), end(), o.begin()); }
+
+ private:
+  static uint8_t checked(size_t n);  // throws for more than kMaxAxes
+  std::array<Placement, kMaxAxes> p_{};
+  uint8_t n_ = 0;
+};
 std::string sharding_str(const Sharding& s);          // "[S(0), R]"
 Sharding replicated(const Mesh& m);
 // The shape each device holds; throws naming the dim when a split does not divide evenly.

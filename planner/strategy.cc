@@ -103,6 +103,19 @@ const Node* owner_parameter(const Graph& g, const Node& n) {
   return p.op == "parameter" && p.outputs[0].shape == n.outputs[0].shape ? &p : nullptr;
 }
 
+std::string tp_dims_problem(const Graph& g, const std::vector<int8_t>& tp_dims) {
+  for (size_t id = 0; id < tp_dims.size(); ++id) {
+    if (tp_dims[id] < 0) continue;
+    if (static_cast<int32_t>(id) >= g.size() || g.node(static_cast<int32_t>(id)).op != "parameter")
+      return "the plan splits node " + std::to_string(id) + " over tp, which is not a parameter of this graph (a plan for another model?)";
+    const Node& p = g.node(static_cast<int32_t>(id));
+    if (tp_dims[id] >= p.outputs[0].rank())
+      return "the plan splits dim " + std::to_string(tp_dims[id]) + " of " + p.where() + " " + p.outputs[0].str() +
+             " over tp (a plan for another model?)";
+  }
+  return "";
+}
+
 int input_batch_dim(const Node& n) {
   if (n.attrs.has("batch_dim")) return static_cast<int>(n.attrs.get_i64("batch_dim"));
   return n.outputs[0].rank() > 0 ? 0 : -1;

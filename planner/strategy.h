@@ -31,8 +31,9 @@ struct PlanConfig {
   // Layers per pipeline stage, in the order planner/layers.h lists them (embedding, blocks,
   // final norm, loss); empty: balanced by the cost model.
   std::vector<int64_t> stage_layers;
-  // The tensor-parallel split of each parameter, per node of the training graph: the dim
-  // split over tp, or -1 (replicated; also for every other node). Chosen by the search from
+  // The tensor-parallel split of each parameter, by node id of the training graph (its
+  // parameters come before the gradients and updates, so one split serves any optimizer): the
+  // dim split over tp, or -1 (replicated; also for every other node and beyond the end). Chosen by the search from
   // the ops' sharding rules and the cost model (planner/analysis.h choose_tensor_parallel);
   // empty with tp > 1: partition() chooses it.
   std::vector<int8_t> tp_dims;
@@ -79,6 +80,11 @@ Sharding on_stage_mesh(const Sharding& s);
 // The batch of a graph: the size of every batched input's batch dim (they must agree).
 // Throws naming the inputs when they disagree or there is none.
 int64_t graph_batch(const Graph& g);
+
+// Why tensor-parallel splits (PlanConfig::tp_dims) do not fit graph `g`: a split of a node
+// that is not a parameter of it, or of a dim it lacks (a plan for another model); empty if
+// they fit.
+std::string tp_dims_problem(const Graph& g, const std::vector<int8_t>& tp_dims);
 
 // The dim of an input that holds the batch: its "batch_dim" attribute, else 0 (-1 for a
 // scalar or an input marked as not batched).

@@ -1,12 +1,53 @@
 #include "frontend/cli/args.h"
 
 #include <charconv>
+#include <cmath>
 #include <cstdio>
 #include <iostream>
 
 #include "graph/error.h"
 
 namespace tessel::cli {
+
+namespace {
+
+std::string number(double v) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%g", v);
+  return b;
+}
+
+// Options that were removed, and the ones that replace them.
+struct Retired {
+  const char* name;
+  std::vector<const char*> replacements;
+};
+const std::vector<Retired>& retired() {
+  static const std::vector<Retired> r{{"--schedule", {"--lr-schedule", "--pipeline-schedule"}}};
+  return r;
+}
+
+}  // namespace
+
+std::string Range::str() const {
+  const bool low = std::isfinite(lo), high = std::isfinite(hi);
+  if (low && high)
+    return std::string("in ") + (lo_open ? "(" : "[") + number(lo) + ", " + number(hi) + (hi_open ? ")" : "]");
+  if (low) return (lo_open ? "> " : ">= ") + number(lo);
+  if (high) return (hi_open ? "< " : "<= ") + number(hi);
+  return "any";
+}
+
+bool Range::contains(double v) const {
+  return std::isfinite(v) && (lo_open ? v > lo : v >= lo) && (hi_open ? v < hi : v <= hi);
+}
+
+Range ints(int64_t lo) { return Range{true, static_cast<double>(lo)}; }
+Range ints(int64_t lo, int64_t hi) { return Range{true, static_cast<double>(lo), static_cast<double>(hi)}; }
+Range positive() { return Range{false, 0, std::numeric_limits<double>::infinity(), true}; }
+Range non_negative() { return Range{false, 0}; }
+Range fraction_below_one() { return Range{false, 0, 1, false, true}; }
+Range fraction_up_to_one() { return Range{false, 0, 1, true, false}; }
 
 Args::Args(std::string command, std::string summary, std::vector<Flag> flags,
            std::vector<std::string> positional)
@@ -24,7 +65,9 @@ std::string Args::help() const {
     if (left.size() < 28) left.resize(28, ' ');
     else left += "\n" + std::string(28, ' ');
     s += left + f.help;
-    if (!f.def.empty()) s += " (default: " + f.def + ")";
+    std::string notes = f.def.empty() ? "" : "default: " + f.def;
+    if (f.range) notes += (notes.empty() ? "" : "; ") + f.range->str();
+    if (!notes.empty()) s += " (" + notes + ")";
     s += "\n";
   }
   return s;
@@ -48,6 +91,20 @@ bool Args::parse(int argc, char** argv) {
       const Flag* f = nullptr;
       for (auto& x : flags_)
         if (x.name == name || (name == "-o" && x.name == "--output")) f = &x;
+      if (!f)
+        for (const Retired& r : retired()) {
+          if (name != r.name) continue;
+          std::vector<std::string> here;
+          for (const char* rep : r.replacements)
+            for (auto& x : flags_)
+              if (x.name == rep) here.push_back(rep);
+          if (here.size() == 1) throw Error("tessel " + command_ + ": " + name + " was renamed: use " + here[0]);
+          if (here.size() > 1) {
+            std::string m = "tessel " + command_ + ": " + name + " is ambiguous: use " + here[0];
+            for (size_t k = 1; k < here.size(); ++k) m += (k + 1 == here.size() ? " or " : ", ") + here[k];
+            throw Error(m);
+          }
+        }
       if (!f) throw Error("tessel " + command_ + ": unknown option '" + name + "' (see tessel " + command_ + " --help)");
       if (f->value.empty()) {
         if (inline_value) throw Error("tessel " + command_ + ": " + f->name + " takes no value");
@@ -57,6 +114,7 @@ bool Args::parse(int argc, char** argv) {
           if (i + 1 >= argc) throw Error("tessel " + command_ + ": " + f->name + " needs a value (" + f->value + ")");
           value = argv[++i];
         }
+        check_range(*f, value);
         values_[f->name] = value;
       }
     } else {
@@ -68,6 +126,27 @@ bool Args::parse(int argc, char** argv) {
   if (pos_.size() > positional_names_.size())
     throw Error("tessel " + command_ + ": unexpected argument '" + pos_[positional_names_.size()] + "'");
   return true;
+}
+
+void Args::check_range(const Flag& f, const std::string& s) const {
+  if (!f.range) return;
+  const Range& r = *f.range;
+  const std::string at = "tessel " + command_ + ": " + f.name;
+  double v = 0;
+  if (r.integer) {
+    int64_t n = 0;
+    auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), n);
+    if (ec != std::errc() || p != s.data() + s.size())
+      throw Error(at + " expects an integer " + r.str() + ", got '" + s + "'");
+    v = static_cast<double>(n);
+  } else {
+    char* end = nullptr;
+    v = std::strtod(s.c_str(), &end);
+    if (s.empty() || end != s.c_str() + s.size())
+      throw Error(at + " expects a number " + r.str() + ", got '" + s + "'");
+    if (!std::isfinite(v)) throw Error(at + " expects a finite number " + r.str() + ", got '" + s + "'");
+  }
+  if (!r.contains(v)) throw Error(at + " must be " + r.str() + ", got " + s);
 }
 
 std::string Args::str(const std::string& name, const std::string& def) const {

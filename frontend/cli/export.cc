@@ -14,11 +14,11 @@ int cmd_export(int argc, char** argv) {
             "Build a model from a DSL builder spec and write its graph (inputs, forward pass,\n"
             "loss, seeded parameter initializers) to a file. Binary .tsg unless --text.",
             {{"--model", "SPEC", "mlp:784-1024-1024-10, gpt:layers=..,d_model=..,heads=..,seq=..,vocab=.. or llama:..,kv_heads=..,ffn=..[,rope_theta=..]", ""},
-             {"--batch", "N", "batch size the graph is built for", "256"},
+             {"--batch", "N", "batch size the graph is built for", "256", ints(1)},
              {"--output", "FILE", "where to write (also -o)", ""},
              {"--text", "", "write protobuf text format instead of binary", ""},
              {"--with-params", "", "embed initial parameter values (runs the initializers)", ""},
-             {"--seed", "N", "seed for --with-params", "0"}});
+             {"--seed", "N", "seed for --with-params", "0", ints(0)}});
   if (!args.parse(argc, argv)) return 0;
   if (!args.has("--model")) throw Error("tessel export: --model is required (see --help)");
   if (!args.has("--output")) throw Error("tessel export: -o FILE is required (see --help)");

@@ -58,7 +58,11 @@ int main(int argc, char** argv) {
     }
     return it->second(argc - 2, argv + 2);
   } catch (const tessel::Error& e) {
-    std::cerr << "tessel " << cmd << ": error: " << e.what() << "\n";
+    // Messages may already name the command ("tessel train: ..."): say it once.
+    std::string m = e.what();
+    const std::string prefix = "tessel " + cmd + ": ";
+    if (m.rfind(prefix, 0) == 0) m.erase(0, prefix.size());
+    std::cerr << prefix << "error: " << m << "\n";
     return 1;
   } catch (const std::exception& e) {
     std::cerr << "tessel " << cmd << ": internal error: " << e.what() << "\n";

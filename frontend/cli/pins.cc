@@ -9,14 +9,14 @@ namespace tessel::cli {
 
 std::vector<Flag> pin_flags() {
   return {
-      {"--dp", "N", "pin data-parallel replicas", ""},
-      {"--tp", "N", "pin tensor-parallel degree", ""},
-      {"--pp", "N", "pin pipeline stages", ""},
-      {"--zero", "N", "pin ZeRO stage (0-3)", ""},
-      {"--microbatches", "N", "pin microbatches per step and replica", ""},
+      {"--dp", "N", "pin data-parallel replicas", "", ints(1)},
+      {"--tp", "N", "pin tensor-parallel degree", "", ints(1)},
+      {"--pp", "N", "pin pipeline stages", "", ints(1)},
+      {"--zero", "N", "pin ZeRO stage", "", ints(0, 3)},
+      {"--microbatches", "N", "pin microbatches per step and replica", "", ints(1)},
       {"--stage-layers", "N,N,...", "pin the layers of each pipeline stage, in the order the stage report lists "
                                     "them (embedding, blocks, final norm, loss); pins --pp to their count", ""},
-      {"--schedule", "NAME", "pipeline schedule: 1f1b or gpipe", "1f1b"},
+      {"--pipeline-schedule", "NAME", "pipeline schedule: 1f1b or gpipe", "1f1b"},
       {"--recompute", "WHAT", "pin activation recomputation: none, full (rerun each layer's forward) or selective (rerun only the attention core)", ""},
       {"--sp", "", "pin sequence parallelism on: norm, dropout and residual regions split along the sequence over tp "
                    "(default: the search decides when tp > 1)", ""},
@@ -32,11 +32,10 @@ std::vector<Flag> with_pin_flags(std::vector<Flag> flags, size_t at) {
 
 planner::Pins parse_pins(const Args& args, std::string_view command) {
   const std::string cmd = "tessel " + std::string(command) + ": ";
+  // The ranges in pin_flags() were checked by Args::parse.
   auto opt = [&](const std::string& name) -> std::optional<int64_t> {
     if (!args.has(name)) return std::nullopt;
-    const int64_t v = args.i64(name, 0);
-    if (v < 0) throw Error(cmd + name + " must be >= 0");
-    return v;
+    return args.i64(name, 0);
   };
   planner::Pins pins;
   pins.dp = opt("--dp");
@@ -44,12 +43,10 @@ planner::Pins parse_pins(const Args& args, std::string_view command) {
   pins.pp = opt("--pp");
   pins.zero = opt("--zero");
   pins.microbatches = opt("--microbatches");
-  for (auto* p : {&pins.dp, &pins.tp, &pins.pp, &pins.microbatches})
-    if (*p && **p == 0) throw Error(cmd + "dp, tp, pp and microbatches must be >= 1");
-  if (pins.zero && *pins.zero > 3) throw Error(cmd + "--zero must be 0, 1, 2 or 3");
-  if (args.has("--schedule")) {
-    const std::string sched = args.str("--schedule");
-    if (sched != "1f1b" && sched != "gpipe") throw Error(cmd + "--schedule must be 1f1b or gpipe");
+  if (args.has("--pipeline-schedule")) {
+    const std::string sched = args.str("--pipeline-schedule");
+    if (sched != "1f1b" && sched != "gpipe")
+      throw Error(cmd + "--pipeline-schedule must be 1f1b or gpipe, got '" + sched + "'");
     pins.schedule = sched == "gpipe" ? planner::Schedule::gpipe : planner::Schedule::one_f_one_b;
   }
   if (args.has("--recompute")) {

@@ -23,37 +23,37 @@ int cmd_train(int argc, char** argv) {
                 {"--model", "SPEC|FILE", "model to train", ""},
                 {"--dataset", "NAME", "fashion-mnist, or text:FILE (byte-level language modelling)", ""},
                 {"--data-dir", "DIR", "directory of the fashion-mnist idx files", "/usr/share/datasets/fashion-mnist"},
-                {"--epochs", "N", "passes over the training set", "1 when --steps is not given"},
-                {"--steps", "N", "optimizer steps (instead of --epochs)", ""},
-                {"--batch", "N", "samples per optimizer step", "64, or the graph file's batch"},
-                {"--accumulate", "K", "split each batch into K microbatches and accumulate gradients", "1"},
+                {"--epochs", "N", "passes over the training set", "1 when --steps is not given", ints(1)},
+                {"--steps", "N", "optimizer steps (instead of --epochs)", "", ints(1)},
+                {"--batch", "N", "samples per optimizer step", "64, or the graph file's batch", ints(1)},
+                {"--accumulate", "K", "split each batch into K microbatches and accumulate gradients", "1", ints(1)},
                 {"--optimizer", "NAME", "sgd or adamw", "sgd"},
-                {"--lr", "X", "learning rate", "0.01"},
-                {"--momentum", "X", "SGD momentum", "0"},
-                {"--beta1", "X", "AdamW beta1", "0.9"},
-                {"--beta2", "X", "AdamW beta2", "0.999"},
-                {"--weight-decay", "X", "weight decay for weights of rank >= 2 (decoupled for AdamW)", "0"},
-                {"--schedule", "NAME", "learning-rate schedule: constant or cosine", "constant"},
-                {"--warmup", "N", "linear warmup steps", "0"},
-                {"--min-lr", "X", "final learning rate of the cosine schedule", "0"},
-                {"--clip-norm", "X", "clip gradients to this global L2 norm (0: off)", "0"},
-                {"--seed", "N", "seed for initialization, shuffling and dropout", "0"},
-                {"--threads", "N", "CPU threads (0: all cores)", "0"},
+                {"--lr", "X", "learning rate", "0.01", positive()},
+                {"--momentum", "X", "SGD momentum", "0", fraction_below_one()},
+                {"--beta1", "X", "AdamW beta1", "0.9", fraction_below_one()},
+                {"--beta2", "X", "AdamW beta2", "0.999", fraction_below_one()},
+                {"--weight-decay", "X", "weight decay for weights of rank >= 2 (decoupled for AdamW)", "0", non_negative()},
+                {"--lr-schedule", "NAME", "learning-rate schedule: constant or cosine (needs --steps)", "constant"},
+                {"--warmup", "N", "linear warmup steps", "0", ints(0)},
+                {"--min-lr", "X", "final learning rate of the cosine schedule", "0", non_negative()},
+                {"--clip-norm", "X", "clip gradients to this global L2 norm (0: off)", "0", non_negative()},
+                {"--seed", "N", "seed for initialization, shuffling and dropout", "0", ints(0)},
+                {"--threads", "N", "CPU threads (0: all cores)", "0", ints(0)},
                 {"--no-blas", "", "use the reference matmul kernel instead of OpenBLAS", ""},
                 {"--no-jit", "", "run every op on its reference kernel: no fusion, no compiled kernels (for debugging)", ""},
-                {"--eval-batches", "N", "validation batches for text datasets", "50"},
+                {"--eval-batches", "N", "validation batches for text datasets", "50", ints(0)},
                 {"--save", "FILE", "write the trained model (graph + parameters) to FILE", ""},
                 {"--format", "FMT", "text, or json: end with one line of JSON (keys: test_accuracy, final_loss, "
                                     "samples_per_s, step_ms_median, steps, ...)", "text"},
                 {"--quiet", "", "no progress output", ""},
                 {"--devices", "N", "simulated devices to train on (threads of this process); the plan is searched "
-                                   "unless pinned or given", ""},
+                                   "unless pinned or given", "", ints(1)},
                 {"--auto", "", "with --devices: let the planner choose what the pins leave open (the default)", ""},
                 {"--plan", "FILE", "with --devices: run this plan (from `tessel plan --output`)", ""},
                 {"--verbose", "", "with --devices: each rank's planned memory (arena + variables) against the planner's prediction", ""},
-                {"--bucket-mb", "X", "with --devices: gradient all-reduce bucket size in MiB", "25"},
+                {"--bucket-mb", "X", "with --devices: gradient all-reduce bucket size in MiB", "25", positive()},
                 {"--no-overlap", "", "with --devices: run collectives on the compute stream", ""},
-                {"--comm-timeout", "S", "with --devices: seconds a collective waits for the other ranks before failing", "300"},
+                {"--comm-timeout", "S", "with --devices: seconds a collective waits for the other ranks before failing", "300", positive()},
             }, 24));
   if (!args.parse(argc, argv)) return 0;
   if (!args.has("--model")) throw Error("tessel train: --model is required (see --help)");
@@ -75,7 +75,9 @@ int cmd_train(int argc, char** argv) {
   o.optimizer.beta1 = args.f64("--beta1", 0.9);
   o.optimizer.beta2 = args.f64("--beta2", 0.999);
   o.optimizer.weight_decay = args.f64("--weight-decay", 0);
-  o.optimizer.schedule = args.str("--schedule", "constant");
+  o.optimizer.schedule = args.str("--lr-schedule", "constant");
+  if (o.optimizer.schedule != "constant" && o.optimizer.schedule != "cosine")
+    throw Error("tessel train: --lr-schedule must be constant or cosine, got '" + o.optimizer.schedule + "'");
   o.optimizer.warmup_steps = args.i64("--warmup", 0);
   o.optimizer.min_lr = args.f64("--min-lr", 0);
   o.optimizer.clip_norm = args.f64("--clip-norm", 0);
@@ -90,7 +92,6 @@ int cmd_train(int argc, char** argv) {
   o.pins = parse_pins(args, "train");
   if (args.has("--devices")) {
     o.devices = args.i64("--devices", 1);
-    if (o.devices < 1) throw Error("tessel train: --devices must be >= 1");
   } else if (args.has("--plan") || args.has("--auto") || any_pin(o.pins)) {
     throw Error("tessel train: --plan, --auto and the plan pins go with --devices N");
   }
@@ -100,10 +101,9 @@ int cmd_train(int argc, char** argv) {
   o.bucket_bytes = static_cast<int64_t>(args.f64("--bucket-mb", 25) * (1 << 20));
   o.overlap = !args.has("--no-overlap");
   o.comm_timeout_s = args.f64("--comm-timeout", 300);
-  if (!(o.comm_timeout_s > 0)) throw Error("tessel train: --comm-timeout must be positive");
   if (o.optimizer.schedule == "cosine" && o.steps > 0) o.optimizer.total_steps = o.steps;
   if (o.optimizer.schedule == "cosine" && o.steps == 0)
-    throw Error("tessel train: --schedule cosine needs --steps (the length of the decay)");
+    throw Error("tessel train: --lr-schedule cosine needs --steps (the length of the decay)");
 
   TrainReport r = train(o, std::cerr);
   if (format == "json") std::cout << r.json() << std::endl;

@@ -4,14 +4,14 @@
 #include "frontend/cli/args.h"
 #include "frontend/cli/commands.h"
 #include "frontend/cli/pins.h"
-#include "frontend/distributed.h"
+#include "frontend/cli/verify.h"
 #include "graph/error.h"
 #include "ops/registry.h"
 #include "planner/plan_file.h"
 
 namespace tessel::cli {
 
-int cmd_verify(int argc, char** argv) {
+std::optional<VerifyCommand> parse_verify(int argc, char** argv) {
   Args args("verify",
             "Check that a plan trains what one device trains: run the plan on N simulated devices\n"
             "(threads of this process, real collectives) and the whole batch on one device, from the\n"
@@ -20,32 +20,33 @@ int cmd_verify(int argc, char** argv) {
             "step, relative to the larger of the tensor's largest magnitude and the learning rate).\nExits 1 above the tolerance.",
             with_pin_flags({
                 {"--model", "SPEC", "mlp:..., gpt:layers=..,d_model=..,heads=..,seq=..,vocab=.. or llama:..,kv_heads=..,ffn=..", ""},
-                {"--batch", "N", "global batch (samples per optimizer step)", "8"},
-                {"--devices", "N", "simulated devices", "1"},
+                {"--batch", "N", "global batch (samples per optimizer step)", "8", ints(1)},
+                {"--devices", "N", "simulated devices", "1", ints(1)},
                 {"--auto", "", "let the planner choose everything the pins leave open (the default)", ""},
                 {"--plan", "FILE", "run the configuration of a plan file written by `tessel plan --output`", ""},
-                {"--steps", "K", "optimizer steps", "5"},
+                {"--steps", "K", "optimizer steps", "5", ints(1)},
                 {"--optimizer", "NAME", "sgd or adamw. With adamw, a parameter whose gradient is zero in exact "
                                         "arithmetic (a GPT's key bias: softmax ignores a constant per query) moves by lr "
                                         "times the sign of rounding noise, which no two summation orders share: expect "
                                         "it to differ", "sgd"},
-                {"--lr", "X", "learning rate", "0.01"},
-                {"--momentum", "X", "SGD momentum", "0.9"},
-                {"--clip-norm", "X", "clip gradients to this global L2 norm (0: off)", "0"},
-                {"--seed", "N", "seed for initial parameters and inputs", "0"},
-                {"--tolerance", "X", "largest relative difference accepted", "1e-5"},
-                {"--bucket-mb", "X", "gradient all-reduce bucket size in MiB", "25"},
+                {"--lr", "X", "learning rate", "0.01", positive()},
+                {"--momentum", "X", "SGD momentum", "0.9", fraction_below_one()},
+                {"--clip-norm", "X", "clip gradients to this global L2 norm (0: off)", "0", non_negative()},
+                {"--seed", "N", "seed for initial parameters and inputs", "0", ints(0)},
+                {"--tolerance", "X", "largest relative difference accepted", "1e-5", positive()},
+                {"--bucket-mb", "X", "gradient all-reduce bucket size in MiB", "25", positive()},
                 {"--no-overlap", "", "run collectives on the compute stream (no communication thread)", ""},
-                {"--timeout", "S", "seconds a collective may wait for the other ranks", "300"},
+                {"--timeout", "S", "seconds a collective may wait for the other ranks", "300", positive()},
                 {"--format", "FMT", "text, or json (keys: max_rel_diff_loss, max_rel_diff_params, ok, worst_parameter, "
                                     "losses_one_device, losses_plan, arena_bytes)", "text"},
             }, 3));
-  if (!args.parse(argc, argv)) return 0;
+  if (!args.parse(argc, argv)) return std::nullopt;
   if (!args.has("--model")) throw Error("tessel verify: --model is required (see --help)");
-  const std::string format = args.str("--format", "text");
-  if (format != "text" && format != "json") throw Error("tessel verify: --format must be text or json");
+  VerifyCommand c;
+  c.format = args.str("--format", "text");
+  if (c.format != "text" && c.format != "json") throw Error("tessel verify: --format must be text or json");
 
-  VerifyOptions o;
+  VerifyOptions& o = c.options;
   o.spec = args.str("--model");
   o.batch = args.i64("--batch", 8);
   o.steps = args.i64("--steps", 5);
@@ -58,21 +59,34 @@ int cmd_verify(int argc, char** argv) {
   o.optimizer.clip_norm = args.f64("--clip-norm", 0);
   o.rank.bucket_bytes = static_cast<int64_t>(args.f64("--bucket-mb", 25) * (1 << 20));
   o.rank.overlap = !args.has("--no-overlap");
-  if (o.batch < 1 || o.steps < 1) throw Error("tessel verify: --batch and --steps must be >= 1");
-  if (!(o.tolerance >= 0)) throw Error("tessel verify: --tolerance must be >= 0");
-  const int64_t devices = args.i64("--devices", 1);
+  c.devices = args.i64("--devices", 1);
+  c.devices_given = args.has("--devices");
+  c.batch_given = args.has("--batch");
+  c.plan_file = args.str("--plan");
+  c.pins = parse_pins(args, "verify");
+  return c;
+}
 
-  DevicePlan plan;
-  if (args.has("--plan")) {
-    const planner::PlanFile f = planner::load_plan(args.str("--plan"), ops::registry());
-    if (f.global_batch != o.batch && args.has("--batch"))
-      throw Error("tessel verify: " + args.str("--plan") + " was planned for batch " + std::to_string(f.global_batch) +
+DevicePlan VerifyCommand::plan() {
+  VerifyOptions& o = options;
+  if (!plan_file.empty()) {
+    const planner::PlanFile f = planner::load_plan(plan_file, ops::registry());
+    if (f.global_batch != o.batch && batch_given)
+      throw Error("tessel verify: " + plan_file + " was planned for batch " + std::to_string(f.global_batch) +
                   ", not " + std::to_string(o.batch));
     o.batch = f.global_batch;
-    plan = device_plan(f, args.str("--plan"), args.has("--devices") ? devices : 0);
-  } else {
-    plan = plan_for_devices(training_graph(o.spec, o.batch, o.optimizer), devices, parse_pins(args, "verify"));
+    return device_plan(f, plan_file, devices_given ? devices : 0);
   }
+  return plan_for_devices(training_graph(o.spec, o.batch, o.optimizer), devices, pins);
+}
+
+int cmd_verify(int argc, char** argv) {
+  std::optional<VerifyCommand> c = parse_verify(argc, argv);
+  if (!c) return 0;
+  const VerifyOptions& o = c->options;
+  const std::string& format = c->format;
+
+  const DevicePlan plan = c->plan();
   if (format == "text") std::cout << plan.summary();
   VerifyReport r = verify_plan(o, plan);
   if (format == "json") {

@@ -4,8 +4,10 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
+#include <regex>
 
 #include "cli_util.h"
 #include "frontend/models.h"
@@ -51,6 +53,115 @@ TEST(Cli, ErrorsExitNonZeroWithAMessage) {
   r = run_cli("train --model mlp:784-10 --dataset fashion-mnist --lr fast");
   EXPECT_NE(r.status, 0);
   EXPECT_THAT(r.err, HasSubstr("--lr expects a number"));
+}
+
+// Bad numeric values fail before any work, with one line naming the option, the value and
+// the valid range.
+TEST(Cli, NumericOptionsOutsideTheirRangeAreRefused) {
+  struct Bad {
+    std::string command, option, value;
+  };
+  const std::string train = "train --model mlp:784-10 --dataset fashion-mnist --steps 1";
+  const std::string verify = "verify --model mlp:8-6-4 --batch 4 --devices 2";
+  const std::string plan = "plan --model mlp:8-6-4 --cluster local:2";
+  const std::vector<Bad> table{
+      {train, "--batch", "0"},          {train, "--batch", "-5"},         {train, "--batch", "2.5"},
+      {train, "--steps", "0"},          {train, "--epochs", "0"},         {train, "--accumulate", "0"},
+      {train, "--lr", "0"},             {train, "--lr", "-1"},            {train, "--lr", "nan"},
+      {train, "--lr", "inf"},           {train, "--momentum", "1"},       {train, "--momentum", "-0.1"},
+      {train, "--beta1", "1"},          {train, "--beta2", "nan"},        {train, "--weight-decay", "-1"},
+      {train, "--warmup", "-1"},        {train, "--min-lr", "-1"},        {train, "--clip-norm", "-1"},
+      {train, "--seed", "-1"},          {train, "--threads", "-1"},       {train, "--eval-batches", "-1"},
+      {train, "--devices", "0"},        {train, "--bucket-mb", "0"},      {train, "--comm-timeout", "0"},
+      {train, "--dp", "0"},             {train, "--zero", "4"},           {train, "--microbatches", "0"},
+      {verify, "--batch", "0"},         {verify, "--devices", "0"},       {verify, "--steps", "0"},
+      {verify, "--lr", "0"},            {verify, "--lr", "nan"},          {verify, "--momentum", "1"},
+      {verify, "--clip-norm", "-1"},    {verify, "--seed", "-3"},         {verify, "--tolerance", "0"},
+      {verify, "--tolerance", "-1"},    {verify, "--tolerance", "nan"},   {verify, "--bucket-mb", "-1"},
+      {verify, "--timeout", "0"},       {verify, "--tp", "0"},            {verify, "--pp", "-1"},
+      {verify, "--zero", "-1"},         {verify, "--microbatches", "1e3"},
+      {plan, "--batch", "0"},           {plan, "--batch", "-5"},          {plan, "--gemm-efficiency", "0"},
+      {plan, "--gemm-efficiency", "1.5"}, {plan, "--gemm-efficiency", "inf"}, {plan, "--dp", "0"},
+      {plan, "--microbatches", "0"},    {plan, "--zero", "5"},
+      {"export --model mlp:8-4 -o /dev/null", "--batch", "0"},
+  };
+  for (const Bad& b : table) {
+    const std::string cmd = b.command + " " + b.option + " " + b.value;
+    const auto r = run_cli(cmd);
+    EXPECT_EQ(r.status, 1) << "tessel " << cmd << "\n" << r.err;
+    EXPECT_THAT(r.err, HasSubstr(b.option)) << "tessel " << cmd;
+    EXPECT_THAT(r.err, HasSubstr(b.value)) << "tessel " << cmd;
+    EXPECT_THAT(r.err, ::testing::ContainsRegex("(must be|expects)")) << "tessel " << cmd << "\n" << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << "tessel " << cmd << "\n" << r.err;
+  }
+  // The message says what is valid.
+  EXPECT_THAT(run_cli(train + " --batch 0").err, HasSubstr("--batch must be >= 1, got 0"));
+  EXPECT_THAT(run_cli(train + " --momentum 1").err, HasSubstr("--momentum must be in [0, 1), got 1"));
+  EXPECT_THAT(run_cli(verify + " --zero 7").err, HasSubstr("--zero must be in [0, 3], got 7"));
+}
+
+// Every numeric option (placeholder N, K, X or S in --help) of every command refuses NaN:
+// an option added without a range fails here.
+TEST(Cli, EveryNumericOptionOfEveryCommandHasARange) {
+  int checked = 0;
+  for (const std::string cmd : {"train", "verify", "plan", "export", "inspect"}) {
+    const std::string help = run_cli(cmd + " --help").out;
+    std::smatch m;
+    const std::regex flag("\n  (--[a-z0-9-]+) ([NKXS])[ \\n]");
+    for (auto it = help.cbegin(); std::regex_search(it, help.cend(), m, flag); it = m[0].second) {
+      const std::string option = m[1];
+      const auto r = run_cli(cmd + " " + option + " nan");
+      EXPECT_EQ(r.status, 1) << "tessel " << cmd << " " << option << " nan";
+      EXPECT_THAT(r.err, HasSubstr(option + " expects")) << "tessel " << cmd << " " << option << " nan\n" << r.err;
+      ++checked;
+    }
+  }
+  EXPECT_GT(checked, 35);
+}
+
+TEST(Cli, ScheduleOptionsSayWhichSchedule) {
+  const std::string train = "train --model mlp:784-10 --dataset fashion-mnist --steps 1";
+  auto r = run_cli(train + " --schedule cosine");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_THAT(r.err, HasSubstr("--schedule is ambiguous: use --lr-schedule or --pipeline-schedule"));
+  r = run_cli("verify --model mlp:8-6-4 --devices 2 --schedule gpipe");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_THAT(r.err, HasSubstr("--schedule was renamed: use --pipeline-schedule"));
+  r = run_cli(train + " --lr-schedule 1f1b");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_THAT(r.err, HasSubstr("--lr-schedule must be constant or cosine"));
+  r = run_cli(train + " --devices 2 --pipeline-schedule cosine");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_THAT(r.err, HasSubstr("--pipeline-schedule must be 1f1b or gpipe"));
+  for (const char* cmd : {"train", "verify", "plan"}) {
+    const std::string help = run_cli(std::string(cmd) + " --help").out;
+    EXPECT_THAT(help, HasSubstr("--pipeline-schedule")) << cmd;
+    EXPECT_THAT(help, ::testing::Not(HasSubstr("--schedule "))) << cmd;
+  }
+  EXPECT_THAT(run_cli("train --help").out, HasSubstr("--lr-schedule"));
+}
+
+// --lr-schedule cosine reaches the optimizer: decaying to min-lr changes the training, while
+// a cosine from lr to lr is the constant schedule exactly.
+TEST(Cli, CosineLearningRateScheduleChangesTheLearningRate) {
+  const std::string dir = testing::temp_dir();
+  {
+    std::ofstream f(dir + "/text.txt");
+    for (int i = 0; i < 200; ++i) f << "the quick brown fox jumps over the lazy dog " << i % 7 << "\n";
+  }
+  const std::string base = "train --model gpt:layers=1,d_model=16,heads=2,seq=8,vocab=256 --dataset text:" + dir +
+                           "/text.txt --steps 12 --batch 4 --lr 0.05 --momentum 0.9 --eval-batches 0 --format json";
+  auto loss = [&](const std::string& extra) {
+    const auto r = run_cli(base + " " + extra);
+    EXPECT_EQ(r.status, 0) << base << " " << extra << "\n" << r.err;
+    return testing::json_value(testing::last_line(r.out), "final_loss");
+  };
+  const double constant = loss("--lr-schedule constant");
+  const double flat_cosine = loss("--lr-schedule cosine --min-lr 0.05");
+  const double cosine = loss("--lr-schedule cosine --min-lr 0");
+  EXPECT_EQ(constant, flat_cosine);
+  EXPECT_NE(constant, cosine);
+  EXPECT_THAT(run_cli(base + " --lr-schedule cosine --min-lr 0 --steps 0").err, HasSubstr("--steps must be >= 1"));
 }
 
 TEST(Cli, ExportThenInspect) {

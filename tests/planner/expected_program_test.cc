@@ -17,6 +17,7 @@
 #include "ops/emit.h"
 #include "ops/registry.h"
 #include "planner/partition.h"
+#include "tests/planner/splits.h"
 
 namespace tessel::planner {
 namespace {
@@ -427,7 +428,7 @@ TEST(ExpectedProgram, Zero3) {
   }
 }
 
-// tp=2. tp_role: fc1 and fc2 are a Megatron column/row pair: fc1's weight [8, 8] of [8, 16]
+// tp=2, fc1 and fc2 split as a Megatron column/row pair: fc1's weight [8, 8] of [8, 16]
 // and bias [8] of [16] per rank; fc2's weight [8, 4] of [16, 4] (rows), its bias whole.
 // fc2's product reads the hidden activation split along its contraction dim, so its partial
 // sum is all-reduced before the bias. Loss and logits are then whole on both ranks. Every
@@ -436,7 +437,9 @@ TEST(ExpectedProgram, TensorParallel) {
   models::Built b = training_graph(0);
   const Graph& t = b.model->graph();
   const Group tp{{0, 1}, "tp"};
-  expect_programs(t, config(1, 2, 1, 0), [&](int64_t rank) {
+  PlanConfig c = config(1, 2, 1, 0);
+  c.tp_dims = megatron_splits(t);
+  expect_programs(t, c, [&](int64_t rank) {
     Program p(t);
     const ops::Emitter& e = p.e();
     Value x = p.source("x", {8, 8}), labels = p.source("labels", {8});

@@ -15,6 +15,7 @@
 #include "graph/error.h"
 #include "graph/serialize.h"
 #include "planner/partition.h"
+#include "tests/planner/splits.h"
 #include "planner/plan_file.h"
 #include "ops/registry.h"
 #include <filesystem>
@@ -359,6 +360,7 @@ TEST(Partition, ProgramsSplitWhatThePlanSaysAndAreDeterministic) {
   PlanConfig c;
   c.dp = 2;
   c.tp = 2;
+  c.tp_dims = megatron_splits(b.model->graph());
   auto a = partition(b.model->graph(), c), again = partition(b.model->graph(), c);
   ASSERT_EQ(a.size(), 4u);
   for (size_t r = 0; r < a.size(); ++r) {
@@ -392,6 +394,7 @@ TEST(Partition, SequenceParallelismSplitsNormAndResidualRegionsAlongTheSequence)
   add_training(b.model->graph(), "loss", oc);
   PlanConfig c;
   c.tp = 2;
+  c.tp_dims = megatron_splits(b.model->graph());
   struct Count {
     int activation_all_reduce = 0, reduce_scatter_seq = 0, all_gather_seq = 0;
   };

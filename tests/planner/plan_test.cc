@@ -9,6 +9,7 @@
 #include "graph/error.h"
 #include "planner/report.h"
 #include "planner/search.h"
+#include "tests/planner/splits.h"
 
 namespace tessel::planner {
 namespace {
@@ -85,6 +86,7 @@ TEST(PlanMemory, TensorParallelSplitsTheSplitLayers) {
   auto pm = training("mlp:64-128-64-32", 8);
   PlanConfig c;
   c.tp = 4;
+  c.tp_dims = megatron_splits(*pm);
   ModelProfile mp = profile(*pm, c, cl, CostOptions{});
   const double held = (64 * 128 + 128) / 4.0 + (128 * 64) / 4.0 + 64 + 64 * 32 + 32;
   EXPECT_DOUBLE_EQ(static_bytes(mp), 16 * held);
