@@ -3,6 +3,7 @@
 #include "planner/pipeline.h"
 
 #include <algorithm>
+#include <functional>
 #include <limits>
 #include <map>
 #include <set>
@@ -509,8 +510,12 @@ std::vector<int8_t> choose_tensor_parallel(const Graph& g, const LayerStructure&
       if (ls.layers[l].forward_class == static_cast<int>(l)) order.push_back(l);
     std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return weight[a] > weight[b]; });
   }
-  for (int sweep = start.empty() ? 0 : 1; sweep < 2; ++sweep)
-  for (size_t li : order) {
+  // Decides layer li's splits (given everyone else's); returns the whole model's simulated
+  // step with them, or -1 when the layer has nothing to split. `joint`: for each of the
+  // layer's options, the heaviest class is decided again before pricing (an embedding whose
+  // best split depends on how the blocks meet it, and theirs on it).
+  std::vector<char> reaches_later(ls.layers.size(), 0);  // weights read by a layer further on (a tied table)
+  std::function<double(size_t, int, bool)> decide = [&](size_t li, int sweep, bool joint) -> double {
     const Layer& layer = ls.layers[li];
     // The layer's weights, grouped by the activation their first reader multiplies.
     std::map<std::pair<int32_t, int32_t>, std::vector<int32_t>> by_partner;
@@ -532,7 +537,7 @@ std::vector<int8_t> choose_tensor_parallel(const Graph& g, const LayerStructure&
         }
       by_partner[partner].push_back(id);
     }
-    if (by_partner.empty() && free.empty()) continue;
+    if (by_partner.empty() && free.empty()) return -1.0;
     std::vector<std::vector<int32_t>> groups;
     for (auto& [partner, ws] : by_partner) groups.push_back(ws);
     // What the layer's weights reach: its own nodes and those of every layer reading them,
@@ -542,8 +547,10 @@ std::vector<int8_t> choose_tensor_parallel(const Graph& g, const LayerStructure&
       for (int32_t w : grp)
         for (int32_t u : ls.users[w])
           if (ls.layer_of[u] >= 0) touched.insert(ls.layer_of[u]);
-    for (int l : std::set<int>(touched))
+    for (int l : std::set<int>(touched)) {
       if (l + 1 < static_cast<int>(ls.layers.size())) touched.insert(l + 1);
+      reaches_later[li] |= l > static_cast<int>(li) + 1;
+    }
     // Priced on their forward passes: the backward mirrors each collective (an all-reduce
     // for an all-reduce, a reduce-scatter for an all-gather) at about twice the compute, and
     // each parameter's update costs its replicated cost over the devices that split it.
@@ -605,6 +612,10 @@ std::vector<int8_t> choose_tensor_parallel(const Graph& g, const LayerStructure&
     // The few best by that measure are priced again as the whole model's simulated step
     // (every pass, overlap of communication with compute).
     auto price_all = [&] {
+      if (joint) {  // the heaviest class meets this option first
+        const double t = decide(order.front(), sweep, false);
+        if (t >= 0) return t;
+      }
       settle_everywhere();
       return estimate_plan(profile_model(g, ls, k, cluster, opt), k, cluster, opt).step_time_s;
     };
@@ -652,7 +663,11 @@ std::vector<int8_t> choose_tensor_parallel(const Graph& g, const LayerStructure&
     }
     apply(as_dims(best_pick));
     base = settle_everywhere();
-  }
+    if (joint) decide(order.front(), sweep, false);  // the heaviest class, meeting the option chosen
+    return best;
+  };
+  for (int sweep = start.empty() ? 0 : 1; sweep < 2; ++sweep)
+    for (size_t li : order) decide(li, sweep, sweep == 1 && li != order.front() && reaches_later[li]);
   // Parameters come before what trains them: the splits end at the last one.
   int32_t last = -1;
   for (int32_t id : g.parameters()) last = std::max(last, id);

@@ -129,14 +129,19 @@ SearchResult search_plan(const Graph& g, const std::string& phase, const Cluster
   }
 
   // The tensor-parallel split of every parameter, per (tp, sp): chosen once, for the plan a
-  // cluster would typically run it in: the other devices as data-parallel replicas, a few
-  // microbatches of few samples.
+  // cluster would typically run it in: the other devices as data-parallel replicas, and
+  // microbatches of as few samples as the batch gives (up to 8 per stage).
   std::map<std::pair<int64_t, bool>, std::vector<int8_t>> tp_splits;
   auto tp_split = [&](int64_t tp, bool sp) -> const std::vector<int8_t>& {
     auto [it, fresh] = tp_splits.try_emplace({tp, sp});
     if (fresh && tp > 1) {
-      PlanConfig c = typical_config(global_batch, std::max<int64_t>(N / tp, 1), 2);
+      // A pinned pipeline is part of it (the output layer then weighs on its last stage).
+      const int64_t pp = pins.pp && *pins.pp * tp <= N ? *pins.pp : 1;
+      PlanConfig c = typical_config(global_batch, std::max<int64_t>(N / (tp * pp), 1), 8 * pp);
+      c.pp = pp;
       c.tp = tp;
+      if (pins.recompute) c.recompute = *pins.recompute;  // and so is a pinned recomputation
+      if (pins.zero && c.dp > 1) c.zero = static_cast<int>(*pins.zero);
       c.sequence_parallel = sp;
       // Starting from the splits found for a smaller degree, when there is one.
       std::vector<int8_t> start;
