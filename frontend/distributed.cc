@@ -7,7 +7,9 @@
 
 #include "frontend/models.h"
 #include "graph/error.h"
+#include "graph/serialize.h"
 #include "graph/text.h"
+#include "ops/registry.h"
 #include "planner/cluster.h"
 #include "runtime/executor.h"
 #include "runtime/local_run.h"
@@ -30,7 +32,21 @@ OptimizerConfig one_step(OptimizerConfig oc) {
 
 }  // namespace
 
+bool is_graph_file(const std::string& model) {
+  auto ends = [&](std::string_view s) { return model.size() >= s.size() && model.compare(model.size() - s.size(), s.size(), s) == 0; };
+  return ends(".tsg") || ends(".tsg.txt") || model.find(':') == std::string::npos;
+}
+
 Graph training_graph(const std::string& spec, int64_t global_batch, const OptimizerConfig& oc) {
+  if (is_graph_file(spec)) {
+    Graph g = load_graph(spec, ops::registry());
+    const int64_t b = planner::graph_batch(g);
+    if (global_batch > 0 && global_batch != b)
+      throw Error(spec + ": the graph takes batch " + std::to_string(b) + ", not " + std::to_string(global_batch) +
+                  " (a graph file fixes its batch; drop --batch or export it at another)");
+    if (g.updates().empty()) add_training(g, "loss", one_step(oc));
+    return g;
+  }
   if (global_batch < 1) throw Error("the batch must be >= 1, got " + std::to_string(global_batch));
   models::Built m = models::from_spec(spec, global_batch, true);
   add_training(m.model->graph(), "loss", one_step(oc));

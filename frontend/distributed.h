@@ -18,7 +18,10 @@ namespace tessel {
 // The training graph of a DSL model spec (mlp:..., gpt:..., llama:...) at the global batch:
 // the model, its gradients and the optimizer's updates (one optimizer step per batch; a plan
 // splits the batch into microbatches itself).
+// A graph file (.tsg, or any name without ':') is loaded instead; it fixes its own batch
+// (global_batch must match it, or be 0), and is trained as it is if it already has updates.
 Graph training_graph(const std::string& spec, int64_t global_batch, const OptimizerConfig& oc);
+bool is_graph_file(const std::string& model);
 
 struct DevicePlan {
   planner::PlanConfig config;

@@ -15,8 +15,8 @@ Built mlp(const MlpConfig& cfg, bool training) {
   b.model = std::make_unique<Model>();
   Model& m = *b.model;
   m.set_training(training);
-  Tensor x = m.input("x", {cfg.batch, cfg.sizes.front()});
-  Tensor labels = m.input("labels", {cfg.batch}, DType::i32);
+  Tensor x = m.input("x", {cfg.batch, cfg.sizes.front()}, DType::f32, "data");
+  Tensor labels = m.input("labels", {cfg.batch}, DType::i32, "labels");
   Tensor h = x;
   for (size_t i = 1; i < cfg.sizes.size(); ++i) {
     nn::Linear fc(m, "fc" + std::to_string(i), cfg.sizes[i - 1], cfg.sizes[i]);
@@ -46,8 +46,8 @@ Built gpt(const GptConfig& c, bool training) {
   b.model = std::make_unique<Model>();
   Model& m = *b.model;
   m.set_training(training);
-  Tensor tokens = m.input("tokens", {c.batch, c.seq}, DType::i32);
-  Tensor targets = m.input("targets", {c.batch, c.seq}, DType::i32);
+  Tensor tokens = m.input("tokens", {c.batch, c.seq}, DType::i32, "tokens");
+  Tensor targets = m.input("targets", {c.batch, c.seq}, DType::i32, "targets");
   nn::Embedding wte(m, "wte", c.vocab, c.d_model);
   Tensor wpe = m.parameter("wpe", {c.seq, c.d_model}, ops::Init::normal, 0.01);
   Tensor x = dropout(wte(tokens) + wpe, c.dropout);
@@ -100,8 +100,8 @@ Built llama(const LlamaConfig& c, bool training) {
   b.model = std::make_unique<Model>();
   Model& m = *b.model;
   m.set_training(training);
-  Tensor tokens = m.input("tokens", {c.batch, c.seq}, DType::i32);
-  Tensor targets = m.input("targets", {c.batch, c.seq}, DType::i32);
+  Tensor tokens = m.input("tokens", {c.batch, c.seq}, DType::i32, "tokens");
+  Tensor targets = m.input("targets", {c.batch, c.seq}, DType::i32, "targets");
   nn::Embedding wte(m, "wte", c.vocab, c.d_model);
   nn::Rotary rope(m, "rope", c.d_model / c.heads, c.seq, c.rope_theta);
   Tensor x = wte(tokens);

@@ -33,8 +33,12 @@ Model::Scope::Scope(Model& m, std::string_view name, bool absolute) : m_(m), sav
 }
 Model::Scope::~Scope() { m_.scope_ = std::move(saved_); }
 
-Tensor Model::input(std::string_view name, Shape shape, DType dt, SourceLoc loc) {
-  return wrap(emit(loc).input(name, dt, std::move(shape)));
+Tensor Model::input(std::string_view name, Shape shape, DType dt, std::string_view role, int64_t batch_dim,
+                    SourceLoc loc) {
+  if (batch_dim < -1 || batch_dim >= static_cast<int64_t>(shape.size()))
+    throw Error(Origin::at(loc).str() + ": input '" + std::string(name) + "': batch_dim " + std::to_string(batch_dim) +
+                " is not a dim of " + shape_str(shape) + " (-1: not batched)");
+  return wrap(emit(loc).input(name, dt, std::move(shape), role, batch_dim));
 }
 Tensor Model::parameter(std::string_view name, Shape shape, ops::Init init, double scale, SourceLoc loc) {
   return wrap(emit(loc).parameter(name, std::move(shape), init, scale, float_dtype_));

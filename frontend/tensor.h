@@ -63,7 +63,11 @@ class Model {
   Graph& graph() { return graph_; }
   const Graph& graph() const { return graph_; }
 
-  Tensor input(std::string_view name, Shape shape, DType dt = DType::f32, SourceLoc loc = SourceLoc::current());
+  // Data fed each step. Dim `batch_dim` holds the samples (-1: none), which the planner splits
+  // into microbatches and over data-parallel replicas; `role` says what a dataset feeds it
+  // ("data", "labels", "tokens", "targets"; empty: bound by name).
+  Tensor input(std::string_view name, Shape shape, DType dt = DType::f32, std::string_view role = {},
+               int64_t batch_dim = 0, SourceLoc loc = SourceLoc::current());
   Tensor parameter(std::string_view name, Shape shape, ops::Init init, double scale = 0,
                    SourceLoc loc = SourceLoc::current());
   Tensor constant(double v, Shape shape = {}, DType dt = DType::f32, SourceLoc loc = SourceLoc::current());

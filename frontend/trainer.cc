@@ -36,6 +36,41 @@ bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
+}  // namespace
+
+std::string input_for_role(const Graph& g, const std::string& role, const std::map<std::string, std::string>& overrides) {
+  std::vector<std::string> marked;
+  for (auto& [name, r] : overrides) {
+    if (r != role) continue;
+    auto id = g.find(name);
+    if (!id || g.node(*id).def->kind != OpKind::input)
+      throw Error("--input " + name + "=" + role + ": the model has no input '" + name + "'");
+    marked.push_back(name);
+  }
+  if (marked.empty())
+    for (int32_t id : g.nodes_of_kind(OpKind::input)) {
+      const Node& n = g.node(id);
+      if (overrides.count(n.name)) continue;  // given another role
+      if (n.attrs.has("role") && n.attrs.get_str("role") == role) marked.push_back(n.name);
+    }
+  if (marked.size() > 1) {
+    std::string all;
+    for (auto& m : marked) all += (all.empty() ? "" : ", ") + m;
+    throw Error("the model has several inputs for role '" + role + "' (" + all + "): choose one with --input NAME=" + role);
+  }
+  if (!marked.empty()) return marked[0];
+  // Graphs made without roles: the conventional name.
+  const std::string name = role == "data" ? "x" : role;
+  auto id = g.find(name);
+  if (id && g.node(*id).def->kind == OpKind::input && !overrides.count(name)) return name;
+  std::string inputs;
+  for (int32_t i : g.nodes_of_kind(OpKind::input)) inputs += (inputs.empty() ? "" : ", ") + g.node(i).name;
+  throw Error("the model has no input for role '" + role + "' (its inputs: " + inputs + "); mark one with --input NAME=" +
+              role);
+}
+
+namespace {
+
 // The shapes a dataset feeds; checked against the model before anything runs.
 void expect_input(const Graph& g, const std::string& name, DType dt, const Shape& shape, const std::string& why) {
   auto id = g.find(name);
@@ -67,7 +102,12 @@ void copy_parameters(runtime::Executor& from, runtime::Executor& to) {
   }
 }
 
-using InputFn = std::function<TensorRef(const char*)>;
+using InputFn = std::function<TensorRef(const std::string&)>;
+
+// The inputs a dataset feeds, by role.
+struct Bound {
+  std::string data = "x", labels = "labels", tokens = "tokens", targets = "targets";
+};
 
 struct Feeder {
   virtual ~Feeder() = default;
@@ -80,16 +120,18 @@ struct ImageFeeder final : Feeder {
   runtime::BatchSampler sampler;
   int64_t per_epoch, micro_batch;
   int64_t epoch = -1;
-  ImageFeeder(const runtime::ImageDataset& d, int64_t batch, int64_t micro, uint64_t seed)
-      : data(d), sampler(d.count, batch, seed), per_epoch(sampler.batches_per_epoch()), micro_batch(micro) {}
+  Bound names;
+  ImageFeeder(const runtime::ImageDataset& d, int64_t batch, int64_t micro, uint64_t seed, Bound b)
+      : data(d), sampler(d.count, batch, seed), per_epoch(sampler.batches_per_epoch()), micro_batch(micro),
+        names(std::move(b)) {}
   void feed(const InputFn& input, int64_t step, int64_t micro) override {
     if (step / per_epoch != epoch) {
       epoch = step / per_epoch;
       sampler.set_epoch(epoch);
     }
     auto idx = sampler.batch(step % per_epoch).subspan(micro * micro_batch, micro_batch);
-    runtime::gather_images(data, idx, input("x").as<float>());
-    runtime::gather_labels(data, idx, input("labels").as<int32_t>());
+    runtime::gather_images(data, idx, input(names.data).as<float>());
+    runtime::gather_labels(data, idx, input(names.labels).as<int32_t>());
   }
 };
 
@@ -97,11 +139,12 @@ struct TextFeeder final : Feeder {
   const runtime::TextDataset& data;
   int64_t batch, seq, accumulate;
   uint64_t seed;
-  TextFeeder(const runtime::TextDataset& d, int64_t b, int64_t s, int64_t k, uint64_t sd)
-      : data(d), batch(b), seq(s), accumulate(k), seed(sd) {}
+  Bound names;
+  TextFeeder(const runtime::TextDataset& d, int64_t b, int64_t s, int64_t k, uint64_t sd, Bound n)
+      : data(d), batch(b), seq(s), accumulate(k), seed(sd), names(std::move(n)) {}
   void feed(const InputFn& input, int64_t step, int64_t micro) override {
     data.fill_batch(false, seed, step, batch, static_cast<int>(micro), static_cast<int>(accumulate), seq,
-                    input("tokens").as<int32_t>(), input("targets").as<int32_t>());
+                    input(names.tokens).as<int32_t>(), input(names.targets).as<int32_t>());
   }
 };
 
@@ -137,7 +180,7 @@ struct OneDevice final : Engine {
     loss = exec.output("loss");
   }
   double step(Feeder& feeder, int64_t s) override {
-    const InputFn in = [&](const char* name) { return exec.input(name); };
+    const InputFn in = [&](const std::string& name) { return exec.input(name); };
     if (k == 1) {
       feeder.feed(in, s, 0);
       exec.run(prog_step);
@@ -182,10 +225,10 @@ struct Devices final : Engine {
     }
   }
   double step(Feeder& feeder, int64_t s) override {
-    feeder.feed([&](const char* name) {
+    feeder.feed([&](const std::string& name) {
       for (Host& h : inputs)
         if (h.name == name) return TensorRef{h.bytes.data(), h.whole.dtype, h.whole.shape, h.whole.numel()};
-      throw Error(std::string("the plan's graph has no input '") + name + "'");
+      throw Error("the plan's graph has no input '" + name + "'");
     }, s, 0);
     for (Host& h : inputs) run.feed(h.name, h.whole, h.bytes);
     run.step();
@@ -273,9 +316,7 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
   planner::Pins pins = opt.pins;
   std::optional<DevicePlan> plan;
   if (multi) {
-    if (from_file)
-      throw Error("--devices runs model specs (mlp:..., gpt:..., llama:...); a graph file trains on one device (drop --devices)");
-    if (batch <= 0) batch = 64;
+    if (batch <= 0 && !from_file) batch = 64;
     if (k > 1) {
       if (pins.microbatches && *pins.microbatches != k)
         throw Error("--accumulate " + std::to_string(k) + " and --microbatches " + std::to_string(*pins.microbatches) +
@@ -287,10 +328,7 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
   }
   if (from_file) {
     loaded.emplace(load_graph(opt.model, ops::registry()));
-    const char* first = images ? "x" : "tokens";
-    auto id = loaded->find(first);
-    if (!id) throw Error(opt.model + ": the graph has no input '" + first + "' for dataset " + opt.dataset);
-    const int64_t graph_batch = loaded->node(*id).outputs[0].shape.at(0);
+    const int64_t graph_batch = planner::graph_batch(*loaded);
     if (batch > 0 && batch != graph_batch * k)
       throw Error(opt.model + ": the graph was built for batch " + std::to_string(graph_batch) +
                   (k > 1 ? " per microbatch" : "") + "; --batch " + std::to_string(batch) + " does not match");
@@ -305,22 +343,31 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
   }
   Graph& graph = from_file ? *loaded : built->model->graph();
   const int64_t micro = batch / k;
+  Bound names;
+  if (images) {
+    names.data = input_for_role(graph, "data", opt.input_roles);
+    names.labels = input_for_role(graph, "labels", opt.input_roles);
+  } else {
+    names.tokens = input_for_role(graph, "tokens", opt.input_roles);
+    names.targets = input_for_role(graph, "targets", opt.input_roles);
+  }
 
   int64_t seq = 0;
   if (images) {
     const auto& tr = mnist->train;
-    expect_input(graph, "x", DType::f32, {micro, tr.features()}, "fashion-mnist");
-    expect_input(graph, "labels", DType::i32, {micro}, "fashion-mnist");
+    expect_input(graph, names.data, DType::f32, {micro, tr.features()}, "fashion-mnist");
+    expect_input(graph, names.labels, DType::i32, {micro}, "fashion-mnist");
     auto logits = graph.output("logits");
     if (!logits || graph.type(*logits).shape != Shape{micro, tr.num_classes})
       throw Error("the model's 'logits' output must be [" + std::to_string(micro) + "," +
                   std::to_string(tr.num_classes) + "] for fashion-mnist");
   } else {
-    auto id = graph.find("tokens");
-    if (!id) throw Error("the model has no input 'tokens' for a text dataset");
-    seq = graph.node(*id).outputs[0].shape.at(1);
-    expect_input(graph, "tokens", DType::i32, {micro, seq}, "a text dataset");
-    expect_input(graph, "targets", DType::i32, {micro, seq}, "a text dataset");
+    const Node& tokens = graph.node(*graph.find(names.tokens));
+    if (tokens.outputs[0].rank() != 2)
+      throw Error(tokens.where() + ": a text dataset feeds tokens [batch, seq], the input is " + tokens.outputs[0].str());
+    seq = tokens.outputs[0].shape[1];
+    expect_input(graph, names.tokens, DType::i32, {micro, seq}, "a text dataset");
+    expect_input(graph, names.targets, DType::i32, {micro, seq}, "a text dataset");
     auto logits = graph.output("logits");
     if (!logits || graph.type(*logits).shape.back() < 256)
       throw Error("a byte-level text dataset needs a vocabulary of at least 256");
@@ -410,12 +457,12 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
   std::unique_ptr<Feeder> feeder;
   int64_t per_epoch = 0;
   if (images) {
-    auto f = std::make_unique<ImageFeeder>(mnist->train, batch, multi ? batch : micro, opt.seed);
+    auto f = std::make_unique<ImageFeeder>(mnist->train, batch, multi ? batch : micro, opt.seed, names);
     per_epoch = f->per_epoch;
     if (per_epoch == 0) throw Error("--batch " + std::to_string(batch) + " is larger than the training set");
     feeder = std::move(f);
   } else {
-    feeder = std::make_unique<TextFeeder>(*corpus, batch, seq, multi ? 1 : k, opt.seed);
+    feeder = std::make_unique<TextFeeder>(*corpus, batch, seq, multi ? 1 : k, opt.seed, names);
   }
   int64_t total_steps = opt.steps;
   if (total_steps == 0) {
@@ -483,7 +530,7 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
     int p = eval.prepare({"", {"logits", "loss"}});
     eval.initialize();
     engine->copy_parameters_to(eval);
-    const int64_t eb = eval.input("x").shape[0];
+    const int64_t eb = eval.input(names.data).shape[0];
     const int64_t classes = test.num_classes;
     int64_t correct = 0;
     double loss_sum = 0;
@@ -492,8 +539,8 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
     for (int64_t start = 0; start < test.count; start += eb) {
       const int64_t n = std::min(eb, test.count - start);
       for (int64_t i = 0; i < eb; ++i) idx[i] = start + (i < n ? i : 0);  // pad with sample 0
-      runtime::gather_images(test, idx, eval.input("x").as<float>());
-      runtime::gather_labels(test, idx, eval.input("labels").as<int32_t>());
+      runtime::gather_images(test, idx, eval.input(names.data).as<float>());
+      runtime::gather_labels(test, idx, eval.input(names.labels).as<int32_t>());
       eval.run(p);
       TensorRef logits = eval.output("logits");
       for (int64_t i = 0; i < n; ++i) {
@@ -520,8 +567,8 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
     engine->copy_parameters_to(eval);
     double loss_sum = 0;
     for (int64_t i = 0; i < opt.eval_batches; ++i) {
-      corpus->fill_batch(true, opt.seed, i, micro, 0, 1, seq, eval.input("tokens").as<int32_t>(),
-                         eval.input("targets").as<int32_t>());
+      corpus->fill_batch(true, opt.seed, i, micro, 0, 1, seq, eval.input(names.tokens).as<int32_t>(),
+                         eval.input(names.targets).as<int32_t>());
       eval.run(p);
       loss_sum += read_scalar(eval.output("loss"));
     }

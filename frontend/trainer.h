@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cmath>
+#include <map>
 #include <ostream>
 #include <string>
 
@@ -36,7 +37,15 @@ struct TrainOptions {
   bool verbose = false;         // per-rank memory against the planner's prediction
   bool progress_terminal = false;
   bool quiet = false;
+  // Which input each dataset role ("data", "labels", "tokens", "targets") feeds, by name,
+  // over the roles the graph's inputs declare.
+  std::map<std::string, std::string> input_roles;  // input name -> role
 };
+
+// The input of `g` that a dataset's `role` feeds: the one `overrides` (input name -> role)
+// names, else the one whose "role" attribute says so, else (graphs made without roles) the one
+// named like the role ("x" for data). Throws naming the inputs when there is none or several.
+std::string input_for_role(const Graph& g, const std::string& role, const std::map<std::string, std::string>& overrides = {});
 
 struct TrainReport {
   std::string model;

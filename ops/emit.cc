@@ -36,8 +36,10 @@ Value Emitter::op(std::string_view op, std::vector<Value> in, Attrs attrs,
   return g_->add(op, std::move(in), std::move(attrs), full, origin_);
 }
 
-Value Emitter::input(std::string_view name, DType dt, Shape shape) const {
-  return op("input", {}, {{"dtype", std::string(dtype_name(dt))}, {"shape", std::move(shape)}}, name);
+Value Emitter::input(std::string_view name, DType dt, Shape shape, std::string_view role, int64_t batch_dim) const {
+  Attrs a{{"dtype", std::string(dtype_name(dt))}, {"shape", std::move(shape)}, {"batch_dim", batch_dim}};
+  if (!role.empty()) a.set("role", std::string(role));
+  return op("input", {}, std::move(a), name);
 }
 
 Value Emitter::parameter(std::string_view name, Shape shape, Init init, double scale,

@@ -30,7 +30,7 @@ class Emitter {
            std::string_view name = {}) const;
 
   // Sources.
-  Value input(std::string_view name, DType dt, Shape shape) const;
+  Value input(std::string_view name, DType dt, Shape shape, std::string_view role = {}, int64_t batch_dim = 0) const;
   Value parameter(std::string_view name, Shape shape, Init init, double scale = 0,
                   DType dt = DType::f32) const;
   Value state(std::string_view name, Shape shape, DType dt = DType::f32, double value = 0) const;

@@ -43,6 +43,8 @@ int cmd_train(int argc, char** argv) {
                 {"--no-jit", "", "run every op on its reference kernel: no fusion, no compiled kernels (for debugging)", ""},
                 {"--eval-batches", "N", "validation batches for text datasets", "50", ints(0)},
                 {"--save", "FILE", "write the trained model (graph + parameters) to FILE", ""},
+                {"--input", "NAME=ROLE,...", "feed input NAME the dataset's ROLE (data, labels for images; tokens, targets "
+                                             "for text), over the roles the graph declares", ""},
                 {"--format", "FMT", "text, or json: end with one line of JSON (keys: test_accuracy, final_loss, "
                                     "samples_per_s, step_ms_median, steps, ...)", "text"},
                 {"--quiet", "", "no progress output", ""},
@@ -87,6 +89,21 @@ int cmd_train(int argc, char** argv) {
   o.jit = !args.has("--no-jit");
   o.eval_batches = args.i64("--eval-batches", 50);
   o.save = args.str("--save");
+  if (args.has("--input")) {
+    const std::string list = args.str("--input");
+    for (size_t pos = 0; pos <= list.size();) {
+      const size_t comma = std::min(list.find(',', pos), list.size());
+      const std::string item = list.substr(pos, comma - pos);
+      const size_t eq = item.find('=');
+      if (eq == std::string::npos || eq == 0 || eq + 1 == item.size())
+        throw Error("tessel train: --input expects NAME=ROLE[,NAME=ROLE...], got '" + item + "'");
+      const std::string role = item.substr(eq + 1);
+      if (role != "data" && role != "labels" && role != "tokens" && role != "targets")
+        throw Error("tessel train: --input " + item + ": the roles are data, labels, tokens and targets");
+      o.input_roles[item.substr(0, eq)] = role;
+      pos = comma + 1;
+    }
+  }
   o.quiet = args.has("--quiet");
   o.progress_terminal = isatty(STDERR_FILENO);
   o.pins = parse_pins(args, "train");

@@ -19,7 +19,7 @@ std::optional<VerifyCommand> parse_verify(int argc, char** argv) {
             "largest relative difference in the loss (per step) and in the parameters (after the last\n"
             "step, relative to the larger of the tensor's largest magnitude and the learning rate).\nExits 1 above the tolerance.",
             with_pin_flags({
-                {"--model", "SPEC", "mlp:..., gpt:layers=..,d_model=..,heads=..,seq=..,vocab=.. or llama:..,kv_heads=..,ffn=..", ""},
+                {"--model", "SPEC|FILE", "mlp:..., gpt:layers=..,d_model=..,heads=..,seq=..,vocab=.., llama:..,kv_heads=..,ffn=.., or a .tsg graph file (its batch is the batch)", ""},
                 {"--batch", "N", "global batch (samples per optimizer step)", "8", ints(1)},
                 {"--devices", "N", "simulated devices", "1", ints(1)},
                 {"--auto", "", "let the planner choose everything the pins leave open (the default)", ""},
@@ -62,6 +62,7 @@ std::optional<VerifyCommand> parse_verify(int argc, char** argv) {
   c.devices = args.i64("--devices", 1);
   c.devices_given = args.has("--devices");
   c.batch_given = args.has("--batch");
+  if (is_graph_file(c.options.spec) && !c.batch_given) c.options.batch = 0;  // the graph's own
   c.plan_file = args.str("--plan");
   c.pins = parse_pins(args, "verify");
   return c;

@@ -296,5 +296,49 @@ TEST(CliDevices, TrainOnDevicesFromAPlanFileAndRefuseMisuse) {
   EXPECT_NE(split.err.find("batch 64 does not split over dp=3"), std::string::npos) << split.err;
 }
 
+// Any graph file trains on N devices: exported MLP, GPT and Llama graphs, each planned from
+// the file alone, train to the loss (and accuracy) one device reaches, and verify passes.
+TEST(CliDevices, GraphFilesTrainOnDevicesAsOnOne) {
+  const std::string dir = testing::temp_dir();
+  {
+    std::ofstream f(dir + "/text.txt");
+    for (int i = 0; i < 2000; ++i) f << "the quick brown fox jumps over the lazy dog " << i % 13 << "\n";
+  }
+  struct Case {
+    std::string spec, dataset, extra;
+    int64_t batch;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"mlp:784-64-64-10", "fashion-mnist", "--optimizer sgd --lr 0.05 --momentum 0.9", 64},
+           {"gpt:layers=2,d_model=32,heads=4,seq=16,vocab=256", "text:" + dir + "/text.txt", "--optimizer adamw --lr 3e-3", 8},
+           {"llama:layers=2,d_model=32,heads=4,kv_heads=2,ffn=64,seq=16,vocab=256", "text:" + dir + "/text.txt",
+            "--optimizer adamw --lr 3e-3", 8}}) {
+    SCOPED_TRACE(c.spec);
+    const std::string file = dir + "/model.tsg";
+    ASSERT_EQ(run_cli("export --model " + c.spec + " --batch " + std::to_string(c.batch) + " -o " + file).status, 0);
+    auto v = run_cli("verify --model " + file + " --devices 4 --format json");
+    ASSERT_EQ(v.status, 0) << v.out << v.err;
+    const std::string train = "train --model " + file + " --dataset " + c.dataset + " --steps 20 --seed 3 --eval-batches 4 " +
+                              c.extra + " --format json";
+    auto one = run_cli(train), four = run_cli(train + " --devices 4");
+    ASSERT_EQ(one.status, 0) << one.err;
+    ASSERT_EQ(four.status, 0) << four.err;
+    const std::string a = last_line(one.out), b = last_line(four.out);
+    EXPECT_EQ(json_value(b, "devices"), 4);
+    EXPECT_NEAR(json_value(b, "final_loss"), json_value(a, "final_loss"), 1e-3 * json_value(a, "final_loss")) << a << "\n" << b;
+    if (c.dataset == "fashion-mnist")
+      EXPECT_NEAR(json_value(b, "test_accuracy"), json_value(a, "test_accuracy"), 0.01);
+    else
+      EXPECT_NEAR(json_value(b, "test_loss"), json_value(a, "test_loss"), 1e-3 * json_value(a, "test_loss"));
+  }
+  // A dataset role the graph does not declare, bound by hand: an input of another name.
+  auto r = run_cli("train --model mlp:784-64-10 --dataset fashion-mnist --steps 2 --input pixels=data");
+  EXPECT_NE(r.status, 0);
+  EXPECT_THAT(r.err, HasSubstr("the model has no input 'pixels'"));
+  r = run_cli("train --model mlp:784-64-10 --dataset fashion-mnist --steps 2 --input x=pictures");
+  EXPECT_NE(r.status, 0);
+  EXPECT_THAT(r.err, HasSubstr("the roles are data, labels, tokens and targets"));
+}
+
 }  // namespace
 }  // namespace tessel
