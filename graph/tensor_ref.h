@@ -45,6 +45,9 @@ class SerialParallel final : public Parallel {
 struct KernelCtx {
   Parallel* parallel = nullptr;  // never null when a kernel runs
   uint64_t seed = 0;             // run-wide seed, mixed into initializers and dropout masks
+  // Added to a generated tensor's offsets in the whole (its "offsets" attribute): where this
+  // run's part lies when the node runs once per microbatch. Empty: none.
+  std::span<const int64_t> shift;
 };
 
 }  // namespace tessel

@@ -62,7 +62,7 @@ struct ShardIndex {
   bool whole = true;
   int64_t global(int64_t local_flat) const;  // flat index in the whole tensor
 };
-ShardIndex shard_index(const Node& n, std::span<const int64_t> local_shape);
+ShardIndex shard_index(const Node& n, std::span<const int64_t> local_shape, std::span<const int64_t> shift = {});
 // Localize for ops whose output is generated from indices: shape, global_shape and offsets.
 Attrs localize_generated(const Node& n, const ShardView& v);
 

@@ -201,7 +201,7 @@ void dropout_mask_kernel(const Node& n, std::span<const TensorRef> in, std::span
     using T = decltype(t);
     T* o = out[0].as<T>();
     const T keep = T(1.0 / (1.0 - p));
-    const ShardIndex at = shard_index(n, out[0].shape);
+    const ShardIndex at = shard_index(n, out[0].shape, ctx.shift);
     parallel_range(ctx, out[0].numel, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) o[i] = rand_uniform(seed, at.global(i)) >= p ? keep : T(0);
     });

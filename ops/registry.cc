@@ -46,13 +46,14 @@ int64_t ShardIndex::global(int64_t i) const {
   return g;
 }
 
-ShardIndex shard_index(const Node& n, std::span<const int64_t> local) {
+ShardIndex shard_index(const Node& n, std::span<const int64_t> local, std::span<const int64_t> shift) {
   ShardIndex s;
   s.local_shape.assign(local.begin(), local.end());
   if (!n.attrs.has("global_shape")) return s;
   s.whole = false;
   s.global_shape = n.attrs.get_i64s("global_shape");
   s.offsets = n.attrs.get_i64s("offsets");
+  for (size_t d = 0; d < shift.size() && d < s.offsets.size(); ++d) s.offsets[d] += shift[d];
   if (s.global_shape.size() != local.size() || s.offsets.size() != local.size())
     throw Error(n.where() + ": global_shape and offsets need one entry per dim of " + shape_str(local));
   for (size_t d = 0; d < local.size(); ++d)

@@ -135,7 +135,7 @@ class RankBuilder {
       add(g_.node(id));
       mark(id);
     }
-    RankProgram p{rank_, stage_, on_stage_coords(), Graph(g_.registry()), {}, {}, {}, {}, {}, {}, {}, {}};
+    RankProgram p{rank_, stage_, on_stage_coords(), Graph(g_.registry()), {}, {}, {}, {}, {}, {}, {}, {}, {}};
     for (int32_t id : nodes) {
       const Node& n = g_.node(id);
       if (n.def->kind == OpKind::input) p.input_placements.push_back({n.name, on_stage_mesh(gp_.values[id][0])});
@@ -164,6 +164,8 @@ class RankBuilder {
     p.recompute = std::move(recompute_);
     summed_.resize(static_cast<size_t>(p.graph.size()), 0);
     p.summed = std::move(summed_);
+    microbatch_dim_.resize(static_cast<size_t>(p.graph.size()), -1);
+    p.microbatch_dim = std::move(microbatch_dim_);
     return p;
   }
 
@@ -237,6 +239,9 @@ class RankBuilder {
     }
     for (size_t o = 0; o < n.outputs.size(); ++o) local_[n.id].push_back(Value{id, static_cast<int32_t>(o)});
     summed(id, gp_.values[n.id][0][kMicrobatchAxis].is_partial());
+    microbatch_dim_.resize(static_cast<size_t>(out_.size()), -1);
+    if (const Placement& mb = gp_.values[n.id][0][kMicrobatchAxis]; mb.is_shard())
+      microbatch_dim_[static_cast<size_t>(id)] = static_cast<int8_t>(mb.dim);
     for (size_t o = 0; o < n.outputs.size(); ++o) {
       auto it = readers_.find({n.id, static_cast<int32_t>(o)});
       if (it == readers_.end()) continue;
@@ -331,6 +336,7 @@ class RankBuilder {
   std::vector<int32_t> layer_;
   std::vector<char> recompute_;
   std::vector<char> summed_;
+  std::vector<int8_t> microbatch_dim_;
 };
 
 }  // namespace

@@ -40,6 +40,10 @@ struct RankProgram {
   // gradient, the loss): the runtime adds the microbatches' values up. Otherwise a value
   // the apply section or an output reads across microbatches is the same in each.
   std::vector<char> summed;
+  // Per node of `graph`: the dim of its output that microbatches split (the batch), -1 for
+  // none. A tensor generated from its place in the whole (a dropout mask) is drawn at
+  // microbatch j's place: j times the local size further along that dim.
+  std::vector<int8_t> microbatch_dim;
 };
 
 // Where rank `coords`' shard of a tensor of `global` shape starts, per dim.

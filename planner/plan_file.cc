@@ -100,6 +100,7 @@ void save_plan(const PlanFile& f, const std::string& path) {
     for (int32_t l : r.layer) rp->add_layers(l);
     rp->set_recompute(std::string(r.recompute.begin(), r.recompute.end()));
     rp->set_summed(std::string(r.summed.begin(), r.summed.end()));
+    rp->set_microbatch_dims(std::string(r.microbatch_dim.begin(), r.microbatch_dim.end()));
     for (const ScheduleStep& st : r.schedule) {
       auto* sp = rp->add_schedule();
       sp->set_section(std::string(section_name(st.section)));
@@ -182,7 +183,7 @@ PlanFile load_plan(const std::string& path, const OpRegistry& registry) {
   e.peak_memory_bytes = p.peak_memory_bytes();
   for (auto& rp : p.programs()) {
     RankProgram r{rp.rank(), rp.stage(), {rp.coords().begin(), rp.coords().end()},
-                  parse_graph(rp.program(), registry, path + " (rank " + std::to_string(rp.rank()) + ")"), {}, {}, {}, {}, {}, {}, {}, {}};
+                  parse_graph(rp.program(), registry, path + " (rank " + std::to_string(rp.rank()) + ")"), {}, {}, {}, {}, {}, {}, {}, {}, {}};
     const std::string where = path + " (rank " + std::to_string(rp.rank()) + ")";
     if (!rp.sections().empty() && static_cast<int64_t>(rp.sections().size()) != r.graph.size())
       throw Error(where + ": " + std::to_string(rp.sections().size()) + " sections for " + std::to_string(r.graph.size()) + " nodes");
@@ -201,6 +202,10 @@ PlanFile load_plan(const std::string& path, const OpRegistry& registry) {
     if (static_cast<int64_t>(rp.summed().size()) != r.graph.size())
       throw Error(where + ": " + std::to_string(rp.summed().size()) + " microbatch-sum marks for " + std::to_string(r.graph.size()) + " nodes");
     for (char ch : rp.summed()) r.summed.push_back(ch != 0);
+    if (!rp.microbatch_dims().empty() && static_cast<int64_t>(rp.microbatch_dims().size()) != r.graph.size())
+      throw Error(where + ": " + std::to_string(rp.microbatch_dims().size()) + " microbatch dims for " +
+                  std::to_string(r.graph.size()) + " nodes");
+    for (char ch : rp.microbatch_dims()) r.microbatch_dim.push_back(static_cast<int8_t>(ch));
     for (auto& sp : rp.schedule()) {
       ScheduleStep st{Section::apply, sp.microbatch()};
       if (sp.section() == "forward") st.section = Section::forward;

@@ -242,7 +242,7 @@ void Executor::initialize() {
   write_updates_in_place();
   compile_kernels();
   plan_and_allocate();
-  const KernelCtx ctx{parallel_, options_.seed};
+  const KernelCtx ctx{parallel_, options_.seed, {}};
   for (int32_t id = 0; id < static_cast<int32_t>(buffers_.size()); ++id)
     if (!buffers_[id].empty() && persistent(graph_.node(id))) fill_source(id, ctx);
   initialized_ = true;
@@ -251,7 +251,7 @@ void Executor::initialize() {
 void Executor::run(int program) {
   if (!initialized_) throw Error("Executor::run() before initialize()");
   Program& p = programs_.at(static_cast<size_t>(program));
-  const KernelCtx ctx{parallel_, options_.seed};
+  const KernelCtx ctx{parallel_, options_.seed, {}};
   auto call = [&](const Step& s) {
     if (s.jit) run_fused(s.jit, *s.desc, s.in_ptrs.data(), s.out_ptrs.data(), *parallel_);
     else s.fn(*s.node, s.in, s.out, ctx);

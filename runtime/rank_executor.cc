@@ -64,6 +64,7 @@ struct RankExecutor::Op {
   int64_t peer = -1, tag = -1;  // send / recv
   bool first = false, last = false, mean = false;  // accumulate / output
   double scale = 1;
+  std::vector<int64_t> shift;  // kernel: KernelCtx::shift (a generated tensor's microbatch)
 };
 
 struct RankExecutor::CommTask {
@@ -98,12 +99,13 @@ std::unique_ptr<planner::RankProgram> fuse_program(const planner::RankProgram& p
   FusedGraph f = fuse(g, fo);
   auto out = std::make_unique<planner::RankProgram>(planner::RankProgram{
       p.rank, p.stage, p.coords, std::move(f.graph), p.output_placements, p.input_placements, p.variable_placements, {},
-      p.schedule, {}, {}, {}});
+      p.schedule, {}, {}, {}, {}});
   for (size_t id = 0; id < f.source_node.size(); ++id) {
     const size_t src = static_cast<size_t>(f.source_node[id] >= 0 ? f.source_node[id] : f.members[id].back());
     out->section.push_back(p.section.at(src));
     out->layer.push_back(p.layer.at(src));
     out->recompute.push_back(p.recompute.at(src));
+    out->microbatch_dim.push_back(p.microbatch_dim.empty() ? int8_t{-1} : p.microbatch_dim.at(src));
   }
   out->summed.assign(f.source_node.size(), 0);
   for (int32_t src = 0; src < g.size(); ++src)
@@ -403,6 +405,11 @@ void RankExecutor::build() {
       op.tag = n.attrs.get_i64("tag");
     }
     else op.fn = cpu_kernel_for(n, options_.use_blas);
+    if (mb > 0 && n.attrs.has("global_shape") && static_cast<int32_t>(program_.microbatch_dim.size()) == g.size())
+      if (const int d = program_.microbatch_dim[static_cast<size_t>(n.id)]; d >= 0) {
+        op.shift.assign(n.outputs[0].shape.size(), 0);
+        op.shift[static_cast<size_t>(d)] = mb * n.outputs[0].shape[static_cast<size_t>(d)];
+      }
     if (n.op == "fused") {  // compiled at the end of build()
       auto& [desc, fn] = kernels_[n.id];
       if (!desc) desc = std::make_unique<ops::FusedKernelDesc>(ops::FusedKernelDesc::from_attrs(n.attrs));
@@ -611,7 +618,7 @@ void RankExecutor::initialize(int64_t capacity_bytes) {
   }
   // Variables and constants: stored data, else the initializer (which draws by global
   // element index, so a shard holds what the whole tensor holds there).
-  const KernelCtx ctx{parallel_, options_.seed};
+  const KernelCtx ctx{parallel_, options_.seed, {}};
   for (int32_t id = 0; id < graph_.size(); ++id) {
     if (persistent_[id] < 0) continue;
     const Node& n = graph_.node(id);
@@ -685,7 +692,7 @@ void accumulate(const TensorRef& in, const TensorRef& acc, bool copy, bool scale
 void RankExecutor::step() {
   if (!initialized_) throw Error("RankExecutor::step() before initialize()");
   const int64_t base = steps_ * static_cast<int64_t>(tasks_.size());
-  const KernelCtx ctx{parallel_, options_.seed};
+  const KernelCtx ctx{parallel_, options_.seed, {}};
   const Op* at = nullptr;
   try {
     for (const Op& op : ops_) {
@@ -693,7 +700,8 @@ void RankExecutor::step() {
       switch (op.type) {
         case Op::Type::kernel:
           if (op.jit) run_fused(op.jit, *op.desc, op.in_p.data(), op.out_p.data(), *parallel_);
-          else op.fn(*op.node, op.in_t, op.out_t, ctx);
+          else if (op.shift.empty()) op.fn(*op.node, op.in_t, op.out_t, ctx);
+          else op.fn(*op.node, op.in_t, op.out_t, KernelCtx{ctx.parallel, ctx.seed, op.shift});
           break;
         case Op::Type::launch:
           if (options_.overlap) {

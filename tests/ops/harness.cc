@@ -190,7 +190,7 @@ HostTensor call_kernel(std::string_view op, const std::vector<HostTensor>& ins, 
     out_refs.push_back(ref(t));
     std::memset(out_refs.back().data, 0xff, static_cast<size_t>(t.bytes()));
   }
-  (kernel ? kernel : n.def->kernel)(n, in_refs, out_refs, KernelCtx{&par, 0});
+  (kernel ? kernel : n.def->kernel)(n, in_refs, out_refs, KernelCtx{&par, 0, {}});
   return load(out_refs[0]);
 }
 

@@ -222,7 +222,7 @@ class Ranks {
     for (auto& v : n.inputs) in.push_back(ref(r, v));
     out.push_back(ref(r, n.out()));
     SerialParallel serial;
-    n.def->kernel(n, in, out, KernelCtx{&serial, seed_});
+    n.def->kernel(n, in, out, KernelCtx{&serial, seed_, {}});
   }
 
   std::vector<RankProgram>& p_;
