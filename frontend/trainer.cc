@@ -10,6 +10,8 @@
 #include <sstream>
 
 #include "frontend/distributed.h"
+#include "frontend/api.h"
+#include "frontend/engine.h"
 #include "frontend/models.h"
 #include "frontend/progress.h"
 #include "graph/error.h"
@@ -25,6 +27,12 @@
 #include "runtime/thread_pool.h"
 
 namespace tessel {
+
+using detail::Engine;
+using detail::Feeder;
+using detail::InputFn;
+using detail::OneDevice;
+using detail::read_scalar;
 
 namespace {
 
@@ -82,37 +90,9 @@ void expect_input(const Graph& g, const std::string& name, DType dt, const Shape
                 " but the input is " + t.str());
 }
 
-float read_scalar(const TensorRef& t) {
-  if (t.dtype == DType::f32) return t.as<float>()[0];
-  if (t.dtype == DType::f64) return static_cast<float>(t.as<double>()[0]);
-  throw Error("the loss is " + std::string(dtype_name(t.dtype)) + ", expected f32 or f64");
-}
-
-// Copies parameters from one executor to another by node name.
-void copy_parameters(runtime::Executor& from, runtime::Executor& to) {
-  const Graph& src = from.graph();
-  const Graph& dst = to.graph();
-  for (int32_t id : dst.parameters()) {
-    if (!to.has_buffer(Value{id, 0})) continue;
-    auto sid = src.find(dst.node(id).name);
-    if (!sid) throw Error(dst.node(id).where() + ": no parameter of this name in the trained graph");
-    TensorRef a = from.value(Value{*sid, 0}), b = to.value(Value{id, 0});
-    if (a.bytes() != b.bytes()) throw Error(dst.node(id).where() + ": shape differs from the trained parameter");
-    std::memcpy(b.data, a.data, static_cast<size_t>(a.bytes()));
-  }
-}
-
-using InputFn = std::function<TensorRef(const std::string&)>;
-
 // The inputs a dataset feeds, by role.
 struct Bound {
   std::string data = "x", labels = "labels", tokens = "tokens", targets = "targets";
-};
-
-struct Feeder {
-  virtual ~Feeder() = default;
-  // Fills the model inputs for microbatch `micro` of optimizer step `step`.
-  virtual void feed(const InputFn& input, int64_t step, int64_t micro) = 0;
 };
 
 struct ImageFeeder final : Feeder {
@@ -145,125 +125,6 @@ struct TextFeeder final : Feeder {
   void feed(const InputFn& input, int64_t step, int64_t micro) override {
     data.fill_batch(false, seed, step, batch, static_cast<int>(micro), static_cast<int>(accumulate), seq,
                     input(names.tokens).as<int32_t>(), input(names.targets).as<int32_t>());
-  }
-};
-
-// What runs the optimizer steps: one executor, or a plan's ranks on simulated devices.
-struct Engine {
-  virtual ~Engine() = default;
-  virtual double step(Feeder& feeder, int64_t step) = 0;  // returns the step's loss
-  virtual void copy_parameters_to(runtime::Executor& eval) = 0;
-  virtual void export_variables(Graph& g) = 0;
-  virtual int64_t memory_bytes() const = 0;
-  struct Jit {
-    int64_t kernels = 0, compiled = 0;
-    double seconds = 0;
-    int64_t in_place = 0;  // updates written over their variables
-  };
-  virtual Jit jit() const = 0;
-};
-
-struct OneDevice final : Engine {
-  runtime::Executor exec;
-  int64_t k;
-  int prog_step = -1, prog_micro = -1, prog_apply = -1;
-  TensorRef loss;
-  OneDevice(const Graph& g, const runtime::ExecutorOptions& eo, const TrainingPhases& phases, int64_t micro)
-      : exec(g, eo), k(micro) {
-    if (k == 1) {
-      prog_step = exec.prepare({phases.step, {"loss"}});
-    } else {
-      prog_micro = exec.prepare({phases.micro, {"loss"}});
-      prog_apply = exec.prepare({phases.apply, {}});
-    }
-    exec.initialize();
-    loss = exec.output("loss");
-  }
-  double step(Feeder& feeder, int64_t s) override {
-    const InputFn in = [&](const std::string& name) { return exec.input(name); };
-    if (k == 1) {
-      feeder.feed(in, s, 0);
-      exec.run(prog_step);
-      return read_scalar(loss);
-    }
-    double l = 0;
-    for (int64_t m = 0; m < k; ++m) {
-      feeder.feed(in, s, m);
-      exec.run(prog_micro);
-      l += read_scalar(loss) / static_cast<double>(k);
-    }
-    exec.run(prog_apply);
-    return l;
-  }
-  void copy_parameters_to(runtime::Executor& eval) override { copy_parameters(exec, eval); }
-  void export_variables(Graph& g) override { exec.export_variables(g); }
-  int64_t memory_bytes() const override { return exec.bytes_allocated(); }
-  Jit jit() const override {
-    const auto& r = exec.jit_report();
-    return Jit{r.kernels, r.compiled, r.compile_s, r.updates_in_place};
-  }
-};
-
-// A plan on simulated devices: the whole step's batch is gathered on the host, then each
-// rank gets its microbatches' shards.
-struct Devices final : Engine {
-  runtime::LocalRun run;
-  const Graph& graph;  // the training graph, at the global batch
-  struct Host {
-    std::string name;
-    TensorType whole;
-    std::vector<std::byte> bytes;
-  };
-  std::vector<Host> inputs;
-  Devices(std::vector<planner::RankProgram> programs, const planner::PlanConfig& c, const Graph& g,
-          const runtime::RankOptions& ro, const runtime::CommOptions& co, int threads, int64_t capacity)
-      : run(std::move(programs), c, ro, co, threads), graph(g) {
-    run.initialize(capacity);
-    for (int32_t id : g.nodes_of_kind(OpKind::input)) {
-      const TensorType& t = g.node(id).outputs[0];
-      inputs.push_back(Host{g.node(id).name, t, std::vector<std::byte>(static_cast<size_t>(t.bytes()))});
-    }
-  }
-  double step(Feeder& feeder, int64_t s) override {
-    feeder.feed([&](const std::string& name) {
-      for (Host& h : inputs)
-        if (h.name == name) return TensorRef{h.bytes.data(), h.whole.dtype, h.whole.shape, h.whole.numel()};
-      throw Error("the plan's graph has no input '" + name + "'");
-    }, s, 0);
-    for (Host& h : inputs) run.feed(h.name, h.whole, h.bytes);
-    run.step();
-    return run.scalar_output("loss");
-  }
-  void copy_parameters_to(runtime::Executor& eval) override {
-    const Graph& dst = eval.graph();
-    for (int32_t id : dst.parameters()) {
-      if (!eval.has_buffer(Value{id, 0})) continue;
-      const Node& n = dst.node(id);
-      const std::vector<std::byte> whole = run.gather_variable(n.name, n.outputs[0]);
-      std::memcpy(eval.value(Value{id, 0}).data, whole.data(), whole.size());
-    }
-  }
-  void export_variables(Graph& g) override {
-    for (int32_t id : g.nodes_of_kind(OpKind::variable)) {
-      const Node& n = g.node(id);
-      if (!graph.find(n.name)) continue;
-      g.set_data(id, run.gather_variable(n.name, n.outputs[0]));
-    }
-  }
-  Jit jit() const override {
-    Jit j;
-    for (const auto& r : run.jit_reports()) {
-      j.kernels += r.kernels;
-      j.compiled += r.compiled;
-      j.seconds += r.compile_s;
-      j.in_place += r.updates_in_place;
-    }
-    return j;
-  }
-  int64_t memory_bytes() const override {
-    int64_t total = 0;
-    for (auto& m : run.memory()) total += m.total();
-    return total;
   }
 };
 
@@ -375,26 +236,27 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
   if (!graph.output("loss")) throw Error("the model has no 'loss' output");
 
   const Graph forward = graph;  // before optimizer nodes: what --save writes
-  TrainingPhases phases;
-  bool has_updates = !graph.updates().empty();
-  if (has_updates) {
-    phases.step = "train";
-  } else {
-    phases = add_training(graph, "loss", ocfg);
+  const bool has_updates = !graph.updates().empty();
+  if (multi && !opt.plan_file.empty()) {
+    const planner::PlanFile f = planner::load_plan(opt.plan_file, ops::registry());
+    if (f.global_batch != batch)
+      throw Error(opt.plan_file + " was planned for batch " + std::to_string(f.global_batch) + ", not " +
+                  std::to_string(batch) + " (give --batch " + std::to_string(f.global_batch) + ")");
   }
-  graph.verify();
-  if (multi) {
-    if (!opt.plan_file.empty()) {
-      const planner::PlanFile f = planner::load_plan(opt.plan_file, ops::registry());
-      if (f.global_batch != batch)
-        throw Error(opt.plan_file + " was planned for batch " + std::to_string(f.global_batch) + ", not " +
-                    std::to_string(batch) + " (give --batch " + std::to_string(f.global_batch) + ")");
-      plan = device_plan(f, opt.plan_file, opt.devices);
-    } else {
-      plan = plan_for_devices(graph, opt.devices, pins);
-    }
-  }
-  report.parameters = planner::count_parameters(graph).elements;
+  // The Trainer API does the rest: gradients and optimizer, the plan, the engine.
+  TrainerOptions to;
+  to.seed = opt.seed;
+  to.jit = opt.jit;
+  to.threads = opt.threads;
+  to.bucket_bytes = opt.bucket_bytes;
+  to.comm_timeout_s = opt.comm_timeout_s;
+  to.use_blas = opt.use_blas;
+  to.overlap = opt.overlap;
+  to.accumulate = multi ? 1 : k;
+  Trainer trainer(std::move(graph), ocfg, tessel::Devices{multi ? opt.devices : 1, pins, opt.plan_file}, to);
+  const Graph& tg = trainer.graph();
+  if (trainer.plan()) plan = *trainer.plan();
+  report.parameters = planner::count_parameters(tg).elements;
 
   std::optional<runtime::ThreadPool> own_pool;
   if (opt.threads > 0) own_pool.emplace(opt.threads);
@@ -403,21 +265,11 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
   eo.use_blas = opt.use_blas;
   eo.jit = opt.jit;
   eo.parallel = own_pool ? &*own_pool : nullptr;
-  std::unique_ptr<Engine> engine;
+  Engine* engine = &trainer.engine();
   if (multi) {
     if (!opt.quiet) log << plan->summary();
-    runtime::RankOptions ro;
-    ro.seed = opt.seed;
-    ro.use_blas = opt.use_blas;
-    ro.jit = opt.jit;
-    ro.bucket_bytes = opt.bucket_bytes;
-    ro.overlap = opt.overlap;
-    runtime::CommOptions co;
-    co.timeout_s = opt.comm_timeout_s;
-    const planner::ClusterSpec cluster = planner::parse_cluster("local:" + std::to_string(opt.devices));
-    auto dev = std::make_unique<Devices>(plan->programs(graph), plan->config, graph, ro, co, opt.threads,
-                                         static_cast<int64_t>(cluster.device.memory_bytes));
-    if (opt.verbose && !opt.quiet) {
+    auto* dev = dynamic_cast<detail::Devices*>(engine);
+    if (opt.verbose && !opt.quiet && dev) {
       const auto mem = dev->run.memory();
       const auto& stages = plan->search.best.stages;
       for (size_t r = 0; r < mem.size(); ++r) {
@@ -430,11 +282,9 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
         log << b;
       }
     }
-    engine = std::move(dev);
     report.devices = opt.devices;
     report.plan = plan->config.str();
   } else {
-    engine = std::make_unique<OneDevice>(graph, eo, phases, k);
     report.devices = 1;
   }
   report.memory_bytes = engine->memory_bytes();
@@ -518,7 +368,7 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
 
   // Evaluation on a graph built without dropout, parameters copied over by name.
   std::optional<models::Built> eval_built;
-  const Graph* eval_graph = &graph;
+  const Graph* eval_graph = &tg;
   if (!from_file) {
     int64_t eval_batch = images ? std::min<int64_t>(1000, mnist->test.count) : micro;
     eval_built.emplace(models::from_spec(opt.model, eval_batch, false));
@@ -587,7 +437,7 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
   }
 
   if (!opt.save.empty()) {
-    Graph out = has_updates ? graph : forward;
+    Graph out = has_updates ? tg : forward;
     engine->export_variables(out);
     save_graph(out, opt.save, SaveOptions{});
     if (!opt.quiet) log << "saved the trained model to " << opt.save << "\n";

@@ -1,0 +1,167 @@
+#include "frontend/api.h"
+
+#include <cstring>
+#include <sstream>
+
+#include "frontend/engine.h"
+#include "graph/error.h"
+#include "planner/cluster.h"
+#include "planner/plan_file.h"
+#include "ops/registry.h"
+#include "runtime/thread_pool.h"
+
+namespace tessel {
+
+SGD::operator OptimizerConfig() const {
+  OptimizerConfig c;
+  c.kind = "sgd";
+  c.lr = lr, c.momentum = momentum, c.weight_decay = weight_decay, c.clip_norm = clip_norm;
+  return c;
+}
+
+AdamW::operator OptimizerConfig() const {
+  OptimizerConfig c;
+  c.kind = "adamw";
+  c.lr = lr, c.beta1 = beta1, c.beta2 = beta2, c.eps = eps, c.weight_decay = weight_decay, c.clip_norm = clip_norm;
+  return c;
+}
+
+namespace {
+template <class T>
+std::vector<std::byte> bytes_of(std::span<const T> v) {
+  std::vector<std::byte> b(v.size_bytes());
+  if (!b.empty()) std::memcpy(b.data(), v.data(), b.size());
+  return b;
+}
+}  // namespace
+
+Batch& Batch::set(const std::string& input, std::span<const float> values) {
+  data_[input] = {DType::f32, bytes_of(values)};
+  return *this;
+}
+
+Batch& Batch::set(const std::string& input, std::span<const int32_t> values) {
+  data_[input] = {DType::i32, bytes_of(values)};
+  return *this;
+}
+
+const std::vector<std::byte>* Batch::find(const std::string& input, DType dt) const {
+  auto it = data_.find(input);
+  if (it == data_.end()) return nullptr;
+  if (it->second.first != dt)
+    throw Error("batch: input '" + input + "' is " + std::string(dtype_name(dt)) + ", the batch gives " +
+                std::string(dtype_name(it->second.first)));
+  return &it->second.second;
+}
+
+namespace {
+
+Graph model_graph(const Model& model, const Tensor& loss) {
+  if (!loss.valid() || &loss.model() != &model) throw Error("Trainer: the loss is not a tensor of this model");
+  Graph g = model.graph();
+  g.set_output("loss", loss.value());
+  return g;
+}
+
+// Copies a Batch into the engine's inputs, checking each one's size.
+struct BatchFeeder final : detail::Feeder {
+  const Graph& g;
+  const Batch& batch;
+  BatchFeeder(const Graph& graph, const Batch& b) : g(graph), batch(b) {}
+  void feed(const detail::InputFn& input, int64_t, int64_t) override {
+    for (int32_t id : g.nodes_of_kind(OpKind::input)) {
+      const Node& n = g.node(id);
+      const std::vector<std::byte>* data = batch.find(n.name, n.outputs[0].dtype);
+      if (!data) throw Error(n.where() + ": the batch has no input '" + n.name + "' " + n.outputs[0].str());
+      TensorRef dst = input(n.name);
+      if (static_cast<int64_t>(data->size()) != dst.bytes())
+        throw Error(n.where() + ": the batch gives " + std::to_string(data->size()) + " bytes for input '" + n.name + "' " +
+                    n.outputs[0].str() + ", which takes " + std::to_string(dst.bytes()));
+      std::memcpy(dst.data, data->data(), data->size());
+    }
+  }
+};
+
+}  // namespace
+
+Trainer::Trainer(const Model& model, const Tensor& loss, const OptimizerConfig& optimizer, const Devices& devices,
+                 const TrainerOptions& options)
+    : Trainer(model_graph(model, loss), optimizer, devices, options) {}
+
+Trainer::Trainer(Graph graph, const OptimizerConfig& optimizer, const Devices& devices, const TrainerOptions& options)
+    : graph_(std::move(graph)) {
+  if (!graph_.output("loss")) throw Error("Trainer: the graph has no 'loss' output");
+  const bool several = devices.count > 1 || !devices.plan_file.empty();
+  if (options.accumulate < 1) throw Error("Trainer: accumulate must be >= 1");
+  if (several && options.accumulate > 1)
+    throw Error("Trainer: on several devices the plan's microbatches accumulate (pin Devices::pins.microbatches)");
+  OptimizerConfig oc = optimizer;
+  oc.accumulate = options.accumulate;
+  TrainingPhases phases;
+  if (graph_.updates().empty()) phases = add_training(graph_, "loss", oc);
+  else if (options.accumulate > 1)
+    throw Error("Trainer: the graph already has its optimizer's updates; accumulation is added with them");
+  else phases.step = graph_.updates().front().phase;
+  graph_.verify();
+  batch_ = planner::graph_batch(graph_) * options.accumulate;
+  if (several) {
+    if (!devices.plan_file.empty()) {
+      const planner::PlanFile f = planner::load_plan(devices.plan_file, ops::registry());
+      plan_ = device_plan(f, devices.plan_file, devices.count > 1 ? devices.count : 0);
+    } else {
+      plan_ = plan_for_devices(graph_, devices.count, devices.pins);
+    }
+    runtime::RankOptions ro;
+    ro.seed = options.seed;
+    ro.jit = options.jit;
+    ro.bucket_bytes = options.bucket_bytes;
+    ro.use_blas = options.use_blas;
+    ro.overlap = options.overlap;
+    runtime::CommOptions co;
+    co.timeout_s = options.comm_timeout_s;
+    const planner::ClusterSpec cluster = planner::parse_cluster("local:" + std::to_string(plan_->config.devices()));
+    engine_ = std::make_unique<detail::Devices>(plan_->programs(graph_), plan_->config, graph_, ro, co, options.threads,
+                                                static_cast<int64_t>(cluster.device.memory_bytes));
+  } else {
+    if (devices.pins.dp || devices.pins.tp || devices.pins.pp)
+      throw Error("Trainer: plan pins (dp, tp, pp) go with Devices{.count = N} for N > 1");
+    runtime::ExecutorOptions eo;
+    eo.seed = options.seed;
+    eo.jit = options.jit;
+    eo.use_blas = options.use_blas;
+    if (options.threads > 0) pool_ = std::make_unique<runtime::ThreadPool>(options.threads);
+    eo.parallel = pool_.get();
+    engine_ = std::make_unique<detail::OneDevice>(graph_, eo, phases, options.accumulate);
+  }
+}
+
+Trainer::~Trainer() = default;
+
+std::string Trainer::report() const {
+  if (plan_) return plan_->summary();
+  std::ostringstream os;
+  os << "one device, batch " << batch_ << "\n";
+  return os.str();
+}
+
+double Trainer::step(const Batch& batch) {
+  BatchFeeder feeder(graph_, batch);
+  const double loss = engine_->step(feeder, steps_);
+  ++steps_;
+  return loss;
+}
+
+std::vector<float> Trainer::parameter(const std::string& name) const {
+  auto id = graph_.find(name);
+  if (!id || graph_.node(*id).def->kind != OpKind::variable) throw Error("Trainer: the model has no parameter '" + name + "'");
+  const TensorType& t = graph_.node(*id).outputs[0];
+  if (t.dtype != DType::f32) throw Error(graph_.node(*id).where() + ": parameter() reads f32, this is " + t.str());
+  const std::vector<std::byte> b = engine_->variable(name, t);
+  std::vector<float> v(static_cast<size_t>(t.numel()));
+  std::memcpy(v.data(), b.data(), b.size());
+  return v;
+}
+
+void Trainer::export_variables(Graph& g) const { engine_->export_variables(g); }
+
+}  // namespace tessel
