@@ -217,14 +217,25 @@ LayerStructure find_layers(const Graph& g, const std::string& phase) {
   for (int32_t id : nodes)
     for (auto& in : g.node(id).inputs) ls.users[in.node].push_back(id);
 
+  // The backward pass meets a class's layers last to first. Its last layer's backward starts
+  // from another class's (the output layer's), so the one that stands for the others is the
+  // one before it, whose backward starts from a layer of its own class; the last is placed
+  // on its own.
+  std::vector<std::vector<int>> members(ls.layers.size());
+  for (size_t l = 0; l < ls.layers.size(); ++l) members[static_cast<size_t>(ls.layers[l].klass)].push_back(static_cast<int>(l));
   ls.last_of_class.assign(ls.layers.size(), -1);
-  for (size_t l = 0; l < ls.layers.size(); ++l) ls.last_of_class[static_cast<size_t>(ls.layers[l].klass)] = static_cast<int>(l);
+  for (auto& m : members)
+    if (!m.empty()) ls.last_of_class[static_cast<size_t>(m.front())] = m.size() >= 3 ? m[m.size() - 2] : m.back();
   ls.repeats.assign(g.size(), -1);
   ls.read_by_repeat.assign(g.size(), 0);
   for (int32_t id : nodes) {
     const int l = ls.layer_of[id];
     const Node& n = g.node(id);
-    const int from = l < 0 ? l : n.pass == Pass::backward ? ls.last_of_class[ls.layers[l].klass] : ls.layers[l].klass;
+    const bool last = l >= 0 && members[static_cast<size_t>(ls.layers[l].klass)].back() == l;
+    const int from = l < 0                     ? l
+                     : n.pass != Pass::backward ? ls.layers[l].klass
+                     : last                     ? l
+                                                : ls.last_of_class[ls.layers[l].klass];
     if (from == l) {
       ls.distinct.push_back(id);
       continue;

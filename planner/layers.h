@@ -41,12 +41,14 @@ struct LayerStructure {
 
   // Repetition, for planning a layer once per class. Per node: the node whose placement it
   // repeats (-1: none): for a forward or optimizer node of a class's later layer, the node of
-  // the class's first layer; for a backward node of any but the class's last layer, the node
-  // of its last (the backward pass meets that one first).
+  // the class's first layer; for a backward node, the node of the layer last_of_class names
+  // (the backward pass meets it before the ones it stands for), but in the class's last layer.
   std::vector<int32_t> repeats;
   std::vector<int32_t> distinct;     // the nodes considered that repeat none, in order
   std::vector<char> read_by_repeat;  // per node: a repeating node reads it
-  std::vector<int> last_of_class;    // per layer that starts a class: the class's last layer
+  // Per layer that starts a class: the layer whose backward stands for the class's (the one
+  // before its last, whose backward starts from its own class's; the last with fewer than 3).
+  std::vector<int> last_of_class;
 };
 
 // Nodes considered are those needed for the updates of `phase` and the "loss" output.
