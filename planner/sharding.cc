@@ -315,6 +315,9 @@ Sharding read_placement(const Graph& g, const GraphPlacement& gp, const Propagat
 // that the batch-split backward then cuts) is better produced split: its producer computes
 // just the part each device needs. Walking backwards, move such slices up through producers
 // whose inputs can be sliced (or already are) instead, so no device materialises the whole.
+// A sum deferred over microbatches that the consumers resolve (a weight gradient the update
+// reads) does not stop the slices moving: the value stays partial over the microbatches and
+// its consumers still sum it.
 template <class AddReshard>
 void sink_slices(const Graph& g, const Mesh& m, std::span<const int32_t> nodes, GraphPlacement& gp,
                  AddReshard& add_reshard, const PropagationHints& hints) {
@@ -340,10 +343,11 @@ void sink_slices(const Graph& g, const Mesh& m, std::span<const int32_t> nodes, 
       if (gp.reshards[r].value.node == id && !gp.reshards[r].consumers.empty()) mine.push_back(r);
     if (mine.empty()) continue;
     const Sharding target = gp.reshards[mine[0]].to;
+    const int deferred = hints.deferred_sum_axis;
     bool all_slices = true;
     for (size_t r : mine) {
       all_slices &= gp.reshards[r].to == target;
-      for (auto& st : gp.reshards[r].steps) all_slices &= !st.is_collective();
+      for (auto& st : gp.reshards[r].steps) all_slices &= !st.is_collective() || st.axis == deferred;
     }
     if (!all_slices) continue;
     std::vector<TensorType> types;
@@ -355,10 +359,16 @@ void sink_slices(const Graph& g, const Mesh& m, std::span<const int32_t> nodes, 
     const ShardingRule rule = n.def->sharding(n, types);
     NodePlacement before = propagate(g, n, in, m, {}, hints);
     std::vector<Sharding> want = before.inputs;
+    Sharding placed = before.outputs[0];  // the value's new placement
     bool ok = true;
     for (size_t a = 0; a < target.size() && ok; ++a) {
       if (target[a] == before.outputs[0][a]) continue;
-      if (!target[a].is_shard() || before.outputs[0][a].kind != Placement::Kind::replicate) { ok = false; break; }
+      const Placement was = before.outputs[0][a];
+      if (static_cast<int>(a) == deferred && was.is_partial() && was.reduce == FactorReduce::sum &&
+          target[a].kind == Placement::Kind::replicate)
+        continue;  // summed by its consumers, as before
+      if (!target[a].is_shard() || was.kind != Placement::Kind::replicate) { ok = false; break; }
+      placed[a] = target[a];
       const int f = rule.outputs[0][target[a].dim];
       if (f < 0 || rule.factor_sizes[f] % m.sizes[a] != 0) { ok = false; break; }
       for (size_t i = 0; i < in.size(); ++i) {
@@ -380,8 +390,12 @@ void sink_slices(const Graph& g, const Mesh& m, std::span<const int32_t> nodes, 
       }
     }
     if (!ok) continue;
-    for (size_t r : mine) gp.reshards[r].consumers.clear();  // consumers now read the value as is
-    gp.values[id][0] = target;
+    if (placed == target) {
+      for (size_t r : mine) gp.reshards[r].consumers.clear();  // consumers now read the value as is
+    } else {
+      for (size_t r : mine) gp.reshards[r].steps = reshard(n.outputs[0], placed, target, m);  // the sum alone
+    }
+    gp.values[id][0] = placed;
     for (size_t i = 0; i < in.size(); ++i) {
       if (want[i] == before.inputs[i]) continue;
       const std::pair<int32_t, int> me{id, static_cast<int>(i)};

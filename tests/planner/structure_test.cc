@@ -86,6 +86,46 @@ TEST(TensorParallelSearch, FindsMegatronsSplitOfAGptByItself) {
     }
 }
 
+// Microbatches are a split in time: they must not change where a weight's gradient is
+// computed. With sequence parallelism the output layer's weight gradient (vocabulary rows)
+// was once computed whole on every tensor-parallel rank as soon as a step had two
+// microbatches: the sum deferred over microbatches stopped its slice from moving up.
+TEST(StructuralPlanning, WeightGradientsAreSplitAsTheirWeightsWithAnyMicrobatchCount) {
+  const ClusterSpec cl = parse_cluster("a100-80g:nodes=1");
+  for (const char* spec : {"gpt:layers=2,d_model=256,heads=8,seq=384,vocab=4000",
+                           "llama:layers=2,d_model=256,heads=8,kv_heads=4,ffn=704,seq=384,vocab=4000"})
+    for (int64_t tp : {2, 4})
+      for (int64_t mb : {1, 2, 4})
+        for (bool sp : {false, true}) {
+          const Graph g = training(spec, 4);
+          const LayerStructure ls = find_layers(g, "train");
+          PlanConfig c;
+          c.tp = tp;
+          c.microbatches = mb;
+          c.sequence_parallel = sp;
+          c.tp_dims = choose_tensor_parallel(g, ls, c, cl, CostOptions{});
+          const Mesh mesh = planning_mesh(c);
+          const GraphPlacement gp = place_graph(g, c, mesh, ls.distinct, ls.repeats, ls.read_by_repeat);
+          const std::string where = std::string(spec) + " tp=" + std::to_string(tp) + " mb=" + std::to_string(mb) +
+                                    (sp ? " sp" : "");
+          int checked = 0;
+          for (int32_t p : g.parameters()) {
+            const Placement split = parameter_placement(g, g.node(p), c, mesh, false).stored[mesh.axis("tp")];
+            if (!split.is_shard()) continue;
+            // The products whose output has the weight's shape: its gradient's terms.
+            for (int32_t id : ls.distinct) {
+              const Node& n = g.node(id);
+              if (n.pass != Pass::backward || n.op != "matmul" || n.outputs[0].shape != g.node(p).outputs[0].shape) continue;
+              ++checked;
+              EXPECT_FALSE(gp.at(n.out(0))[mesh.axis("tp")].kind == Placement::Kind::replicate)
+                  << where << ": " << n.name << " " << n.outputs[0].str() << " (gradient of " << g.node(p).name
+                  << ") computed whole on every tensor-parallel rank: " << sharding_str(gp.at(n.out(0)));
+            }
+          }
+          EXPECT_GT(checked, 0) << where;
+        }
+}
+
 TEST(StructuralPlanning, RandomNamesGiveTheSamePlan) {
   const Graph g = training(kGpt, 32);
   const ClusterSpec cl = parse_cluster("a100-80g:nodes=2");
