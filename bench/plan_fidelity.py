@@ -129,8 +129,8 @@ BLOOM_NOTE = (
     "well, so the residual stream stays split along its features between blocks and each stage boundary "
     "carries a quarter of the activation: 90.3 s (-13.8 %) instead of 95.0 s (-9.2 %). The benchmark "
     "cannot yet pin a split, so the row shows the chosen one. The sequence-parallel K22 rows with a "
-    "pipeline are 0.7-1.8 % faster than with Megatron's table: the chosen split differs from it only in "
-    "the position table, split along the sequence as the residual stream is.")
+    "pipeline are 0.7-1.8 % faster than with Megatron's table: at 175B the chosen split differs from it "
+    "only in the position table, split along the sequence as the residual stream is.")
 
 
 def row(name, src, layers, h, heads, gpus, batch, tp, pp, mbs, *, tflops=None, step=None, v=1, zero=0,
