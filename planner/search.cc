@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <future>
 #include <map>
 #include <tuple>
 
@@ -132,32 +133,52 @@ SearchResult search_plan(const Graph& g, const std::string& phase, const Cluster
   // cluster would typically run it in: the other devices as data-parallel replicas, and
   // microbatches of as few samples as the batch gives (up to 8 per stage).
   std::map<std::pair<int64_t, bool>, std::vector<int8_t>> tp_splits;
+  auto choose = [&](int64_t tp, bool sp, const std::vector<int8_t>& start) {
+    // A pinned pipeline is part of it (the output layer then weighs on its last stage).
+    const int64_t pp = pins.pp && *pins.pp * tp <= N ? *pins.pp : 1;
+    PlanConfig c = typical_config(global_batch, std::max<int64_t>(N / (tp * pp), 1), 8 * pp);
+    c.pp = pp;
+    c.tp = tp;
+    if (pins.recompute) c.recompute = *pins.recompute;  // and so is a pinned recomputation
+    if (pins.zero && c.dp > 1) c.zero = static_cast<int>(*pins.zero);
+    c.sequence_parallel = sp;
+    try {
+      return choose_tensor_parallel(g, ls, c, cluster, opt.cost, start);
+    } catch (const Error&) {  // a model that cannot take microbatches
+      c.microbatches = 1;
+      return choose_tensor_parallel(g, ls, c, cluster, opt.cost, start);
+    }
+  };
+  const int64_t node = cluster.levels.size() > 1 ? cluster.levels[0].group_size : N;
+  std::vector<int64_t> tps = pins.tp ? std::vector<int64_t>{*pins.tp} : powers_of_two_dividing(N, std::max<int64_t>(2 * node, 1));
+  // The splits with sequence parallelism are a chain of their own (each degree starting from
+  // the one below): chosen on a second thread while this one chooses those without it.
+  std::future<std::map<int64_t, std::vector<int8_t>>> with_sp;
+  if (!(pins.sequence_parallel && !*pins.sequence_parallel) && std::any_of(tps.begin(), tps.end(), [&](int64_t t) { return t > 1 && N % t == 0; }))
+    with_sp = std::async(std::launch::async, [&] {
+      std::map<int64_t, std::vector<int8_t>> out;
+      std::vector<int8_t> start;
+      for (int64_t tp : tps)
+        if (tp > 1 && N % tp == 0) start = out[tp] = choose(tp, true, start);
+      return out;
+    });
+  std::map<int64_t, std::vector<int8_t>> sp_splits;
   auto tp_split = [&](int64_t tp, bool sp) -> const std::vector<int8_t>& {
+    if (sp && with_sp.valid()) sp_splits = with_sp.get();
     auto [it, fresh] = tp_splits.try_emplace({tp, sp});
     if (fresh && tp > 1) {
-      // A pinned pipeline is part of it (the output layer then weighs on its last stage).
-      const int64_t pp = pins.pp && *pins.pp * tp <= N ? *pins.pp : 1;
-      PlanConfig c = typical_config(global_batch, std::max<int64_t>(N / (tp * pp), 1), 8 * pp);
-      c.pp = pp;
-      c.tp = tp;
-      if (pins.recompute) c.recompute = *pins.recompute;  // and so is a pinned recomputation
-      if (pins.zero && c.dp > 1) c.zero = static_cast<int>(*pins.zero);
-      c.sequence_parallel = sp;
-      // Starting from the splits found for a smaller degree, when there is one.
-      std::vector<int8_t> start;
-      for (auto& [key, dims] : tp_splits)
-        if (key.second == sp && key.first < tp && !dims.empty()) start = dims;
-      try {
-        it->second = choose_tensor_parallel(g, ls, c, cluster, opt.cost, start);
-      } catch (const Error&) {  // a model that cannot take microbatches
-        c.microbatches = 1;
-        it->second = choose_tensor_parallel(g, ls, c, cluster, opt.cost, start);
+      if (sp && sp_splits.count(tp)) {
+        it->second = sp_splits[tp];
+      } else {
+        // Starting from the splits found for a smaller degree, when there is one.
+        std::vector<int8_t> start;
+        for (auto& [key, dims] : tp_splits)
+          if (key.second == sp && key.first < tp && !dims.empty()) start = dims;
+        it->second = choose(tp, sp, start);
       }
     }
     return it->second;
   };
-  const int64_t node = cluster.levels.size() > 1 ? cluster.levels[0].group_size : N;
-  std::vector<int64_t> tps = pins.tp ? std::vector<int64_t>{*pins.tp} : powers_of_two_dividing(N, std::max<int64_t>(2 * node, 1));
   std::vector<PlanConfig> cands;
   std::map<int64_t, std::string> sp_problem;  // per tp
   std::vector<std::string> reasons;  // why candidates were dropped, first seen first
