@@ -162,20 +162,16 @@ SearchResult search_plan(const Graph& g, const std::string& phase, const Cluster
         if (tp > 1 && N % tp == 0) start = out[tp] = choose(tp, true, start);
       return out;
     });
-  std::map<int64_t, std::vector<int8_t>> sp_splits;
   auto tp_split = [&](int64_t tp, bool sp) -> const std::vector<int8_t>& {
-    if (sp && with_sp.valid()) sp_splits = with_sp.get();
+    if (sp && with_sp.valid())
+      for (auto& [t, dims] : with_sp.get()) tp_splits[{t, true}] = std::move(dims);
     auto [it, fresh] = tp_splits.try_emplace({tp, sp});
     if (fresh && tp > 1) {
-      if (sp && sp_splits.count(tp)) {
-        it->second = sp_splits[tp];
-      } else {
-        // Starting from the splits found for a smaller degree, when there is one.
-        std::vector<int8_t> start;
-        for (auto& [key, dims] : tp_splits)
-          if (key.second == sp && key.first < tp && !dims.empty()) start = dims;
-        it->second = choose(tp, sp, start);
-      }
+      // Starting from the splits found for a smaller degree, when there is one.
+      std::vector<int8_t> start;
+      for (auto& [key, dims] : tp_splits)
+        if (key.second == sp && key.first < tp && !dims.empty()) start = dims;
+      it->second = choose(tp, sp, start);
     }
     return it->second;
   };
