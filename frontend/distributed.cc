@@ -1,7 +1,9 @@
 #include "frontend/distributed.h"
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <string_view>
 #include <random>
 #include <sstream>
 
@@ -83,6 +85,79 @@ DevicePlan device_plan(const planner::PlanFile& f, const std::string& path, int6
   for (auto& st : f.estimate.stages) p.stage_bounds.push_back(st.first_layer);
   if (!f.estimate.stages.empty()) p.stage_bounds.push_back(f.estimate.stages.back().end_layer);
   return p;
+}
+
+namespace {
+
+// `*` matches any run of characters, everything else itself.
+bool glob_match(std::string_view pattern, std::string_view name) {
+  size_t p = 0, n = 0, star = std::string_view::npos, resume = 0;
+  while (n < name.size()) {
+    if (p < pattern.size() && pattern[p] == '*') {
+      star = p++;
+      resume = n;
+    } else if (p < pattern.size() && pattern[p] == name[n]) {
+      ++p, ++n;
+    } else if (star != std::string_view::npos) {
+      p = star + 1;
+      n = ++resume;
+    } else {
+      return false;
+    }
+  }
+  while (p < pattern.size() && pattern[p] == '*') ++p;
+  return p == pattern.size();
+}
+
+}  // namespace
+
+std::map<int32_t, int8_t> split_pins(const Graph& g, const std::string& list) {
+  struct Rule {
+    std::string pattern;
+    int dim;
+    bool used = false;
+  };
+  std::vector<Rule> rules;
+  size_t at = 0;
+  while (at < list.size()) {
+    const size_t comma = std::min(list.find(',', at), list.size());
+    const std::string item = list.substr(at, comma - at);
+    at = comma + 1;
+    const size_t eq = item.rfind('=');
+    const std::string pattern = eq == std::string::npos ? "" : item.substr(0, eq);
+    const std::string dim = eq == std::string::npos ? "" : item.substr(eq + 1);
+    char* end = nullptr;
+    const long d = dim == "none" ? -1 : std::strtol(dim.c_str(), &end, 10);
+    if (pattern.empty() || dim.empty() || (dim != "none" && (*end != 0 || d < 0 || d > 7)))
+      throw Error("--split wants PATTERN=DIM items (DIM a dim number or none) separated by commas, got '" + item + "'");
+    rules.push_back({pattern, static_cast<int>(d)});
+  }
+  std::map<int32_t, int8_t> pins;
+  for (int32_t id : g.parameters()) {
+    const Node& n = g.node(id);
+    bool applied = false;
+    for (Rule& r : rules) {
+      if (!glob_match(r.pattern, n.name)) continue;
+      r.used = true;
+      if (applied) continue;
+      if (r.dim >= n.outputs[0].rank())
+        throw Error("--split " + r.pattern + "=" + std::to_string(r.dim) + ": " + n.name + " " + n.outputs[0].str() +
+                    " (" + n.where() + ") has no dim " + std::to_string(r.dim));
+      pins[id] = static_cast<int8_t>(r.dim);
+      applied = true;
+    }
+  }
+  for (const Rule& r : rules)
+    if (!r.used) {
+      std::string names;
+      int shown = 0;
+      for (int32_t id : g.parameters())
+        if (shown++ < 6) names += (names.empty() ? "" : ", ") + g.node(id).name;
+      if (shown > 6) names += ", ... (" + std::to_string(shown) + " in all; `tessel inspect` lists them)";
+      throw Error("--split " + r.pattern + ": no parameter has that name (the pattern covers whole names, `*` any "
+                  "run of characters; parameters: " + names + ")");
+    }
+  return pins;
 }
 
 DevicePlan plan_for_devices(const Graph& training, int64_t devices, const planner::Pins& pins) {

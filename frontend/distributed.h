@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -38,6 +39,15 @@ struct DevicePlan {
 // the pins cannot be met (naming why: the batch does not split, heads do not divide, more
 // stages than layers, devices left idle).
 DevicePlan plan_for_devices(const Graph& training, int64_t devices, const planner::Pins& pins);
+
+// Tensor-parallel split pins as a user writes them, "PATTERN=DIM,PATTERN=DIM,...", resolved
+// against the parameters of `g`: PATTERN is a parameter's whole name, with `*` matching any
+// run of characters ("*/attn/proj/weight"); DIM is the dim tensor parallelism splits, or
+// `none` to keep it whole. The first pattern a parameter matches applies; parameters no
+// pattern matches are left to the search (planner::Pins::splits). Throws naming the
+// pattern when it is malformed or matches no parameter, and the parameter (shape, where it
+// was made) when the dim is out of its range.
+std::map<int32_t, int8_t> split_pins(const Graph& g, const std::string& list);
 
 // The plan a plan file (`path`, from `tessel plan --output`) holds. devices > 0: the plan
 // must be for that many devices, else an error says what it is for.

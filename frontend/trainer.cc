@@ -235,6 +235,7 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
   }
   if (!graph.output("loss")) throw Error("the model has no 'loss' output");
 
+  if (!opt.splits.empty()) pins.splits = split_pins(graph, opt.splits);
   const Graph forward = graph;  // before optimizer nodes: what --save writes
   const bool has_updates = !graph.updates().empty();
   if (multi && !opt.plan_file.empty()) {

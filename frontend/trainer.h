@@ -31,6 +31,7 @@ struct TrainOptions {
   int64_t devices = 0;
   std::string plan_file;
   planner::Pins pins;
+  std::string splits;           // split pins as --split writes them, resolved against the graph
   int64_t bucket_bytes = 25 << 20;
   bool overlap = true;
   double comm_timeout_s = 300;

@@ -420,17 +420,9 @@ Spent seconds_of(const Graph& g, const LayerStructure& ls, const PlanConfig& c, 
 
 std::vector<int8_t> choose_tensor_parallel(const Graph& g, const LayerStructure& ls, const PlanConfig& c,
                                            const ClusterSpec& cluster, const CostOptions& opt,
-                                           const std::vector<int8_t>& start) {
+                                           const std::vector<int8_t>& start, const std::map<int32_t, int8_t>& pinned) {
   PlanConfig k = c;
   k.tp_dims.assign(g.size(), -1);
-  if (c.tp <= 1) return k.tp_dims;
-  for (size_t id = 0; id < start.size() && id < k.tp_dims.size(); ++id) {
-    const int d = start[id];
-    if (d >= 0 && d < g.node(static_cast<int32_t>(id)).outputs[0].rank() &&
-        g.node(static_cast<int32_t>(id)).outputs[0].shape[d] % c.tp == 0)
-      k.tp_dims[id] = static_cast<int8_t>(d);
-  }
-  const Mesh mesh = planning_mesh(k);
   std::vector<char> is_param(g.size(), 0);
   for (int32_t id : g.parameters()) is_param[id] = 1;
   // Parameters of a layer and their counterparts in the other layers of its forward class.
@@ -443,6 +435,40 @@ std::vector<int8_t> choose_tensor_parallel(const Graph& g, const LayerStructure&
         all.push_back(ls.layers[m].forward.at(static_cast<size_t>(ls.position[p])));
     return all;
   };
+  // The user's pins hold for the parameter's whole class; nothing below changes them.
+  std::vector<char> fixed(g.size(), 0);
+  for (auto& [p, d] : pinned) {
+    if (p < 0 || p >= g.size() || !is_param[p])
+      throw Error("plan: a split is pinned for node " + std::to_string(p) + ", which is not a parameter");
+    const Node& n = g.node(p);
+    if (d < -1 || d >= n.outputs[0].rank())
+      throw Error("plan: the split pinned for " + n.name + " " + n.outputs[0].str() + " (" + n.where() + ") is dim " +
+                  std::to_string(d) + ", which it does not have");
+    if (d >= 0 && c.tp > 1 && n.outputs[0].shape[d] % c.tp != 0)
+      throw Error("plan: the split pinned for " + n.name + " " + n.outputs[0].str() + " (" + n.where() + "), dim " +
+                  std::to_string(d) + ", does not divide by tp=" + std::to_string(c.tp));
+    for (int32_t q : counterparts(p)) {
+      if (fixed[q] && k.tp_dims[q] != d) {
+        const Node& o = g.node(q);
+        throw Error("plan: the splits pinned for " + n.name + " (dim " + std::to_string(d) + ") and " + o.name +
+                    " (dim " + std::to_string(k.tp_dims[q]) + ") differ, but the two are the same parameter of " +
+                    "repeated layers (" + n.where() + ", " + o.where() + "), which split alike");
+      }
+      k.tp_dims[q] = d;
+      fixed[q] = 1;
+    }
+  }
+  if (c.tp <= 1) {
+    std::fill(k.tp_dims.begin(), k.tp_dims.end(), -1);
+    return k.tp_dims;
+  }
+  for (size_t id = 0; id < start.size() && id < k.tp_dims.size(); ++id) {
+    const int d = start[id];
+    if (!fixed[id] && d >= 0 && d < g.node(static_cast<int32_t>(id)).outputs[0].rank() &&
+        g.node(static_cast<int32_t>(id)).outputs[0].shape[d] % c.tp == 0)
+      k.tp_dims[id] = static_cast<int8_t>(d);
+  }
+  const Mesh mesh = planning_mesh(k);
   GraphPlacement base = place_graph(g, k, mesh, ls.distinct, ls.repeats, ls.read_by_repeat);
   // Each parameter's update, replicated (what it costs on one device when nothing splits it).
   std::vector<double> update_s(g.size(), 0);
@@ -465,7 +491,8 @@ std::vector<int8_t> choose_tensor_parallel(const Graph& g, const LayerStructure&
   // the model: what the plan under the splits chosen so far places everything as.
   std::vector<int32_t> not_weights;
   for (int32_t id : g.parameters())
-    if (g.node(id).outputs[0].rank() < 2 || ls.users[id].empty() || g.node(ls.users[id][0]).def->elementwise())
+    if (!fixed[id] &&
+        (g.node(id).outputs[0].rank() < 2 || ls.users[id].empty() || g.node(ls.users[id][0]).def->elementwise()))
       not_weights.push_back(id);
   auto settle_everywhere = [&] {
     auto each = [&](int32_t p, int d) {
@@ -521,7 +548,7 @@ std::vector<int8_t> choose_tensor_parallel(const Graph& g, const LayerStructure&
     std::map<std::pair<int32_t, int32_t>, std::vector<int32_t>> by_partner;
     std::vector<int32_t> free;  // its other parameters
     for (int32_t id : layer.forward) {
-      if (!is_param[id]) continue;
+      if (!is_param[id] || fixed[id]) continue;
       const Node& p = g.node(id);
       // A weight is multiplied or looked up (a matrix product, an embedding), not added.
       if (p.outputs[0].rank() < 2 || ls.users[id].empty() || g.node(ls.users[id][0]).def->elementwise()) {

@@ -4,6 +4,7 @@
 // memory. The pipeline builder (planner/pipeline.h) turns these into simulated programs.
 #pragma once
 
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -114,9 +115,12 @@ ModelProfile profile_model(const Graph& g, const LayerStructure& ls, const PlanC
 // The few cheapest are priced again as the whole model's simulated step; the cheapest wins,
 // replicated on ties. Two sweeps over the layers, so that each is decided knowing the others;
 // one, starting from `start` (the splits found for another degree), when given. c's dp and
-// microbatches set the shapes priced.
+// microbatches set the shapes priced. `pinned` (parameter -> dim, -1: whole) is kept as
+// given, for the parameter and its counterparts in the other layers of its class; throws
+// tessel::Error when two pins of one class disagree or a pin does not fit the parameter.
 std::vector<int8_t> choose_tensor_parallel(const Graph& g, const LayerStructure& ls, const PlanConfig& c,
                                            const ClusterSpec& cluster, const CostOptions& opt,
-                                           const std::vector<int8_t>& start = {});
+                                           const std::vector<int8_t>& start = {},
+                                           const std::map<int32_t, int8_t>& pinned = {});
 
 }  // namespace tessel::planner

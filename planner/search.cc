@@ -1,11 +1,14 @@
 #include "planner/search.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <future>
 #include <map>
+#include <set>
+#include <thread>
 #include <tuple>
 
 #include "graph/error.h"
@@ -132,7 +135,6 @@ SearchResult search_plan(const Graph& g, const std::string& phase, const Cluster
   // The tensor-parallel split of every parameter, per (tp, sp): chosen once, for the plan a
   // cluster would typically run it in: the other devices as data-parallel replicas, and
   // microbatches of as few samples as the batch gives (up to 8 per stage).
-  std::map<std::pair<int64_t, bool>, std::vector<int8_t>> tp_splits;
   auto choose = [&](int64_t tp, bool sp, const std::vector<int8_t>& start) {
     // A pinned pipeline is part of it (the output layer then weighs on its last stage).
     const int64_t pp = pins.pp && *pins.pp * tp <= N ? *pins.pp : 1;
@@ -143,51 +145,44 @@ SearchResult search_plan(const Graph& g, const std::string& phase, const Cluster
     if (pins.zero && c.dp > 1) c.zero = static_cast<int>(*pins.zero);
     c.sequence_parallel = sp;
     try {
-      return choose_tensor_parallel(g, ls, c, cluster, opt.cost, start);
+      return choose_tensor_parallel(g, ls, c, cluster, opt.cost, start, pins.splits);
     } catch (const Error&) {  // a model that cannot take microbatches
       c.microbatches = 1;
-      return choose_tensor_parallel(g, ls, c, cluster, opt.cost, start);
+      return choose_tensor_parallel(g, ls, c, cluster, opt.cost, start, pins.splits);
     }
   };
   const int64_t node = cluster.levels.size() > 1 ? cluster.levels[0].group_size : N;
   std::vector<int64_t> tps = pins.tp ? std::vector<int64_t>{*pins.tp} : powers_of_two_dividing(N, std::max<int64_t>(2 * node, 1));
-  // The splits with sequence parallelism are a chain of their own (each degree starting from
-  // the one below): chosen on a second thread while this one chooses those without it.
-  std::future<std::map<int64_t, std::vector<int8_t>>> with_sp;
-  if (!(pins.sequence_parallel && !*pins.sequence_parallel) && std::any_of(tps.begin(), tps.end(), [&](int64_t t) { return t > 1 && N % t == 0; }))
-    with_sp = std::async(std::launch::async, [&] {
-      std::map<int64_t, std::vector<int8_t>> out;
-      std::vector<int8_t> start;
-      for (int64_t tp : tps)
-        if (tp > 1 && N % tp == 0) start = out[tp] = choose(tp, true, start);
-      return out;
-    });
-  auto tp_split = [&](int64_t tp, bool sp) -> const std::vector<int8_t>& {
-    if (sp && with_sp.valid())
-      for (auto& [t, dims] : with_sp.get()) tp_splits[{t, true}] = std::move(dims);
-    auto [it, fresh] = tp_splits.try_emplace({tp, sp});
-    if (fresh && tp > 1) {
-      // Starting from the splits found for a smaller degree, when there is one.
-      std::vector<int8_t> start;
-      for (auto& [key, dims] : tp_splits)
-        if (key.second == sp && key.first < tp && !dims.empty()) start = dims;
-      it->second = choose(tp, sp, start);
-    }
-    return it->second;
-  };
-  std::vector<PlanConfig> cands;
-  std::map<int64_t, std::string> sp_problem;  // per tp
   std::vector<std::string> reasons;  // why candidates were dropped, first seen first
   auto why_not = [&](std::string r) {
     if (std::find(reasons.begin(), reasons.end(), r) == reasons.end()) reasons.push_back(std::move(r));
   };
+  // Pinned splits: on parameters, along dims they have; degrees that do not divide one drop out.
+  for (auto& [p, d] : pins.splits) {
+    if (p < 0 || p >= g.size() || g.node(p).op != "parameter")
+      throw Error("plan: a split is pinned for node " + std::to_string(p) + ", which is not a parameter");
+    const Node& n = g.node(p);
+    if (d < -1 || d >= n.outputs[0].rank())
+      throw Error("plan: the split pinned for " + n.name + " " + n.outputs[0].str() + " (" + n.where() + ") is dim " +
+                  std::to_string(d) + ", which it does not have");
+  }
+  std::erase_if(tps, [&](int64_t tp) {
+    for (auto& [p, d] : pins.splits) {
+      const Node& n = g.node(p);
+      if (d >= 0 && n.outputs[0].shape[d] % tp != 0) {
+        why_not("tp=" + std::to_string(tp) + " does not divide dim " + std::to_string(d) + " of " + n.name + " " +
+                n.outputs[0].str() + ", pinned to split along it (" + n.where() + ")");
+        return true;
+      }
+    }
+    return false;
+  });
+  // Every candidate, before the splits are known: those the degrees' splits cannot take
+  // are dropped once they are (below).
+  std::vector<PlanConfig> cands;
   for (int64_t tp : tps) {
     if (N % tp != 0) {
       why_not("tp=" + std::to_string(tp) + " does not divide " + std::to_string(N) + " devices");
-      continue;
-    }
-    if (std::string why = tp_split_problem(g, ls, tp, false, tp_split(tp, false)); !why.empty()) {
-      why_not(why);
       continue;
     }
     std::vector<int64_t> pps = pins.pp ? std::vector<int64_t>{*pins.pp} : divisors(N / tp, layer_count);
@@ -235,31 +230,143 @@ SearchResult search_plan(const Graph& g, const std::string& phase, const Cluster
         std::vector<bool> sps = pins.sequence_parallel ? std::vector<bool>{*pins.sequence_parallel}
                                 : tp > 1                ? std::vector<bool>{false, true}
                                                         : std::vector<bool>{false};
-        std::erase_if(sps, [&](bool sp) {
-          if (!sp) return false;
-          auto [it, fresh] = sp_problem.try_emplace(tp);
-          if (fresh) it->second = tp_split_problem(g, ls, tp, true, tp_split(tp, true));
-          if (!it->second.empty()) why_not(it->second);
-          return !it->second.empty();
-        });
         for (int z : zeros)
           for (Recompute r : recs)
             for (bool sp : sps) {
-            PlanConfig c;
-            c.tp_dims = tp_split(tp, sp);
-            c.dp = dp;
-            c.tp = tp;
-            c.pp = pp;
-            c.zero = z;
-            c.microbatches = m;
-            c.recompute = r;
-            c.schedule = pins.schedule.value_or(Schedule::one_f_one_b);
-            c.sequence_parallel = sp;
-            c.stage_layers = pins.stage_layers;
-            cands.push_back(c);
-          }
+              PlanConfig c;
+              c.dp = dp;
+              c.tp = tp;
+              c.pp = pp;
+              c.zero = z;
+              c.microbatches = m;
+              c.recompute = r;
+              c.schedule = pins.schedule.value_or(Schedule::one_f_one_b);
+              c.sequence_parallel = sp;
+              c.stage_layers = pins.stage_layers;
+              cands.push_back(c);
+            }
       }
     }
+  }
+
+  // The tensor-parallel split of every parameter, per (tp, sp): chosen once, for the plan a
+  // cluster would typically run it in (choose, above). Two chains, each degree starting from
+  // the one below: without sequence parallelism on this thread, with it on a second one.
+  // Profiles depend on (dp, tp, zero, sp, microbatches) only, and each is independent of the
+  // others: every core makes them as soon as their splits are there (tp = 1 at once, the
+  // others after their chain), then each candidate's lower bound (below).
+  using ProfileKey = std::tuple<int64_t, int64_t, int, bool, int64_t>;
+  auto key_of = [](const PlanConfig& c) { return std::make_tuple(c.dp, c.tp, c.zero, c.sequence_parallel, c.microbatches); };
+  struct Work {
+    std::vector<size_t> items;  // the first candidate of each profile key
+    std::atomic<size_t> next{0};
+  };
+  Work whole, with_sp, without_sp;  // tp = 1; tp > 1 with and without sequence parallelism
+  {
+    std::set<ProfileKey> seen;
+    for (size_t i = 0; i < cands.size(); ++i)
+      if (seen.insert(key_of(cands[i])).second)
+        (cands[i].tp == 1 ? whole : cands[i].sequence_parallel ? with_sp : without_sp).items.push_back(i);
+  }
+  std::vector<std::optional<ModelProfile>> made(cands.size());
+  std::vector<std::string> failed(cands.size());
+  std::map<int64_t, std::vector<int8_t>> splits_sp, splits_no_sp;
+  std::map<int64_t, std::string> problem_sp, problem_no_sp;  // per tp: why its split cannot run
+  auto drain = [&](Work& w, const std::map<int64_t, std::vector<int8_t>>& splits,
+                   const std::map<int64_t, std::string>& problems) {
+    for (size_t i; (i = w.next.fetch_add(1)) < w.items.size();) {
+      const size_t at = w.items[i];
+      PlanConfig c = cands[at];
+      if (c.tp > 1) {
+        if (!problems.at(c.tp).empty()) continue;
+        c.tp_dims = splits.at(c.tp);
+      }
+      try {
+        made[at] = profile_model(g, ls, c, cluster, opt.cost);
+      } catch (const Error& e) {
+        failed[at] = e.what();
+      }
+    }
+  };
+  const std::map<int64_t, std::vector<int8_t>> no_splits;
+  const std::map<int64_t, std::string> no_problems;
+  auto chain = [&](bool sp, std::map<int64_t, std::vector<int8_t>>& out, std::map<int64_t, std::string>& problems) {
+    std::vector<int8_t> start;
+    for (int64_t tp : tps)
+      if (tp > 1 && N % tp == 0 && std::any_of(cands.begin(), cands.end(), [&](const PlanConfig& c) {
+            return c.tp == tp && (c.sequence_parallel == sp || !sp);
+          })) {
+        start = out[tp] = choose(tp, sp, start);
+        problems[tp] = tp_split_problem(g, ls, tp, sp, out[tp]);
+      }
+  };
+  std::promise<void> sp_ready, no_sp_ready;
+  std::shared_future<void> sp_done = sp_ready.get_future().share(), no_sp_done = no_sp_ready.get_future().share();
+  auto run_chain = [&](bool sp) {
+    try {
+      if (sp) chain(true, splits_sp, problem_sp);
+      else chain(false, splits_no_sp, problem_no_sp);
+      (sp ? sp_ready : no_sp_ready).set_value();
+    } catch (...) {
+      (sp ? sp_ready : no_sp_ready).set_exception(std::current_exception());
+      throw;
+    }
+  };
+  auto profile_sp = [&] { sp_done.get(); drain(with_sp, splits_sp, problem_sp); };
+  auto profile_no_sp = [&] { no_sp_done.get(); drain(without_sp, splits_no_sp, problem_no_sp); };
+  const size_t threads = std::max<size_t>(2, std::thread::hardware_concurrency());
+  std::vector<std::future<void>> helpers;
+  helpers.push_back(std::async(std::launch::async, [&] {
+    run_chain(true);
+    drain(whole, no_splits, no_problems);
+    profile_no_sp();
+  }));
+  for (size_t t = 2; t < threads; ++t)
+    helpers.push_back(std::async(std::launch::async, [&] {
+      drain(whole, no_splits, no_problems);
+      profile_sp();
+      profile_no_sp();
+    }));
+  std::exception_ptr failure;
+  try {
+    run_chain(false);
+    drain(whole, no_splits, no_problems);
+    profile_sp();
+  } catch (...) {
+    failure = std::current_exception();
+  }
+  for (auto& h : helpers) {
+    try {
+      h.get();
+    } catch (...) {
+      if (!failure) failure = std::current_exception();
+    }
+  }
+  if (failure) std::rethrow_exception(failure);
+
+  // Split problems drop their degree (without sequence parallelism: the degree entirely).
+  for (int64_t tp : tps) {
+    if (auto it = problem_no_sp.find(tp); it != problem_no_sp.end() && !it->second.empty()) why_not(it->second);
+    else if (auto it2 = problem_sp.find(tp); it2 != problem_sp.end() && !it2->second.empty()) why_not(it2->second);
+  }
+  std::map<ProfileKey, size_t> profile_at;  // key -> the candidate holding its profile
+  {
+    std::vector<PlanConfig> kept;
+    std::vector<std::optional<ModelProfile>> kept_made;
+    for (size_t i = 0; i < cands.size(); ++i) {
+      PlanConfig& c = cands[i];
+      if (c.tp > 1) {
+        if (!problem_no_sp.at(c.tp).empty()) continue;
+        if (c.sequence_parallel && !problem_sp.at(c.tp).empty()) continue;
+        c.tp_dims = (c.sequence_parallel ? splits_sp : splits_no_sp).at(c.tp);
+      }
+      if (!failed[i].empty()) why_not(failed[i]);
+      profile_at.try_emplace(key_of(c), kept.size());
+      kept.push_back(std::move(c));
+      kept_made.push_back(std::move(made[i]));
+    }
+    cands = std::move(kept);
+    made = std::move(kept_made);
   }
   if (cands.empty())
     throw Error("plan: no configuration satisfies the pins on " + std::to_string(N) + " devices" +
@@ -268,52 +375,54 @@ SearchResult search_plan(const Graph& g, const std::string& phase, const Cluster
                   for (auto& r : reasons) all += (all.empty() ? "" : "; ") + r;
                   return all;
                 }()));
-
-  // Profiles depend on (dp, tp, zero, sp, microbatches) only; null: the configuration
-  // cannot run (why_not says why).
-  std::map<std::tuple<int64_t, int64_t, int, bool, int64_t>, std::optional<ModelProfile>> profiles;
+  // Null: the configuration cannot run (why_not said why).
   auto profile_or_null = [&](const PlanConfig& c) -> const ModelProfile* {
-    auto key = std::make_tuple(c.dp, c.tp, c.zero, c.sequence_parallel, c.microbatches);
-    auto it = profiles.find(key);
-    if (it == profiles.end()) {
-      it = profiles.emplace(key, std::nullopt).first;
-      try {
-        it->second = profile_model(g, ls, c, cluster, opt.cost);
-      } catch (const Error& e) {
-        why_not(e.what());
-      }
-    }
-    return it->second ? &*it->second : nullptr;
+    const auto& p = made[profile_at.at(key_of(c))];
+    return p ? &*p : nullptr;
   };
   auto profile_for = [&](const PlanConfig& c) -> const ModelProfile& { return *profile_or_null(c); };
   // A lower bound on each candidate's step time (below), to simulate the most promising
-  // first and stop once the bound passes the runners-up.
+  // first and stop once the bound passes the runners-up. Independent per candidate: on
+  // every core.
   struct Scored {
     PlanConfig c;
     double bound;
     double static_bytes;
   };
-  std::vector<Scored> scored;
-  for (const PlanConfig& c : cands) {
-    const ModelProfile* profiled = profile_or_null(c);
-    if (!profiled) continue;
-    const ModelProfile& mp = *profiled;
-    double stat = 0;
-    for (const auto& l : mp.layers) stat += static_cast<double>(l.repeat) * (l.weight_bytes + l.grad_bytes + l.optimizer_bytes);
-    const std::vector<double> busy = layer_busy_times(mp, c);
-    const std::vector<int64_t> bounds = stage_bounds(busy, c);
-    // Stage s does m microbatches back to back, and cannot start before the stages ahead of
-    // it have run the first microbatch's forward, nor finish before they have run the last
-    // one's backward: at least m w_s + sum of w_s' over s' < s.
-    double bound = 0, ahead = 0;
-    for (int64_t s = 0; s < c.pp; ++s) {
-      double t = 0;
-      for (int64_t i = bounds[s]; i < bounds[s + 1]; ++i) t += busy[i];
-      bound = std::max(bound, t * static_cast<double>(c.microbatches) + ahead);
-      ahead += t;
-    }
-    scored.push_back({c, bound, stat / static_cast<double>(c.pp)});
+  std::vector<std::optional<Scored>> bounds_of(cands.size());
+  {
+    std::atomic<size_t> next{0};
+    auto work = [&] {
+      for (size_t i; (i = next.fetch_add(1)) < cands.size();) {
+        const PlanConfig& c = cands[i];
+        const ModelProfile* profiled = profile_or_null(c);
+        if (!profiled) continue;
+        const ModelProfile& mp = *profiled;
+        double stat = 0;
+        for (const auto& l : mp.layers) stat += static_cast<double>(l.repeat) * (l.weight_bytes + l.grad_bytes + l.optimizer_bytes);
+        const std::vector<double> busy = layer_busy_times(mp, c);
+        const std::vector<int64_t> bounds = stage_bounds(busy, c);
+        // Stage s does m microbatches back to back, and cannot start before the stages ahead
+        // of it have run the first microbatch's forward, nor finish before they have run the
+        // last one's backward: at least m w_s + sum of w_s' over s' < s.
+        double bound = 0, ahead = 0;
+        for (int64_t s = 0; s < c.pp; ++s) {
+          double t = 0;
+          for (int64_t l = bounds[s]; l < bounds[s + 1]; ++l) t += busy[l];
+          bound = std::max(bound, t * static_cast<double>(c.microbatches) + ahead);
+          ahead += t;
+        }
+        bounds_of[i] = Scored{c, bound, stat / static_cast<double>(c.pp)};
+      }
+    };
+    std::vector<std::future<void>> more;
+    for (size_t t = 1; t < std::min(threads, cands.size()); ++t) more.push_back(std::async(std::launch::async, work));
+    work();
+    for (auto& f : more) f.get();
   }
+  std::vector<Scored> scored;
+  for (auto& s : bounds_of)
+    if (s) scored.push_back(std::move(*s));
   std::stable_sort(scored.begin(), scored.end(), [](const Scored& a, const Scored& b) { return a.bound < b.bound; });
   if (scored.empty()) {
     std::string all;

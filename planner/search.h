@@ -6,6 +6,7 @@
 #pragma once
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -21,6 +22,10 @@ struct Pins {
   std::optional<Recompute> recompute;
   std::optional<bool> sequence_parallel;
   std::vector<int64_t> stage_layers;  // empty: balanced (pins pp to its size otherwise)
+  // Tensor-parallel splits the user fixed: parameter node -> the dim tp splits (-1: kept
+  // whole). A pin holds for every layer of the parameter's class (its counterparts); the
+  // search chooses the rest around them and drops degrees that do not divide a pinned dim.
+  std::map<int32_t, int8_t> splits;
 };
 
 struct Alternative {

@@ -21,6 +21,10 @@ std::vector<Flag> pin_flags() {
       {"--sp", "", "pin sequence parallelism on: norm, dropout and residual regions split along the sequence over tp "
                    "(default: the search decides when tp > 1)", ""},
       {"--no-sp", "", "pin sequence parallelism off", ""},
+      {"--split", "PATTERN=DIM,...", "pin tensor-parallel splits of parameters: a whole name, `*` matching any run "
+                                     "of characters, and the dim tp splits, or none to keep it whole "
+                                     "(\"*/attn/proj/weight=0,wpe/weight=none\"); the first pattern a parameter "
+                                     "matches applies, the search chooses the rest", ""},
   };
 }
 

@@ -129,6 +129,7 @@ int cmd_plan(int argc, char** argv) {
     batch = b;
   }
   const std::string phase = g.updates().front().phase;
+  if (args.has("--split")) pins.splits = split_pins(g, args.str("--split"));
 
   planner::SearchResult result = planner::search_plan(g, phase, cluster, pins, so);
   planner::ReportContext ctx{description, cluster_spec, batch, &cluster, &so.cost, &g, phase};

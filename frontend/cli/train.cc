@@ -109,10 +109,12 @@ int cmd_train(int argc, char** argv) {
   o.pins = parse_pins(args, "train");
   if (args.has("--devices")) {
     o.devices = args.i64("--devices", 1);
-  } else if (args.has("--plan") || args.has("--auto") || any_pin(o.pins)) {
+  } else if (args.has("--plan") || args.has("--auto") || any_pin(o.pins) || args.has("--split")) {
     throw Error("tessel train: --plan, --auto and the plan pins go with --devices N");
   }
-  if (args.has("--plan") && any_pin(o.pins)) throw Error("tessel train: give --plan or pins, not both");
+  if (args.has("--plan") && (any_pin(o.pins) || args.has("--split")))
+    throw Error("tessel train: give --plan or pins, not both");
+  o.splits = args.str("--split");
   o.plan_file = args.str("--plan");
   o.verbose = args.has("--verbose");
   o.bucket_bytes = static_cast<int64_t>(args.f64("--bucket-mb", 25) * (1 << 20));

@@ -65,6 +65,8 @@ std::optional<VerifyCommand> parse_verify(int argc, char** argv) {
   if (is_graph_file(c.options.spec) && !c.batch_given) c.options.batch = 0;  // the graph's own
   c.plan_file = args.str("--plan");
   c.pins = parse_pins(args, "verify");
+  c.splits = args.str("--split");
+  if (!c.plan_file.empty() && !c.splits.empty()) throw Error("tessel verify: give --plan or --split, not both");
   return c;
 }
 
@@ -78,7 +80,10 @@ DevicePlan VerifyCommand::plan() {
     o.batch = f.global_batch;
     return device_plan(f, plan_file, devices_given ? devices : 0);
   }
-  return plan_for_devices(training_graph(o.spec, o.batch, o.optimizer), devices, pins);
+  const Graph g = training_graph(o.spec, o.batch, o.optimizer);
+  planner::Pins p = pins;
+  if (!splits.empty()) p.splits = split_pins(g, splits);
+  return plan_for_devices(g, devices, p);
 }
 
 int cmd_verify(int argc, char** argv) {

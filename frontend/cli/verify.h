@@ -14,6 +14,7 @@ namespace tessel::cli {
 struct VerifyCommand {
   VerifyOptions options;
   planner::Pins pins;
+  std::string splits;  // --split, resolved against the training graph
   int64_t devices = 1;
   bool devices_given = false, batch_given = false;
   std::string plan_file;  // --plan; empty: plan under the pins
