@@ -2,8 +2,9 @@
 """Planner fidelity: `tessel plan` against published step times of large GPT training runs.
 
 Each row is a published A100 run with its stated configuration. The planner is pinned to that
-configuration (--tp --pp --dp --microbatches --recompute --zero, --batch, the cluster) and its
-predicted step time is compared with the published one. Nothing is tuned per row: every row
+configuration (--tp --pp --dp --microbatches --recompute --zero, --batch, the cluster, and the
+tensor-parallel split every one of these runs used: Megatron-LM's, given with --split as MEGATRON
+below) and its predicted step time is compared with the published one. Nothing is tuned per row: every row
 runs with the same device description and the same --gemm-efficiency (default: the device's
 own, from the cluster spec).
 
@@ -123,14 +124,23 @@ BLOOM_NOTE = (
     "weight-gradient GEMM is absent from the sequence-parallel development code of K22's time) and "
     "overlapped transfers (their scatter/gather transfers are 1/t of the activation, so blocking "
     "them costs little; tessel sends the whole activation from each tensor-parallel rank and does not "
-    "model that optimisation). Not modelled: ALiBi and the embedding layer norm. Those steps were measured "
-    "with Megatron's tensor-parallel split, which the run used. The planner now chooses splits from costs "
-    "and, with transfers that block both stages, splits the attention output projection by columns as "
-    "well, so the residual stream stays split along its features between blocks and each stage boundary "
-    "carries a quarter of the activation: 90.3 s (-13.8 %) instead of 95.0 s (-9.2 %). The benchmark "
-    "cannot yet pin a split, so the row shows the chosen one. The sequence-parallel K22 rows with a "
-    "pipeline are 0.7-1.8 % faster than with Megatron's table: at 175B the chosen split differs from it "
-    "only in the position table, split along the sequence as the residual stream is.")
+    "model that optimisation). Not modelled: ALiBi and the embedding layer norm. Every row is planned with "
+    "Megatron's tensor-parallel split pinned with --split (the MEGATRON table in this script), the split all these runs used; left to "
+    "itself, with transfers that block both stages the planner splits the attention output projection by "
+    "columns as well, so the residual stream stays split along its features between blocks and each stage "
+    "boundary carries a quarter of the activation: 90.3 s (-13.8 %) instead of 95.0 s (-9.2 %).")
+
+
+# Megatron-LM's tensor-parallel split of a GPT block (Shoeybi et al. 2019, section 3; the
+# Megatron-LM and Megatron-DeepSpeed code all these runs trained with): q, k, v and the MLP's first
+# projection split by output features (their biases with them), the attention output and the MLP's
+# second projection by input features, the token embedding by vocabulary rows; everything else
+# (norms, the output projections' biases, the position table) whole on every rank.
+MEGATRON = ",".join([
+    "*/attn/q/weight=1", "*/attn/k/weight=1", "*/attn/v/weight=1",
+    "*/attn/q/bias=0", "*/attn/k/bias=0", "*/attn/v/bias=0",
+    "*/attn/proj/weight=0", "*/mlp/fc/weight=1", "*/mlp/fc/bias=0", "*/mlp/proj/weight=0",
+    "wte/weight=0", "*=none"])
 
 
 def row(name, src, layers, h, heads, gpus, batch, tp, pp, mbs, *, tflops=None, step=None, v=1, zero=0,
@@ -199,7 +209,7 @@ def command(tessel, r, eff, cluster_file):
     return [tessel, "plan", "--model", model, "--batch", str(r["batch"]), "--cluster", cluster,
             "--tp", str(r["tp"]), "--pp", str(r["pp"]), "--dp", str(r["dp"]), "--microbatches", str(r["m"]),
             "--zero", str(r["zero"]), "--pipeline-schedule", "1f1b", "--recompute", r["recompute"],
-            "--sp" if r["sp"] else "--no-sp"] + r["extra"] + (["--gemm-efficiency", repr(eff)] if eff is not None else []) + ["--format", "json"]
+            "--sp" if r["sp"] else "--no-sp", "--split", MEGATRON] + r["extra"] + (["--gemm-efficiency", repr(eff)] if eff is not None else []) + ["--format", "json"]
 
 
 def plan(tessel, r, eff, cluster_file):
@@ -351,7 +361,8 @@ def main():
               (" --scan" if a.scan else "") + " --record"
         body = [f"Command: `{cmd}`  ",
                 f"Recorded {time.strftime('%Y-%m-%d')}. `tessel plan` pinned to each published configuration "
-                f"(--tp --pp --dp --microbatches --zero --pipeline-schedule 1f1b, --recompute and --sp/--no-sp as the run stated), cluster "
+                f"(--tp --pp --dp --microbatches --zero --pipeline-schedule 1f1b, --recompute and --sp/--no-sp as the run stated, "
+                f"Megatron-LM's tensor-parallel split with --split), cluster "
                 f"`a100-80g:nodes=GPUs/8` (Selene) unless noted, gemm efficiency {eff_label}. "
                 "Error = (predicted - published) / published step time; negative = tessel predicts faster. "
                 "Published step time: given directly (K22, BLOOM) or eq.(3) FLOPs / (TFLOP/s x GPUs) (N21).", "",

@@ -296,6 +296,41 @@ TEST(CliDevices, TrainOnDevicesFromAPlanFileAndRefuseMisuse) {
   EXPECT_NE(split.err.find("batch 64 does not split over dp=3"), std::string::npos) << split.err;
 }
 
+// --split pins a parameter's tensor-parallel split (by name, `*` any run of characters, the
+// first matching rule wins); the plan holds it for the parameter and its counterparts in the
+// other blocks, trains what one device trains, and drops the degrees it does not divide.
+TEST(CliDevices, SplitPinsAreHonouredOrRefusedWithTheParameter) {
+  const std::string model = "--model gpt:layers=2,d_model=64,heads=4,seq=32,vocab=256 --batch 8";
+  auto p = run_cli("plan " + model + " --cluster local:4 --dp 2 --tp 2 --split 'wpe=none,block0/attn/q/weight=0,*/mlp/fc/weight=1'");
+  ASSERT_EQ(p.status, 0) << p.err;
+  EXPECT_THAT(p.out, HasSubstr("  wpe  f32[32,64] [R, R]"));
+  for (const char* block : {"block0", "block1"}) {  // block1's q split as block0's, its counterpart
+    EXPECT_THAT(p.out, HasSubstr(std::string("  ") + block + "/attn/q/weight  f32[64,64] [R, S(0)]"));
+    EXPECT_THAT(p.out, HasSubstr(std::string("  ") + block + "/mlp/fc/weight  f32[64,256] [R, S(1)]"));
+  }
+  auto v = run_cli("verify " + model + " --devices 4 --dp 2 --tp 2 --sp --split 'wpe=none,*/attn/q/weight=0' --steps 2 --format json");
+  ASSERT_EQ(v.status, 0) << v.out << v.err;
+  EXPECT_THAT(last_line(v.out), HasSubstr("\"ok\":true"));
+
+  struct Bad {
+    std::string split, message;
+  };
+  for (const Bad& b : std::vector<Bad>{
+           {"wpe/weight=0", "--split wpe/weight: no parameter has that name"},
+           {"wpe=2", "wpe f32[32,64] (models.cc"},
+           {"wpe", "--split wants PATTERN=DIM items"},
+           {"wpe=x", "got 'wpe=x'"},
+           {"wte/weight=0", "tp=3 does not divide dim 0 of wte/weight f32[256,64], pinned to split along it"},
+       }) {
+    auto r = run_cli("plan " + model + " --cluster local:3 --tp 3 --split '" + b.split + "'");
+    EXPECT_EQ(r.status, 1) << b.split;
+    EXPECT_THAT(r.err, HasSubstr(b.message)) << b.split;
+  }
+  auto pinned = run_cli("train " + model + " --dataset fashion-mnist --steps 1 --split wpe=none");
+  EXPECT_EQ(pinned.status, 1);
+  EXPECT_THAT(pinned.err, HasSubstr("go with --devices N"));
+}
+
 // Any graph file trains on N devices: exported MLP, GPT and Llama graphs, each planned from
 // the file alone, train to the loss (and accuracy) one device reaches, and verify passes.
 TEST(CliDevices, GraphFilesTrainOnDevicesAsOnOne) {

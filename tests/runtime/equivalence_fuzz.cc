@@ -140,6 +140,36 @@ std::vector<int64_t> random_composition(Rng& rng, int64_t n, int64_t parts) {
   return v;
 }
 
+// `--split` rules for a family's parameters: patterns that match in every model the family
+// draws, dims each matched parameter has (0 or none for vectors, 0, 1 or none for matrices).
+std::string draw_split_pins(Rng& rng, const std::string& family) {
+  struct Rule {
+    const char* pattern;
+    bool matrix;
+  };
+  static const std::map<std::string, std::vector<Rule>> rules{
+      {"mlp", {{"fc1/weight", true}, {"fc*/weight", true}, {"fc*/bias", false}, {"fc1/bias", false}}},
+      {"gpt",
+       {{"*/attn/q/weight", true}, {"*/attn/proj/weight", true}, {"*/mlp/fc/weight", true},
+        {"*/mlp/proj/weight", true}, {"*/mlp/fc/bias", false}, {"wte/weight", true}, {"wpe", true},
+        {"*/ln1/gamma", false}}},
+      {"llama",
+       {{"*/attn/q/weight", true}, {"*/attn/k/weight", true}, {"*/attn/proj/weight", true},
+        {"*/mlp/gate/weight", true}, {"*/mlp/down/weight", true}, {"wte/weight", true},
+        {"lm_head/weight", true}, {"*/ln2/weight", false}}},
+  };
+  const std::vector<Rule>& all = rules.at(family);
+  const int64_t n = pick<int64_t>(rng, {1, 1, 2, 3});
+  std::string out;
+  for (int64_t i = 0; i < n; ++i) {
+    const Rule& r = all[std::uniform_int_distribution<size_t>(0, all.size() - 1)(rng)];
+    const std::string dim = r.matrix ? pick<std::string>(rng, {"0", "1", "none"}) : pick<std::string>(rng, {"0", "none"});
+    out += (out.empty() ? "" : ",") + std::string(r.pattern) + "=" + dim;
+  }
+  if (chance(rng, 0.1)) out += ",*=none";
+  return out;
+}
+
 }  // namespace
 
 // Most choices are biased towards plans the planner accepts (degrees dividing the devices,
@@ -196,6 +226,13 @@ Case draw_case(uint64_t seed) {
   if (chance(rng, 0.6)) add("--recompute", pick<std::string>(rng, {"none", "full", "selective"}));
   if (sp_on) add("--sp");
   if (sp_off) add("--no-sp");
+  // Split pins, drawn from a generator of their own so that the rest of every case stays
+  // as it was drawn before they existed: one to three rules over the family's parameters,
+  // each a dim the parameter has or `none`; the planner must honour them or refuse.
+  {
+    Rng pins(seed ^ 0x9e3779b97f4a7c15ULL);
+    if (chance(pins, tp > 1 ? 0.3 : 0.05)) add("--split", draw_split_pins(pins, fam.name));
+  }
   // Mostly SGD with momentum. AdamW divides each gradient by its magnitude, so a gradient
   // near zero moves its parameter by an amount that rounding noise decides: a GPT's key bias
   // (zero in exact arithmetic: see `tessel verify --help`), or an MLP weight with |g| ~ eps,
