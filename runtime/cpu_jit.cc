@@ -268,9 +268,14 @@ struct CpuJit::Impl {
 
 CpuJit::CpuJit(std::string cache_dir, int64_t streaming_bytes) : impl_(std::make_unique<Impl>()) {
   impl_->streaming_bytes = streaming_bytes >= 0 ? streaming_bytes : streaming_threshold();
-  llvm::InitializeNativeTarget();
-  llvm::InitializeNativeTargetAsmPrinter();
-  llvm::InitializeNativeTargetAsmParser();
+  // LLVM's target registry is a global list that registration appends to unlocked: two JITs
+  // made at once on two threads could lose the target ("unable to find target").
+  static std::once_flag registered;
+  std::call_once(registered, [] {
+    llvm::InitializeNativeTarget();
+    llvm::InitializeNativeTargetAsmPrinter();
+    llvm::InitializeNativeTargetAsmParser();
+  });
   auto jtmb = take(llvm::orc::JITTargetMachineBuilder::detectHost(), "detecting the host CPU");
   jtmb.setCodeGenOptLevel(llvm::CodeGenOpt::Aggressive);
   impl_->tm = take(jtmb.createTargetMachine(), "creating the target machine");

@@ -9,7 +9,9 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <random>
+#include <string>
 #include <thread>
 
 #include "graph/error.h"
@@ -376,20 +378,28 @@ TEST(CpuJit, ConcurrentWritersLeaveWholeEntries) {
   const auto dir = fresh_dir("concurrent");
   std::vector<std::thread> ts;
   std::atomic<int> failures{0};
+  std::mutex mu;
+  std::string errors;
   for (int t = 0; t < 4; ++t)
-    ts.emplace_back([&] {
-      CpuJit jit(dir.string());  // four JITs, one directory: as four processes would
-      for (int64_t cols : {3, 5, 8, 13}) {
-        const FusedKernelDesc d = softmax_desc(2, cols);
-        const FusedFn fn = jit.compile(d);
-        Buffers got = make_buffers(d, 1), ref = make_buffers(d, 1);
-        fn(got.in_ptrs.data(), got.out_ptrs.data(), 0, d.rows, 0, d.cols);
-        ops::run_fused_reference(d, ref.in_ptrs.data(), ref.out_ptrs.data(), 0, d.rows);
-        for (size_t i = 0; i < ref.out[0].size(); ++i)
-          if (std::fabs(got.out[0][i] - ref.out[0][i]) > 1e-5) ++failures;
+    ts.emplace_back([&, t] {
+      try {
+        CpuJit jit(dir.string());  // four JITs made at once, one directory: as four processes would
+        for (int64_t cols : {3, 5, 8, 13}) {
+          const FusedKernelDesc d = softmax_desc(2, cols);
+          const FusedFn fn = jit.compile(d);
+          Buffers got = make_buffers(d, 1), ref = make_buffers(d, 1);
+          fn(got.in_ptrs.data(), got.out_ptrs.data(), 0, d.rows, 0, d.cols);
+          ops::run_fused_reference(d, ref.in_ptrs.data(), ref.out_ptrs.data(), 0, d.rows);
+          for (size_t i = 0; i < ref.out[0].size(); ++i)
+            if (std::fabs(got.out[0][i] - ref.out[0][i]) > 1e-5) ++failures;
+        }
+      } catch (const std::exception& e) {
+        std::lock_guard lk(mu);
+        errors += "thread " + std::to_string(t) + ": " + e.what() + "\n";
       }
     });
   for (auto& t : ts) t.join();
+  EXPECT_EQ(errors, "");
   EXPECT_EQ(failures.load(), 0);
   int entries = 0;
   for (auto& e : std::filesystem::directory_iterator(dir)) {
