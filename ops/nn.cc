@@ -88,6 +88,11 @@ void scatter_add_kernel(const Node& n, std::span<const TensorRef> in, std::span<
                         const KernelCtx& ctx) {
   const int64_t V = out[0].shape[0];
   const int64_t row = V ? out[0].numel / V : 0;
+  // A shard of the rows (attribute "offset": its first row, "size" its row count) adds the
+  // updates whose index falls in its range and skips the others; the shards side by side
+  // are the whole result.
+  const bool shard = n.attrs.has("offset");
+  const int64_t offset = n.attrs.get_i64_or("offset", 0);
   dispatch_float(n, out[0].dtype, [&](auto t) {
     using T = decltype(t);
     T* dst = out[0].as<T>();
@@ -96,11 +101,14 @@ void scatter_add_kernel(const Node& n, std::span<const TensorRef> in, std::span<
     dispatch_index(n, in[0].dtype, [&](auto it) {
       using I = decltype(it);
       const I* idx = in[0].as<const I>();
-      for (int64_t i = 0; i < in[0].numel; ++i) checked_index(n, idx, i, V);
+      if (!shard)
+        for (int64_t i = 0; i < in[0].numel; ++i) checked_index(n, idx, i, V);
       // Threads own disjoint column ranges, so repeated indices never race.
       parallel_range(ctx, row, [&](int64_t c0, int64_t c1) {
         for (int64_t i = 0; i < in[0].numel; ++i) {
-          T* d = dst + static_cast<int64_t>(idx[i]) * row;
+          const int64_t r = static_cast<int64_t>(idx[i]) - offset;
+          if (shard && (r < 0 || r >= V)) continue;
+          T* d = dst + r * row;
           const T* u = upd + i * row;
           for (int64_t c = c0; c < c1; ++c) d[c] += u[c];
         }
@@ -228,10 +236,12 @@ ShardingRule rule_gather(const Node&, std::span<const TensorType> in) {
   return r;
 }
 
-// scatter_add: splitting the index dims leaves partial sums of the result.
-ShardingRule rule_scatter_add(const Node&, std::span<const TensorType> in) {
+// scatter_add: splitting the index dims leaves partial sums of the result; splitting the
+// result's rows (a vocabulary-parallel embedding's gradient) gives each device the updates
+// of the rows in its range, read from all of them.
+ShardingRule rule_scatter_add(const Node& n, std::span<const TensorType> in) {
   ShardingRule r;
-  std::vector<int> idx, upd, out{-1};
+  std::vector<int> idx, upd, out{r.add_factor(n.attrs.get_i64("size"))};
   for (int64_t d : in[0].shape) idx.push_back(r.add_factor(d, FactorReduce::sum));
   upd = idx;
   for (int d = in[0].rank(); d < in[1].rank(); ++d) {
@@ -242,6 +252,15 @@ ShardingRule rule_scatter_add(const Node&, std::span<const TensorType> in) {
   r.outputs = {out};
   r.linear = {false, true};
   return r;
+}
+
+Attrs localize_scatter_add(const Node& n, const ShardView& v) {
+  Attrs a = n.attrs;
+  if (v.local_outputs[0].shape[0] != v.global_output_shape[0] || n.attrs.has("offset")) {
+    a.set("size", v.local_outputs[0].shape[0]);
+    a.set("offset", v.output_offsets[0]);
+  }
+  return a;
 }
 
 Attrs localize_one_hot(const Node& n, const ShardView& v) {
@@ -296,6 +315,8 @@ void register_nn_ops(OpRegistry& r) {
   s.grad = grad_scatter_add;
   s.cost = write_cost;
   s.sharding = rule_scatter_add;
+  s.attrs.push_back(attr("offset", AttrType::i64, false));
+  s.localize = localize_scatter_add;
   s.doc = "zeros[size, ...] with updates added at the rows idx (gradient of gather)";
   r.add(std::move(s));
 

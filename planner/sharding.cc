@@ -411,6 +411,115 @@ void sink_slices(const Graph& g, const Mesh& m, std::span<const int32_t> nodes, 
   }
 }
 
+// An op whose output leaves a partial sum on an axis that its one consumer layout then
+// reduce-scatters along a dim of its own (the embedding's gradient: the sequence-split
+// activation gradient scattered into the whole table, then reduce-scattered over the
+// vocabulary) can instead read the inputs that carry the summed factor whole and compute only
+// its part of that dim: an all-gather of the (smaller) inputs in place of the reduce-scatter
+// of the (larger) output, as Megatron-LM's vocabulary-parallel embedding does. Chosen where it
+// moves fewer bytes; an all-gather another consumer already made costs nothing. Only on the
+// sequence-parallel axis, whose activations are split within a pass: a data-parallel
+// gradient's reduce-scatter overlaps the backward, an all-gather of other replicas'
+// activations would stall it.
+template <class AddReshard>
+void gather_before_reducing(const Graph& g, const Mesh& m, std::span<const int32_t> nodes, GraphPlacement& gp,
+                            AddReshard& add_reshard, const PropagationHints& hints) {
+  if (hints.sequence_axis < 0) return;
+  static thread_local std::vector<int> direct;
+  direct.assign(static_cast<size_t>(g.size()), 0);
+  for (int32_t id : nodes)
+    for (auto& in : g.node(id).inputs) direct[in.node]++;
+  for (auto& r : gp.reshards)
+    for (auto& [node, input] : r.consumers)
+      if (input >= 0) direct[r.value.node]--;
+  std::vector<char> pinned(static_cast<size_t>(g.size()), 0);
+  for (auto& o : g.outputs()) pinned[o.value.node] = 1;
+  for (auto& u : g.updates()) pinned[u.value.node] = 1;
+  for (size_t id = 0; id < hints.keep.size(); ++id) pinned[id] |= hints.keep[id];
+  const int axes = static_cast<int>(m.sizes.size());
+  for (int32_t id : nodes) {
+    const Node& n = g.node(id);
+    if (n.inputs.empty() || n.def->kind != OpKind::compute || n.outputs.size() != 1 || pinned[id] || direct[id] > 0 ||
+        gp.values[id].empty())
+      continue;
+    std::vector<size_t> mine;
+    for (size_t r = 0; r < gp.reshards.size(); ++r)
+      if (gp.reshards[r].value.node == id && !gp.reshards[r].consumers.empty()) mine.push_back(r);
+    if (mine.empty()) continue;
+    const Sharding target = gp.reshards[mine[0]].to;
+    bool same = true;
+    for (size_t r : mine) same &= gp.reshards[r].to == target;
+    if (!same) continue;
+    const Sharding have = gp.values[id][0];
+    for (int a = 0; a < axes; ++a) {
+      if (a != hints.sequence_axis || a == hints.deferred_sum_axis || !have[a].is_partial() ||
+          have[a].reduce != FactorReduce::sum || !target[a].is_shard())
+        continue;
+      double saved = 0;
+      for (size_t r : mine)
+        for (auto& st : gp.reshards[r].steps)
+          if (st.axis == a && st.kind == ReshardStep::Kind::reduce_scatter) saved = std::max(saved, st.bytes);
+      if (saved <= 0) continue;
+      std::vector<TensorType> types;
+      std::vector<Sharding> cur;  // the inputs as this node reads them now
+      for (size_t i = 0; i < n.inputs.size(); ++i) {
+        types.push_back(g.type(n.inputs[i]));
+        Sharding c = gp.at(n.inputs[i]);
+        for (auto& r : gp.reshards)
+          for (auto& cons : r.consumers)
+            if (cons == std::pair<int32_t, int>{id, static_cast<int>(i)}) c = r.to;
+        cur.push_back(std::move(c));
+      }
+      const ShardingRule rule = n.def->sharding(n, types);
+      const int f = rule.outputs[0][target[a].dim];
+      if (f < 0 || rule.factor_sizes[f] % m.sizes[a] != 0) continue;
+      Sharding placed = have;
+      placed[a] = target[a];
+      std::vector<Sharding> want = cur;
+      bool ok = true;
+      double cost = 0;
+      for (size_t i = 0; i < n.inputs.size() && ok; ++i) {
+        const int d = find_dim(rule.inputs[i], f);
+        want[i][a] = d >= 0 ? Placement::S(d) : Placement::R();
+        if (want[i] == cur[i]) continue;
+        if (cur[i][a].is_partial()) { ok = false; break; }
+        try {
+          local_shape(types[i].shape, want[i], m);
+          const Sharding& stored = gp.at(n.inputs[i]);
+          bool exists = stored == want[i];
+          for (auto& r : gp.reshards) exists |= r.value == n.inputs[i] && r.to == want[i] && !r.consumers.empty();
+          if (!exists)
+            for (auto& st : reshard(types[i], stored, want[i], m)) cost += st.is_collective() ? st.bytes : 0;
+        } catch (const Error&) {
+          ok = false;
+        }
+      }
+      // The output's other axes must not split the dim this one now splits.
+      for (int b = 0; b < axes && ok; ++b)
+        ok = b == a || !(placed[b].is_shard() && placed[b].dim == target[a].dim);
+      if (!ok || cost >= saved) continue;
+      try {
+        local_shape(n.outputs[0].shape, placed, m);
+      } catch (const Error&) {
+        continue;
+      }
+      bool whole = placed == target;
+      for (size_t r : mine) {
+        if (whole) gp.reshards[r].consumers.clear();
+        else gp.reshards[r].steps = reshard(n.outputs[0], placed, target, m);
+      }
+      gp.values[id][0] = placed;
+      for (size_t i = 0; i < n.inputs.size(); ++i) {
+        if (want[i] == cur[i]) continue;
+        const std::pair<int32_t, int> me{id, static_cast<int>(i)};
+        for (auto& r : gp.reshards) std::erase(r.consumers, me);
+        if (gp.at(n.inputs[i]) != want[i]) add_reshard(n.inputs[i], want[i], id, static_cast<int>(i));
+      }
+      break;  // one axis per node
+    }
+  }
+}
+
 }  // namespace
 
 GraphPlacement propagate_graph(const Graph& g, const Mesh& m, const SourcePlacement& source,
@@ -481,6 +590,7 @@ GraphPlacement propagate_graph(const Graph& g, const Mesh& m, const SourcePlacem
     gp.values[id] = p.outputs;
   }
   sink_slices(g, m, propagated, gp, add_reshard, hints);
+  gather_before_reducing(g, m, propagated, gp, add_reshard, hints);
   for (auto& u : g.updates()) {
     if (!same_as.empty() && (same_as[u.variable] >= 0 || same_as[u.value.node] >= 0)) continue;
     if (gp.values[u.variable].empty() || gp.values[u.value.node].empty()) continue;  // only what it placed

@@ -9,6 +9,8 @@
 #include <fstream>
 #include <regex>
 #include <string>
+#include <system_error>
+#include <vector>
 
 namespace tessel::testing {
 
@@ -18,9 +20,20 @@ struct RunResult {
   std::string err;   // stderr
 };
 
+// A fresh directory under the system's temporary directory, removed with everything in it when
+// the test program exits.
 inline std::string temp_dir() {
+  struct Made {
+    std::vector<std::string> dirs;
+    ~Made() {
+      std::error_code ec;
+      for (const auto& d : dirs) std::filesystem::remove_all(d, ec);
+    }
+  };
+  static Made made;
   std::string t = (std::filesystem::temp_directory_path() / "tessel_test_XXXXXX").string();
   if (!mkdtemp(t.data())) std::abort();
+  made.dirs.push_back(t);
   return t;
 }
 

@@ -81,6 +81,38 @@ TEST(KernelScatterAdd, MatchesNaive) {
       }
 }
 
+// A shard of the result's rows (attributes size = its row count, offset = its first row, as
+// the partitioner localizes a vocabulary-parallel embedding's gradient) adds only the updates
+// whose index falls in its range: the shards side by side are the whole result.
+TEST(KernelScatterAdd, RowShardsSideBySideAreTheWhole) {
+  Parallels par;
+  Rng rng(32);
+  struct C {
+    Shape idx, upd;
+    int64_t size;
+  };
+  const C cases[] = {{{6}, {6, 3}, 4}, {{2, 3}, {2, 3, 2}, 6}, {{13}, {13, 33}, 7}, {{1000}, {1000, 200}, 10}};
+  for (DType dt : {DType::f32, DType::f64})
+    for (DType it : {DType::i32, DType::i64})
+      for (const C& c : cases) {
+        HostTensor idx = index_tensor(rng, it, c.idx, 0, c.size - 1);
+        HostTensor upd = quantized_tensor(rng, dt, c.upd);
+        const HostTensor whole = naive_scatter_add(idx, upd, c.size);
+        const int64_t row = c.size ? whole.numel() / c.size : 0;
+        for (int64_t parts : {int64_t{1}, int64_t{2}, c.size})
+          for (int64_t off = 0; off < c.size; off += (c.size + parts - 1) / parts) {
+            const int64_t rows = std::min((c.size + parts - 1) / parts, c.size - off);
+            Shape os = whole.shape;
+            os[0] = rows;
+            HostTensor want = zeros(dt, os);
+            std::copy(whole.v.begin() + off * row, whole.v.begin() + (off + rows) * row, want.v.begin());
+            expect_op(par, "scatter_add", {idx, upd}, {{"size", rows}, {"offset", off}}, want, 0, 0,
+                      attr_str(dt) + " idx " + attr_str(it) + shape_str(c.idx) + " rows " + std::to_string(off) +
+                          ".." + std::to_string(off + rows) + " of " + std::to_string(c.size));
+          }
+      }
+}
+
 // Out-of-range indices are an Error naming the node, on any thread, never a crash.
 TEST(KernelIndex, OutOfRangeThrows) {
   Parallels par;

@@ -174,6 +174,57 @@ TEST(Propagate, MegatronBlockTrainsWithTwoAllReducesEachWay) {
   EXPECT_EQ(count_big(g, gp, K::all_gather) + count_big(g, gp, K::all_to_all) + count_big(g, gp, K::reduce_scatter), 0);
 }
 
+// With sequence parallelism, the embedding's gradient (the sequence-split activation gradient
+// scattered into the table) is computed on each device's vocabulary rows from the gathered
+// activation gradient when that moves fewer bytes than reduce-scattering the whole table's
+// partial gradient (Megatron-LM's vocabulary-parallel embedding), and keeps the reduce-scatter
+// when the table is the smaller.
+TEST(Propagate, SequenceParallelEmbeddingGradientMovesTheSmallerTensor) {
+  struct Case {
+    const char* spec;
+    bool gathers;  // the activation gradient (it is smaller than the table)
+  };
+  for (const Case& c : {Case{"gpt:layers=1,d_model=16,heads=4,seq=8,vocab=512", true},
+                        Case{"gpt:layers=1,d_model=16,heads=4,seq=64,vocab=8", false}}) {
+    SCOPED_TRACE(c.spec);
+    auto b = models::from_spec(c.spec, 8);
+    Graph& g = b.model->graph();
+    OptimizerConfig oc;
+    oc.kind = "adamw";
+    add_training(g, "loss", oc);
+    Mesh m({"tp"}, {4});
+    PropagationHints hints;
+    hints.sequence_axis = 0;
+    auto gp = propagate_graph(g, m, [&](const Node& n) -> std::optional<Sharding> {
+      if (auto s = megatron(n)) return s;
+      if (n.def->kind == OpKind::variable && n.name.find("wte/weight") != std::string::npos)
+        return Sharding{Placement::S(0)};  // vocabulary-parallel, with its optimizer state
+      return std::nullopt;
+    }, {}, hints);
+    const Node* scatter = nullptr;
+    for (const Node& n : g.nodes())
+      if (n.op == "scatter_add") scatter = &n;
+    ASSERT_NE(scatter, nullptr);
+    const TensorType table = scatter->outputs[0];
+    const TensorType grad = g.type(scatter->inputs[1]);
+    int table_reduce_scatters = 0, grad_gathers = 0;
+    for (auto& r : gp.reshards)
+      for (auto& st : r.steps) {
+        table_reduce_scatters += st.kind == K::reduce_scatter && r.value.node == scatter->id;
+        grad_gathers += st.kind == K::all_gather && r.value == scatter->inputs[1];
+      }
+    const Sharding placed = gp.at(Value{scatter->id, 0});
+    if (c.gathers) {
+      EXPECT_EQ(placed, (Sharding{Placement::S(0)})) << table.str() << " from " << grad.str();
+      EXPECT_EQ(table_reduce_scatters, 0);
+      EXPECT_EQ(grad_gathers, 1);
+    } else {
+      EXPECT_TRUE(placed[0].is_partial()) << table.str() << " from " << grad.str();
+      EXPECT_EQ(grad_gathers, 0);
+    }
+  }
+}
+
 TEST(Propagate, AttentionSplitsOverHeads) {
   auto b = models::from_spec("gpt:layers=1,d_model=16,heads=4,seq=8,vocab=32", 2);
   Graph& g = b.model->graph();
