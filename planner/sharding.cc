@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <map>
+#include <unordered_map>
 
 #include "graph/error.h"
 
@@ -425,23 +426,37 @@ template <class AddReshard>
 void gather_before_reducing(const Graph& g, const Mesh& m, std::span<const int32_t> nodes, GraphPlacement& gp,
                             AddReshard& add_reshard, const PropagationHints& hints) {
   if (hints.sequence_axis < 0) return;
-  static thread_local std::vector<int> direct;
-  direct.assign(static_cast<size_t>(g.size()), 0);
-  for (int32_t id : nodes)
-    for (auto& in : g.node(id).inputs) direct[in.node]++;
-  for (auto& r : gp.reshards)
-    for (auto& [node, input] : r.consumers)
-      if (input >= 0) direct[r.value.node]--;
-  std::vector<char> pinned(static_cast<size_t>(g.size()), 0);
-  for (auto& o : g.outputs()) pinned[o.value.node] = 1;
-  for (auto& u : g.updates()) pinned[u.value.node] = 1;
-  for (size_t id = 0; id < hints.keep.size(); ++id) pinned[id] |= hints.keep[id];
-  const int axes = static_cast<int>(m.sizes.size());
+  // Candidates first (few nodes leave a partial sum on this axis), so that a layer without
+  // any costs one pass over its nodes.
+  std::vector<int32_t> candidates;
   for (int32_t id : nodes) {
     const Node& n = g.node(id);
-    if (n.inputs.empty() || n.def->kind != OpKind::compute || n.outputs.size() != 1 || pinned[id] || direct[id] > 0 ||
-        gp.values[id].empty())
-      continue;
+    if (!n.inputs.empty() && n.def->kind == OpKind::compute && n.outputs.size() == 1 && !gp.values[id].empty() &&
+        gp.values[id][0][hints.sequence_axis].is_partial())
+      candidates.push_back(id);
+  }
+  if (candidates.empty()) return;
+  // Per candidate: consumers that read it as placed (it cannot change under them), and
+  // whether something outside keeps its placement (an output, an update's value).
+  std::unordered_map<int32_t, int> direct;
+  for (int32_t id : candidates) direct[id] = 0;
+  for (int32_t id : nodes)
+    for (auto& in : g.node(id).inputs)
+      if (auto it = direct.find(in.node); it != direct.end()) it->second++;
+  for (auto& r : gp.reshards)
+    if (auto it = direct.find(r.value.node); it != direct.end())
+      for (auto& [node, input] : r.consumers)
+        if (input >= 0) it->second--;
+  for (auto& o : g.outputs())
+    if (auto it = direct.find(o.value.node); it != direct.end()) it->second = 1;
+  for (auto& u : g.updates())
+    if (auto it = direct.find(u.value.node); it != direct.end()) it->second = 1;
+  for (auto& [id, count] : direct)
+    if (static_cast<size_t>(id) < hints.keep.size() && hints.keep[id]) count = 1;
+  const int axes = static_cast<int>(m.sizes.size());
+  for (int32_t id : candidates) {
+    const Node& n = g.node(id);
+    if (direct[id] > 0) continue;
     std::vector<size_t> mine;
     for (size_t r = 0; r < gp.reshards.size(); ++r)
       if (gp.reshards[r].value.node == id && !gp.reshards[r].consumers.empty()) mine.push_back(r);
