@@ -466,9 +466,9 @@ void gather_before_reducing(const Graph& g, const Mesh& m, std::span<const int32
     for (size_t r : mine) same &= gp.reshards[r].to == target;
     if (!same) continue;
     const Sharding have = gp.values[id][0];
-    for (int a = 0; a < axes; ++a) {
-      if (a != hints.sequence_axis || a == hints.deferred_sum_axis || !have[a].is_partial() ||
-          have[a].reduce != FactorReduce::sum || !target[a].is_shard())
+    for (const int a : {hints.sequence_axis}) {  // the one axis it revises
+      if (a == hints.deferred_sum_axis || !have[a].is_partial() || have[a].reduce != FactorReduce::sum ||
+          !target[a].is_shard())
         continue;
       double saved = 0;
       for (size_t r : mine)
@@ -530,7 +530,6 @@ void gather_before_reducing(const Graph& g, const Mesh& m, std::span<const int32
         for (auto& r : gp.reshards) std::erase(r.consumers, me);
         if (gp.at(n.inputs[i]) != want[i]) add_reshard(n.inputs[i], want[i], id, static_cast<int>(i));
       }
-      break;  // one axis per node
     }
   }
 }
