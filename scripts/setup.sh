@@ -13,6 +13,7 @@ PACKAGES=(
   dataset-fashion-mnist
   clang libclang-rt-14-dev
   llvm-14-dev
+  libgloo-dev
 )
 
 missing=()

@@ -1,17 +1,21 @@
-// The in-process communicator: every collective against naive loops over the members'
-// data, on groups of 1, 2, 3, 4 and 8 (sizes that do not divide evenly included), sub-groups
-// used concurrently, point-to-point order, and the failure paths: timeouts naming the
-// missing ranks, desynchronised groups, and abort stopping everyone.
+// The communicator contract, run against every engine (in-process threads, and Gloo with
+// each rank its own endpoint over loopback TCP, as threads of this process): every
+// collective against naive loops over the members' data on groups of 1, 2, 3, 4, 6 and 8
+// (sizes that do not divide evenly included), element counts from 0 to 10^6, sub-groups used
+// concurrently, point-to-point order; and the failure paths: timeouts, desynchronised groups
+// (in-process), bad shapes, and abort stopping everyone.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <chrono>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <numeric>
 #include <thread>
 
 #include "graph/error.h"
+#include "runtime/gloo_comm.h"
 #include "runtime/inprocess_comm.h"
 
 namespace tessel::runtime {
@@ -20,15 +24,35 @@ namespace {
 using ::testing::AnyOf;
 using ::testing::HasSubstr;
 
-// Runs fn on every rank of a world in its own thread; returns each rank's error ("" if none).
-std::vector<std::string> on_ranks(int64_t n, const std::function<void(Communicator&)>& fn, CommOptions o = {}) {
-  InProcessWorld world(n, o);
+// Runs fn on every rank of a world of `engine` in its own thread; returns each rank's error
+// ("" if none). Gloo endpoints are made on their rank's thread (making one waits for the
+// others) and live until every rank is done (a finished rank still serves the others).
+std::vector<std::string> on_ranks(const std::string& engine, int64_t n, const std::function<void(Communicator&)>& fn,
+                                  CommOptions o = {}) {
   std::vector<std::string> err(static_cast<size_t>(n));
   std::vector<std::thread> threads;
+  if (engine == "inprocess") {
+    InProcessWorld world(n, o);
+    for (int64_t r = 0; r < n; ++r)
+      threads.emplace_back([&, r] {
+        try {
+          fn(world.rank(r));
+        } catch (const std::exception& e) {
+          err[static_cast<size_t>(r)] = e.what();
+        }
+      });
+    for (auto& t : threads) t.join();
+    return err;
+  }
+  auto rdv = gloo_memory_rendezvous();
+  std::vector<std::unique_ptr<Communicator>> comms(static_cast<size_t>(n));
+  GlooOptions go;
+  go.timeout_s = o.timeout_s;
   for (int64_t r = 0; r < n; ++r)
     threads.emplace_back([&, r] {
       try {
-        fn(world.rank(r));
+        comms[static_cast<size_t>(r)] = gloo_communicator(r, n, rdv, go);
+        fn(*comms[static_cast<size_t>(r)]);
       } catch (const std::exception& e) {
         err[static_cast<size_t>(r)] = e.what();
       }
@@ -36,6 +60,13 @@ std::vector<std::string> on_ranks(int64_t n, const std::function<void(Communicat
   for (auto& t : threads) t.join();
   return err;
 }
+
+class Comm : public ::testing::TestWithParam<std::string> {
+ protected:
+  std::vector<std::string> on_ranks(int64_t n, const std::function<void(Communicator&)>& fn, CommOptions o = {}) {
+    return runtime::on_ranks(GetParam(), n, fn, o);
+  }
+};
 
 struct Buf {
   std::vector<int64_t> shape;
@@ -56,7 +87,7 @@ std::vector<int64_t> all_of(int64_t n) {
   return g;
 }
 
-TEST(InProcessComm, AllReduceOfABucketMatchesNaiveSumsMeansAndMaxima) {
+TEST_P(Comm, AllReduceOfABucketMatchesNaiveSumsMeansAndMaxima) {
   for (int64_t n : {1, 2, 3, 4, 8})
     for (ReduceOp op : {ReduceOp::sum, ReduceOp::mean, ReduceOp::max})
       for (bool in_place : {false, true}) {
@@ -91,7 +122,7 @@ TEST(InProcessComm, AllReduceOfABucketMatchesNaiveSumsMeansAndMaxima) {
       }
 }
 
-TEST(InProcessComm, ReduceScatterAllGatherAllToAllAndBroadcastMatchNaiveLoops) {
+TEST_P(Comm, ReduceScatterAllGatherAllToAllAndBroadcastMatchNaiveLoops) {
   const std::vector<int64_t> shape{2, 6, 5};
   auto at = [&](int64_t a, int64_t b, int64_t c, const std::vector<int64_t>& s) { return (a * s[1] + b) * s[2] + c; };
   for (int64_t n : {1, 2, 3, 6}) {
@@ -133,7 +164,7 @@ TEST(InProcessComm, ReduceScatterAllGatherAllToAllAndBroadcastMatchNaiveLoops) {
   }
 }
 
-TEST(InProcessComm, SubGroupsOfAMeshWorkConcurrentlyAndPointToPointKeepsOrder) {
+TEST_P(Comm, SubGroupsOfAMeshWorkConcurrentlyAndPointToPointKeepsOrder) {
   // A 2 x 2 mesh: dp groups {0,2} {1,3}, tp groups {0,1} {2,3}; many calls interleaved.
   std::vector<float> dp_sum(4), tp_sum(4), got_msgs(4, 0);
   auto err = on_ranks(4, [&](Communicator& c) {
@@ -183,7 +214,7 @@ TEST(InProcessComm, ATimeoutNamesTheRanksThatNeverArrivedAndStopsTheOthers) {
   CommOptions o;
   o.timeout_s = 0.3;
   const auto t0 = std::chrono::steady_clock::now();
-  auto err = on_ranks(3, [&](Communicator& c) {
+  auto err = on_ranks("inprocess", 3, [&](Communicator& c) {
     Buf x({4}, 1.f);
     if (c.rank() == 0) c.all_reduce(x.ref(), x.ref(), ReduceOp::sum, std::vector<int64_t>{0, 1, 2});
     if (c.rank() == 1) c.recv(x.ref(), 2, 9);  // rank 2 sends nothing
@@ -199,7 +230,7 @@ TEST(InProcessComm, ATimeoutNamesTheRanksThatNeverArrivedAndStopsTheOthers) {
 }
 
 TEST(InProcessComm, DesynchronisedGroupsAndBadShapesAreReportedNotHung) {
-  auto err = on_ranks(2, [&](Communicator& c) {
+  auto err = on_ranks("inprocess", 2, [&](Communicator& c) {
     Buf x({4, 2}, 1.f), y({8, 2});
     const std::vector<int64_t> g{0, 1};
     if (c.rank() == 0) c.all_reduce(x.ref(), x.ref(), ReduceOp::sum, g);
@@ -208,13 +239,13 @@ TEST(InProcessComm, DesynchronisedGroupsAndBadShapesAreReportedNotHung) {
   EXPECT_THAT(err[0], HasSubstr("desynchronised group [0,1]: rank 0 calls all_reduce of f32[4,2] (sum), rank 1 calls all_gather of f32[4,2] dim 0"));
   EXPECT_EQ(err[0], err[1]);
 
-  err = on_ranks(2, [&](Communicator& c) {
+  err = on_ranks("inprocess", 2, [&](Communicator& c) {
     Buf x({5}, 1.f), y({2});
     c.reduce_scatter(x.ref(), y.ref(), 0, ReduceOp::sum, std::vector<int64_t>{0, 1});
   });
   EXPECT_THAT(err[0] + err[1], HasSubstr("dim 0 of [5] does not split over 2 ranks"));
 
-  err = on_ranks(2, [&](Communicator& c) {
+  err = on_ranks("inprocess", 2, [&](Communicator& c) {
     Buf x({4}, 1.f);
     if (c.rank() == 0) c.send(x.ref(), 1, 3);
     else {
@@ -226,7 +257,7 @@ TEST(InProcessComm, DesynchronisedGroupsAndBadShapesAreReportedNotHung) {
 }
 
 TEST(InProcessComm, AbortStopsEveryRankWithTheReason) {
-  auto err = on_ranks(3, [&](Communicator& c) {
+  auto err = on_ranks("inprocess", 3, [&](Communicator& c) {
     Buf x({4}, 1.f);
     if (c.rank() == 2) {
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -238,6 +269,99 @@ TEST(InProcessComm, AbortStopsEveryRankWithTheReason) {
   });
   EXPECT_THAT(err[0], HasSubstr("rank 0: recv from rank 2 (tag 0) stopped: rank 2 failed: out of memory in fc1/matmul"));
   EXPECT_THAT(err[1], HasSubstr("stopped: rank 2 failed"));
+}
+
+TEST_P(Comm, ElementCountsFromNoneToAMillion) {
+  for (int64_t n : {2, 3})
+    for (int64_t count : {0, 1, 4, 100, 1000, 1000000}) {
+      SCOPED_TRACE(std::to_string(n) + " ranks, " + std::to_string(count) + " elements");
+      std::vector<std::string> bad(static_cast<size_t>(n));
+      auto err = on_ranks(n, [&](Communicator& c) {
+        const int64_t r = c.rank();
+        const auto g = all_of(n);
+        Buf x({count}), sum({count}), gathered({count * n}), scattered({count}), whole({count * n});
+        for (int64_t i = 0; i < count; ++i) x.v[static_cast<size_t>(i)] = value(r, i);
+        c.all_reduce(x.ref(), sum.ref(), ReduceOp::sum, g);
+        c.all_gather(x.ref(), gathered.ref(), 0, g);
+        for (int64_t i = 0; i < count * n; ++i) whole.v[static_cast<size_t>(i)] = value(r, i);
+        c.reduce_scatter(whole.ref(), scattered.ref(), 0, ReduceOp::sum, g);
+        std::string& b = bad[static_cast<size_t>(r)];
+        for (int64_t i = 0; i < count && b.empty(); ++i) {
+          float want = 0;
+          for (int64_t q = 0; q < n; ++q) want += value(q, i);
+          if (sum.v[static_cast<size_t>(i)] != want) b = "all_reduce [" + std::to_string(i) + "]";
+          float rs = 0;
+          for (int64_t q = 0; q < n; ++q) rs += value(q, r * count + i);
+          if (scattered.v[static_cast<size_t>(i)] != rs) b = "reduce_scatter [" + std::to_string(i) + "]";
+        }
+        for (int64_t i = 0; i < count * n && b.empty(); ++i)
+          if (gathered.v[static_cast<size_t>(i)] != value(i / count, i % count)) b = "all_gather [" + std::to_string(i) + "]";
+      });
+      for (int64_t r = 0; r < n; ++r) {
+        EXPECT_EQ(err[static_cast<size_t>(r)], "") << "rank " << r;
+        EXPECT_EQ(bad[static_cast<size_t>(r)], "") << "rank " << r << " got a wrong value";
+      }
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(Engines, Comm, ::testing::Values("inprocess", "gloo"),
+                         [](const ::testing::TestParamInfo<std::string>& i) { return i.param; });
+
+// Gloo's failure paths: a call that never completes fails within its timeout on the rank
+// that made it, and stops the rank waiting on it with the reason; an abort reaches a rank
+// blocked on the aborting one through the rendezvous store; bad shapes are refused before
+// anything moves.
+TEST(GlooComm, ATimeoutFailsInTimeAndStopsTheOthersWithTheReason) {
+  CommOptions o;
+  o.timeout_s = 0.3;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto err = on_ranks("gloo", 3, [&](Communicator& c) {
+    Buf x({4}, 1.f);
+    if (c.rank() == 0) c.all_reduce(x.ref(), x.ref(), ReduceOp::sum, std::vector<int64_t>{0, 1, 2});
+    if (c.rank() == 1) c.recv(x.ref(), 2, 9);  // rank 2 sends nothing
+  }, o);
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 5.0);
+  const std::string all = err[0] + "\n" + err[1];
+  EXPECT_THAT(all, AnyOf(HasSubstr("rank 0: all_reduce over ranks [0,1,2] failed (timeout 0.3 s)"),
+                         HasSubstr("rank 1: recv from rank 2 (tag 9) failed (timeout 0.3 s)")));
+  EXPECT_NE(err[0], "");
+  EXPECT_NE(err[1], "");
+  EXPECT_EQ(err[2], "");
+}
+
+TEST(GlooComm, AbortStopsARankWaitingOnTheAbortingOneWithTheReason) {
+  CommOptions o;
+  o.timeout_s = 20;  // the abort, not the timeout, must end the wait
+  const auto t0 = std::chrono::steady_clock::now();
+  auto err = on_ranks("gloo", 3, [&](Communicator& c) {
+    Buf x({4}, 1.f);
+    if (c.rank() == 2) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      c.abort("rank 2 failed: out of memory in fc1/matmul");
+      return;
+    }
+    if (c.rank() == 0) c.recv(x.ref(), 2, 0);
+  }, o);
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 10.0);
+  EXPECT_THAT(err[0], HasSubstr("rank 0: recv from rank 2 (tag 0) stopped: rank 2 failed: out of memory in fc1/matmul"));
+  EXPECT_EQ(err[1], "");
+}
+
+TEST(GlooComm, BadShapesAreRefusedBeforeAnythingMoves) {
+  CommOptions o;
+  o.timeout_s = 5;
+  auto err = on_ranks("gloo", 2, [&](Communicator& c) {
+    Buf x({5}, 1.f), y({2});
+    c.reduce_scatter(x.ref(), y.ref(), 0, ReduceOp::sum, std::vector<int64_t>{0, 1});
+  }, o);
+  EXPECT_THAT(err[0], HasSubstr("rank 0: reduce_scatter: dim 0 of [5] does not split over 2 ranks"));
+  EXPECT_THAT(err[1], HasSubstr("rank 1: reduce_scatter: dim 0 of [5] does not split over 2 ranks"));
+  err = on_ranks("gloo", 2, [&](Communicator& c) {
+    Buf x({4}, 1.f);
+    c.all_reduce(x.ref(), x.ref(), ReduceOp::sum, std::vector<int64_t>{0, 5});
+  }, o);
+  EXPECT_THAT(err[0], HasSubstr("group [0,5] names rank 5 of a world of 2"));
+  EXPECT_THROW(gloo_communicator(2, 2, gloo_memory_rendezvous()), Error);
 }
 
 }  // namespace

@@ -119,15 +119,31 @@ TEST_P(PlantedMistake, IsCaught) {
 INSTANTIATE_TEST_SUITE_P(EquivalenceFuzz, PlantedMistake, ::testing::Values(0, 1, 2),
                          [](const ::testing::TestParamInfo<int>& i) { return std::string(planted()[i.param].name); });
 
+// TESSEL_SOAK_PLANT=NAME (one of the planted mistakes above) soaks with that mistake in every
+// case it applies to: the soak must then catch it as the fast slice does.
 TEST(EquivalenceFuzz, Soak) {
   const char* cases = std::getenv("TESSEL_SOAK_CASES");
-  if (!cases) GTEST_SKIP() << "set TESSEL_SOAK_CASES=N (and TESSEL_SOAK_SEED=S, TESSEL_SOAK_FIRST=K) to soak";
+  if (!cases)
+    GTEST_SKIP() << "set TESSEL_SOAK_CASES=N (and TESSEL_SOAK_SEED=S, TESSEL_SOAK_FIRST=K, TESSEL_SOAK_PLANT=NAME) to soak";
   const char* seed = std::getenv("TESSEL_SOAK_SEED");
   const char* first = std::getenv("TESSEL_SOAK_FIRST");
+  const char* plant = std::getenv("TESSEL_SOAK_PLANT");
+  const Planted* p = nullptr;
+  if (plant) {
+    for (const Planted& q : planted())
+      if (q.name == std::string(plant)) p = &q;
+    ASSERT_NE(p, nullptr) << "TESSEL_SOAK_PLANT=" << plant << ": not one of drop_all_reduce, double_gradient, shift_shard";
+  }
   const Summary s = run_search(seed ? std::strtoull(seed, nullptr, 10) : 1, first ? std::atoll(first) : 0,
-                               std::atoll(cases), {}, &std::cout);
-  std::cout << "soak seed " << (seed ? seed : "1") << ": " << s.str();
-  EXPECT_EQ(s.failed, 0) << failures(s);
+                               std::atoll(cases), p ? p->corrupt : Corruption{}, &std::cout,
+                               p ? p->only : std::function<bool(const Case&)>{}, p ? 10 : 0);
+  std::cout << "soak seed " << (seed ? seed : "1") << (p ? std::string(", planted ") + p->name : "") << ": " << s.str();
+  if (!p) {
+    EXPECT_EQ(s.failed, 0) << failures(s);
+    return;
+  }
+  EXPECT_EQ(s.failed, s.caught) << p->name << ": failures without a planted mistake:\n" << failures(s);
+  EXPECT_GE(s.caught, s.planted * 9 / 10) << p->name << ": caught " << s.caught << " of " << s.planted;
 }
 
 }  // namespace

@@ -1,0 +1,603 @@
+#include "runtime/gloo_comm.h"
+
+#include <gloo/allgather.h>
+#include <gloo/allreduce.h>
+#include <gloo/alltoall.h>
+#include <gloo/barrier.h>
+#include <gloo/broadcast.h>
+#include <gloo/rendezvous/context.h>
+#include <gloo/rendezvous/file_store.h>
+#include <gloo/rendezvous/hash_store.h>
+#include <gloo/rendezvous/prefix_store.h>
+#include <gloo/transport/tcp/device.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "graph/error.h"
+#include "graph/shape.h"
+
+namespace tessel::runtime {
+
+class GlooRendezvous {
+ public:
+  explicit GlooRendezvous(std::shared_ptr<gloo::rendezvous::Store> s) : store(std::move(s)) {}
+  std::shared_ptr<gloo::rendezvous::Store> store;
+};
+
+std::shared_ptr<GlooRendezvous> gloo_file_rendezvous(const std::string& dir) {
+  return std::make_shared<GlooRendezvous>(std::make_shared<gloo::rendezvous::FileStore>(dir));
+}
+
+std::shared_ptr<GlooRendezvous> gloo_memory_rendezvous() {
+  return std::make_shared<GlooRendezvous>(std::make_shared<gloo::rendezvous::HashStore>());
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::string list_str(std::span<const int64_t> v) {
+  std::string s = "[";
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
+  return s + "]";
+}
+
+// A tensor seen as [outer, dim, inner] around one of its dims.
+struct Around {
+  int64_t outer = 1, dim = 1, inner = 1;
+};
+Around around(std::span<const int64_t> shape, int d) {
+  Around a;
+  for (int i = 0; i < d; ++i) a.outer *= shape[i];
+  a.dim = shape[d];
+  for (size_t i = static_cast<size_t>(d) + 1; i < shape.size(); ++i) a.inner *= shape[i];
+  return a;
+}
+
+// Moves k equal blocks along dim `d` between a tensor and k contiguous chunks: chunk j holds
+// block j ([outer, dim / k, inner]). `pack` copies tensor -> chunks, otherwise chunks -> tensor.
+void blocks(std::byte* tensor, std::byte* chunks, const Around& a, int k, size_t es, bool pack) {
+  const int64_t part = a.dim / k * a.inner;  // elements of one block per outer index
+  for (int j = 0; j < k; ++j)
+    for (int64_t o = 0; o < a.outer; ++o) {
+      std::byte* t = tensor + static_cast<size_t>(o * a.dim * a.inner + j * part) * es;
+      std::byte* c = chunks + static_cast<size_t>((j * a.outer + o) * part) * es;
+      if (pack) std::memcpy(c, t, static_cast<size_t>(part) * es);
+      else std::memcpy(t, c, static_cast<size_t>(part) * es);
+    }
+}
+
+template <class T>
+void reduce_into(T* dst, const T* src, size_t n, ReduceOp op) {
+  if (op == ReduceOp::max)
+    for (size_t i = 0; i < n; ++i) dst[i] = std::max(dst[i], src[i]);
+  else
+    for (size_t i = 0; i < n; ++i) dst[i] += src[i];
+}
+
+template <class T>
+void scale_mean(T* x, size_t n, int k) {
+  for (size_t i = 0; i < n; ++i) x[i] = static_cast<T>(x[i] / static_cast<T>(k));
+}
+
+// Gloo's element-wise reduction for all-reduce: out = a op b.
+template <class T>
+void gloo_sum(void* out, const void* a, const void* b, size_t n) {
+  auto* o = static_cast<T*>(out);
+  auto* x = static_cast<const T*>(a);
+  auto* y = static_cast<const T*>(b);
+  for (size_t i = 0; i < n; ++i) o[i] = x[i] + y[i];
+}
+template <class T>
+void gloo_max(void* out, const void* a, const void* b, size_t n) {
+  auto* o = static_cast<T*>(out);
+  auto* x = static_cast<const T*>(a);
+  auto* y = static_cast<const T*>(b);
+  for (size_t i = 0; i < n; ++i) o[i] = std::max(x[i], y[i]);
+}
+
+// Calls f(T{}) with the C++ type of a dtype the engine reduces.
+template <class F>
+void reducible(DType t, std::string_view what, F&& f) {
+  switch (t) {
+    case DType::f32: f(float{}); return;
+    case DType::f64: f(double{}); return;
+    case DType::i32: f(int32_t{}); return;
+    case DType::i64: f(int64_t{}); return;
+    default:
+      throw Error(std::string(what) + " of " + std::string(dtype_name(t)) + ": the Gloo engine reduces f32, f64, i32 and i64");
+  }
+}
+
+// Slots of point-to-point messages: above every slot Gloo's collectives build (their
+// prefixes are small), one per tag.
+uint64_t p2p_slot(int64_t tag) { return (uint64_t{0xA5} << 56) | (static_cast<uint64_t>(tag) & 0xFFFFFFFFFFFFull); }
+
+class GlooEndpoint final : public Communicator {
+ public:
+  GlooEndpoint(int64_t rank, int64_t size, std::shared_ptr<GlooRendezvous> rdv, GlooOptions o)
+      : rank_(rank), size_(size), rdv_(std::move(rdv)), options_(std::move(o)) {
+    if (size < 1) throw Error("a Gloo world needs at least one rank, got " + std::to_string(size));
+    if (rank < 0 || rank >= size)
+      throw Error("rank " + std::to_string(rank) + " is not in a world of " + std::to_string(size));
+    if (!(options_.timeout_s > 0)) throw Error("the communication timeout must be positive");
+    timeout_ = std::chrono::milliseconds(static_cast<int64_t>(options_.timeout_s * 1000));
+    try {
+      gloo::transport::tcp::attr attr;
+      attr.hostname = options_.hostname;
+      device_ = gloo::transport::tcp::CreateDevice(attr);
+    } catch (const std::exception& e) {
+      throw Error(who() + ": cannot listen on " + options_.hostname + ": " + e.what());
+    }
+    std::vector<int64_t> all(static_cast<size_t>(size));
+    for (int64_t r = 0; r < size; ++r) all[static_cast<size_t>(r)] = r;
+    world_ = &context(all, "connect");
+    reaper_ = std::thread([this] { reap(); });
+  }
+
+  ~GlooEndpoint() override {
+    {
+      std::lock_guard lk(send_mu_);
+      stopping_ = true;
+    }
+    send_cv_.notify_all();
+    reaper_.join();
+  }
+
+  int64_t rank() const override { return rank_; }
+  int64_t size() const override { return size_; }
+  std::string_view engine() const override { return "gloo"; }
+
+  void all_reduce(std::span<const TensorRef> in, std::span<const TensorRef> out, ReduceOp op,
+                  std::span<const int64_t> group) override {
+    if (in.size() != out.size()) fail("all_reduce: " + std::to_string(in.size()) + " inputs but " + std::to_string(out.size()) + " outputs");
+    int64_t total = 0;
+    for (size_t i = 0; i < in.size(); ++i) {
+      if (in[i].numel != out[i].numel || in[i].dtype != out[i].dtype || (i && in[i].dtype != in[0].dtype))
+        fail("all_reduce: tensor " + std::to_string(i) + " in and out differ in size or dtype");
+      total += in[i].numel;
+    }
+    Ctx& c = member(group, "all_reduce");
+    if (in.empty() || total == 0) return;
+    const size_t es = dtype_size(in[0].dtype);
+    reducible(in[0].dtype, "all_reduce", [&](auto t) {
+      using T = decltype(t);
+      // One tensor reduces in place in its output; a bucket goes packed as one buffer.
+      T* buf = nullptr;
+      if (in.size() == 1) {
+        if (out[0].data != in[0].data) std::memcpy(out[0].data, in[0].data, static_cast<size_t>(in[0].bytes()));
+        buf = out[0].as<T>();
+      } else {
+        staging_.resize(static_cast<size_t>(total) * es);
+        size_t at = 0;
+        for (auto& x : in) {
+          std::memcpy(staging_.data() + at, x.data, static_cast<size_t>(x.bytes()));
+          at += static_cast<size_t>(x.bytes());
+        }
+        buf = reinterpret_cast<T*>(staging_.data());
+      }
+      if (c.k > 1)
+        run(c, "all_reduce", group, [&] {
+          gloo::AllreduceOptions opts(c.ctx);
+          opts.setOutput(buf, static_cast<size_t>(total));
+          opts.setReduceFunction(op == ReduceOp::max ? &gloo_max<T> : &gloo_sum<T>);
+          opts.setTimeout(timeout_);
+          gloo::allreduce(opts);
+        });
+      if (op == ReduceOp::mean) scale_mean(buf, static_cast<size_t>(total), c.k);
+      if (in.size() > 1) {
+        size_t at = 0;
+        for (auto& x : out) {
+          std::memcpy(x.data, staging_.data() + at, static_cast<size_t>(x.bytes()));
+          at += static_cast<size_t>(x.bytes());
+        }
+      }
+    });
+  }
+
+  void reduce_scatter(const TensorRef& in, const TensorRef& out, int dim, ReduceOp op,
+                      std::span<const int64_t> group) override {
+    check_dim(in, dim, "reduce_scatter");
+    const int64_t k = static_cast<int64_t>(group.size());
+    if (k == 0 || in.shape[dim] % k)
+      fail("reduce_scatter: dim " + std::to_string(dim) + " of " + shape_str(in.shape) + " does not split over " +
+           std::to_string(k) + " ranks");
+    std::vector<int64_t> want(in.shape.begin(), in.shape.end());
+    want[dim] /= k;
+    check_out(out, in.dtype, want, "reduce_scatter");
+    Ctx& c = member(group, "reduce_scatter");
+    if (in.numel == 0) return;
+    const size_t es = dtype_size(in.dtype);
+    const size_t share = static_cast<size_t>(out.numel);
+    reducible(in.dtype, "reduce_scatter", [&](auto t) {
+      using T = decltype(t);
+      // Chunk j of the packed input is member j's share; after the exchange chunk q of what
+      // arrived is member q's contribution to this member's share.
+      staging_.resize(static_cast<size_t>(in.numel) * es);
+      received_.resize(static_cast<size_t>(in.numel) * es);
+      blocks(static_cast<std::byte*>(in.data), staging_.data(), around(in.shape, dim), c.k, es, true);
+      if (c.k > 1)
+        run(c, "reduce_scatter", group, [&] {
+          gloo::AlltoallOptions opts(c.ctx);
+          opts.setInput(reinterpret_cast<T*>(staging_.data()), static_cast<size_t>(in.numel));
+          opts.setOutput(reinterpret_cast<T*>(received_.data()), static_cast<size_t>(in.numel));
+          opts.setTimeout(timeout_);
+          gloo::alltoall(opts);
+        });
+      else
+        std::memcpy(received_.data(), staging_.data(), staging_.size());
+      // Members' contributions in member order, so every member sums alike.
+      T* o = out.as<T>();
+      const T* r = reinterpret_cast<const T*>(received_.data());
+      std::memcpy(o, r, share * sizeof(T));
+      for (int q = 1; q < c.k; ++q) reduce_into(o, r + static_cast<size_t>(q) * share, share, op);
+      if (op == ReduceOp::mean) scale_mean(o, share, c.k);
+    });
+  }
+
+  void all_gather(const TensorRef& in, const TensorRef& out, int dim, std::span<const int64_t> group) override {
+    check_dim(in, dim, "all_gather");
+    std::vector<int64_t> want(in.shape.begin(), in.shape.end());
+    want[dim] *= static_cast<int64_t>(group.size());
+    check_out(out, in.dtype, want, "all_gather");
+    Ctx& c = member(group, "all_gather");
+    if (in.numel == 0) return;
+    const size_t es = dtype_size(in.dtype);
+    const Around a = around(in.shape, dim);
+    // Gathered along the first dim that has more than one index, the members' inputs lie
+    // side by side in the output: gather straight into it.
+    const bool direct = a.outer == 1;
+    std::byte* dst = static_cast<std::byte*>(out.data);
+    if (!direct) {
+      received_.resize(static_cast<size_t>(out.numel) * es);
+      dst = received_.data();
+    }
+    if (c.k > 1) {
+      run(c, "all_gather", group, [&] {
+        gloo::AllgatherOptions opts(c.ctx);
+        opts.setInput(static_cast<char*>(in.data), static_cast<size_t>(in.bytes()));
+        opts.setOutput(reinterpret_cast<char*>(dst), static_cast<size_t>(out.bytes()));
+        opts.setTimeout(timeout_);
+        gloo::allgather(opts);
+      });
+    } else if (dst != in.data) {
+      std::memcpy(dst, in.data, static_cast<size_t>(in.bytes()));
+    }
+    if (!direct) {
+      Around o = a;
+      o.dim *= c.k;
+      blocks(static_cast<std::byte*>(out.data), received_.data(), o, c.k, es, false);
+    }
+  }
+
+  void all_to_all(const TensorRef& in, const TensorRef& out, int split_dim, int concat_dim,
+                  std::span<const int64_t> group) override {
+    check_dim(in, split_dim, "all_to_all");
+    check_dim(in, concat_dim, "all_to_all");
+    const int64_t k = static_cast<int64_t>(group.size());
+    if (k == 0 || in.shape[split_dim] % k)
+      fail("all_to_all: dim " + std::to_string(split_dim) + " of " + shape_str(in.shape) + " does not split over " +
+           std::to_string(k) + " ranks");
+    std::vector<int64_t> want(in.shape.begin(), in.shape.end());
+    want[split_dim] /= k;
+    want[concat_dim] *= k;
+    check_out(out, in.dtype, want, "all_to_all");
+    Ctx& c = member(group, "all_to_all");
+    if (in.numel == 0) return;
+    const size_t es = dtype_size(in.dtype);
+    staging_.resize(static_cast<size_t>(in.numel) * es);
+    received_.resize(static_cast<size_t>(in.numel) * es);
+    blocks(static_cast<std::byte*>(in.data), staging_.data(), around(in.shape, split_dim), c.k, es, true);
+    if (c.k > 1)
+      run(c, "all_to_all", group, [&] {
+        gloo::AlltoallOptions opts(c.ctx);
+        opts.setInput(reinterpret_cast<char*>(staging_.data()), staging_.size());
+        opts.setOutput(reinterpret_cast<char*>(received_.data()), received_.size());
+        opts.setTimeout(timeout_);
+        gloo::alltoall(opts);
+      });
+    else
+      std::memcpy(received_.data(), staging_.data(), staging_.size());
+    // Chunk q came from member q and is block q along the concatenated dim.
+    blocks(static_cast<std::byte*>(out.data), received_.data(), around(out.shape, concat_dim), c.k, es, false);
+  }
+
+  void broadcast(const TensorRef& in, const TensorRef& out, int64_t root, std::span<const int64_t> group) override {
+    if (root < 0 || root >= static_cast<int64_t>(group.size()))
+      fail("broadcast: root " + std::to_string(root) + " is not in a group of " + std::to_string(group.size()));
+    check_out(out, in.dtype, std::vector<int64_t>(in.shape.begin(), in.shape.end()), "broadcast");
+    Ctx& c = member(group, "broadcast");
+    if (c.me == root && out.data != in.data && in.bytes())
+      std::memcpy(out.data, in.data, static_cast<size_t>(in.bytes()));
+    if (c.k == 1 || in.numel == 0) return;
+    run(c, "broadcast", group, [&] {
+      gloo::BroadcastOptions opts(c.ctx);
+      opts.setOutput(static_cast<char*>(out.data), static_cast<size_t>(out.bytes()));
+      opts.setRoot(static_cast<int>(root));
+      opts.setTimeout(timeout_);
+      gloo::broadcast(opts);
+    });
+  }
+
+  void barrier(std::span<const int64_t> group) override {
+    Ctx& c = member(group, "barrier");
+    if (c.k == 1) return;
+    run(c, "barrier", group, [&] {
+      gloo::BarrierOptions opts(c.ctx);
+      opts.setTimeout(timeout_);
+      gloo::barrier(opts);
+    });
+  }
+
+  void send(const TensorRef& t, int64_t peer, int64_t tag) override {
+    check_peer(peer, "send");
+    stopped_check("send to rank " + std::to_string(peer));
+    const size_t bytes = static_cast<size_t>(t.bytes());
+    std::unique_ptr<Outgoing> m;
+    {
+      std::lock_guard lk(send_mu_);
+      if (!send_error_.empty()) throw Error(send_error_);
+      auto& spare = spare_[{peer, tag}];
+      if (!spare.empty()) {
+        m = std::move(spare.back());
+        spare.pop_back();
+      }
+    }
+    if (!m) m = std::make_unique<Outgoing>();
+    m->peer = peer;
+    m->tag = tag;
+    m->data.resize(std::max<size_t>(bytes, 1));
+    if (bytes) std::memcpy(m->data.data(), t.data, bytes);
+    try {
+      m->buf = world_->ctx->createUnboundBuffer(m->data.data(), bytes);
+      m->buf->send(static_cast<int>(peer), p2p_slot(tag));
+    } catch (const std::exception& e) {
+      fail("send to rank " + std::to_string(peer) + " (tag " + std::to_string(tag) + "): " + e.what());
+    }
+    {
+      std::lock_guard lk(send_mu_);
+      in_flight_.push_back(std::move(m));
+    }
+    send_cv_.notify_all();
+  }
+
+  void reserve_sends(int64_t peer, int64_t tag, int64_t bytes, int64_t count) override {
+    check_peer(peer, "send");
+    std::lock_guard lk(send_mu_);
+    auto& spare = spare_[{peer, tag}];
+    while (static_cast<int64_t>(spare.size()) < count) {
+      spare.push_back(std::make_unique<Outgoing>());
+      spare.back()->data.resize(static_cast<size_t>(std::max<int64_t>(bytes, 1)));
+    }
+  }
+
+  void recv(const TensorRef& t, int64_t peer, int64_t tag) override {
+    check_peer(peer, "recv");
+    const std::string what = "recv from rank " + std::to_string(peer) + " (tag " + std::to_string(tag) + ")";
+    stopped_check(what);
+    const size_t bytes = static_cast<size_t>(t.bytes());
+    bool done = false;
+    try {
+      auto buf = world_->ctx->createUnboundBuffer(t.data, bytes);
+      buf->recv(static_cast<int>(peer), p2p_slot(tag));
+      done = buf->waitRecv(timeout_);
+    } catch (const std::exception& e) {
+      failed(what, e.what());
+    }
+    if (!done) failed(what, "aborted");
+  }
+
+  void abort(const std::string& why) override {
+    {
+      std::lock_guard lk(abort_mu_);
+      if (aborted_) return;
+      why_ = why;
+      aborted_ = true;
+    }
+    // Peers find the reason in the store; closing this rank's connections makes their
+    // pending calls with it fail now rather than at their timeouts.
+    try {
+      rdv_->store->set("tessel/abort", std::vector<char>(why.begin(), why.end()));
+    } catch (const std::exception&) {
+      // The store may be gone with the job; the connections still close.
+    }
+    std::lock_guard lk(ctx_mu_);
+    for (auto& [ranks, c] : contexts_)
+      if (c->ctx) c->ctx->closeConnections();
+  }
+
+ private:
+  struct Ctx {
+    std::shared_ptr<gloo::Context> ctx;
+    int me = -1, k = 0;
+  };
+  struct Outgoing {
+    int64_t peer = 0, tag = 0;
+    std::vector<std::byte> data;
+    std::unique_ptr<gloo::transport::UnboundBuffer> buf;
+  };
+
+  std::string who() const { return "rank " + std::to_string(rank_); }
+  std::string secs() const {
+    char b[32];
+    std::snprintf(b, sizeof b, "%g s", options_.timeout_s);
+    return b;
+  }
+
+  [[noreturn]] void fail(const std::string& msg) {
+    const std::string m = who() + ": " + msg;
+    abort(m);
+    throw Error(m);
+  }
+  void check_dim(const TensorRef& t, int dim, std::string_view op) {
+    if (dim < 0 || dim >= t.rank())
+      fail(std::string(op) + ": dim " + std::to_string(dim) + " is out of range for " + shape_str(t.shape));
+  }
+  void check_out(const TensorRef& out, DType dt, const std::vector<int64_t>& want, std::string_view op) {
+    if (out.dtype != dt || !std::equal(want.begin(), want.end(), out.shape.begin(), out.shape.end()))
+      fail(std::string(op) + ": the output is " + std::string(dtype_name(out.dtype)) + shape_str(out.shape) +
+           ", expected " + std::string(dtype_name(dt)) + shape_str(want));
+  }
+  void check_peer(int64_t peer, std::string_view op) {
+    if (peer < 0 || peer >= size_ || peer == rank_)
+      fail(std::string(op) + ": peer " + std::to_string(peer) + " is not another rank of this world of " +
+           std::to_string(size_));
+  }
+
+  // The reason another rank (or this one) gave for stopping the job, if any.
+  std::string abort_reason() {
+    {
+      std::lock_guard lk(abort_mu_);
+      if (aborted_) return why_;
+    }
+    try {
+      rdv_->store->wait({"tessel/abort"}, std::chrono::milliseconds(1));
+      const std::vector<char> v = rdv_->store->get("tessel/abort");
+      return std::string(v.begin(), v.end());
+    } catch (const std::exception&) {
+      return "";
+    }
+  }
+  void stopped_check(const std::string& what) {
+    std::lock_guard lk(abort_mu_);
+    if (aborted_) throw Error(who() + ": " + what + " stopped: " + why_);
+  }
+  // A call that failed inside Gloo: a timeout, or a peer that closed its connections.
+  [[noreturn]] void failed(const std::string& what, const std::string& detail) {
+    const std::string reason = abort_reason();
+    if (!reason.empty()) throw Error(who() + ": " + what + " stopped: " + reason);
+    const std::string m = who() + ": " + what + " failed (timeout " + secs() + "): " + detail;
+    abort(m);
+    throw Error(m);
+  }
+
+  template <class F>
+  void run(const Ctx&, std::string_view op, std::span<const int64_t> group, F&& f) {
+    const std::string what = [&] { return std::string(op) + " over ranks " + list_str(group); }();
+    stopped_check(what);
+    try {
+      f();
+    } catch (const Error&) {
+      throw;
+    } catch (const std::exception& e) {
+      failed(what, e.what());
+    }
+  }
+
+  // The group's context, connecting it on first use (outside the lock: an abort from another
+  // thread must not wait for the connection).
+  Ctx& context(std::span<const int64_t> ranks, std::string_view op) {
+    std::vector<int64_t> key(ranks.begin(), ranks.end());
+    {
+      std::lock_guard lk(ctx_mu_);
+      auto it = contexts_.find(key);
+      if (it != contexts_.end()) return *it->second;
+    }
+    auto c = std::make_unique<Ctx>();
+    c->k = static_cast<int>(ranks.size());
+    for (int i = 0; i < c->k; ++i)
+      if (ranks[i] == rank_) c->me = i;
+    if (c->k > 1) {
+      try {
+        auto ctx = std::make_shared<gloo::rendezvous::Context>(c->me, c->k);
+        ctx->setTimeout(timeout_);
+        std::string prefix = "tessel/group/";
+        for (size_t i = 0; i < key.size(); ++i) prefix += (i ? "." : "") + std::to_string(key[i]);
+        gloo::rendezvous::PrefixStore store(prefix, *rdv_->store);
+        ctx->connectFullMesh(store, device_);
+        c->ctx = std::move(ctx);
+      } catch (const std::exception& e) {
+        failed(std::string(op) + ": connecting the group " + list_str(ranks), e.what());
+      }
+    }
+    std::lock_guard lk(ctx_mu_);
+    return *contexts_.emplace(std::move(key), std::move(c)).first->second;
+  }
+
+  Ctx& member(std::span<const int64_t> ranks, std::string_view op) {
+    bool in = false;
+    for (int64_t r : ranks) {
+      if (r < 0 || r >= size_)
+        fail(std::string(op) + ": group " + list_str(ranks) + " names rank " + std::to_string(r) + " of a world of " +
+             std::to_string(size_));
+      in |= r == rank_;
+    }
+    if (!in) fail(std::string(op) + ": this rank is not in the group " + list_str(ranks));
+    stopped_check(std::string(op) + " over ranks " + list_str(ranks));
+    if (static_cast<int64_t>(ranks.size()) == size_ && world_) {
+      bool whole = true;
+      for (size_t i = 0; i < ranks.size(); ++i) whole &= ranks[i] == static_cast<int64_t>(i);
+      if (whole) return *world_;
+    }
+    return context(ranks, op);
+  }
+
+  // Waits, in order, for each send to be delivered, then keeps its buffer for the next.
+  void reap() {
+    for (;;) {
+      std::unique_ptr<Outgoing> m;
+      {
+        std::unique_lock lk(send_mu_);
+        send_cv_.wait(lk, [&] { return stopping_ || !in_flight_.empty(); });
+        if (in_flight_.empty()) return;
+        m = std::move(in_flight_.front());
+        in_flight_.pop_front();
+      }
+      bool ok = false;
+      std::string err;
+      try {
+        // While stopping, a send nobody will receive is given a moment, then dropped.
+        ok = m->buf->waitSend(stopping_ ? std::chrono::milliseconds(100) : timeout_);
+      } catch (const std::exception& e) {
+        err = e.what();
+      }
+      std::lock_guard lk(send_mu_);
+      if (!ok && send_error_.empty() && !stopping_)
+        send_error_ = who() + ": send to rank " + std::to_string(m->peer) + " (tag " + std::to_string(m->tag) +
+                      ") was not delivered (timeout " + secs() + ")" + (err.empty() ? "" : ": " + err);
+      m->buf.reset();
+      spare_[{m->peer, m->tag}].push_back(std::move(m));
+    }
+  }
+
+  int64_t rank_, size_;
+  std::shared_ptr<GlooRendezvous> rdv_;
+  GlooOptions options_;
+  std::chrono::milliseconds timeout_{};
+  std::shared_ptr<gloo::transport::Device> device_;
+  std::mutex ctx_mu_;
+  std::map<std::vector<int64_t>, std::unique_ptr<Ctx>> contexts_;
+  Ctx* world_ = nullptr;
+  std::vector<std::byte> staging_, received_;  // packing buffers of the collectives (one thread)
+
+  std::mutex abort_mu_;
+  bool aborted_ = false;
+  std::string why_;
+
+  std::mutex send_mu_;
+  std::condition_variable send_cv_;
+  bool stopping_ = false;
+  std::deque<std::unique_ptr<Outgoing>> in_flight_;
+  std::map<std::pair<int64_t, int64_t>, std::vector<std::unique_ptr<Outgoing>>> spare_;  // (peer, tag)
+  std::string send_error_;
+  std::thread reaper_;
+};
+
+}  // namespace
+
+std::unique_ptr<Communicator> gloo_communicator(int64_t rank, int64_t size, std::shared_ptr<GlooRendezvous> rendezvous,
+                                                GlooOptions options) {
+  if (!rendezvous) throw Error("gloo_communicator: no rendezvous");
+  return std::make_unique<GlooEndpoint>(rank, size, std::move(rendezvous), std::move(options));
+}
+
+}  // namespace tessel::runtime
