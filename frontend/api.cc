@@ -119,6 +119,7 @@ Trainer::Trainer(Graph graph, const OptimizerConfig& optimizer, const Devices& d
     ro.overlap = options.overlap;
     runtime::CommOptions co;
     co.timeout_s = options.comm_timeout_s;
+    co.engine = options.comm;
     const planner::ClusterSpec cluster = planner::parse_cluster("local:" + std::to_string(plan_->config.devices()));
     engine_ = std::make_unique<detail::Devices>(plan_->programs(graph_), plan_->config, graph_, ro, co, options.threads,
                                                 static_cast<int64_t>(cluster.device.memory_bytes));

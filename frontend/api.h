@@ -57,6 +57,9 @@ struct TrainerOptions {
   int threads = 0;    // cores to use (0: all)
   int64_t bucket_bytes = 25 << 20;
   double comm_timeout_s = 300;
+  // The simulated devices' engine: "inprocess" (shared memory) or "gloo" (each rank its own
+  // endpoint over loopback TCP).
+  std::string comm = "inprocess";
   bool use_blas = true;  // matrix products on OpenBLAS (else the reference kernels)
   bool overlap = true;   // collectives on a communication thread beside the compute
   // One device only: the graph takes one microbatch of batch()/accumulate samples and the

@@ -207,6 +207,7 @@ VerifyReport verify_plan(const VerifyOptions& opt, const DevicePlan& plan) {
   ro.seed = opt.seed;
   runtime::CommOptions co;
   co.timeout_s = opt.timeout_s;
+  co.engine = opt.comm;
   std::vector<planner::RankProgram> programs = plan.programs(one_g);
   if (opt.rewrite_programs) opt.rewrite_programs(programs);
   runtime::LocalRun run(std::move(programs), plan.config, ro, co);

@@ -251,6 +251,7 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
   to.threads = opt.threads;
   to.bucket_bytes = opt.bucket_bytes;
   to.comm_timeout_s = opt.comm_timeout_s;
+  to.comm = opt.comm;
   to.use_blas = opt.use_blas;
   to.overlap = opt.overlap;
   to.accumulate = multi ? 1 : k;

@@ -35,6 +35,7 @@ struct TrainOptions {
   int64_t bucket_bytes = 25 << 20;
   bool overlap = true;
   double comm_timeout_s = 300;
+  std::string comm = "inprocess";  // the ranks' engine: inprocess or gloo
   bool verbose = false;         // per-rank memory against the planner's prediction
   bool progress_terminal = false;
   bool quiet = false;

@@ -26,6 +26,9 @@ std::string_view reduce_op_name(ReduceOp op);
 
 struct CommOptions {
   double timeout_s = 300;  // per call
+  // Ranks that are threads of one process (LocalRun): "inprocess" (shared memory) or
+  // "gloo" (each rank its own endpoint over loopback TCP, as separate processes would be).
+  std::string engine = "inprocess";
 };
 
 class Communicator {

@@ -6,6 +6,7 @@
 
 #include "graph/error.h"
 #include "runtime/block_copy.h"
+#include "runtime/gloo_comm.h"
 #include "runtime/thread_pool.h"
 
 namespace tessel::runtime {
@@ -17,7 +18,33 @@ LocalRun::LocalRun(std::vector<planner::RankProgram> programs, const planner::Pl
   if (n != config.devices())
     throw Error("the plan " + config.str() + " needs " + std::to_string(config.devices()) + " ranks, got " +
                 std::to_string(n) + " programs");
-  world_ = std::make_unique<InProcessWorld>(n, comm);
+  std::vector<Communicator*> comm_of(static_cast<size_t>(n));
+  if (comm.engine == "inprocess") {
+    world_ = std::make_unique<InProcessWorld>(n, comm);
+    for (int64_t r = 0; r < n; ++r) comm_of[static_cast<size_t>(r)] = &world_->rank(r);
+  } else if (comm.engine == "gloo") {
+    // Each endpoint waits for the others while it connects: made side by side.
+    auto rdv = gloo_memory_rendezvous();
+    GlooOptions go;
+    go.timeout_s = comm.timeout_s;
+    comms_.resize(static_cast<size_t>(n));
+    std::vector<std::string> err(static_cast<size_t>(n));
+    std::vector<std::thread> makers;
+    for (int64_t r = 0; r < n; ++r)
+      makers.emplace_back([&, r] {
+        try {
+          comms_[static_cast<size_t>(r)] = gloo_communicator(r, n, rdv, go);
+        } catch (const std::exception& e) {
+          err[static_cast<size_t>(r)] = e.what();
+        }
+      });
+    for (auto& t : makers) t.join();
+    for (auto& e : err)
+      if (!e.empty()) throw Error("connecting " + std::to_string(n) + " Gloo ranks: " + e);
+    for (int64_t r = 0; r < n; ++r) comm_of[static_cast<size_t>(r)] = comms_[static_cast<size_t>(r)].get();
+  } else {
+    throw Error("unknown communication engine '" + comm.engine + "' (inprocess or gloo)");
+  }
   // The cores are shared: each rank's kernels get an equal part of them.
   const int cores = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   const int per_rank = std::max<int>(1, cores / static_cast<int>(n));
@@ -28,7 +55,7 @@ LocalRun::LocalRun(std::vector<planner::RankProgram> programs, const planner::Pl
       pools_.push_back(std::make_unique<ThreadPool>(per_rank));
       o.parallel = pools_.back().get();
     }
-    ranks_.push_back(std::make_unique<RankExecutor>(programs_[static_cast<size_t>(r)], world_->rank(r), o));
+    ranks_.push_back(std::make_unique<RankExecutor>(programs_[static_cast<size_t>(r)], *comm_of[static_cast<size_t>(r)], o));
   }
 }
 

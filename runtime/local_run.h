@@ -1,5 +1,6 @@
 // A plan run on N simulated devices inside this process: one RankExecutor per rank, each
-// in its own thread, talking through the in-process communicator. Feeds each rank its part
+// in its own thread, talking through the engine CommOptions::engine names (the in-process
+// communicator, or Gloo over loopback TCP as separate processes would). Feeds each rank its part
 // of the batch (its microbatches, then its shard by the input's placement) and gathers
 // sharded variables back into whole tensors.
 #pragma once
@@ -54,7 +55,8 @@ class LocalRun {
   std::vector<planner::RankProgram> programs_;
   planner::PlanConfig config_;
   planner::Mesh mesh_;
-  std::unique_ptr<InProcessWorld> world_;
+  std::unique_ptr<InProcessWorld> world_;          // comm.engine "inprocess"
+  std::vector<std::unique_ptr<Communicator>> comms_;  // "gloo": one endpoint per rank
   std::vector<std::unique_ptr<Parallel>> pools_;
   std::vector<std::unique_ptr<RankExecutor>> ranks_;
 

@@ -56,6 +56,7 @@ int cmd_train(int argc, char** argv) {
                 {"--bucket-mb", "X", "with --devices: gradient all-reduce bucket size in MiB", "25", positive()},
                 {"--no-overlap", "", "with --devices: run collectives on the compute stream", ""},
                 {"--comm-timeout", "S", "with --devices: seconds a collective waits for the other ranks before failing", "300", positive()},
+                {"--comm", "ENGINE", "with --devices: inprocess (the ranks share memory) or gloo (each rank its own endpoint over loopback TCP)", "inprocess"},
             }, 24));
   if (!args.parse(argc, argv)) return 0;
   if (!args.has("--model")) throw Error("tessel train: --model is required (see --help)");
@@ -120,6 +121,8 @@ int cmd_train(int argc, char** argv) {
   o.bucket_bytes = static_cast<int64_t>(args.f64("--bucket-mb", 25) * (1 << 20));
   o.overlap = !args.has("--no-overlap");
   o.comm_timeout_s = args.f64("--comm-timeout", 300);
+  o.comm = args.str("--comm", "inprocess");
+  if (o.comm != "inprocess" && o.comm != "gloo") throw Error("tessel train: --comm must be inprocess or gloo, got '" + o.comm + "'");
   if (o.optimizer.schedule == "cosine" && o.steps > 0) o.optimizer.total_steps = o.steps;
   if (o.optimizer.schedule == "cosine" && o.steps == 0)
     throw Error("tessel train: --lr-schedule cosine needs --steps (the length of the decay)");
