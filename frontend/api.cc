@@ -91,7 +91,17 @@ Trainer::Trainer(const Model& model, const Tensor& loss, const OptimizerConfig& 
 Trainer::Trainer(Graph graph, const OptimizerConfig& optimizer, const Devices& devices, const TrainerOptions& options)
     : graph_(std::move(graph)) {
   if (!graph_.output("loss")) throw Error("Trainer: the graph has no 'loss' output");
-  const bool several = devices.count > 1 || !devices.plan_file.empty();
+  role_ = runtime::process_role();
+  if (role_ && role_->size == 1) role_.reset();  // a world of one: one device
+  if (role_ && devices.count > 1 && devices.count != role_->size)
+    throw Error("Trainer: Devices{.count = " + std::to_string(devices.count) + "}, but this process is " + role_->str() +
+                ": under a launcher the world is the devices");
+  const int64_t count = role_ ? role_->size : devices.count;
+  std::string comm = options.comm.empty() ? (role_ ? "gloo" : "inprocess") : options.comm;
+  if (comm != "inprocess" && comm != "gloo") throw Error("Trainer: unknown engine '" + comm + "' (inprocess or gloo)");
+  if (role_ && comm != "gloo")
+    throw Error("Trainer: this process is " + role_->str() + "; ranks in separate processes talk over gloo, not " + comm);
+  const bool several = count > 1 || !devices.plan_file.empty();
   if (options.accumulate < 1) throw Error("Trainer: accumulate must be >= 1");
   if (several && options.accumulate > 1)
     throw Error("Trainer: on several devices the plan's microbatches accumulate (pin Devices::pins.microbatches)");
@@ -107,9 +117,9 @@ Trainer::Trainer(Graph graph, const OptimizerConfig& optimizer, const Devices& d
   if (several) {
     if (!devices.plan_file.empty()) {
       const planner::PlanFile f = planner::load_plan(devices.plan_file, ops::registry());
-      plan_ = device_plan(f, devices.plan_file, devices.count > 1 ? devices.count : 0);
+      plan_ = device_plan(f, devices.plan_file, count > 1 ? count : 0);
     } else {
-      plan_ = plan_for_devices(graph_, devices.count, devices.pins);
+      plan_ = plan_for_devices(graph_, count, devices.pins);
     }
     runtime::RankOptions ro;
     ro.seed = options.seed;
@@ -119,10 +129,15 @@ Trainer::Trainer(Graph graph, const OptimizerConfig& optimizer, const Devices& d
     ro.overlap = options.overlap;
     runtime::CommOptions co;
     co.timeout_s = options.comm_timeout_s;
-    co.engine = options.comm;
+    co.engine = comm;
     const planner::ClusterSpec cluster = planner::parse_cluster("local:" + std::to_string(plan_->config.devices()));
-    engine_ = std::make_unique<detail::Devices>(plan_->programs(graph_), plan_->config, graph_, ro, co, options.threads,
-                                                static_cast<int64_t>(cluster.device.memory_bytes));
+    const auto capacity = static_cast<int64_t>(cluster.device.memory_bytes);
+    if (role_)
+      engine_ = std::make_unique<detail::Devices>(plan_->programs(graph_), plan_->config, graph_, ro, *role_, co,
+                                                  options.threads, capacity);
+    else
+      engine_ = std::make_unique<detail::Devices>(plan_->programs(graph_), plan_->config, graph_, ro, co, options.threads,
+                                                  capacity);
   } else {
     if (devices.pins.dp || devices.pins.tp || devices.pins.pp)
       throw Error("Trainer: plan pins (dp, tp, pp) go with Devices{.count = N} for N > 1");

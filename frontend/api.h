@@ -24,6 +24,7 @@
 #include "frontend/distributed.h"
 #include "frontend/optim.h"
 #include "frontend/tensor.h"
+#include "runtime/process_env.h"
 
 namespace tessel {
 
@@ -45,6 +46,9 @@ struct AdamW {
 
 // Where to train: `count` simulated devices of this host (threads of this process; 0 or 1:
 // one device, no plan), with the plan's pins (the search fills in the rest) or a plan file.
+// Under a launcher (`tessel launch`, mpirun, srun, torchrun-style variables: see
+// runtime/process_env.h) each process is one rank of the launcher's world, which sets the
+// device count (`count` may be left at 1, or must equal it); the pins apply to that world.
 struct Devices {
   int64_t count = 1;
   planner::Pins pins;
@@ -57,9 +61,9 @@ struct TrainerOptions {
   int threads = 0;    // cores to use (0: all)
   int64_t bucket_bytes = 25 << 20;
   double comm_timeout_s = 300;
-  // The simulated devices' engine: "inprocess" (shared memory) or "gloo" (each rank its own
-  // endpoint over loopback TCP).
-  std::string comm = "inprocess";
+  // The ranks' engine: "inprocess" (simulated devices sharing memory) or "gloo" (each rank
+  // its own endpoint over TCP). Empty: inprocess for simulated devices, gloo across processes.
+  std::string comm;
   bool use_blas = true;  // matrix products on OpenBLAS (else the reference kernels)
   bool overlap = true;   // collectives on a communication thread beside the compute
   // One device only: the graph takes one microbatch of batch()/accumulate samples and the
@@ -107,10 +111,13 @@ class Trainer {
   void export_variables(Graph& g) const;
 
   detail::Engine& engine() { return *engine_; }  // for the training drivers (frontend/)
+  // Under a launcher: this process's rank and its world (null otherwise).
+  const runtime::ProcessRole* process() const { return role_ ? &*role_ : nullptr; }
 
  private:
   Graph graph_;
   std::optional<DevicePlan> plan_;
+  std::optional<runtime::ProcessRole> role_;
   std::unique_ptr<runtime::ThreadPool> pool_;  // with TrainerOptions::threads, one device
   std::unique_ptr<detail::Engine> engine_;
   int64_t batch_ = 0, steps_ = 0;

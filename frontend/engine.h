@@ -13,6 +13,7 @@
 #include "planner/partition.h"
 #include "runtime/executor.h"
 #include "runtime/local_run.h"
+#include "runtime/process_env.h"
 
 namespace tessel::detail {
 
@@ -111,8 +112,9 @@ struct OneDevice final : Engine {
   }
 };
 
-// A plan on simulated devices: the whole step's batch is gathered on the host, then each
-// rank gets its microbatches' shards.
+// A plan's ranks, on simulated devices of this process or one rank per process: the whole
+// step's batch is gathered on the host, then each rank of this process gets its
+// microbatches' shards.
 struct Devices final : Engine {
   runtime::LocalRun run;
   const Graph& graph;  // the training graph, at the global batch
@@ -125,10 +127,22 @@ struct Devices final : Engine {
   Devices(std::vector<planner::RankProgram> programs, const planner::PlanConfig& c, const Graph& g,
           const runtime::RankOptions& ro, const runtime::CommOptions& co, int threads, int64_t capacity)
       : run(std::move(programs), c, ro, co, threads), graph(g) {
+    start(capacity);
+  }
+  // This process runs rank role.rank; the others run in the processes its launcher started.
+  Devices(std::vector<planner::RankProgram> programs, const planner::PlanConfig& c, const Graph& g,
+          const runtime::RankOptions& ro, const runtime::ProcessRole& role, const runtime::CommOptions& co, int threads,
+          int64_t capacity)
+      : run(std::move(programs), c, role.rank, runtime::connect_ranks(role, co), ro,
+            threads > 0 ? threads : runtime::threads_per_rank(role)),
+        graph(g) {
+    start(capacity);
+  }
+  void start(int64_t capacity) {
     run.initialize(capacity);
-    for (int32_t id : g.nodes_of_kind(OpKind::input)) {
-      const TensorType& t = g.node(id).outputs[0];
-      inputs.push_back(Host{g.node(id).name, t, std::vector<std::byte>(static_cast<size_t>(t.bytes()))});
+    for (int32_t id : graph.nodes_of_kind(OpKind::input)) {
+      const TensorType& t = graph.node(id).outputs[0];
+      inputs.push_back(Host{graph.node(id).name, t, std::vector<std::byte>(static_cast<size_t>(t.bytes()))});
     }
   }
   double step(Feeder& feeder, int64_t s) override {

@@ -169,7 +169,16 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
   std::optional<models::Built> built;
   std::optional<Graph> loaded;
   int64_t batch = opt.batch;
-  const bool multi = opt.devices > 0;
+  // Under a launcher this process is one rank of its world, which is the device count.
+  std::optional<runtime::ProcessRole> role = runtime::process_role();
+  if (role && role->size == 1) role.reset();
+  if (role && opt.devices > 0 && opt.devices != role->size)
+    throw Error("--devices " + std::to_string(opt.devices) + ", but this process is " + role->str() +
+                ": under a launcher the world is the devices (drop --devices)");
+  const int64_t devices = role ? role->size : opt.devices;
+  const bool multi = devices > 0;
+  // Rank 0 shows progress and the report; every rank trains, and reports errors.
+  const bool quiet = opt.quiet || (role && role->rank != 0);
   // On simulated devices the graph takes the whole batch and the plan splits it into
   // microbatches (--accumulate pins their number); on one device the graph takes one
   // microbatch and accumulates gradients itself.
@@ -255,7 +264,7 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
   to.use_blas = opt.use_blas;
   to.overlap = opt.overlap;
   to.accumulate = multi ? 1 : k;
-  Trainer trainer(std::move(graph), ocfg, tessel::Devices{multi ? opt.devices : 1, pins, opt.plan_file}, to);
+  Trainer trainer(std::move(graph), ocfg, tessel::Devices{multi ? devices : 1, pins, opt.plan_file}, to);
   const Graph& tg = trainer.graph();
   if (trainer.plan()) plan = *trainer.plan();
   report.parameters = planner::count_parameters(tg).elements;
@@ -269,22 +278,23 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
   eo.parallel = own_pool ? &*own_pool : nullptr;
   Engine* engine = &trainer.engine();
   if (multi) {
-    if (!opt.quiet) log << plan->summary();
+    if (!quiet) log << plan->summary();
     auto* dev = dynamic_cast<detail::Devices*>(engine);
-    if (opt.verbose && !opt.quiet && dev) {
+    if (opt.verbose && !quiet && dev) {
       const auto mem = dev->run.memory();
       const auto& stages = plan->search.best.stages;
       for (size_t r = 0; r < mem.size(); ++r) {
-        const int64_t st = dev->run.programs()[r].stage;
+        const size_t g = static_cast<size_t>(dev->run.first_rank()) + r;  // the global rank
+        const int64_t st = dev->run.programs()[g].stage;
         char b[256];
         std::snprintf(b, sizeof b, "  rank %zu (stage %lld): arena %.2f MiB + variables/inputs %.2f MiB = %.2f MiB; planner predicted %.2f MiB\n",
-                      r, static_cast<long long>(st), mem[r].arena_bytes / 1048576.0, mem[r].persistent_bytes / 1048576.0,
+                      g, static_cast<long long>(st), mem[r].arena_bytes / 1048576.0, mem[r].persistent_bytes / 1048576.0,
                       mem[r].total() / 1048576.0,
                       static_cast<size_t>(st) < stages.size() ? stages[static_cast<size_t>(st)].peak_memory_bytes / 1048576.0 : NAN);
         log << b;
       }
     }
-    report.devices = opt.devices;
+    report.devices = devices;
     report.plan = plan->config.str();
   } else {
     report.devices = 1;
@@ -295,7 +305,7 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
     report.jit_kernels = j.kernels;
     report.jit_compiled = j.compiled;
     report.jit_seconds = j.seconds;
-    if (!opt.quiet && opt.jit) {
+    if (!quiet && opt.jit) {
       char b[200];
       std::snprintf(b, sizeof b,
                     "tessel: JIT: %lld fused kernels, %lld compiled, %lld from the kernel cache, %.2f s; %lld updates "
@@ -323,7 +333,7 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
     else throw Error("give --steps (or --epochs) for a text dataset");
   }
 
-  if (!opt.quiet) {
+  if (!quiet) {
     log << "tessel: " << report.model << ", " << report.parameters << " parameters, batch " << batch;
     const int64_t mbs = multi ? plan->config.microbatches : k;
     if (mbs > 1) log << " (" << mbs << " microbatches of " << batch / mbs << ")";
@@ -347,7 +357,7 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
                   " (try a smaller --lr, or --clip-norm)");
     losses.push_back(loss);
     if (step >= warmup) step_ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
-    if (!opt.quiet) {
+    if (!quiet) {
       double timed = std::chrono::duration<double>(t1 - timed_start).count();
       double rate = step >= warmup && timed > 0 ? (step - warmup + 1) * batch / timed : 0;
       char buf[128];
@@ -427,7 +437,7 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
     report.test_loss = opt.eval_batches > 0 ? loss_sum / opt.eval_batches : NAN;
   }
 
-  if (!opt.quiet) {
+  if (!quiet) {
     std::ostringstream os;
     os.precision(4);
     os << "done: " << report.steps << " steps in " << format_duration(report.train_seconds) << ", final loss "
@@ -438,11 +448,11 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
     progress.finish(os.str());
   }
 
-  if (!opt.save.empty()) {
+  if (!opt.save.empty() && (!role || role->rank == 0)) {
     Graph out = has_updates ? tg : forward;
     engine->export_variables(out);
     save_graph(out, opt.save, SaveOptions{});
-    if (!opt.quiet) log << "saved the trained model to " << opt.save << "\n";
+    if (!quiet) log << "saved the trained model to " << opt.save << "\n";
   }
   return report;
 }

@@ -27,7 +27,8 @@ struct TrainOptions {
   int64_t eval_batches = 50;    // text datasets: validation batches
   std::string save;             // write the trained model (graph + parameters) here
   // devices > 0: run a plan on this many simulated devices (threads of this process): from
-  // plan_file, or searched under pins.
+  // plan_file, or searched under pins. Under a launcher (runtime/process_env.h) this process
+  // is one rank of the launcher's world, whose size is the device count.
   int64_t devices = 0;
   std::string plan_file;
   planner::Pins pins;
@@ -35,7 +36,7 @@ struct TrainOptions {
   int64_t bucket_bytes = 25 << 20;
   bool overlap = true;
   double comm_timeout_s = 300;
-  std::string comm = "inprocess";  // the ranks' engine: inprocess or gloo
+  std::string comm;             // the ranks' engine: inprocess or gloo ("": inprocess on simulated devices, gloo across processes)
   bool verbose = false;         // per-rank memory against the planner's prediction
   bool progress_terminal = false;
   bool quiet = false;

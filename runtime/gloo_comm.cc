@@ -24,17 +24,60 @@
 
 #include "graph/error.h"
 #include "graph/shape.h"
+#include "runtime/tcp_store.h"
 
 namespace tessel::runtime {
 
 class GlooRendezvous {
  public:
-  explicit GlooRendezvous(std::shared_ptr<gloo::rendezvous::Store> s) : store(std::move(s)) {}
+  explicit GlooRendezvous(std::shared_ptr<gloo::rendezvous::Store> s, std::shared_ptr<void> keep = {})
+      : store(std::move(s)), keep_alive(std::move(keep)) {}
   std::shared_ptr<gloo::rendezvous::Store> store;
+  std::shared_ptr<void> keep_alive;  // what the store needs while the ranks use it (its server)
 };
 
-std::shared_ptr<GlooRendezvous> gloo_file_rendezvous(const std::string& dir) {
-  return std::make_shared<GlooRendezvous>(std::make_shared<gloo::rendezvous::FileStore>(dir));
+namespace {
+
+// Gloo's store interface over a TCP store client. A key nobody sets in time is named in
+// the error: Gloo's keys are the ranks of a group, so it says which rank never arrived.
+class TcpGlooStore final : public gloo::rendezvous::Store {
+ public:
+  explicit TcpGlooStore(std::shared_ptr<TcpStoreClient> c) : client_(std::move(c)) {}
+  void set(const std::string& key, const std::vector<char>& data) override { client_->set(key, data); }
+  std::vector<char> get(const std::string& key) override {
+    auto v = client_->get(key, static_cast<double>(kDefaultTimeout.count()) / 1000);
+    if (!v) throw Error(missing({key}, kDefaultTimeout));
+    return *v;
+  }
+  void wait(const std::vector<std::string>& keys) override { wait(keys, kDefaultTimeout); }
+  void wait(const std::vector<std::string>& keys, const std::chrono::milliseconds& timeout) override {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    std::vector<std::string> absent;
+    for (const std::string& k : keys) {
+      const double left = std::chrono::duration<double>(deadline - std::chrono::steady_clock::now()).count();
+      if (!client_->get(k, std::max(0.0, left))) absent.push_back(k);
+    }
+    if (!absent.empty()) throw Error(missing(absent, timeout));
+  }
+
+ private:
+  std::string missing(const std::vector<std::string>& keys, std::chrono::milliseconds timeout) const {
+    std::string s;
+    for (auto& k : keys) s += (s.empty() ? "" : ", ") + k;
+    return client_->where() + ": nobody set " + s + " within " + std::to_string(timeout.count() / 1000.0).substr(0, 5) +
+           " s (the rank a key ends with never arrived)";
+  }
+  std::shared_ptr<TcpStoreClient> client_;
+};
+
+}  // namespace
+
+std::shared_ptr<GlooRendezvous> gloo_tcp_rendezvous(std::shared_ptr<TcpStoreClient> client, std::shared_ptr<void> keep_alive) {
+  return std::make_shared<GlooRendezvous>(std::make_shared<TcpGlooStore>(std::move(client)), std::move(keep_alive));
+}
+
+std::shared_ptr<GlooRendezvous> gloo_file_rendezvous(const std::string& dir, std::shared_ptr<void> keep_alive) {
+  return std::make_shared<GlooRendezvous>(std::make_shared<gloo::rendezvous::FileStore>(dir), std::move(keep_alive));
 }
 
 std::shared_ptr<GlooRendezvous> gloo_memory_rendezvous() {
@@ -454,13 +497,15 @@ class GlooEndpoint final : public Communicator {
   }
 
   // The reason another rank (or this one) gave for stopping the job, if any.
-  std::string abort_reason() {
+  // wait: how long to give a reason to appear (a peer that failed writes it before it
+  // closes its connections; a launcher writes it for a peer that died).
+  std::string abort_reason(std::chrono::milliseconds wait = std::chrono::milliseconds(1)) {
     {
       std::lock_guard lk(abort_mu_);
       if (aborted_) return why_;
     }
     try {
-      rdv_->store->wait({"tessel/abort"}, std::chrono::milliseconds(1));
+      rdv_->store->wait({"tessel/abort"}, wait);
       const std::vector<char> v = rdv_->store->get("tessel/abort");
       return std::string(v.begin(), v.end());
     } catch (const std::exception&) {
@@ -473,7 +518,9 @@ class GlooEndpoint final : public Communicator {
   }
   // A call that failed inside Gloo: a timeout, or a peer that closed its connections.
   [[noreturn]] void failed(const std::string& what, const std::string& detail) {
-    const std::string reason = abort_reason();
+    // A peer's connection that closed under a call: its process failed or died. Give its
+    // reason (or its launcher's word on it) a moment to arrive, so the error names the cause.
+    const std::string reason = abort_reason(std::min(timeout_, std::chrono::milliseconds(1000)));
     if (!reason.empty()) throw Error(who() + ": " + what + " stopped: " + reason);
     const std::string m = who() + ": " + what + " failed (timeout " + secs() + "): " + detail;
     abort(m);

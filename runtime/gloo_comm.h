@@ -28,9 +28,13 @@ class GlooRendezvous;  // where ranks of one job find each other
 
 // A directory shared by every rank of the job, used by this job alone (Gloo refuses keys it
 // finds there already): a fresh one per run.
-std::shared_ptr<GlooRendezvous> gloo_file_rendezvous(const std::string& dir);
+std::shared_ptr<GlooRendezvous> gloo_file_rendezvous(const std::string& dir, std::shared_ptr<void> keep_alive = {});
 // In memory: for ranks that are threads of one process.
 std::shared_ptr<GlooRendezvous> gloo_memory_rendezvous();
+// A TCP store (runtime/tcp_store.h), for hosts with no shared disk. keep_alive is held as
+// long as the rendezvous is (the server, where this process serves the store).
+class TcpStoreClient;
+std::shared_ptr<GlooRendezvous> gloo_tcp_rendezvous(std::shared_ptr<TcpStoreClient> client, std::shared_ptr<void> keep_alive = {});
 
 struct GlooOptions : CommOptions {
   std::string hostname = "127.0.0.1";  // the address this rank listens on

@@ -45,18 +45,69 @@ LocalRun::LocalRun(std::vector<planner::RankProgram> programs, const planner::Pl
   } else {
     throw Error("unknown communication engine '" + comm.engine + "' (inprocess or gloo)");
   }
+  start_ranks(comm_of, options, threads);
+}
+
+void LocalRun::start_ranks(const std::vector<Communicator*>& comm_of, const RankOptions& options, int threads) {
   // The cores are shared: each rank's kernels get an equal part of them.
+  const int64_t n = static_cast<int64_t>(comm_of.size());
   const int cores = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   const int per_rank = std::max<int>(1, cores / static_cast<int>(n));
-  for (int64_t r = 0; r < n; ++r) {
+  for (int64_t i = 0; i < n; ++i) {
     RankOptions o = options;
-    o.recompute = config.recompute;
+    o.recompute = config_.recompute;
     if (!o.parallel && per_rank > 1) {
       pools_.push_back(std::make_unique<ThreadPool>(per_rank));
       o.parallel = pools_.back().get();
     }
-    ranks_.push_back(std::make_unique<RankExecutor>(programs_[static_cast<size_t>(r)], *comm_of[static_cast<size_t>(r)], o));
+    ranks_.push_back(std::make_unique<RankExecutor>(programs_[static_cast<size_t>(first_ + i)], *comm_of[static_cast<size_t>(i)], o));
   }
+  for (int64_t r = 0; r < ranks(); ++r) world_group_.push_back(r);
+}
+
+LocalRun::LocalRun(std::vector<planner::RankProgram> programs, const planner::PlanConfig& config, int64_t rank,
+                   std::unique_ptr<Communicator> comm, RankOptions options, int threads)
+    : programs_(std::move(programs)), config_(config), mesh_(planner::stage_mesh(config)), first_(rank) {
+  const int64_t n = static_cast<int64_t>(programs_.size());
+  if (n != config.devices())
+    throw Error("the plan " + config.str() + " needs " + std::to_string(config.devices()) + " ranks, got " +
+                std::to_string(n) + " programs");
+  if (!comm || comm->size() != n || comm->rank() != rank)
+    throw Error("the plan " + config.str() + " runs on " + std::to_string(n) + " ranks, but this process is rank " +
+                std::to_string(comm ? comm->rank() : -1) + " of a world of " + std::to_string(comm ? comm->size() : 0));
+  comms_.push_back(std::move(comm));
+  start_ranks({comms_.back().get()}, options, threads);
+  check_same_plan();
+}
+
+namespace {
+
+// FNV-1a over the bytes of a string.
+uint64_t fingerprint(std::string_view s, uint64_t h = 1469598103934665603ull) {
+  for (char c : s) h = (h ^ static_cast<unsigned char>(c)) * 1099511628211ull;
+  return h;
+}
+
+}  // namespace
+
+void LocalRun::check_same_plan() {
+  // Each process planned on its own: they must have come to the same plan, or their
+  // collectives would not match. One all-gather of a fingerprint says so before any step.
+  uint64_t h = fingerprint(config_.str());
+  for (const auto& p : programs_) {
+    h = fingerprint(std::to_string(p.stage) + "/" + std::to_string(p.graph.size()), h);
+    for (auto& [name, pl] : p.variable_placements) h = fingerprint(name + planner::sharding_str(pl), h);
+  }
+  const int64_t mine = static_cast<int64_t>(h >> 1);
+  std::vector<int64_t> all(static_cast<size_t>(ranks()));
+  const int64_t one = 1, n = ranks();
+  comms_[0]->all_gather(TensorRef{const_cast<int64_t*>(&mine), DType::i64, std::span<const int64_t>(&one, 1), 1},
+                        TensorRef{all.data(), DType::i64, std::span<const int64_t>(&n, 1), n}, 0, world_group_);
+  for (int64_t r = 0; r < n; ++r)
+    if (all[static_cast<size_t>(r)] != all[0])
+      throw Error("rank " + std::to_string(r) + " planned differently from rank 0 (this is rank " + std::to_string(first_) +
+                  ", plan " + config_.str() + "): every process must run the same command on the same model, batch "
+                  "and pins");
 }
 
 LocalRun::~LocalRun() {
@@ -106,10 +157,10 @@ void LocalRun::feed(std::string_view name, const TensorType& whole, std::span<co
     // other in it (-1: every microbatch reads the same block).
     std::vector<Feed> feeds(ranks_.size());
     for (size_t r = 0; r < ranks_.size(); ++r)
-      for (auto& [n, pl] : programs_[r].input_placements) {
+      for (auto& [n, pl] : programs_[static_cast<size_t>(first_) + r].input_placements) {
         if (n != name) continue;
         Feed& f = feeds[r];
-        f.offsets = planner::shard_offsets(whole.shape, pl, mesh_, programs_[r].coords);
+        f.offsets = planner::shard_offsets(whole.shape, pl, mesh_, programs_[static_cast<size_t>(first_) + r].coords);
         const Shape block = planner::local_shape(whole.shape, pl, mesh_);
         const TensorRef first = ranks_[r]->input(name, 0);
         const Shape local(first.shape.begin(), first.shape.end());
@@ -169,33 +220,91 @@ void LocalRun::step() {
   if (!first.empty()) throw Error(first);
 }
 
+namespace {
+
+// Tags of the messages between processes outside a step (gathering variables): above every
+// tag the partitioner gives pipeline messages.
+constexpr int64_t kHostTag = int64_t{1} << 46;
+
+double scalar_of(const TensorRef& t, std::string_view name) {
+  if (t.dtype == DType::f32) return t.as<float>()[0];
+  if (t.dtype == DType::f64) return t.as<double>()[0];
+  throw Error("output '" + std::string(name) + "' is not a float scalar");
+}
+
+}  // namespace
+
 double LocalRun::scalar_output(std::string_view name) {
-  for (auto& r : ranks_) {
-    TensorRef t = r->output(name);
-    if (!t.data) continue;
-    if (t.dtype == DType::f32) return t.as<float>()[0];
-    if (t.dtype == DType::f64) return t.as<double>()[0];
-    throw Error("output '" + std::string(name) + "' is not a float scalar");
+  if (!spans_processes()) {
+    for (auto& r : ranks_) {
+      TensorRef t = r->output(name);
+      if (t.data) return scalar_of(t, name);
+    }
+    throw Error("no rank computes an output '" + std::string(name) + "'");
   }
-  throw Error("no rank computes an output '" + std::string(name) + "'");
+  // The first rank that computes it broadcasts it (every process knows which, from the plan).
+  int64_t root = -1;
+  for (int64_t r = 0; r < ranks() && root < 0; ++r)
+    if (programs_[static_cast<size_t>(r)].graph.output(std::string(name))) root = r;
+  if (root < 0) throw Error("no rank computes an output '" + std::string(name) + "'");
+  double v = 0;
+  if (root == first_) v = scalar_of(ranks_[0]->output(name), name);
+  const int64_t one = 1;
+  const TensorRef t{&v, DType::f64, std::span<const int64_t>(&one, 1), 1};
+  comms_[0]->broadcast(t, t, root, world_group_);
+  return v;
 }
 
 std::vector<std::byte> LocalRun::gather_variable(std::string_view name, const TensorType& global) {
   std::vector<std::byte> whole(static_cast<size_t>(global.bytes()));
-  bool any = false;
-  for (size_t r = 0; r < ranks_.size(); ++r) {
-    TensorRef v = ranks_[r]->variable(name);
-    if (!v.data) continue;
-    planner::Sharding s;
-    for (auto& [n, pl] : programs_[r].variable_placements)
-      if (n == name) s = pl;
-    const std::vector<int64_t> off = planner::shard_offsets(global.shape, s, mesh_, programs_[r].coords);
-    const std::vector<int64_t> zero(off.size(), 0);
-    copy_block(static_cast<const std::byte*>(v.data), v.shape, zero, whole.data(), global.shape, off, v.shape,
-               dtype_size(global.dtype));
-    any = true;
+  const size_t es = dtype_size(global.dtype);
+  // Each distinct shard once, from the first rank holding it.
+  struct Shard {
+    int64_t rank;
+    std::vector<int64_t> offsets;
+    Shape shape;
+  };
+  std::vector<Shard> shards;
+  for (int64_t r = 0; r < ranks(); ++r) {
+    const planner::RankProgram& p = programs_[static_cast<size_t>(r)];
+    for (auto& [n, pl] : p.variable_placements) {
+      if (n != name) continue;
+      Shard s{r, planner::shard_offsets(global.shape, pl, mesh_, p.coords), planner::local_shape(global.shape, pl, mesh_)};
+      bool seen = false;
+      for (const Shard& o : shards) seen |= o.offsets == s.offsets;
+      if (!seen) shards.push_back(std::move(s));
+    }
   }
-  if (!any) throw Error("no rank holds a variable '" + std::string(name) + "'");
+  if (shards.empty()) throw Error("no rank holds a variable '" + std::string(name) + "'");
+  const auto local = [&](int64_t r) { return r >= first_ && r < first_ + local_ranks(); };
+  const auto place = [&](const std::byte* data, const Shard& s) {
+    const std::vector<int64_t> zero(s.offsets.size(), 0);
+    copy_block(data, s.shape, zero, whole.data(), global.shape, s.offsets, s.shape, es);
+  };
+  if (!spans_processes()) {
+    for (const Shard& s : shards) {
+      TensorRef v = ranks_[static_cast<size_t>(s.rank)]->variable(name);
+      if (!v.data) throw Error("rank " + std::to_string(s.rank) + " holds no variable '" + std::string(name) + "'");
+      place(static_cast<const std::byte*>(v.data), s);
+    }
+    return whole;
+  }
+  // Across processes: the holders send their shards to rank 0, which sends the whole to all.
+  std::vector<std::byte> buf;
+  for (const Shard& s : shards) {
+    if (local(s.rank)) {
+      TensorRef v = ranks_[static_cast<size_t>(s.rank - first_)]->variable(name);
+      if (!v.data) throw Error("rank " + std::to_string(s.rank) + " holds no variable '" + std::string(name) + "'");
+      if (first_ == 0) place(static_cast<const std::byte*>(v.data), s);
+      else comms_[0]->send(v, 0, kHostTag);
+    } else if (first_ == 0) {
+      buf.resize(static_cast<size_t>(numel(s.shape)) * es);
+      comms_[0]->recv(TensorRef{buf.data(), global.dtype, s.shape, numel(s.shape)}, s.rank, kHostTag);
+      place(buf.data(), s);
+    }
+  }
+  const TensorRef all{whole.data(), global.dtype, global.shape, global.numel()};
+  comms_[0]->broadcast(all, all, 0, world_group_);
   return whole;
 }
 

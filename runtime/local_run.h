@@ -1,8 +1,11 @@
-// A plan run on N simulated devices inside this process: one RankExecutor per rank, each
-// in its own thread, talking through the engine CommOptions::engine names (the in-process
-// communicator, or Gloo over loopback TCP as separate processes would). Feeds each rank its part
-// of the batch (its microbatches, then its shard by the input's placement) and gathers
-// sharded variables back into whole tensors.
+// The ranks of a plan that this process runs: all of them, on N simulated devices (one
+// RankExecutor per rank, each in its own thread, talking through the engine
+// CommOptions::engine names: the in-process communicator, or Gloo over loopback TCP as
+// separate processes would), or one of them, with the others in other processes (one
+// process per rank: runtime/process_env.h). Feeds each of its ranks its part of the batch
+// (its microbatches, then its shard by the input's placement) and gathers sharded variables
+// back into whole tensors; with ranks elsewhere these reads are collective (every process
+// makes them, in the same order).
 #pragma once
 
 #include <cstdint>
@@ -27,6 +30,10 @@ class LocalRun {
   // programs: partition(graph, config). `threads`: cores to share among the ranks (0: all).
   LocalRun(std::vector<planner::RankProgram> programs, const planner::PlanConfig& config, RankOptions options = {},
            CommOptions comm = {}, int threads = 0);
+  // Rank `rank` of the plan, the others being other processes that `comm` (this rank's
+  // endpoint) reaches. Checks, before anything else, that every rank runs the same plan.
+  LocalRun(std::vector<planner::RankProgram> programs, const planner::PlanConfig& config, int64_t rank,
+           std::unique_ptr<Communicator> comm, RankOptions options = {}, int threads = 0);
   ~LocalRun();
 
   // capacity_bytes > 0: fail before the first step if any rank's memory plan exceeds it.
@@ -43,13 +50,19 @@ class LocalRun {
   // Runs one optimizer step on every rank; rethrows the error of the rank that failed first
   // (the others stop with it).
   void step();
-  // A scalar output (the loss), from the first rank that computes it.
+  // A scalar output (the loss), from the first rank that computes it (sent to every process).
   double scalar_output(std::string_view name);
-  // The whole variable, from the shards of its holders.
+  // The whole variable, from the shards of its holders (in every process).
   std::vector<std::byte> gather_variable(std::string_view name, const TensorType& global);
+  // The global rank of this process's first rank (0 when it runs them all), and whether the
+  // other ranks run elsewhere.
+  int64_t first_rank() const { return first_; }
+  bool spans_processes() const { return static_cast<int64_t>(ranks_.size()) < ranks(); }
   std::vector<RankMemory> memory() const;
   std::vector<RankExecutor::JitReport> jit_reports() const;
-  const RankExecutor& rank(int64_t r) const { return *ranks_.at(static_cast<size_t>(r)); }
+  // This process's i-th rank (global rank first_rank() + i).
+  const RankExecutor& rank(int64_t i) const { return *ranks_.at(static_cast<size_t>(i)); }
+  int64_t local_ranks() const { return static_cast<int64_t>(ranks_.size()); }
 
  private:
   std::vector<planner::RankProgram> programs_;
@@ -58,7 +71,11 @@ class LocalRun {
   std::unique_ptr<InProcessWorld> world_;          // comm.engine "inprocess"
   std::vector<std::unique_ptr<Communicator>> comms_;  // "gloo": one endpoint per rank
   std::vector<std::unique_ptr<Parallel>> pools_;
-  std::vector<std::unique_ptr<RankExecutor>> ranks_;
+  std::vector<std::unique_ptr<RankExecutor>> ranks_;  // global ranks first_, first_ + 1, ...
+  int64_t first_ = 0;
+  std::vector<int64_t> world_group_;  // 0 .. ranks() - 1
+  void check_same_plan();
+  void start_ranks(const std::vector<Communicator*>& comm_of, const RankOptions& options, int threads);
 
   // One thread per rank for the whole run (a step starts no thread and allocates nothing).
   void worker(size_t r);

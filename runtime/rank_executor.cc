@@ -742,6 +742,7 @@ void RankExecutor::step() {
     std::string msg = e.what();
     if (msg.rfind("rank ", 0) != 0) msg = "rank " + std::to_string(program_.rank) + ": " + msg;
     if (at && at->node && msg.find(at->node->name) == std::string::npos) msg += " (at " + at->node->where() + ")";
+    if (msg.find(" in step ") == std::string::npos) msg += " in step " + std::to_string(steps_ + 1);
     comm_.abort(msg);
     throw Error(msg);
   }

@@ -9,5 +9,6 @@ int cmd_inspect(int argc, char** argv);
 int cmd_export(int argc, char** argv);
 int cmd_plan(int argc, char** argv);
 int cmd_verify(int argc, char** argv);
+int cmd_launch(int argc, char** argv);
 
 }  // namespace tessel::cli

@@ -23,6 +23,7 @@ const char* kUsage =
     "  export    write a DSL model to a .tsg graph file\n"
     "  plan      plan parallel training of a model on a cluster (search, report, trace)\n"
     "  verify    run a plan on simulated devices and compare it with one device\n"
+    "  launch    start a job's ranks, one process each (tessel launch --nproc N -- tessel train ...)\n"
     "\n"
     "Run 'tessel COMMAND --help' for a command's options.\n";
 
@@ -50,6 +51,7 @@ int main(int argc, char** argv) {
         {"export", tessel::cli::cmd_export},
         {"plan", tessel::cli::cmd_plan},
         {"verify", tessel::cli::cmd_verify},
+        {"launch", tessel::cli::cmd_launch},
     };
     auto it = commands.find(cmd);
     if (it == commands.end()) {

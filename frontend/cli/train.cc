@@ -6,6 +6,7 @@
 #include "frontend/cli/commands.h"
 #include "frontend/cli/pins.h"
 #include "frontend/trainer.h"
+#include "runtime/process_env.h"
 #include "graph/error.h"
 
 namespace tessel::cli {
@@ -14,7 +15,10 @@ int cmd_train(int argc, char** argv) {
   Args args("train",
             "Train a model on one CPU device, or with --devices N on N simulated devices (threads of\n"
             "this process with real collectives between them) under a plan: searched automatically,\n"
-            "pinned in part (--dp, --tp, --pp, ...), or loaded from `tessel plan --output`. The model\n"
+            "pinned in part (--dp, --tp, --pp, ...), or loaded from `tessel plan --output`. Under a\n"
+            "launcher (tessel launch, mpirun, srun, or torchrun-style RANK/WORLD_SIZE/MASTER_ADDR/\n"
+            "MASTER_PORT) each process is one rank of the launcher's world, over Gloo; the pins apply\n"
+            "to that world and --devices is not needed; rank 0 prints. The model\n"
             "is a builder spec (mlp:784-1024-10, gpt:layers=4,d_model=256,heads=4,seq=128,vocab=256,\n"
             "llama:layers=4,d_model=256,heads=8,kv_heads=2,ffn=768,seq=128,vocab=256)\n"
             "or, on one device, a .tsg graph file with inputs x/labels (images) or tokens/targets\n"
@@ -56,7 +60,8 @@ int cmd_train(int argc, char** argv) {
                 {"--bucket-mb", "X", "with --devices: gradient all-reduce bucket size in MiB", "25", positive()},
                 {"--no-overlap", "", "with --devices: run collectives on the compute stream", ""},
                 {"--comm-timeout", "S", "with --devices: seconds a collective waits for the other ranks before failing", "300", positive()},
-                {"--comm", "ENGINE", "with --devices: inprocess (the ranks share memory) or gloo (each rank its own endpoint over loopback TCP)", "inprocess"},
+                {"--comm", "ENGINE", "inprocess (simulated devices share memory) or gloo (each rank its own endpoint over TCP)",
+                 "inprocess with --devices, gloo under a launcher"},
             }, 24));
   if (!args.parse(argc, argv)) return 0;
   if (!args.has("--model")) throw Error("tessel train: --model is required (see --help)");
@@ -108,10 +113,11 @@ int cmd_train(int argc, char** argv) {
   o.quiet = args.has("--quiet");
   o.progress_terminal = isatty(STDERR_FILENO);
   o.pins = parse_pins(args, "train");
+  const bool launched = runtime::process_role().has_value();
   if (args.has("--devices")) {
     o.devices = args.i64("--devices", 1);
-  } else if (args.has("--plan") || args.has("--auto") || any_pin(o.pins) || args.has("--split")) {
-    throw Error("tessel train: --plan, --auto and the plan pins go with --devices N");
+  } else if (!launched && (args.has("--plan") || args.has("--auto") || any_pin(o.pins) || args.has("--split"))) {
+    throw Error("tessel train: --plan, --auto and the plan pins go with --devices N (or a launcher: tessel launch)");
   }
   if (args.has("--plan") && (any_pin(o.pins) || args.has("--split")))
     throw Error("tessel train: give --plan or pins, not both");
@@ -121,13 +127,15 @@ int cmd_train(int argc, char** argv) {
   o.bucket_bytes = static_cast<int64_t>(args.f64("--bucket-mb", 25) * (1 << 20));
   o.overlap = !args.has("--no-overlap");
   o.comm_timeout_s = args.f64("--comm-timeout", 300);
-  o.comm = args.str("--comm", "inprocess");
-  if (o.comm != "inprocess" && o.comm != "gloo") throw Error("tessel train: --comm must be inprocess or gloo, got '" + o.comm + "'");
+  o.comm = args.str("--comm", "");
+  if (!o.comm.empty() && o.comm != "inprocess" && o.comm != "gloo")
+    throw Error("tessel train: --comm must be inprocess or gloo, got '" + o.comm + "'");
   if (o.optimizer.schedule == "cosine" && o.steps > 0) o.optimizer.total_steps = o.steps;
   if (o.optimizer.schedule == "cosine" && o.steps == 0)
     throw Error("tessel train: --lr-schedule cosine needs --steps (the length of the decay)");
 
   TrainReport r = train(o, std::cerr);
+  if (launched && runtime::process_role()->rank != 0) return 0;  // rank 0 reports for the job
   if (format == "json") std::cout << r.json() << std::endl;
   else {
     std::cout << "final_loss " << r.final_loss;
