@@ -4,9 +4,15 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <span>
 
 namespace tessel::runtime {
+
+// memcpy that takes empty tensors (whose data may be null: memcpy's arguments may not be).
+inline void copy_bytes(void* dst, const void* src, size_t n) {
+  if (n) std::memcpy(dst, src, n);
+}
 
 // Copies the block of shape `block` at offset `src_off` of src (shape src_shape) to offset
 // `dst_off` of dst (shape dst_shape); elem bytes per element.

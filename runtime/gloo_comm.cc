@@ -12,6 +12,7 @@
 #include <gloo/transport/tcp/device.h>
 
 #include <algorithm>
+#include <cctype>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -24,6 +25,7 @@
 
 #include "graph/error.h"
 #include "graph/shape.h"
+#include "runtime/block_copy.h"
 #include "runtime/tcp_store.h"
 
 namespace tessel::runtime {
@@ -65,7 +67,7 @@ class TcpGlooStore final : public gloo::rendezvous::Store {
     std::string s;
     for (auto& k : keys) s += (s.empty() ? "" : ", ") + k;
     return client_->where() + ": nobody set " + s + " within " + std::to_string(timeout.count() / 1000.0).substr(0, 5) +
-           " s (the rank a key ends with never arrived)";
+           " s";
   }
   std::shared_ptr<TcpStoreClient> client_;
 };
@@ -114,8 +116,8 @@ void blocks(std::byte* tensor, std::byte* chunks, const Around& a, int k, size_t
     for (int64_t o = 0; o < a.outer; ++o) {
       std::byte* t = tensor + static_cast<size_t>(o * a.dim * a.inner + j * part) * es;
       std::byte* c = chunks + static_cast<size_t>((j * a.outer + o) * part) * es;
-      if (pack) std::memcpy(c, t, static_cast<size_t>(part) * es);
-      else std::memcpy(t, c, static_cast<size_t>(part) * es);
+      if (pack) copy_bytes(c, t, static_cast<size_t>(part) * es);
+      else copy_bytes(t, c, static_cast<size_t>(part) * es);
     }
 }
 
@@ -217,13 +219,13 @@ class GlooEndpoint final : public Communicator {
       // One tensor reduces in place in its output; a bucket goes packed as one buffer.
       T* buf = nullptr;
       if (in.size() == 1) {
-        if (out[0].data != in[0].data) std::memcpy(out[0].data, in[0].data, static_cast<size_t>(in[0].bytes()));
+        if (out[0].data != in[0].data) copy_bytes(out[0].data, in[0].data, static_cast<size_t>(in[0].bytes()));
         buf = out[0].as<T>();
       } else {
         staging_.resize(static_cast<size_t>(total) * es);
         size_t at = 0;
         for (auto& x : in) {
-          std::memcpy(staging_.data() + at, x.data, static_cast<size_t>(x.bytes()));
+          copy_bytes(staging_.data() + at, x.data, static_cast<size_t>(x.bytes()));
           at += static_cast<size_t>(x.bytes());
         }
         buf = reinterpret_cast<T*>(staging_.data());
@@ -240,7 +242,7 @@ class GlooEndpoint final : public Communicator {
       if (in.size() > 1) {
         size_t at = 0;
         for (auto& x : out) {
-          std::memcpy(x.data, staging_.data() + at, static_cast<size_t>(x.bytes()));
+          copy_bytes(x.data, staging_.data() + at, static_cast<size_t>(x.bytes()));
           at += static_cast<size_t>(x.bytes());
         }
       }
@@ -277,11 +279,11 @@ class GlooEndpoint final : public Communicator {
           gloo::alltoall(opts);
         });
       else
-        std::memcpy(received_.data(), staging_.data(), staging_.size());
+        copy_bytes(received_.data(), staging_.data(), staging_.size());
       // Members' contributions in member order, so every member sums alike.
       T* o = out.as<T>();
       const T* r = reinterpret_cast<const T*>(received_.data());
-      std::memcpy(o, r, share * sizeof(T));
+      copy_bytes(o, r, share * sizeof(T));
       for (int q = 1; q < c.k; ++q) reduce_into(o, r + static_cast<size_t>(q) * share, share, op);
       if (op == ReduceOp::mean) scale_mean(o, share, c.k);
     });
@@ -313,7 +315,7 @@ class GlooEndpoint final : public Communicator {
         gloo::allgather(opts);
       });
     } else if (dst != in.data) {
-      std::memcpy(dst, in.data, static_cast<size_t>(in.bytes()));
+      copy_bytes(dst, in.data, static_cast<size_t>(in.bytes()));
     }
     if (!direct) {
       Around o = a;
@@ -349,7 +351,7 @@ class GlooEndpoint final : public Communicator {
         gloo::alltoall(opts);
       });
     else
-      std::memcpy(received_.data(), staging_.data(), staging_.size());
+      copy_bytes(received_.data(), staging_.data(), staging_.size());
     // Chunk q came from member q and is block q along the concatenated dim.
     blocks(static_cast<std::byte*>(out.data), received_.data(), around(out.shape, concat_dim), c.k, es, false);
   }
@@ -360,7 +362,7 @@ class GlooEndpoint final : public Communicator {
     check_out(out, in.dtype, std::vector<int64_t>(in.shape.begin(), in.shape.end()), "broadcast");
     Ctx& c = member(group, "broadcast");
     if (c.me == root && out.data != in.data && in.bytes())
-      std::memcpy(out.data, in.data, static_cast<size_t>(in.bytes()));
+      copy_bytes(out.data, in.data, static_cast<size_t>(in.bytes()));
     if (c.k == 1 || in.numel == 0) return;
     run(c, "broadcast", group, [&] {
       gloo::BroadcastOptions opts(c.ctx);
@@ -399,7 +401,7 @@ class GlooEndpoint final : public Communicator {
     m->peer = peer;
     m->tag = tag;
     m->data.resize(std::max<size_t>(bytes, 1));
-    if (bytes) std::memcpy(m->data.data(), t.data, bytes);
+    if (bytes) copy_bytes(m->data.data(), t.data, bytes);
     try {
       m->buf = world_->ctx->createUnboundBuffer(m->data.data(), bytes);
       m->buf->send(static_cast<int>(peer), p2p_slot(tag));
@@ -563,7 +565,27 @@ class GlooEndpoint final : public Communicator {
         ctx->connectFullMesh(store, device_);
         c->ctx = std::move(ctx);
       } catch (const std::exception& e) {
-        failed(std::string(op) + ": connecting the group " + list_str(ranks), e.what());
+        // The store's error names the keys nobody wrote: a member's key ends with its index
+        // in the group. Say which ranks those are.
+        std::string prefix = "tessel/group/";
+        for (size_t i = 0; i < key.size(); ++i) prefix += (i ? "." : "") + std::to_string(key[i]);
+        const std::string detail = e.what();
+        std::vector<int64_t> missing;
+        for (int i = 0; i < c->k; ++i) {
+          const std::string k = prefix + "/" + std::to_string(i);
+          for (size_t at = detail.find(k); at != std::string::npos; at = detail.find(k, at + 1)) {
+            const size_t end = at + k.size();
+            if (end == detail.size() || !std::isdigit(static_cast<unsigned char>(detail[end]))) {
+              missing.push_back(ranks[i]);
+              break;
+            }
+          }
+        }
+        std::string who_missing;
+        if (!missing.empty())
+          who_missing = (missing.size() == 1 ? " (rank " : " (ranks ") + list_str(missing).substr(1, std::string::npos) ;
+        if (!who_missing.empty()) who_missing.back() = ' ', who_missing += "never arrived)";
+        failed(std::string(op) + ": connecting the group " + list_str(ranks) + who_missing, detail);
       }
     }
     std::lock_guard lk(ctx_mu_);

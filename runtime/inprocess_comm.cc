@@ -152,7 +152,7 @@ Split3 split3(std::span<const int64_t> s, int d) {
 // gets bit-identical results).
 template <class T, class Src>
 void reduce_run(T* tmp, int64_t n, int k, Src src, ReduceOp op) {
-  std::memcpy(tmp, src(0), static_cast<size_t>(n) * sizeof(T));
+  copy_bytes(tmp, src(0), static_cast<size_t>(n) * sizeof(T));
   for (int q = 1; q < k; ++q) {
     const T* x = src(q);
     if (op == ReduceOp::max)
@@ -181,7 +181,7 @@ void all_reduce_share(const std::vector<const Post*>& posts, int me) {
     for (int64_t b = lo; b < hi; b += kBlock) {
       const int64_t len = std::min(kBlock, hi - b);
       reduce_run<T>(tmp, len, k, [&](int q) { return posts[q]->in[s].template as<const T>() + b; }, p0.op);
-      for (int q = 0; q < k; ++q) std::memcpy(posts[q]->out[s].template as<T>() + b, tmp, static_cast<size_t>(len) * sizeof(T));
+      for (int q = 0; q < k; ++q) copy_bytes(posts[q]->out[s].template as<T>() + b, tmp, static_cast<size_t>(len) * sizeof(T));
     }
     base += n;
   }
@@ -200,7 +200,7 @@ void reduce_scatter_share(const std::vector<const Post*>& posts, int me) {
       const int64_t len = std::min(kBlock, share - b);
       const int64_t at = o * v.dim * v.inner + me * share + b;
       reduce_run<T>(tmp, len, k, [&](int q) { return posts[q]->in[0].template as<const T>() + at; }, mine.op);
-      std::memcpy(out + o * share + b, tmp, static_cast<size_t>(len) * sizeof(T));
+      copy_bytes(out + o * share + b, tmp, static_cast<size_t>(len) * sizeof(T));
     }
 }
 
@@ -400,7 +400,7 @@ class Endpoint final : public Communicator {
       }
     }
     buf.resize(bytes);
-    if (bytes) std::memcpy(buf.data(), t.data, bytes);
+    if (bytes) copy_bytes(buf.data(), t.data, bytes);
     std::lock_guard lk(s_.mail_mu);
     s_.mail[key].push(std::move(buf));
     s_.mail_cv.notify_all();
@@ -433,7 +433,7 @@ class Endpoint final : public Communicator {
     if (buf.size() != bytes)
       fail(what() + ": rank " + std::to_string(peer) + " sent " + std::to_string(buf.size()) + " bytes, " +
            std::string(dtype_name(t.dtype)) + shape_str(t.shape) + " needs " + std::to_string(bytes));
-    if (bytes) std::memcpy(t.data, buf.data(), bytes);
+    if (bytes) copy_bytes(t.data, buf.data(), bytes);
     lk.lock();
     m.spare.push_back(std::move(buf));
   }
@@ -562,7 +562,7 @@ class Endpoint final : public Communicator {
         auto* out = static_cast<std::byte*>(p.out[0].data);
         for (int64_t o = 0; o < v.outer; ++o)
           for (int q = 0; q < k; ++q)
-            std::memcpy(out + static_cast<size_t>((o * k + q) * piece) * es,
+            copy_bytes(out + static_cast<size_t>((o * k + q) * piece) * es,
                         static_cast<const std::byte*>(posts[q]->in[0].data) + static_cast<size_t>(o * piece) * es,
                         static_cast<size_t>(piece) * es);
         return;
@@ -585,7 +585,7 @@ class Endpoint final : public Communicator {
       case Kind::broadcast: {
         const TensorRef& src = posts[p.root]->in[0];
         if (p.out[0].data != src.data && src.bytes())
-          std::memcpy(p.out[0].data, src.data, static_cast<size_t>(src.bytes()));
+          copy_bytes(p.out[0].data, src.data, static_cast<size_t>(src.bytes()));
         return;
       }
     }

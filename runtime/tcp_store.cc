@@ -217,7 +217,9 @@ void TcpStoreServer::State::serve(Conn& c) {
         if (!read_full(fd, &vlen, 8) || vlen > static_cast<uint64_t>(limits.max_value_bytes)) return refuse(true);
         {
           std::lock_guard lk(mu);
-          if (total_bytes + static_cast<int64_t>(vlen) > limits.max_total_bytes) return refuse(true);
+          auto old = data.find(key);  // a value replaced gives its room back
+          const int64_t freed = old == data.end() ? 0 : static_cast<int64_t>(old->second.size());
+          if (total_bytes - freed + static_cast<int64_t>(vlen) > limits.max_total_bytes) return refuse(true);
           total_bytes += static_cast<int64_t>(vlen);  // reserved before reading, so the cap holds
         }
         std::vector<char> value(vlen);
@@ -241,9 +243,14 @@ void TcpStoreServer::State::serve(Conn& c) {
         if (!read_full(fd, &wait_ms, 4)) return refuse(false);
         std::vector<char> reply;
         {
+          // Waits in slices, watching the client: one that hung up is not waited for.
+          const auto until = Clock::now() + std::chrono::milliseconds(std::min<uint32_t>(wait_ms, kMaxWaitMs));
           std::unique_lock lk(mu);
-          cv.wait_for(lk, std::chrono::milliseconds(std::min<uint32_t>(wait_ms, kMaxWaitMs)),
-                      [&] { return stopping || data.count(key) > 0; });
+          while (!stopping && !data.count(key) && Clock::now() < until) {
+            cv.wait_for(lk, std::min<Clock::duration>(until - Clock::now(), std::chrono::milliseconds(50)));
+            pollfd pf{fd, POLLRDHUP, 0};
+            if (::poll(&pf, 1, 0) == 1 && (pf.revents & (POLLRDHUP | POLLHUP | POLLERR))) return;
+          }
           auto it = data.find(key);
           if (it == data.end()) {
             reply.push_back(0);

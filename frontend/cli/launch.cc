@@ -204,6 +204,13 @@ int cmd_launch(int argc, char** argv) {
     r.err = err[0];
   }
 
+  {
+    std::string pids;
+    for (const Rank& r : ranks) pids += (pids.empty() ? "" : " ") + std::to_string(r.pid);
+    std::fprintf(stderr, "tessel launch: ranks %lld-%lld of %lld on this host (pids %s), store at %s:%d\n",
+                 static_cast<long long>(node * nproc), static_cast<long long>(node * nproc + nproc - 1),
+                 static_cast<long long>(world), pids.c_str(), host.c_str(), port);
+  }
   const Rank* first_failure = nullptr;
   std::optional<Clock::time_point> term_at, kill_at;
   auto stop_others = [&](int sig) {
