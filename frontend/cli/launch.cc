@@ -67,7 +67,7 @@ void forward(Rank& r, std::string& part, const char* data, size_t n, bool is_err
     const std::string line = part.substr(start, nl - start);
     const std::string out = "[rank " + std::to_string(r.rank) + "] " + line + "\n";
     std::fwrite(out.data(), 1, out.size(), is_err ? stderr : stdout);
-    if (r.log) *r.log << line << "\n";
+    if (r.log) *r.log << line << std::endl;  // flushed: a log is read while the job runs
     if (is_err && !line.empty() && (line.find("error") != std::string::npos || r.last_error.find("error") == std::string::npos))
       r.last_error = line;
     start = nl + 1;
