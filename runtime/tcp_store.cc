@@ -334,7 +334,7 @@ void TcpStoreServer::set(const std::string& key, std::span<const char> value) {
 }
 
 TcpStoreClient::TcpStoreClient(const std::string& host, int port, const std::string& token, double timeout_s)
-    : host_(host), port_(port) {
+    : host_(host), port_(port), timeout_s_(timeout_s) {
   const sockaddr_in a = resolve(host, port, where());
   const auto deadline = Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000));
   std::string last = "no attempt";
@@ -390,6 +390,27 @@ TcpStoreClient::~TcpStoreClient() {
   if (fd_ >= 0) ::close(fd_);
 }
 
+void TcpStoreClient::usable() const {
+  if (fd_ < 0) throw Error(where() + ": the connection failed earlier");
+}
+
+void TcpStoreClient::broken(const std::string& why) {
+  // A reply may still be on its way: the conversation cannot go on.
+  ::close(fd_);
+  fd_ = -1;
+  throw Error(why);
+}
+
+Clock::time_point TcpStoreClient::deadline(int wait_ms) const {
+  return Clock::now() + std::chrono::milliseconds(wait_ms + static_cast<int64_t>(timeout_s_ * 1000));
+}
+
+std::string TcpStoreClient::secs() const {
+  char b[32];
+  std::snprintf(b, sizeof b, "%g s", timeout_s_);
+  return b;
+}
+
 std::string TcpStoreClient::where() const { return "tcp store at " + host_ + ":" + std::to_string(port_); }
 
 void TcpStoreClient::set(const std::string& key, std::span<const char> value) {
@@ -400,10 +421,11 @@ void TcpStoreClient::set(const std::string& key, std::span<const char> value) {
   append<uint64_t>(msg, value.size());
   msg.insert(msg.end(), value.begin(), value.end());
   std::lock_guard lk(mu_);
+  usable();
   uint8_t r = kBad;
-  if (!write_full(fd_, msg.data(), msg.size()) || !read_full(fd_, &r, 1))
-    throw Error(where() + ": lost the connection while setting '" + key + "'");
-  if (r != 0) throw Error(where() + ": refused setting '" + key + "' (" + std::to_string(value.size()) + " bytes: over its limits?)");
+  if (!write_full(fd_, msg.data(), msg.size()) || !read_full(fd_, &r, 1, deadline(0)))
+    broken(where() + ": no answer while setting '" + key + "' (connection lost, or nothing within " + secs() + ")");
+  if (r != 0) broken(where() + ": refused setting '" + key + "' (" + std::to_string(value.size()) + " bytes: over its limits?)");
 }
 
 std::optional<std::vector<char>> TcpStoreClient::get_once(const std::string& key, int wait_ms) {
@@ -413,16 +435,18 @@ std::optional<std::vector<char>> TcpStoreClient::get_once(const std::string& key
   msg.insert(msg.end(), key.begin(), key.end());
   append<uint32_t>(msg, static_cast<uint32_t>(wait_ms));
   std::lock_guard lk(mu_);
+  usable();
   uint8_t found = kBad;
-  if (!write_full(fd_, msg.data(), msg.size()) || !read_full(fd_, &found, 1))
-    throw Error(where() + ": lost the connection while reading '" + key + "'");
-  if (found == kBad) throw Error(where() + ": refused reading '" + key + "'");
+  const auto until = deadline(wait_ms);
+  if (!write_full(fd_, msg.data(), msg.size()) || !read_full(fd_, &found, 1, until))
+    broken(where() + ": no answer while reading '" + key + "' (connection lost, or nothing within " + secs() + ")");
+  if (found == kBad) broken(where() + ": refused reading '" + key + "'");
   if (found == 0) return std::nullopt;
   uint64_t n = 0;
-  if (!read_full(fd_, &n, 8) || n > (uint64_t{1} << 40))
-    throw Error(where() + ": lost the connection while reading '" + key + "'");
+  if (!read_full(fd_, &n, 8, until) || n > (uint64_t{1} << 40))
+    broken(where() + ": lost the connection while reading '" + key + "'");
   std::vector<char> v(n);
-  if (!read_full(fd_, v.data(), n)) throw Error(where() + ": lost the connection while reading '" + key + "'");
+  if (!read_full(fd_, v.data(), n, until)) broken(where() + ": lost the connection while reading '" + key + "'");
   return v;
 }
 

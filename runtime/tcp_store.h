@@ -17,6 +17,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -64,7 +65,8 @@ class TcpStoreServer {
 class TcpStoreClient {
  public:
   // Connects, retrying until timeout_s (the server may not be up yet), and presents the
-  // token. Throws naming host:port: unreachable, wrong token.
+  // token. Throws naming host:port: unreachable, wrong token. Each later request also gives
+  // up after timeout_s without an answer (a cut link never hangs a rank).
   TcpStoreClient(const std::string& host, int port, const std::string& token, double timeout_s);
   ~TcpStoreClient();
   TcpStoreClient(const TcpStoreClient&) = delete;
@@ -80,10 +82,15 @@ class TcpStoreClient {
 
  private:
   std::optional<std::vector<char>> get_once(const std::string& key, int wait_ms);
+  std::chrono::steady_clock::time_point deadline(int wait_ms) const;
+  std::string secs() const;
+  void usable() const;
+  [[noreturn]] void broken(const std::string& why);
   std::mutex mu_;
   int fd_ = -1;
   std::string host_, local_;
   int port_ = 0;
+  double timeout_s_ = 0;
 };
 
 // "HOST:PORT" -> (host, port); throws naming `what` when malformed.
