@@ -14,6 +14,7 @@ PACKAGES=(
   clang libclang-rt-14-dev
   llvm-14-dev
   libgloo-dev
+  openmpi-bin libopenmpi-dev slurm-wlm iproute2   # launchers and hosts the tests run ranks under
 )
 
 missing=()

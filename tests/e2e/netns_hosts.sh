@@ -86,13 +86,14 @@ ip netns exec "$A" timeout 120 "$T" launch --nproc 2 --nnodes 2 --node-rank 0 --
 ca=$!
 for _ in $(seq 600); do grep -q ' parameters, batch' "$WORK/cut.a/rank-0.log" 2>/dev/null && break; sleep 0.1; done
 sleep 1
-start=$(date +%s.%N)
+start=$(date +%s%N)
 ip -n "$B" link set "$VB" down
 wait $ca
 rc_a=$?
 wait $cb
 rc_b=$?
-secs=$(echo "$(date +%s.%N) - $start" | bc)
+ms=$((($(date +%s%N) - start) / 1000000))
+secs=$((ms / 1000)).$(printf %03d $((ms % 1000)))
 echo "  link cut: host 0 launcher rc $rc_a, host 1 launcher rc $rc_b, both done ${secs} s after the cut"
 echo "  host 0: $(grep 'tessel launch: rank' "$WORK/cut.a.err" | tail -1)"
 echo "  host 1: $(grep 'tessel launch: rank' "$WORK/cut.b.err" | tail -1)"
