@@ -15,6 +15,7 @@
 #include "planner/cluster.h"
 #include "runtime/executor.h"
 #include "runtime/local_run.h"
+#include "runtime/process_env.h"
 
 namespace tessel {
 
@@ -207,10 +208,25 @@ VerifyReport verify_plan(const VerifyOptions& opt, const DevicePlan& plan) {
   ro.seed = opt.seed;
   runtime::CommOptions co;
   co.timeout_s = opt.timeout_s;
-  co.engine = opt.comm;
   std::vector<planner::RankProgram> programs = plan.programs(one_g);
   if (opt.rewrite_programs) opt.rewrite_programs(programs);
-  runtime::LocalRun run(std::move(programs), plan.config, ro, co);
+  // Under a launcher this process runs its rank (and a one-device reference of its own).
+  std::optional<runtime::ProcessRole> role = runtime::process_role();
+  if (role && role->size == 1) role.reset();
+  co.engine = opt.comm.empty() ? (role ? "gloo" : "inprocess") : opt.comm;
+  if (role && co.engine != "gloo")
+    throw Error("this process is " + role->str() + "; ranks in separate processes talk over gloo, not " + co.engine);
+  std::optional<runtime::LocalRun> run_storage;
+  if (role) {
+    if (plan.config.devices() != role->size)
+      throw Error("the plan " + plan.config.str() + " is for " + std::to_string(plan.config.devices()) +
+                  " devices, but this process is " + role->str());
+    run_storage.emplace(std::move(programs), plan.config, role->rank, runtime::connect_ranks(*role, co), ro,
+                        runtime::threads_per_rank(*role));
+  } else {
+    run_storage.emplace(std::move(programs), plan.config, ro, co);
+  }
+  runtime::LocalRun& run = *run_storage;
   run.initialize();
 
   VerifyReport rep;

@@ -62,7 +62,7 @@ struct VerifyOptions {
   runtime::RankOptions rank;
   double tolerance = 1e-5;
   double timeout_s = 300;
-  std::string comm = "inprocess";  // the ranks' engine: inprocess or gloo (runtime::CommOptions)
+  std::string comm;  // the ranks' engine: inprocess or gloo ("": inprocess, gloo under a launcher)
   // Tests only: applied to the rank programs right after partitioning, before they run, to
   // plant a mistake that the comparison must catch. Empty: the programs run as planned.
   std::function<void(std::vector<planner::RankProgram>&)> rewrite_programs;

@@ -8,6 +8,7 @@
 #include "graph/error.h"
 #include "ops/registry.h"
 #include "planner/plan_file.h"
+#include "runtime/process_env.h"
 
 namespace tessel::cli {
 
@@ -17,7 +18,9 @@ std::optional<VerifyCommand> parse_verify(int argc, char** argv) {
             "(threads of this process, real collectives) and the whole batch on one device, from the\n"
             "same initial parameters on the same random inputs, for k optimizer steps; report the\n"
             "largest relative difference in the loss (per step) and in the parameters (after the last\n"
-            "step, relative to the larger of the tensor's largest magnitude and the learning rate).\nExits 1 above the tolerance.",
+            "step, relative to the larger of the tensor's largest magnitude and the learning rate).\nExits 1 above the tolerance. "
+            "Under a launcher (tessel launch, mpirun, srun, torchrun-style variables)\neach process runs one rank of the "
+            "plan over Gloo (the world is the devices) and its own\none-device reference; rank 0 prints.",
             with_pin_flags({
                 {"--model", "SPEC|FILE", "mlp:..., gpt:layers=..,d_model=..,heads=..,seq=..,vocab=.., llama:..,kv_heads=..,ffn=.., or a .tsg graph file (its batch is the batch)", ""},
                 {"--batch", "N", "global batch (samples per optimizer step)", "8", ints(1)},
@@ -37,7 +40,8 @@ std::optional<VerifyCommand> parse_verify(int argc, char** argv) {
                 {"--bucket-mb", "X", "gradient all-reduce bucket size in MiB", "25", positive()},
                 {"--no-overlap", "", "run collectives on the compute stream (no communication thread)", ""},
                 {"--timeout", "S", "seconds a collective may wait for the other ranks", "300", positive()},
-                {"--comm", "ENGINE", "inprocess (the ranks share memory) or gloo (each rank its own endpoint over loopback TCP)", "inprocess"},
+                {"--comm", "ENGINE", "inprocess (the ranks share memory) or gloo (each rank its own endpoint over TCP)",
+                 "inprocess; gloo under a launcher"},
                 {"--format", "FMT", "text, or json (keys: max_rel_diff_loss, max_rel_diff_params, ok, worst_parameter, "
                                     "losses_one_device, losses_plan, arena_bytes)", "text"},
             }, 3));
@@ -54,8 +58,9 @@ std::optional<VerifyCommand> parse_verify(int argc, char** argv) {
   o.seed = static_cast<uint64_t>(args.i64("--seed", 0));
   o.tolerance = args.f64("--tolerance", 1e-5);
   o.timeout_s = args.f64("--timeout", 300);
-  o.comm = args.str("--comm", "inprocess");
-  if (o.comm != "inprocess" && o.comm != "gloo") throw Error("tessel verify: --comm must be inprocess or gloo, got '" + o.comm + "'");
+  o.comm = args.str("--comm", "");
+  if (!o.comm.empty() && o.comm != "inprocess" && o.comm != "gloo")
+    throw Error("tessel verify: --comm must be inprocess or gloo, got '" + o.comm + "'");
   o.optimizer.kind = args.str("--optimizer", "sgd");
   o.optimizer.lr = args.f64("--lr", 0.01);
   o.optimizer.momentum = args.f64("--momentum", 0.9);
@@ -64,6 +69,14 @@ std::optional<VerifyCommand> parse_verify(int argc, char** argv) {
   o.rank.overlap = !args.has("--no-overlap");
   c.devices = args.i64("--devices", 1);
   c.devices_given = args.has("--devices");
+  // Under a launcher the world is the devices, and this process one rank of it.
+  if (auto role = runtime::process_role(); role && role->size > 1) {
+    if (c.devices_given && c.devices != role->size)
+      throw Error("tessel verify: --devices " + std::to_string(c.devices) + ", but this process is " + role->str());
+    c.devices = role->size;
+    c.devices_given = true;
+    c.rank = role->rank;
+  }
   c.batch_given = args.has("--batch");
   if (is_graph_file(c.options.spec) && !c.batch_given) c.options.batch = 0;  // the graph's own
   c.plan_file = args.str("--plan");
@@ -96,8 +109,9 @@ int cmd_verify(int argc, char** argv) {
   const std::string& format = c->format;
 
   const DevicePlan plan = c->plan();
-  if (format == "text") std::cout << plan.summary();
+  if (format == "text" && c->rank == 0) std::cout << plan.summary();
   VerifyReport r = verify_plan(o, plan);
+  if (c->rank != 0) return r.ok ? 0 : 1;  // rank 0 reports for the job
   if (format == "json") {
     std::cout << r.json() << std::endl;
   } else {

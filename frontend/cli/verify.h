@@ -19,6 +19,7 @@ struct VerifyCommand {
   bool devices_given = false, batch_given = false;
   std::string plan_file;  // --plan; empty: plan under the pins
   std::string format = "text";
+  int64_t rank = 0;  // under a launcher, this process's rank (rank 0 prints)
   // The plan to check: the --plan file's configuration (options.batch becomes its batch), or
   // the planner's under the pins. Throws tessel::Error saying why when there is none.
   DevicePlan plan();
