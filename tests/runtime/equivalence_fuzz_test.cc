@@ -16,7 +16,9 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdlib>
+#include <map>
 #include <iostream>
 
 #include "tests/e2e/cli_util.h"
@@ -76,6 +78,39 @@ TEST(EquivalenceFuzz, TheReproductionLineRunsTheSameCase) {
     ++checked;
   }
   EXPECT_EQ(checked, 3);
+}
+
+// The slice over one process per rank: its first accepted cases on 2 and on 4 devices, each
+// run as `tessel launch --nproc N -- tessel verify ...` (Gloo between processes over loopback,
+// the TCP store), pass as they pass on simulated devices.
+TEST(EquivalenceFuzz, SliceOverProcesses) {
+  std::map<int, int> wanted{{2, 10}, {4, 10}}, done;
+  int64_t tried = 0;
+  for (int64_t i = 0; i < kSliceCases && (done[2] < wanted[2] || done[4] < wanted[4]); ++i) {
+    const Case c = draw_case(case_seed(kSliceSeed, i));
+    auto d = std::find(c.args.begin(), c.args.end(), "--devices");
+    if (d == c.args.end()) continue;
+    const int devices = std::stoi(d[1]);
+    if (!wanted.count(devices) || done[devices] >= wanted[devices]) continue;
+    if (run_case(c).kind != Outcome::passed) continue;  // refused: nothing to run
+    std::string args;
+    for (auto it = c.args.begin(); it != c.args.end(); ++it) {
+      if (it == d) {
+        ++it;  // the launcher's world is the devices
+        continue;
+      }
+      args += " '" + *it + "'";
+    }
+    const auto r = testing::run_cli("launch --nproc " + std::to_string(devices) + " -- " + TESSEL_CLI + " verify" + args +
+                                    " --format json");
+    ++tried;
+    EXPECT_EQ(r.status, 0) << "over " << devices << " processes: " << c.command_line() << "\n" << r.out << r.err;
+    EXPECT_NE(r.out.find("\"ok\":true"), std::string::npos) << c.command_line() << "\n" << r.out;
+    ++done[devices];
+  }
+  EXPECT_EQ(done[2], wanted[2]);
+  EXPECT_EQ(done[4], wanted[4]);
+  std::cout << tried << " cases of the slice passed over 2 and 4 processes\n";
 }
 
 // Planted mistakes: the search must report failures. Each runs the first cases of the fast
