@@ -16,6 +16,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "graph/tensor_ref.h"
 
@@ -58,6 +59,14 @@ class Communicator {
   // Every member gets the input of member `root` (an index in the group).
   virtual void broadcast(const TensorRef& in, const TensorRef& out, int64_t root, std::span<const int64_t> group) = 0;
   virtual void barrier(std::span<const int64_t> group) = 0;
+
+  // Before the first step: the groups this rank will call collectives on, every member
+  // giving its groups in lexicographic order of their rank lists (RankExecutor does). Engines
+  // whose groups are made collectively (Gloo, MPI, NCCL) make them all now: processing the
+  // groups in one global order cannot deadlock (the smallest unfinished group always has all
+  // its members at it), where making each at its first use could, when ranks meet their
+  // groups in different orders. The in-process engine needs nothing.
+  virtual void connect_groups(std::span<const std::vector<int64_t>> groups) { (void)groups; }
 
   // Point to point between global ranks. Messages with the same (from, to, tag) arrive in
   // the order they were sent. send returns once the data may be reused.

@@ -441,6 +441,10 @@ class GlooEndpoint final : public Communicator {
     if (!done) failed(what, "aborted");
   }
 
+  void connect_groups(std::span<const std::vector<int64_t>> groups) override {
+    for (const auto& g : groups) member(g, "connecting groups before the first step");
+  }
+
   void abort(const std::string& why) override {
     {
       std::lock_guard lk(abort_mu_);

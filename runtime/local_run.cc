@@ -120,7 +120,29 @@ LocalRun::~LocalRun() {
 }
 
 void LocalRun::initialize(int64_t capacity_bytes) {
-  for (auto& r : ranks_) r->initialize(capacity_bytes);
+  // Side by side: ranks connect their groups with each other while initializing.
+  if (ranks_.size() == 1) {
+    try {
+      ranks_[0]->initialize(capacity_bytes);
+    } catch (const std::exception& e) {
+      if (spans_processes()) comms_[0]->abort(e.what());  // the other processes report it too
+      throw;
+    }
+  } else {
+    std::vector<std::string> err(ranks_.size());
+    std::vector<std::thread> init;
+    for (size_t r = 0; r < ranks_.size(); ++r)
+      init.emplace_back([&, r] {
+        try {
+          ranks_[r]->initialize(capacity_bytes);
+        } catch (const std::exception& e) {
+          err[r] = e.what();
+        }
+      });
+    for (auto& t : init) t.join();
+    for (auto& e : err)
+      if (!e.empty()) throw Error(e);
+  }
   errors_.assign(ranks_.size(), std::string());
   for (auto& e : errors_) e.reserve(1024);
   for (size_t r = 0; r < ranks_.size(); ++r) threads_.emplace_back([this, r] { worker(r); });

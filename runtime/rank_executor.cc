@@ -551,6 +551,14 @@ void RankExecutor::write_updates_in_place() {
 void RankExecutor::initialize(int64_t capacity_bytes) {
   if (initialized_) throw Error("RankExecutor::initialize() called twice");
   {
+    // Every group this rank's collectives use, made now in one order all ranks share.
+    std::set<std::vector<int64_t>> groups;
+    for (const Node& n : graph_.nodes())
+      if (n.attrs.has("ranks") && n.attrs.get_i64s("ranks").size() > 1) groups.insert(n.attrs.get_i64s("ranks"));
+    const std::vector<std::vector<int64_t>> ordered(groups.begin(), groups.end());
+    comm_.connect_groups(ordered);
+  }
+  {
     std::map<std::pair<int64_t, int64_t>, std::pair<int64_t, int64_t>> sends;  // (peer, tag) -> (bytes, count)
     for (const Op& op : ops_)
       if (op.type == Op::Type::send) {

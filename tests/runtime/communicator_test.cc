@@ -7,6 +7,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <functional>
@@ -311,6 +312,42 @@ INSTANTIATE_TEST_SUITE_P(Engines, Comm, ::testing::Values("inprocess", "gloo"),
 // that made it, and stops the rank waiting on it with the reason; an abort reaches a rank
 // blocked on the aborting one through the rendezvous store; bad shapes are refused before
 // anything moves.
+// Groups made before the first step (connect_groups, as RankExecutor calls it: each rank its
+// own groups, in lexicographic order) serve the collectives after; a member that never comes
+// to make one fails the others within the timeout, naming the group.
+TEST_P(Comm, GroupsConnectedUpFrontServeTheCollectives) {
+  const std::vector<std::vector<std::vector<int64_t>>> mine = {
+      {{0, 1}, {0, 1, 2, 3}, {0, 2}}, {{0, 1}, {0, 1, 2, 3}, {1, 3}}, {{0, 1, 2, 3}, {0, 2}, {2, 3}},
+      {{0, 1, 2, 3}, {1, 3}, {2, 3}}};
+  auto err = on_ranks(4, [&](Communicator& c) {
+    const auto& groups = mine[static_cast<size_t>(c.rank())];
+    c.connect_groups(groups);
+    for (const auto& g : groups) {
+      Buf b({3}, static_cast<float>(c.rank() + 1));
+      c.all_reduce(b.ref(), b.ref(), ReduceOp::sum, g);
+      float want = 0;
+      for (int64_t r : g) want += static_cast<float>(r + 1);
+      EXPECT_EQ(b.v[2], want) << "group of " << g.size() << " on rank " << c.rank();
+    }
+  });
+  for (auto& e : err) EXPECT_EQ(e, "");
+}
+
+TEST(GlooComm, AMemberThatNeverConnectsItsGroupIsNamedWithinTheTimeout) {
+  CommOptions o;
+  o.timeout_s = 2;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto err = on_ranks("gloo", 3, [&](Communicator& c) {
+    if (c.rank() == 2) return;  // never makes the group [1,2]
+    const std::vector<std::vector<int64_t>> g = {{c.rank(), 2}};
+    c.connect_groups(g);
+  }, o);
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_THAT(err[0], HasSubstr("[0,2]"));
+  EXPECT_THAT(err[0], HasSubstr("rank 2 never arrived"));
+  EXPECT_LT(s, 15);
+}
+
 TEST(GlooComm, ATimeoutFailsInTimeAndStopsTheOthersWithTheReason) {
   CommOptions o;
   o.timeout_s = 0.3;
