@@ -16,6 +16,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <map>
@@ -150,6 +151,49 @@ void gloo_max(void* out, const void* a, const void* b, size_t n) {
   for (size_t i = 0; i < n; ++i) o[i] = std::max(x[i], y[i]);
 }
 
+// What one member calls, as the members compare it before any data moves.
+struct Call {
+  std::string_view op;
+  std::span<const TensorRef> tensors;  // the inputs
+  int dim = -1, dim2 = -1;
+  int reduce = -1;
+  int64_t root = -1;
+
+  uint64_t fingerprint() const {
+    uint64_t h = 1469598103934665603ull;
+    auto mix = [&](uint64_t v) {
+      for (int b = 0; b < 8; ++b) h = (h ^ ((v >> (8 * b)) & 0xFF)) * 1099511628211ull;
+    };
+    for (char ch : op) mix(static_cast<unsigned char>(ch));
+    mix(tensors.size());
+    for (const TensorRef& t : tensors) {
+      mix(static_cast<uint64_t>(t.dtype));
+      mix(t.shape.size());
+      for (int64_t d : t.shape) mix(static_cast<uint64_t>(d));
+    }
+    mix(static_cast<uint64_t>(dim)), mix(static_cast<uint64_t>(dim2)), mix(static_cast<uint64_t>(reduce));
+    mix(static_cast<uint64_t>(root));
+    return h;
+  }
+  // "all_reduce (sum) of f32[4,8], f32[8]", "all_gather along dim 1 of f32[2,3]"
+  std::string str() const {
+    std::string s(op);
+    if (reduce >= 0) s += std::string(" (") + std::string(reduce_op_name(static_cast<ReduceOp>(reduce))) + ")";
+    if (dim >= 0) s += " along dim " + std::to_string(dim);
+    if (dim2 >= 0) s += " into dim " + std::to_string(dim2);
+    if (root >= 0) s += " from member " + std::to_string(root);
+    if (!tensors.empty()) s += " of";
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      if (i == 4) {
+        s += " and " + std::to_string(tensors.size() - 4) + " more";
+        break;
+      }
+      s += (i ? ", " : " ") + std::string(dtype_name(tensors[i].dtype)) + shape_str(tensors[i].shape);
+    }
+    return s;
+  }
+};
+
 // Calls f(T{}) with the C++ type of a dtype the engine reduces.
 template <class F>
 void reducible(DType t, std::string_view what, F&& f) {
@@ -176,6 +220,7 @@ class GlooEndpoint final : public Communicator {
       throw Error("rank " + std::to_string(rank) + " is not in a world of " + std::to_string(size));
     if (!(options_.timeout_s > 0)) throw Error("the communication timeout must be positive");
     timeout_ = std::chrono::milliseconds(static_cast<int64_t>(options_.timeout_s * 1000));
+    if (const char* v = std::getenv("TESSEL_COMM_CHECK")) full_check_ = std::string_view(v) == "full";
     try {
       gloo::transport::tcp::attr attr;
       attr.hostname = options_.hostname;
@@ -212,6 +257,7 @@ class GlooEndpoint final : public Communicator {
       total += in[i].numel;
     }
     Ctx& c = member(group, "all_reduce");
+    agree(c, Call{"all_reduce", in, -1, -1, static_cast<int>(op)}, group);
     if (in.empty() || total == 0) return;
     const size_t es = dtype_size(in[0].dtype);
     reducible(in[0].dtype, "all_reduce", [&](auto t) {
@@ -260,6 +306,7 @@ class GlooEndpoint final : public Communicator {
     want[dim] /= k;
     check_out(out, in.dtype, want, "reduce_scatter");
     Ctx& c = member(group, "reduce_scatter");
+    agree(c, Call{"reduce_scatter", std::span<const TensorRef>(&in, 1), dim, -1, static_cast<int>(op)}, group);
     if (in.numel == 0) return;
     const size_t es = dtype_size(in.dtype);
     const size_t share = static_cast<size_t>(out.numel);
@@ -295,6 +342,7 @@ class GlooEndpoint final : public Communicator {
     want[dim] *= static_cast<int64_t>(group.size());
     check_out(out, in.dtype, want, "all_gather");
     Ctx& c = member(group, "all_gather");
+    agree(c, Call{"all_gather", std::span<const TensorRef>(&in, 1), dim}, group);
     if (in.numel == 0) return;
     const size_t es = dtype_size(in.dtype);
     const Around a = around(in.shape, dim);
@@ -337,6 +385,7 @@ class GlooEndpoint final : public Communicator {
     want[concat_dim] *= k;
     check_out(out, in.dtype, want, "all_to_all");
     Ctx& c = member(group, "all_to_all");
+    agree(c, Call{"all_to_all", std::span<const TensorRef>(&in, 1), split_dim, concat_dim}, group);
     if (in.numel == 0) return;
     const size_t es = dtype_size(in.dtype);
     staging_.resize(static_cast<size_t>(in.numel) * es);
@@ -361,6 +410,7 @@ class GlooEndpoint final : public Communicator {
       fail("broadcast: root " + std::to_string(root) + " is not in a group of " + std::to_string(group.size()));
     check_out(out, in.dtype, std::vector<int64_t>(in.shape.begin(), in.shape.end()), "broadcast");
     Ctx& c = member(group, "broadcast");
+    agree(c, Call{"broadcast", std::span<const TensorRef>(&in, 1), -1, -1, -1, root}, group);
     if (c.me == root && out.data != in.data && in.bytes())
       copy_bytes(out.data, in.data, static_cast<size_t>(in.bytes()));
     if (c.k == 1 || in.numel == 0) return;
@@ -375,6 +425,7 @@ class GlooEndpoint final : public Communicator {
 
   void barrier(std::span<const int64_t> group) override {
     Ctx& c = member(group, "barrier");
+    agree(c, Call{"barrier", {}}, group);
     if (c.k == 1) return;
     run(c, "barrier", group, [&] {
       gloo::BarrierOptions opts(c.ctx);
@@ -468,6 +519,8 @@ class GlooEndpoint final : public Communicator {
   struct Ctx {
     std::shared_ptr<gloo::Context> ctx;
     int me = -1, k = 0;
+    int64_t calls = 0;              // collectives made on the group so far
+    std::vector<int64_t> headers;   // the members' (calls, fingerprint), from agree()
   };
   struct Outgoing {
     int64_t peer = 0, tag = 0;
@@ -531,6 +584,49 @@ class GlooEndpoint final : public Communicator {
     const std::string m = who() + ": " + what + " failed (timeout " + secs() + "): " + detail;
     abort(m);
     throw Error(m);
+  }
+
+  // Before any data moves the members agree on the call: each sends the number of calls it
+  // made on the group before this one and a fingerprint of this one (op, dtypes, shapes,
+  // dims, reduction, root); on a mismatch they swap descriptions, so the error names both
+  // sides. TESSEL_COMM_CHECK=full swaps the descriptions on every call.
+  void agree(Ctx& c, const Call& call, std::span<const int64_t> group) {
+    const int64_t seq = c.calls++;
+    if (c.k <= 1) return;
+    const int64_t mine[2] = {seq, static_cast<int64_t>(call.fingerprint() >> 1)};
+    c.headers.resize(static_cast<size_t>(2 * c.k));
+    run(c, call.op, group, [&] {
+      gloo::AllgatherOptions opts(c.ctx);
+      opts.setInput(const_cast<int64_t*>(mine), 2);
+      opts.setOutput(c.headers.data(), c.headers.size());
+      opts.setTimeout(timeout_);
+      gloo::allgather(opts);
+    });
+    bool same = true;
+    for (int q = 0; q < c.k; ++q) same &= c.headers[2 * q] == mine[0] && c.headers[2 * q + 1] == mine[1];
+    if (same && !full_check_) return;
+    constexpr size_t kDesc = 240;
+    std::string desc = call.str().substr(0, kDesc);
+    desc.resize(kDesc, '\0');
+    std::vector<char> all(kDesc * static_cast<size_t>(c.k));
+    run(c, call.op, group, [&] {
+      gloo::AllgatherOptions opts(c.ctx);
+      opts.setInput(desc.data(), kDesc);
+      opts.setOutput(all.data(), all.size());
+      opts.setTimeout(timeout_);
+      gloo::allgather(opts);
+    });
+    auto text = [&](int q) { return std::string(all.data() + q * kDesc, strnlen(all.data() + q * kDesc, kDesc)); };
+    if (same) {
+      for (int q = 0; q < c.k; ++q) same &= text(q) == text(c.me);
+      if (same) return;
+    }
+    std::string sides;
+    for (int q = 0; q < c.k; ++q)
+      sides += std::string(q ? "; " : "") + "rank " + std::to_string(group[q]) + " calls " + text(q) + " (its call " +
+               std::to_string(c.headers[2 * q] + 1) + " on this group)";
+    fail(std::string(call.op) + " over ranks " + list_str(group) +
+         ": the members disagree, caught before any data moved: " + sides);
   }
 
   template <class F>
@@ -646,6 +742,7 @@ class GlooEndpoint final : public Communicator {
   std::shared_ptr<GlooRendezvous> rdv_;
   GlooOptions options_;
   std::chrono::milliseconds timeout_{};
+  bool full_check_ = false;  // TESSEL_COMM_CHECK=full
   std::shared_ptr<gloo::transport::Device> device_;
   std::mutex ctx_mu_;
   std::map<std::vector<int64_t>, std::unique_ptr<Ctx>> contexts_;

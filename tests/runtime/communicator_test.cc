@@ -348,6 +348,52 @@ TEST(GlooComm, AMemberThatNeverConnectsItsGroupIsNamedWithinTheTimeout) {
   EXPECT_LT(s, 15);
 }
 
+// Members that call different collectives on one group (another shape, dtype, op or order)
+// are stopped before any data moves, each error naming what every member called.
+TEST(GlooComm, MismatchedCollectivesAreCaughtBeforeDataMovesNamingBothSides) {
+  struct Mismatch {
+    const char* what;
+    std::function<void(Communicator&, Buf&)> call;  // rank 1 makes a different call than rank 0
+    const char* rank1_says;
+  };
+  const std::vector<Mismatch> cases = {
+      {"shape", [](Communicator& c, Buf&) {
+         Buf b(c.rank() == 0 ? std::vector<int64_t>{4} : std::vector<int64_t>{8}, 1);
+         c.all_reduce(b.ref(), b.ref(), ReduceOp::sum, std::vector<int64_t>{0, 1});
+       }, "all_reduce (sum) of f32[8]"},
+      {"op", [](Communicator& c, Buf& b) {
+         if (c.rank() == 0) c.all_reduce(b.ref(), b.ref(), ReduceOp::sum, std::vector<int64_t>{0, 1});
+         else c.broadcast(b.ref(), b.ref(), 0, std::vector<int64_t>{0, 1});
+       }, "broadcast from member 0 of f32[4]"},
+      {"reduction", [](Communicator& c, Buf& b) {
+         c.all_reduce(b.ref(), b.ref(), c.rank() == 0 ? ReduceOp::sum : ReduceOp::max, std::vector<int64_t>{0, 1});
+       }, "all_reduce (max) of f32[4]"},
+      {"empty against full", [](Communicator& c, Buf&) {
+         Buf b(c.rank() == 0 ? std::vector<int64_t>{0} : std::vector<int64_t>{3}, 1);
+         c.all_reduce(b.ref(), b.ref(), ReduceOp::sum, std::vector<int64_t>{0, 1});
+       }, "all_reduce (sum) of f32[3]"},
+  };
+  for (const Mismatch& m : cases) {
+    CommOptions o;
+    o.timeout_s = 10;
+    Buf canary({4}, 7);
+    auto err = on_ranks("gloo", 2, [&](Communicator& c) {
+      Buf b({4}, static_cast<float>(c.rank() + 1));
+      c.all_reduce(b.ref(), b.ref(), ReduceOp::sum, std::vector<int64_t>{0, 1});  // one call that agrees
+      Buf mine({4}, 7);
+      m.call(c, mine);
+      if (c.rank() == 0) canary = mine;
+    }, o);
+    for (int r = 0; r < 2; ++r) {
+      EXPECT_THAT(err[r], HasSubstr("caught before any data moved")) << m.what;
+      EXPECT_THAT(err[r], HasSubstr("rank 1 calls " + std::string(m.rank1_says))) << m.what << ": " << err[r];
+      EXPECT_THAT(err[r], HasSubstr("rank 0 calls all_reduce (sum) of f32[")) << m.what << ": " << err[r];
+      EXPECT_THAT(err[r], HasSubstr("its call 2 on this group")) << m.what << ": " << err[r];
+    }
+    EXPECT_EQ(canary.v[0], 7) << m.what << ": data moved";
+  }
+}
+
 TEST(GlooComm, ATimeoutFailsInTimeAndStopsTheOthersWithTheReason) {
   CommOptions o;
   o.timeout_s = 0.3;
