@@ -98,9 +98,11 @@ Trainer::Trainer(Graph graph, const OptimizerConfig& optimizer, const Devices& d
                 ": under a launcher the world is the devices");
   const int64_t count = role_ ? role_->size : devices.count;
   std::string comm = options.comm.empty() ? (role_ ? "gloo" : "inprocess") : options.comm;
-  if (comm != "inprocess" && comm != "gloo") throw Error("Trainer: unknown engine '" + comm + "' (inprocess or gloo)");
-  if (role_ && comm != "gloo")
-    throw Error("Trainer: this process is " + role_->str() + "; ranks in separate processes talk over gloo, not " + comm);
+  if (comm != "inprocess" && comm != "gloo" && comm != "mpi")
+    throw Error("Trainer: unknown engine '" + comm + "' (inprocess, gloo or mpi)");
+  if (role_ && comm == "inprocess")
+    throw Error("Trainer: this process is " + role_->str() + "; ranks in separate processes talk over gloo or mpi");
+  if (!role_ && comm == "mpi") throw Error("Trainer: the mpi engine needs one process per rank, started by mpirun");
   const bool several = count > 1 || !devices.plan_file.empty();
   if (options.accumulate < 1) throw Error("Trainer: accumulate must be >= 1");
   if (several && options.accumulate > 1)

@@ -61,8 +61,9 @@ struct TrainerOptions {
   int threads = 0;    // cores to use (0: all)
   int64_t bucket_bytes = 25 << 20;
   double comm_timeout_s = 300;
-  // The ranks' engine: "inprocess" (simulated devices sharing memory) or "gloo" (each rank
-  // its own endpoint over TCP). Empty: inprocess for simulated devices, gloo across processes.
+  // The ranks' engine: "inprocess" (simulated devices sharing memory), "gloo" (each rank its
+  // own endpoint over TCP) or "mpi" (processes under mpirun). Empty: inprocess for simulated
+  // devices, gloo across processes.
   std::string comm;
   bool use_blas = true;  // matrix products on OpenBLAS (else the reference kernels)
   bool overlap = true;   // collectives on a communication thread beside the compute

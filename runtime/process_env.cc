@@ -6,6 +6,7 @@
 
 #include "graph/error.h"
 #include "runtime/gloo_comm.h"
+#include "runtime/mpi_comm.h"
 #include "runtime/tcp_store.h"
 
 namespace tessel::runtime {
@@ -108,6 +109,16 @@ int threads_per_rank(const ProcessRole& role, const EnvFn& given) {
 }
 
 std::unique_ptr<Communicator> connect_ranks(const ProcessRole& role, const CommOptions& options) {
+  if (options.engine == "mpi") {
+    if (role.launcher != "mpirun" && role.launcher != "srun")
+      throw Error(role.str() + ": the mpi engine runs under mpirun (or srun --mpi=pmix)");
+    auto c = mpi_communicator(options);
+    if (c->rank() != role.rank || c->size() != role.size)
+      throw Error(role.str() + ", but MPI says rank " + std::to_string(c->rank()) + " of " + std::to_string(c->size()));
+    return c;
+  }
+  if (options.engine != "gloo" && !options.engine.empty())
+    throw Error(role.str() + ": ranks in separate processes talk over gloo or mpi, not " + options.engine);
   GlooOptions go;
   go.timeout_s = options.timeout_s;
   std::shared_ptr<GlooRendezvous> rdv;

@@ -43,9 +43,10 @@ struct ProcessRole {
 using EnvFn = std::function<std::optional<std::string>(const char*)>;
 std::optional<ProcessRole> process_role(const EnvFn& env = {});
 
-// Connects this process's rank to the others over Gloo: meets them through the role's
-// store (serving it first where the role says so), and returns once every rank has
-// connected, or throws after options.timeout_s naming the store and who never arrived.
+// Connects this process's rank to the others over options.engine: "gloo" (or empty) meets
+// them through the role's store (serving it first where the role says so) and returns once
+// every rank has connected, or throws after options.timeout_s naming the store and who never
+// arrived; "mpi" (under mpirun) uses MPI_COMM_WORLD (runtime/mpi_comm.h).
 std::unique_ptr<Communicator> connect_ranks(const ProcessRole& role, const CommOptions& options);
 
 // The cores each rank of this host should use: TESSEL_THREADS_PER_RANK or OMP_NUM_THREADS

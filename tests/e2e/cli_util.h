@@ -42,11 +42,12 @@ inline std::string slurp(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(f), {});
 }
 
-// Runs `tessel ARGS` with stdout and stderr captured.
-inline RunResult run_cli(const std::string& args) {
+// Runs `PREFIX ARGS` (PREFIX: the tessel binary, or a launcher's command line ending with
+// it) with stdout and stderr captured.
+inline RunResult run_cli_as(const std::string& prefix, const std::string& args) {
   static const std::string dir = temp_dir();
   const std::string out = dir + "/stdout", err = dir + "/stderr";
-  std::string cmd = std::string(TESSEL_CLI) + " " + args + " >" + out + " 2>" + err;
+  std::string cmd = prefix + " " + args + " >" + out + " 2>" + err;
   int rc = std::system(cmd.c_str());
   RunResult r;
   r.status = WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
@@ -54,6 +55,9 @@ inline RunResult run_cli(const std::string& args) {
   r.err = slurp(err);
   return r;
 }
+
+// Runs `tessel ARGS` with stdout and stderr captured.
+inline RunResult run_cli(const std::string& args) { return run_cli_as(TESSEL_CLI, args); }
 
 // The number after "key": in a JSON line (NaN when absent or null).
 inline double json_value(const std::string& json, const std::string& key) {

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The same `tessel train` command under mpirun (OpenMPI) and under a real single-host Slurm
+# The same `tessel train` command under mpirun (OpenMPI; over Gloo, and over the MPI engine) and under a real single-host Slurm
 # (`srun -n 2`, with slurmctld and slurmd started and stopped here) trains to the loss the same
 # plan gives on 2 simulated devices of one process. A launcher that is not installed, or a
 # Slurm that cannot start here, is skipped with a message (and exit 77 if all are skipped).
@@ -43,6 +43,9 @@ if command -v mpirun >/dev/null; then
   OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 120 mpirun -n 2 --oversubscribe "$T" $JOB \
     >"$WORK/mpi.out" 2>"$WORK/mpi.err"
   check "mpirun -n 2" "$WORK/mpi.out" $?
+  OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 120 mpirun -n 2 --oversubscribe "$T" $JOB --comm mpi \
+    >"$WORK/mpi2.out" 2>"$WORK/mpi2.err"
+  check "mpirun -n 2, the MPI engine" "$WORK/mpi2.out" $?
   ls -d /tmp/tessel-job-* 2>/dev/null | grep -q . && { echo "FAIL: mpirun left its store directory"; fail=1; }
 else
   echo "SKIP mpirun: OpenMPI is not installed (openmpi-bin)"

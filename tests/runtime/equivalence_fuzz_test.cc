@@ -81,9 +81,14 @@ TEST(EquivalenceFuzz, TheReproductionLineRunsTheSameCase) {
 }
 
 // The slice over one process per rank: its first accepted cases on 2 and on 4 devices, each
-// run as `tessel launch --nproc N -- tessel verify ...` (Gloo between processes over loopback,
-// the TCP store), pass as they pass on simulated devices.
-TEST(EquivalenceFuzz, SliceOverProcesses) {
+// run with one process per rank: under `tessel launch` (Gloo between processes over loopback,
+// the TCP store), and under `mpirun` with the MPI engine. Each passes as it passes on
+// simulated devices.
+class SliceOverProcesses : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(SliceOverProcesses, PassesAsOnSimulatedDevices) {
+  const bool mpi = GetParam() == "mpirun";
+  if (mpi && std::system("command -v mpirun >/dev/null 2>&1") != 0) GTEST_SKIP() << "mpirun is not installed (openmpi-bin)";
   std::map<int, int> wanted{{2, 10}, {4, 10}}, done;
   int64_t tried = 0;
   for (int64_t i = 0; i < kSliceCases && (done[2] < wanted[2] || done[4] < wanted[4]); ++i) {
@@ -101,17 +106,22 @@ TEST(EquivalenceFuzz, SliceOverProcesses) {
       }
       args += " '" + *it + "'";
     }
-    const auto r = testing::run_cli("launch --nproc " + std::to_string(devices) + " -- " + TESSEL_CLI + " verify" + args +
-                                    " --format json");
+    const std::string n = std::to_string(devices);
+    const auto r = mpi ? testing::run_cli_as("OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 300 mpirun -n " +
+                                             n + " --oversubscribe " + TESSEL_CLI, "verify" + args + " --comm mpi --format json")
+                       : testing::run_cli("launch --nproc " + n + " -- " + TESSEL_CLI + " verify" + args + " --format json");
     ++tried;
-    EXPECT_EQ(r.status, 0) << "over " << devices << " processes: " << c.command_line() << "\n" << r.out << r.err;
+    EXPECT_EQ(r.status, 0) << "over " << devices << " processes (" << GetParam() << "): " << c.command_line() << "\n"
+                           << r.out << r.err;
     EXPECT_NE(r.out.find("\"ok\":true"), std::string::npos) << c.command_line() << "\n" << r.out;
     ++done[devices];
   }
   EXPECT_EQ(done[2], wanted[2]);
   EXPECT_EQ(done[4], wanted[4]);
-  std::cout << tried << " cases of the slice passed over 2 and 4 processes\n";
+  std::cout << tried << " cases of the slice passed over 2 and 4 processes (" << GetParam() << ")\n";
 }
+
+INSTANTIATE_TEST_SUITE_P(EquivalenceFuzz, SliceOverProcesses, ::testing::Values("tessel_launch", "mpirun"));
 
 // Planted mistakes: the search must report failures. Each runs the first cases of the fast
 // slice (for the shard shift, those with a sequence-parallel or ZeRO plan) with the

@@ -1,0 +1,486 @@
+#include "runtime/mpi_comm.h"
+
+// The C API only: the C++ bindings (deprecated, and in a library of their own) are left out.
+#define OMPI_SKIP_MPICXX 1
+#define MPICH_SKIP_MPICXX 1
+#include <mpi.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "graph/error.h"
+#include "graph/shape.h"
+#include "runtime/block_copy.h"
+#include "runtime/collective_call.h"
+
+namespace tessel::runtime {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::string list_str(std::span<const int64_t> v) {
+  std::string s = "[";
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
+  return s + "]";
+}
+
+std::string mpi_error(int code) {
+  char b[MPI_MAX_ERROR_STRING];
+  int n = 0;
+  MPI_Error_string(code, b, &n);
+  return std::string(b, static_cast<size_t>(n));
+}
+
+MPI_Datatype mpi_type(DType t, std::string_view what) {
+  switch (t) {
+    case DType::f32: return MPI_FLOAT;
+    case DType::f64: return MPI_DOUBLE;
+    case DType::i32: return MPI_INT32_T;
+    case DType::i64: return MPI_INT64_T;
+    default:
+      throw Error(std::string(what) + " of " + std::string(dtype_name(t)) + ": the MPI engine reduces f32, f64, i32 and i64");
+  }
+}
+
+template <class F>
+void with_type(DType t, F&& f) {
+  switch (t) {
+    case DType::f32: f(float{}); return;
+    case DType::f64: f(double{}); return;
+    case DType::i32: f(int32_t{}); return;
+    case DType::i64: f(int64_t{}); return;
+    default: return;
+  }
+}
+
+template <class T>
+void scale_mean(void* p, size_t n, int k) {
+  T* x = static_cast<T*>(p);
+  for (size_t i = 0; i < n; ++i) x[i] = static_cast<T>(x[i] / static_cast<T>(k));
+}
+
+// A tag of the partitioner's 64-bit space on MPI's (at least 2^31 - 1 in OpenMPI).
+int fold_tag(int64_t tag, int ub) {
+  const uint64_t t = static_cast<uint64_t>(tag);
+  return static_cast<int>((t ^ (t >> 31)) % static_cast<uint64_t>(ub));
+}
+
+class MpiEndpoint final : public Communicator {
+ public:
+  explicit MpiEndpoint(const CommOptions& o) : options_(o) {
+    int inited = 0;
+    MPI_Initialized(&inited);
+    if (!inited) {
+      int provided = 0;
+      const int rc = MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided);
+      if (rc != MPI_SUCCESS) throw Error("MPI_Init_thread: " + mpi_error(rc));
+      if (provided < MPI_THREAD_MULTIPLE)
+        throw Error("this MPI library gives no MPI_THREAD_MULTIPLE; tessel calls it from a compute and a "
+                    "communication thread");
+      we_initialized_ = true;
+    }
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    int r = 0, n = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &r);
+    MPI_Comm_size(MPI_COMM_WORLD, &n);
+    rank_ = r, size_ = n;
+    MPI_Comm_dup(MPI_COMM_WORLD, &p2p_);
+    int* ub = nullptr;
+    int flag = 0;
+    MPI_Comm_get_attr(MPI_COMM_WORLD, MPI_TAG_UB, &ub, &flag);
+    tag_ub_ = flag && ub ? *ub : 32767;
+    timeout_ = std::chrono::milliseconds(static_cast<int64_t>(options_.timeout_s * 1000));
+  }
+
+  ~MpiEndpoint() override {
+    // Sends still in flight get their delivery; then MPI is finalized, unless the job failed:
+    // a process that exits without finalizing makes mpirun stop the others.
+    if (!aborted_) {
+      std::lock_guard lk(send_mu_);
+      for (auto& m : in_flight_) MPI_Wait(&m.req, MPI_STATUS_IGNORE);
+      in_flight_.clear();
+    }
+    if (aborted_ || !we_initialized_) return;
+    for (auto& [k, c] : groups_)
+      if (c.comm != MPI_COMM_NULL) MPI_Comm_free(&c.comm);
+    MPI_Comm_free(&p2p_);
+    MPI_Finalize();
+  }
+
+  int64_t rank() const override { return rank_; }
+  int64_t size() const override { return size_; }
+  std::string_view engine() const override { return "mpi"; }
+
+  void connect_groups(std::span<const std::vector<int64_t>> groups) override {
+    for (const auto& g : groups) member(g, "connecting groups before the first step");
+  }
+
+  void all_reduce(std::span<const TensorRef> in, std::span<const TensorRef> out, ReduceOp op,
+                  std::span<const int64_t> group) override {
+    if (in.size() != out.size()) fail("all_reduce: " + std::to_string(in.size()) + " inputs but " + std::to_string(out.size()) + " outputs");
+    int64_t total = 0;
+    for (size_t i = 0; i < in.size(); ++i) {
+      if (in[i].numel != out[i].numel || in[i].dtype != out[i].dtype || (i && in[i].dtype != in[0].dtype))
+        fail("all_reduce: tensor " + std::to_string(i) + " in and out differ in size or dtype");
+      total += in[i].numel;
+    }
+    Group& c = member(group, "all_reduce");
+    agree(c, Call{"all_reduce", in, -1, -1, static_cast<int>(op)}, group);
+    if (in.empty() || total == 0) return;
+    const MPI_Datatype dt = mpi_type(in[0].dtype, "all_reduce");
+    const size_t es = dtype_size(in[0].dtype);
+    void* buf = nullptr;
+    if (in.size() == 1) {
+      if (out[0].data != in[0].data) copy_bytes(out[0].data, in[0].data, static_cast<size_t>(in[0].bytes()));
+      buf = out[0].data;
+    } else {
+      staging_.resize(static_cast<size_t>(total) * es);
+      size_t at = 0;
+      for (auto& x : in) {
+        copy_bytes(staging_.data() + at, x.data, static_cast<size_t>(x.bytes()));
+        at += static_cast<size_t>(x.bytes());
+      }
+      buf = staging_.data();
+    }
+    if (c.k > 1) {
+      MPI_Request req;
+      check(MPI_Iallreduce(MPI_IN_PLACE, buf, static_cast<int>(total), dt, op == ReduceOp::max ? MPI_MAX : MPI_SUM, c.comm,
+                           &req),
+            "all_reduce", group);
+      wait(req, "all_reduce", group);
+    }
+    if (op == ReduceOp::mean) with_type(in[0].dtype, [&](auto t) { scale_mean<decltype(t)>(buf, static_cast<size_t>(total), c.k); });
+    if (in.size() > 1) {
+      size_t at = 0;
+      for (auto& x : out) {
+        copy_bytes(x.data, staging_.data() + at, static_cast<size_t>(x.bytes()));
+        at += static_cast<size_t>(x.bytes());
+      }
+    }
+  }
+
+  void reduce_scatter(const TensorRef& in, const TensorRef& out, int dim, ReduceOp op,
+                      std::span<const int64_t> group) override {
+    check_dim(in, dim, "reduce_scatter");
+    const int64_t k = static_cast<int64_t>(group.size());
+    if (k == 0 || in.shape[dim] % k)
+      fail("reduce_scatter: dim " + std::to_string(dim) + " of " + shape_str(in.shape) + " does not split over " +
+           std::to_string(k) + " ranks");
+    std::vector<int64_t> want(in.shape.begin(), in.shape.end());
+    want[dim] /= k;
+    check_out(out, in.dtype, want, "reduce_scatter");
+    Group& c = member(group, "reduce_scatter");
+    agree(c, Call{"reduce_scatter", std::span<const TensorRef>(&in, 1), dim, -1, static_cast<int>(op)}, group);
+    if (in.numel == 0) return;
+    const MPI_Datatype dt = mpi_type(in.dtype, "reduce_scatter");
+    const size_t es = dtype_size(in.dtype);
+    // Chunk j of the packed input is member j's share, laid out as its output is.
+    staging_.resize(static_cast<size_t>(in.numel) * es);
+    blocks(static_cast<std::byte*>(in.data), staging_.data(), around(in.shape, dim), c.k, es, true);
+    MPI_Request req;
+    check(MPI_Ireduce_scatter_block(staging_.data(), out.data, static_cast<int>(out.numel), dt,
+                                    op == ReduceOp::max ? MPI_MAX : MPI_SUM, c.comm, &req),
+          "reduce_scatter", group);
+    wait(req, "reduce_scatter", group);
+    if (op == ReduceOp::mean) with_type(in.dtype, [&](auto t) { scale_mean<decltype(t)>(out.data, static_cast<size_t>(out.numel), c.k); });
+  }
+
+  void all_gather(const TensorRef& in, const TensorRef& out, int dim, std::span<const int64_t> group) override {
+    check_dim(in, dim, "all_gather");
+    std::vector<int64_t> want(in.shape.begin(), in.shape.end());
+    want[dim] *= static_cast<int64_t>(group.size());
+    check_out(out, in.dtype, want, "all_gather");
+    Group& c = member(group, "all_gather");
+    agree(c, Call{"all_gather", std::span<const TensorRef>(&in, 1), dim}, group);
+    if (in.numel == 0) return;
+    const size_t es = dtype_size(in.dtype);
+    const Around a = around(in.shape, dim);
+    const bool direct = a.outer == 1;  // the members' inputs lie side by side in the output
+    std::byte* dst = static_cast<std::byte*>(out.data);
+    if (!direct) {
+      received_.resize(static_cast<size_t>(out.numel) * es);
+      dst = received_.data();
+    }
+    MPI_Request req;
+    check(MPI_Iallgather(in.data, static_cast<int>(in.bytes()), MPI_BYTE, dst, static_cast<int>(in.bytes()), MPI_BYTE,
+                         c.comm, &req),
+          "all_gather", group);
+    wait(req, "all_gather", group);
+    if (!direct) {
+      Around o = a;
+      o.dim *= c.k;
+      blocks(static_cast<std::byte*>(out.data), received_.data(), o, c.k, es, false);
+    }
+  }
+
+  void all_to_all(const TensorRef& in, const TensorRef& out, int split_dim, int concat_dim,
+                  std::span<const int64_t> group) override {
+    check_dim(in, split_dim, "all_to_all");
+    check_dim(in, concat_dim, "all_to_all");
+    const int64_t k = static_cast<int64_t>(group.size());
+    if (k == 0 || in.shape[split_dim] % k)
+      fail("all_to_all: dim " + std::to_string(split_dim) + " of " + shape_str(in.shape) + " does not split over " +
+           std::to_string(k) + " ranks");
+    std::vector<int64_t> want(in.shape.begin(), in.shape.end());
+    want[split_dim] /= k;
+    want[concat_dim] *= k;
+    check_out(out, in.dtype, want, "all_to_all");
+    Group& c = member(group, "all_to_all");
+    agree(c, Call{"all_to_all", std::span<const TensorRef>(&in, 1), split_dim, concat_dim}, group);
+    if (in.numel == 0) return;
+    const size_t es = dtype_size(in.dtype);
+    staging_.resize(static_cast<size_t>(in.numel) * es);
+    received_.resize(static_cast<size_t>(in.numel) * es);
+    blocks(static_cast<std::byte*>(in.data), staging_.data(), around(in.shape, split_dim), c.k, es, true);
+    const int chunk = static_cast<int>(staging_.size() / static_cast<size_t>(c.k));
+    MPI_Request req;
+    check(MPI_Ialltoall(staging_.data(), chunk, MPI_BYTE, received_.data(), chunk, MPI_BYTE, c.comm, &req), "all_to_all",
+          group);
+    wait(req, "all_to_all", group);
+    blocks(static_cast<std::byte*>(out.data), received_.data(), around(out.shape, concat_dim), c.k, es, false);
+  }
+
+  void broadcast(const TensorRef& in, const TensorRef& out, int64_t root, std::span<const int64_t> group) override {
+    if (root < 0 || root >= static_cast<int64_t>(group.size()))
+      fail("broadcast: root " + std::to_string(root) + " is not in a group of " + std::to_string(group.size()));
+    check_out(out, in.dtype, std::vector<int64_t>(in.shape.begin(), in.shape.end()), "broadcast");
+    Group& c = member(group, "broadcast");
+    agree(c, Call{"broadcast", std::span<const TensorRef>(&in, 1), -1, -1, -1, root}, group);
+    if (c.me == root && out.data != in.data) copy_bytes(out.data, in.data, static_cast<size_t>(in.bytes()));
+    if (c.k == 1 || in.numel == 0) return;
+    MPI_Request req;
+    check(MPI_Ibcast(out.data, static_cast<int>(out.bytes()), MPI_BYTE, static_cast<int>(root), c.comm, &req), "broadcast",
+          group);
+    wait(req, "broadcast", group);
+  }
+
+  void barrier(std::span<const int64_t> group) override {
+    Group& c = member(group, "barrier");
+    agree(c, Call{"barrier", {}}, group);
+    if (c.k == 1) return;
+    MPI_Request req;
+    check(MPI_Ibarrier(c.comm, &req), "barrier", group);
+    wait(req, "barrier", group);
+  }
+
+  void send(const TensorRef& t, int64_t peer, int64_t tag) override {
+    check_peer(peer, "send");
+    stopped_check("send to rank " + std::to_string(peer));
+    reap(false);
+    Outgoing m;
+    {
+      std::lock_guard lk(send_mu_);
+      auto& spare = spare_[{peer, tag}];
+      if (!spare.empty()) {
+        m.data = std::move(spare.back());
+        spare.pop_back();
+      }
+    }
+    const size_t bytes = static_cast<size_t>(t.bytes());
+    m.peer = peer, m.tag = tag;
+    m.data.resize(std::max<size_t>(bytes, 1));
+    copy_bytes(m.data.data(), t.data, bytes);
+    const int rc = MPI_Isend(m.data.data(), static_cast<int>(bytes), MPI_BYTE, static_cast<int>(peer),
+                             fold_tag(tag, tag_ub_), p2p_, &m.req);
+    if (rc != MPI_SUCCESS) fail("send to rank " + std::to_string(peer) + " (tag " + std::to_string(tag) + "): " + mpi_error(rc));
+    std::lock_guard lk(send_mu_);
+    in_flight_.push_back(std::move(m));
+  }
+
+  void reserve_sends(int64_t peer, int64_t tag, int64_t bytes, int64_t count) override {
+    std::lock_guard lk(send_mu_);
+    auto& spare = spare_[{peer, tag}];
+    while (static_cast<int64_t>(spare.size()) < count) spare.emplace_back(static_cast<size_t>(std::max<int64_t>(bytes, 1)));
+  }
+
+  void recv(const TensorRef& t, int64_t peer, int64_t tag) override {
+    check_peer(peer, "recv");
+    const std::string what = "recv from rank " + std::to_string(peer) + " (tag " + std::to_string(tag) + ")";
+    stopped_check(what);
+    MPI_Request req;
+    const int rc = MPI_Irecv(t.data, static_cast<int>(t.bytes()), MPI_BYTE, static_cast<int>(peer), fold_tag(tag, tag_ub_),
+                             p2p_, &req);
+    if (rc != MPI_SUCCESS) fail(what + ": " + mpi_error(rc));
+    wait_for(req, what);
+    reap(false);
+  }
+
+  void abort(const std::string& why) override {
+    std::lock_guard lk(abort_mu_);
+    if (aborted_) return;
+    why_ = why;
+    aborted_ = true;  // calls waiting here stop; the process exits unfinalized and mpirun stops the job
+  }
+
+ private:
+  struct Group {
+    MPI_Comm comm = MPI_COMM_NULL;
+    int me = -1, k = 0;
+    int64_t calls = 0;
+    std::vector<int64_t> headers;
+  };
+  struct Outgoing {
+    int64_t peer = 0, tag = 0;
+    std::vector<std::byte> data;
+    MPI_Request req = MPI_REQUEST_NULL;
+  };
+
+  std::string who() const { return "rank " + std::to_string(rank_); }
+  [[noreturn]] void fail(const std::string& msg) {
+    const std::string m = who() + ": " + msg;
+    abort(m);
+    throw Error(m);
+  }
+  void check(int rc, std::string_view op, std::span<const int64_t> group) {
+    if (rc != MPI_SUCCESS) fail(std::string(op) + " over ranks " + list_str(group) + ": " + mpi_error(rc));
+  }
+  void check_dim(const TensorRef& t, int dim, std::string_view op) {
+    if (dim < 0 || dim >= t.rank())
+      fail(std::string(op) + ": dim " + std::to_string(dim) + " is out of range for " + shape_str(t.shape));
+  }
+  void check_out(const TensorRef& out, DType dt, const std::vector<int64_t>& want, std::string_view op) {
+    if (out.dtype != dt || !std::equal(want.begin(), want.end(), out.shape.begin(), out.shape.end()))
+      fail(std::string(op) + ": the output is " + std::string(dtype_name(out.dtype)) + shape_str(out.shape) +
+           ", expected " + std::string(dtype_name(dt)) + shape_str(want));
+  }
+  void check_peer(int64_t peer, std::string_view op) {
+    if (peer < 0 || peer >= size_ || peer == rank_)
+      fail(std::string(op) + ": peer " + std::to_string(peer) + " is not another rank of this world of " +
+           std::to_string(size_));
+  }
+  void stopped_check(const std::string& what) {
+    std::lock_guard lk(abort_mu_);
+    if (aborted_) throw Error(who() + ": " + what + " stopped: " + why_);
+  }
+
+  // Waits for a nonblocking call: done, aborted, or past the timeout.
+  void wait_for(MPI_Request& req, const std::string& what) {
+    const auto deadline = Clock::now() + timeout_;
+    for (int spins = 0;; ++spins) {
+      int done = 0;
+      const int rc = MPI_Test(&req, &done, MPI_STATUS_IGNORE);
+      if (rc != MPI_SUCCESS) fail(what + ": " + mpi_error(rc));
+      if (done) return;
+      stopped_check(what);
+      if (Clock::now() >= deadline) {
+        char b[32];
+        std::snprintf(b, sizeof b, "%g s", options_.timeout_s);
+        fail(what + " timed out after " + b + " (a rank stopped participating; mpirun stops the job)");
+      }
+      if (spins > 1000) std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+  }
+  void wait(MPI_Request& req, std::string_view op, std::span<const int64_t> group) {
+    wait_for(req, std::string(op) + " over ranks " + list_str(group));
+  }
+
+  // Sends delivered so far give their buffers back; all=true waits for every one.
+  void reap(bool all) {
+    std::lock_guard lk(send_mu_);
+    while (!in_flight_.empty()) {
+      int done = 0;
+      if (all) MPI_Wait(&in_flight_.front().req, MPI_STATUS_IGNORE), done = 1;
+      else MPI_Test(&in_flight_.front().req, &done, MPI_STATUS_IGNORE);
+      if (!done) return;
+      Outgoing& m = in_flight_.front();
+      spare_[{m.peer, m.tag}].push_back(std::move(m.data));
+      in_flight_.pop_front();
+    }
+  }
+
+  void agree(Group& c, const Call& call, std::span<const int64_t> group) {
+    const int64_t seq = c.calls++;
+    if (c.k <= 1) return;
+    const int64_t mine[2] = {seq, static_cast<int64_t>(call.fingerprint() >> 1)};
+    c.headers.resize(static_cast<size_t>(2 * c.k));
+    MPI_Request req;
+    check(MPI_Iallgather(mine, 2, MPI_INT64_T, c.headers.data(), 2, MPI_INT64_T, c.comm, &req), call.op, group);
+    wait(req, call.op, group);
+    bool same = true;
+    for (int q = 0; q < c.k; ++q) same &= c.headers[2 * q] == mine[0] && c.headers[2 * q + 1] == mine[1];
+    if (same) return;
+    constexpr int kDesc = 240;
+    std::string desc = call.str().substr(0, kDesc);
+    desc.resize(kDesc, '\0');
+    std::vector<char> all(static_cast<size_t>(kDesc * c.k));
+    check(MPI_Iallgather(desc.data(), kDesc, MPI_CHAR, all.data(), kDesc, MPI_CHAR, c.comm, &req), call.op, group);
+    wait(req, call.op, group);
+    std::string sides;
+    for (int q = 0; q < c.k; ++q)
+      sides += std::string(q ? "; " : "") + "rank " + std::to_string(group[q]) + " calls " +
+               std::string(all.data() + q * kDesc, strnlen(all.data() + q * kDesc, kDesc)) + " (its call " +
+               std::to_string(c.headers[2 * q] + 1) + " on this group)";
+    fail(std::string(call.op) + " over ranks " + list_str(group) + ": the members disagree, caught before any data moved: " + sides);
+  }
+
+  // The group's communicator, made by its members together on first use (or in
+  // connect_groups, before the first step).
+  Group& member(std::span<const int64_t> ranks, std::string_view op) {
+    bool in = false;
+    for (int64_t r : ranks) {
+      if (r < 0 || r >= size_)
+        fail(std::string(op) + ": group " + list_str(ranks) + " names rank " + std::to_string(r) + " of a world of " +
+             std::to_string(size_));
+      in |= r == rank_;
+    }
+    if (!in) fail(std::string(op) + ": this rank is not in the group " + list_str(ranks));
+    stopped_check(std::string(op) + " over ranks " + list_str(ranks));
+    std::vector<int64_t> key(ranks.begin(), ranks.end());
+    std::lock_guard lk(groups_mu_);
+    auto it = groups_.find(key);
+    if (it != groups_.end()) return it->second;
+    Group g;
+    g.k = static_cast<int>(ranks.size());
+    for (int i = 0; i < g.k; ++i)
+      if (ranks[i] == rank_) g.me = i;
+    if (g.k > 1) {
+      MPI_Group world, sub;
+      MPI_Comm_group(MPI_COMM_WORLD, &world);
+      std::vector<int> r(ranks.begin(), ranks.end());
+      MPI_Group_incl(world, g.k, r.data(), &sub);
+      // Members only (MPI-3), under a tag every member derives alike from the group.
+      uint64_t h = 1469598103934665603ull;
+      for (int64_t x : ranks) h = (h ^ static_cast<uint64_t>(x)) * 1099511628211ull;
+      const int rc = MPI_Comm_create_group(MPI_COMM_WORLD, sub, static_cast<int>(h % 32768), &g.comm);
+      MPI_Group_free(&sub);
+      MPI_Group_free(&world);
+      if (rc != MPI_SUCCESS) fail(std::string(op) + ": making the group " + list_str(ranks) + ": " + mpi_error(rc));
+      MPI_Comm_set_errhandler(g.comm, MPI_ERRORS_RETURN);
+    }
+    return groups_.emplace(std::move(key), std::move(g)).first->second;
+  }
+
+  CommOptions options_;
+  int64_t rank_ = 0, size_ = 1;
+  bool we_initialized_ = false;
+  MPI_Comm p2p_ = MPI_COMM_NULL;
+  int tag_ub_ = 32767;
+  std::chrono::milliseconds timeout_{};
+  std::mutex groups_mu_;
+  std::map<std::vector<int64_t>, Group> groups_;
+  std::vector<std::byte> staging_, received_;  // packing buffers (the communication thread)
+
+  std::mutex abort_mu_;
+  std::atomic<bool> aborted_{false};
+  std::string why_;
+
+  std::mutex send_mu_;
+  std::deque<Outgoing> in_flight_;
+  std::map<std::pair<int64_t, int64_t>, std::vector<std::vector<std::byte>>> spare_;
+};
+
+}  // namespace
+
+std::unique_ptr<Communicator> mpi_communicator(const CommOptions& options) {
+  return std::make_unique<MpiEndpoint>(options);
+}
+
+}  // namespace tessel::runtime
