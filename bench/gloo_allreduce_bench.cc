@@ -25,6 +25,7 @@ int main(int argc, char** argv) {
   }
   runtime::CommOptions co;
   co.timeout_s = 120;
+  co.engine = "gloo";
   auto comm = runtime::connect_ranks(*role, co);
   std::vector<int64_t> group(static_cast<size_t>(role->size));
   std::iota(group.begin(), group.end(), 0);
