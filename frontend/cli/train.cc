@@ -60,7 +60,7 @@ int cmd_train(int argc, char** argv) {
                 {"--bucket-mb", "X", "with --devices: gradient all-reduce bucket size in MiB", "25", positive()},
                 {"--no-overlap", "", "with --devices: run collectives on the compute stream", ""},
                 {"--comm-timeout", "S", "with --devices: seconds a collective waits for the other ranks before failing", "300", positive()},
-                {"--comm", "ENGINE", "inprocess (simulated devices share memory), gloo (each rank its own endpoint over TCP), or mpi (under mpirun)",
+                {"--comm", "ENGINE", "inprocess or inproc (simulated devices share memory), gloo (each rank its own endpoint over TCP), or mpi (under mpirun)",
                  "inprocess with --devices, gloo under a launcher"},
             }, 24));
   if (!args.parse(argc, argv)) return 0;
@@ -128,6 +128,7 @@ int cmd_train(int argc, char** argv) {
   o.overlap = !args.has("--no-overlap");
   o.comm_timeout_s = args.f64("--comm-timeout", 300);
   o.comm = args.str("--comm", "");
+  if (o.comm == "inproc") o.comm = "inprocess";  // the short name
   if (!o.comm.empty() && o.comm != "inprocess" && o.comm != "gloo" && o.comm != "mpi")
     throw Error("tessel train: --comm must be inprocess, gloo or mpi, got '" + o.comm + "'");
   if (o.optimizer.schedule == "cosine" && o.steps > 0) o.optimizer.total_steps = o.steps;

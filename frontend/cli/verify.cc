@@ -40,7 +40,7 @@ std::optional<VerifyCommand> parse_verify(int argc, char** argv) {
                 {"--bucket-mb", "X", "gradient all-reduce bucket size in MiB", "25", positive()},
                 {"--no-overlap", "", "run collectives on the compute stream (no communication thread)", ""},
                 {"--timeout", "S", "seconds a collective may wait for the other ranks", "300", positive()},
-                {"--comm", "ENGINE", "inprocess (the ranks share memory), gloo (each rank its own endpoint over TCP), or mpi (under mpirun)",
+                {"--comm", "ENGINE", "inprocess or inproc (the ranks share memory), gloo (each rank its own endpoint over TCP), or mpi (under mpirun)",
                  "inprocess; gloo under a launcher"},
                 {"--format", "FMT", "text, or json (keys: max_rel_diff_loss, max_rel_diff_params, ok, worst_parameter, "
                                     "losses_one_device, losses_plan, arena_bytes)", "text"},
@@ -59,6 +59,7 @@ std::optional<VerifyCommand> parse_verify(int argc, char** argv) {
   o.tolerance = args.f64("--tolerance", 1e-5);
   o.timeout_s = args.f64("--timeout", 300);
   o.comm = args.str("--comm", "");
+  if (o.comm == "inproc") o.comm = "inprocess";  // the short name
   if (!o.comm.empty() && o.comm != "inprocess" && o.comm != "gloo" && o.comm != "mpi")
     throw Error("tessel verify: --comm must be inprocess, gloo or mpi, got '" + o.comm + "'");
   o.optimizer.kind = args.str("--optimizer", "sgd");
