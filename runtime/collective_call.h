@@ -11,6 +11,7 @@
 
 #include "graph/shape.h"
 #include "graph/tensor_ref.h"
+#include "runtime/block_copy.h"
 #include "runtime/communicator.h"
 
 namespace tessel::runtime {
@@ -83,5 +84,18 @@ inline void blocks(std::byte* tensor, std::byte* chunks, const Around& a, int k,
     }
 }
 
+
+// "[0,1,3]"
+std::string ranks_str(std::span<const int64_t> ranks);
+
+// Why a call is malformed for a group of k members, or "" when it is well formed: the
+// checks an engine makes before anything moves (each message starts with the op).
+std::string malformed_all_reduce(std::span<const TensorRef> in, std::span<const TensorRef> out);
+std::string malformed_reduce_scatter(const TensorRef& in, const TensorRef& out, int dim, int64_t k);
+std::string malformed_all_gather(const TensorRef& in, const TensorRef& out, int dim, int64_t k);
+std::string malformed_all_to_all(const TensorRef& in, const TensorRef& out, int split_dim, int concat_dim, int64_t k);
+std::string malformed_broadcast(const TensorRef& in, const TensorRef& out, int64_t root, int64_t k);
+// Why `peer` is not another rank of a world of `size` seen from `rank` ("" if it is).
+std::string malformed_peer(int64_t peer, int64_t rank, int64_t size, std::string_view op);
 
 }  // namespace tessel::runtime

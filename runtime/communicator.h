@@ -69,7 +69,9 @@ class Communicator {
   virtual void connect_groups(std::span<const std::vector<int64_t>> groups) { (void)groups; }
 
   // Point to point between global ranks. Messages with the same (from, to, tag) arrive in
-  // the order they were sent. send returns once the data may be reused.
+  // the order they were sent. send never waits for its receiver (every engine copies and
+  // delivers in the background: crossed pipeline sends cannot deadlock) and returns once the
+  // data may be reused; recv blocks until the message is in place.
   virtual void send(const TensorRef& t, int64_t peer, int64_t tag) = 0;
   // Before the first step: this rank will send up to `count` messages of `bytes` to `peer`
   // under `tag` per step, so an engine that buffers them can make room once.

@@ -92,12 +92,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-std::string list_str(std::span<const int64_t> v) {
-  std::string s = "[";
-  for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
-  return s + "]";
-}
-
 template <class T>
 void reduce_into(T* dst, const T* src, size_t n, ReduceOp op) {
   if (op == ReduceOp::max)
@@ -182,13 +176,9 @@ class GlooEndpoint final : public Communicator {
 
   void all_reduce(std::span<const TensorRef> in, std::span<const TensorRef> out, ReduceOp op,
                   std::span<const int64_t> group) override {
-    if (in.size() != out.size()) fail("all_reduce: " + std::to_string(in.size()) + " inputs but " + std::to_string(out.size()) + " outputs");
+    if (std::string e = malformed_all_reduce(in, out); !e.empty()) fail(e);
     int64_t total = 0;
-    for (size_t i = 0; i < in.size(); ++i) {
-      if (in[i].numel != out[i].numel || in[i].dtype != out[i].dtype || (i && in[i].dtype != in[0].dtype))
-        fail("all_reduce: tensor " + std::to_string(i) + " in and out differ in size or dtype");
-      total += in[i].numel;
-    }
+    for (const TensorRef& t : in) total += t.numel;
     Ctx& c = member(group, "all_reduce");
     agree(c, Call{"all_reduce", in, -1, -1, static_cast<int>(op)}, group);
     if (in.empty() || total == 0) return;
@@ -230,14 +220,7 @@ class GlooEndpoint final : public Communicator {
 
   void reduce_scatter(const TensorRef& in, const TensorRef& out, int dim, ReduceOp op,
                       std::span<const int64_t> group) override {
-    check_dim(in, dim, "reduce_scatter");
-    const int64_t k = static_cast<int64_t>(group.size());
-    if (k == 0 || in.shape[dim] % k)
-      fail("reduce_scatter: dim " + std::to_string(dim) + " of " + shape_str(in.shape) + " does not split over " +
-           std::to_string(k) + " ranks");
-    std::vector<int64_t> want(in.shape.begin(), in.shape.end());
-    want[dim] /= k;
-    check_out(out, in.dtype, want, "reduce_scatter");
+    if (std::string e = malformed_reduce_scatter(in, out, dim, static_cast<int64_t>(group.size())); !e.empty()) fail(e);
     Ctx& c = member(group, "reduce_scatter");
     agree(c, Call{"reduce_scatter", std::span<const TensorRef>(&in, 1), dim, -1, static_cast<int>(op)}, group);
     if (in.numel == 0) return;
@@ -270,10 +253,7 @@ class GlooEndpoint final : public Communicator {
   }
 
   void all_gather(const TensorRef& in, const TensorRef& out, int dim, std::span<const int64_t> group) override {
-    check_dim(in, dim, "all_gather");
-    std::vector<int64_t> want(in.shape.begin(), in.shape.end());
-    want[dim] *= static_cast<int64_t>(group.size());
-    check_out(out, in.dtype, want, "all_gather");
+    if (std::string e = malformed_all_gather(in, out, dim, static_cast<int64_t>(group.size())); !e.empty()) fail(e);
     Ctx& c = member(group, "all_gather");
     agree(c, Call{"all_gather", std::span<const TensorRef>(&in, 1), dim}, group);
     if (in.numel == 0) return;
@@ -307,16 +287,8 @@ class GlooEndpoint final : public Communicator {
 
   void all_to_all(const TensorRef& in, const TensorRef& out, int split_dim, int concat_dim,
                   std::span<const int64_t> group) override {
-    check_dim(in, split_dim, "all_to_all");
-    check_dim(in, concat_dim, "all_to_all");
-    const int64_t k = static_cast<int64_t>(group.size());
-    if (k == 0 || in.shape[split_dim] % k)
-      fail("all_to_all: dim " + std::to_string(split_dim) + " of " + shape_str(in.shape) + " does not split over " +
-           std::to_string(k) + " ranks");
-    std::vector<int64_t> want(in.shape.begin(), in.shape.end());
-    want[split_dim] /= k;
-    want[concat_dim] *= k;
-    check_out(out, in.dtype, want, "all_to_all");
+    if (std::string e = malformed_all_to_all(in, out, split_dim, concat_dim, static_cast<int64_t>(group.size())); !e.empty())
+      fail(e);
     Ctx& c = member(group, "all_to_all");
     agree(c, Call{"all_to_all", std::span<const TensorRef>(&in, 1), split_dim, concat_dim}, group);
     if (in.numel == 0) return;
@@ -339,9 +311,7 @@ class GlooEndpoint final : public Communicator {
   }
 
   void broadcast(const TensorRef& in, const TensorRef& out, int64_t root, std::span<const int64_t> group) override {
-    if (root < 0 || root >= static_cast<int64_t>(group.size()))
-      fail("broadcast: root " + std::to_string(root) + " is not in a group of " + std::to_string(group.size()));
-    check_out(out, in.dtype, std::vector<int64_t>(in.shape.begin(), in.shape.end()), "broadcast");
+    if (std::string e = malformed_broadcast(in, out, root, static_cast<int64_t>(group.size())); !e.empty()) fail(e);
     Ctx& c = member(group, "broadcast");
     agree(c, Call{"broadcast", std::span<const TensorRef>(&in, 1), -1, -1, -1, root}, group);
     if (c.me == root && out.data != in.data && in.bytes())
@@ -473,19 +443,8 @@ class GlooEndpoint final : public Communicator {
     abort(m);
     throw Error(m);
   }
-  void check_dim(const TensorRef& t, int dim, std::string_view op) {
-    if (dim < 0 || dim >= t.rank())
-      fail(std::string(op) + ": dim " + std::to_string(dim) + " is out of range for " + shape_str(t.shape));
-  }
-  void check_out(const TensorRef& out, DType dt, const std::vector<int64_t>& want, std::string_view op) {
-    if (out.dtype != dt || !std::equal(want.begin(), want.end(), out.shape.begin(), out.shape.end()))
-      fail(std::string(op) + ": the output is " + std::string(dtype_name(out.dtype)) + shape_str(out.shape) +
-           ", expected " + std::string(dtype_name(dt)) + shape_str(want));
-  }
   void check_peer(int64_t peer, std::string_view op) {
-    if (peer < 0 || peer >= size_ || peer == rank_)
-      fail(std::string(op) + ": peer " + std::to_string(peer) + " is not another rank of this world of " +
-           std::to_string(size_));
+    if (std::string e = malformed_peer(peer, rank_, size_, op); !e.empty()) fail(e);
   }
 
   // The reason another rank (or this one) gave for stopping the job, if any.
@@ -558,13 +517,13 @@ class GlooEndpoint final : public Communicator {
     for (int q = 0; q < c.k; ++q)
       sides += std::string(q ? "; " : "") + "rank " + std::to_string(group[q]) + " calls " + text(q) + " (its call " +
                std::to_string(c.headers[2 * q] + 1) + " on this group)";
-    fail(std::string(call.op) + " over ranks " + list_str(group) +
+    fail(std::string(call.op) + " over ranks " + ranks_str(group) +
          ": the members disagree, caught before any data moved: " + sides);
   }
 
   template <class F>
   void run(const Ctx&, std::string_view op, std::span<const int64_t> group, F&& f) {
-    const std::string what = [&] { return std::string(op) + " over ranks " + list_str(group); }();
+    const std::string what = [&] { return std::string(op) + " over ranks " + ranks_str(group); }();
     stopped_check(what);
     try {
       f();
@@ -616,9 +575,9 @@ class GlooEndpoint final : public Communicator {
         }
         std::string who_missing;
         if (!missing.empty())
-          who_missing = (missing.size() == 1 ? " (rank " : " (ranks ") + list_str(missing).substr(1, std::string::npos) ;
+          who_missing = (missing.size() == 1 ? " (rank " : " (ranks ") + ranks_str(missing).substr(1, std::string::npos) ;
         if (!who_missing.empty()) who_missing.back() = ' ', who_missing += "never arrived)";
-        failed(std::string(op) + ": connecting the group " + list_str(ranks) + who_missing, detail);
+        failed(std::string(op) + ": connecting the group " + ranks_str(ranks) + who_missing, detail);
       }
     }
     std::lock_guard lk(ctx_mu_);
@@ -629,12 +588,12 @@ class GlooEndpoint final : public Communicator {
     bool in = false;
     for (int64_t r : ranks) {
       if (r < 0 || r >= size_)
-        fail(std::string(op) + ": group " + list_str(ranks) + " names rank " + std::to_string(r) + " of a world of " +
+        fail(std::string(op) + ": group " + ranks_str(ranks) + " names rank " + std::to_string(r) + " of a world of " +
              std::to_string(size_));
       in |= r == rank_;
     }
-    if (!in) fail(std::string(op) + ": this rank is not in the group " + list_str(ranks));
-    stopped_check(std::string(op) + " over ranks " + list_str(ranks));
+    if (!in) fail(std::string(op) + ": this rank is not in the group " + ranks_str(ranks));
+    stopped_check(std::string(op) + " over ranks " + ranks_str(ranks));
     if (static_cast<int64_t>(ranks.size()) == size_ && world_) {
       bool whole = true;
       for (size_t i = 0; i < ranks.size(); ++i) whole &= ranks[i] == static_cast<int64_t>(i);

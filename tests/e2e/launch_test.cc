@@ -53,6 +53,7 @@ struct Job {
   std::string name, train;  // the `tessel train` arguments, without --devices
   int ranks;
 };
+void PrintTo(const Job& j, std::ostream* os) { *os << j.name; }
 
 std::string mlp_job(const std::string& pins) {
   return "train --model mlp:784-128-10 --dataset fashion-mnist --steps 12 --batch 64 --optimizer sgd --lr 0.05 "
