@@ -187,11 +187,11 @@ void TcpStoreServer::State::accept_loop() {
 void TcpStoreServer::State::serve(Conn& c) {
   const int fd = c.fd;
   auto refuse = [&](bool answer) {
+    ++refused;  // counted before answering: whoever reads the answer sees the count
     if (answer) {
       const uint8_t bad = kBad;
       write_full(fd, &bad, 1);
     }
-    ++refused;
   };
   [&] {
     // The hello, within its deadline: a client that says nothing is dropped.
@@ -204,7 +204,8 @@ void TcpStoreServer::State::serve(Conn& c) {
     std::string token(n, '\0');
     if (!read_full(fd, token.data(), n, deadline)) return refuse(false);
     const uint8_t verdict = same_token(token, this->token) ? 0 : 1;
-    if (!write_full(fd, &verdict, 1) || verdict != 0) return refuse(false);
+    if (verdict != 0) ++refused;  // before the answer, as above
+    if (!write_full(fd, &verdict, 1) || verdict != 0) return;
     for (;;) {
       uint8_t op = 0;
       uint32_t klen = 0;
