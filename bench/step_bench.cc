@@ -47,8 +47,7 @@ int main(int argc, char** argv) {
     runtime::ExecutorOptions eo;
     eo.parallel = &pool;
     eo.profile = profile;
-    runtime::Executor ex(b.model->graph(), eo);
-    int p = ex.prepare({"train", {"loss"}});
+    runtime::Executor ex(planner::one_device(b.model->graph()), eo);
     ex.initialize();
     std::mt19937 rng(1);
     for (auto& name : b.inputs) {
@@ -64,7 +63,7 @@ int main(int argc, char** argv) {
     std::vector<double> ms;
     for (int64_t s = 0; s < warmup + steps; ++s) {
       auto t0 = std::chrono::steady_clock::now();
-      ex.run(p);
+      ex.step();
       auto t1 = std::chrono::steady_clock::now();
       if (s >= warmup) ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
     }

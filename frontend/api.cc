@@ -108,12 +108,8 @@ Trainer::Trainer(Graph graph, const OptimizerConfig& optimizer, const Devices& d
   if (several && options.accumulate > 1)
     throw Error("Trainer: on several devices the plan's microbatches accumulate (pin Devices::pins.microbatches)");
   OptimizerConfig oc = optimizer;
-  oc.accumulate = options.accumulate;
-  TrainingPhases phases;
-  if (graph_.updates().empty()) phases = add_training(graph_, "loss", oc);
-  else if (options.accumulate > 1)
-    throw Error("Trainer: the graph already has its optimizer's updates; accumulation is added with them");
-  else phases.step = graph_.updates().front().phase;
+  oc.accumulate = 1;  // the executor accumulates microbatches itself
+  if (graph_.updates().empty()) add_training(graph_, "loss", oc);
   graph_.verify();
   batch_ = planner::graph_batch(graph_) * options.accumulate;
   if (several) {
@@ -123,7 +119,7 @@ Trainer::Trainer(Graph graph, const OptimizerConfig& optimizer, const Devices& d
     } else {
       plan_ = plan_for_devices(graph_, count, devices.pins);
     }
-    runtime::RankOptions ro;
+    runtime::ExecutorOptions ro;
     ro.seed = options.seed;
     ro.jit = options.jit;
     ro.bucket_bytes = options.bucket_bytes;
@@ -148,8 +144,8 @@ Trainer::Trainer(Graph graph, const OptimizerConfig& optimizer, const Devices& d
     eo.jit = options.jit;
     eo.use_blas = options.use_blas;
     if (options.threads > 0) pool_ = std::make_unique<runtime::ThreadPool>(options.threads);
-    eo.parallel = pool_.get();
-    engine_ = std::make_unique<detail::OneDevice>(graph_, eo, phases, options.accumulate);
+    eo.parallel = pool_ ? pool_.get() : &runtime::ThreadPool::shared();
+    engine_ = std::make_unique<detail::OneDevice>(graph_, eo, options.accumulate);
   }
 }
 

@@ -68,7 +68,7 @@ struct TrainerOptions {
   bool use_blas = true;  // matrix products on OpenBLAS (else the reference kernels)
   bool overlap = true;   // collectives on a communication thread beside the compute
   // One device only: the graph takes one microbatch of batch()/accumulate samples and the
-  // step runs `accumulate` of them, adding up their gradients in the graph.
+  // step runs `accumulate` of them, averaging their gradients before the update.
   int64_t accumulate = 1;
 };
 

@@ -15,6 +15,7 @@
 #include "planner/cluster.h"
 #include "runtime/executor.h"
 #include "runtime/local_run.h"
+#include "runtime/thread_pool.h"
 #include "runtime/process_env.h"
 
 namespace tessel {
@@ -200,11 +201,11 @@ VerifyReport verify_plan(const VerifyOptions& opt, const DevicePlan& plan) {
   runtime::ExecutorOptions eo;
   eo.seed = opt.seed;
   eo.use_blas = opt.rank.use_blas;
-  runtime::Executor one(one_g, eo);
-  const int prog = one.prepare({"train", {"loss"}});
+  eo.parallel = &runtime::ThreadPool::shared();
+  runtime::Executor one(planner::one_device(one_g), eo);
   one.initialize();
 
-  runtime::RankOptions ro = opt.rank;
+  runtime::ExecutorOptions ro = opt.rank;
   ro.seed = opt.seed;
   runtime::CommOptions co;
   co.timeout_s = opt.timeout_s;
@@ -247,7 +248,7 @@ VerifyReport verify_plan(const VerifyOptions& opt, const DevicePlan& plan) {
       }
       run.feed(n.name, t, std::span<const std::byte>(static_cast<const std::byte*>(dst.data), static_cast<size_t>(t.bytes())));
     }
-    one.run(prog);
+    one.step();
     run.step();
     const double want = one.output("loss").as<float>()[0], got = run.scalar_output("loss");
     rep.loss_one.push_back(want);
@@ -258,7 +259,7 @@ VerifyReport verify_plan(const VerifyOptions& opt, const DevicePlan& plan) {
     const Node& n = one_g.node(id);
     const std::vector<std::byte> got_b = run.gather_variable(n.name, n.outputs[0]);
     const float* got = reinterpret_cast<const float*>(got_b.data());
-    const float* want = one.value(Value{id, 0}).as<float>();
+    const float* want = one.variable(n.name).as<float>();
     // Relative to the tensor's largest magnitude, or to the learning rate (how far one step
     // moves a parameter) for tensors that stay near zero.
     double scale = opt.optimizer.lr;

@@ -12,7 +12,7 @@
 #include "planner/partition.h"
 #include "planner/plan_file.h"
 #include "planner/search.h"
-#include "runtime/rank_executor.h"
+#include "runtime/executor.h"
 
 namespace tessel {
 
@@ -59,7 +59,7 @@ struct VerifyOptions {
   int64_t steps = 5;
   uint64_t seed = 0;
   OptimizerConfig optimizer;
-  runtime::RankOptions rank;
+  runtime::ExecutorOptions rank;
   double tolerance = 1e-5;
   double timeout_s = 300;
   std::string comm;  // the ranks' engine: inprocess or gloo ("": inprocess, gloo under a launcher)

@@ -1,5 +1,5 @@
-// What runs optimizer steps for the training drivers (the Trainer API, `tessel train`): one
-// executor, or a plan's ranks on simulated devices. Internal to frontend/.
+// What runs optimizer steps for the training drivers (the Trainer API, `tessel train`): the
+// plan of one device, or a plan's ranks on simulated devices or in processes. Internal to frontend/.
 #pragma once
 
 #include <cstring>
@@ -21,20 +21,6 @@ inline float read_scalar(const TensorRef& t) {
   if (t.dtype == DType::f32) return t.as<float>()[0];
   if (t.dtype == DType::f64) return static_cast<float>(t.as<double>()[0]);
   throw Error("the loss is " + std::string(dtype_name(t.dtype)) + ", expected f32 or f64");
-}
-
-// Copies parameters from one executor to another by node name.
-inline void copy_parameters(runtime::Executor& from, runtime::Executor& to) {
-  const Graph& src = from.graph();
-  const Graph& dst = to.graph();
-  for (int32_t id : dst.parameters()) {
-    if (!to.has_buffer(Value{id, 0})) continue;
-    auto sid = src.find(dst.node(id).name);
-    if (!sid) throw Error(dst.node(id).where() + ": no parameter of this name in the trained graph");
-    TensorRef a = from.value(Value{*sid, 0}), b = to.value(Value{id, 0});
-    if (a.bytes() != b.bytes()) throw Error(dst.node(id).where() + ": shape differs from the trained parameter");
-    std::memcpy(b.data, a.data, static_cast<size_t>(a.bytes()));
-  }
 }
 
 using InputFn = std::function<TensorRef(const std::string&)>;
@@ -63,49 +49,46 @@ struct Engine {
   virtual Jit jit() const = 0;
 };
 
+// One device: the executor running the plan of one rank (planner::one_device), each step
+// `microbatches` runs of the graph with their gradients averaged.
 struct OneDevice final : Engine {
   runtime::Executor exec;
-  int64_t k;
-  int prog_step = -1, prog_micro = -1, prog_apply = -1;
   TensorRef loss;
-  OneDevice(const Graph& g, const runtime::ExecutorOptions& eo, const TrainingPhases& phases, int64_t micro)
-      : exec(g, eo), k(micro) {
-    if (k == 1) {
-      prog_step = exec.prepare({phases.step, {"loss"}});
-    } else {
-      prog_micro = exec.prepare({phases.micro, {"loss"}});
-      prog_apply = exec.prepare({phases.apply, {}});
-    }
+  OneDevice(const Graph& g, const runtime::ExecutorOptions& eo, int64_t microbatches)
+      : exec(planner::one_device(g, microbatches), eo) {
     exec.initialize();
     loss = exec.output("loss");
+    if (!loss.data) throw Error("the training graph has no 'loss' output");
   }
   double step(Feeder& feeder, int64_t s) override {
-    const InputFn in = [&](const std::string& name) { return exec.input(name); };
-    if (k == 1) {
-      feeder.feed(in, s, 0);
-      exec.run(prog_step);
-      return read_scalar(loss);
-    }
-    double l = 0;
-    for (int64_t m = 0; m < k; ++m) {
-      feeder.feed(in, s, m);
-      exec.run(prog_micro);
-      l += read_scalar(loss) / static_cast<double>(k);
-    }
-    exec.run(prog_apply);
-    return l;
+    for (int64_t m = 0; m < exec.microbatches(); ++m)
+      feeder.feed([&](const std::string& name) {
+        const TensorRef t = exec.input(name, m);
+        if (!t.data) throw Error("the training graph reads no input '" + name + "'");
+        return t;
+      }, s, m);
+    exec.step();
+    return read_scalar(loss);
   }
-  void copy_parameters_to(runtime::Executor& eval) override { copy_parameters(exec, eval); }
+  void copy_parameters_to(runtime::Executor& eval) override {
+    for (int32_t id : eval.program().graph.parameters()) {
+      const std::string& name = eval.program().graph.node(id).name;
+      const TensorRef to = eval.variable(name), from = exec.variable(name);
+      if (!to.data) continue;
+      if (!from.data) throw Error(eval.program().graph.node(id).where() + ": no parameter of this name in the trained graph");
+      if (from.bytes() != to.bytes()) throw Error(eval.program().graph.node(id).where() + ": shape differs from the trained parameter");
+      std::memcpy(to.data, from.data, static_cast<size_t>(to.bytes()));
+    }
+  }
   void export_variables(Graph& g) override { exec.export_variables(g); }
   std::vector<std::byte> variable(const std::string& name, const TensorType& type) override {
-    auto id = exec.graph().find(name);
-    if (!id || !exec.has_buffer(Value{*id, 0})) throw Error("no variable '" + name + "'");
-    const TensorRef v = exec.value(Value{*id, 0});
+    const TensorRef v = exec.variable(name);
+    if (!v.data) throw Error("no variable '" + name + "'");
     if (v.dtype != type.dtype || v.numel != type.numel()) throw Error("variable '" + name + "' is not " + type.str());
     const auto* p = static_cast<const std::byte*>(v.data);
     return std::vector<std::byte>(p, p + v.bytes());
   }
-  int64_t memory_bytes() const override { return exec.bytes_allocated(); }
+  int64_t memory_bytes() const override { return exec.memory().total(); }
   Jit jit() const override {
     const auto& r = exec.jit_report();
     return Jit{r.kernels, r.compiled, r.compile_s, r.updates_in_place};
@@ -125,13 +108,13 @@ struct Devices final : Engine {
   };
   std::vector<Host> inputs;
   Devices(std::vector<planner::RankProgram> programs, const planner::PlanConfig& c, const Graph& g,
-          const runtime::RankOptions& ro, const runtime::CommOptions& co, int threads, int64_t capacity)
+          const runtime::ExecutorOptions& ro, const runtime::CommOptions& co, int threads, int64_t capacity)
       : run(std::move(programs), c, ro, co, threads), graph(g) {
     start(capacity);
   }
   // This process runs rank role.rank; the others run in the processes its launcher started.
   Devices(std::vector<planner::RankProgram> programs, const planner::PlanConfig& c, const Graph& g,
-          const runtime::RankOptions& ro, const runtime::ProcessRole& role, const runtime::CommOptions& co, int threads,
+          const runtime::ExecutorOptions& ro, const runtime::ProcessRole& role, const runtime::CommOptions& co, int threads,
           int64_t capacity)
       : run(std::move(programs), c, role.rank, runtime::connect_ranks(role, co), ro,
             threads > 0 ? threads : runtime::threads_per_rank(role)),
@@ -156,12 +139,13 @@ struct Devices final : Engine {
     return run.scalar_output("loss");
   }
   void copy_parameters_to(runtime::Executor& eval) override {
-    const Graph& dst = eval.graph();
+    const Graph& dst = eval.program().graph;
     for (int32_t id : dst.parameters()) {
-      if (!eval.has_buffer(Value{id, 0})) continue;
       const Node& n = dst.node(id);
+      const TensorRef to = eval.variable(n.name);
+      if (!to.data) continue;
       const std::vector<std::byte> whole = run.gather_variable(n.name, n.outputs[0]);
-      std::memcpy(eval.value(Value{id, 0}).data, whole.data(), whole.size());
+      std::memcpy(to.data, whole.data(), whole.size());
     }
   }
   std::vector<std::byte> variable(const std::string& name, const TensorType& type) override {

@@ -275,7 +275,7 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
   eo.seed = opt.seed;
   eo.use_blas = opt.use_blas;
   eo.jit = opt.jit;
-  eo.parallel = own_pool ? &*own_pool : nullptr;
+  eo.parallel = own_pool ? &*own_pool : &runtime::ThreadPool::shared();
   Engine* engine = &trainer.engine();
   if (multi) {
     if (!quiet) log << plan->summary();
@@ -386,10 +386,9 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
     eval_built.emplace(models::from_spec(opt.model, eval_batch, false));
     eval_graph = &eval_built->model->graph();
   }
-  runtime::Executor eval(*eval_graph, eo);
   if (images) {
     const auto& test = mnist->test;
-    int p = eval.prepare({"", {"logits", "loss"}});
+    runtime::Executor eval(planner::one_device(*eval_graph, {"logits", "loss"}, ""), eo);
     eval.initialize();
     engine->copy_parameters_to(eval);
     const int64_t eb = eval.input(names.data).shape[0];
@@ -403,7 +402,7 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
       for (int64_t i = 0; i < eb; ++i) idx[i] = start + (i < n ? i : 0);  // pad with sample 0
       runtime::gather_images(test, idx, eval.input(names.data).as<float>());
       runtime::gather_labels(test, idx, eval.input(names.labels).as<int32_t>());
-      eval.run(p);
+      eval.step();
       TensorRef logits = eval.output("logits");
       for (int64_t i = 0; i < n; ++i) {
         int64_t best = 0;
@@ -424,14 +423,14 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
     report.test_accuracy = static_cast<double>(correct) / static_cast<double>(test.count);
     report.test_loss = loss_batches ? loss_sum / loss_batches : NAN;
   } else {
-    int p = eval.prepare({"", {"loss"}});
+    runtime::Executor eval(planner::one_device(*eval_graph, {"loss"}, ""), eo);
     eval.initialize();
     engine->copy_parameters_to(eval);
     double loss_sum = 0;
     for (int64_t i = 0; i < opt.eval_batches; ++i) {
       corpus->fill_batch(true, opt.seed, i, micro, 0, 1, seq, eval.input(names.tokens).as<int32_t>(),
                          eval.input(names.targets).as<int32_t>());
-      eval.run(p);
+      eval.step();
       loss_sum += read_scalar(eval.output("loss"));
     }
     report.test_loss = opt.eval_batches > 0 ? loss_sum / opt.eval_batches : NAN;

@@ -217,6 +217,25 @@ void Graph::add_update(int32_t variable, Value value, std::string_view phase) {
   updates_.push_back({variable, value, std::string(phase)});
 }
 
+void Graph::retain(const std::vector<std::string>& names, std::string_view phase) {
+  std::vector<NamedValue> kept;
+  for (const std::string& name : names) {
+    auto v = output(name);
+    if (!v) {
+      std::string known;
+      for (auto& o : outputs_) known += (known.empty() ? "" : ", ") + o.name;
+      throw Error("the graph has no output '" + name + "' (it has: " + (known.empty() ? "none" : known) + ")");
+    }
+    kept.push_back({name, *v});
+  }
+  std::vector<Update> updates;
+  for (auto& u : updates_)
+    if (!phase.empty() && u.phase == phase) updates.push_back(u);
+  if (!phase.empty() && updates.empty()) throw Error("the graph has no updates in phase '" + std::string(phase) + "'");
+  outputs_ = std::move(kept);
+  updates_ = std::move(updates);
+}
+
 void Graph::set_data(int32_t id, std::vector<std::byte> bytes) {
   const Node& n = node(id);
   if ((n.def->kind != OpKind::variable && n.def->kind != OpKind::constant) || n.outputs.size() != 1)

@@ -96,6 +96,10 @@ class Graph {
   const std::vector<NamedValue>& outputs() const { return outputs_; }
 
   void add_update(int32_t variable, Value value, std::string_view phase);
+  // Keeps only the named outputs (in that order) and the updates of `phase` ("": none), so
+  // that what runs computes only those. Throws naming an output the graph lacks, or a
+  // phase with no updates.
+  void retain(const std::vector<std::string>& outputs, std::string_view phase);
 
   // Marks nodes [from, size()) as made by `pass` for `serves` (see Node).
   void annotate(int32_t from, Pass pass, int32_t serves);

@@ -94,6 +94,16 @@ std::vector<Section> sections(const Graph& g, const LayerStructure& ls, std::spa
   return sec;
 }
 
+// Per node: in its layer's recompute region under `r`.
+std::vector<char> recompute_marks(const Graph& g, const LayerStructure& ls, Recompute r) {
+  std::vector<char> marks(g.size(), 0);
+  if (r != Recompute::none)
+    for (const Layer& l : ls.layers)
+      for (int32_t id : l.forward)
+        marks[id] = g.node(id).def->kind == OpKind::compute && (r == Recompute::full || ls.attention_core[id]);
+  return marks;
+}
+
 class RankBuilder {
  public:
   RankBuilder(const Graph& g, const GraphPlacement& gp, const Mesh& m, int64_t local_rank, int64_t stage,
@@ -361,13 +371,7 @@ std::vector<RankProgram> partition(const Graph& g, const PlanConfig& config, std
   st.stage_of.assign(g.size(), 0);
   st.section_of = sections(g, ls, nodes);
   st.layer_of = ls.layer_of;
-  st.recompute.assign(g.size(), 0);
-  if (c.recompute != Recompute::none)
-    for (const Layer& l : ls.layers)
-      for (int32_t id : l.forward) {
-        const Node& n = g.node(id);
-        st.recompute[id] = n.def->kind == OpKind::compute && (c.recompute == Recompute::full || ls.attention_core[id]);
-      }
+  st.recompute = recompute_marks(g, ls, c.recompute);
   if (c.pp > 1) {
     // A stage per contiguous range of layers; shared nodes computed from one stage's
     // values join it.
@@ -410,6 +414,44 @@ std::vector<RankProgram> partition(const Graph& g, const PlanConfig& config, std
       out.back().schedule = stage_schedule(c, s);
     }
   return out;
+}
+
+RankProgram one_device(Graph g, int64_t microbatches, Recompute recompute) {
+  if (microbatches < 1) throw Error("one_device: microbatches must be >= 1, got " + std::to_string(microbatches));
+  std::vector<Value> targets;
+  for (auto& u : g.updates()) targets.push_back(u.value), targets.push_back(Value{u.variable, 0});
+  for (auto& o : g.outputs()) targets.push_back(o.value);
+  const std::vector<int32_t> nodes = needed_nodes(g, targets);
+  std::vector<Section> section(g.size(), Section::forward);
+  std::vector<int32_t> layer(g.size(), -1);
+  std::vector<char> marks(g.size(), 0);
+  if (!g.updates().empty() || g.output("loss")) {
+    const LayerStructure ls = find_layers(g, g.updates().empty() ? "train" : g.updates().front().phase);
+    section = sections(g, ls, nodes);
+    layer.assign(ls.layer_of.begin(), ls.layer_of.end());
+    marks = recompute_marks(g, ls, recompute);
+  }
+  if (microbatches > 1) {
+    bool reads_backward = false;
+    for (int32_t id : nodes)
+      if (section[id] == Section::apply)
+        for (auto& in : g.node(id).inputs) reads_backward |= section[in.node] == Section::backward;
+    for (auto& u : g.updates()) reads_backward |= section[u.value.node] == Section::backward;
+    if (!reads_backward)
+      throw Error("one_device: " + std::to_string(microbatches) +
+                  " microbatches, but no update reads a gradient (the graph has no backward to accumulate)");
+  }
+  PlanConfig c;
+  c.microbatches = microbatches;
+  c.recompute = recompute;
+  const size_t n = static_cast<size_t>(g.size());
+  return RankProgram{0, 0, {0, 0}, std::move(g), {}, {}, {}, std::move(section), stage_schedule(c, 0), std::move(layer),
+                     std::move(marks), std::vector<char>(n, 0), std::vector<int8_t>(n, -1)};
+}
+
+RankProgram one_device(Graph g, const std::vector<std::string>& outputs, std::string_view phase) {
+  g.retain(outputs, phase);
+  return one_device(std::move(g));
 }
 
 }  // namespace tessel::planner

@@ -4,6 +4,8 @@
 // still point at the user's line. Deterministic; every program passes the verifier.
 #pragma once
 
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "graph/graph.h"
@@ -60,5 +62,15 @@ std::vector<int64_t> shard_offsets(std::span<const int64_t> global, const Shardi
 // forward and backward, split into sections and ordered by the config's schedule.
 std::vector<RankProgram> partition(const Graph& g, const PlanConfig& c,
                                    std::vector<int64_t> stage_bounds = {});
+
+// The program of one device: the whole graph as it is (its batch is one microbatch), its
+// nodes in their sections as partition() marks them, `microbatches` forward and backward
+// runs per step on inputs fed per microbatch, then the apply section on the mean of the
+// gradients over them. A graph without a loss or updates is all forward. Throws when
+// microbatches > 1 but the apply section reads no backward value (nothing to accumulate).
+RankProgram one_device(Graph g, int64_t microbatches = 1, Recompute recompute = Recompute::none);
+// The same for a part of the graph: only `outputs` computed and `phase`'s updates applied
+// ("": none). Throws naming an output the graph lacks or a phase without updates.
+RankProgram one_device(Graph g, const std::vector<std::string>& outputs, std::string_view phase);
 
 }  // namespace tessel::planner

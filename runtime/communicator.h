@@ -61,7 +61,7 @@ class Communicator {
   virtual void barrier(std::span<const int64_t> group) = 0;
 
   // Before the first step: the groups this rank will call collectives on, every member
-  // giving its groups in lexicographic order of their rank lists (RankExecutor does). Engines
+  // giving its groups in lexicographic order of their rank lists (Executor does). Engines
   // whose groups are made collectively (Gloo, MPI, NCCL) make them all now: processing the
   // groups in one global order cannot deadlock (the smallest unfinished group always has all
   // its members at it), where making each at its first use could, when ranks meet their

@@ -2,317 +2,921 @@
 
 #include <algorithm>
 #include <chrono>
+#include <climits>
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <set>
 
 #include "graph/error.h"
 #include "runtime/cpu_kernels.h"
+#include "runtime/fusion.h"
 #include "runtime/memory_plan.h"
-#include "runtime/thread_pool.h"
+#include "planner/layers.h"
 
 namespace tessel::runtime {
 
+using planner::Section;
+
 namespace {
-void free_aligned(std::byte* p) { std::free(p); }
 constexpr int64_t kAlign = 64;
+void free_aligned(std::byte* p) { std::free(p); }
 
-bool persistent(const Node& n) { return n.def->kind != OpKind::compute; }
+bool is_collective(const Node& n) {
+  return (n.op == "all_reduce" || n.op == "reduce_scatter" || n.op == "all_gather" || n.op == "all_to_all" ||
+          n.op == "broadcast") &&
+         n.attrs.get_i64s("ranks").size() > 1;
+}
+
+std::string bytes_str(int64_t b) {
+  char s[32];
+  if (b >= (int64_t{1} << 30)) std::snprintf(s, sizeof s, "%.2f GiB", static_cast<double>(b) / (1 << 30));
+  else if (b >= (1 << 20)) std::snprintf(s, sizeof s, "%.1f MiB", static_cast<double>(b) / (1 << 20));
+  else std::snprintf(s, sizeof s, "%.1f KiB", static_cast<double>(b) / 1024);
+  return s;
+}
+
+struct Ref {
+  int32_t buf = -1;
+  const TensorType* type = nullptr;
+};
 }  // namespace
+
+struct Executor::Buffer {
+  int64_t bytes = 0;
+  bool persistent = false;
+  int64_t first = INT64_MAX, last = -1;  // ticks of the step's op list
+  std::string name;
+  std::byte* data = nullptr;
+};
+
+struct Executor::Op {
+  enum class Type : uint8_t { kernel, launch, wait, recv, send, accumulate, output } type = Type::kernel;
+  const Node* node = nullptr;
+  KernelFn fn = nullptr;
+  FusedFn jit = nullptr;  // a fused node's compiled kernel
+  const ops::FusedKernelDesc* desc = nullptr;
+  std::vector<Ref> in, out;
+  std::vector<TensorRef> in_t, out_t;
+  std::vector<const float*> in_p;  // with jit
+  std::vector<float*> out_p;
+  int64_t task = -1;
+  int64_t peer = -1, tag = -1;  // send / recv
+  bool first = false, last = false, mean = false;  // accumulate / output
+  double scale = 1;
+  std::vector<int64_t> shift;  // kernel: KernelCtx::shift (a generated tensor's microbatch)
+  double ms = 0;               // kernel, with ExecutorOptions::profile: time over all steps
+  int64_t calls = 0;
+};
+
+struct Executor::CommTask {
+  std::string op;
+  const Node* node = nullptr;  // the first node it serves, for errors
+  std::vector<Ref> in, out;
+  std::vector<TensorRef> in_t, out_t;
+  ReduceOp reduce = ReduceOp::sum;
+  int dim = 0, dim2 = 0;
+  int64_t root = 0;
+  std::vector<int64_t> ranks;
+};
 
 namespace {
-std::unique_ptr<FusedGraph> fuse_if(const Graph& g, bool jit, double& seconds) {
-  if (!jit) return nullptr;
+
+// The program after the fusion pass. Kernels never mix sections (a forward value the
+// backward reads must be kept per microbatch; a gradient is accumulated between backward
+// and apply) nor, under recomputation, layers or a layer's recomputed region and the rest.
+std::unique_ptr<planner::RankProgram> fuse_program(const planner::RankProgram& p, planner::Recompute recompute,
+                                                   Executor::JitReport& report, std::vector<std::vector<Value>>& values) {
   const auto t0 = std::chrono::steady_clock::now();
-  auto f = std::make_unique<FusedGraph>(fuse(g));
-  seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  return f;
+  const Graph& g = p.graph;
+  FusionOptions fo;
+  fo.key.assign(static_cast<size_t>(g.size()), 0);
+  const bool recomputing = recompute != planner::Recompute::none;
+  for (int32_t id = 0; id < g.size(); ++id) {
+    const size_t u = static_cast<size_t>(id);
+    const int64_t layer = recomputing ? p.layer.at(u) : -1;
+    fo.key[u] = (static_cast<int64_t>(p.section.at(u)) * (int64_t{1} << 24) + (layer + 1)) * 2 +
+                (recomputing && p.recompute.at(u) ? 1 : 0);
+  }
+  FusedGraph f = fuse(g, fo);
+  auto out = std::make_unique<planner::RankProgram>(planner::RankProgram{
+      p.rank, p.stage, p.coords, std::move(f.graph), p.output_placements, p.input_placements, p.variable_placements, {},
+      p.schedule, {}, {}, {}, {}});
+  for (size_t id = 0; id < f.source_node.size(); ++id) {
+    const size_t src = static_cast<size_t>(f.source_node[id] >= 0 ? f.source_node[id] : f.members[id].back());
+    out->section.push_back(p.section.at(src));
+    out->layer.push_back(p.layer.at(src));
+    out->recompute.push_back(p.recompute.at(src));
+    out->microbatch_dim.push_back(p.microbatch_dim.empty() ? int8_t{-1} : p.microbatch_dim.at(src));
+  }
+  out->summed.assign(f.source_node.size(), 0);
+  for (int32_t src = 0; src < g.size(); ++src)
+    if (p.summed.at(static_cast<size_t>(src)))
+      for (int o = 0; o < static_cast<int>(g.node(src).outputs.size()); ++o)
+        if (const Value v = f.map(Value{src, o}); v.valid()) out->summed[static_cast<size_t>(v.node)] = 1;
+  values = std::move(f.values);
+  report.fused_nodes = f.fused_nodes;
+  report.nodes_fused = f.nodes_fused;
+  report.compile_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return out;
 }
+
 }  // namespace
 
-Executor::Executor(const Graph& graph, ExecutorOptions options)
-    : source_(graph), fused_(fuse_if(graph, options.jit, jit_report_.compile_s)),
-      graph_(fused_ ? fused_->graph : graph), options_(options),
-      parallel_(options.parallel ? options.parallel : &ThreadPool::shared()) {
+Executor::Executor(const planner::RankProgram& program, Communicator& comm, ExecutorOptions options)
+    : Executor(nullptr, &program, &comm, options) {}
+Executor::Executor(planner::RankProgram&& program, Communicator& comm, ExecutorOptions options)
+    : Executor(std::make_unique<planner::RankProgram>(std::move(program)), nullptr, &comm, options) {}
+Executor::Executor(const planner::RankProgram& program, ExecutorOptions options)
+    : Executor(nullptr, &program, nullptr, options) {}
+Executor::Executor(planner::RankProgram&& program, ExecutorOptions options)
+    : Executor(std::make_unique<planner::RankProgram>(std::move(program)), nullptr, nullptr, options) {}
+
+Executor::Executor(std::unique_ptr<planner::RankProgram> owned, const planner::RankProgram* program, Communicator* comm,
+                   ExecutorOptions options)
+    : own_program_(std::move(owned)), source_(own_program_ ? *own_program_ : *program),
+      solo_(comm ? nullptr : std::make_unique<InProcessWorld>(1)),
+      fused_(options.jit ? fuse_program(source_, options.recompute, jit_report_, fused_values_) : nullptr),
+      program_(fused_ ? *fused_ : source_), graph_(program_.graph), comm_(comm ? *comm : solo_->rank(0)),
+      options_(options) {
+  if (!comm && program_.rank != 0)
+    throw Error("rank " + std::to_string(program_.rank) + ": a program of a world of several ranks needs a communicator");
+  if (options_.parallel) {
+    parallel_ = options_.parallel;
+  } else {
+    serial_ = std::make_unique<SerialParallel>();
+    parallel_ = serial_.get();
+  }
   configure_blas_threads();
-  if (fused_) {
-    jit_report_.fused_nodes = fused_->fused_nodes;
-    jit_report_.nodes_fused = fused_->nodes_fused;
-  }
-  descs_.resize(static_cast<size_t>(graph_.size()));
-  fused_fns_.resize(static_cast<size_t>(graph_.size()), nullptr);
-}
-
-Executor::~Executor() = default;
-
-void* Executor::allocate(int64_t bytes, const Node& n) {
-  const int64_t rounded = std::max(kAlign, (bytes + kAlign - 1) / kAlign * kAlign);
-  auto* p = static_cast<std::byte*>(std::aligned_alloc(kAlign, static_cast<size_t>(rounded)));
-  if (!p) throw Error(n.where() + ": cannot allocate " + std::to_string(bytes) + " bytes");
-  owned_.emplace_back(p, free_aligned);
-  bytes_allocated_ += rounded;
-  return p;
-}
-
-int Executor::prepare(const ProgramSpec& spec) {
-  if (initialized_)
-    throw Error("Executor::prepare() after initialize(): prepare every program first, so that "
-                "memory is planned for all of them");
-  Program prog;
-  prog.phase = spec.phase;
-  for (auto& name : spec.outputs) {
-    auto v = graph_.output(name);
-    if (!v) {
-      std::string known;
-      for (auto& o : graph_.outputs()) known += (known.empty() ? "" : ", ") + o.name;
-      throw Error("the graph has no output '" + name + "' (it has: " + known + ")");
-    }
-    prog.keep.push_back(*v);
-  }
-  bool any_update = false;
-  for (auto& u : graph_.updates())
-    if (u.phase == spec.phase) {
-      prog.keep.push_back(u.value);
-      prog.keep.push_back(Value{u.variable, 0});
-      any_update = true;
-    }
-  if (!spec.phase.empty() && !any_update)
-    throw Error("the graph has no updates in phase '" + spec.phase + "'");
-  prog.nodes = needed_nodes(graph_, prog.keep);
-  for (int32_t id : prog.nodes) {
-    const Node& n = graph_.node(id);
-    if (n.def->kind != OpKind::compute || n.def->view) continue;
-    Step step;
-    step.fn = cpu_kernel_for(n, options_.use_blas);
-    step.node = &n;
-    if (n.op == "fused") {  // compiled by initialize(): only what a program needs
-      const size_t u = static_cast<size_t>(id);
-      if (!descs_[u]) descs_[u] = std::make_unique<ops::FusedKernelDesc>(ops::FusedKernelDesc::from_attrs(n.attrs));
-      step.desc = descs_[u].get();
-    }
-    prog.steps.push_back(std::move(step));
-  }
-  for (auto& u : graph_.updates())
-    if (u.phase == spec.phase) {
-      const TensorType& t = graph_.type(u.value);
-      prog.updates.push_back({TensorRef{nullptr, t.dtype, t.shape, t.numel()},
-                              TensorRef{nullptr, t.dtype, t.shape, t.numel()}});
-    }
-  programs_.push_back(std::move(prog));
-  return static_cast<int>(programs_.size()) - 1;
-}
-
-void Executor::write_updates_in_place() {
-  for (auto& up : graph_.updates()) {
-    const Node& f = graph_.node(up.value.node);
-    ops::FusedKernelDesc* d = descs_[static_cast<size_t>(f.id)].get();
-    if (!d) continue;
-    const int over = update_over_input(graph_, f, *d, up.value.index, up.variable);
-    if (over < 0) continue;
-    // Every program that runs f applies this update, and nothing there reads the variable
-    // after f.
-    bool ok = true;
-    for (const Program& p : programs_) {
-      auto at = std::find(p.nodes.begin(), p.nodes.end(), f.id);
-      if (at == p.nodes.end()) continue;
-      ok = p.phase == up.phase;
-      for (auto it = at + 1; ok && it != p.nodes.end(); ++it) {
-        const Node& n = graph_.node(*it);
-        if (n.def->view) continue;
-        for (const Value& in : n.inputs) ok = ok && storage_root(graph_, in).node != up.variable;
-      }
-      if (!ok) break;
-    }
-    if (!ok) continue;
-    d->outputs[static_cast<size_t>(up.value.index)].over = over;
-    in_place_.push_back({up.value, up.variable});
-    ++jit_report_.updates_in_place;
+  build();
+  if (solo_) {  // a world of one: nothing to talk to
+    const Node* talks = !tasks_.empty() ? tasks_.front().node : nullptr;
+    for (const Op& op : ops_)
+      if (!talks && (op.type == Op::Type::send || op.type == Op::Type::recv)) talks = op.node;
+    if (talks)
+      throw Error(talks->where() + ": '" + talks->op + "' needs a world of several ranks (run the plan's programs with "
+                  "LocalRun or under a launcher)");
   }
 }
 
-void Executor::compile_kernels() {
-  for (int32_t id = 0; id < graph_.size(); ++id) {
-    const size_t u = static_cast<size_t>(id);
-    if (!descs_[u]) continue;
-    fused_fns_[u] = compile_and_count(*descs_[u], jit_report_.compiled, jit_report_.disk_hits, jit_report_.compile_s);
-    ++jit_report_.kernels;
+Executor::~Executor() {
+  if (comm_thread_.joinable()) {
+    stop_.store(true);
+    launched_.fetch_add(1);
+    launched_.notify_all();
+    comm_thread_.join();
   }
-  for (Program& p : programs_)
-    for (Step& s : p.steps)
-      if (s.desc) s.jit = fused_fns_[static_cast<size_t>(s.node->id)];
 }
 
-void Executor::plan_and_allocate() {
-  buffers_.assign(graph_.size(), {});
-  auto written_over = [&](Value v) {
-    return std::any_of(in_place_.begin(), in_place_.end(), [&](const auto& w) { return w.first == v; });
+void Executor::build() {
+  const Graph& g = graph_;
+  const auto& sec = program_.section;
+  if (static_cast<int32_t>(sec.size()) != g.size())
+    throw Error("rank " + std::to_string(program_.rank) + ": the program has " + std::to_string(sec.size()) +
+                " section marks for " + std::to_string(g.size()) + " nodes");
+  if (program_.schedule.empty()) throw Error("rank " + std::to_string(program_.rank) + ": the program has no schedule");
+  microbatches_ = 0;
+  for (auto& st : program_.schedule)
+    if (st.section == Section::forward) ++microbatches_;
+  const int64_t m = microbatches_;
+  if (m < 1) throw Error("rank " + std::to_string(program_.rank) + ": the schedule runs no forward pass");
+
+  std::vector<Value> targets;
+  for (auto& u : g.updates()) targets.push_back(u.value), targets.push_back(Value{u.variable, 0});
+  for (auto& o : g.outputs()) targets.push_back(o.value);
+  const std::vector<int32_t> nodes = needed_nodes(g, targets);
+
+  auto root = [&](Value v) { return storage_root(g, v); };
+  auto new_buffer = [&](int64_t bytes, bool persistent, std::string name) {
+    buffers_.push_back(Buffer{bytes, persistent, INT64_MAX, -1, std::move(name), nullptr});
+    return static_cast<int32_t>(buffers_.size()) - 1;
   };
-  // A view shares its input's storage.
-  auto root = [&](Value v) { return storage_root(graph_, v); };
-  // Lifetimes on one timeline: program after program, one tick per node.
-  std::map<std::pair<int32_t, int32_t>, BufferLifetime> life;
-  auto key = [](Value v) { return std::make_pair(v.node, v.index); };
-  int64_t t = 0;
-  for (Program& p : programs_) {
-    for (int32_t id : p.nodes) {
-      const Node& n = graph_.node(id);
-      if (persistent(n)) {
-        if (buffers_[id].empty()) buffers_[id].push_back(allocate(n.outputs[0].bytes(), n));
-      } else if (!n.def->view) {
-        for (int i = 0; i < static_cast<int>(n.outputs.size()); ++i) {
-          if (written_over(n.out(i))) continue;  // lives in its variable's buffer
-          auto [it, fresh] = life.try_emplace(key(n.out(i)), BufferLifetime{n.outputs[i].bytes(), t, t});
-          if (!fresh) it->second.last = std::max(it->second.last, t);  // computed again later
+  persistent_.assign(g.size(), -1);
+  input_slots_.assign(g.size(), {});
+  output_buffer_.assign(g.size(), -1);
+  for (int32_t id : nodes) {
+    const Node& n = g.node(id);
+    if (n.def->kind == OpKind::variable || n.def->kind == OpKind::constant)
+      persistent_[id] = new_buffer(n.outputs[0].bytes(), true, n.name);
+    else if (n.def->kind == OpKind::input)
+      for (int64_t i = 0; i < m; ++i)
+        input_slots_[id].push_back(new_buffer(n.outputs[0].bytes(), true, n.name + (m > 1 ? " (microbatch " + std::to_string(i) + ")" : "")));
+  }
+
+  // Backward values the apply section reads: accumulated over microbatches.
+  std::set<std::pair<int32_t, int32_t>> acc;
+  auto is_acc = [&](Value r) { return acc.count({r.node, r.index}) > 0; };
+  for (int32_t id : nodes) {
+    if (sec[id] != Section::apply) continue;
+    for (auto& in : g.node(id).inputs) {
+      const Value r = root(in);
+      if (sec[r.node] == Section::backward && g.node(r.node).def->kind == OpKind::compute) acc.insert({r.node, r.index});
+    }
+  }
+  for (auto& u : g.updates()) {
+    const Value r = root(u.value);
+    if (sec[r.node] == Section::backward && g.node(r.node).def->kind == OpKind::compute) acc.insert({r.node, r.index});
+  }
+
+  // Recomputation: a forward value that a layer's backward reads inside the layer's
+  // recompute region (the whole layer, or only its attention core) is not kept from the
+  // forward pass: the region runs again for each microbatch just before that layer's
+  // backward first needs it. What enters the region (the layer's input, other layers'
+  // values, received activations) is kept.
+  std::vector<int> region(g.size(), -1), layer_of(g.size(), -1);
+  std::vector<char> rerun_node(g.size(), 0);
+  std::map<int, std::vector<int32_t>> rerun;  // layer -> nodes to run again, in order
+  if (options_.recompute != planner::Recompute::none) {
+    if (static_cast<int32_t>(program_.layer.size()) != g.size() || static_cast<int32_t>(program_.recompute.size()) != g.size())
+      throw Error("rank " + std::to_string(program_.rank) + ": the program has no layer marks for recomputation");
+    for (int32_t id : nodes) {
+      const Node& n = g.node(id);
+      layer_of[id] = program_.layer[static_cast<size_t>(id)];
+      if (layer_of[id] < 0 || sec[id] != Section::forward || n.def->kind != OpKind::compute || n.op == "recv" ||
+          n.op == "send" || !program_.recompute[static_cast<size_t>(id)])
+        continue;
+      region[id] = layer_of[id];
+    }
+    for (int32_t id : nodes) {
+      if (sec[id] != Section::backward || layer_of[id] < 0) continue;
+      for (auto& in : g.node(id).inputs) {
+        const Value r = root(in);
+        if (region[r.node] == layer_of[id]) rerun_node[r.node] = 1;
+      }
+    }
+    for (auto it = nodes.rbegin(); it != nodes.rend(); ++it) {  // and what they are computed from, in the region
+      if (!rerun_node[*it]) continue;
+      for (auto& in : g.node(*it).inputs)
+        if (region[in.node] == region[*it]) rerun_node[in.node] = 1;
+    }
+    for (int32_t id : nodes)
+      if (rerun_node[id] && !g.node(id).def->view) rerun[region[id]].push_back(id);
+  }
+  constexpr int64_t kRerun = int64_t{1} << 40;  // instance offset of recomputed values
+
+  // Value instances: (root value, microbatch); the apply section's and accumulators are 0.
+  // `layer` >= 0: the reader belongs to that layer's backward (or its rerun), which reads
+  // the layer's recomputed values.
+  std::map<std::tuple<int32_t, int32_t, int64_t>, int32_t> inst;
+  // A value that is one microbatch's part of a sum over the batch adds up over microbatches;
+  // any other the apply section or an output reads is averaged (each microbatch's is alike).
+  auto summed = [&](const Node& n) {
+    return static_cast<int32_t>(program_.summed.size()) == g.size() && program_.summed[static_cast<size_t>(n.id)];
+  };
+  auto resolve = [&](Value v, Section reader, int64_t mb, int layer = -1) -> Ref {
+    const Value r = root(v);
+    const TensorType* t = &g.type(v);
+    const Node& rn = g.node(r.node);
+    if (persistent_[r.node] >= 0) return Ref{persistent_[r.node], t};
+    if (rn.def->kind == OpKind::input) return Ref{input_slots_[r.node][static_cast<size_t>(reader == Section::apply ? m - 1 : mb)], t};
+    const Section s = sec[r.node];
+    int64_t i = 0;
+    if (s == Section::forward) i = reader == Section::apply ? m - 1 : mb;
+    else if (s == Section::backward) i = reader == Section::apply ? 0 : mb;
+    const bool again = reader == Section::backward && layer >= 0 && rerun_node[r.node] && region[r.node] == layer;
+    auto [it, fresh] = inst.try_emplace({r.node, r.index, i + (again ? kRerun : 0)}, -1);
+    if (fresh) {
+      std::string name = rn.name;
+      if (rn.outputs.size() > 1) name += ":" + std::to_string(r.index);
+      if (m > 1 && s != Section::apply) name += " (microbatch " + std::to_string(i) + ")";
+      if (again) name += " (recomputed)";
+      it->second = new_buffer(rn.outputs[static_cast<size_t>(r.index)].bytes(), false, name);
+      if (!again && i == (s == Section::forward ? m - 1 : 0)) read_by_apply_[{r.node, r.index}] = it->second;
+    }
+    return Ref{it->second, t};
+  };
+
+  // Outputs, by the root of their value.
+  std::map<std::pair<int32_t, int32_t>, std::vector<Value>> outputs_of;
+  for (auto& o : g.outputs()) {
+    if (g.node(o.value.node).op == "send") continue;
+    const Value r = root(o.value);
+    if (g.node(r.node).def->kind != OpKind::compute) continue;  // variables and inputs are read directly
+    if (output_buffer_[o.value.node] < 0) output_buffer_[o.value.node] = new_buffer(g.type(o.value).bytes(), true, o.name);
+    outputs_of[{r.node, r.index}].push_back(o.value);
+  }
+
+  // Apply-section collectives whose inputs are all accumulated gradients (or stored
+  // variables): started during the last backward, as soon as their inputs are final.
+  std::map<int32_t, int> waiting;                          // collective -> inputs not final yet
+  std::map<std::pair<int32_t, int32_t>, std::vector<int32_t>> readers;  // acc root -> such collectives
+  for (int32_t id : nodes) {
+    const Node& n = g.node(id);
+    if (sec[id] != Section::apply || !is_collective(n)) continue;
+    std::set<std::pair<int32_t, int32_t>> need;
+    bool ok = true;
+    for (auto& in : n.inputs) {
+      const Value r = root(in);
+      if (is_acc(r)) need.insert({r.node, r.index});
+      else if (persistent_[r.node] < 0) ok = false;
+    }
+    if (!ok || need.empty()) continue;
+    waiting[id] = static_cast<int>(need.size());
+    for (auto& k : need) readers[k].push_back(id);
+  }
+
+  // The op list of one step, with lifetimes (tick = op index) and events.
+  std::map<int32_t, int64_t> pending;  // buffer -> task writing it
+  int64_t waited = -1, extended = -1;
+  std::vector<std::vector<int32_t>> task_bufs;
+  auto touch = [&](int32_t b) {
+    Buffer& x = buffers_[static_cast<size_t>(b)];
+    const int64_t t = static_cast<int64_t>(ops_.size());
+    x.first = std::min(x.first, t);
+    x.last = std::max(x.last, t);
+  };
+  auto emit_wait = [&](int64_t task) {
+    if (task <= waited) return;
+    Op w;
+    w.type = Op::Type::wait;
+    w.task = task;
+    for (int64_t k = extended + 1; k <= task; ++k)
+      for (int32_t b : task_bufs[static_cast<size_t>(k)]) touch(b);
+    extended = std::max(extended, task);
+    ops_.push_back(std::move(w));
+    waited = task;
+  };
+  auto emit = [&](Op op) {
+    for (auto& r : op.in)
+      if (auto it = pending.find(r.buf); it != pending.end() && it->second > waited) emit_wait(it->second);
+    for (auto& r : op.in) touch(r.buf);
+    for (auto& r : op.out) touch(r.buf);
+    ops_.push_back(std::move(op));
+  };
+  auto launch = [&](CommTask t) {
+    const int64_t k = static_cast<int64_t>(tasks_.size());
+    std::vector<int32_t> bufs;
+    for (auto& r : t.in) bufs.push_back(r.buf);
+    for (auto& r : t.out) bufs.push_back(r.buf), pending[r.buf] = k;
+    task_bufs.push_back(bufs);
+    for (int32_t b : bufs) touch(b);
+    Op op;
+    op.type = Op::Type::launch;
+    op.task = k;
+    op.node = t.node;
+    tasks_.push_back(std::move(t));
+    ops_.push_back(std::move(op));
+  };
+  auto task_for = [&](const Node& n, Section s, int64_t mb, int layer = -1) {
+    CommTask t;
+    t.op = n.op;
+    t.node = &n;
+    t.in.push_back(resolve(n.inputs[0], s, mb, layer));
+    t.out.push_back(resolve(n.out(), s, mb, layer));
+    t.ranks = n.attrs.get_i64s("ranks");
+    const std::string red = n.attrs.get_str_or("reduce", "sum");
+    t.reduce = red == "max" ? ReduceOp::max : ReduceOp::sum;
+    const int rank = g.type(n.inputs[0]).rank();
+    auto norm = [&](int64_t d) { return static_cast<int>(d < 0 ? d + rank : d); };
+    if (n.attrs.has("dim")) t.dim = norm(n.attrs.get_i64("dim"));
+    if (n.attrs.has("split_dim")) t.dim = norm(n.attrs.get_i64("split_dim")), t.dim2 = norm(n.attrs.get_i64("concat_dim"));
+    if (n.attrs.has("root")) t.root = n.attrs.get_i64("root");
+    return t;
+  };
+
+  // Buckets of hoisted all-reduces, per (group, dtype), in the order they open.
+  struct Bucket {
+    std::vector<int64_t> ranks;
+    DType dtype;
+    CommTask task;
+    int64_t bytes = 0;
+  };
+  std::vector<Bucket> open;
+  auto flush = [&](Bucket& b) {
+    if (!b.task.in.empty()) launch(std::move(b.task));
+    b.task = CommTask{};
+    b.bytes = 0;
+  };
+  auto hoist = [&](int32_t id) {
+    const Node& n = g.node(id);
+    CommTask t = task_for(n, Section::apply, 0);
+    const int64_t bytes = g.type(n.inputs[0]).bytes();
+    if (n.op != "all_reduce" || t.reduce != ReduceOp::sum) {
+      launch(std::move(t));
+      return;
+    }
+    const DType dt = g.type(n.inputs[0]).dtype;
+    auto it = std::find_if(open.begin(), open.end(), [&](const Bucket& b) { return b.ranks == t.ranks && b.dtype == dt; });
+    if (it == open.end()) {
+      open.push_back(Bucket{t.ranks, dt, {}, 0});
+      it = open.end() - 1;
+    }
+    if (it->bytes > 0 && it->bytes + bytes > options_.bucket_bytes) flush(*it);
+    if (it->task.in.empty()) {
+      it->task.op = "all_reduce";
+      it->task.node = &n;
+      it->task.ranks = t.ranks;
+    }
+    it->task.in.push_back(t.in[0]);
+    it->task.out.push_back(t.out[0]);
+    it->bytes += bytes;
+  };
+  auto finished = [&](Value r) {  // an accumulated gradient is final
+    auto it = readers.find({r.node, r.index});
+    if (it == readers.end()) return;
+    for (int32_t c : it->second)
+      if (--waiting[c] == 0) hoist(c);
+  };
+
+  // One node's work: a kernel, a transfer, or a collective on the communication stream.
+  auto run_node = [&](const Node& n, Section S, int64_t mb, int layer) {
+    if (is_collective(n)) {
+      launch(task_for(n, S, mb, layer));
+      return;
+    }
+    Op op;
+    op.node = &n;
+    if (n.op == "recv" || n.op == "send") {
+      op.type = n.op == "recv" ? Op::Type::recv : Op::Type::send;
+      op.peer = n.attrs.get_i64("peer");
+      op.tag = n.attrs.get_i64("tag");
+    }
+    else op.fn = cpu_kernel_for(n, options_.use_blas);
+    if (mb > 0 && n.attrs.has("global_shape") && static_cast<int32_t>(program_.microbatch_dim.size()) == g.size())
+      if (const int d = program_.microbatch_dim[static_cast<size_t>(n.id)]; d >= 0) {
+        op.shift.assign(n.outputs[0].shape.size(), 0);
+        op.shift[static_cast<size_t>(d)] = mb * n.outputs[0].shape[static_cast<size_t>(d)];
+      }
+    if (n.op == "fused") {  // compiled at the end of build()
+      auto& [desc, fn] = kernels_[n.id];
+      if (!desc) desc = std::make_unique<ops::FusedKernelDesc>(ops::FusedKernelDesc::from_attrs(n.attrs));
+      op.desc = desc.get();
+    }
+    for (auto& in : n.inputs) op.in.push_back(resolve(in, S, mb, layer));
+    if (n.op != "send")
+      for (int o = 0; o < static_cast<int>(n.outputs.size()); ++o) op.out.push_back(resolve(n.out(o), S, mb, layer));
+    emit(std::move(op));
+  };
+
+  for (const planner::ScheduleStep& st : program_.schedule) {
+    const Section S = st.section;
+    const int64_t mb = S == Section::apply ? 0 : st.microbatch;
+    std::set<int> rerun_done;
+    for (int32_t id : nodes) {
+      if (sec[id] != S) continue;
+      const Node& n = g.node(id);
+      if (n.def->kind != OpKind::compute || n.def->view) continue;
+      if (S == Section::apply && waiting.count(id)) continue;  // started during the last backward
+      const int layer = S == Section::backward ? layer_of[id] : -1;
+      if (layer >= 0 && rerun.count(layer) && rerun_done.insert(layer).second)
+        for (int32_t f : rerun[layer]) run_node(g.node(f), Section::backward, mb, layer);
+      run_node(n, S, mb, layer);
+      for (int o = 0; o < static_cast<int>(n.outputs.size()); ++o) {
+        const Value v = n.out(o);
+        if (S == Section::backward && is_acc(v)) {
+          if (m > 1 && mb > 0) {
+            Op a;
+            a.type = Op::Type::accumulate;
+            a.node = &n;
+            a.in.push_back(resolve(v, S, mb, layer));
+            a.out.push_back(resolve(v, Section::apply, 0));
+            a.in.push_back(a.out[0]);
+            a.last = mb == m - 1;
+            a.scale = summed(n) ? 1.0 : 1.0 / static_cast<double>(m);
+            emit(std::move(a));
+          }
+          if (mb == m - 1) finished(v);
+        }
+        auto oit = outputs_of.find({v.node, v.index});
+        if (oit == outputs_of.end()) continue;
+        for (const Value& ov : oit->second) {
+          Op out;
+          out.type = Op::Type::output;
+          out.node = &n;
+          out.in.push_back(resolve(ov, S, mb, layer));
+          out.out.push_back(Ref{output_buffer_[ov.node], &g.type(ov)});
+          out.mean = S == Section::forward && m > 1 && g.type(ov).numel() == 1 &&
+                     (g.type(ov).dtype == DType::f32 || g.type(ov).dtype == DType::f64);
+          out.first = mb == 0;
+          out.last = mb == m - 1;
+          out.scale = summed(g.node(ov.node)) ? 1.0 : 1.0 / static_cast<double>(m);
+          emit(std::move(out));
         }
       }
-      for (auto& in : n.inputs) {
-        auto it = life.find(key(root(in)));
-        if (it != life.end()) it->second.last = std::max(it->second.last, t);
-      }
-      ++t;
     }
-    for (auto& v : p.keep) {
-      auto it = life.find(key(root(v)));
-      if (it != life.end()) it->second.last = std::max(it->second.last, t);
-    }
-    ++t;
+    if (S == Section::backward && mb == m - 1)
+      for (Bucket& b : open) flush(b);
   }
-  std::vector<BufferLifetime> list;
-  for (auto& [k, l] : life) list.push_back(l);
-  MemoryPlan plan = plan_memory(list, kAlign);
-  arena_bytes_ = plan.arena_bytes;
-  std::byte* arena = nullptr;
-  if (arena_bytes_ > 0) {
-    arena = static_cast<std::byte*>(allocate(arena_bytes_, graph_.node(0)));
+  for (auto& [id, left] : waiting)
+    if (left > 0)
+      throw Error(g.node(id).where() + ": rank " + std::to_string(program_.rank) +
+                  ": a gradient collective whose inputs the backward never finished");
+  if (!tasks_.empty()) emit_wait(static_cast<int64_t>(tasks_.size()) - 1);
+  for (auto& u : g.updates()) {
+    const Ref v = resolve(u.value, Section::apply, 0);
+    touch(v.buf);
+    updates_.push_back({persistent_[u.variable], v.buf});
   }
-  size_t i = 0;
-  for (auto& [k, l] : life) {
-    auto& outs = buffers_[k.first];
-    outs.resize(graph_.node(k.first).outputs.size(), nullptr);
-    outs[k.second] = arena + plan.offsets[i++];
-  }
-  for (auto& [value, variable] : in_place_) {
-    auto& outs = buffers_[value.node];
-    outs.resize(graph_.node(value.node).outputs.size(), nullptr);
-    outs[value.index] = buffers_[variable][0];
-  }
-  // Views alias their roots, in node order so chains resolve.
-  for (int32_t id = 0; id < graph_.size(); ++id) {
-    const Node& n = graph_.node(id);
-    if (!n.def->view) continue;
-    Value in = n.inputs[0];
-    if (static_cast<size_t>(in.node) < buffers_.size() && !buffers_[in.node].empty())
-      buffers_[id] = {buffers_[in.node][in.index]};
-  }
-  for (Program& p : programs_) {
-    for (Step& s : p.steps) {
-      for (auto& in : s.node->inputs) s.in.push_back(ref(in));
-      for (int o = 0; o < static_cast<int>(s.node->outputs.size()); ++o) s.out.push_back(ref(s.node->out(o)));
-      if (s.desc) {
-        for (auto& t : s.in) s.in_ptrs.push_back(t.as<const float>());
-        for (auto& t : s.out) s.out_ptrs.push_back(t.as<float>());
-      }
-    }
-    size_t u = 0;
-    for (auto& up : graph_.updates()) {
-      if (up.phase != p.phase) continue;
-      p.updates.at(u).first.data = buffers_[up.variable][0];
-      p.updates.at(u).second.data = buffers_[up.value.node][up.value.index];
-      ++u;
-    }
-  }
-}
-
-void Executor::fill_source(int32_t id, const KernelCtx& ctx) {
-  const Node& n = graph_.node(id);
-  TensorRef out = ref(n.out());
-  if (const auto* data = graph_.data(id)) {
-    if (!data->empty()) std::memcpy(out.data, data->data(), data->size());
-    return;
-  }
-  if (n.def->kind == OpKind::input) {
-    std::memset(out.data, 0, static_cast<size_t>(out.bytes()));  // defined contents until fed
-    return;
-  }
-  n.def->kernel(n, {}, std::span<const TensorRef>(&out, 1), ctx);
-}
-
-void Executor::initialize() {
-  if (initialized_) throw Error("Executor::initialize() called twice");
   write_updates_in_place();
-  compile_kernels();
-  plan_and_allocate();
+  for (auto& [id, k] : kernels_)
+    k.second = compile_and_count(*k.first, jit_report_.compiled, jit_report_.disk_hits, jit_report_.compile_s);
+  jit_report_.kernels = static_cast<int64_t>(kernels_.size());
+  for (Op& op : ops_)
+    if (op.desc) op.jit = kernels_.at(op.node->id).second;
+}
+
+// An update's new value is written straight into its variable, when the one thing that
+// writes it is a fused kernel computing it element by element from the variable (the
+// kernel writes over the variable, FusedOutput::over) or a collective (ZeRO's all-gather of
+// the updated shards), and from that write on nothing reads the variable (no op after it,
+// no collective not yet finished). The value's buffer and its copy after the step go away.
+void Executor::write_updates_in_place() {
+  const Graph& g = graph_;
+  auto has = [](const std::vector<Ref>& refs, int32_t b) {
+    return std::any_of(refs.begin(), refs.end(), [&](const Ref& r) { return r.buf == b; });
+  };
+  for (size_t k = 0; k < updates_.size(); ++k) {
+    const Update& u = g.updates()[k];
+    const auto [var, val] = updates_[k];
+    if (var < 0 || var == val || buffers_[static_cast<size_t>(val)].persistent) continue;
+    int64_t at = -1, writers = 0, task = -1, runs = 0;  // at: the op that writes (a kernel, or a launch)
+    for (size_t i = 0; i < ops_.size(); ++i) {
+      const Op& op = ops_[i];
+      const bool launch = op.type == Op::Type::launch && has(tasks_[static_cast<size_t>(op.task)].out, val);
+      if (has(op.out, val) || launch) ++writers, at = static_cast<int64_t>(i), task = launch ? op.task : -1;
+      if (op.type == Op::Type::kernel && op.node && op.node->id == u.value.node) ++runs;
+      if (has(op.out, var)) writers = -1;  // something else writes the variable
+    }
+    if (writers != 1) continue;
+    ops::FusedKernelDesc* d = nullptr;
+    int over = -1;
+    if (task < 0) {  // a kernel: a fused one that runs once a step
+      const Op& w = ops_[static_cast<size_t>(at)];
+      if (w.type != Op::Type::kernel || !w.desc || w.node->id != u.value.node || runs != 1) continue;
+      d = kernels_.at(w.node->id).first.get();
+      over = update_over_input(g, *w.node, *d, u.value.index, u.variable);
+      if (over < 0) continue;
+    } else if (has(tasks_[static_cast<size_t>(task)].in, var)) {
+      continue;
+    }
+    int64_t waited = -1;  // collectives finished before the write (they run in launch order)
+    for (int64_t i = 0; i < at; ++i)
+      if (ops_[static_cast<size_t>(i)].type == Op::Type::wait) waited = std::max(waited, ops_[static_cast<size_t>(i)].task);
+    if (task >= 0) waited = std::max(waited, task - 1);
+    bool ok = true;
+    for (size_t i = static_cast<size_t>(at) + 1; ok && i < ops_.size(); ++i) ok = !has(ops_[i].in, var);
+    for (size_t t = 0; ok && t < tasks_.size(); ++t)
+      ok = !has(tasks_[t].out, var) && (!has(tasks_[t].in, var) || static_cast<int64_t>(t) <= waited);
+    if (!ok) continue;
+    if (d) d->outputs[static_cast<size_t>(u.value.index)].over = over;
+    ++jit_report_.updates_in_place;
+    for (Op& op : ops_)
+      for (auto* refs : {&op.in, &op.out})
+        for (Ref& r : *refs)
+          if (r.buf == val) r.buf = var;
+    for (CommTask& t : tasks_)
+      for (auto* refs : {&t.in, &t.out})
+        for (Ref& r : *refs)
+          if (r.buf == val) r.buf = var;
+    Buffer& x = buffers_[static_cast<size_t>(val)];
+    x.bytes = 0, x.first = INT64_MAX, x.last = -1;
+    for (auto& [v2, x2] : updates_)
+      if (x2 == val) x2 = var;
+    for (auto& [v2, x2] : read_by_apply_)
+      if (x2 == val) x2 = var;
+  }
+}
+
+void Executor::initialize(int64_t capacity_bytes) {
+  if (initialized_) throw Error("Executor::initialize() called twice");
+  {
+    // Every group this rank's collectives use, made now in one order all ranks share.
+    std::set<std::vector<int64_t>> groups;
+    for (const Node& n : graph_.nodes())
+      if (n.attrs.has("ranks") && n.attrs.get_i64s("ranks").size() > 1) groups.insert(n.attrs.get_i64s("ranks"));
+    const std::vector<std::vector<int64_t>> ordered(groups.begin(), groups.end());
+    comm_.connect_groups(ordered);
+  }
+  {
+    std::map<std::pair<int64_t, int64_t>, std::pair<int64_t, int64_t>> sends;  // (peer, tag) -> (bytes, count)
+    for (const Op& op : ops_)
+      if (op.type == Op::Type::send) {
+        auto& [bytes, count] = sends[{op.peer, op.tag}];
+        bytes = std::max(bytes, op.node->inputs.empty() ? 0 : graph_.type(op.node->inputs[0]).bytes());
+        ++count;
+      }
+    for (auto& [key, v] : sends) comm_.reserve_sends(key.first, key.second, v.first, v.second);
+  }
+  std::vector<BufferLifetime> life;
+  std::vector<size_t> in_arena;
+  memory_ = RankMemory{};
+  for (size_t b = 0; b < buffers_.size(); ++b) {
+    Buffer& x = buffers_[b];
+    if (x.persistent) {
+      memory_.persistent_bytes += (std::max<int64_t>(x.bytes, 1) + kAlign - 1) / kAlign * kAlign;
+      continue;
+    }
+    if (x.first == INT64_MAX) x.first = x.last = 0;
+    life.push_back(BufferLifetime{x.bytes, x.first, x.last});
+    in_arena.push_back(b);
+  }
+  const MemoryPlan plan = plan_memory(life, kAlign);
+  memory_.arena_bytes = plan.arena_bytes;
+  std::vector<size_t> order(buffers_.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return buffers_[a].bytes > buffers_[b].bytes; });
+  for (size_t i = 0; i < std::min<size_t>(8, order.size()); ++i)
+    memory_.largest.push_back({buffers_[order[i]].name, buffers_[order[i]].bytes});
+  if (capacity_bytes > 0 && memory_.total() > capacity_bytes) {
+    std::string top;
+    for (size_t i = 0; i < std::min<size_t>(5, memory_.largest.size()); ++i)
+      top += "\n  " + memory_.largest[i].name + ": " + bytes_str(memory_.largest[i].bytes);
+    throw Error("rank " + std::to_string(program_.rank) + " (stage " + std::to_string(program_.stage) + ") needs " +
+                bytes_str(memory_.total()) + " (arena " + bytes_str(memory_.arena_bytes) + " + variables, inputs and outputs " +
+                bytes_str(memory_.persistent_bytes) + "), more than the device's " + bytes_str(capacity_bytes) +
+                " by " + bytes_str(memory_.total() - capacity_bytes) + "; largest buffers:" + top);
+  }
+  auto allocate = [&](int64_t bytes) {
+    const int64_t rounded = std::max(kAlign, (bytes + kAlign - 1) / kAlign * kAlign);
+    auto* p = static_cast<std::byte*>(std::aligned_alloc(kAlign, static_cast<size_t>(rounded)));
+    if (!p) throw Error("rank " + std::to_string(program_.rank) + ": cannot allocate " + bytes_str(bytes));
+    std::memset(p, 0, static_cast<size_t>(rounded));
+    owned_.emplace_back(p, free_aligned);
+    return p;
+  };
+  std::byte* arena = plan.arena_bytes > 0 ? allocate(plan.arena_bytes) : nullptr;
+  for (size_t i = 0; i < in_arena.size(); ++i) buffers_[in_arena[i]].data = arena + plan.offsets[i];
+  for (Buffer& x : buffers_)
+    if (x.persistent) x.data = allocate(x.bytes);
+  auto tensor = [&](const Ref& r) {
+    return TensorRef{buffers_[static_cast<size_t>(r.buf)].data, r.type->dtype, r.type->shape, r.type->numel()};
+  };
+  for (Op& op : ops_) {
+    for (auto& r : op.in) op.in_t.push_back(tensor(r));
+    for (auto& r : op.out) op.out_t.push_back(tensor(r));
+    if (op.desc) {
+      for (auto& t : op.in_t) op.in_p.push_back(t.as<const float>());
+      for (auto& t : op.out_t) op.out_p.push_back(t.as<float>());
+    }
+  }
+  for (CommTask& t : tasks_) {
+    for (auto& r : t.in) t.in_t.push_back(tensor(r));
+    for (auto& r : t.out) t.out_t.push_back(tensor(r));
+  }
+  // Variables and constants: stored data, else the initializer (which draws by global
+  // element index, so a shard holds what the whole tensor holds there).
   const KernelCtx ctx{parallel_, options_.seed, {}};
-  for (int32_t id = 0; id < static_cast<int32_t>(buffers_.size()); ++id)
-    if (!buffers_[id].empty() && persistent(graph_.node(id))) fill_source(id, ctx);
+  for (int32_t id = 0; id < graph_.size(); ++id) {
+    if (persistent_[id] < 0) continue;
+    const Node& n = graph_.node(id);
+    TensorRef out{buffers_[static_cast<size_t>(persistent_[id])].data, n.outputs[0].dtype, n.outputs[0].shape,
+                  n.outputs[0].numel()};
+    if (const auto* d = graph_.data(id)) {
+      if (!d->empty()) std::memcpy(out.data, d->data(), d->size());
+    } else {
+      n.def->kernel(n, {}, std::span<const TensorRef>(&out, 1), ctx);
+    }
+  }
+  if (options_.overlap && !tasks_.empty()) comm_thread_ = std::thread([this] { comm_loop(); });
   initialized_ = true;
 }
 
-void Executor::run(int program) {
-  if (!initialized_) throw Error("Executor::run() before initialize()");
-  Program& p = programs_.at(static_cast<size_t>(program));
-  const KernelCtx ctx{parallel_, options_.seed, {}};
-  auto call = [&](const Step& s) {
-    if (s.jit) run_fused(s.jit, *s.desc, s.in_ptrs.data(), s.out_ptrs.data(), *parallel_);
-    else s.fn(*s.node, s.in, s.out, ctx);
-  };
-  if (!options_.profile) {
-    for (const Step& s : p.steps) call(s);
-  } else {
-    for (Step& s : p.steps) {
-      auto t0 = std::chrono::steady_clock::now();
-      call(s);
-      s.ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-      s.calls++;
+void Executor::run_task(const CommTask& t) {
+  if (t.op == "all_reduce") comm_.all_reduce(t.in_t, t.out_t, t.reduce, t.ranks);
+  else if (t.op == "reduce_scatter") comm_.reduce_scatter(t.in_t[0], t.out_t[0], t.dim, t.reduce, t.ranks);
+  else if (t.op == "all_gather") comm_.all_gather(t.in_t[0], t.out_t[0], t.dim, t.ranks);
+  else if (t.op == "all_to_all") comm_.all_to_all(t.in_t[0], t.out_t[0], t.dim, t.dim2, t.ranks);
+  else if (t.op == "broadcast") comm_.broadcast(t.in_t[0], t.out_t[0], t.root, t.ranks);
+  else throw Error(t.node->where() + ": no communicator call for '" + t.op + "'");
+}
+
+void Executor::comm_loop() {
+  int64_t done = 0;
+  for (;;) {
+    int64_t l = launched_.load();
+    while (l == done && !stop_.load()) {
+      launched_.wait(l);
+      l = launched_.load();
     }
+    if (stop_.load()) return;
+    const CommTask& t = tasks_[static_cast<size_t>(done % static_cast<int64_t>(tasks_.size()))];
+    try {
+      run_task(t);
+    } catch (const std::exception& e) {
+      comm_error_ = std::make_exception_ptr(Error(t.node->where() + ": " + e.what()));
+      failed_.store(true);
+      completed_.store(INT64_MAX);
+      completed_.notify_all();
+      return;
+    }
+    completed_.store(++done);
+    completed_.notify_all();
   }
-  for (auto& [var, val] : p.updates)
-    if (var.data != val.data && var.bytes() > 0)
-      std::memcpy(var.data, val.data, static_cast<size_t>(var.bytes()));
 }
 
-TensorRef Executor::ref(Value v) const {
-  const TensorType& t = graph_.type(v);
-  return TensorRef{buffers_[v.node][v.index], t.dtype, t.shape, t.numel()};
+void Executor::wait_event(int64_t event) {
+  for (int64_t c = completed_.load(); c <= event; c = completed_.load()) {
+    if (failed_.load()) break;
+    completed_.wait(c);
+  }
+  if (failed_.load()) std::rethrow_exception(comm_error_);
 }
-
-Value Executor::run_value(Value source) const { return fused_ ? fused_->map(source) : source; }
 
 namespace {
-bool has(const std::vector<std::vector<void*>>& buffers, Value v) {
-  return v.node >= 0 && static_cast<size_t>(v.node) < buffers.size() &&
-         static_cast<size_t>(v.index) < buffers[static_cast<size_t>(v.node)].size() &&
-         buffers[static_cast<size_t>(v.node)][static_cast<size_t>(v.index)];
+template <class T>
+void accumulate(const TensorRef& in, const TensorRef& acc, bool copy, bool scale_it, double scale) {
+  const T* x = in.as<const T>();
+  T* a = acc.as<T>();
+  const T s = static_cast<T>(scale);
+  if (copy) std::memcpy(a, x, static_cast<size_t>(in.bytes()));
+  else
+    for (int64_t i = 0; i < in.numel; ++i) a[i] += x[i];
+  if (scale_it)
+    for (int64_t i = 0; i < in.numel; ++i) a[i] *= s;
 }
 }  // namespace
 
-TensorRef Executor::value(Value v) {
-  if (!initialized_) throw Error("Executor: buffers exist only after initialize()");
-  const Value r = run_value(v);
-  if (!r.valid())
-    throw Error(source_.node(v.node).where() + ": no buffer: the value lives inside a fused kernel (run without the JIT to read it)");
-  if (!has(buffers_, r))
-    throw Error(source_.node(v.node).where() + ": no buffer (not part of any prepared program)");
-  return ref(r);
+void Executor::step() {
+  if (!initialized_) throw Error("Executor::step() before initialize()");
+  const int64_t base = steps_ * static_cast<int64_t>(tasks_.size());
+  const KernelCtx ctx{parallel_, options_.seed, {}};
+  const Op* at = nullptr;
+  const bool timing = options_.profile;
+  try {
+    for (Op& op : ops_) {
+      at = &op;
+      switch (op.type) {
+        case Op::Type::kernel: {
+          const auto t0 = timing ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
+          if (op.jit) run_fused(op.jit, *op.desc, op.in_p.data(), op.out_p.data(), *parallel_);
+          else if (op.shift.empty()) op.fn(*op.node, op.in_t, op.out_t, ctx);
+          else op.fn(*op.node, op.in_t, op.out_t, KernelCtx{ctx.parallel, ctx.seed, op.shift});
+          if (timing) {
+            op.ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+            ++op.calls;
+          }
+          break;
+        }
+        case Op::Type::launch:
+          if (options_.overlap) {
+            launched_.fetch_add(1);
+            launched_.notify_one();
+          } else {
+            run_task(tasks_[static_cast<size_t>(op.task)]);
+          }
+          break;
+        case Op::Type::wait:
+          if (options_.overlap) wait_event(base + op.task);
+          break;
+        case Op::Type::recv:
+          comm_.recv(op.out_t[0], op.peer, op.tag);
+          break;
+        case Op::Type::send: comm_.send(op.in_t[0], op.peer, op.tag); break;
+        case Op::Type::accumulate:
+        case Op::Type::output: {
+          const TensorRef& in = op.in_t[0];
+          const TensorRef& out = op.out_t[0];
+          const bool summing = op.type == Op::Type::accumulate || op.mean;
+          const bool copy = !summing || (op.type == Op::Type::output && op.first);
+          const bool scale = summing && op.last;
+          if (in.dtype == DType::f32) accumulate<float>(in, out, copy, scale, op.scale);
+          else if (in.dtype == DType::f64) accumulate<double>(in, out, copy, scale, op.scale);
+          else std::memcpy(out.data, in.data, static_cast<size_t>(in.bytes()));  // not summable: the last one
+          break;
+        }
+      }
+    }
+    at = nullptr;
+    for (auto& [var, val] : updates_) {
+      const Buffer& v = buffers_[static_cast<size_t>(var)];
+      const Buffer& x = buffers_[static_cast<size_t>(val)];
+      if (v.data != x.data && v.bytes) std::memcpy(v.data, x.data, static_cast<size_t>(v.bytes));
+    }
+  } catch (const std::exception& e) {
+    std::string msg = e.what();
+    if (msg.rfind("rank ", 0) != 0) msg = "rank " + std::to_string(program_.rank) + ": " + msg;
+    if (at && at->node && msg.find(at->node->name) == std::string::npos) msg += " (at " + at->node->where() + ")";
+    if (msg.find(" in step ") == std::string::npos) msg += " in step " + std::to_string(steps_ + 1);
+    comm_.abort(msg);
+    throw Error(msg);
+  }
+  ++steps_;
 }
 
-bool Executor::has_buffer(Value v) const { return has(buffers_, run_value(v)); }
+std::string Executor::describe() const {
+  auto task_str = [&](int64_t k) {
+    const CommTask& t = tasks_[static_cast<size_t>(k)];
+    std::string s = t.op + " of " + std::to_string(t.in.size()) + (t.in.size() == 1 ? " tensor [" : " tensors [");
+    for (size_t i = 0; i < t.out.size(); ++i) s += (i ? ", " : "") + buffers_[static_cast<size_t>(t.out[i].buf)].name;
+    s += "] over";
+    for (int64_t r : t.ranks) s += " " + std::to_string(r);
+    return s;
+  };
+  std::string out;
+  for (const Op& op : ops_) {
+    std::string line;
+    auto first_out = [&] { return op.out.empty() ? op.node->name : buffers_[static_cast<size_t>(op.out[0].buf)].name; };
+    switch (op.type) {
+      case Op::Type::kernel: line = "kernel " + first_out(); break;
+      case Op::Type::launch: line = "launch " + task_str(op.task); break;
+      case Op::Type::wait: line = "wait " + task_str(op.task); break;
+      case Op::Type::recv: line = "recv " + first_out() + " from " + std::to_string(op.peer); break;
+      case Op::Type::send: line = "send " + op.node->name + " to " + std::to_string(op.peer); break;
+      case Op::Type::accumulate: line = "accumulate " + first_out(); break;
+      case Op::Type::output: line = "output " + first_out(); break;
+    }
+    out += line + "\n";
+  }
+  return out;
+}
 
-TensorRef Executor::input(std::string_view name) {
+TensorRef Executor::input(std::string_view name, int64_t microbatch) {
   auto id = graph_.find(name);
-  if (!id || graph_.node(*id).def->kind != OpKind::input)
-    throw Error("the graph has no input '" + std::string(name) + "'");
-  if (!initialized_) throw Error("Executor: buffers exist only after initialize()");
-  if (!has(buffers_, Value{*id, 0})) throw Error(graph_.node(*id).where() + ": no buffer (not part of any prepared program)");
-  return ref(Value{*id, 0});
+  if (!id || input_slots_[*id].empty()) return TensorRef{};
+  if (microbatch < 0 || microbatch >= microbatches_)
+    throw Error("microbatch " + std::to_string(microbatch) + " of " + std::to_string(microbatches_));
+  const Node& n = graph_.node(*id);
+  return TensorRef{buffers_[static_cast<size_t>(input_slots_[*id][static_cast<size_t>(microbatch)])].data,
+                   n.outputs[0].dtype, n.outputs[0].shape, n.outputs[0].numel()};
 }
 
 TensorRef Executor::output(std::string_view name) {
   auto v = graph_.output(name);
-  if (!v) throw Error("the graph has no output '" + std::string(name) + "'");
+  if (!v) return TensorRef{};
+  const TensorType& t = graph_.type(*v);
+  int32_t b = output_buffer_[v->node];
+  if (b < 0) {  // a variable or input
+    Value r = *v;
+    while (graph_.node(r.node).def->view) r = graph_.node(r.node).inputs[0];
+    b = persistent_[r.node] >= 0 ? persistent_[r.node] : input_slots_[r.node].empty() ? -1 : input_slots_[r.node].back();
+    if (b < 0) return TensorRef{};
+  }
+  return TensorRef{buffers_[static_cast<size_t>(b)].data, t.dtype, t.shape, t.numel()};
+}
+
+TensorRef Executor::variable(std::string_view name) {
+  auto id = graph_.find(name);
+  if (!id || persistent_[*id] < 0) return TensorRef{};
+  const Node& n = graph_.node(*id);
+  return TensorRef{buffers_[static_cast<size_t>(persistent_[*id])].data, n.outputs[0].dtype, n.outputs[0].shape,
+                   n.outputs[0].numel()};
+}
+
+int32_t Executor::buffer_of(Value v) const {
+  if (!v.valid() || v.node >= graph_.size()) return -1;
+  const Value r = storage_root(graph_, v);
+  if (persistent_[r.node] >= 0) return persistent_[r.node];
+  if (!input_slots_[r.node].empty()) return input_slots_[r.node].back();
+  if (auto it = read_by_apply_.find({r.node, r.index}); it != read_by_apply_.end()) return it->second;
+  for (auto& o : graph_.outputs())
+    if (o.value == v && output_buffer_[v.node] >= 0) return output_buffer_[v.node];
+  return -1;
+}
+
+TensorRef Executor::value(Value v) {
   if (!initialized_) throw Error("Executor: buffers exist only after initialize()");
-  if (!has(buffers_, *v)) throw Error("output '" + std::string(name) + "': no buffer (not part of any prepared program)");
-  return ref(*v);
+  const Graph& src = source_.graph;
+  if (v.node < 0 || v.node >= src.size()) throw Error("Executor::value: no node " + std::to_string(v.node));
+  const Value r = fused_ ? (static_cast<size_t>(v.index) < fused_values_.at(static_cast<size_t>(v.node)).size()
+                                ? fused_values_[static_cast<size_t>(v.node)][static_cast<size_t>(v.index)]
+                                : Value{})
+                         : v;
+  if (!r.valid())
+    throw Error(src.node(v.node).where() + ": no buffer: the value lives inside a fused kernel (run without the JIT to read it)");
+  const int32_t b = buffer_of(r);
+  if (b < 0) throw Error(src.node(v.node).where() + ": no buffer (nothing the program computes needs it)");
+  const TensorType& t = graph_.type(r);
+  return TensorRef{buffers_[static_cast<size_t>(b)].data, t.dtype, t.shape, t.numel()};
+}
+
+bool Executor::has_buffer(Value v) const {
+  const Graph& src = source_.graph;
+  if (v.node < 0 || v.node >= src.size()) return false;
+  if (!fused_) return buffer_of(v) >= 0;
+  const auto& outs = fused_values_.at(static_cast<size_t>(v.node));
+  return static_cast<size_t>(v.index) < outs.size() && buffer_of(outs[static_cast<size_t>(v.index)]) >= 0;
+}
+
+void Executor::export_variables(Graph& g) const {
+  for (int32_t id = 0; id < graph_.size(); ++id) {
+    const Node& n = graph_.node(id);
+    if (persistent_[id] < 0 || n.def->kind != OpKind::variable) continue;
+    const auto gid = g.find(n.name);
+    if (!gid || g.node(*gid).outputs != n.outputs) continue;
+    const std::byte* p = buffers_[static_cast<size_t>(persistent_[id])].data;
+    g.set_data(*gid, std::vector<std::byte>(p, p + n.outputs[0].bytes()));
+  }
+}
+
+std::vector<Executor::NodeTime> Executor::node_profile() const {
+  std::map<int32_t, NodeTime> by_node;
+  for (const Op& op : ops_) {
+    if (op.type != Op::Type::kernel) continue;
+    NodeTime& t = by_node[op.node->id];
+    if (t.node.empty()) {
+      t.node = op.node->name;
+      t.op = op.node->op;
+      for (auto& in : op.node->inputs) t.shapes += (t.shapes.empty() ? "" : " ") + shape_str(graph_.type(in).shape);
+      t.shapes += " ->";
+      for (auto& o : op.node->outputs) t.shapes += " " + shape_str(o.shape);
+    }
+    t.calls += op.calls;
+    t.ms += op.ms;
+  }
+  std::vector<NodeTime> v;
+  for (auto& [k, t] : by_node) v.push_back(t);
+  std::sort(v.begin(), v.end(), [](const NodeTime& a, const NodeTime& b) { return a.ms > b.ms; });
+  return v;
 }
 
 std::vector<Executor::OpTime> Executor::profile() const {
@@ -327,37 +931,6 @@ std::vector<Executor::OpTime> Executor::profile() const {
   for (auto& [k, t] : by_op) v.push_back(t);
   std::sort(v.begin(), v.end(), [](const OpTime& a, const OpTime& b) { return a.ms > b.ms; });
   return v;
-}
-
-std::vector<Executor::NodeTime> Executor::node_profile() const {
-  std::map<int32_t, NodeTime> by_node;
-  for (auto& p : programs_)
-    for (auto& s : p.steps) {
-      NodeTime& t = by_node[s.node->id];
-      if (t.node.empty()) {
-        t.node = s.node->name;
-        t.op = s.node->op;
-        for (auto& in : s.node->inputs) t.shapes += (t.shapes.empty() ? "" : " ") + shape_str(graph_.type(in).shape);
-        t.shapes += " ->";
-        for (auto& o : s.node->outputs) t.shapes += " " + shape_str(o.shape);
-      }
-      t.calls += s.calls;
-      t.ms += s.ms;
-    }
-  std::vector<NodeTime> v;
-  for (auto& [k, t] : by_node) v.push_back(t);
-  std::sort(v.begin(), v.end(), [](const NodeTime& a, const NodeTime& b) { return a.ms > b.ms; });
-  return v;
-}
-
-void Executor::export_variables(Graph& g) const {
-  for (int32_t id = 0; id < static_cast<int32_t>(buffers_.size()); ++id) {
-    if (buffers_[id].empty() || graph_.node(id).def->kind != OpKind::variable) continue;
-    const auto gid = g.find(graph_.node(id).name);
-    if (!gid || g.node(*gid).outputs != graph_.node(id).outputs) continue;
-    const auto* p = static_cast<const std::byte*>(buffers_[id][0]);
-    g.set_data(*gid, std::vector<std::byte>(p, p + graph_.node(id).outputs[0].bytes()));
-  }
 }
 
 }  // namespace tessel::runtime

@@ -1,150 +1,194 @@
-// Executes a graph on one CPU device. This is the executor the multi-device runtime runs
-// one instance of per rank.
+// The executor: runs one rank's program from a plan (planner/partition.h), and one device
+// as the plan of one rank (planner::one_device). Its stage's schedule of forward and
+// backward sections per microbatch, then the apply section, with a compute stream (the
+// calling thread) and a communication stream (a thread of its own) ordered by events, so
+// collectives run while later compute continues.
+//
+// Gradients: each backward value the apply section reads is accumulated over the
+// microbatches (the first microbatch writes the accumulator, later ones add, the last
+// scales by 1/m). The apply section's collectives on such values (the data-parallel
+// gradient all-reduces, ZeRO's reduce-scatters) start on the communication stream as soon
+// as the last microbatch's backward has finished their inputs; all-reduces over the same
+// group are fused into buckets of up to ExecutorOptions::bucket_bytes, in program order,
+// which every member of the group shares. Recv blocks the compute stream; send copies and
+// returns.
+//
+// Kernels: with the JIT, elementwise chains and the reductions that end them are fused
+// (runtime/fusion.h) and run as compiled kernels (runtime/cpu_jit.h); an update computed
+// element by element from its variable is written over it.
+//
+// Memory: before the first step every value instance (value, microbatch) gets an offset in
+// one arena from its lifetime over the whole schedule (stashed forward values of the
+// microbatches in flight included; a collective's buffers live until it is waited for).
+// Variables, constants, inputs (one slot per microbatch) and outputs have buffers of their
+// own. Nothing is allocated in step(). Not thread-safe: one thread drives an executor;
+// kernels fan out over ExecutorOptions::parallel.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
+#include <exception>
+#include <map>
 #include <memory>
-#include <span>
 #include <string>
 #include <string_view>
-#include <unordered_map>
+#include <thread>
 #include <vector>
 
-#include "graph/graph.h"
-#include "graph/tensor_ref.h"
+#include "planner/partition.h"
+#include "runtime/communicator.h"
 #include "runtime/cpu_jit.h"
-#include "runtime/fusion.h"
+#include "runtime/inprocess_comm.h"
 
 namespace tessel::runtime {
 
 struct ExecutorOptions {
-  uint64_t seed = 0;          // mixed into initializers and dropout masks
-  bool use_blas = true;       // false: reference kernels for matrix products
-  // Fuse elementwise chains and the reductions that end them (runtime/fusion.h) and run
-  // them as JIT-compiled kernels (runtime/cpu_jit.h). false: every op runs its reference
-  // kernel (for debugging and tests).
+  uint64_t seed = 0;                // mixed into initializers and dropout masks
+  bool use_blas = true;             // false: reference kernels for matrix products
+  // Fuse elementwise chains and run them as JIT-compiled kernels. false: every op runs its
+  // reference kernel (for debugging and tests).
   bool jit = true;
-  bool profile = false;       // time every kernel call (see Executor::profile())
-  Parallel* parallel = nullptr;  // not owned; null: the process-wide ThreadPool
+  Parallel* parallel = nullptr;     // kernels' threads; null: the calling thread only. Not owned.
+  int64_t bucket_bytes = 25 << 20;  // gradient all-reduce buckets (PyTorch DDP's default)
+  bool overlap = true;              // false: collectives run on the compute stream, in place
+  // full: each layer's forward runs again before its backward (only its input is kept);
+  // selective: only the attention core runs again. The program's recompute marks say where.
+  planner::Recompute recompute = planner::Recompute::none;
+  bool profile = false;             // time every kernel (see Executor::profile())
 };
 
-// A program computes named outputs and then applies one phase's variable updates.
-struct ProgramSpec {
-  std::string phase;                 // "" applies no updates
-  std::vector<std::string> outputs;  // names from Graph::outputs()
+struct RankMemory {
+  int64_t arena_bytes = 0;       // high-water mark of the planned arena
+  int64_t persistent_bytes = 0;  // variables, constants, input slots, outputs
+  int64_t total() const { return arena_bytes + persistent_bytes; }
+  struct Buffer {
+    std::string name;  // "block0/attn/matmul (microbatch 2)", "fc1/weight"
+    int64_t bytes = 0;
+  };
+  std::vector<Buffer> largest;  // the largest buffers, largest first
 };
 
-// Prepare every program first, then initialize(): that plans memory for all of them at
-// once. Inputs, variables and constants get buffers of their own; every other value gets
-// an offset in one arena, shared with values whose lifetimes do not overlap. Nothing is
-// allocated after initialize(). Not thread-safe: one thread drives an executor; kernels
-// fan out over the thread pool.
 class Executor {
  public:
-  Executor(const Graph& graph, ExecutorOptions options = {});  // graph not owned; outlives this
+  // Rank program.rank of a world that comm connects. program (unless moved in) and comm are
+  // not owned and outlive this.
+  Executor(const planner::RankProgram& program, Communicator& comm, ExecutorOptions options = {});
+  Executor(planner::RankProgram&& program, Communicator& comm, ExecutorOptions options = {});
+  // A program of one rank (planner::one_device): a world of one, no communicator to give.
+  explicit Executor(const planner::RankProgram& program, ExecutorOptions options = {});
+  explicit Executor(planner::RankProgram&& program, ExecutorOptions options = {});
   ~Executor();
   Executor(const Executor&) = delete;
   Executor& operator=(const Executor&) = delete;
 
-  int prepare(const ProgramSpec& spec);
-  // Compiles the programs' fused kernels, plans and allocates memory, then fills every
-  // variable from the graph's stored data or its initializer, and every constant. Call
-  // once, after the last prepare().
-  void initialize();
-  void run(int program);
+  // Plans and allocates memory, fills variables (stored data or initializer) and constants,
+  // makes the communicator's groups, starts the communication stream. Throws if the plan
+  // needs more than capacity_bytes (0: no limit), naming this rank and its largest buffers.
+  void initialize(int64_t capacity_bytes = 0);
 
-  // Views of buffers (after initialize()), by the values of the graph given to the
-  // constructor. Inputs may be written between runs; outputs
-  // hold the last run's results until the next run. Other values share arena space, so
-  // their contents are only meaningful while a program computes them; a value that lives only
-  // inside a fused kernel has no buffer.
-  TensorRef input(std::string_view name);
+  int64_t microbatches() const { return microbatches_; }
+  // The program that runs: with jit, the given one after the fusion pass (nodes keep their
+  // names; fused kernels take their last node's name).
+  const planner::RankProgram& program() const { return program_; }
+  struct JitReport {
+    int64_t fused_nodes = 0, nodes_fused = 0;  // fused kernels; the nodes they replace
+    int64_t kernels = 0;                        // distinct fused kernels this rank runs
+    int64_t compiled = 0, disk_hits = 0;        // compiled by LLVM here; loaded from the disk cache
+    double compile_s = 0;                       // fusion and compilation
+    int64_t updates_in_place = 0;  // updates written over their variables (no copy after the step)
+  };
+  const JitReport& jit_report() const { return jit_report_; }
+  // Where microbatch `mb`'s part of an input goes (write before step()). Null data if the
+  // program does not read that input.
+  TensorRef input(std::string_view name, int64_t microbatch = 0);
+  // One optimizer step: the schedule's sections, then the variable updates. On failure
+  // aborts the communicator (so the other ranks stop) and rethrows.
+  void step();
+  // After step(): a scalar forward output (the loss) is the mean over microbatches, any
+  // other output its last microbatch's value. Null data if the program has no such output.
   TensorRef output(std::string_view name);
+  TensorRef variable(std::string_view name);  // null data if the program has none
+  // A value of the graph given (before fusion), after initialize(): a variable, constant
+  // or input (its last microbatch's slot), an output, or another value as the apply
+  // section reads it (the last microbatch's forward value, the accumulated gradient).
+  // Values that are none of these share arena space: their contents are meaningful only
+  // until a later value reuses it. Throws naming the node when the value has no buffer (it
+  // lives inside a fused kernel, or nothing the program computes needs it).
   TensorRef value(Value v);
   bool has_buffer(Value v) const;
-
-  // Copies every variable's current value into g's stored data, so that save_graph()
-  // embeds the trained parameters. g is this graph or a prefix of it (the model before
-  // training nodes were added); variables g does not have are skipped.
+  // Copies every variable's current value into g's stored data, by name, so that
+  // save_graph() embeds the trained parameters; variables g lacks or has in another type
+  // are skipped. (A sharded rank holds only its shards: LocalRun::gather_variable.)
   void export_variables(Graph& g) const;
+  const RankMemory& memory() const { return memory_; }
+  // The step's work in order, a line per item ("kernel fc2/grad/matmul (microbatch 1)",
+  // "launch all_reduce of 3 tensors [fc3/weight/grad, ...]", "wait all_reduce ..."): what
+  // runs on which stream and when, for tests and for reading a plan's execution.
+  std::string describe() const;
 
-  int64_t bytes_allocated() const { return bytes_allocated_; }
-  int64_t arena_bytes() const { return arena_bytes_; }  // the shared part of bytes_allocated
-
-  // With ExecutorOptions::profile: wall time per op type over all runs so far, largest
-  // first.
+  // With ExecutorOptions::profile: wall time per op type over all steps so far, largest
+  // first; and the same per node that runs (fused kernels under their last node's name),
+  // with its input and output shapes ("[256,784] [784,1024] -> [256,1024]").
   struct OpTime {
     std::string op;
     int64_t calls = 0;
     double ms = 0;
   };
   std::vector<OpTime> profile() const;
-  // The same per node that runs (fused kernels under their last node's name), with its
-  // input and output shapes ("[256,784] [784,1024] -> [256,1024]"), largest first.
   struct NodeTime {
     std::string node, op, shapes;
     int64_t calls = 0;
     double ms = 0;
   };
   std::vector<NodeTime> node_profile() const;
-  const Graph& graph() const { return source_; }
-  // The graph that runs: the fused graph with jit, else the one given.
-  const Graph& executed_graph() const { return graph_; }
 
-  struct JitReport {
-    int64_t fused_nodes = 0, nodes_fused = 0;  // fused kernels; the nodes they replace
-    int64_t kernels = 0;                        // distinct kernels among them
-    int64_t compiled = 0, disk_hits = 0;        // compiled by LLVM; loaded from the disk cache
-    double compile_s = 0;                       // fusion (constructor) and compilation (initialize())
-    int64_t updates_in_place = 0;  // updates written over their variables (no copy after the step)
-  };
-  const JitReport& jit_report() const { return jit_report_; }
+  struct Op;
+  struct CommTask;
+  struct Buffer;
 
  private:
-  struct Step {
-    KernelFn fn = nullptr;
-    const Node* node = nullptr;
-    std::vector<TensorRef> in, out;  // data pointers set by initialize()
-    FusedFn jit = nullptr;           // a fused node's compiled kernel
-    const ops::FusedKernelDesc* desc = nullptr;
-    std::vector<const float*> in_ptrs;  // for jit, set by initialize()
-    std::vector<float*> out_ptrs;
-    double ms = 0;  // accumulated when profiling
-    int64_t calls = 0;
-  };
-  struct Program {
-    std::string phase;
-    std::vector<int32_t> nodes;  // every node the program needs, in order
-    std::vector<Step> steps;
-    std::vector<Value> keep;     // outputs and update values: live to the end
-    std::vector<std::pair<TensorRef, TensorRef>> updates;  // (variable, new value)
-  };
-  // With jit: an update whose new value a fused kernel computes element by element from its
-  // variable, where nothing reads the variable after that kernel, is written over the
-  // variable (no buffer of its own, no copy after the step). Before compile_kernels().
+  Executor(std::unique_ptr<planner::RankProgram> owned, const planner::RankProgram* program, Communicator* comm,
+           ExecutorOptions options);
+  void build();
   void write_updates_in_place();
-  void compile_kernels();
-  void plan_and_allocate();
-  void* allocate(int64_t bytes, const Node& n);
-  void fill_source(int32_t node, const KernelCtx& ctx);
-  TensorRef ref(Value v) const;
-  Value run_value(Value source) const;  // a source value in the graph that runs (invalid: fused away)
+  void comm_loop();
+  void run_task(const CommTask& t);
+  void wait_event(int64_t event);
+  int32_t buffer_of(Value v) const;  // v of the program that runs; -1: none
 
-  const Graph& source_;
-  std::unique_ptr<FusedGraph> fused_;  // with jit
-  const Graph& graph_;                 // the graph that runs
-  ExecutorOptions options_;
-  std::vector<std::unique_ptr<ops::FusedKernelDesc>> descs_;  // per fused node, in node order
-  std::vector<FusedFn> fused_fns_;
-  std::vector<std::pair<Value, int32_t>> in_place_;  // (update value, its variable's node)
+  std::unique_ptr<planner::RankProgram> own_program_;  // a program moved in
+  const planner::RankProgram& source_;           // the program given
+  std::unique_ptr<InProcessWorld> solo_;         // the world of one, without a communicator
   JitReport jit_report_;
-  Parallel* parallel_;
-  std::vector<std::vector<void*>> buffers_;  // per node, per output; aliased for views
+  std::vector<std::vector<Value>> fused_values_;  // with jit: per source node and output, its value after fusion
+  std::unique_ptr<planner::RankProgram> fused_;   // with jit
+  const planner::RankProgram& program_;           // the program that runs
+  const Graph& graph_;
+  Communicator& comm_;
+  ExecutorOptions options_;
+  std::unique_ptr<Parallel> serial_;
+  Parallel* parallel_ = nullptr;
+  int64_t microbatches_ = 1;
+
+  std::vector<Buffer> buffers_;
+  std::vector<Op> ops_;
+  std::map<int32_t, std::pair<std::unique_ptr<ops::FusedKernelDesc>, FusedFn>> kernels_;  // per fused node
+  std::vector<CommTask> tasks_;  // in launch order; the same every step
+  std::vector<std::pair<int32_t, int32_t>> updates_;  // (variable buffer, value buffer)
+  std::vector<std::vector<int32_t>> input_slots_;     // per node: buffer per microbatch
+  std::vector<int32_t> output_buffer_;                // per node with a graph output, else -1
+  std::vector<int32_t> persistent_;                   // per node: its buffer, or -1
+  std::map<std::pair<int32_t, int32_t>, int32_t> read_by_apply_;  // root value -> the instance the apply section reads
   std::vector<std::unique_ptr<std::byte[], void (*)(std::byte*)>> owned_;
-  std::vector<Program> programs_;
-  int64_t bytes_allocated_ = 0;
-  int64_t arena_bytes_ = 0;
+  RankMemory memory_;
   bool initialized_ = false;
+
+  // The communication stream.
+  std::thread comm_thread_;
+  std::atomic<int64_t> launched_{0}, completed_{0};
+  std::atomic<bool> stop_{false}, failed_{false};
+  std::exception_ptr comm_error_;
+  int64_t steps_ = 0;
 };
 
 }  // namespace tessel::runtime

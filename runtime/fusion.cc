@@ -71,7 +71,13 @@ class Fuser {
       for (const Value& v : node.inputs) users_[static_cast<size_t>(v.node)].push_back(node.id);
     for (const NamedValue& o : g_.outputs()) kept_[static_cast<size_t>(o.value.node)] = true;
     for (const Update& u : g_.updates()) kept_[static_cast<size_t>(u.value.node)] = true;
-    for (const Node& node : g_.nodes()) place(node);
+    std::vector<Value> targets;
+    for (const NamedValue& o : g_.outputs()) targets.push_back(o.value);
+    for (const Update& u : g_.updates()) targets.push_back(u.value), targets.push_back(Value{u.variable, 0});
+    live_.assign(n, 0);
+    for (int32_t id : needed_nodes(g_, targets)) live_[static_cast<size_t>(id)] = 1;
+    for (const Node& node : g_.nodes())
+      if (live_[static_cast<size_t>(node.id)]) place(node);
     return build();
   }
 
@@ -370,6 +376,7 @@ class Fuser {
     fg.values.resize(static_cast<size_t>(g_.size()));
     for (const Node& n : g_.nodes()) fg.values[static_cast<size_t>(n.id)].assign(n.outputs.size(), Value{});
     for (const Node& n : g_.nodes()) {
+      if (!live_[static_cast<size_t>(n.id)]) continue;  // nothing needs it
       const int gi = group_[static_cast<size_t>(n.id)];
       if (gi >= 0) {
         if (groups_[static_cast<size_t>(gi)].nodes.back() == n.id) emit(gi, fg);  // merged groups are empty
@@ -398,6 +405,7 @@ class Fuser {
   const FusionOptions& o_;
   std::vector<Group> groups_;
   std::vector<int> group_;  // per node: its group, or -1
+  std::vector<char> live_;  // per node: an output or update needs it
   std::vector<Level> level_;
   std::vector<std::vector<int32_t>> users_;
   std::vector<bool> kept_;

@@ -46,6 +46,7 @@ struct FusedGraph {
   }
 };
 
+// Nodes no output or update needs are left out (their values map to invalid).
 FusedGraph fuse(const Graph& g, const FusionOptions& options = {});
 
 // An update's new value written over its variable: when fused node n (description d)

@@ -11,7 +11,7 @@
 
 namespace tessel::runtime {
 
-LocalRun::LocalRun(std::vector<planner::RankProgram> programs, const planner::PlanConfig& config, RankOptions options,
+LocalRun::LocalRun(std::vector<planner::RankProgram> programs, const planner::PlanConfig& config, ExecutorOptions options,
                    CommOptions comm, int threads)
     : programs_(std::move(programs)), config_(config), mesh_(planner::stage_mesh(config)) {
   const int64_t n = static_cast<int64_t>(programs_.size());
@@ -48,25 +48,25 @@ LocalRun::LocalRun(std::vector<planner::RankProgram> programs, const planner::Pl
   start_ranks(comm_of, options, threads);
 }
 
-void LocalRun::start_ranks(const std::vector<Communicator*>& comm_of, const RankOptions& options, int threads) {
+void LocalRun::start_ranks(const std::vector<Communicator*>& comm_of, const ExecutorOptions& options, int threads) {
   // The cores are shared: each rank's kernels get an equal part of them.
   const int64_t n = static_cast<int64_t>(comm_of.size());
   const int cores = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   const int per_rank = std::max<int>(1, cores / static_cast<int>(n));
   for (int64_t i = 0; i < n; ++i) {
-    RankOptions o = options;
+    ExecutorOptions o = options;
     o.recompute = config_.recompute;
     if (!o.parallel && per_rank > 1) {
       pools_.push_back(std::make_unique<ThreadPool>(per_rank));
       o.parallel = pools_.back().get();
     }
-    ranks_.push_back(std::make_unique<RankExecutor>(programs_[static_cast<size_t>(first_ + i)], *comm_of[static_cast<size_t>(i)], o));
+    ranks_.push_back(std::make_unique<Executor>(programs_[static_cast<size_t>(first_ + i)], *comm_of[static_cast<size_t>(i)], o));
   }
   for (int64_t r = 0; r < ranks(); ++r) world_group_.push_back(r);
 }
 
 LocalRun::LocalRun(std::vector<planner::RankProgram> programs, const planner::PlanConfig& config, int64_t rank,
-                   std::unique_ptr<Communicator> comm, RankOptions options, int threads)
+                   std::unique_ptr<Communicator> comm, ExecutorOptions options, int threads)
     : programs_(std::move(programs)), config_(config), mesh_(planner::stage_mesh(config)), first_(rank) {
   const int64_t n = static_cast<int64_t>(programs_.size());
   if (n != config.devices())
@@ -330,8 +330,8 @@ std::vector<std::byte> LocalRun::gather_variable(std::string_view name, const Te
   return whole;
 }
 
-std::vector<RankExecutor::JitReport> LocalRun::jit_reports() const {
-  std::vector<RankExecutor::JitReport> v;
+std::vector<Executor::JitReport> LocalRun::jit_reports() const {
+  std::vector<Executor::JitReport> v;
   for (auto& r : ranks_) v.push_back(r->jit_report());
   return v;
 }

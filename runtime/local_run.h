@@ -1,5 +1,5 @@
 // The ranks of a plan that this process runs: all of them, on N simulated devices (one
-// RankExecutor per rank, each in its own thread, talking through the engine
+// Executor per rank, each in its own thread, talking through the engine
 // CommOptions::engine names: the in-process communicator, or Gloo over loopback TCP as
 // separate processes would), or one of them, with the others in other processes (one
 // process per rank: runtime/process_env.h). Feeds each of its ranks its part of the batch
@@ -21,19 +21,19 @@
 
 #include "planner/partition.h"
 #include "runtime/inprocess_comm.h"
-#include "runtime/rank_executor.h"
+#include "runtime/executor.h"
 
 namespace tessel::runtime {
 
 class LocalRun {
  public:
   // programs: partition(graph, config). `threads`: cores to share among the ranks (0: all).
-  LocalRun(std::vector<planner::RankProgram> programs, const planner::PlanConfig& config, RankOptions options = {},
+  LocalRun(std::vector<planner::RankProgram> programs, const planner::PlanConfig& config, ExecutorOptions options = {},
            CommOptions comm = {}, int threads = 0);
   // Rank `rank` of the plan, the others being other processes that `comm` (this rank's
   // endpoint) reaches. Checks, before anything else, that every rank runs the same plan.
   LocalRun(std::vector<planner::RankProgram> programs, const planner::PlanConfig& config, int64_t rank,
-           std::unique_ptr<Communicator> comm, RankOptions options = {}, int threads = 0);
+           std::unique_ptr<Communicator> comm, ExecutorOptions options = {}, int threads = 0);
   ~LocalRun();
 
   // capacity_bytes > 0: fail before the first step if any rank's memory plan exceeds it.
@@ -59,9 +59,9 @@ class LocalRun {
   int64_t first_rank() const { return first_; }
   bool spans_processes() const { return static_cast<int64_t>(ranks_.size()) < ranks(); }
   std::vector<RankMemory> memory() const;
-  std::vector<RankExecutor::JitReport> jit_reports() const;
+  std::vector<Executor::JitReport> jit_reports() const;
   // This process's i-th rank (global rank first_rank() + i).
-  const RankExecutor& rank(int64_t i) const { return *ranks_.at(static_cast<size_t>(i)); }
+  const Executor& rank(int64_t i) const { return *ranks_.at(static_cast<size_t>(i)); }
   int64_t local_ranks() const { return static_cast<int64_t>(ranks_.size()); }
 
  private:
@@ -71,11 +71,11 @@ class LocalRun {
   std::unique_ptr<InProcessWorld> world_;          // comm.engine "inprocess"
   std::vector<std::unique_ptr<Communicator>> comms_;  // "gloo": one endpoint per rank
   std::vector<std::unique_ptr<Parallel>> pools_;
-  std::vector<std::unique_ptr<RankExecutor>> ranks_;  // global ranks first_, first_ + 1, ...
+  std::vector<std::unique_ptr<Executor>> ranks_;  // global ranks first_, first_ + 1, ...
   int64_t first_ = 0;
   std::vector<int64_t> world_group_;  // 0 .. ranks() - 1
   void check_same_plan();
-  void start_ranks(const std::vector<Communicator*>& comm_of, const RankOptions& options, int threads);
+  void start_ranks(const std::vector<Communicator*>& comm_of, const ExecutorOptions& options, int threads);
 
   // One thread per rank for the whole run (a step starts no thread and allocates nothing).
   void worker(size_t r);

@@ -28,8 +28,7 @@ int cmd_export(int argc, char** argv) {
   if (args.has("--with-params")) {
     runtime::ExecutorOptions eo;
     eo.seed = static_cast<uint64_t>(args.i64("--seed", 0));
-    runtime::Executor ex(g, eo);
-    ex.prepare({"", {"loss"}});
+    runtime::Executor ex(planner::one_device(g, {"loss"}, ""), eo);
     ex.initialize();
     ex.export_variables(g);
   }

@@ -13,6 +13,7 @@
 #include "frontend/models.h"
 #include "graph/serialize.h"
 #include "ops/registry.h"
+#include "planner/partition.h"
 #include "runtime/executor.h"
 
 namespace tessel {
@@ -218,12 +219,11 @@ TEST(Cli, SaveAndReloadGivesBitIdenticalOutputs) {
     Graph& g = b.model->graph();
     runtime::ExecutorOptions o;
     o.seed = 7;
-    runtime::Executor ex(g, o);
-    int p = ex.prepare({"", {"logits"}});
+    runtime::Executor ex(planner::one_device(g, {"logits"}, ""), o);
     ex.initialize();
     TensorRef tok = ex.input("tokens");
     for (int64_t i = 0; i < tok.numel; ++i) tok.as<int32_t>()[i] = static_cast<int32_t>((i * 37) % 256);
-    ex.run(p);
+    ex.step();
     TensorRef a = ex.output("logits");
     std::vector<std::byte> before(static_cast<std::byte*>(a.data), static_cast<std::byte*>(a.data) + a.bytes());
     ex.export_variables(g);
@@ -235,12 +235,11 @@ TEST(Cli, SaveAndReloadGivesBitIdenticalOutputs) {
     Graph loaded = load_graph(path, ops::registry());
     runtime::ExecutorOptions o2;
     o2.seed = 12345;  // stored values win over initializers
-    runtime::Executor ex2(loaded, o2);
-    int p2 = ex2.prepare({"", {"logits"}});
+    runtime::Executor ex2(planner::one_device(loaded, {"logits"}, ""), o2);
     ex2.initialize();
     TensorRef tok2 = ex2.input("tokens");
     for (int64_t i = 0; i < tok2.numel; ++i) tok2.as<int32_t>()[i] = static_cast<int32_t>((i * 37) % 256);
-    ex2.run(p2);
+    ex2.step();
     TensorRef c = ex2.output("logits");
     ASSERT_EQ(c.bytes(), a.bytes());
     EXPECT_EQ(std::memcmp(before.data(), c.data, before.size()), 0) << (text ? "text" : "binary");

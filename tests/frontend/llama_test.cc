@@ -19,6 +19,7 @@
 #include "graph/serialize.h"
 #include "ops/registry.h"
 #include "planner/cost.h"
+#include "planner/partition.h"
 #include "runtime/executor.h"
 #include "tests/e2e/cli_util.h"
 
@@ -96,15 +97,17 @@ double grad_check(const std::string& what, const std::function<Tensor(Model&)>& 
   }
   g.verify();
   SerialParallel serial;
-  runtime::Executor ex(g, {.seed = seed, .use_blas = false, .jit = false, .parallel = &serial});
-  const int p_loss = ex.prepare({"", {"loss"}});
-  const int p_all = ex.prepare({"", outs});
+  // The gradients once; the loss alone (a program of its own) for the differences.
+  const runtime::ExecutorOptions eo{.seed = seed, .use_blas = false, .jit = false, .parallel = &serial};
+  runtime::Executor all(planner::one_device(g, outs, ""), eo), ex(planner::one_device(g, {"loss"}, ""), eo);
+  all.initialize();
   ex.initialize();
+  fill_all(all, g, seed);
   fill_all(ex, g, seed);
-  ex.run(p_all);
+  all.step();
   std::vector<std::vector<double>> analytic;
   for (size_t k = 0; k < wrt.size(); ++k) {
-    TensorRef a = ex.output("grad:" + names[k]);
+    TensorRef a = all.output("grad:" + names[k]);
     analytic.emplace_back(a.as<double>(), a.as<double>() + a.numel);
   }
   const double* f = ex.output("loss").as<double>();
@@ -119,7 +122,7 @@ double grad_check(const std::string& what, const std::function<Tensor(Model&)>& 
       const double x0 = x[j], h = 1e-3 * std::max(1.0, std::fabs(x0));
       auto loss_at = [&](double dx) {
         x[j] = x0 + dx;
-        ex.run(p_loss);
+        ex.step();
         return f[0];
       };
       const double d1 = loss_at(h) - loss_at(-h), d2 = loss_at(2 * h) - loss_at(-2 * h);
@@ -222,11 +225,10 @@ std::unique_ptr<Ran> run_once(Model& m, const Tensor& out, uint64_t seed) {
   auto r = std::make_unique<Ran>();
   m.output("out", out);
   const runtime::ExecutorOptions o{.seed = seed, .use_blas = false, .jit = false, .parallel = &r->serial};
-  r->ex = std::make_unique<runtime::Executor>(m.graph(), o);
-  const int p = r->ex->prepare({"", {"out"}});
+  r->ex = std::make_unique<runtime::Executor>(planner::one_device(m.graph(), {"out"}, ""), o);
   r->ex->initialize();
   fill_all(*r->ex, m.graph(), seed);
-  r->ex->run(p);
+  r->ex->step();
   return r;
 }
 

@@ -10,6 +10,7 @@
 #include "frontend/optim.h"
 #include "frontend/tensor.h"
 #include "graph/error.h"
+#include "planner/partition.h"
 #include "runtime/executor.h"
 
 namespace tessel {
@@ -51,9 +52,10 @@ std::vector<double> ref_grad(const std::vector<double>& w, const std::vector<dou
   return g;
 }
 
-void feed(runtime::Executor& ex, const std::vector<double>& x, const std::vector<double>& y, int64_t off, int64_t n) {
-  std::copy(x.begin() + off * 3, x.begin() + (off + n) * 3, ex.input("x").as<double>());
-  std::copy(y.begin() + off * 2, y.begin() + (off + n) * 2, ex.input("y").as<double>());
+void feed(runtime::Executor& ex, const std::vector<double>& x, const std::vector<double>& y, int64_t off, int64_t n,
+          int64_t microbatch = 0) {
+  std::copy(x.begin() + off * 3, x.begin() + (off + n) * 3, ex.input("x", microbatch).as<double>());
+  std::copy(y.begin() + off * 2, y.begin() + (off + n) * 2, ex.input("y", microbatch).as<double>());
 }
 
 std::vector<double> weights(runtime::Executor& ex, const Regression& r) {
@@ -71,14 +73,13 @@ TEST(Optim, SgdMomentumMatchesReference) {
   c.weight_decay = 0.01;
   add_training(r.m->graph(), "loss", c);
   r.m->graph().verify();
-  runtime::Executor ex(r.m->graph());
-  int p = ex.prepare({"train", {"loss"}});
+  runtime::Executor ex(planner::one_device(r.m->graph(), {"loss"}, "train"));
   ex.initialize();
   std::vector<double> w(6, 0.5), v(6, 0);
   for (int step = 0; step < 5; ++step) {
     auto x = data(B * 3, step), y = data(B * 2, 100 + step);
     feed(ex, x, y, 0, B);
-    ex.run(p);
+    ex.step();
     auto g = ref_grad(w, x, y, B);
     for (int i = 0; i < 6; ++i) {
       double gi = g[i] + c.weight_decay * w[i];
@@ -98,14 +99,13 @@ TEST(Optim, AdamWMatchesReference) {
   c.lr = 0.01;
   c.weight_decay = 0.1;
   add_training(r.m->graph(), "loss", c);
-  runtime::Executor ex(r.m->graph());
-  int p = ex.prepare({"train", {"loss"}});
+  runtime::Executor ex(planner::one_device(r.m->graph(), {"loss"}, "train"));
   ex.initialize();
   std::vector<double> w(6, 0.5), m(6, 0), v(6, 0);
   for (int t = 1; t <= 6; ++t) {
     auto x = data(B * 3, t), y = data(B * 2, 50 + t);
     feed(ex, x, y, 0, B);
-    ex.run(p);
+    ex.step();
     auto g = ref_grad(w, x, y, B);
     for (int i = 0; i < 6; ++i) {
       m[i] = c.beta1 * m[i] + (1 - c.beta1) * g[i];
@@ -119,6 +119,8 @@ TEST(Optim, AdamWMatchesReference) {
 }
 
 TEST(Optim, GradientAccumulationEqualsOneBigBatch) {
+  // One device accumulating K microbatches of B/K per step (the executor averages their
+  // gradients before the update) moves the weights as one batch of B does.
   const int64_t B = 12, K = 3;
   Regression big(B), small(B / K);
   OptimizerConfig c;
@@ -126,24 +128,18 @@ TEST(Optim, GradientAccumulationEqualsOneBigBatch) {
   c.lr = 0.2;
   c.momentum = 0.5;
   add_training(big.m->graph(), "loss", c);
-  c.accumulate = K;
-  TrainingPhases ph = add_training(small.m->graph(), "loss", c);
-  EXPECT_EQ(ph.micro, "micro");
-  EXPECT_EQ(ph.apply, "apply");
-  runtime::Executor a(big.m->graph()), b(small.m->graph());
-  int pa = a.prepare({"train", {"loss"}});
-  int pm = b.prepare({"micro", {"loss"}}), pp = b.prepare({"apply", {}});
+  add_training(small.m->graph(), "loss", c);
+  runtime::Executor a(planner::one_device(big.m->graph())), b(planner::one_device(small.m->graph(), K));
+  EXPECT_EQ(b.microbatches(), K);
   a.initialize();
   b.initialize();
   for (int step = 0; step < 4; ++step) {
     auto x = data(B * 3, step), y = data(B * 2, 9 + step);
     feed(a, x, y, 0, B);
-    a.run(pa);
-    for (int64_t k = 0; k < K; ++k) {
-      feed(b, x, y, k * (B / K), B / K);
-      b.run(pm);
-    }
-    b.run(pp);
+    a.step();
+    for (int64_t k = 0; k < K; ++k) feed(b, x, y, k * (B / K), B / K, k);
+    b.step();
+    EXPECT_NEAR(a.output("loss").as<double>()[0], b.output("loss").as<double>()[0], 1e-6) << "step " << step;
     auto wa = weights(a, big), wb = weights(b, small);
     for (int i = 0; i < 6; ++i) EXPECT_NEAR(wa[i], wb[i], 1e-6) << "step " << step;
   }
@@ -156,12 +152,11 @@ TEST(Optim, ClippingBoundsTheUpdate) {
   c.lr = 1.0;
   c.clip_norm = 1e-3;
   add_training(r.m->graph(), "loss", c);
-  runtime::Executor ex(r.m->graph());
-  int p = ex.prepare({"train", {"loss", "grad_norm"}});
+  runtime::Executor ex(planner::one_device(r.m->graph(), {"loss", "grad_norm"}, "train"));
   ex.initialize();
   auto x = data(B * 3, 1), y = data(B * 2, 2);
   feed(ex, x, y, 0, B);
-  ex.run(p);
+  ex.step();
   auto w = weights(ex, r);
   double moved = 0;
   for (double e : w) moved += (e - 0.5) * (e - 0.5);
@@ -178,12 +173,11 @@ TEST(Optim, CosineScheduleWithWarmup) {
   c.total_steps = 6;
   c.min_lr = 0.1;
   add_training(r.m->graph(), "loss", c);
-  runtime::Executor ex(r.m->graph());
-  int p = ex.prepare({"train", {"lr"}});
+  runtime::Executor ex(planner::one_device(r.m->graph(), {"lr"}, "train"));
   ex.initialize();
   std::vector<double> lrs;
   for (int i = 0; i < 7; ++i) {
-    ex.run(p);
+    ex.step();
     lrs.push_back(ex.output("lr").as<float>()[0]);
   }
   EXPECT_NEAR(lrs[0], 0.5, 1e-6);  // warmup: (step+1)/warmup

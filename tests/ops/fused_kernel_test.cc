@@ -8,6 +8,7 @@
 #include "ops/emit.h"
 #include "ops/fused.h"
 #include "ops/registry.h"
+#include "planner/partition.h"
 #include "runtime/executor.h"
 #include "runtime/fusion.h"
 #include "harness.h"
@@ -18,8 +19,7 @@ namespace {
 // Runs g's output "out" on the reference kernels, with inputs drawn from seed.
 HostTensor run_graph(const Graph& g, const std::vector<std::pair<std::string, Shape>>& inputs, uint64_t seed) {
   SerialParallel serial;
-  runtime::Executor ex(g, {.jit = false, .parallel = &serial});
-  const int p = ex.prepare({"", {"out"}});
+  runtime::Executor ex(planner::one_device(g, {"out"}, ""), {.jit = false, .parallel = &serial});
   ex.initialize();
   Rng rng(seed);
   for (auto& [name, shape] : inputs) {
@@ -27,7 +27,7 @@ HostTensor run_graph(const Graph& g, const std::vector<std::pair<std::string, Sh
     const auto id = g.find(name);
     if (id && ex.has_buffer(Value{*id, 0})) store(ex.input(name), t);  // softmax reads no gamma
   }
-  ex.run(p);
+  ex.step();
   return load(ex.output("out"));
 }
 

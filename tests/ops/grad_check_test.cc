@@ -21,6 +21,7 @@
 #include "graph/autodiff.h"
 #include "ops/emit.h"
 #include "ops/registry.h"
+#include "planner/partition.h"
 #include "runtime/executor.h"
 #include "tests/ops/harness.h"
 
@@ -338,27 +339,32 @@ TEST_P(GradCheck, MatchesCentralDifferences) {
   g.verify();  // autodiff's output must pass the verifier (STYLE rule 8)
 
   SerialParallel serial;
-  runtime::Executor ex(g, {.seed = 7, .use_blas = false, .parallel = &serial});
-  const int p_loss = ex.prepare({"", {"loss"}});
-  const int p_all = ex.prepare({"", outs});
+  // The gradients once; the loss alone (a program of its own) for the differences.
+  const runtime::ExecutorOptions eo{.seed = 7, .use_blas = false, .parallel = &serial};
+  runtime::Executor all(planner::one_device(g, outs, ""), eo), ex(planner::one_device(g, {"loss"}, ""), eo);
+  all.initialize();
   ex.initialize();
   Rng rng(name_seed(c.name));
   const std::vector<HostTensor> data = case_data(c, rng);
-  for (size_t i = 0; i < c.inputs.size(); ++i) store(ex.input(c.inputs[i].name), data[i]);
-  store(ex.input("W"), random_tensor(rng, DType::f64, e.shape(out), -1, 1));
-  ex.run(p_all);
+  const HostTensor w_data = random_tensor(rng, DType::f64, e.shape(out), -1, 1);
+  for (runtime::Executor* x : {&all, &ex}) {
+    for (size_t i = 0; i < c.inputs.size(); ++i)
+      if (const TensorRef t = x->input(c.inputs[i].name); t.data) store(t, data[i]);
+    store(x->input("W"), w_data);
+  }
+  all.step();
 
   std::vector<HostTensor> analytic;
   for (size_t k = 0; k < diff.size(); ++k) {
     const In& in = c.inputs[diff[k]];
-    analytic.push_back(grads[k].valid() ? load(ex.output("grad_" + in.name))
+    analytic.push_back(grads[k].valid() ? load(all.output("grad_" + in.name))
                                         : zeros(in.dt, in.shape));
     ASSERT_EQ(analytic.back().shape, in.shape) << in.name;
   }
 
   const TensorRef loss_ref = ex.output("loss");
   auto f = [&] {
-    ex.run(p_loss);
+    ex.step();
     return loss_ref.as<const double>()[0];
   };
   for (size_t k = 0; k < diff.size(); ++k) {
@@ -413,10 +419,9 @@ TEST(GradCheckDropout, GradientIsTheMask) {
   g.set_output("grad", grad);
   g.set_output("mask", e.dropout_mask(counter, {50, 20}, p, 99, DType::f64));
   SerialParallel serial;
-  runtime::Executor ex(g, {.seed = 5, .use_blas = false, .parallel = &serial});
-  const int prog = ex.prepare({"", {"grad", "mask"}});
+  runtime::Executor ex(planner::one_device(g), {.seed = 5, .use_blas = false, .parallel = &serial});
   ex.initialize();
-  ex.run(prog);  // the gradient does not read x
+  ex.step();  // the gradient does not read x
   const HostTensor gr = load(ex.output("grad")), mask = load(ex.output("mask"));
   EXPECT_TRUE(all_close(gr, mask, 0, 0));
   int zeros_seen = 0, kept_seen = 0;

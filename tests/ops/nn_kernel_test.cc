@@ -10,6 +10,7 @@
 #include "graph/error.h"
 #include "ops/emit.h"
 #include "ops/registry.h"
+#include "planner/partition.h"
 #include "runtime/executor.h"
 #include "tests/ops/harness.h"
 
@@ -240,8 +241,7 @@ HostTensor init_parameter(const std::string& name, Shape shape, ops::Init init, 
   for (int i = 0; i < before; ++i)
     e.parameter("other" + std::to_string(i), {3}, ops::Init::normal, 1);
   g.set_output("w", e.parameter(name, std::move(shape), init, scale, dt));
-  runtime::Executor ex(g, {.seed = seed, .use_blas = false, .parallel = par});
-  ex.prepare({"", {"w"}});
+  runtime::Executor ex(planner::one_device(g, {"w"}, ""), {.seed = seed, .use_blas = false, .parallel = par});
   ex.initialize();
   return load(ex.output("w"));
 }
@@ -316,15 +316,14 @@ TEST(KernelSource, StateConstantInput) {
       g.set_output("c", c);
       g.set_output("stored", stored);
       g.set_output("x", x);
-      runtime::Executor ex(g, {.seed = 0, .use_blas = false, .parallel = p});
-      const int prog = ex.prepare({"", {"s", "c", "stored", "x"}});
+      runtime::Executor ex(planner::one_device(g, {"s", "c", "stored", "x"}, ""), {.seed = 0, .use_blas = false, .parallel = p});
       ex.initialize();
       Rng rng(33);
       const HostTensor xv = dt == DType::boolean ? index_tensor(rng, dt, {7, 13}, 0, 1)
                                                  : random_tensor(rng, dt, {7, 13});
       store(ex.input("x"), xv);
-      ex.run(prog);
-      ex.run(prog);
+      ex.step();
+      ex.step();
       for (double v : load(ex.output("s")).v) ASSERT_EQ(v, 1.0) << dtype_name(dt);
       for (double v : load(ex.output("c")).v)
         ASSERT_EQ(v, dt == DType::boolean ? 1.0 : -3.0) << dtype_name(dt);
@@ -340,8 +339,7 @@ TEST(KernelSource, StateConstantInput) {
   std::memcpy(bytes.data(), data, sizeof data);
   g.set_data(c.node, bytes);
   g.set_output("c", c);
-  runtime::Executor ex(g, {.seed = 0, .use_blas = false, .parallel = &par.serial});
-  ex.prepare({"", {"c"}});
+  runtime::Executor ex(planner::one_device(g, {"c"}, ""), {.seed = 0, .use_blas = false, .parallel = &par.serial});
   ex.initialize();
   EXPECT_EQ(load(ex.output("c")).v, (std::vector<double>{1.5, -2.5, 4}));
 }
@@ -416,21 +414,19 @@ TEST(KernelCollective, GroupOfOneIsLocalLargerNeedsTheRuntime) {
   g.set_output("local", ar);
   g.set_output("big", big);
   g.set_output("sent", sent);
-  runtime::Executor ex(g);
-  int local = ex.prepare({"", {"local"}});
-  int p_big = ex.prepare({"", {"big"}});
-  int p_send = ex.prepare({"", {"sent"}});
+  runtime::Executor ex(planner::one_device(g, {"local"}, ""));
   ex.initialize();
   float* in = ex.input("x").as<float>();
   for (int i = 0; i < 24; ++i) in[i] = static_cast<float>(i);
-  ex.run(local);
+  ex.step();
   for (int i = 0; i < 24; ++i) EXPECT_EQ(ex.output("local").as<float>()[i], static_cast<float>(i));
-  for (int p : {p_big, p_send}) {
+  for (const std::string out : {"big", "sent"}) {
     try {
-      ex.run(p);
-      FAIL();
+      runtime::Executor alone(planner::one_device(g, {out}, ""));
+      FAIL() << out;
     } catch (const Error& err) {
-      EXPECT_THAT(err.what(), ::testing::HasSubstr("multi-device runtime"));
+      EXPECT_THAT(err.what(), ::testing::HasSubstr("a world of several ranks")) << out;
+      EXPECT_THAT(err.what(), ::testing::HasSubstr(out == "big" ? "all_reduce" : "send")) << out;
     }
   }
 }

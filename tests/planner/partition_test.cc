@@ -266,13 +266,12 @@ void check_equivalence(const Case& k) {
   // One device.
   runtime::ExecutorOptions eo;
   eo.seed = 11;
-  runtime::Executor one(g, eo);
   std::vector<std::string> outs{"loss"};
   if (k.clip_norm > 0) outs.push_back("grad_norm");
-  int prog = one.prepare({"train", outs});
+  runtime::Executor one(planner::one_device(g, outs, "train"), eo);
   one.initialize();
   for (auto& [name, td] : inputs) std::memcpy(one.input(name).data, td.second.data(), td.second.size());
-  one.run(prog);
+  one.step();
   const float loss = one.output("loss").as<float>()[0];
   if (k.clip_norm > 0) {
     EXPECT_GT(one.output("grad_norm").as<float>()[0], 2 * k.clip_norm) << "the clip must bite";

@@ -312,7 +312,7 @@ INSTANTIATE_TEST_SUITE_P(Engines, Comm, ::testing::Values("inprocess", "gloo"),
 // that made it, and stops the rank waiting on it with the reason; an abort reaches a rank
 // blocked on the aborting one through the rendezvous store; bad shapes are refused before
 // anything moves.
-// Groups made before the first step (connect_groups, as RankExecutor calls it: each rank its
+// Groups made before the first step (connect_groups, as Executor calls it: each rank its
 // own groups, in lexicographic order) serve the collectives after; a member that never comes
 // to make one fails the others within the timeout, naming the group.
 TEST_P(Comm, GroupsConnectedUpFrontServeTheCollectives) {

@@ -49,20 +49,19 @@ TEST(Executor, NoHeapAllocationInTheStepLoop) {
     runtime::ThreadPool pool(2);
     runtime::ExecutorOptions o;
     o.parallel = &pool;
-    runtime::Executor ex(b.model->graph(), o);
-    int p = ex.prepare({"train", {"loss"}});
+    runtime::Executor ex(planner::one_device(b.model->graph(), {"loss"}, "train"), o);
     ex.initialize();
     // Valid labels / tokens (zero-filled inputs are fine for the rest).
     for (auto& name : b.inputs) {
       TensorRef t = ex.input(name);
       std::memset(t.data, 0, static_cast<size_t>(t.bytes()));
     }
-    ex.run(p);  // warm-up
-    const int64_t bytes = ex.bytes_allocated();
+    ex.step();  // warm-up
+    const int64_t bytes = ex.memory().total();
     const int64_t before = g_allocs.load();
-    for (int i = 0; i < 5; ++i) ex.run(p);
+    for (int i = 0; i < 5; ++i) ex.step();
     EXPECT_EQ(g_allocs.load() - before, 0) << spec;
-    EXPECT_EQ(ex.bytes_allocated(), bytes);
+    EXPECT_EQ(ex.memory().total(), bytes);
     EXPECT_TRUE(std::isfinite(ex.output("loss").as<float>()[0]));
   }
 }
@@ -112,8 +111,7 @@ TEST(Executor, ReshapeAliasesItsInput) {
   Tensor x = m.input("x", {2, 3});
   Tensor y = reshape(x, {3, 2});
   m.output("y", y);
-  runtime::Executor ex(m.graph());
-  ex.prepare({"", {"y"}});
+  runtime::Executor ex(planner::one_device(m.graph(), {"y"}, ""));
   ex.initialize();
   EXPECT_EQ(ex.input("x").data, ex.output("y").data);
 }
@@ -127,10 +125,9 @@ TEST(Executor, UpdatesAreSimultaneous) {
   Value a_copy = e.add(a, 0.0), b_copy = e.add(b, 0.0);
   m.graph().add_update(a.node, b_copy, "swap");
   m.graph().add_update(b.node, a_copy, "swap");
-  runtime::Executor ex(m.graph());
-  int p = ex.prepare({"swap", {}});
+  runtime::Executor ex(planner::one_device(m.graph(), {}, "swap"));
   ex.initialize();
-  ex.run(p);
+  ex.step();
   EXPECT_EQ(ex.value(a).as<float>()[0], 2);
   EXPECT_EQ(ex.value(b).as<float>()[0], 1);
 }
@@ -160,11 +157,8 @@ TEST(Executor, UpdatesAreWrittenOverTheirVariables) {
   const Graph& g = b.model->graph();
   runtime::ExecutorOptions ref_options;
   ref_options.jit = false;
-  runtime::Executor jit(g), ref(g, ref_options);
-  for (runtime::Executor* ex : {&jit, &ref}) {
-    ex->prepare({"train", {"loss"}});
-    ex->initialize();
-  }
+  runtime::Executor jit(planner::one_device(g)), ref(planner::one_device(g), ref_options);
+  for (runtime::Executor* ex : {&jit, &ref}) ex->initialize();
   int64_t tensors = 0;  // the parameters and their moments (the step counters are scalars)
   for (auto& u : g.updates()) {
     if (g.type(u.value).numel() == 1) continue;
@@ -177,8 +171,8 @@ TEST(Executor, UpdatesAreWrittenOverTheirVariables) {
   for (int step = 0; step < 3; ++step) {
     fill_inputs(jit, b.inputs, step);
     fill_inputs(ref, b.inputs, step);
-    jit.run(0);
-    ref.run(0);
+    jit.step();
+    ref.step();
     EXPECT_NEAR(jit.output("loss").as<float>()[0], ref.output("loss").as<float>()[0], 1e-5) << "step " << step;
     for (auto& u : g.updates()) {
       const TensorRef x = jit.value(Value{u.variable, 0}), y = ref.value(Value{u.variable, 0});
@@ -204,20 +198,19 @@ TEST(Executor, AnUpdateIsNotWrittenOverAVariableStillToBeRead) {
     if (read_after) y = e.matmul(x, w);  // after the update kernel
     m.graph().add_update(w.node, w_new, "train");
     m.graph().set_output("y", y);
-    runtime::Executor ex(m.graph());
-    const int train = ex.prepare({"train", {"y"}});
+    runtime::Executor ex(planner::one_device(m.graph(), {"y"}, "train"));
     ex.initialize();
     EXPECT_EQ(ex.jit_report().updates_in_place, read_after ? 0 : 1) << "read after: " << read_after;
     for (int64_t i = 0; i < 16; ++i) ex.input("x").as<float>()[i] = 1;
     // w = 1, 0.5, 0 before steps 0, 1, 2; y reads w before this step's update.
     for (int step = 0; step < 2; ++step) {
-      ex.run(train);
+      ex.step();
       EXPECT_EQ(ex.output("y").as<float>()[5], 4 * (1 - 0.5f * static_cast<float>(step)))
           << "read after: " << read_after << ", step " << step;
       EXPECT_EQ(ex.value(w).as<float>()[5], 1 - 0.5f * static_cast<float>(step + 1));
     }
   }
-  // A second program computes the new value without applying the update.
+  // A program that computes the new value without applying the update.
   Model m;
   ops::Emitter e = m.emit(SourceLoc::current());
   Value w = e.state("w", {8}, DType::f32, 1);
@@ -225,31 +218,32 @@ TEST(Executor, AnUpdateIsNotWrittenOverAVariableStillToBeRead) {
   Value w_new = e.sub(w, e.mul(x, 0.5));
   m.graph().add_update(w.node, w_new, "train");
   m.graph().set_output("w_new", w_new);
-  runtime::Executor ex(m.graph());
-  const int train = ex.prepare({"train", {}});
-  const int peek = ex.prepare({"", {"w_new"}});
-  ex.initialize();
-  EXPECT_EQ(ex.jit_report().updates_in_place, 0);
-  for (int64_t i = 0; i < 8; ++i) ex.input("x").as<float>()[i] = 1;
-  ex.run(peek);
-  EXPECT_EQ(ex.value(w).as<float>()[3], 1.f) << "peeking at the new value changed the variable";
-  EXPECT_EQ(ex.output("w_new").as<float>()[3], 0.5f);
-  ex.run(train);
-  EXPECT_EQ(ex.value(w).as<float>()[3], 0.5f);
+  runtime::Executor peek(planner::one_device(m.graph(), {"w_new"}, "")), train(planner::one_device(m.graph(), {}, "train"));
+  peek.initialize();
+  train.initialize();
+  EXPECT_EQ(peek.jit_report().updates_in_place, 0);
+  EXPECT_EQ(train.jit_report().updates_in_place, 1);
+  for (runtime::Executor* ex : {&peek, &train})
+    for (int64_t i = 0; i < 8; ++i) ex->input("x").as<float>()[i] = 1;
+  peek.step();
+  EXPECT_EQ(peek.value(w).as<float>()[3], 1.f) << "peeking at the new value changed the variable";
+  EXPECT_EQ(peek.output("w_new").as<float>()[3], 0.5f);
+  train.step();
+  EXPECT_EQ(train.value(w).as<float>()[3], 0.5f);
 }
 
 TEST(Executor, UnknownOutputsAndPhasesAreNamed) {
   auto b = models::from_spec("mlp:4-2", 2);
-  runtime::Executor ex(b.model->graph());
   try {
-    ex.prepare({"", {"logitz"}});
+    planner::one_device(b.model->graph(), {"logitz"}, "");
     FAIL();
   } catch (const Error& e) {
     EXPECT_THAT(e.what(), ::testing::HasSubstr("'logitz'"));
     EXPECT_THAT(e.what(), ::testing::HasSubstr("logits"));
   }
-  EXPECT_THROW(ex.prepare({"train", {"loss"}}), Error);  // no optimizer added
-  EXPECT_THROW(ex.run(0), Error);
+  EXPECT_THROW(planner::one_device(b.model->graph(), {"loss"}, "train"), Error);  // no optimizer added
+  runtime::Executor ex(planner::one_device(b.model->graph(), {"loss"}, ""));
+  EXPECT_THROW(ex.step(), Error);  // before initialize()
 }
 
 TEST(Executor, KernelErrorsPropagateFromWorkerThreads) {
@@ -260,14 +254,13 @@ TEST(Executor, KernelErrorsPropagateFromWorkerThreads) {
   runtime::ThreadPool pool(2);
   runtime::ExecutorOptions o;
   o.parallel = &pool;
-  runtime::Executor ex(m.graph(), o);
-  int p = ex.prepare({"", {"out"}});
+  runtime::Executor ex(planner::one_device(m.graph(), {"out"}, ""), o);
   ex.initialize();
   int32_t* ids = ex.input("idx").as<int32_t>();
   for (int i = 0; i < 100000; ++i) ids[i] = i % 10;
   ids[99999] = 12;
   try {
-    ex.run(p);
+    ex.step();
     FAIL();
   } catch (const Error& e) {
     EXPECT_THAT(e.what(), ::testing::HasSubstr("index 12"));
@@ -309,14 +302,13 @@ TEST(Executor, ArenaIsMuchSmallerThanOneBufferPerValue) {
   auto b = models::from_spec("gpt:layers=2,d_model=64,heads=4,seq=32,vocab=256", 4);
   add_training(b.model->graph(), "loss", OptimizerConfig{});
   const Graph& g = b.model->graph();
-  runtime::Executor ex(g);
-  ex.prepare({"train", {"loss"}});
+  runtime::Executor ex(planner::one_device(g, {"loss"}, "train"));
   ex.initialize();
   int64_t every_value = 0;
   for (auto& n : g.nodes())
     if (n.def->kind == OpKind::compute && !n.def->view) every_value += n.outputs[0].bytes();
-  EXPECT_LT(ex.arena_bytes(), every_value / 4) << ex.arena_bytes() << " of " << every_value;
-  EXPECT_THROW(ex.prepare({"", {"loss"}}), Error);  // programs must all come before initialize()
+  EXPECT_LT(ex.memory().arena_bytes, every_value / 4) << ex.memory().arena_bytes << " of " << every_value;
+  EXPECT_THROW(ex.initialize(), Error);  // once
 }
 
 TEST(ThreadPool, CoversTheRangeOnceAndNests) {

@@ -15,6 +15,7 @@
 #include "graph/error.h"
 #include "ops/emit.h"
 #include "ops/registry.h"
+#include "planner/partition.h"
 #include "runtime/executor.h"
 #include "runtime/fusion.h"
 
@@ -35,8 +36,7 @@ Trained train(const std::string& spec, int64_t batch, bool jit, const std::strin
   oc.weight_decay = 0.01;
   const TrainingPhases ph = add_training(b.model->graph(), "loss", oc);
   const Graph& g = b.model->graph();
-  Executor ex(g, {.seed = 3, .jit = jit});
-  const int p = ex.prepare({ph.step, {"loss"}});
+  Executor ex(planner::one_device(g, {"loss"}, ph.step), {.seed = 3, .jit = jit});
   ex.initialize();
   std::mt19937 rng(5);
   Trained t;
@@ -49,7 +49,7 @@ Trained train(const std::string& spec, int64_t batch, bool jit, const std::strin
         else if (in.dtype == DType::i64) in.as<int64_t>()[i] = static_cast<int64_t>(rng() % 10);
       }
     }
-    ex.run(p);
+    ex.step();
     t.losses.push_back(ex.output("loss").as<float>()[0]);
   }
   for (int32_t id : g.parameters()) {
@@ -138,8 +138,7 @@ TEST(Fusion, KeysKeepGroupsApartAndInternalValuesHaveNoBuffer) {
   EXPECT_EQ(apart.fused_nodes, 3);
   EXPECT_TRUE(apart.map(a).valid() && apart.map(b).valid());
 
-  Executor ex(g);
-  ex.prepare({"", {"out"}});
+  Executor ex(planner::one_device(g, {"out"}, ""));
   ex.initialize();
   EXPECT_FALSE(ex.has_buffer(a));
   try {
@@ -149,8 +148,7 @@ TEST(Fusion, KeysKeepGroupsApartAndInternalValuesHaveNoBuffer) {
     EXPECT_THAT(err.what(), ::testing::HasSubstr("fused kernel"));
     EXPECT_THAT(err.what(), ::testing::HasSubstr("fusion_test.cc"));
   }
-  Executor plain(g, {.jit = false});
-  plain.prepare({"", {"out"}});
+  Executor plain(planner::one_device(g, {"out"}, ""), {.jit = false});
   plain.initialize();
   EXPECT_TRUE(plain.has_buffer(a));
   EXPECT_THROW(fuse(g, FusionOptions{{1, 2}}), Error) << "a key per node or none";
@@ -169,15 +167,14 @@ TEST(Fusion, AComparisonOnlyAWhereReadsJoinsItsKernel) {
   const FusedGraph f = fuse(g);
   EXPECT_EQ(f.fused_nodes, 1);
   EXPECT_FALSE(f.map(mask).valid()) << "the bool lives only inside the kernel";
-  Executor ex(g), plain(g, {.jit = false});
+  Executor ex(planner::one_device(g)), plain(planner::one_device(g), {.jit = false});
   for (Executor* x_ : {&ex, &plain}) {
-    x_->prepare({"", {"dx"}});
     x_->initialize();
     for (int i = 0; i < 15; ++i) {
       x_->input("x").as<float>()[i] = static_cast<float>(i % 4) - 1.5f + (i == 7 ? 1.5f : 0.f);  // one exact 0
       x_->input("dy").as<float>()[i] = static_cast<float>(i) * 0.25f;
     }
-    x_->run(0);
+    x_->step();
   }
   for (int i = 0; i < 15; ++i) EXPECT_EQ(ex.output("dx").as<float>()[i], plain.output("dx").as<float>()[i]) << i;
 

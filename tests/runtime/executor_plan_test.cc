@@ -1,4 +1,4 @@
-// The per-rank executor's schedule of work: gradient buckets start while the backward pass
+// The executor's schedule of work: gradient buckets start while the backward pass
 // still runs, memory is checked against the device before the first step, and a rank that
 // fails stops the others with its own error.
 #include <gmock/gmock.h>
@@ -41,9 +41,9 @@ Graph mlp(int64_t batch) {
   return b.model->graph();
 }
 
-TEST(RankExecutor, GradientBucketsStartWhileTheBackwardStillRuns) {
+TEST(Executor, GradientBucketsStartWhileTheBackwardStillRuns) {
   const Graph g = mlp(8);
-  RankOptions small;
+  ExecutorOptions small;
   small.bucket_bytes = 4096;  // a 32x32 f32 weight gradient each
   LocalRun run(planner::partition(g, dp_pp(2, 1, 2)), dp_pp(2, 1, 2), small);
   const auto ops = lines(run.rank(0).describe());
@@ -76,7 +76,7 @@ TEST(RankExecutor, GradientBucketsStartWhileTheBackwardStillRuns) {
 // With the JIT, every rank writes each update of a parameter or a moment straight into the
 // variable: the fused AdamW kernel over it, or ZeRO's all-gather of the updated shards; and
 // training follows the reference kernels on every plan.
-TEST(RankExecutor, UpdatesAreWrittenOverTheirVariablesOnEveryPlan) {
+TEST(Executor, UpdatesAreWrittenOverTheirVariablesOnEveryPlan) {
   models::Built b = models::from_spec("mlp:8-32-32-4", 4, true);
   OptimizerConfig oc;
   oc.kind = "adamw";
@@ -90,7 +90,7 @@ TEST(RankExecutor, UpdatesAreWrittenOverTheirVariablesOnEveryPlan) {
   };
   for (const planner::PlanConfig& c : {config(2, 1, 1, 1, 0), config(2, 1, 1, 1, 1), config(2, 1, 1, 2, 3),
                                        config(1, 1, 2, 2, 0), config(1, 2, 1, 1, 0)}) {
-    RankOptions no_jit;
+    ExecutorOptions no_jit;
     no_jit.jit = false;
     LocalRun jit(planner::partition(g, c), c), ref(planner::partition(g, c), c, no_jit);
     jit.initialize();
@@ -131,7 +131,7 @@ TEST(RankExecutor, UpdatesAreWrittenOverTheirVariablesOnEveryPlan) {
   }
 }
 
-TEST(RankExecutor, APlanThatDoesNotFitFailsBeforeTheFirstStepNamingTheDeviceAndItsLargestBuffers) {
+TEST(Executor, APlanThatDoesNotFitFailsBeforeTheFirstStepNamingTheDeviceAndItsLargestBuffers) {
   const Graph g = mlp(64);
   LocalRun run(planner::partition(g, dp_pp(1, 2, 4)), dp_pp(1, 2, 4));
   try {
@@ -144,12 +144,12 @@ TEST(RankExecutor, APlanThatDoesNotFitFailsBeforeTheFirstStepNamingTheDeviceAndI
   }
 }
 
-TEST(RankExecutor, ARankThatFailsStopsTheOthersWithItsOwnError) {
+TEST(Executor, ARankThatFailsStopsTheOthersWithItsOwnError) {
   const Graph g = mlp(8);
   const planner::PlanConfig c = dp_pp(1, 2, 2);
   CommOptions co;
   co.timeout_s = 30;  // the stop must come from the failure, not a timeout
-  LocalRun run(planner::partition(g, c), c, RankOptions{}, co);
+  LocalRun run(planner::partition(g, c), c, ExecutorOptions{}, co);
   run.initialize();
   const TensorType& x = g.node(*g.find("x")).outputs[0];
   const TensorType& labels = g.node(*g.find("labels")).outputs[0];
