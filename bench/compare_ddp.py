@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,14 +32,6 @@ MODELS = [
     ("GPT 4 x 256, seq 128, batch 32", "gpt:layers=4,d_model=256,heads=4,seq=128,vocab=256", 32, 20,
      ["--dataset", "text:" + os.path.join(ROOT, "README.md"), "--optimizer", "adamw", "--lr", "3e-4"]),
 ]
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def last_json(out):
@@ -64,7 +55,7 @@ def tessel(build, model, batch, steps, extra, processes):
 
 
 def ddp(python, model, batch, steps):
-    port = free_port()
+    port = results.free_port()
     procs = []
     for rank in range(2):
         env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),

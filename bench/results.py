@@ -1,5 +1,6 @@
-"""Shared by the bench scripts: replace one "## " section of bench/RESULTS.md."""
+"""Shared by the bench scripts: replace one "## " section of bench/RESULTS.md; a free port."""
 import os
+import socket
 
 PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
 HEADER = "# Benchmark results\n\nLatest figures, each with the command that produced it.\n"
@@ -18,3 +19,12 @@ def record(title, body_lines):
     with open(PATH, "w") as f:
         f.write(text)
     print("recorded in bench/RESULTS.md")
+
+
+def free_port():
+    """A loopback TCP port nothing listens on now (for a peer's rendezvous)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p

@@ -11,11 +11,10 @@ import time
 
 import torch
 import torch.distributed as dist
-import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from torch_step import Gpt
+from torch_step import Gpt, mlp
 
 
 def main():
@@ -33,12 +32,7 @@ def main():
     kind, spec = a.model.split(":", 1)
     if kind == "mlp":
         sizes = [int(s) for s in spec.split("-")]
-        layers = []
-        for i in range(1, len(sizes)):
-            layers.append(nn.Linear(sizes[i - 1], sizes[i]))
-            if i + 1 < len(sizes):
-                layers.append(nn.ReLU())
-        model = DDP(nn.Sequential(*layers))
+        model = DDP(mlp(sizes))
         x = torch.rand(local, sizes[0])
         y = torch.randint(0, sizes[-1], (local,))
         loss_fn = lambda: F.cross_entropy(model(x), y)

@@ -46,6 +46,16 @@ class Gpt(nn.Module):
         return self.ln_f(x) @ self.wte.weight.t()
 
 
+def mlp(sizes):
+    """Linear layers of the given widths with ReLU between them (tessel's mlp:...)."""
+    layers = []
+    for i in range(1, len(sizes)):
+        layers.append(nn.Linear(sizes[i - 1], sizes[i]))
+        if i + 1 < len(sizes):
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
@@ -66,12 +76,7 @@ def main():
     kind, spec = a.model.split(":", 1)
     if kind == "mlp":
         sizes = [int(s) for s in spec.split("-")]
-        layers = []
-        for i in range(1, len(sizes)):
-            layers.append(nn.Linear(sizes[i - 1], sizes[i]))
-            if i + 1 < len(sizes):
-                layers.append(nn.ReLU())
-        model = nn.Sequential(*layers)
+        model = mlp(sizes)
         x = torch.rand(a.batch, sizes[0])
         y = torch.randint(0, sizes[-1], (a.batch,))
         loss_fn = lambda: F.cross_entropy(model(x), y)

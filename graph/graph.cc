@@ -8,6 +8,17 @@ namespace tessel {
 
 // ---- registry ---------------------------------------------------------------------------
 
+namespace {
+constexpr std::string_view kCollectiveNames[kNumCollectives] = {"all_reduce", "reduce_scatter", "all_gather", "all_to_all",
+                                                                 "broadcast",  "send_recv",      "barrier"};
+constexpr std::string_view kCollectiveLabels[kNumCollectives] = {"all-reduce", "reduce-scatter", "all-gather", "all-to-all",
+                                                                  "broadcast",  "send/recv",      "barrier"};
+static_assert(static_cast<int>(Collective::barrier) + 1 == kNumCollectives, "a name per collective");
+}  // namespace
+
+std::string_view collective_name(Collective c) { return kCollectiveNames[static_cast<int>(c)]; }
+std::string_view collective_label(Collective c) { return kCollectiveLabels[static_cast<int>(c)]; }
+
 void OpRegistry::add(OpDef def) {
   if (def.name.empty()) throw Error("op registered without a name");
   if (ops_.count(def.name)) throw Error("op '" + def.name + "' registered twice");

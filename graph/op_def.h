@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -27,6 +28,25 @@ enum class OpKind : uint8_t {
   variable,  // persistent across steps (parameters, optimizer state); initialised once
   constant,  // filled once before the first step
 };
+
+// The collectives, listed once. The op registry marks the op of each (OpDef::collective;
+// send_recv: the ops send and recv), the partitioner inserts them, the cost model times
+// them, the executor hands them to the communicator, and every engine names them in its
+// errors and checks by them that a group's members agree.
+enum class Collective : uint8_t {
+  all_reduce,
+  reduce_scatter,
+  all_gather,
+  all_to_all,
+  broadcast,
+  send_recv,
+  barrier,
+};
+inline constexpr int kNumCollectives = 7;
+// "all_reduce" (the op's name; send_recv and barrier have no op of that name).
+std::string_view collective_name(Collective c);
+// "all-reduce", for reports.
+std::string_view collective_label(Collective c);
 
 struct AttrSpec {
   std::string name;
@@ -112,6 +132,7 @@ struct OpDef {
   // The output holds input 0's bytes unchanged (reshape, stop_gradient): an executor may
   // alias the two buffers instead of running the kernel.
   bool view = false;
+  std::optional<Collective> collective;  // the collective this op is, if any
   std::string doc;                // one line saying what the op computes (for listings of the registry)
 
   bool elementwise() const { return scalar != nullptr; }

@@ -103,13 +103,17 @@ void p2p_kernel(const Node& n, std::span<const TensorRef>, std::span<const Tenso
 
 Cost comm_cost(const Node& n, std::span<const TensorType> in) {
   Cost c = streaming_cost(n, in, 0);
-  if (n.op == "all_reduce" || n.op == "reduce_scatter") c.flops = in.empty() ? 0 : static_cast<double>(in[0].numel());
+  if (n.def->collective == Collective::all_reduce || n.def->collective == Collective::reduce_scatter)
+    c.flops = in.empty() ? 0 : static_cast<double>(in[0].numel());
   return c;
 }
 
-OpDef collective(std::string name, int inputs, InferFn infer, KernelFn k, std::vector<AttrSpec> attrs, std::string doc) {
+// The op of collective c, named after it (send_recv: send or recv, named by `name`).
+OpDef collective(Collective c, std::string name, int inputs, InferFn infer, KernelFn k, std::vector<AttrSpec> attrs,
+                 std::string doc) {
   OpDef d;
-  d.name = std::move(name);
+  d.name = name.empty() ? std::string(collective_name(c)) : std::move(name);
+  d.collective = c;
   d.min_inputs = d.max_inputs = inputs;
   d.attrs = std::move(attrs);
   d.infer = infer;
@@ -126,21 +130,21 @@ void register_collective_ops(OpRegistry& r) {
   const AttrSpec ranks = attr("ranks", AttrType::i64s);
   const AttrSpec reduce = attr("reduce", AttrType::string, false);
   const AttrSpec group = attr("group", AttrType::string, false);  // mesh axis, for reports
-  r.add(collective("all_reduce", 1, infer_all_reduce, local_kernel, {ranks, reduce, group},
+  r.add(collective(Collective::all_reduce, {}, 1, infer_all_reduce, local_kernel, {ranks, reduce, group},
                    "sum (or max) of the input over the ranks; every rank gets the result"));
-  r.add(collective("reduce_scatter", 1, infer_reduce_scatter, local_kernel,
+  r.add(collective(Collective::reduce_scatter, {}, 1, infer_reduce_scatter, local_kernel,
                    {ranks, reduce, group, attr("dim", AttrType::i64)},
                    "reduce over the ranks, rank i keeps slice i along dim"));
-  r.add(collective("all_gather", 1, infer_all_gather, local_kernel, {ranks, group, attr("dim", AttrType::i64)},
+  r.add(collective(Collective::all_gather, {}, 1, infer_all_gather, local_kernel, {ranks, group, attr("dim", AttrType::i64)},
                    "concatenate every rank's input along dim"));
-  r.add(collective("all_to_all", 1, infer_all_to_all, local_kernel,
+  r.add(collective(Collective::all_to_all, {}, 1, infer_all_to_all, local_kernel,
                    {ranks, group, attr("split_dim", AttrType::i64), attr("concat_dim", AttrType::i64)},
                    "split along split_dim, exchange, concatenate along concat_dim"));
-  r.add(collective("broadcast", 1, infer_broadcast, local_kernel, {ranks, group, attr("root", AttrType::i64)},
+  r.add(collective(Collective::broadcast, {}, 1, infer_broadcast, local_kernel, {ranks, group, attr("root", AttrType::i64)},
                    "every rank gets the root's input"));
-  r.add(collective("send", 1, infer_send, p2p_kernel, {attr("peer", AttrType::i64), attr("tag", AttrType::i64)},
+  r.add(collective(Collective::send_recv, "send", 1, infer_send, p2p_kernel, {attr("peer", AttrType::i64), attr("tag", AttrType::i64)},
                    "send the input to rank peer; outputs a token"));
-  r.add(collective("recv", 0, infer_recv, p2p_kernel,
+  r.add(collective(Collective::send_recv, "recv", 0, infer_recv, p2p_kernel,
                    {attr("peer", AttrType::i64), attr("tag", AttrType::i64), attr("dtype", AttrType::string),
                     attr("shape", AttrType::i64s)},
                    "receive a tensor of the given type from rank peer"));

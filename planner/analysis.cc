@@ -102,7 +102,7 @@ std::vector<Segment> comm_segments(const Context& x, const GraphPlacement::Resha
     if (!s.is_collective() || s.axis == kMicrobatchAxis) continue;  // sums over microbatches: the runtime's
     Segment seg;
     seg.comm = true;
-    seg.op = s.collective();
+    seg.op = *s.op;
     seg.axis = s.axis;
     seg.bytes = s.bytes * scale;
     auto [it, fresh] = x.comm_times.try_emplace({static_cast<int>(seg.op), s.axis, seg.bytes});
@@ -509,7 +509,7 @@ std::vector<int8_t> choose_tensor_parallel(const Graph& g, const LayerStructure&
       for (const auto& r : gp.reshards) {
         if (r.value.node != p) continue;
         ++targets;
-        for (const ReshardStep& st : r.steps) slices &= st.kind == ReshardStep::Kind::slice && st.axis == tp_axis;
+        for (const ReshardStep& st : r.steps) slices &= !st.op && st.axis == tp_axis;
         if (r.to[tp_axis].is_shard()) dim = r.to[tp_axis].dim;
       }
       if (targets == 1 && slices && dim >= 0) each(p, dim), changed = true;
@@ -614,7 +614,7 @@ std::vector<int8_t> choose_tensor_parallel(const Graph& g, const LayerStructure&
         for (const auto& r : gp.reshards) {
           if (r.value.node != p) continue;
           ++targets;
-          for (const ReshardStep& st : r.steps) slices &= st.kind == ReshardStep::Kind::slice && st.axis == tp_axis;
+          for (const ReshardStep& st : r.steps) slices &= !st.op && st.axis == tp_axis;
           if (r.to[tp_axis].is_shard()) dim = r.to[tp_axis].dim;
         }
         if (targets == 1 && slices && dim >= 0 && k.tp_dims[p] != dim) {

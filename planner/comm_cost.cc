@@ -13,10 +13,6 @@ namespace tessel::planner {
 
 namespace {
 
-constexpr std::array<std::string_view, kNumCollectives> kCollectiveNames = {
-    "all_reduce", "reduce_scatter", "all_gather", "all_to_all", "broadcast", "send_recv"};
-static_assert(static_cast<int>(Collective::send_recv) + 1 == kNumCollectives,
-              "collective names out of step");
 constexpr std::array<std::string_view, kNumCommAlgorithms> kAlgorithmNames = {
     "ring", "tree", "hierarchical", "best"};
 static_assert(static_cast<int>(CommAlgorithm::best) + 1 == kNumCommAlgorithms,
@@ -43,6 +39,8 @@ Terms ring_terms(Collective op, int64_t n, double s) {
       return {k - 1, s};  // a pipelined chain: S crosses each hop once
     case Collective::send_recv:
       return {1, s};
+    case Collective::barrier:
+      return {2 * (k - 1), 0};  // an all-reduce of nothing
   }
   return {};
 }
@@ -125,6 +123,8 @@ CommEstimate hierarchical(const ClusterSpec& c, Collective op, double s,
     }
     case Collective::send_recv:
       return estimate(c, level, CommAlgorithm::ring, ring_terms(op, 2, s));
+    case Collective::barrier:
+      return estimate(c, level, CommAlgorithm::ring, ring_terms(op, static_cast<int64_t>(ranks.size()), s));
   }
   return {t, CommAlgorithm::hierarchical, level, across.bus};
 }
@@ -164,9 +164,6 @@ CommEstimate cost(const ClusterSpec& c, Collective op, double s, std::span<const
 
 }  // namespace
 
-std::string_view collective_name(Collective op) {
-  return kCollectiveNames.at(static_cast<size_t>(op));
-}
 std::string_view algorithm_name(CommAlgorithm alg) {
   return kAlgorithmNames.at(static_cast<size_t>(alg));
 }

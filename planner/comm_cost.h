@@ -8,23 +8,15 @@
 #include <span>
 #include <string_view>
 
+#include "graph/op_def.h"
 #include "planner/cluster.h"
 
 namespace tessel::planner {
 
-enum class Collective : uint8_t {
-  all_reduce,
-  reduce_scatter,
-  all_gather,
-  all_to_all,
-  broadcast,
-  send_recv
-};
-inline constexpr int kNumCollectives = 6;
+// The collectives are graph/op_def.h's Collective (one list for ops, planner, runtime).
 enum class CommAlgorithm : uint8_t { ring, tree, hierarchical, best };
 inline constexpr int kNumCommAlgorithms = 4;
 
-std::string_view collective_name(Collective op);
 std::string_view algorithm_name(CommAlgorithm alg);
 
 struct CommEstimate {

@@ -281,42 +281,39 @@ class RankBuilder {
     for (const ReshardStep& st : reshard(t, from, to, m_)) {
       // A sum over microbatches is the runtime's (RankProgram::summed); a slice over them
       // is of a value the same in every microbatch (microbatch_problem), taken at 0.
-      if (st.axis == kMicrobatchAxis && st.kind == ReshardStep::Kind::all_reduce) {
+      if (st.axis == kMicrobatchAxis && st.op == Collective::all_reduce) {
         s[st.axis] = st.to;
         continue;
       }
       std::vector<int64_t> group = m_.group(local_rank_, st.axis);
       for (auto& r : group) r += stage_ * st_.stage_size;  // global ranks
-      const std::string base = consumer.name + "/" + std::string(reshard_name(st.kind));
+      const std::string base = consumer.name + "/" + std::string(reshard_name(st));
       Attrs a{{"ranks", group}, {"group", m_.names[st.axis]}};
-      std::string op;
-      switch (st.kind) {
-        case ReshardStep::Kind::all_reduce:
-          op = "all_reduce";
-          a.set("reduce", std::string(st.from.reduce == FactorReduce::max ? "max" : "sum"));
-          break;
-        case ReshardStep::Kind::reduce_scatter:
-          op = "reduce_scatter";
-          a.set("reduce", std::string(st.from.reduce == FactorReduce::max ? "max" : "sum"));
-          a.set("dim", int64_t{st.to.dim});
-          break;
-        case ReshardStep::Kind::all_gather:
-          op = "all_gather";
-          a.set("dim", int64_t{st.from.dim});
-          break;
-        case ReshardStep::Kind::all_to_all:
-          op = "all_to_all";
-          a.set("split_dim", int64_t{st.to.dim});
-          a.set("concat_dim", int64_t{st.from.dim});
-          break;
-        case ReshardStep::Kind::slice: {
-          op = "slice";
-          const int d = st.to.dim;
-          const int64_t len = out_.type(cur).shape[d] / m_.sizes[st.axis];
-          const int64_t start = coords_[st.axis] * len;
-          a = Attrs{{"axes", std::vector<int64_t>{d}}, {"starts", std::vector<int64_t>{start}},
-                    {"ends", std::vector<int64_t>{start + len}}};
-          break;
+      std::string op = st.op ? std::string(collective_name(*st.op)) : "slice";
+      if (!st.op) {
+        const int d = st.to.dim;
+        const int64_t len = out_.type(cur).shape[d] / m_.sizes[st.axis];
+        const int64_t start = coords_[st.axis] * len;
+        a = Attrs{{"axes", std::vector<int64_t>{d}}, {"starts", std::vector<int64_t>{start}},
+                  {"ends", std::vector<int64_t>{start + len}}};
+      } else {
+        switch (*st.op) {
+          case Collective::all_reduce:
+            a.set("reduce", std::string(st.from.reduce == FactorReduce::max ? "max" : "sum"));
+            break;
+          case Collective::reduce_scatter:
+            a.set("reduce", std::string(st.from.reduce == FactorReduce::max ? "max" : "sum"));
+            a.set("dim", int64_t{st.to.dim});
+            break;
+          case Collective::all_gather:
+            a.set("dim", int64_t{st.from.dim});
+            break;
+          case Collective::all_to_all:
+            a.set("split_dim", int64_t{st.to.dim});
+            a.set("concat_dim", int64_t{st.from.dim});
+            break;
+          default:
+            throw Error("partition: resharding inserts no " + op);
         }
       }
       s[st.axis] = st.to;

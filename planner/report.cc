@@ -188,7 +188,7 @@ std::string plan_dot(const SearchResult& r, const ReportContext& ctx) {
   for (size_t k = 0; k < gp.reshards.size(); ++k) {
     const auto& rs = gp.reshards[k];
     std::string label;
-    for (auto& s : rs.steps) label += (label.empty() ? "" : "\\n") + std::string(reshard_name(s.kind)) + " over " + m.names[s.axis];
+    for (auto& s : rs.steps) label += (label.empty() ? "" : "\\n") + std::string(reshard_name(s)) + " over " + m.names[s.axis];
     os << "  c" << k << " [shape=diamond, fillcolor=\"#e06666\", fontcolor=white, label=" << json_quote(label) << "];\n";
     os << "  n" << rs.value.node << " -> c" << k << " [color=\"#e06666\"];\n";
     for (auto& [node, input] : rs.consumers) {

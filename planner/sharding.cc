@@ -102,30 +102,10 @@ Shape local_shape(std::span<const int64_t> global, const Sharding& s, const Mesh
 
 // ---- resharding -------------------------------------------------------------------------
 
-std::string_view reshard_name(ReshardStep::Kind k) {
-  switch (k) {
-    case ReshardStep::Kind::all_reduce: return "all-reduce";
-    case ReshardStep::Kind::reduce_scatter: return "reduce-scatter";
-    case ReshardStep::Kind::all_gather: return "all-gather";
-    case ReshardStep::Kind::all_to_all: return "all-to-all";
-    case ReshardStep::Kind::slice: return "slice";
-  }
-  return "?";
-}
-
-Collective ReshardStep::collective() const {
-  switch (kind) {
-    case Kind::all_reduce: return Collective::all_reduce;
-    case Kind::reduce_scatter: return Collective::reduce_scatter;
-    case Kind::all_gather: return Collective::all_gather;
-    case Kind::all_to_all: return Collective::all_to_all;
-    case Kind::slice: break;
-  }
-  throw Error("a local slice is not a collective");
-}
+std::string_view reshard_name(const ReshardStep& s) { return s.op ? collective_label(*s.op) : "slice"; }
 
 std::string ReshardStep::str(const Mesh& m) const {
-  return std::string(reshard_name(kind)) + " over " + m.names[axis] + " (" + from.str() + " -> " + to.str() +
+  return std::string(reshard_name(*this)) + " over " + m.names[axis] + " (" + from.str() + " -> " + to.str() +
          "), " + std::to_string(static_cast<int64_t>(bytes)) + " B";
 }
 
@@ -175,8 +155,8 @@ std::vector<ReshardStep> reshard(const TensorType& type, const Sharding& from, c
       if (b != a && reset[b] && touches(b, d)) return true;
     return false;
   };
-  using K = ReshardStep::Kind;
-  auto push = [&](K k, int a, Placement t, double bytes) {
+  using K = Collective;
+  auto push = [&](std::optional<Collective> k, int a, Placement t, double bytes) {
     steps.push_back(ReshardStep{k, a, cur[a], t, bytes});
     cur[a] = t;
     local_shape(type.shape, cur, m);  // validates divisibility of the new split
@@ -198,7 +178,7 @@ std::vector<ReshardStep> reshard(const TensorType& type, const Sharding& from, c
   for (int a = axes - 1; a >= 0; --a) {
     if (!reset[a] || cur[a] == to[a]) continue;
     if (cur[a].is_partial()) push(K::reduce_scatter, a, to[a], local_bytes());
-    else push(K::slice, a, to[a], 0);
+    else push(std::nullopt, a, to[a], 0);
   }
   return steps;
 }
@@ -473,7 +453,7 @@ void gather_before_reducing(const Graph& g, const Mesh& m, std::span<const int32
       double saved = 0;
       for (size_t r : mine)
         for (auto& st : gp.reshards[r].steps)
-          if (st.axis == a && st.kind == ReshardStep::Kind::reduce_scatter) saved = std::max(saved, st.bytes);
+          if (st.axis == a && st.op == Collective::reduce_scatter) saved = std::max(saved, st.bytes);
       if (saved <= 0) continue;
       std::vector<TensorType> types;
       std::vector<Sharding> cur;  // the inputs as this node reads them now

@@ -96,16 +96,14 @@ Shape local_shape(std::span<const int64_t> global, const Sharding& s, const Mesh
 
 // Changing one axis's placement of a tensor.
 struct ReshardStep {
-  enum class Kind : uint8_t { all_reduce, reduce_scatter, all_gather, all_to_all, slice };
-  Kind kind;
+  std::optional<Collective> op;  // none: each device keeps its slice (no communication)
   int axis;
   Placement from, to;
   double bytes;  // NCCL convention for the collective (see comm_cost.h), per device
-  bool is_collective() const { return kind != Kind::slice; }
-  Collective collective() const;  // for collectives only
+  bool is_collective() const { return op.has_value(); }
   std::string str(const Mesh& m) const;  // "all-reduce over tp (P(sum) -> R), 4.2 MB"
 };
-std::string_view reshard_name(ReshardStep::Kind k);
+std::string_view reshard_name(const ReshardStep& s);  // "all-reduce", "slice"
 
 // The steps that turn placement `from` into `to` for a tensor of `type`, axis by axis.
 // Throws for impossible changes (R or S to P).

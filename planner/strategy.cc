@@ -220,13 +220,13 @@ std::string microbatch_problem(const Graph& g, const GraphPlacement& gp, const M
         if (input < 0) continue;
         const Node& user = g.node(node);
         std::string why;
-        if (s.kind == ReshardStep::Kind::all_reduce && user.pass != Pass::update)
+        if (s.op == Collective::all_reduce && user.pass != Pass::update)
           why = "reads '" + v.name + "' " + v.outputs[r.value.index].str() + " summed over the whole batch";
-        else if (s.kind == ReshardStep::Kind::slice && !uniform_along(g, r.value, s.to.dim))
+        else if (!s.op && !uniform_along(g, r.value, s.to.dim))
           why = "reads a part of '" + v.name + "' that depends on which microbatch runs";
-        else if (s.kind != ReshardStep::Kind::all_reduce && s.kind != ReshardStep::Kind::slice)
+        else if (s.op && s.op != Collective::all_reduce)
           why = "reads '" + v.name + "' " + v.outputs[r.value.index].str() + " across the whole batch (" +
-                std::string(reshard_name(s.kind)) + ")";
+                std::string(reshard_name(s)) + ")";
         if (!why.empty())
           return "the step cannot be split into " + std::to_string(m.sizes[kMicrobatchAxis]) + " microbatches: " +
                  user.where() + " " + why;

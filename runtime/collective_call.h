@@ -9,6 +9,7 @@
 #include <string>
 #include <string_view>
 
+#include "graph/op_def.h"
 #include "graph/shape.h"
 #include "graph/tensor_ref.h"
 #include "runtime/block_copy.h"
@@ -18,7 +19,7 @@ namespace tessel::runtime {
 
 // What one member calls, as the members compare it before any data moves.
 struct Call {
-  std::string_view op;
+  Collective op;
   std::span<const TensorRef> tensors;  // the inputs
   int dim = -1, dim2 = -1;
   int reduce = -1;
@@ -29,7 +30,7 @@ struct Call {
     auto mix = [&](uint64_t v) {
       for (int b = 0; b < 8; ++b) h = (h ^ ((v >> (8 * b)) & 0xFF)) * 1099511628211ull;
     };
-    for (char ch : op) mix(static_cast<unsigned char>(ch));
+    mix(static_cast<uint64_t>(op));
     mix(tensors.size());
     for (const TensorRef& t : tensors) {
       mix(static_cast<uint64_t>(t.dtype));
@@ -42,7 +43,7 @@ struct Call {
   }
   // "all_reduce (sum) of f32[4,8], f32[8]", "all_gather along dim 1 of f32[2,3]"
   std::string str() const {
-    std::string s(op);
+    std::string s(collective_name(op));
     if (reduce >= 0) s += std::string(" (") + std::string(reduce_op_name(static_cast<ReduceOp>(reduce))) + ")";
     if (dim >= 0) s += " along dim " + std::to_string(dim);
     if (dim2 >= 0) s += " into dim " + std::to_string(dim2);

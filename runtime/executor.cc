@@ -22,11 +22,11 @@ namespace {
 constexpr int64_t kAlign = 64;
 void free_aligned(std::byte* p) { std::free(p); }
 
+// A group call the communicator makes (a collective over more than one rank).
 bool is_collective(const Node& n) {
-  return (n.op == "all_reduce" || n.op == "reduce_scatter" || n.op == "all_gather" || n.op == "all_to_all" ||
-          n.op == "broadcast") &&
-         n.attrs.get_i64s("ranks").size() > 1;
+  return n.def->collective && *n.def->collective != Collective::send_recv && n.attrs.get_i64s("ranks").size() > 1;
 }
+bool is_transfer(const Node& n) { return n.def->collective == Collective::send_recv; }
 
 std::string bytes_str(int64_t b) {
   char s[32];
@@ -70,7 +70,7 @@ struct Executor::Op {
 };
 
 struct Executor::CommTask {
-  std::string op;
+  Collective op = Collective::all_reduce;
   const Node* node = nullptr;  // the first node it serves, for errors
   std::vector<Ref> in, out;
   std::vector<TensorRef> in_t, out_t;
@@ -232,8 +232,8 @@ void Executor::build() {
     for (int32_t id : nodes) {
       const Node& n = g.node(id);
       layer_of[id] = program_.layer[static_cast<size_t>(id)];
-      if (layer_of[id] < 0 || sec[id] != Section::forward || n.def->kind != OpKind::compute || n.op == "recv" ||
-          n.op == "send" || !program_.recompute[static_cast<size_t>(id)])
+      if (layer_of[id] < 0 || sec[id] != Section::forward || n.def->kind != OpKind::compute || is_transfer(n) ||
+          !program_.recompute[static_cast<size_t>(id)])
         continue;
       region[id] = layer_of[id];
     }
@@ -359,7 +359,7 @@ void Executor::build() {
   };
   auto task_for = [&](const Node& n, Section s, int64_t mb, int layer = -1) {
     CommTask t;
-    t.op = n.op;
+    t.op = *n.def->collective;
     t.node = &n;
     t.in.push_back(resolve(n.inputs[0], s, mb, layer));
     t.out.push_back(resolve(n.out(), s, mb, layer));
@@ -391,7 +391,7 @@ void Executor::build() {
     const Node& n = g.node(id);
     CommTask t = task_for(n, Section::apply, 0);
     const int64_t bytes = g.type(n.inputs[0]).bytes();
-    if (n.op != "all_reduce" || t.reduce != ReduceOp::sum) {
+    if (t.op != Collective::all_reduce || t.reduce != ReduceOp::sum) {
       launch(std::move(t));
       return;
     }
@@ -403,7 +403,7 @@ void Executor::build() {
     }
     if (it->bytes > 0 && it->bytes + bytes > options_.bucket_bytes) flush(*it);
     if (it->task.in.empty()) {
-      it->task.op = "all_reduce";
+      it->task.op = Collective::all_reduce;
       it->task.node = &n;
       it->task.ranks = t.ranks;
     }
@@ -426,7 +426,7 @@ void Executor::build() {
     }
     Op op;
     op.node = &n;
-    if (n.op == "recv" || n.op == "send") {
+    if (is_transfer(n)) {
       op.type = n.op == "recv" ? Op::Type::recv : Op::Type::send;
       op.peer = n.attrs.get_i64("peer");
       op.tag = n.attrs.get_i64("tag");
@@ -672,12 +672,16 @@ void Executor::initialize(int64_t capacity_bytes) {
 }
 
 void Executor::run_task(const CommTask& t) {
-  if (t.op == "all_reduce") comm_.all_reduce(t.in_t, t.out_t, t.reduce, t.ranks);
-  else if (t.op == "reduce_scatter") comm_.reduce_scatter(t.in_t[0], t.out_t[0], t.dim, t.reduce, t.ranks);
-  else if (t.op == "all_gather") comm_.all_gather(t.in_t[0], t.out_t[0], t.dim, t.ranks);
-  else if (t.op == "all_to_all") comm_.all_to_all(t.in_t[0], t.out_t[0], t.dim, t.dim2, t.ranks);
-  else if (t.op == "broadcast") comm_.broadcast(t.in_t[0], t.out_t[0], t.root, t.ranks);
-  else throw Error(t.node->where() + ": no communicator call for '" + t.op + "'");
+  switch (t.op) {
+    case Collective::all_reduce: comm_.all_reduce(t.in_t, t.out_t, t.reduce, t.ranks); return;
+    case Collective::reduce_scatter: comm_.reduce_scatter(t.in_t[0], t.out_t[0], t.dim, t.reduce, t.ranks); return;
+    case Collective::all_gather: comm_.all_gather(t.in_t[0], t.out_t[0], t.dim, t.ranks); return;
+    case Collective::all_to_all: comm_.all_to_all(t.in_t[0], t.out_t[0], t.dim, t.dim2, t.ranks); return;
+    case Collective::broadcast: comm_.broadcast(t.in_t[0], t.out_t[0], t.root, t.ranks); return;
+    case Collective::barrier: comm_.barrier(t.ranks); return;
+    case Collective::send_recv: break;
+  }
+  throw Error(t.node->where() + ": no group call for '" + std::string(collective_name(t.op)) + "'");
 }
 
 void Executor::comm_loop() {
@@ -796,7 +800,7 @@ void Executor::step() {
 std::string Executor::describe() const {
   auto task_str = [&](int64_t k) {
     const CommTask& t = tasks_[static_cast<size_t>(k)];
-    std::string s = t.op + " of " + std::to_string(t.in.size()) + (t.in.size() == 1 ? " tensor [" : " tensors [");
+    std::string s = std::string(collective_name(t.op)) + " of " + std::to_string(t.in.size()) + (t.in.size() == 1 ? " tensor [" : " tensors [");
     for (size_t i = 0; i < t.out.size(); ++i) s += (i ? ", " : "") + buffers_[static_cast<size_t>(t.out[i].buf)].name;
     s += "] over";
     for (int64_t r : t.ranks) s += " " + std::to_string(r);

@@ -180,7 +180,7 @@ class GlooEndpoint final : public Communicator {
     int64_t total = 0;
     for (const TensorRef& t : in) total += t.numel;
     Ctx& c = member(group, "all_reduce");
-    agree(c, Call{"all_reduce", in, -1, -1, static_cast<int>(op)}, group);
+    agree(c, Call{Collective::all_reduce, in, -1, -1, static_cast<int>(op)}, group);
     if (in.empty() || total == 0) return;
     const size_t es = dtype_size(in[0].dtype);
     reducible(in[0].dtype, "all_reduce", [&](auto t) {
@@ -222,7 +222,7 @@ class GlooEndpoint final : public Communicator {
                       std::span<const int64_t> group) override {
     if (std::string e = malformed_reduce_scatter(in, out, dim, static_cast<int64_t>(group.size())); !e.empty()) fail(e);
     Ctx& c = member(group, "reduce_scatter");
-    agree(c, Call{"reduce_scatter", std::span<const TensorRef>(&in, 1), dim, -1, static_cast<int>(op)}, group);
+    agree(c, Call{Collective::reduce_scatter, std::span<const TensorRef>(&in, 1), dim, -1, static_cast<int>(op)}, group);
     if (in.numel == 0) return;
     const size_t es = dtype_size(in.dtype);
     const size_t share = static_cast<size_t>(out.numel);
@@ -255,7 +255,7 @@ class GlooEndpoint final : public Communicator {
   void all_gather(const TensorRef& in, const TensorRef& out, int dim, std::span<const int64_t> group) override {
     if (std::string e = malformed_all_gather(in, out, dim, static_cast<int64_t>(group.size())); !e.empty()) fail(e);
     Ctx& c = member(group, "all_gather");
-    agree(c, Call{"all_gather", std::span<const TensorRef>(&in, 1), dim}, group);
+    agree(c, Call{Collective::all_gather, std::span<const TensorRef>(&in, 1), dim}, group);
     if (in.numel == 0) return;
     const size_t es = dtype_size(in.dtype);
     const Around a = around(in.shape, dim);
@@ -290,7 +290,7 @@ class GlooEndpoint final : public Communicator {
     if (std::string e = malformed_all_to_all(in, out, split_dim, concat_dim, static_cast<int64_t>(group.size())); !e.empty())
       fail(e);
     Ctx& c = member(group, "all_to_all");
-    agree(c, Call{"all_to_all", std::span<const TensorRef>(&in, 1), split_dim, concat_dim}, group);
+    agree(c, Call{Collective::all_to_all, std::span<const TensorRef>(&in, 1), split_dim, concat_dim}, group);
     if (in.numel == 0) return;
     const size_t es = dtype_size(in.dtype);
     staging_.resize(static_cast<size_t>(in.numel) * es);
@@ -313,7 +313,7 @@ class GlooEndpoint final : public Communicator {
   void broadcast(const TensorRef& in, const TensorRef& out, int64_t root, std::span<const int64_t> group) override {
     if (std::string e = malformed_broadcast(in, out, root, static_cast<int64_t>(group.size())); !e.empty()) fail(e);
     Ctx& c = member(group, "broadcast");
-    agree(c, Call{"broadcast", std::span<const TensorRef>(&in, 1), -1, -1, -1, root}, group);
+    agree(c, Call{Collective::broadcast, std::span<const TensorRef>(&in, 1), -1, -1, -1, root}, group);
     if (c.me == root && out.data != in.data && in.bytes())
       copy_bytes(out.data, in.data, static_cast<size_t>(in.bytes()));
     if (c.k == 1 || in.numel == 0) return;
@@ -328,7 +328,7 @@ class GlooEndpoint final : public Communicator {
 
   void barrier(std::span<const int64_t> group) override {
     Ctx& c = member(group, "barrier");
-    agree(c, Call{"barrier", {}}, group);
+    agree(c, Call{Collective::barrier, {}}, group);
     if (c.k == 1) return;
     run(c, "barrier", group, [&] {
       gloo::BarrierOptions opts(c.ctx);
@@ -487,7 +487,7 @@ class GlooEndpoint final : public Communicator {
     if (c.k <= 1) return;
     const int64_t mine[2] = {seq, static_cast<int64_t>(call.fingerprint() >> 1)};
     c.headers.resize(static_cast<size_t>(2 * c.k));
-    run(c, call.op, group, [&] {
+    run(c, collective_name(call.op), group, [&] {
       gloo::AllgatherOptions opts(c.ctx);
       opts.setInput(const_cast<int64_t*>(mine), 2);
       opts.setOutput(c.headers.data(), c.headers.size());
@@ -501,7 +501,7 @@ class GlooEndpoint final : public Communicator {
     std::string desc = call.str().substr(0, kDesc);
     desc.resize(kDesc, '\0');
     std::vector<char> all(kDesc * static_cast<size_t>(c.k));
-    run(c, call.op, group, [&] {
+    run(c, collective_name(call.op), group, [&] {
       gloo::AllgatherOptions opts(c.ctx);
       opts.setInput(desc.data(), kDesc);
       opts.setOutput(all.data(), all.size());
@@ -517,7 +517,7 @@ class GlooEndpoint final : public Communicator {
     for (int q = 0; q < c.k; ++q)
       sides += std::string(q ? "; " : "") + "rank " + std::to_string(group[q]) + " calls " + text(q) + " (its call " +
                std::to_string(c.headers[2 * q] + 1) + " on this group)";
-    fail(std::string(call.op) + " over ranks " + ranks_str(group) +
+    fail(std::string(collective_name(call.op)) + " over ranks " + ranks_str(group) +
          ": the members disagree, caught before any data moved: " + sides);
   }
 

@@ -10,6 +10,7 @@
 #include <mutex>
 
 #include "graph/error.h"
+#include "graph/op_def.h"
 #include "graph/shape.h"
 #include "runtime/block_copy.h"
 
@@ -28,19 +29,7 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-enum class Kind : uint8_t { all_reduce, reduce_scatter, all_gather, all_to_all, broadcast, barrier };
-
-std::string_view kind_name(Kind k) {
-  switch (k) {
-    case Kind::all_reduce: return "all_reduce";
-    case Kind::reduce_scatter: return "reduce_scatter";
-    case Kind::all_gather: return "all_gather";
-    case Kind::all_to_all: return "all_to_all";
-    case Kind::broadcast: return "broadcast";
-    case Kind::barrier: return "barrier";
-  }
-  return "?";
-}
+using Kind = Collective;  // graph/op_def.h: the one list
 
 std::string list_str(std::span<const int64_t> v) {
   std::string s = "[";
@@ -57,7 +46,7 @@ struct Post {
   std::span<const TensorRef> in, out;
 
   std::string str() const {
-    std::string s(kind_name(kind));
+    std::string s(collective_name(kind));
     if (kind == Kind::barrier) return s;
     int64_t n = 0;
     for (auto& t : in) n += t.numel;
@@ -486,13 +475,13 @@ class Endpoint final : public Communicator {
     int me = -1;
     for (int i = 0; i < k; ++i) {
       if (ranks[i] < 0 || ranks[i] >= s_.n)
-        fail(std::string(kind_name(p.kind)) + ": group " + list_str(ranks) + " names rank " + std::to_string(ranks[i]) +
+        fail(std::string(collective_name(p.kind)) + ": group " + list_str(ranks) + " names rank " + std::to_string(ranks[i]) +
              " of a world of " + std::to_string(s_.n));
       if (ranks[i] == rank_) me = i;
     }
-    if (me < 0) fail(std::string(kind_name(p.kind)) + ": this rank is not in the group " + list_str(ranks));
+    if (me < 0) fail(std::string(collective_name(p.kind)) + ": this rank is not in the group " + list_str(ranks));
     // Messages are built only when needed: a collective allocates nothing.
-    auto what = [&] { return std::string(kind_name(p.kind)) + " over ranks " + list_str(ranks); };
+    auto what = [&] { return std::string(collective_name(p.kind)) + " over ranks " + list_str(ranks); };
     auto stopped = [&] { return who() + ": " + what(); };
     Group& g = group(ranks);
     const auto deadline = Clock::now() + timeout();
@@ -551,6 +540,7 @@ class Endpoint final : public Communicator {
     const int k = static_cast<int>(posts.size());
     switch (p.kind) {
       case Kind::barrier: return;
+      case Kind::send_recv: throw Error("send/recv is not a group call");
       case Kind::all_reduce:
         if (!p.in.empty()) by_dtype<AllReduceShare>(p.in[0].dtype, "all_reduce", posts, me);
         return;

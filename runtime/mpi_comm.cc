@@ -123,7 +123,7 @@ class MpiEndpoint final : public Communicator {
     int64_t total = 0;
     for (const TensorRef& t : in) total += t.numel;
     Group& c = member(group, "all_reduce");
-    agree(c, Call{"all_reduce", in, -1, -1, static_cast<int>(op)}, group);
+    agree(c, Call{Collective::all_reduce, in, -1, -1, static_cast<int>(op)}, group);
     if (in.empty() || total == 0) return;
     const MPI_Datatype dt = mpi_type(in[0].dtype, "all_reduce");
     const size_t es = dtype_size(in[0].dtype);
@@ -161,7 +161,7 @@ class MpiEndpoint final : public Communicator {
                       std::span<const int64_t> group) override {
     if (std::string e = malformed_reduce_scatter(in, out, dim, static_cast<int64_t>(group.size())); !e.empty()) fail(e);
     Group& c = member(group, "reduce_scatter");
-    agree(c, Call{"reduce_scatter", std::span<const TensorRef>(&in, 1), dim, -1, static_cast<int>(op)}, group);
+    agree(c, Call{Collective::reduce_scatter, std::span<const TensorRef>(&in, 1), dim, -1, static_cast<int>(op)}, group);
     if (in.numel == 0) return;
     const MPI_Datatype dt = mpi_type(in.dtype, "reduce_scatter");
     const size_t es = dtype_size(in.dtype);
@@ -179,7 +179,7 @@ class MpiEndpoint final : public Communicator {
   void all_gather(const TensorRef& in, const TensorRef& out, int dim, std::span<const int64_t> group) override {
     if (std::string e = malformed_all_gather(in, out, dim, static_cast<int64_t>(group.size())); !e.empty()) fail(e);
     Group& c = member(group, "all_gather");
-    agree(c, Call{"all_gather", std::span<const TensorRef>(&in, 1), dim}, group);
+    agree(c, Call{Collective::all_gather, std::span<const TensorRef>(&in, 1), dim}, group);
     if (in.numel == 0) return;
     const size_t es = dtype_size(in.dtype);
     const Around a = around(in.shape, dim);
@@ -206,7 +206,7 @@ class MpiEndpoint final : public Communicator {
     if (std::string e = malformed_all_to_all(in, out, split_dim, concat_dim, static_cast<int64_t>(group.size())); !e.empty())
       fail(e);
     Group& c = member(group, "all_to_all");
-    agree(c, Call{"all_to_all", std::span<const TensorRef>(&in, 1), split_dim, concat_dim}, group);
+    agree(c, Call{Collective::all_to_all, std::span<const TensorRef>(&in, 1), split_dim, concat_dim}, group);
     if (in.numel == 0) return;
     const size_t es = dtype_size(in.dtype);
     staging_.resize(static_cast<size_t>(in.numel) * es);
@@ -223,7 +223,7 @@ class MpiEndpoint final : public Communicator {
   void broadcast(const TensorRef& in, const TensorRef& out, int64_t root, std::span<const int64_t> group) override {
     if (std::string e = malformed_broadcast(in, out, root, static_cast<int64_t>(group.size())); !e.empty()) fail(e);
     Group& c = member(group, "broadcast");
-    agree(c, Call{"broadcast", std::span<const TensorRef>(&in, 1), -1, -1, -1, root}, group);
+    agree(c, Call{Collective::broadcast, std::span<const TensorRef>(&in, 1), -1, -1, -1, root}, group);
     if (c.me == root && out.data != in.data) copy_bytes(out.data, in.data, static_cast<size_t>(in.bytes()));
     if (c.k == 1 || in.numel == 0) return;
     MPI_Request req;
@@ -234,7 +234,7 @@ class MpiEndpoint final : public Communicator {
 
   void barrier(std::span<const int64_t> group) override {
     Group& c = member(group, "barrier");
-    agree(c, Call{"barrier", {}}, group);
+    agree(c, Call{Collective::barrier, {}}, group);
     if (c.k == 1) return;
     MPI_Request req;
     check(MPI_Ibarrier(c.comm, &req), "barrier", group);
@@ -361,8 +361,8 @@ class MpiEndpoint final : public Communicator {
     const int64_t mine[2] = {seq, static_cast<int64_t>(call.fingerprint() >> 1)};
     c.headers.resize(static_cast<size_t>(2 * c.k));
     MPI_Request req;
-    check(MPI_Iallgather(mine, 2, MPI_INT64_T, c.headers.data(), 2, MPI_INT64_T, c.comm, &req), call.op, group);
-    wait(req, call.op, group);
+    check(MPI_Iallgather(mine, 2, MPI_INT64_T, c.headers.data(), 2, MPI_INT64_T, c.comm, &req), collective_name(call.op), group);
+    wait(req, collective_name(call.op), group);
     bool same = true;
     for (int q = 0; q < c.k; ++q) same &= c.headers[2 * q] == mine[0] && c.headers[2 * q + 1] == mine[1];
     if (same) return;
@@ -370,14 +370,14 @@ class MpiEndpoint final : public Communicator {
     std::string desc = call.str().substr(0, kDesc);
     desc.resize(kDesc, '\0');
     std::vector<char> all(static_cast<size_t>(kDesc * c.k));
-    check(MPI_Iallgather(desc.data(), kDesc, MPI_CHAR, all.data(), kDesc, MPI_CHAR, c.comm, &req), call.op, group);
-    wait(req, call.op, group);
+    check(MPI_Iallgather(desc.data(), kDesc, MPI_CHAR, all.data(), kDesc, MPI_CHAR, c.comm, &req), collective_name(call.op), group);
+    wait(req, collective_name(call.op), group);
     std::string sides;
     for (int q = 0; q < c.k; ++q)
       sides += std::string(q ? "; " : "") + "rank " + std::to_string(group[q]) + " calls " +
                std::string(all.data() + q * kDesc, strnlen(all.data() + q * kDesc, kDesc)) + " (its call " +
                std::to_string(c.headers[2 * q] + 1) + " on this group)";
-    fail(std::string(call.op) + " over ranks " + ranks_str(group) + ": the members disagree, caught before any data moved: " + sides);
+    fail(std::string(collective_name(call.op)) + " over ranks " + ranks_str(group) + ": the members disagree, caught before any data moved: " + sides);
   }
 
   // The group's communicator, made by its members together on first use (or in

@@ -97,22 +97,26 @@ void run_step(const ReshardStep& st, const Mesh& m, std::vector<Block>& dev) {
         for (size_t j = 0; j < s.v.size(); ++j) s.v[j] += dev[group[i]].v[j];
       return s;
     };
-    switch (st.kind) {
-      case ReshardStep::Kind::all_reduce: next[r] = sum(); break;
-      case ReshardStep::Kind::reduce_scatter: next[r] = piece(sum(), st.to.dim, k, q); break;
-      case ReshardStep::Kind::all_gather: {
+    if (!st.op) {
+      next[r] = piece(dev[r], st.to.dim, k, q);
+      continue;
+    }
+    switch (*st.op) {
+      case Collective::all_reduce: next[r] = sum(); break;
+      case Collective::reduce_scatter: next[r] = piece(sum(), st.to.dim, k, q); break;
+      case Collective::all_gather: {
         std::vector<Block> parts;
         for (int64_t g : group) parts.push_back(dev[g]);
         next[r] = concat(parts, st.from.dim);
         break;
       }
-      case ReshardStep::Kind::all_to_all: {
+      case Collective::all_to_all: {
         std::vector<Block> parts;  // member p's piece q along the new split dim
         for (int64_t g : group) parts.push_back(piece(dev[g], st.to.dim, k, q));
         next[r] = concat(parts, st.from.dim);
         break;
       }
-      case ReshardStep::Kind::slice: next[r] = piece(dev[r], st.to.dim, k, q); break;
+      default: FAIL() << "resharding inserts no " << collective_name(*st.op);
     }
   }
   dev = std::move(next);
@@ -212,17 +216,17 @@ TEST(Reshard, SplitsOfOneDimNestWithTheLastAxisOutermost) {
   const TensorType t{DType::f32, {32, 64}};
   auto st = reshard(t, {Placement::P(), Placement::S(0)}, {Placement::S(0), Placement::S(0)}, m);
   ASSERT_EQ(st.size(), 1u);
-  EXPECT_EQ(st[0].kind, ReshardStep::Kind::reduce_scatter);
+  EXPECT_EQ(st[0].op, Collective::reduce_scatter);
   EXPECT_EQ(st[0].axis, 0);
   EXPECT_EQ(shard_offsets(t.shape, {Placement::S(0), Placement::S(0)}, m, {1, 0}), (std::vector<int64_t>{8, 0}));
   EXPECT_EQ(shard_offsets(t.shape, {Placement::S(0), Placement::S(0)}, m, {0, 1}), (std::vector<int64_t>{16, 0}));
   st = reshard(t, {Placement::S(0), Placement::P()}, {Placement::S(0), Placement::S(0)}, m);
   ASSERT_EQ(st.size(), 3u);
-  EXPECT_EQ(st[0].kind, ReshardStep::Kind::all_gather);  // dp's part back first
+  EXPECT_EQ(st[0].op, Collective::all_gather);  // dp's part back first
   EXPECT_EQ(st[0].axis, 0);
-  EXPECT_EQ(st[1].kind, ReshardStep::Kind::reduce_scatter);
+  EXPECT_EQ(st[1].op, Collective::reduce_scatter);
   EXPECT_EQ(st[1].axis, 1);
-  EXPECT_EQ(st[2].kind, ReshardStep::Kind::slice);
+  EXPECT_FALSE(st[2].op);
   EXPECT_EQ(st[2].axis, 0);
 }
 
