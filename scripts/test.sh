@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: install, build, run every test (slow ones included); then the same
 # suite, minus the slow end-to-end runs and the heavy planner searches, built with
-# AddressSanitizer + UBSan; then a short fuzzing run of the graph-file reader.
+# AddressSanitizer + UBSan; then short fuzzing runs of the graph-file reader and the TCP store.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=$(nproc)
@@ -18,8 +18,10 @@ scripts/setup.sh build-asan -DCMAKE_BUILD_TYPE=Debug "-DCMAKE_CXX_FLAGS_DEBUG=-g
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
    ctest --output-on-failure -j"$jobs" -LE "slow|heavy" --timeout 900)
 
-echo "== fuzzing the graph-file reader (60 s) =="
+echo "== fuzzing the graph-file reader (45 s) and the TCP store's protocol (30 s) =="
 CC=clang CXX=clang++ scripts/setup.sh build-fuzz -DTESSEL_FUZZ=ON -DTESSEL_BUILD_TESTS=OFF -DTESSEL_BUILD_BENCH=OFF -DTESSEL_NATIVE=OFF
-mkdir -p build-fuzz/corpus
-build-fuzz/tests/graph_fuzz -max_total_time=60 -rss_limit_mb=2048 -print_final_stats=1 \
+mkdir -p build-fuzz/corpus build-fuzz/store_corpus
+build-fuzz/tests/graph_fuzz -max_total_time=45 -rss_limit_mb=2048 -print_final_stats=1 \
   build-fuzz/corpus tests/data/graph_corpus 2>&1 | tail -n 15
+build-fuzz/tests/store_fuzz -max_total_time=30 -rss_limit_mb=2048 -print_final_stats=1 \
+  build-fuzz/store_corpus tests/data/store_corpus 2>&1 | tail -n 15
