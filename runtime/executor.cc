@@ -168,72 +168,120 @@ Executor::~Executor() {
   }
 }
 
-void Executor::build() {
-  const Graph& g = graph_;
-  const auto& sec = program_.section;
-  if (static_cast<int32_t>(sec.size()) != g.size())
-    throw Error("rank " + std::to_string(program_.rank) + ": the program has " + std::to_string(sec.size()) +
-                " section marks for " + std::to_string(g.size()) + " nodes");
-  if (program_.schedule.empty()) throw Error("rank " + std::to_string(program_.rank) + ": the program has no schedule");
-  microbatches_ = 0;
-  for (auto& st : program_.schedule)
-    if (st.section == Section::forward) ++microbatches_;
-  const int64_t m = microbatches_;
-  if (m < 1) throw Error("rank " + std::to_string(program_.rank) + ": the schedule runs no forward pass");
-
-  std::vector<Value> targets;
-  for (auto& u : g.updates()) targets.push_back(u.value), targets.push_back(Value{u.variable, 0});
-  for (auto& o : g.outputs()) targets.push_back(o.value);
-  const std::vector<int32_t> nodes = needed_nodes(g, targets);
-
-  auto root = [&](Value v) { return storage_root(g, v); };
-  auto new_buffer = [&](int64_t bytes, bool persistent, std::string name) {
-    buffers_.push_back(Buffer{bytes, persistent, INT64_MAX, -1, std::move(name), nullptr});
-    return static_cast<int32_t>(buffers_.size()) - 1;
+// build() in named passes over shared state: the program is checked, sources get their
+// buffers, the gradients to accumulate and the regions to recompute are found, outputs get
+// buffers, the gradient collectives that can start early are found, and the schedule is
+// walked into the op list (kernels, transfers, launches and waits, with buffer lifetimes).
+struct Executor::Builder {
+  Executor& x;
+  const Graph& g;
+  const planner::RankProgram& p;
+  const std::vector<Section>& sec;
+  int64_t m = 1;                // microbatches
+  std::vector<int32_t> nodes;   // what the outputs and updates need, in order
+  std::set<std::pair<int32_t, int32_t>> acc;  // backward values accumulated over microbatches
+  // Recomputation: per node its layer, its recompute region (-1: none), whether it runs
+  // again before its layer's backward; per layer the nodes that do, in order.
+  std::vector<int> region, layer_of;
+  std::vector<char> rerun_node;
+  std::map<int, std::vector<int32_t>> rerun;
+  static constexpr int64_t kRerun = int64_t{1} << 40;  // instance offset of recomputed values
+  // Value instances: (root value, microbatch); the apply section's and accumulators are 0.
+  std::map<std::tuple<int32_t, int32_t, int64_t>, int32_t> inst;
+  std::map<std::pair<int32_t, int32_t>, std::vector<Value>> outputs_of;  // by the root of their value
+  // Apply-section collectives that start during the last backward: inputs not final yet,
+  // and per accumulated root the collectives waiting for it.
+  std::map<int32_t, int> waiting;
+  std::map<std::pair<int32_t, int32_t>, std::vector<int32_t>> readers;
+  // The op list's events: the task writing each buffer, the last task waited for, the
+  // last whose buffers' lifetimes reach the current op.
+  std::map<int32_t, int64_t> pending;
+  int64_t waited = -1, extended = -1;
+  std::vector<std::vector<int32_t>> task_bufs;
+  // Buckets of hoisted all-reduces, per (group, dtype), in the order they open.
+  struct Bucket {
+    std::vector<int64_t> ranks;
+    DType dtype;
+    CommTask task;
+    int64_t bytes = 0;
   };
-  persistent_.assign(g.size(), -1);
-  input_slots_.assign(g.size(), {});
-  output_buffer_.assign(g.size(), -1);
-  for (int32_t id : nodes) {
-    const Node& n = g.node(id);
-    if (n.def->kind == OpKind::variable || n.def->kind == OpKind::constant)
-      persistent_[id] = new_buffer(n.outputs[0].bytes(), true, n.name);
-    else if (n.def->kind == OpKind::input)
-      for (int64_t i = 0; i < m; ++i)
-        input_slots_[id].push_back(new_buffer(n.outputs[0].bytes(), true, n.name + (m > 1 ? " (microbatch " + std::to_string(i) + ")" : "")));
+  std::vector<Bucket> open;
+
+  explicit Builder(Executor& e) : x(e), g(e.graph_), p(e.program_), sec(e.program_.section) {}
+
+  std::string rank() const { return "rank " + std::to_string(p.rank); }
+  Value root(Value v) const { return storage_root(g, v); }
+  bool is_acc(Value r) const { return acc.count({r.node, r.index}) > 0; }
+  // A value that is one microbatch's part of a sum over the batch adds up over microbatches;
+  // any other the apply section or an output reads is averaged (each microbatch's is alike).
+  bool summed(const Node& n) const {
+    return static_cast<int32_t>(p.summed.size()) == g.size() && p.summed[static_cast<size_t>(n.id)];
+  }
+  int32_t new_buffer(int64_t bytes, bool persistent, std::string name) {
+    x.buffers_.push_back(Buffer{bytes, persistent, INT64_MAX, -1, std::move(name), nullptr});
+    return static_cast<int32_t>(x.buffers_.size()) - 1;
+  }
+
+  void check_program() {
+    if (static_cast<int32_t>(sec.size()) != g.size())
+      throw Error(rank() + ": the program has " + std::to_string(sec.size()) + " section marks for " +
+                  std::to_string(g.size()) + " nodes");
+    if (p.schedule.empty()) throw Error(rank() + ": the program has no schedule");
+    m = 0;
+    for (auto& st : p.schedule)
+      if (st.section == Section::forward) ++m;
+    if (m < 1) throw Error(rank() + ": the schedule runs no forward pass");
+    x.microbatches_ = m;
+    std::vector<Value> targets;
+    for (auto& u : g.updates()) targets.push_back(u.value), targets.push_back(Value{u.variable, 0});
+    for (auto& o : g.outputs()) targets.push_back(o.value);
+    nodes = needed_nodes(g, targets);
+  }
+
+  // Variables and constants get a buffer, inputs one per microbatch.
+  void source_buffers() {
+    x.persistent_.assign(g.size(), -1);
+    x.input_slots_.assign(g.size(), {});
+    x.output_buffer_.assign(g.size(), -1);
+    for (int32_t id : nodes) {
+      const Node& n = g.node(id);
+      if (n.def->kind == OpKind::variable || n.def->kind == OpKind::constant)
+        x.persistent_[id] = new_buffer(n.outputs[0].bytes(), true, n.name);
+      else if (n.def->kind == OpKind::input)
+        for (int64_t i = 0; i < m; ++i)
+          x.input_slots_[id].push_back(
+              new_buffer(n.outputs[0].bytes(), true, n.name + (m > 1 ? " (microbatch " + std::to_string(i) + ")" : "")));
+    }
   }
 
   // Backward values the apply section reads: accumulated over microbatches.
-  std::set<std::pair<int32_t, int32_t>> acc;
-  auto is_acc = [&](Value r) { return acc.count({r.node, r.index}) > 0; };
-  for (int32_t id : nodes) {
-    if (sec[id] != Section::apply) continue;
-    for (auto& in : g.node(id).inputs) {
-      const Value r = root(in);
+  void find_accumulated() {
+    auto add = [&](Value v) {
+      const Value r = root(v);
       if (sec[r.node] == Section::backward && g.node(r.node).def->kind == OpKind::compute) acc.insert({r.node, r.index});
-    }
-  }
-  for (auto& u : g.updates()) {
-    const Value r = root(u.value);
-    if (sec[r.node] == Section::backward && g.node(r.node).def->kind == OpKind::compute) acc.insert({r.node, r.index});
+    };
+    for (int32_t id : nodes)
+      if (sec[id] == Section::apply)
+        for (auto& in : g.node(id).inputs) add(in);
+    for (auto& u : g.updates()) add(u.value);
   }
 
-  // Recomputation: a forward value that a layer's backward reads inside the layer's
-  // recompute region (the whole layer, or only its attention core) is not kept from the
-  // forward pass: the region runs again for each microbatch just before that layer's
-  // backward first needs it. What enters the region (the layer's input, other layers'
-  // values, received activations) is kept.
-  std::vector<int> region(g.size(), -1), layer_of(g.size(), -1);
-  std::vector<char> rerun_node(g.size(), 0);
-  std::map<int, std::vector<int32_t>> rerun;  // layer -> nodes to run again, in order
-  if (options_.recompute != planner::Recompute::none) {
-    if (static_cast<int32_t>(program_.layer.size()) != g.size() || static_cast<int32_t>(program_.recompute.size()) != g.size())
-      throw Error("rank " + std::to_string(program_.rank) + ": the program has no layer marks for recomputation");
+  // A forward value that a layer's backward reads inside the layer's recompute region (the
+  // whole layer, or only its attention core) is not kept from the forward pass: the region
+  // runs again for each microbatch just before that layer's backward first needs it. What
+  // enters the region (the layer's input, other layers' values, received activations) is kept.
+  void mark_recomputation() {
+    region.assign(g.size(), -1);
+    layer_of.assign(g.size(), -1);
+    rerun_node.assign(g.size(), 0);
+    if (x.options_.recompute == planner::Recompute::none) return;
+    if (static_cast<int32_t>(p.layer.size()) != g.size() || static_cast<int32_t>(p.recompute.size()) != g.size())
+      throw Error(rank() + ": the program has no layer marks for recomputation");
     for (int32_t id : nodes) {
       const Node& n = g.node(id);
-      layer_of[id] = program_.layer[static_cast<size_t>(id)];
+      layer_of[id] = p.layer[static_cast<size_t>(id)];
       if (layer_of[id] < 0 || sec[id] != Section::forward || n.def->kind != OpKind::compute || is_transfer(n) ||
-          !program_.recompute[static_cast<size_t>(id)])
+          !p.recompute[static_cast<size_t>(id)])
         continue;
       region[id] = layer_of[id];
     }
@@ -252,23 +300,17 @@ void Executor::build() {
     for (int32_t id : nodes)
       if (rerun_node[id] && !g.node(id).def->view) rerun[region[id]].push_back(id);
   }
-  constexpr int64_t kRerun = int64_t{1} << 40;  // instance offset of recomputed values
 
-  // Value instances: (root value, microbatch); the apply section's and accumulators are 0.
-  // `layer` >= 0: the reader belongs to that layer's backward (or its rerun), which reads
-  // the layer's recomputed values.
-  std::map<std::tuple<int32_t, int32_t, int64_t>, int32_t> inst;
-  // A value that is one microbatch's part of a sum over the batch adds up over microbatches;
-  // any other the apply section or an output reads is averaged (each microbatch's is alike).
-  auto summed = [&](const Node& n) {
-    return static_cast<int32_t>(program_.summed.size()) == g.size() && program_.summed[static_cast<size_t>(n.id)];
-  };
-  auto resolve = [&](Value v, Section reader, int64_t mb, int layer = -1) -> Ref {
+  // The buffer a reader in section `reader`, microbatch `mb`, reads v from. `layer` >= 0:
+  // the reader belongs to that layer's backward (or its rerun), which reads the layer's
+  // recomputed values.
+  Ref resolve(Value v, Section reader, int64_t mb, int layer = -1) {
     const Value r = root(v);
     const TensorType* t = &g.type(v);
     const Node& rn = g.node(r.node);
-    if (persistent_[r.node] >= 0) return Ref{persistent_[r.node], t};
-    if (rn.def->kind == OpKind::input) return Ref{input_slots_[r.node][static_cast<size_t>(reader == Section::apply ? m - 1 : mb)], t};
+    if (x.persistent_[r.node] >= 0) return Ref{x.persistent_[r.node], t};
+    if (rn.def->kind == OpKind::input)
+      return Ref{x.input_slots_[r.node][static_cast<size_t>(reader == Section::apply ? m - 1 : mb)], t};
     const Section s = sec[r.node];
     int64_t i = 0;
     if (s == Section::forward) i = reader == Section::apply ? m - 1 : mb;
@@ -281,51 +323,50 @@ void Executor::build() {
       if (m > 1 && s != Section::apply) name += " (microbatch " + std::to_string(i) + ")";
       if (again) name += " (recomputed)";
       it->second = new_buffer(rn.outputs[static_cast<size_t>(r.index)].bytes(), false, name);
-      if (!again && i == (s == Section::forward ? m - 1 : 0)) read_by_apply_[{r.node, r.index}] = it->second;
+      if (!again && i == (s == Section::forward ? m - 1 : 0)) x.read_by_apply_[{r.node, r.index}] = it->second;
     }
     return Ref{it->second, t};
-  };
+  }
 
-  // Outputs, by the root of their value.
-  std::map<std::pair<int32_t, int32_t>, std::vector<Value>> outputs_of;
-  for (auto& o : g.outputs()) {
-    if (g.node(o.value.node).op == "send") continue;
-    const Value r = root(o.value);
-    if (g.node(r.node).def->kind != OpKind::compute) continue;  // variables and inputs are read directly
-    if (output_buffer_[o.value.node] < 0) output_buffer_[o.value.node] = new_buffer(g.type(o.value).bytes(), true, o.name);
-    outputs_of[{r.node, r.index}].push_back(o.value);
+  void output_buffers() {
+    for (auto& o : g.outputs()) {
+      if (g.node(o.value.node).op == "send") continue;
+      const Value r = root(o.value);
+      if (g.node(r.node).def->kind != OpKind::compute) continue;  // variables and inputs are read directly
+      if (x.output_buffer_[o.value.node] < 0)
+        x.output_buffer_[o.value.node] = new_buffer(g.type(o.value).bytes(), true, o.name);
+      outputs_of[{r.node, r.index}].push_back(o.value);
+    }
   }
 
   // Apply-section collectives whose inputs are all accumulated gradients (or stored
   // variables): started during the last backward, as soon as their inputs are final.
-  std::map<int32_t, int> waiting;                          // collective -> inputs not final yet
-  std::map<std::pair<int32_t, int32_t>, std::vector<int32_t>> readers;  // acc root -> such collectives
-  for (int32_t id : nodes) {
-    const Node& n = g.node(id);
-    if (sec[id] != Section::apply || !is_collective(n)) continue;
-    std::set<std::pair<int32_t, int32_t>> need;
-    bool ok = true;
-    for (auto& in : n.inputs) {
-      const Value r = root(in);
-      if (is_acc(r)) need.insert({r.node, r.index});
-      else if (persistent_[r.node] < 0) ok = false;
+  void find_early_collectives() {
+    for (int32_t id : nodes) {
+      const Node& n = g.node(id);
+      if (sec[id] != Section::apply || !is_collective(n)) continue;
+      std::set<std::pair<int32_t, int32_t>> need;
+      bool ok = true;
+      for (auto& in : n.inputs) {
+        const Value r = root(in);
+        if (is_acc(r)) need.insert({r.node, r.index});
+        else if (x.persistent_[r.node] < 0) ok = false;
+      }
+      if (!ok || need.empty()) continue;
+      waiting[id] = static_cast<int>(need.size());
+      for (auto& k : need) readers[k].push_back(id);
     }
-    if (!ok || need.empty()) continue;
-    waiting[id] = static_cast<int>(need.size());
-    for (auto& k : need) readers[k].push_back(id);
   }
 
-  // The op list of one step, with lifetimes (tick = op index) and events.
-  std::map<int32_t, int64_t> pending;  // buffer -> task writing it
-  int64_t waited = -1, extended = -1;
-  std::vector<std::vector<int32_t>> task_bufs;
-  auto touch = [&](int32_t b) {
-    Buffer& x = buffers_[static_cast<size_t>(b)];
-    const int64_t t = static_cast<int64_t>(ops_.size());
-    x.first = std::min(x.first, t);
-    x.last = std::max(x.last, t);
-  };
-  auto emit_wait = [&](int64_t task) {
+  // ---- the op list of one step, with lifetimes (tick = op index) and events ----
+
+  void touch(int32_t b) {
+    Buffer& buf = x.buffers_[static_cast<size_t>(b)];
+    const int64_t t = static_cast<int64_t>(x.ops_.size());
+    buf.first = std::min(buf.first, t);
+    buf.last = std::max(buf.last, t);
+  }
+  void emit_wait(int64_t task) {
     if (task <= waited) return;
     Op w;
     w.type = Op::Type::wait;
@@ -333,18 +374,18 @@ void Executor::build() {
     for (int64_t k = extended + 1; k <= task; ++k)
       for (int32_t b : task_bufs[static_cast<size_t>(k)]) touch(b);
     extended = std::max(extended, task);
-    ops_.push_back(std::move(w));
+    x.ops_.push_back(std::move(w));
     waited = task;
-  };
-  auto emit = [&](Op op) {
+  }
+  void emit(Op op) {
     for (auto& r : op.in)
       if (auto it = pending.find(r.buf); it != pending.end() && it->second > waited) emit_wait(it->second);
     for (auto& r : op.in) touch(r.buf);
     for (auto& r : op.out) touch(r.buf);
-    ops_.push_back(std::move(op));
-  };
-  auto launch = [&](CommTask t) {
-    const int64_t k = static_cast<int64_t>(tasks_.size());
+    x.ops_.push_back(std::move(op));
+  }
+  void launch(CommTask t) {
+    const int64_t k = static_cast<int64_t>(x.tasks_.size());
     std::vector<int32_t> bufs;
     for (auto& r : t.in) bufs.push_back(r.buf);
     for (auto& r : t.out) bufs.push_back(r.buf), pending[r.buf] = k;
@@ -354,10 +395,10 @@ void Executor::build() {
     op.type = Op::Type::launch;
     op.task = k;
     op.node = t.node;
-    tasks_.push_back(std::move(t));
-    ops_.push_back(std::move(op));
-  };
-  auto task_for = [&](const Node& n, Section s, int64_t mb, int layer = -1) {
+    x.tasks_.push_back(std::move(t));
+    x.ops_.push_back(std::move(op));
+  }
+  CommTask task_for(const Node& n, Section s, int64_t mb, int layer = -1) {
     CommTask t;
     t.op = *n.def->collective;
     t.node = &n;
@@ -366,28 +407,21 @@ void Executor::build() {
     t.ranks = n.attrs.get_i64s("ranks");
     const std::string red = n.attrs.get_str_or("reduce", "sum");
     t.reduce = red == "max" ? ReduceOp::max : ReduceOp::sum;
-    const int rank = g.type(n.inputs[0]).rank();
-    auto norm = [&](int64_t d) { return static_cast<int>(d < 0 ? d + rank : d); };
+    const int r = g.type(n.inputs[0]).rank();
+    auto norm = [&](int64_t d) { return static_cast<int>(d < 0 ? d + r : d); };
     if (n.attrs.has("dim")) t.dim = norm(n.attrs.get_i64("dim"));
     if (n.attrs.has("split_dim")) t.dim = norm(n.attrs.get_i64("split_dim")), t.dim2 = norm(n.attrs.get_i64("concat_dim"));
     if (n.attrs.has("root")) t.root = n.attrs.get_i64("root");
     return t;
-  };
+  }
 
-  // Buckets of hoisted all-reduces, per (group, dtype), in the order they open.
-  struct Bucket {
-    std::vector<int64_t> ranks;
-    DType dtype;
-    CommTask task;
-    int64_t bytes = 0;
-  };
-  std::vector<Bucket> open;
-  auto flush = [&](Bucket& b) {
+  void flush(Bucket& b) {
     if (!b.task.in.empty()) launch(std::move(b.task));
     b.task = CommTask{};
     b.bytes = 0;
-  };
-  auto hoist = [&](int32_t id) {
+  }
+  // An early collective whose inputs are final: launched, or (a sum all-reduce) put in its bucket.
+  void hoist(int32_t id) {
     const Node& n = g.node(id);
     CommTask t = task_for(n, Section::apply, 0);
     const int64_t bytes = g.type(n.inputs[0]).bytes();
@@ -401,7 +435,7 @@ void Executor::build() {
       open.push_back(Bucket{t.ranks, dt, {}, 0});
       it = open.end() - 1;
     }
-    if (it->bytes > 0 && it->bytes + bytes > options_.bucket_bytes) flush(*it);
+    if (it->bytes > 0 && it->bytes + bytes > x.options_.bucket_bytes) flush(*it);
     if (it->task.in.empty()) {
       it->task.op = Collective::all_reduce;
       it->task.node = &n;
@@ -410,16 +444,16 @@ void Executor::build() {
     it->task.in.push_back(t.in[0]);
     it->task.out.push_back(t.out[0]);
     it->bytes += bytes;
-  };
-  auto finished = [&](Value r) {  // an accumulated gradient is final
+  }
+  void finished(Value r) {  // an accumulated gradient is final
     auto it = readers.find({r.node, r.index});
     if (it == readers.end()) return;
     for (int32_t c : it->second)
       if (--waiting[c] == 0) hoist(c);
-  };
+  }
 
   // One node's work: a kernel, a transfer, or a collective on the communication stream.
-  auto run_node = [&](const Node& n, Section S, int64_t mb, int layer) {
+  void run_node(const Node& n, Section S, int64_t mb, int layer) {
     if (is_collective(n)) {
       launch(task_for(n, S, mb, layer));
       return;
@@ -430,15 +464,16 @@ void Executor::build() {
       op.type = n.op == "recv" ? Op::Type::recv : Op::Type::send;
       op.peer = n.attrs.get_i64("peer");
       op.tag = n.attrs.get_i64("tag");
+    } else {
+      op.fn = cpu_kernel_for(n, x.options_.use_blas);
     }
-    else op.fn = cpu_kernel_for(n, options_.use_blas);
-    if (mb > 0 && n.attrs.has("global_shape") && static_cast<int32_t>(program_.microbatch_dim.size()) == g.size())
-      if (const int d = program_.microbatch_dim[static_cast<size_t>(n.id)]; d >= 0) {
+    if (mb > 0 && n.attrs.has("global_shape") && static_cast<int32_t>(p.microbatch_dim.size()) == g.size())
+      if (const int d = p.microbatch_dim[static_cast<size_t>(n.id)]; d >= 0) {
         op.shift.assign(n.outputs[0].shape.size(), 0);
         op.shift[static_cast<size_t>(d)] = mb * n.outputs[0].shape[static_cast<size_t>(d)];
       }
-    if (n.op == "fused") {  // compiled at the end of build()
-      auto& [desc, fn] = kernels_[n.id];
+    if (n.op == "fused") {  // compiled by compile_kernels()
+      auto& [desc, fn] = x.kernels_[n.id];
       if (!desc) desc = std::make_unique<ops::FusedKernelDesc>(ops::FusedKernelDesc::from_attrs(n.attrs));
       op.desc = desc.get();
     }
@@ -446,68 +481,94 @@ void Executor::build() {
     if (n.op != "send")
       for (int o = 0; o < static_cast<int>(n.outputs.size()); ++o) op.out.push_back(resolve(n.out(o), S, mb, layer));
     emit(std::move(op));
-  };
+  }
 
-  for (const planner::ScheduleStep& st : program_.schedule) {
-    const Section S = st.section;
-    const int64_t mb = S == Section::apply ? 0 : st.microbatch;
-    std::set<int> rerun_done;
-    for (int32_t id : nodes) {
-      if (sec[id] != S) continue;
-      const Node& n = g.node(id);
-      if (n.def->kind != OpKind::compute || n.def->view) continue;
-      if (S == Section::apply && waiting.count(id)) continue;  // started during the last backward
-      const int layer = S == Section::backward ? layer_of[id] : -1;
-      if (layer >= 0 && rerun.count(layer) && rerun_done.insert(layer).second)
-        for (int32_t f : rerun[layer]) run_node(g.node(f), Section::backward, mb, layer);
-      run_node(n, S, mb, layer);
-      for (int o = 0; o < static_cast<int>(n.outputs.size()); ++o) {
-        const Value v = n.out(o);
-        if (S == Section::backward && is_acc(v)) {
-          if (m > 1 && mb > 0) {
-            Op a;
-            a.type = Op::Type::accumulate;
-            a.node = &n;
-            a.in.push_back(resolve(v, S, mb, layer));
-            a.out.push_back(resolve(v, Section::apply, 0));
-            a.in.push_back(a.out[0]);
-            a.last = mb == m - 1;
-            a.scale = summed(n) ? 1.0 : 1.0 / static_cast<double>(m);
-            emit(std::move(a));
-          }
-          if (mb == m - 1) finished(v);
+  // After node n ran for microbatch mb: its gradients are accumulated (the last
+  // microbatch's makes them final), its outputs copied or averaged into their buffers.
+  void after_node(const Node& n, Section S, int64_t mb, int layer) {
+    for (int o = 0; o < static_cast<int>(n.outputs.size()); ++o) {
+      const Value v = n.out(o);
+      if (S == Section::backward && is_acc(v)) {
+        if (m > 1 && mb > 0) {
+          Op a;
+          a.type = Op::Type::accumulate;
+          a.node = &n;
+          a.in.push_back(resolve(v, S, mb, layer));
+          a.out.push_back(resolve(v, Section::apply, 0));
+          a.in.push_back(a.out[0]);
+          a.last = mb == m - 1;
+          a.scale = summed(n) ? 1.0 : 1.0 / static_cast<double>(m);
+          emit(std::move(a));
         }
-        auto oit = outputs_of.find({v.node, v.index});
-        if (oit == outputs_of.end()) continue;
-        for (const Value& ov : oit->second) {
-          Op out;
-          out.type = Op::Type::output;
-          out.node = &n;
-          out.in.push_back(resolve(ov, S, mb, layer));
-          out.out.push_back(Ref{output_buffer_[ov.node], &g.type(ov)});
-          out.mean = S == Section::forward && m > 1 && g.type(ov).numel() == 1 &&
-                     (g.type(ov).dtype == DType::f32 || g.type(ov).dtype == DType::f64);
-          out.first = mb == 0;
-          out.last = mb == m - 1;
-          out.scale = summed(g.node(ov.node)) ? 1.0 : 1.0 / static_cast<double>(m);
-          emit(std::move(out));
-        }
+        if (mb == m - 1) finished(v);
+      }
+      auto oit = outputs_of.find({v.node, v.index});
+      if (oit == outputs_of.end()) continue;
+      for (const Value& ov : oit->second) {
+        Op out;
+        out.type = Op::Type::output;
+        out.node = &n;
+        out.in.push_back(resolve(ov, S, mb, layer));
+        out.out.push_back(Ref{x.output_buffer_[ov.node], &g.type(ov)});
+        out.mean = S == Section::forward && m > 1 && g.type(ov).numel() == 1 &&
+                   (g.type(ov).dtype == DType::f32 || g.type(ov).dtype == DType::f64);
+        out.first = mb == 0;
+        out.last = mb == m - 1;
+        out.scale = summed(g.node(ov.node)) ? 1.0 : 1.0 / static_cast<double>(m);
+        emit(std::move(out));
       }
     }
-    if (S == Section::backward && mb == m - 1)
-      for (Bucket& b : open) flush(b);
   }
-  for (auto& [id, left] : waiting)
-    if (left > 0)
-      throw Error(g.node(id).where() + ": rank " + std::to_string(program_.rank) +
-                  ": a gradient collective whose inputs the backward never finished");
-  if (!tasks_.empty()) emit_wait(static_cast<int64_t>(tasks_.size()) - 1);
-  for (auto& u : g.updates()) {
-    const Ref v = resolve(u.value, Section::apply, 0);
-    touch(v.buf);
-    updates_.push_back({persistent_[u.variable], v.buf});
+
+  void walk_schedule() {
+    for (const planner::ScheduleStep& st : p.schedule) {
+      const Section S = st.section;
+      const int64_t mb = S == Section::apply ? 0 : st.microbatch;
+      std::set<int> rerun_done;
+      for (int32_t id : nodes) {
+        if (sec[id] != S) continue;
+        const Node& n = g.node(id);
+        if (n.def->kind != OpKind::compute || n.def->view) continue;
+        if (S == Section::apply && waiting.count(id)) continue;  // started during the last backward
+        const int layer = S == Section::backward ? layer_of[id] : -1;
+        if (layer >= 0 && rerun.count(layer) && rerun_done.insert(layer).second)
+          for (int32_t f : rerun[layer]) run_node(g.node(f), Section::backward, mb, layer);
+        run_node(n, S, mb, layer);
+        after_node(n, S, mb, layer);
+      }
+      if (S == Section::backward && mb == m - 1)
+        for (Bucket& b : open) flush(b);
+    }
+    for (auto& [id, left] : waiting)
+      if (left > 0)
+        throw Error(g.node(id).where() + ": " + rank() + ": a gradient collective whose inputs the backward never finished");
+    if (!x.tasks_.empty()) emit_wait(static_cast<int64_t>(x.tasks_.size()) - 1);
   }
+
+  void updates() {
+    for (auto& u : g.updates()) {
+      const Ref v = resolve(u.value, Section::apply, 0);
+      touch(v.buf);
+      x.updates_.push_back({x.persistent_[u.variable], v.buf});
+    }
+  }
+};
+
+void Executor::build() {
+  Builder b(*this);
+  b.check_program();
+  b.source_buffers();
+  b.find_accumulated();
+  b.mark_recomputation();
+  b.output_buffers();
+  b.find_early_collectives();
+  b.walk_schedule();
+  b.updates();
   write_updates_in_place();
+  compile_kernels();
+}
+
+void Executor::compile_kernels() {
   for (auto& [id, k] : kernels_)
     k.second = compile_and_count(*k.first, jit_report_.compiled, jit_report_.disk_hits, jit_report_.compile_s);
   jit_report_.kernels = static_cast<int64_t>(kernels_.size());

@@ -147,10 +147,12 @@ class Executor {
   struct Buffer;
 
  private:
+  struct Builder;  // build()'s passes
   Executor(std::unique_ptr<planner::RankProgram> owned, const planner::RankProgram* program, Communicator* comm,
            ExecutorOptions options);
   void build();
   void write_updates_in_place();
+  void compile_kernels();
   void comm_loop();
   void run_task(const CommTask& t);
   void wait_event(int64_t event);

@@ -273,8 +273,18 @@ double LocalRun::scalar_output(std::string_view name) {
   if (root == first_) v = scalar_of(ranks_[0]->output(name), name);
   const int64_t one = 1;
   const TensorRef t{&v, DType::f64, std::span<const int64_t>(&one, 1), 1};
-  comms_[0]->broadcast(t, t, root, world_group_);
+  const planner::RankProgram& p = programs_[static_cast<size_t>(root)];
+  between_steps("reading output '" + std::string(name) + "' of " + p.graph.node(p.graph.output(std::string(name))->node).where(),
+                [&] { comms_[0]->broadcast(t, t, root, world_group_); });
   return v;
+}
+
+void LocalRun::between_steps(const std::string& what, const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    throw Error(std::string(e.what()) + " (" + what + ") in step " + std::to_string(generation_));
+  }
 }
 
 std::vector<std::byte> LocalRun::gather_variable(std::string_view name, const TensorType& global) {
@@ -312,21 +322,25 @@ std::vector<std::byte> LocalRun::gather_variable(std::string_view name, const Te
     return whole;
   }
   // Across processes: the holders send their shards to rank 0, which sends the whole to all.
-  std::vector<std::byte> buf;
-  for (const Shard& s : shards) {
-    if (local(s.rank)) {
-      TensorRef v = ranks_[static_cast<size_t>(s.rank - first_)]->variable(name);
-      if (!v.data) throw Error("rank " + std::to_string(s.rank) + " holds no variable '" + std::string(name) + "'");
-      if (first_ == 0) place(static_cast<const std::byte*>(v.data), s);
-      else comms_[0]->send(v, 0, kHostTag);
-    } else if (first_ == 0) {
-      buf.resize(static_cast<size_t>(numel(s.shape)) * es);
-      comms_[0]->recv(TensorRef{buf.data(), global.dtype, s.shape, numel(s.shape)}, s.rank, kHostTag);
-      place(buf.data(), s);
+  const planner::RankProgram& holder = programs_[static_cast<size_t>(shards.front().rank)];
+  const auto id = holder.graph.find(name);
+  between_steps("gathering variable " + (id ? holder.graph.node(*id).where() : "'" + std::string(name) + "'"), [&] {
+    std::vector<std::byte> buf;
+    for (const Shard& s : shards) {
+      if (local(s.rank)) {
+        TensorRef v = ranks_[static_cast<size_t>(s.rank - first_)]->variable(name);
+        if (!v.data) throw Error("rank " + std::to_string(s.rank) + " holds no variable '" + std::string(name) + "'");
+        if (first_ == 0) place(static_cast<const std::byte*>(v.data), s);
+        else comms_[0]->send(v, 0, kHostTag);
+      } else if (first_ == 0) {
+        buf.resize(static_cast<size_t>(numel(s.shape)) * es);
+        comms_[0]->recv(TensorRef{buf.data(), global.dtype, s.shape, numel(s.shape)}, s.rank, kHostTag);
+        place(buf.data(), s);
+      }
     }
-  }
-  const TensorRef all{whole.data(), global.dtype, global.shape, global.numel()};
-  comms_[0]->broadcast(all, all, 0, world_group_);
+    const TensorRef all{whole.data(), global.dtype, global.shape, global.numel()};
+    comms_[0]->broadcast(all, all, 0, world_group_);
+  });
   return whole;
 }
 

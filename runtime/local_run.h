@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <span>
@@ -75,6 +76,9 @@ class LocalRun {
   int64_t first_ = 0;
   std::vector<int64_t> world_group_;  // 0 .. ranks() - 1
   void check_same_plan();
+  // Runs a collective outside the steps (the step's loss, a variable); its error names `what`
+  // and the step whose results it reads.
+  void between_steps(const std::string& what, const std::function<void()>& f);
   void start_ranks(const std::vector<Communicator*>& comm_of, const ExecutorOptions& options, int threads);
 
   // One thread per rank for the whole run (a step starts no thread and allocates nothing).
