@@ -31,7 +31,6 @@ namespace tessel {
 using detail::Engine;
 using detail::Feeder;
 using detail::InputFn;
-using detail::OneDevice;
 using detail::read_scalar;
 
 namespace {

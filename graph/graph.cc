@@ -314,6 +314,13 @@ Value storage_root(const Graph& g, Value v) {
   return v;
 }
 
+std::vector<int32_t> needed_nodes(const Graph& g) {
+  std::vector<Value> targets;
+  for (auto& u : g.updates()) targets.push_back(u.value), targets.push_back(Value{u.variable, 0});
+  for (auto& o : g.outputs()) targets.push_back(o.value);
+  return needed_nodes(g, targets);
+}
+
 std::vector<int32_t> needed_nodes(const Graph& g, std::span<const Value> targets) {
   std::vector<char> need(g.size(), 0);
   for (auto& v : targets) {

@@ -140,5 +140,7 @@ Value storage_root(const Graph& g, Value v);
 
 // Nodes needed to compute `targets` (and nothing else), in topological order.
 std::vector<int32_t> needed_nodes(const Graph& g, std::span<const Value> targets);
+// What the graph's outputs and updates (their values and variables) need, in order.
+std::vector<int32_t> needed_nodes(const Graph& g);
 
 }  // namespace tessel

@@ -356,10 +356,7 @@ std::vector<RankProgram> partition(const Graph& g, const PlanConfig& config, std
     c.tp_dims = choose_tensor_parallel(g, ls, c, parse_cluster("local:" + std::to_string(c.devices())), CostOptions{});
   if (std::string why = tp_dims_problem(g, c.tp_dims); !why.empty()) throw Error("partition: " + why);
   const Mesh m = planning_mesh(c);
-  std::vector<Value> targets;
-  for (auto& u : g.updates()) targets.push_back(u.value), targets.push_back(Value{u.variable, 0});
-  for (auto& o : g.outputs()) targets.push_back(o.value);
-  const std::vector<int32_t> nodes = needed_nodes(g, targets);
+  const std::vector<int32_t> nodes = needed_nodes(g);
   const GraphPlacement gp = place_graph(g, c, m, nodes);
   if (std::string why = microbatch_problem(g, gp, m); !why.empty()) throw Error("partition: " + why);
 
@@ -415,10 +412,7 @@ std::vector<RankProgram> partition(const Graph& g, const PlanConfig& config, std
 
 RankProgram one_device(Graph g, int64_t microbatches, Recompute recompute) {
   if (microbatches < 1) throw Error("one_device: microbatches must be >= 1, got " + std::to_string(microbatches));
-  std::vector<Value> targets;
-  for (auto& u : g.updates()) targets.push_back(u.value), targets.push_back(Value{u.variable, 0});
-  for (auto& o : g.outputs()) targets.push_back(o.value);
-  const std::vector<int32_t> nodes = needed_nodes(g, targets);
+  const std::vector<int32_t> nodes = needed_nodes(g);
   std::vector<Section> section(g.size(), Section::forward);
   std::vector<int32_t> layer(g.size(), -1);
   std::vector<char> marks(g.size(), 0);

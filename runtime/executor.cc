@@ -232,10 +232,7 @@ struct Executor::Builder {
       if (st.section == Section::forward) ++m;
     if (m < 1) throw Error(rank() + ": the schedule runs no forward pass");
     x.microbatches_ = m;
-    std::vector<Value> targets;
-    for (auto& u : g.updates()) targets.push_back(u.value), targets.push_back(Value{u.variable, 0});
-    for (auto& o : g.outputs()) targets.push_back(o.value);
-    nodes = needed_nodes(g, targets);
+    nodes = needed_nodes(g);
   }
 
   // Variables and constants get a buffer, inputs one per microbatch.
@@ -928,14 +925,17 @@ int32_t Executor::buffer_of(Value v) const {
   return -1;
 }
 
+Value Executor::running(Value v) const {
+  if (!fused_) return v;
+  const auto& outs = fused_values_.at(static_cast<size_t>(v.node));
+  return static_cast<size_t>(v.index) < outs.size() ? outs[static_cast<size_t>(v.index)] : Value{};
+}
+
 TensorRef Executor::value(Value v) {
   if (!initialized_) throw Error("Executor: buffers exist only after initialize()");
   const Graph& src = source_.graph;
   if (v.node < 0 || v.node >= src.size()) throw Error("Executor::value: no node " + std::to_string(v.node));
-  const Value r = fused_ ? (static_cast<size_t>(v.index) < fused_values_.at(static_cast<size_t>(v.node)).size()
-                                ? fused_values_[static_cast<size_t>(v.node)][static_cast<size_t>(v.index)]
-                                : Value{})
-                         : v;
+  const Value r = running(v);
   if (!r.valid())
     throw Error(src.node(v.node).where() + ": no buffer: the value lives inside a fused kernel (run without the JIT to read it)");
   const int32_t b = buffer_of(r);
@@ -945,11 +945,7 @@ TensorRef Executor::value(Value v) {
 }
 
 bool Executor::has_buffer(Value v) const {
-  const Graph& src = source_.graph;
-  if (v.node < 0 || v.node >= src.size()) return false;
-  if (!fused_) return buffer_of(v) >= 0;
-  const auto& outs = fused_values_.at(static_cast<size_t>(v.node));
-  return static_cast<size_t>(v.index) < outs.size() && buffer_of(outs[static_cast<size_t>(v.index)]) >= 0;
+  return v.node >= 0 && v.node < source_.graph.size() && buffer_of(running(v)) >= 0;
 }
 
 void Executor::export_variables(Graph& g) const {
@@ -962,6 +958,17 @@ void Executor::export_variables(Graph& g) const {
     g.set_data(*gid, std::vector<std::byte>(p, p + n.outputs[0].bytes()));
   }
 }
+
+namespace {
+// A profile's entries, the most time first.
+template <class K, class T>
+std::vector<T> slowest_first(const std::map<K, T>& by) {
+  std::vector<T> v;
+  for (auto& [k, t] : by) v.push_back(t);
+  std::sort(v.begin(), v.end(), [](const T& a, const T& b) { return a.ms > b.ms; });
+  return v;
+}
+}  // namespace
 
 std::vector<Executor::NodeTime> Executor::node_profile() const {
   std::map<int32_t, NodeTime> by_node;
@@ -978,10 +985,7 @@ std::vector<Executor::NodeTime> Executor::node_profile() const {
     t.calls += op.calls;
     t.ms += op.ms;
   }
-  std::vector<NodeTime> v;
-  for (auto& [k, t] : by_node) v.push_back(t);
-  std::sort(v.begin(), v.end(), [](const NodeTime& a, const NodeTime& b) { return a.ms > b.ms; });
-  return v;
+  return slowest_first(by_node);
 }
 
 std::vector<Executor::OpTime> Executor::profile() const {
@@ -992,10 +996,7 @@ std::vector<Executor::OpTime> Executor::profile() const {
     t.calls += n.calls;
     t.ms += n.ms;
   }
-  std::vector<OpTime> v;
-  for (auto& [k, t] : by_op) v.push_back(t);
-  std::sort(v.begin(), v.end(), [](const OpTime& a, const OpTime& b) { return a.ms > b.ms; });
-  return v;
+  return slowest_first(by_op);
 }
 
 }  // namespace tessel::runtime

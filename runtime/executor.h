@@ -157,6 +157,7 @@ class Executor {
   void run_task(const CommTask& t);
   void wait_event(int64_t event);
   int32_t buffer_of(Value v) const;  // v of the program that runs; -1: none
+  Value running(Value v) const;      // a value of the program given, in the one that runs (invalid: fused away)
 
   std::unique_ptr<planner::RankProgram> own_program_;  // a program moved in
   const planner::RankProgram& source_;           // the program given

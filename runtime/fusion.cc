@@ -71,11 +71,8 @@ class Fuser {
       for (const Value& v : node.inputs) users_[static_cast<size_t>(v.node)].push_back(node.id);
     for (const NamedValue& o : g_.outputs()) kept_[static_cast<size_t>(o.value.node)] = true;
     for (const Update& u : g_.updates()) kept_[static_cast<size_t>(u.value.node)] = true;
-    std::vector<Value> targets;
-    for (const NamedValue& o : g_.outputs()) targets.push_back(o.value);
-    for (const Update& u : g_.updates()) targets.push_back(u.value), targets.push_back(Value{u.variable, 0});
     live_.assign(n, 0);
-    for (int32_t id : needed_nodes(g_, targets)) live_[static_cast<size_t>(id)] = 1;
+    for (int32_t id : needed_nodes(g_)) live_[static_cast<size_t>(id)] = 1;
     for (const Node& node : g_.nodes())
       if (live_[static_cast<size_t>(node.id)]) place(node);
     return build();
