@@ -63,21 +63,36 @@ Graph model_graph(const Model& model, const Tensor& loss) {
   return g;
 }
 
-// Copies a Batch into the engine's inputs, checking each one's size.
+// Copies a Batch into the engine's inputs, checking each one's size: the whole batch of an
+// input (its rows the engine asks for are copied), or exactly those rows.
 struct BatchFeeder final : detail::Feeder {
   const Graph& g;
   const Batch& batch;
-  BatchFeeder(const Graph& graph, const Batch& b) : g(graph), batch(b) {}
-  void feed(const detail::InputFn& input, int64_t, int64_t) override {
+  int64_t accumulate;  // one device: the graph takes batch / accumulate rows, a microbatch's window
+  bool devices;        // the windows are this process's rows (Trainer::rows)
+  BatchFeeder(const Graph& graph, const Batch& b, int64_t k, bool d) : g(graph), batch(b), accumulate(k), devices(d) {}
+  void feed(const detail::InputFn& input, int64_t) override {
     for (int32_t id : g.nodes_of_kind(OpKind::input)) {
       const Node& n = g.node(id);
-      const std::vector<std::byte>* data = batch.find(n.name, n.outputs[0].dtype);
-      if (!data) throw Error(n.where() + ": the batch has no input '" + n.name + "' " + n.outputs[0].str());
-      TensorRef dst = input(n.name);
-      if (static_cast<int64_t>(data->size()) != dst.bytes())
-        throw Error(n.where() + ": the batch gives " + std::to_string(data->size()) + " bytes for input '" + n.name + "' " +
-                    n.outputs[0].str() + ", which takes " + std::to_string(dst.bytes()));
-      std::memcpy(dst.data, data->data(), data->size());
+      TensorType whole = n.outputs[0];
+      if (whole.rank()) whole.shape[0] *= accumulate;
+      const std::vector<std::byte>* data = batch.find(n.name, whole.dtype);
+      if (!data) throw Error(n.where() + ": the batch has no input '" + n.name + "' " + whole.str());
+      const detail::Window w = input(n.name);
+      const auto size = static_cast<int64_t>(data->size());
+      const int64_t row = whole.rank() && whole.shape[0] ? whole.bytes() / whole.shape[0] : whole.bytes();
+      if (devices && size == w.data.bytes() && size != whole.bytes()) {
+        if (size) std::memcpy(w.data.data, data->data(), data->size());  // this process's rows only
+      } else if (size == whole.bytes()) {
+        if (w.data.bytes()) std::memcpy(w.data.data, data->data() + w.first_row * row, static_cast<size_t>(w.data.bytes()));
+      } else {
+        throw Error(n.where() + ": the batch gives " + std::to_string(size) + " bytes for input '" + n.name + "' " +
+                    whole.str() + ", which takes " + std::to_string(whole.bytes()) +
+                    (devices && w.data.bytes() != whole.bytes()
+                         ? " (or " + std::to_string(w.data.bytes()) + " for the rows [" + std::to_string(w.first_row) +
+                               ", " + std::to_string(w.first_row + w.rows()) + ") this process reads)"
+                         : std::string()));
+      }
     }
   }
 };
@@ -111,6 +126,7 @@ Trainer::Trainer(Graph graph, const OptimizerConfig& optimizer, const Devices& d
   oc.accumulate = 1;  // the executor accumulates microbatches itself
   if (graph_.updates().empty()) add_training(graph_, "loss", oc);
   graph_.verify();
+  accumulate_ = options.accumulate;
   batch_ = planner::graph_batch(graph_) * options.accumulate;
   if (several) {
     if (!devices.plan_file.empty()) {
@@ -151,6 +167,17 @@ Trainer::Trainer(Graph graph, const OptimizerConfig& optimizer, const Devices& d
 
 Trainer::~Trainer() = default;
 
+BatchRows Trainer::rows(const std::string& input) const {
+  auto id = graph_.find(input);
+  if (!id || graph_.node(*id).def->kind != OpKind::input) throw Error("Trainer: the model has no input '" + input + "'");
+  const TensorType& t = graph_.node(*id).outputs[0];
+  if (auto* dev = dynamic_cast<const detail::Devices*>(engine_.get())) {
+    const runtime::LocalRun::Rows r = dev->rows(input);
+    return {r.begin, r.end};
+  }
+  return {0, t.rank() ? t.shape[0] * accumulate_ : 1};
+}
+
 std::string Trainer::report() const {
   if (plan_) return plan_->summary();
   std::ostringstream os;
@@ -159,7 +186,7 @@ std::string Trainer::report() const {
 }
 
 double Trainer::step(const Batch& batch) {
-  BatchFeeder feeder(graph_, batch);
+  BatchFeeder feeder(graph_, batch, plan_ ? 1 : accumulate_, plan_.has_value());
   const double loss = engine_->step(feeder, steps_);
   ++steps_;
   return loss;

@@ -72,7 +72,8 @@ struct TrainerOptions {
   int64_t accumulate = 1;
 };
 
-// One optimizer step's inputs, by input name, the whole batch each.
+// One optimizer step's inputs, by input name: the whole batch each, or only the rows
+// Trainer::rows names (with one process per rank, a process need load only those).
 class Batch {
  public:
   Batch& set(const std::string& input, std::span<const float> values);
@@ -81,6 +82,12 @@ class Batch {
 
  private:
   std::map<std::string, std::pair<DType, std::vector<std::byte>>> data_;
+};
+
+// Rows [begin, end) along an input's first dim (the batch).
+struct BatchRows {
+  int64_t begin = 0, end = 0;
+  int64_t count() const { return end - begin; }
 };
 
 class Trainer {
@@ -105,6 +112,10 @@ class Trainer {
   // One optimizer step on the whole batch: every input the model reads (f32 or i32, the
   // input's whole shape). Returns the loss.
   double step(const Batch& batch);
+  // The rows of input `name` this process's ranks read each step: all of them in one process;
+  // under a launcher, this rank's part of the batch (empty for a pipeline stage that does
+  // not read it). A Batch may give just these rows.
+  BatchRows rows(const std::string& input) const;
   int64_t steps() const { return steps_; }
   // A parameter's current values, gathered whole from the devices that hold it (f32).
   std::vector<float> parameter(const std::string& name) const;
@@ -121,7 +132,7 @@ class Trainer {
   std::optional<runtime::ProcessRole> role_;
   std::unique_ptr<runtime::ThreadPool> pool_;  // with TrainerOptions::threads, one device
   std::unique_ptr<detail::Engine> engine_;
-  int64_t batch_ = 0, steps_ = 0;
+  int64_t batch_ = 0, steps_ = 0, accumulate_ = 1;
 };
 
 }  // namespace tessel

@@ -23,13 +23,21 @@ inline float read_scalar(const TensorRef& t) {
   throw Error("the loss is " + std::string(dtype_name(t.dtype)) + ", expected f32 or f64");
 }
 
-using InputFn = std::function<TensorRef(const std::string&)>;
-
+// Where a feeder writes one input of a step: `data` holds the rows [first_row, first_row +
+// rows()) of the step's whole batch of that input: a microbatch's rows on one device, the
+// rows this process's ranks read on devices (all of them in one process; a data-parallel
+// rank's part, or none, with one process per rank).
+struct Window {
+  TensorRef data;
+  int64_t first_row = 0;
+  int64_t rows() const { return data.rank() ? data.shape[0] : 1; }
+};
+using InputFn = std::function<Window(const std::string&)>;
 
 struct Feeder {
   virtual ~Feeder() = default;
-  // Fills the model inputs for microbatch `micro` of optimizer step `step`.
-  virtual void feed(const InputFn& input, int64_t step, int64_t micro) = 0;
+  // Fills, for optimizer step `step`, the rows of each model input that `input` asks for.
+  virtual void feed(const InputFn& input, int64_t step) = 0;
 };
 
 // What runs the optimizer steps: one executor, or a plan's ranks on simulated devices.
@@ -61,12 +69,13 @@ struct OneDevice final : Engine {
     if (!loss.data) throw Error("the training graph has no 'loss' output");
   }
   double step(Feeder& feeder, int64_t s) override {
+    // Microbatch m is rows [m * b, (m + 1) * b) of the step's batch, b the graph's batch.
     for (int64_t m = 0; m < exec.microbatches(); ++m)
       feeder.feed([&](const std::string& name) {
         const TensorRef t = exec.input(name, m);
         if (!t.data) throw Error("the training graph reads no input '" + name + "'");
-        return t;
-      }, s, m);
+        return Window{t, t.rank() ? m * t.shape[0] : 0};
+      }, s);
     exec.step();
     return read_scalar(loss);
   }
@@ -95,15 +104,18 @@ struct OneDevice final : Engine {
   }
 };
 
-// A plan's ranks, on simulated devices of this process or one rank per process: the whole
-// step's batch is gathered on the host, then each rank of this process gets its
-// microbatches' shards.
+// A plan's ranks, on simulated devices of this process or one rank per process: each
+// step's rows that this process's ranks read are loaded on the host (the whole batch for
+// simulated devices; a data-parallel rank's part, or nothing, for one rank per process),
+// then each rank of this process gets its microbatches' shards.
 struct Devices final : Engine {
   runtime::LocalRun run;
   const Graph& graph;  // the training graph, at the global batch
   struct Host {
     std::string name;
     TensorType whole;
+    runtime::LocalRun::Rows rows;  // what this process reads of the whole
+    Shape shape;                   // of those rows
     std::vector<std::byte> bytes;
   };
   std::vector<Host> inputs;
@@ -125,16 +137,29 @@ struct Devices final : Engine {
     run.initialize(capacity);
     for (int32_t id : graph.nodes_of_kind(OpKind::input)) {
       const TensorType& t = graph.node(id).outputs[0];
-      inputs.push_back(Host{graph.node(id).name, t, std::vector<std::byte>(static_cast<size_t>(t.bytes()))});
+      // A scalar input is loaded whole, whoever reads it.
+      Host h{graph.node(id).name, t, t.rank() ? run.rows(graph.node(id).name, t) : runtime::LocalRun::Rows{0, 1},
+             t.shape, {}};
+      if (t.rank()) h.shape[0] = h.rows.count();
+      h.bytes.resize(static_cast<size_t>(TensorType{t.dtype, h.shape}.bytes()));
+      inputs.push_back(std::move(h));
     }
+  }
+  // The rows of input `name` this process reads (empty: none).
+  runtime::LocalRun::Rows rows(const std::string& name) const {
+    for (const Host& h : inputs)
+      if (h.name == name) return h.rows;
+    throw Error("the plan's graph has no input '" + name + "'");
   }
   double step(Feeder& feeder, int64_t s) override {
     feeder.feed([&](const std::string& name) {
       for (Host& h : inputs)
-        if (h.name == name) return TensorRef{h.bytes.data(), h.whole.dtype, h.whole.shape, h.whole.numel()};
+        if (h.name == name)
+          return Window{TensorRef{h.bytes.data(), h.whole.dtype, h.shape, TensorType{h.whole.dtype, h.shape}.numel()},
+                        h.rows.begin};
       throw Error("the plan's graph has no input '" + name + "'");
-    }, s, 0);
-    for (Host& h : inputs) run.feed(h.name, h.whole, h.bytes);
+    }, s);
+    for (Host& h : inputs) run.feed(h.name, h.whole, h.bytes, h.rows.begin);
     run.step();
     return run.scalar_output("loss");
   }

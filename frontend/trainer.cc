@@ -31,6 +31,7 @@ namespace tessel {
 using detail::Engine;
 using detail::Feeder;
 using detail::InputFn;
+using detail::Window;
 using detail::read_scalar;
 
 namespace {
@@ -94,36 +95,45 @@ struct Bound {
   std::string data = "x", labels = "labels", tokens = "tokens", targets = "targets";
 };
 
+// Global batch b of an epoch's shuffle; each input gets the rows its window asks for.
 struct ImageFeeder final : Feeder {
   const runtime::ImageDataset& data;
   runtime::BatchSampler sampler;
-  int64_t per_epoch, micro_batch;
+  int64_t per_epoch;
   int64_t epoch = -1;
   Bound names;
-  ImageFeeder(const runtime::ImageDataset& d, int64_t batch, int64_t micro, uint64_t seed, Bound b)
-      : data(d), sampler(d.count, batch, seed), per_epoch(sampler.batches_per_epoch()), micro_batch(micro),
-        names(std::move(b)) {}
-  void feed(const InputFn& input, int64_t step, int64_t micro) override {
+  ImageFeeder(const runtime::ImageDataset& d, int64_t batch, uint64_t seed, Bound b)
+      : data(d), sampler(d.count, batch, seed), per_epoch(sampler.batches_per_epoch()), names(std::move(b)) {}
+  void feed(const InputFn& input, int64_t step) override {
     if (step / per_epoch != epoch) {
       epoch = step / per_epoch;
       sampler.set_epoch(epoch);
     }
-    auto idx = sampler.batch(step % per_epoch).subspan(micro * micro_batch, micro_batch);
-    runtime::gather_images(data, idx, input(names.data).as<float>());
-    runtime::gather_labels(data, idx, input(names.labels).as<int32_t>());
+    const std::span<const int64_t> idx = sampler.batch(step % per_epoch);
+    const Window x = input(names.data), y = input(names.labels);
+    runtime::gather_images(data, idx.subspan(static_cast<size_t>(x.first_row), static_cast<size_t>(x.rows())),
+                           x.data.as<float>());
+    runtime::gather_labels(data, idx.subspan(static_cast<size_t>(y.first_row), static_cast<size_t>(y.rows())),
+                           y.data.as<int32_t>());
   }
 };
 
+// Windows of the corpus, each chosen by its sample's index in the global batch.
 struct TextFeeder final : Feeder {
   const runtime::TextDataset& data;
-  int64_t batch, seq, accumulate;
+  int64_t seq;
   uint64_t seed;
   Bound names;
-  TextFeeder(const runtime::TextDataset& d, int64_t b, int64_t s, int64_t k, uint64_t sd, Bound n)
-      : data(d), batch(b), seq(s), accumulate(k), seed(sd), names(std::move(n)) {}
-  void feed(const InputFn& input, int64_t step, int64_t micro) override {
-    data.fill_batch(false, seed, step, batch, static_cast<int>(micro), static_cast<int>(accumulate), seq,
-                    input(names.tokens).as<int32_t>(), input(names.targets).as<int32_t>());
+  TextFeeder(const runtime::TextDataset& d, int64_t s, uint64_t sd, Bound n)
+      : data(d), seq(s), seed(sd), names(std::move(n)) {}
+  void feed(const InputFn& input, int64_t step) override {
+    const Window x = input(names.tokens), y = input(names.targets);
+    if (x.first_row == y.first_row && x.rows() == y.rows()) {
+      data.fill_rows(false, seed, step, x.first_row, x.rows(), seq, x.data.as<int32_t>(), y.data.as<int32_t>());
+      return;
+    }
+    data.fill_rows(false, seed, step, x.first_row, x.rows(), seq, x.data.as<int32_t>(), nullptr);
+    data.fill_rows(false, seed, step, y.first_row, y.rows(), seq, nullptr, y.data.as<int32_t>());
   }
 };
 
@@ -318,12 +328,12 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
   std::unique_ptr<Feeder> feeder;
   int64_t per_epoch = 0;
   if (images) {
-    auto f = std::make_unique<ImageFeeder>(mnist->train, batch, multi ? batch : micro, opt.seed, names);
+    auto f = std::make_unique<ImageFeeder>(mnist->train, batch, opt.seed, names);
     per_epoch = f->per_epoch;
     if (per_epoch == 0) throw Error("--batch " + std::to_string(batch) + " is larger than the training set");
     feeder = std::move(f);
   } else {
-    feeder = std::make_unique<TextFeeder>(*corpus, batch, seq, multi ? 1 : k, opt.seed, names);
+    feeder = std::make_unique<TextFeeder>(*corpus, seq, opt.seed, names);
   }
   int64_t total_steps = opt.steps;
   if (total_steps == 0) {

@@ -270,20 +270,29 @@ double TextDataset::unigram_entropy() const {
 void TextDataset::fill_batch(bool validation, uint64_t seed, int64_t step, int64_t global_batch, int rank, int world,
                              int64_t seq, int32_t* tokens, int32_t* targets) const {
   check_sharding("TextDataset::fill_batch", global_batch, rank, world);
+  const int64_t local = global_batch / world;
+  fill_rows(validation, seed, step, rank * local, local, seq, tokens, targets);
+}
+
+void TextDataset::fill_rows(bool validation, uint64_t seed, int64_t step, int64_t first, int64_t count, int64_t seq,
+                            int32_t* tokens, int32_t* targets) const {
+  if (first < 0 || count < 0)
+    throw Error("TextDataset::fill_rows: samples [" + std::to_string(first) + ", " + std::to_string(first + count) +
+                ") of a batch");
   const uint8_t* split = bytes_.data() + (validation ? train_end_ : 0);
   const int64_t len = validation ? val_size() : train_size();
   if (seq < 1 || len < seq + 1)
     throw Error(path_ + ": the " + (validation ? "validation" : "training") + " split has " + std::to_string(len) +
                 " bytes; a window of seq " + std::to_string(seq) + " needs " + std::to_string(seq + 1) +
                 (seq < 1 ? " and seq must be positive" : ""));
-  const int64_t local = global_batch / world;
+  // A window's start depends on its sample's index in the global batch only.
   const uint64_t stream = combine(combine(seed, validation ? 1 : 0), static_cast<uint64_t>(step));
-  for (int64_t i = 0; i < local; ++i) {
-    SplitMix64 rng(combine(stream, static_cast<uint64_t>(rank * local + i)));
+  for (int64_t i = 0; i < count; ++i) {
+    SplitMix64 rng(combine(stream, static_cast<uint64_t>(first + i)));
     const uint8_t* w = split + rng.below(static_cast<uint64_t>(len - seq));
     for (int64_t t = 0; t < seq; ++t) {
-      tokens[i * seq + t] = w[t];
-      targets[i * seq + t] = w[t + 1];
+      if (tokens) tokens[i * seq + t] = w[t];
+      if (targets) targets[i * seq + t] = w[t + 1];
     }
   }
 }

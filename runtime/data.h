@@ -81,6 +81,10 @@ class TextDataset {
   // Throws if the split is shorter than seq+1 bytes.
   void fill_batch(bool validation, uint64_t seed, int64_t step, int64_t global_batch, int rank, int world,
                   int64_t seq, int32_t* tokens, int32_t* targets) const;
+  // The same windows for the global batch's samples [first, first + count) only (what one
+  // process's ranks read); either output may be null.
+  void fill_rows(bool validation, uint64_t seed, int64_t step, int64_t first, int64_t count, int64_t seq,
+                 int32_t* tokens, int32_t* targets) const;
 
  private:
   TextDataset() = default;

@@ -167,47 +167,84 @@ void LocalRun::worker(size_t r) {
   }
 }
 
-void LocalRun::feed(std::string_view name, const TensorType& whole, std::span<const std::byte> data) {
-  const int64_t m = config_.microbatches;
-  const size_t es = dtype_size(whole.dtype);
-  if (static_cast<int64_t>(data.size()) != whole.bytes())
-    throw Error("input '" + std::string(name) + "': " + std::to_string(data.size()) + " bytes for " + whole.str());
+const std::vector<LocalRun::Feed>& LocalRun::feeds(std::string_view name, const TensorType& whole) const {
+  if (threads_.empty()) throw Error("LocalRun: input '" + std::string(name) + "' read before initialize()");
   if (whole.rank() > 8) throw Error("input '" + std::string(name) + "' has more than 8 dims");
   auto it = feed_offsets_.find(name);
-  if (it == feed_offsets_.end()) {
-    // Per rank: where its block starts, and the dim along which microbatches follow each
-    // other in it (-1: every microbatch reads the same block).
-    std::vector<Feed> feeds(ranks_.size());
-    for (size_t r = 0; r < ranks_.size(); ++r)
-      for (auto& [n, pl] : programs_[static_cast<size_t>(first_) + r].input_placements) {
-        if (n != name) continue;
-        Feed& f = feeds[r];
-        f.offsets = planner::shard_offsets(whole.shape, pl, mesh_, programs_[static_cast<size_t>(first_) + r].coords);
-        const Shape block = planner::local_shape(whole.shape, pl, mesh_);
-        const TensorRef first = ranks_[r]->input(name, 0);
-        const Shape local(first.shape.begin(), first.shape.end());
-        for (int d = 0; d < whole.rank(); ++d) {
-          if (block[d] == local[d]) continue;
-          if (f.dim >= 0 || block[d] != local[d] * m)
-            throw Error("input '" + std::string(name) + "': rank " + std::to_string(r) + " holds " + shape_str(local) +
-                        " of its block " + shape_str(block) + ", which is not one of " + std::to_string(m) + " microbatches");
-          f.dim = d;
-        }
+  if (it != feed_offsets_.end()) return it->second;
+  const int64_t m = config_.microbatches;
+  // Per rank: where its block starts, and the dim along which microbatches follow each
+  // other in it (-1: every microbatch reads the same block).
+  std::vector<Feed> feeds(ranks_.size());
+  for (size_t r = 0; r < ranks_.size(); ++r)
+    for (auto& [n, pl] : programs_[static_cast<size_t>(first_) + r].input_placements) {
+      if (n != name) continue;
+      Feed& f = feeds[r];
+      const TensorRef first = ranks_[r]->input(name, 0);
+      f.reads = first.data != nullptr || whole.numel() == 0;
+      f.offsets = planner::shard_offsets(whole.shape, pl, mesh_, programs_[static_cast<size_t>(first_) + r].coords);
+      f.block = planner::local_shape(whole.shape, pl, mesh_);
+      const Shape local(first.shape.begin(), first.shape.end());
+      if (!f.reads) continue;
+      for (int d = 0; d < whole.rank(); ++d) {
+        if (f.block[d] == local[d]) continue;
+        if (f.dim >= 0 || f.block[d] != local[d] * m)
+          throw Error("input '" + std::string(name) + "': rank " + std::to_string(first_ + static_cast<int64_t>(r)) +
+                      " holds " + shape_str(local) + " of its block " + shape_str(f.block) + ", which is not one of " +
+                      std::to_string(m) + " microbatches");
+        f.dim = d;
       }
-    it = feed_offsets_.emplace(std::string(name), std::move(feeds)).first;
+    }
+  return feed_offsets_.emplace(std::string(name), std::move(feeds)).first->second;
+}
+
+LocalRun::Rows LocalRun::rows(std::string_view name, const TensorType& whole) const {
+  Rows rows;
+  bool any = false;
+  for (const Feed& f : feeds(name, whole)) {
+    if (!f.reads) continue;
+    const int64_t b = whole.rank() ? f.offsets[0] : 0, e = whole.rank() ? b + f.block[0] : 1;
+    rows = any ? Rows{std::min(rows.begin, b), std::max(rows.end, e)} : Rows{b, e};
+    any = true;
   }
+  return rows;
+}
+
+void LocalRun::feed(std::string_view name, const TensorType& whole, std::span<const std::byte> data, int64_t first_row) {
+  const int64_t m = config_.microbatches;
+  const size_t es = dtype_size(whole.dtype);
+  const std::vector<Feed>& feeds = this->feeds(name, whole);
+  // The rows given: all of them, or [first_row, first_row + n).
+  const int64_t total = whole.rank() ? whole.shape[0] : 1;
+  const int64_t row_bytes = total ? whole.bytes() / total : 0;
+  const int64_t n = row_bytes ? static_cast<int64_t>(data.size()) / row_bytes : 0;
+  if ((row_bytes == 0 && !data.empty()) || (row_bytes && static_cast<int64_t>(data.size()) % row_bytes) ||
+      first_row < 0 || first_row + n > total || (whole.rank() == 0 && first_row != 0))
+    throw Error("input '" + std::string(name) + "': " + std::to_string(data.size()) + " bytes from row " +
+                std::to_string(first_row) + " are not rows of " + whole.str());
+  int64_t given[8] = {};  // the shape of the rows given (no allocation in the step loop)
+  std::copy(whole.shape.begin(), whole.shape.end(), given);
+  if (whole.rank()) given[0] = n;
   static constexpr int64_t kZero[8] = {};
   for (size_t r = 0; r < ranks_.size(); ++r) {
-    const Feed& f = it->second[r];
-    if (f.offsets.empty() && whole.rank() > 0) continue;
+    const Feed& f = feeds[r];
+    if (!f.reads || whole.numel() == 0) continue;
+    if (whole.rank() && (f.offsets[0] < first_row || f.offsets[0] + f.block[0] > first_row + n))
+      throw Error("input '" + std::string(name) + "': rank " + std::to_string(first_ + static_cast<int64_t>(r)) +
+                  " reads rows [" + std::to_string(f.offsets[0]) + ", " + std::to_string(f.offsets[0] + f.block[0]) +
+                  ") of " + whole.str() + ", but the rows fed are [" + std::to_string(first_row) + ", " +
+                  std::to_string(first_row + n) + ")");
     int64_t off[8] = {};  // no allocation in the step loop
     std::copy(f.offsets.begin(), f.offsets.end(), off);
+    if (whole.rank()) off[0] -= first_row;
     for (int64_t mb = 0; mb < m; ++mb) {
       TensorRef dst = ranks_[r]->input(name, mb);
       if (!dst.data) continue;
-      if (f.dim >= 0) off[f.dim] = f.offsets[static_cast<size_t>(f.dim)] + mb * dst.shape[static_cast<size_t>(f.dim)];
-      copy_block(data.data(), whole.shape, std::span<const int64_t>(off, f.offsets.size()), static_cast<std::byte*>(dst.data), dst.shape,
-                 std::span<const int64_t>(kZero, dst.shape.size()), dst.shape, es);
+      if (f.dim >= 0)
+        off[f.dim] = f.offsets[static_cast<size_t>(f.dim)] - (f.dim == 0 ? first_row : 0) +
+                     mb * dst.shape[static_cast<size_t>(f.dim)];
+      copy_block(data.data(), std::span<const int64_t>(given, whole.shape.size()), std::span<const int64_t>(off, f.offsets.size()), static_cast<std::byte*>(dst.data),
+                 dst.shape, std::span<const int64_t>(kZero, dst.shape.size()), dst.shape, es);
     }
   }
 }

@@ -44,10 +44,20 @@ class LocalRun {
   const planner::PlanConfig& config() const { return config_; }
   const std::vector<planner::RankProgram>& programs() const { return programs_; }
 
+  // The rows (indices along dim 0) of input `name` that this process's ranks read in a step,
+  // `whole` being its type in the training graph (the global batch): [begin, end), empty
+  // when none of them reads it. Each process need load only these (a data-parallel rank's
+  // part of the batch; nothing for a pipeline stage that reads no input). After initialize().
+  struct Rows {
+    int64_t begin = 0, end = 0;
+    int64_t count() const { return end - begin; }
+  };
+  Rows rows(std::string_view name, const TensorType& whole) const;
   // One optimizer step's worth of input `name`: `whole` is its type in the training graph
-  // (the global batch) and `data` its bytes. Each rank gets, for each microbatch, its part:
-  // a replica's block of the batch, cut into microbatches (planner::planning_mesh).
-  void feed(std::string_view name, const TensorType& whole, std::span<const std::byte> data);
+  // (the global batch) and `data` the bytes of its rows [first_row, first_row + n) (all of
+  // them, or at least rows(name)). Each rank gets, for each microbatch, its part: a
+  // replica's block of the batch, cut into microbatches (planner::planning_mesh).
+  void feed(std::string_view name, const TensorType& whole, std::span<const std::byte> data, int64_t first_row = 0);
   // Runs one optimizer step on every rank; rethrows the error of the rank that failed first
   // (the others stop with it).
   void step();
@@ -93,9 +103,12 @@ class LocalRun {
   // Per input: each rank's shard offset in one microbatch (empty: the rank does not read it).
   struct Feed {
     std::vector<int64_t> offsets;  // where the rank's block of the whole input starts
+    Shape block;                   // the rank's block (all its microbatches)
     int dim = -1;                  // microbatches follow each other along it; -1: all read the block
+    bool reads = false;            // the rank's program reads the input
   };
-  std::map<std::string, std::vector<Feed>, std::less<>> feed_offsets_;
+  const std::vector<Feed>& feeds(std::string_view name, const TensorType& whole) const;
+  mutable std::map<std::string, std::vector<Feed>, std::less<>> feed_offsets_;
 };
 
 }  // namespace tessel::runtime

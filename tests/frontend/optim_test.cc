@@ -7,6 +7,8 @@
 #include <cmath>
 #include <random>
 
+#include "frontend/api.h"
+#include "frontend/models.h"
 #include "frontend/optim.h"
 #include "frontend/tensor.h"
 #include "graph/error.h"
@@ -211,6 +213,46 @@ TEST(Optim, UnusedParameterIsNamed) {
   } catch (const Error& e) {
     EXPECT_THAT(e.what(), ::testing::HasSubstr("'orphan'"));
   }
+}
+
+// The Trainer API takes each step's whole batch, whatever runs it: one device accumulating
+// microbatches (each gets its own rows), or a plan on devices. All train as one batch does.
+TEST(Trainer, AccumulatedMicrobatchesAndDevicesTakeTheWholeBatch) {
+  const int64_t B = 8;
+  std::mt19937 rng(3);
+  std::vector<std::vector<float>> xs(3, std::vector<float>(B * 6));
+  std::vector<std::vector<int32_t>> ys(3, std::vector<int32_t>(B));
+  for (auto& x : xs)
+    for (float& v : x) v = std::uniform_real_distribution<float>(-1, 1)(rng);
+  for (auto& y : ys)
+    for (int32_t& v : y) v = static_cast<int32_t>(rng() % 3);
+  auto train = [&](int64_t graph_batch, int64_t accumulate, int64_t devices) {
+    models::Built m = models::from_spec("mlp:6-16-3", graph_batch, true);
+    TrainerOptions o;
+    o.accumulate = accumulate;
+    Trainer t(m.model->graph(), SGD{.lr = 0.5}, Devices{.count = devices}, o);
+    EXPECT_EQ(t.batch(), B);
+    const BatchRows rows = t.rows("x");
+    EXPECT_EQ(rows.begin, 0);
+    EXPECT_EQ(rows.end, B);  // one process reads every row
+    for (size_t s = 0; s < xs.size(); ++s) t.step(Batch().set("x", xs[s]).set("labels", ys[s]));
+    return t.parameter("fc1/weight");
+  };
+  const std::vector<float> whole = train(B, 1, 1), accumulated = train(B / 2, 2, 1), on_two = train(B, 1, 2);
+  ASSERT_EQ(whole.size(), accumulated.size());
+  ASSERT_EQ(whole.size(), on_two.size());
+  for (size_t i = 0; i < whole.size(); ++i) {
+    EXPECT_NEAR(accumulated[i], whole[i], 1e-5) << i;
+    EXPECT_NEAR(on_two[i], whole[i], 1e-5) << i;
+  }
+  // A microbatch's worth is not a step's batch.
+  models::Built m = models::from_spec("mlp:6-16-3", B / 2, true);
+  TrainerOptions o;
+  o.accumulate = 2;
+  Trainer t(m.model->graph(), SGD{.lr = 0.5}, Devices{}, o);
+  const std::vector<float> half(xs[0].begin(), xs[0].begin() + B / 2 * 6);
+  const std::vector<int32_t> half_y(ys[0].begin(), ys[0].begin() + B / 2);
+  EXPECT_THROW(t.step(Batch().set("x", half).set("labels", half_y)), Error);
 }
 
 }  // namespace

@@ -4,13 +4,16 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <map>
 #include <random>
 #include <sstream>
+#include <thread>
 
 #include "frontend/models.h"
 #include "frontend/optim.h"
 #include "graph/error.h"
 #include "planner/partition.h"
+#include "runtime/gloo_comm.h"
 #include "runtime/local_run.h"
 
 namespace tessel::runtime {
@@ -166,6 +169,129 @@ TEST(Executor, ARankThatFailsStopsTheOthersWithItsOwnError) {
     EXPECT_THAT(std::string(e.what()), ::testing::Not(HasSubstr("stopped")));
   }
   EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 10);
+}
+
+
+namespace rows_test {
+
+// The bytes of rows [begin, end) of `whole`.
+std::span<const std::byte> rows_of(const std::vector<std::byte>& whole, const TensorType& t, LocalRun::Rows r) {
+  const size_t row = static_cast<size_t>(t.bytes() / t.shape[0]);
+  return std::span<const std::byte>(whole).subspan(static_cast<size_t>(r.begin) * row, static_cast<size_t>(r.count()) * row);
+}
+
+}  // namespace rows_test
+
+// One rank per process (here: one LocalRun per thread, each its own Gloo endpoint, as
+// processes are): each loads only the rows of the batch its rank reads (a data-parallel
+// replica's block; nothing for a pipeline stage that does not read the input), and trains
+// exactly as one process fed the whole batch. Feeding fewer rows than the rank reads is
+// refused naming the rank and the rows.
+TEST(LocalRun, EachProcessLoadsOnlyTheRowsItsRankReads) {
+  const int64_t B = 8;
+  models::Built b = models::from_spec("mlp:8-16-16-4", B, true);
+  OptimizerConfig oc;
+  oc.kind = "adamw";
+  add_training(b.model->graph(), "loss", oc);
+  const Graph& g = b.model->graph();
+  auto config = [](int64_t dp, int64_t tp, int64_t pp, int64_t mb, int zero) {
+    planner::PlanConfig c;
+    c.dp = dp, c.tp = tp, c.pp = pp, c.microbatches = mb, c.zero = zero;
+    return c;
+  };
+  std::mt19937 rng(7);
+  std::vector<std::vector<std::vector<std::byte>>> data(3);  // per step, per input
+  for (auto& step : data)
+    for (auto& name : b.inputs) {
+      const TensorType& t = g.node(*g.find(name)).outputs[0];
+      std::vector<std::byte> d(static_cast<size_t>(t.bytes()));
+      for (size_t i = 0; i < d.size() / 4; ++i) {
+        if (t.dtype == DType::f32) reinterpret_cast<float*>(d.data())[i] = std::uniform_real_distribution<float>(-1, 1)(rng);
+        else reinterpret_cast<int32_t*>(d.data())[i] = static_cast<int32_t>(rng() % 4);
+      }
+      step.push_back(std::move(d));
+    }
+  for (const planner::PlanConfig& c : {config(2, 1, 1, 1, 0), config(4, 1, 1, 2, 1), config(2, 1, 1, 2, 3),
+                                       config(1, 2, 1, 1, 0), config(2, 2, 1, 1, 0), config(1, 1, 2, 2, 0),
+                                       config(2, 1, 2, 2, 0)}) {
+    SCOPED_TRACE(c.str());
+    LocalRun one(planner::partition(g, c), c);
+    one.initialize();
+    std::vector<double> want;
+    for (auto& step : data) {
+      for (size_t i = 0; i < b.inputs.size(); ++i)
+        one.feed(b.inputs[i], g.node(*g.find(b.inputs[i])).outputs[0], step[i]);
+      one.step();
+      want.push_back(one.scalar_output("loss"));
+    }
+    const int64_t n = c.devices();
+    auto rdv = gloo_memory_rendezvous();
+    std::vector<std::string> err(static_cast<size_t>(n));
+    std::vector<std::vector<double>> got(static_cast<size_t>(n));
+    std::vector<std::map<std::string, LocalRun::Rows>> read(static_cast<size_t>(n));
+    std::vector<std::vector<std::byte>> weight(static_cast<size_t>(n));
+    std::vector<std::thread> procs;
+    for (int64_t r = 0; r < n; ++r)
+      procs.emplace_back([&, r] {
+        try {
+          LocalRun run(planner::partition(g, c), c, r, gloo_communicator(r, n, rdv));
+          run.initialize();
+          for (auto& step : data) {
+            for (size_t i = 0; i < b.inputs.size(); ++i) {
+              const TensorType& t = g.node(*g.find(b.inputs[i])).outputs[0];
+              const LocalRun::Rows rows = run.rows(b.inputs[i], t);
+              read[static_cast<size_t>(r)][b.inputs[i]] = rows;
+              run.feed(b.inputs[i], t, rows_test::rows_of(step[i], t, rows), rows.begin);
+            }
+            run.step();
+            got[static_cast<size_t>(r)].push_back(run.scalar_output("loss"));
+          }
+          weight[static_cast<size_t>(r)] = run.gather_variable("fc1/weight", g.node(*g.find("fc1/weight")).outputs[0]);
+        } catch (const std::exception& e) {
+          err[static_cast<size_t>(r)] = e.what();
+        }
+      });
+    for (auto& t : procs) t.join();
+    for (int64_t r = 0; r < n; ++r) {
+      ASSERT_EQ(err[static_cast<size_t>(r)], "") << "rank " << r;
+      for (size_t s = 0; s < want.size(); ++s)
+        EXPECT_NEAR(got[static_cast<size_t>(r)][s], want[s], 1e-5 * std::max(1.0, std::fabs(want[s]))) << "rank " << r;
+      const std::vector<std::byte> w = one.gather_variable("fc1/weight", g.node(*g.find("fc1/weight")).outputs[0]);
+      ASSERT_EQ(weight[static_cast<size_t>(r)].size(), w.size());
+      const auto* a = reinterpret_cast<const float*>(weight[static_cast<size_t>(r)].data());
+      const auto* e = reinterpret_cast<const float*>(w.data());
+      for (size_t i = 0; i < w.size() / 4; ++i) ASSERT_NEAR(a[i], e[i], 1e-5 * std::max(1.f, std::fabs(e[i]))) << "rank " << r;
+    }
+    // Each rank reads its replica's block of every input its stage reads, and nothing else.
+    const std::vector<planner::RankProgram> programs = planner::partition(g, c);
+    for (auto& name : b.inputs) {
+      int64_t readers = 0;
+      for (int64_t r = 0; r < n; ++r) {
+        const LocalRun::Rows rows = read[static_cast<size_t>(r)][name];
+        if (rows.count() == 0) continue;
+        ++readers;
+        const int64_t d = programs[static_cast<size_t>(r)].coords[0];
+        EXPECT_EQ(rows.begin, d * B / c.dp) << name << " rank " << r;
+        EXPECT_EQ(rows.end, (d + 1) * B / c.dp) << name << " rank " << r;
+      }
+      EXPECT_EQ(readers, c.pp > 1 ? n / c.pp : n) << name;  // one stage reads x, another the labels
+    }
+  }
+
+  // Too few rows for what a rank reads.
+  const planner::PlanConfig c = config(2, 1, 1, 1, 0);
+  LocalRun run(planner::partition(g, c), c);
+  run.initialize();
+  const TensorType& x = g.node(*g.find("x")).outputs[0];
+  const LocalRun::Rows all = run.rows("x", x);
+  EXPECT_EQ(all.begin, 0);
+  EXPECT_EQ(all.end, B);
+  try {
+    run.feed("x", x, rows_test::rows_of(data[0][0], x, {0, B / 2}), 0);
+    FAIL() << "fed half the rows to both ranks";
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("input 'x': rank 1 reads rows [4, 8) of f32[8,8], but the rows fed are [0, 4)"));
+  }
 }
 
 }  // namespace
