@@ -38,6 +38,7 @@ class GlooRendezvous {
       : store(std::move(s)), keep_alive(std::move(keep)) {}
   std::shared_ptr<gloo::rendezvous::Store> store;
   std::shared_ptr<void> keep_alive;  // what the store needs while the ranks use it (its server)
+  std::string groups = "tessel/group/";  // where this world's groups meet in the store
 };
 
 namespace {
@@ -82,6 +83,11 @@ std::shared_ptr<GlooRendezvous> gloo_tcp_rendezvous(std::shared_ptr<TcpStoreClie
 
 std::shared_ptr<GlooRendezvous> gloo_file_rendezvous(const std::string& dir, std::shared_ptr<void> keep_alive) {
   return std::make_shared<GlooRendezvous>(std::make_shared<gloo::rendezvous::FileStore>(dir), std::move(keep_alive));
+}
+
+std::shared_ptr<GlooRendezvous> gloo_world_rendezvous(std::shared_ptr<GlooRendezvous> rdv, int64_t world) {
+  rdv->groups = "tessel/world" + std::to_string(world) + "/group/";
+  return rdv;
 }
 
 std::shared_ptr<GlooRendezvous> gloo_memory_rendezvous() {
@@ -551,7 +557,7 @@ class GlooEndpoint final : public Communicator {
       try {
         auto ctx = std::make_shared<gloo::rendezvous::Context>(c->me, c->k);
         ctx->setTimeout(timeout_);
-        std::string prefix = "tessel/group/";
+        std::string prefix = rdv_->groups;
         for (size_t i = 0; i < key.size(); ++i) prefix += (i ? "." : "") + std::to_string(key[i]);
         gloo::rendezvous::PrefixStore store(prefix, *rdv_->store);
         ctx->connectFullMesh(store, device_);
@@ -559,7 +565,7 @@ class GlooEndpoint final : public Communicator {
       } catch (const std::exception& e) {
         // The store's error names the keys nobody wrote: a member's key ends with its index
         // in the group. Say which ranks those are.
-        std::string prefix = "tessel/group/";
+        std::string prefix = rdv_->groups;
         for (size_t i = 0; i < key.size(); ++i) prefix += (i ? "." : "") + std::to_string(key[i]);
         const std::string detail = e.what();
         std::vector<int64_t> missing;

@@ -36,6 +36,10 @@ std::shared_ptr<GlooRendezvous> gloo_memory_rendezvous();
 class TcpStoreClient;
 std::shared_ptr<GlooRendezvous> gloo_tcp_rendezvous(std::shared_ptr<TcpStoreClient> client, std::shared_ptr<void> keep_alive = {});
 
+// The same store for the `world`-th world a process of the job connects (its groups' keys
+// apart from the earlier worlds'): every process connects its worlds in the same order.
+std::shared_ptr<GlooRendezvous> gloo_world_rendezvous(std::shared_ptr<GlooRendezvous> rendezvous, int64_t world);
+
 struct GlooOptions : CommOptions {
   std::string hostname = "127.0.0.1";  // the address this rank listens on
 };

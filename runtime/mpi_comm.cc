@@ -9,6 +9,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <deque>
 #include <map>
 #include <mutex>
@@ -67,6 +68,17 @@ int fold_tag(int64_t tag, int ub) {
   return static_cast<int>((t ^ (t >> 31)) % static_cast<uint64_t>(ub));
 }
 
+// MPI is initialized once per process and finalized at its exit (a process may make
+// several endpoints one after another: a test suite, a verify after training), unless an
+// endpoint failed: a process that exits without finalizing makes mpirun stop the others.
+std::atomic<bool> g_mpi_failed{false};
+
+void finalize_at_exit() {
+  int done = 0;
+  MPI_Finalized(&done);
+  if (!done && !g_mpi_failed) MPI_Finalize();
+}
+
 class MpiEndpoint final : public Communicator {
  public:
   explicit MpiEndpoint(const CommOptions& o) : options_(o) {
@@ -79,7 +91,7 @@ class MpiEndpoint final : public Communicator {
       if (provided < MPI_THREAD_MULTIPLE)
         throw Error("this MPI library gives no MPI_THREAD_MULTIPLE; tessel calls it from a compute and a "
                     "communication thread");
-      we_initialized_ = true;
+      std::atexit(finalize_at_exit);
     }
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
     int r = 0, n = 0;
@@ -95,18 +107,20 @@ class MpiEndpoint final : public Communicator {
   }
 
   ~MpiEndpoint() override {
-    // Sends still in flight get their delivery; then MPI is finalized, unless the job failed:
-    // a process that exits without finalizing makes mpirun stop the others.
-    if (!aborted_) {
+    // Sends still in flight get their delivery; the communicators go (MPI stays initialized
+    // for the process: finalize_at_exit), unless the job failed.
+    if (aborted_) {
+      g_mpi_failed = true;
+      return;
+    }
+    {
       std::lock_guard lk(send_mu_);
       for (auto& m : in_flight_) MPI_Wait(&m.req, MPI_STATUS_IGNORE);
       in_flight_.clear();
     }
-    if (aborted_ || !we_initialized_) return;
     for (auto& [k, c] : groups_)
       if (c.comm != MPI_COMM_NULL && c.comm != MPI_COMM_SELF) MPI_Comm_free(&c.comm);
     MPI_Comm_free(&p2p_);
-    MPI_Finalize();
   }
 
   int64_t rank() const override { return rank_; }
@@ -421,7 +435,6 @@ class MpiEndpoint final : public Communicator {
 
   CommOptions options_;
   int64_t rank_ = 0, size_ = 1;
-  bool we_initialized_ = false;
   MPI_Comm p2p_ = MPI_COMM_NULL;
   int tag_ub_ = 32767;
   std::chrono::milliseconds timeout_{};

@@ -1,5 +1,6 @@
 #include "runtime/process_env.h"
 
+#include <atomic>
 #include <cstdlib>
 #include <filesystem>
 #include <thread>
@@ -143,7 +144,10 @@ std::unique_ptr<Communicator> connect_ranks(const ProcessRole& role, const CommO
     rdv = gloo_file_rendezvous(dir, cleanup);
     go.hostname = role.host.empty() ? "127.0.0.1" : role.host;
   }
-  return gloo_communicator(role.rank, role.size, std::move(rdv), go);
+  // A process may connect several worlds one after another (a test suite, a verify after a
+  // training run): the n-th of every process meet under their own keys.
+  static std::atomic<int64_t> worlds{0};
+  return gloo_communicator(role.rank, role.size, gloo_world_rendezvous(std::move(rdv), worlds++), go);
 }
 
 }  // namespace tessel::runtime

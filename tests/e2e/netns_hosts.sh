@@ -3,10 +3,13 @@
 # (one `tessel launch` per host, the TCP store served by host 0's launcher) trains what 4
 # simulated devices of one process train; then a link cut mid-run stops both hosts cleanly
 # within the communication timeout. Needs root (CAP_NET_ADMIN); skips (exit 77) without it.
-# Usage: netns_hosts.sh TESSEL_BINARY README_FILE
+# With EQUIVALENCE_TEST (the equivalence suite's binary), its 4-device cases also run across
+# the two hosts, 2 ranks each.
+# Usage: netns_hosts.sh TESSEL_BINARY README_FILE [EQUIVALENCE_TEST]
 set -u
 T=$1
 TEXT=$2
+EQ=${3:-}
 id=$$
 A=tsl_a_$id B=tsl_b_$id VA=tla$id VB=tlb$id
 net=10.213.$((id % 250)).
@@ -72,6 +75,28 @@ train_on_two_hosts() {
 GPT="train --model gpt:layers=2,d_model=32,heads=4,seq=16,vocab=256 --dataset text:$TEXT --steps 6 --batch 8 --optimizer adamw --lr 0.003 --seed 5 --eval-batches 4 --format json --quiet"
 train_on_two_hosts dp2_tp2 "$GPT --dp 2 --tp 2 --sp"
 train_on_two_hosts dp2_pp2 "$GPT --dp 2 --pp 2 --microbatches 2 --zero 1"
+
+# The equivalence suite across the hosts: each of the 4 processes runs its rank of every
+# 4-device case (tests/runtime/equivalence_test.cc); both launchers exit 0 when all pass.
+if [ -n "$EQ" ]; then
+  port=$((29400 + RANDOM % 500))
+  ip netns exec "$B" timeout 180 "$T" launch --nproc 2 --nnodes 2 --node-rank 1 --master "${net}1:$port" --token "tok$id" \
+    -- "$EQ" >"$WORK/eq.b.out" 2>&1 &
+  eb=$!
+  ip netns exec "$A" timeout 180 "$T" launch --nproc 2 --nnodes 2 --node-rank 0 --master "${net}1:$port" --token "tok$id" \
+    -- "$EQ" >"$WORK/eq.a.out" 2>&1
+  rc_a=$?
+  wait $eb
+  rc_b=$?
+  echo "  equivalence suite: $(grep -c '\[       OK \]' "$WORK/eq.a.out") passes on host 0, $(grep -c '\[       OK \]' "$WORK/eq.b.out") on host 1 (rc $rc_a/$rc_b)"
+  if [ $rc_a -eq 0 ] && [ $rc_b -eq 0 ] && grep -q '\[  PASSED  \]' "$WORK/eq.a.out"; then
+    echo "PASS equivalence_suite"
+  else
+    echo "FAIL equivalence_suite"
+    grep -E 'FAILED|Failure|exception' "$WORK/eq.a.out" "$WORK/eq.b.out" | head -20
+    fail=1
+  fi
+fi
 
 # A link cut mid-run: both hosts' ranks fail within the timeout (4 s) and both launchers exit
 # non-zero naming a rank; nothing is left running.
