@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <deque>
@@ -334,6 +335,11 @@ class MpiEndpoint final : public Communicator {
     if (aborted_) throw Error(who() + ": " + what + " stopped: " + why_);
   }
 
+  std::string timeout_str() const {
+    char b[32];
+    std::snprintf(b, sizeof b, "%g s", options_.timeout_s);
+    return b;
+  }
   // Waits for a nonblocking call: done, aborted, or past the timeout.
   void wait_for(MPI_Request& req, const std::string& what) {
     const auto deadline = Clock::now() + timeout_;
@@ -343,11 +349,8 @@ class MpiEndpoint final : public Communicator {
       if (rc != MPI_SUCCESS) fail(what + ": " + mpi_error(rc));
       if (done) return;
       stopped_check(what);
-      if (Clock::now() >= deadline) {
-        char b[32];
-        std::snprintf(b, sizeof b, "%g s", options_.timeout_s);
-        fail(what + " timed out after " + b + " (a rank stopped participating; mpirun stops the job)");
-      }
+      if (Clock::now() >= deadline)
+        fail(what + " timed out after " + timeout_str() + " (a rank stopped participating; mpirun stops the job)");
       if (spins > 1000) std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
   }
@@ -421,12 +424,37 @@ class MpiEndpoint final : public Communicator {
       MPI_Comm_group(MPI_COMM_WORLD, &world);
       std::vector<int> r(ranks.begin(), ranks.end());
       MPI_Group_incl(world, g.k, r.data(), &sub);
-      // Members only (MPI-3), under a tag every member derives alike from the group.
+      MPI_Group_free(&world);
+      // Members only (MPI-3), under a tag every member derives alike from the group. MPI's
+      // call waits for every member with no timeout of its own: it runs on a thread of its
+      // own, waited for under the timeout; a member that never joins fails this rank (and,
+      // since it exits unfinalized, the job) naming the group.
       uint64_t h = 1469598103934665603ull;
       for (int64_t x : ranks) h = (h ^ static_cast<uint64_t>(x)) * 1099511628211ull;
-      const int rc = MPI_Comm_create_group(MPI_COMM_WORLD, sub, static_cast<int>(h % 32768), &g.comm);
-      MPI_Group_free(&sub);
-      MPI_Group_free(&world);
+      struct Made {
+        std::mutex mu;
+        std::condition_variable cv;
+        bool done = false;
+        int rc = MPI_SUCCESS;
+        MPI_Comm comm = MPI_COMM_NULL;
+      };
+      auto made = std::make_shared<Made>();
+      std::thread([made, sub, tag = static_cast<int>(h % 32768)]() mutable {
+        MPI_Comm comm = MPI_COMM_NULL;
+        const int rc = MPI_Comm_create_group(MPI_COMM_WORLD, sub, tag, &comm);
+        MPI_Group_free(&sub);
+        std::lock_guard l(made->mu);
+        made->rc = rc, made->comm = comm, made->done = true;
+        made->cv.notify_all();
+      }).detach();
+      {
+        std::unique_lock l(made->mu);
+        if (!made->cv.wait_for(l, timeout_, [&] { return made->done; }))
+          fail(std::string(op) + ": making the group " + ranks_str(ranks) + " failed (timeout " + timeout_str() +
+               "): a member never joined it");
+      }
+      const int rc = made->rc;
+      g.comm = made->comm;
       if (rc != MPI_SUCCESS) fail(std::string(op) + ": making the group " + ranks_str(ranks) + ": " + mpi_error(rc));
       MPI_Comm_set_errhandler(g.comm, MPI_ERRORS_RETURN);
     }

@@ -7,6 +7,9 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
+#include <string>
+#include <thread>
 #include <cstdlib>
 #include <memory>
 #include <numeric>
@@ -164,12 +167,63 @@ TEST(MpiComm, CrossedSendsDoNotDeadlockAndKeepOrder) {
   c.barrier(groups()[0]);
 }
 
+// Ranks that issue different collectives are stopped before any data moves, each naming
+// what every member called. A mismatch ends its endpoint (and, at exit, the job: a process
+// whose MPI engine failed exits without finalizing, so mpirun reports it), so ctest runs this
+// one alone (MpiComm.FailuresRanks2) and reads the verdict from the output.
+TEST(MpiComm, MismatchedCollectivesAreCaughtBeforeDataMovesNamingBothSides) {
+  if (!std::getenv("TESSEL_MPI_MISMATCH")) GTEST_SKIP() << "run alone, with TESSEL_MPI_MISMATCH=1";
+  CommOptions o;
+  o.timeout_s = 30;
+  std::unique_ptr<Communicator> c = mpi_communicator(o);
+  if (c->size() < 2) GTEST_SKIP() << "one rank";
+  const std::vector<int64_t> world{0, 1};
+  if (c->rank() > 1) return;
+  Buf a({c->rank() == 0 ? int64_t{4} : int64_t{8}});
+  std::fill(a.v.begin(), a.v.end(), 3.f);
+  try {
+    const TensorRef t = a.ref();
+    c->all_reduce(t, t, ReduceOp::sum, world);
+    ADD_FAILURE() << "the mismatch went through";
+  } catch (const std::exception& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("caught before any data moved: rank 0 calls all_reduce (sum) of f32[4]"), std::string::npos) << m;
+    EXPECT_NE(m.find("rank 1 calls all_reduce (sum) of f32[8]"), std::string::npos) << m;
+  }
+  for (float v : a.v) EXPECT_EQ(v, 3.f);  // untouched
+}
+
+// MPI_Comm_create_group waits for every member with no timeout of its own: a member that
+// never makes the group fails the others within the engine's timeout, naming the group.
+// Ends the job like a mismatch: run alone (MpiComm.FailuresRanks2).
+TEST(MpiComm, AGroupAMemberNeverJoinsFailsWithinTheTimeout) {
+  if (!std::getenv("TESSEL_MPI_MISMATCH")) GTEST_SKIP() << "run alone, with TESSEL_MPI_MISMATCH=1";
+  CommOptions o;
+  o.timeout_s = 1;
+  std::unique_ptr<Communicator> c = mpi_communicator(o);
+  if (c->size() < 2) GTEST_SKIP() << "one rank";
+  if (c->rank() != 0) {
+    std::this_thread::sleep_for(std::chrono::seconds(3));  // never joins
+    return;
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    c->barrier(std::vector<int64_t>{0, 1});
+    ADD_FAILURE() << "the group was made without rank 1";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("making the group [0,1] failed (timeout 1 s): a member never joined it"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 2.5);
+}
+
 }  // namespace
 }  // namespace tessel::runtime
 
 int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);
   const int rc = RUN_ALL_TESTS();
-  tessel::runtime::comm();  // finalized after the tests, at exit, once every rank is done
+  if (!std::getenv("TESSEL_MPI_MISMATCH")) tessel::runtime::comm();  // MPI is finalized at exit, once every rank is done
   return rc;
 }
