@@ -36,6 +36,12 @@ planner::PlanConfig dp_pp(int64_t dp, int64_t pp, int64_t mb = 1) {
   return c;
 }
 
+planner::PlanConfig config(int64_t dp, int64_t tp, int64_t pp, int64_t mb, int zero) {
+  planner::PlanConfig c;
+  c.dp = dp, c.tp = tp, c.pp = pp, c.microbatches = mb, c.zero = zero;
+  return c;
+}
+
 Graph mlp(int64_t batch) {
   models::Built b = models::from_spec("mlp:8-32-32-32-4", batch, true);
   OptimizerConfig oc;
@@ -86,11 +92,6 @@ TEST(Executor, UpdatesAreWrittenOverTheirVariablesOnEveryPlan) {
   oc.weight_decay = 0.1;
   add_training(b.model->graph(), "loss", oc);
   const Graph& g = b.model->graph();
-  auto config = [](int64_t dp, int64_t tp, int64_t pp, int64_t mb, int zero) {
-    planner::PlanConfig c;
-    c.dp = dp, c.tp = tp, c.pp = pp, c.microbatches = mb, c.zero = zero;
-    return c;
-  };
   for (const planner::PlanConfig& c : {config(2, 1, 1, 1, 0), config(2, 1, 1, 1, 1), config(2, 1, 1, 2, 3),
                                        config(1, 1, 2, 2, 0), config(1, 2, 1, 1, 0)}) {
     ExecutorOptions no_jit;
@@ -194,11 +195,6 @@ TEST(LocalRun, EachProcessLoadsOnlyTheRowsItsRankReads) {
   oc.kind = "adamw";
   add_training(b.model->graph(), "loss", oc);
   const Graph& g = b.model->graph();
-  auto config = [](int64_t dp, int64_t tp, int64_t pp, int64_t mb, int zero) {
-    planner::PlanConfig c;
-    c.dp = dp, c.tp = tp, c.pp = pp, c.microbatches = mb, c.zero = zero;
-    return c;
-  };
   std::mt19937 rng(7);
   std::vector<std::vector<std::vector<std::byte>>> data(3);  // per step, per input
   for (auto& step : data)

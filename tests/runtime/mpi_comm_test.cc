@@ -167,16 +167,23 @@ TEST(MpiComm, CrossedSendsDoNotDeadlockAndKeepOrder) {
   c.barrier(groups()[0]);
 }
 
+// An endpoint of its own for a test whose failure ends the job (run alone, with
+// TESSEL_MPI_MISMATCH=1, on 2 or more ranks); null otherwise.
+std::unique_ptr<Communicator> job_ending_endpoint(double timeout_s) {
+  if (!std::getenv("TESSEL_MPI_MISMATCH")) return nullptr;
+  CommOptions o;
+  o.timeout_s = timeout_s;
+  std::unique_ptr<Communicator> c = mpi_communicator(o);
+  return c->size() < 2 ? nullptr : std::move(c);
+}
+
 // Ranks that issue different collectives are stopped before any data moves, each naming
 // what every member called. A mismatch ends its endpoint (and, at exit, the job: a process
 // whose MPI engine failed exits without finalizing, so mpirun reports it), so ctest runs this
 // one alone (MpiComm.FailuresRanks2) and reads the verdict from the output.
 TEST(MpiComm, MismatchedCollectivesAreCaughtBeforeDataMovesNamingBothSides) {
-  if (!std::getenv("TESSEL_MPI_MISMATCH")) GTEST_SKIP() << "run alone, with TESSEL_MPI_MISMATCH=1";
-  CommOptions o;
-  o.timeout_s = 30;
-  std::unique_ptr<Communicator> c = mpi_communicator(o);
-  if (c->size() < 2) GTEST_SKIP() << "one rank";
+  std::unique_ptr<Communicator> c = job_ending_endpoint(30);
+  if (!c) GTEST_SKIP() << "run alone on 2 or more ranks, with TESSEL_MPI_MISMATCH=1";
   const std::vector<int64_t> world{0, 1};
   if (c->rank() > 1) return;
   Buf a({c->rank() == 0 ? int64_t{4} : int64_t{8}});
@@ -197,11 +204,8 @@ TEST(MpiComm, MismatchedCollectivesAreCaughtBeforeDataMovesNamingBothSides) {
 // never makes the group fails the others within the engine's timeout, naming the group.
 // Ends the job like a mismatch: run alone (MpiComm.FailuresRanks2).
 TEST(MpiComm, AGroupAMemberNeverJoinsFailsWithinTheTimeout) {
-  if (!std::getenv("TESSEL_MPI_MISMATCH")) GTEST_SKIP() << "run alone, with TESSEL_MPI_MISMATCH=1";
-  CommOptions o;
-  o.timeout_s = 1;
-  std::unique_ptr<Communicator> c = mpi_communicator(o);
-  if (c->size() < 2) GTEST_SKIP() << "one rank";
+  std::unique_ptr<Communicator> c = job_ending_endpoint(1);
+  if (!c) GTEST_SKIP() << "run alone on 2 or more ranks, with TESSEL_MPI_MISMATCH=1";
   if (c->rank() != 0) {
     std::this_thread::sleep_for(std::chrono::seconds(3));  // never joins
     return;
