@@ -48,6 +48,8 @@ struct Executor::Buffer {
   int64_t first = INT64_MAX, last = -1;  // ticks of the step's op list
   std::string name;
   std::byte* data = nullptr;
+  int32_t within = -1;  // a part of that buffer (a gradient in its bucket's block), at `offset`
+  int64_t offset = 0;
 };
 
 struct Executor::Op {
@@ -78,6 +80,9 @@ struct Executor::CommTask {
   int dim = 0, dim2 = 0;
   int64_t root = 0;
   std::vector<int64_t> ranks;
+  Ref block;  // a bucket whose tensors lie side by side in one buffer: reduced as that one tensor
+  TensorRef block_t;
+  std::vector<std::string> results;  // reduced in place: the names of the values it computes
 };
 
 namespace {
@@ -206,6 +211,10 @@ struct Executor::Builder {
     int64_t bytes = 0;
   };
   std::vector<Bucket> open;
+  // Forward nodes run after the last backward instead (see find_deferred), and their
+  // (node, microbatch) in the order they were met.
+  std::vector<char> deferred;
+  std::vector<std::pair<int32_t, int64_t>> later;
 
   explicit Builder(Executor& e) : x(e), g(e.graph_), p(e.program_), sec(e.program_.section) {}
 
@@ -353,6 +362,42 @@ struct Executor::Builder {
       waiting[id] = static_cast<int>(need.size());
       for (auto& k : need) readers[k].push_back(id);
     }
+  }
+
+  // Forward nodes that wait for a collective and whose results only outputs read (the
+  // loss after its all-reduce over the data-parallel group): they run after the last
+  // backward, so the compute stream does not stop mid-step for a collective that the
+  // gradients never need (a wait that, between processes, also waits out the other ranks'
+  // lag and the round trips of the call).
+  void find_deferred() {
+    deferred.assign(g.size(), 0);
+    std::vector<char> free(g.size(), 0);  // nothing but outputs and other such nodes reads it
+    std::vector<std::vector<int32_t>> readers_of(g.size());
+    for (int32_t id : nodes)
+      for (auto& in : g.node(id).inputs) readers_of[in.node].push_back(id);
+    std::set<int32_t> updated;
+    for (auto& u : g.updates()) updated.insert(u.value.node);
+    for (auto it = nodes.rbegin(); it != nodes.rend(); ++it) {
+      const Node& n = g.node(*it);
+      bool ok = sec[*it] == Section::forward && !is_collective(n) && !is_transfer(n) && !rerun_node[*it] &&
+                region[*it] < 0 && !updated.count(*it);
+      for (int32_t r : readers_of[*it]) ok = ok && free[r];
+      free[*it] = ok;
+    }
+    for (int32_t id : nodes) {
+      if (!free[id] || g.node(id).def->kind != OpKind::compute || g.node(id).def->view) continue;
+      for (auto& in : g.node(id).inputs) {
+        const Value r = root(in);
+        deferred[id] = deferred[id] || is_collective(g.node(r.node)) || deferred[r.node];
+      }
+    }
+  }
+  void run_deferred() {
+    for (auto [id, mb] : later) {
+      run_node(g.node(id), Section::forward, mb, -1);
+      after_node(g.node(id), Section::forward, mb, -1);
+    }
+    later.clear();
   }
 
   // ---- the op list of one step, with lifetimes (tick = op index) and events ----
@@ -527,15 +572,22 @@ struct Executor::Builder {
         const Node& n = g.node(id);
         if (n.def->kind != OpKind::compute || n.def->view) continue;
         if (S == Section::apply && waiting.count(id)) continue;  // started during the last backward
+        if (S == Section::forward && deferred[id]) {
+          later.emplace_back(id, mb);
+          continue;
+        }
         const int layer = S == Section::backward ? layer_of[id] : -1;
         if (layer >= 0 && rerun.count(layer) && rerun_done.insert(layer).second)
           for (int32_t f : rerun[layer]) run_node(g.node(f), Section::backward, mb, layer);
         run_node(n, S, mb, layer);
         after_node(n, S, mb, layer);
       }
-      if (S == Section::backward && mb == m - 1)
+      if (S == Section::backward && mb == m - 1) {
         for (Bucket& b : open) flush(b);
+        run_deferred();
+      }
     }
+    run_deferred();  // a program without a backward
     for (auto& [id, left] : waiting)
       if (left > 0)
         throw Error(g.node(id).where() + ": " + rank() + ": a gradient collective whose inputs the backward never finished");
@@ -559,9 +611,11 @@ void Executor::build() {
   b.mark_recomputation();
   b.output_buffers();
   b.find_early_collectives();
+  b.find_deferred();
   b.walk_schedule();
   b.updates();
   write_updates_in_place();
+  reduce_buckets_in_place();
   compile_kernels();
 }
 
@@ -635,6 +689,78 @@ void Executor::write_updates_in_place() {
   }
 }
 
+// A gradient all-reduce runs in place when nothing reads its input once it is launched:
+// the reduced gradient is written where the backward left it (no copy into the output),
+// and a bucket's gradients are laid out side by side in one block of the arena, 64-byte
+// aligned, that the engine reduces as one tensor (no packing into a staging buffer and
+// back: two copies of every gradient a step on the Gloo and MPI engines). Floating-point
+// buckets only: the alignment gaps between gradients are reduced too, and a sum of stale
+// floats there is harmless where one of stale integers could overflow.
+void Executor::reduce_buckets_in_place() {
+  auto uses = [](const std::vector<Ref>& refs, int32_t b) {
+    return std::any_of(refs.begin(), refs.end(), [&](const Ref& r) { return r.buf == b; });
+  };
+  for (size_t k = 0; k < tasks_.size(); ++k) {
+    CommTask& t = tasks_[k];
+    if (t.op != Collective::all_reduce || t.reduce != ReduceOp::sum || t.in.empty()) continue;
+    const DType dt = t.in[0].type->dtype;
+    if (dt != DType::f32 && dt != DType::f64) continue;
+    int64_t launch = -1;
+    for (size_t i = 0; i < ops_.size() && launch < 0; ++i)
+      if (ops_[i].type == Op::Type::launch && ops_[i].task == static_cast<int64_t>(k)) launch = static_cast<int64_t>(i);
+    bool ok = launch >= 0;
+    std::set<int32_t> seen;
+    for (size_t j = 0; ok && j < t.in.size(); ++j) {
+      const int32_t in = t.in[j].buf, out = t.out[j].buf;
+      const Buffer &bi = buffers_[static_cast<size_t>(in)], &bo = buffers_[static_cast<size_t>(out)];
+      ok = !bi.persistent && !bo.persistent && bi.within < 0 && bo.within < 0 && bi.bytes == bo.bytes &&
+           seen.insert(in).second && (in == out || seen.insert(out).second);
+      for (size_t i = static_cast<size_t>(launch) + 1; ok && i < ops_.size(); ++i)
+        ok = !uses(ops_[i].in, in) && !uses(ops_[i].out, in) && !uses(ops_[i].out, out);
+      for (size_t u = 0; ok && u < tasks_.size(); ++u)
+        if (u != k)
+          for (const int32_t b : {in, out})
+            ok = ok && !uses(tasks_[u].in, b) && !uses(tasks_[u].out, b);
+      for (auto& [var, val] : updates_) ok = ok && var != in && var != out;
+    }
+    if (!ok) continue;
+    for (const Ref& r : t.out) t.results.push_back(buffers_[static_cast<size_t>(r.buf)].name);
+    for (size_t j = 0; j < t.in.size(); ++j) {
+      const int32_t in = t.in[j].buf, out = t.out[j].buf;
+      if (in == out) continue;
+      auto rename = [&](std::vector<Ref>& refs) {
+        for (Ref& r : refs)
+          if (r.buf == out) r.buf = in;
+      };
+      for (Op& op : ops_) rename(op.in), rename(op.out);
+      for (CommTask& c : tasks_) rename(c.in), rename(c.out);
+      for (auto& [var, val] : updates_)
+        if (val == out) val = in;
+      for (auto& [v, b] : read_by_apply_)
+        if (b == out) b = in;
+      Buffer &bi = buffers_[static_cast<size_t>(in)], &bo = buffers_[static_cast<size_t>(out)];
+      bi.first = std::min(bi.first, bo.first);
+      bi.last = std::max(bi.last, bo.last);
+      bo.bytes = 0, bo.first = INT64_MAX, bo.last = -1;
+    }
+    if (t.in.size() == 1) continue;
+    Buffer block;
+    block.name = "bucket of " + std::to_string(t.in.size()) + " gradients (" + buffers_[static_cast<size_t>(t.in[0].buf)].name +
+                 ", ...)";
+    for (const Ref& r : t.in) {
+      Buffer& b = buffers_[static_cast<size_t>(r.buf)];
+      b.within = static_cast<int32_t>(buffers_.size());
+      b.offset = block.bytes;
+      block.bytes += (b.bytes + kAlign - 1) / kAlign * kAlign;
+      block.first = std::min(block.first, b.first);
+      block.last = std::max(block.last, b.last);
+    }
+    t.block = Ref{static_cast<int32_t>(buffers_.size()),
+                  &block_types_.emplace_back(TensorType{dt, {block.bytes / static_cast<int64_t>(dtype_size(dt))}})};
+    buffers_.push_back(std::move(block));
+  }
+}
+
 void Executor::initialize(int64_t capacity_bytes) {
   if (initialized_) throw Error("Executor::initialize() called twice");
   {
@@ -660,6 +786,7 @@ void Executor::initialize(int64_t capacity_bytes) {
   memory_ = RankMemory{};
   for (size_t b = 0; b < buffers_.size(); ++b) {
     Buffer& x = buffers_[b];
+    if (x.within >= 0) continue;  // placed with its block
     if (x.persistent) {
       memory_.persistent_bytes += (std::max<int64_t>(x.bytes, 1) + kAlign - 1) / kAlign * kAlign;
       continue;
@@ -672,6 +799,7 @@ void Executor::initialize(int64_t capacity_bytes) {
   memory_.arena_bytes = plan.arena_bytes;
   std::vector<size_t> order(buffers_.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::erase_if(order, [&](size_t b) { return buffers_[b].within >= 0; });  // counted in their block
   std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return buffers_[a].bytes > buffers_[b].bytes; });
   for (size_t i = 0; i < std::min<size_t>(8, order.size()); ++i)
     memory_.largest.push_back({buffers_[order[i]].name, buffers_[order[i]].bytes});
@@ -696,6 +824,8 @@ void Executor::initialize(int64_t capacity_bytes) {
   for (size_t i = 0; i < in_arena.size(); ++i) buffers_[in_arena[i]].data = arena + plan.offsets[i];
   for (Buffer& x : buffers_)
     if (x.persistent) x.data = allocate(x.bytes);
+  for (Buffer& x : buffers_)
+    if (x.within >= 0) x.data = buffers_[static_cast<size_t>(x.within)].data + x.offset;
   auto tensor = [&](const Ref& r) {
     return TensorRef{buffers_[static_cast<size_t>(r.buf)].data, r.type->dtype, r.type->shape, r.type->numel()};
   };
@@ -710,6 +840,7 @@ void Executor::initialize(int64_t capacity_bytes) {
   for (CommTask& t : tasks_) {
     for (auto& r : t.in) t.in_t.push_back(tensor(r));
     for (auto& r : t.out) t.out_t.push_back(tensor(r));
+    if (t.block.buf >= 0) t.block_t = tensor(t.block);
   }
   // Variables and constants: stored data, else the initializer (which draws by global
   // element index, so a shard holds what the whole tensor holds there).
@@ -731,7 +862,10 @@ void Executor::initialize(int64_t capacity_bytes) {
 
 void Executor::run_task(const CommTask& t) {
   switch (t.op) {
-    case Collective::all_reduce: comm_.all_reduce(t.in_t, t.out_t, t.reduce, t.ranks); return;
+    case Collective::all_reduce:
+      if (t.block.buf >= 0) comm_.all_reduce(t.block_t, t.block_t, t.reduce, t.ranks);
+      else comm_.all_reduce(t.in_t, t.out_t, t.reduce, t.ranks);
+      return;
     case Collective::reduce_scatter: comm_.reduce_scatter(t.in_t[0], t.out_t[0], t.dim, t.reduce, t.ranks); return;
     case Collective::all_gather: comm_.all_gather(t.in_t[0], t.out_t[0], t.dim, t.ranks); return;
     case Collective::all_to_all: comm_.all_to_all(t.in_t[0], t.out_t[0], t.dim, t.dim2, t.ranks); return;
@@ -859,8 +993,12 @@ std::string Executor::describe() const {
   auto task_str = [&](int64_t k) {
     const CommTask& t = tasks_[static_cast<size_t>(k)];
     std::string s = std::string(collective_name(t.op)) + " of " + std::to_string(t.in.size()) + (t.in.size() == 1 ? " tensor [" : " tensors [");
-    for (size_t i = 0; i < t.out.size(); ++i) s += (i ? ", " : "") + buffers_[static_cast<size_t>(t.out[i].buf)].name;
-    s += "] over";
+    for (size_t i = 0; i < t.out.size(); ++i)
+      s += (i ? ", " : "") + (t.results.empty() ? buffers_[static_cast<size_t>(t.out[i].buf)].name : t.results[i]);
+    s += "]";
+    if (t.block.buf >= 0) s += " in place, one block,";
+    else if (!t.results.empty()) s += " in place,";
+    s += " over";
     for (int64_t r : t.ranks) s += " " + std::to_string(r);
     return s;
   };

@@ -10,8 +10,12 @@
 // gradient all-reduces, ZeRO's reduce-scatters) start on the communication stream as soon
 // as the last microbatch's backward has finished their inputs; all-reduces over the same
 // group are fused into buckets of up to ExecutorOptions::bucket_bytes, in program order,
-// which every member of the group shares. Recv blocks the compute stream; send copies and
-// returns.
+// which every member of the group shares. A bucket of floating-point gradients is reduced
+// in place, its gradients laid out side by side in one block the engine reduces as one
+// tensor. Forward work that waits for a collective and that only outputs read (the loss
+// after its all-reduce over the data-parallel group) runs after the last backward, so the
+// compute stream never stops mid-step for it. Recv blocks the compute stream; send copies
+// and returns.
 //
 // Kernels: with the JIT, elementwise chains and the reductions that end them are fused
 // (runtime/fusion.h) and run as compiled kernels (runtime/cpu_jit.h); an update computed
@@ -26,6 +30,7 @@
 #pragma once
 
 #include <atomic>
+#include <deque>
 #include <cstdint>
 #include <exception>
 #include <map>
@@ -152,6 +157,7 @@ class Executor {
            ExecutorOptions options);
   void build();
   void write_updates_in_place();
+  void reduce_buckets_in_place();
   void compile_kernels();
   void comm_loop();
   void run_task(const CommTask& t);
@@ -174,6 +180,7 @@ class Executor {
   int64_t microbatches_ = 1;
 
   std::vector<Buffer> buffers_;
+  std::deque<TensorType> block_types_;  // the types of buckets reduced as one block (stable addresses)
   std::vector<Op> ops_;
   std::map<int32_t, std::pair<std::unique_ptr<ops::FusedKernelDesc>, FusedFn>> kernels_;  // per fused node
   std::vector<CommTask> tasks_;  // in launch order; the same every step

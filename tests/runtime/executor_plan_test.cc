@@ -4,6 +4,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <map>
 #include <random>
 #include <sstream>
@@ -80,6 +81,99 @@ TEST(Executor, GradientBucketsStartWhileTheBackwardStillRuns) {
   for (auto& l : lines(big.rank(0).describe()))
     big_launches += l.rfind("launch all_reduce", 0) == 0 && l.find("optimizer/") != std::string::npos;
   EXPECT_EQ(big_launches, 1) << big.rank(0).describe();
+}
+
+// The loss is all-reduced over the data-parallel group in the forward pass, but nothing
+// the gradients need waits for it: the compute stream goes on into the backward, and the
+// loss is finished after the last backward kernel, for every microbatch.
+TEST(Executor, TheLossWaitsForItsAllReduceOnlyAfterTheBackward) {
+  const Graph g = mlp(8);
+  for (int64_t mb : {1, 2}) {
+    LocalRun run(planner::partition(g, dp_pp(2, 1, mb)), dp_pp(2, 1, mb));
+    const auto ops = lines(run.rank(1).describe());
+    int last_backward = -1, loss_waits = 0, loss_outputs = 0;
+    for (int i = 0; i < static_cast<int>(ops.size()); ++i)
+      if (ops[i].rfind("kernel ", 0) == 0 && ops[i].find("/grad/") != std::string::npos) last_backward = i;
+    for (int i = 0; i < static_cast<int>(ops.size()); ++i) {
+      if (ops[i].rfind("wait all_reduce of 1 tensor [cross_entropy", 0) == 0) {
+        ++loss_waits;
+        EXPECT_GT(i, last_backward) << run.rank(1).describe();
+      }
+      if (ops[i] == "output loss") {
+        ++loss_outputs;
+        EXPECT_GT(i, last_backward) << run.rank(1).describe();
+      }
+    }
+    EXPECT_EQ(loss_waits, mb) << run.rank(1).describe();
+    EXPECT_EQ(loss_outputs, mb) << run.rank(1).describe();
+  }
+}
+
+// Rank 0 of a world of 2 whose collectives are recorded, not performed.
+class RecordingComm final : public Communicator {
+ public:
+  struct AllReduce {
+    std::vector<const void*> in, out;
+    int64_t numel = 0;
+  };
+  std::vector<AllReduce> all_reduces;
+  int64_t rank() const override { return 0; }
+  int64_t size() const override { return 2; }
+  std::string_view engine() const override { return "recording"; }
+  void all_reduce(std::span<const TensorRef> in, std::span<const TensorRef> out, ReduceOp, std::span<const int64_t>) override {
+    AllReduce a;
+    for (size_t i = 0; i < in.size(); ++i) {
+      a.in.push_back(in[i].data);
+      a.out.push_back(out[i].data);
+      a.numel += in[i].numel;
+      if (out[i].data != in[i].data) std::memcpy(out[i].data, in[i].data, static_cast<size_t>(in[i].bytes()));
+    }
+    all_reduces.push_back(a);
+  }
+  void reduce_scatter(const TensorRef&, const TensorRef&, int, ReduceOp, std::span<const int64_t>) override {}
+  void all_gather(const TensorRef&, const TensorRef&, int, std::span<const int64_t>) override {}
+  void all_to_all(const TensorRef&, const TensorRef&, int, int, std::span<const int64_t>) override {}
+  void broadcast(const TensorRef&, const TensorRef&, int64_t, std::span<const int64_t>) override {}
+  void barrier(std::span<const int64_t>) override {}
+  void send(const TensorRef&, int64_t, int64_t) override {}
+  void recv(const TensorRef&, int64_t, int64_t) override {}
+  void abort(const std::string&) override {}
+};
+
+// A bucket of floating-point gradients is reduced where the backward wrote it, as one
+// block: the engine gets one tensor, in place, covering every gradient of the bucket (no
+// packing copies); each gradient's buffer lies inside that block, and the optimizer reads
+// the reduced values from there.
+TEST(Executor, AGradientBucketIsReducedInPlaceAsOneBlock) {
+  for (int64_t mb : {1, 2}) {
+    const Graph g = mlp(8);
+    const auto c = dp_pp(2, 1, mb);
+    auto programs = planner::partition(g, c);
+    RecordingComm comm;
+    Executor x(programs[0], comm);
+    x.initialize();
+    x.step();
+    int64_t grads = 0;
+    for (const auto& u : programs[0].graph.updates()) grads += programs[0].graph.type(u.value).numel();
+    const RecordingComm::AllReduce* bucket = nullptr;
+    for (const auto& a : comm.all_reduces)
+      if (a.numel >= grads) bucket = &a;
+    ASSERT_NE(bucket, nullptr) << x.describe();
+    ASSERT_EQ(bucket->in.size(), 1u) << "microbatches " << mb;
+    EXPECT_EQ(bucket->in[0], bucket->out[0]);
+    EXPECT_LT(bucket->numel, grads + 64 * static_cast<int64_t>(programs[0].graph.updates().size()));  // gaps < 64 B
+    const auto* lo = static_cast<const std::byte*>(bucket->in[0]);
+    const auto* hi = lo + bucket->numel * 4;
+    int checked = 0;
+    const Graph& pg = programs[0].graph;
+    for (const Node& n : pg.nodes()) {
+      if (n.op != "all_reduce" || n.name.rfind("optimizer/", 0) != 0) continue;  // the gradients'
+      const auto* p = static_cast<const std::byte*>(x.value(n.out()).data);  // what the optimizer reads
+      EXPECT_TRUE(p >= lo && p + pg.type(n.out()).bytes() <= hi) << n.name << " microbatches " << mb;
+      ++checked;
+    }
+    EXPECT_EQ(checked, 8);  // 4 layers, a weight and a bias each
+  }
 }
 
 // With the JIT, every rank writes each update of a parameter or a moment straight into the
