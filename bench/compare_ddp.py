@@ -8,7 +8,12 @@ Models: the MLP 784-1024-1024-10 at global batch 512 (SGD, momentum 0.9) and a G
 layers x 256 (seq 128, vocab 256) at global batch 32 (AdamW). tessel reads Fashion-MNIST and
 a text file; PyTorch synthetic tensors of the same shapes. Each run reports its median step
 after warm-up; the table gives medians over rounds and ratios PyTorch step / tessel step
-(> 1: tessel trains faster). Targets: >= 1.2 over processes, >= 1.3 in one process.
+(> 1: tessel trains faster), and the ratios within each round (both timed in that round).
+Targets: >= 1.2 over processes, >= 1.3 in one process.
+
+tessel runs plain data parallelism, `--dp 2 --zero 0`, as DDP does: gradients all-reduced,
+parameters and optimizer state replicated on both ranks. (Left to itself the planner picks
+ZeRO-1 here; see bench/RESULTS.md for what that costs over processes.)
 
     python3 bench/compare_ddp.py [--build build] [--python build/peers/bin/python] [--rounds 3] [--record]
 """
@@ -44,7 +49,7 @@ def last_json(out):
 
 def tessel(build, model, batch, steps, extra, processes):
     cli = os.path.join(build, "frontend", "tessel")
-    train = [cli, "train", "--model", model, "--batch", str(batch), "--steps", str(steps), "--dp", "2",
+    train = [cli, "train", "--model", model, "--batch", str(batch), "--steps", str(steps), "--dp", "2", "--zero", "0",
              "--format", "json", "--quiet", "--seed", "1"] + extra
     cmd = [cli, "launch", "--nproc", "2", "--"] + train if processes else train + ["--devices", "2"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
@@ -92,7 +97,8 @@ def main():
             print(f"{label} round {r + 1}: tessel processes {t['procs'][-1]:.1f} ms, DDP {t['ddp'][-1]:.1f} ms, "
                   f"tessel in-process {t['threads'][-1]:.1f} ms", flush=True)
         m = {k: statistics.median(v) for k, v in t.items()}
-        rows.append((label, m, m["ddp"] / m["procs"], m["ddp"] / m["threads"], ", ".join(sorted(plans))))
+        within = {k: [d / x for d, x in zip(t["ddp"], t[k])] for k in ("procs", "threads")}
+        rows.append((label, m, m["ddp"] / m["procs"], m["ddp"] / m["threads"], ", ".join(sorted(plans)), within))
         print(f"{label}: DDP/tessel over processes {rows[-1][2]:.2f}x, in one process {rows[-1][3]:.2f}x "
               f"(plans {rows[-1][4]})", flush=True)
     if a.record:
@@ -105,8 +111,16 @@ def main():
                 ">= 1.3 in one process.", "",
                 "| model | DDP (gloo, 2 proc) | tessel 2 Gloo processes | ratio | tessel 2 in-process devices | ratio | tessel plan |",
                 "|---|---|---|---|---|---|---|"]
-        for label, m, rp, rt, plans in rows:
+        for label, m, rp, rt, plans, _ in rows:
             body.append(f"| {label} | {m['ddp']:.1f} | {m['procs']:.1f} | {rp:.2f} | {m['threads']:.1f} | {rt:.2f} | {plans} |")
+        body.append("")
+        body.append("Ratios within each round (DDP step / tessel step, both timed in that round), median and range:")
+        for label, m, rp, rt, plans, within in rows:
+            parts = []
+            for k, name in (("procs", "over processes"), ("threads", "in one process")):
+                v = within[k]
+                parts.append(f"{name} {statistics.median(v):.2f} ({min(v):.2f}-{max(v):.2f})")
+            body.append(f"- {label}: " + ", ".join(parts) + ".")
         results.record("Data-parallel training on 2 ranks: tessel vs PyTorch DDP", body)
 
 

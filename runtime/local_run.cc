@@ -301,7 +301,18 @@ double LocalRun::scalar_output(std::string_view name) {
     }
     throw Error("no rank computes an output '" + std::string(name) + "'");
   }
-  // The first rank that computes it broadcasts it (every process knows which, from the plan).
+  // Every rank holding the whole value (the loss of a data- or tensor-parallel plan, all-
+  // reduced in the step): each process reads its own, with no call between steps.
+  bool everywhere = true;
+  for (const planner::RankProgram& p : programs_) {
+    bool whole = false;
+    if (p.graph.output(std::string(name)))
+      for (auto& [n, s] : p.output_placements)
+        if (n == name) whole = std::none_of(s.begin(), s.end(), [](const planner::Placement& x) { return x.is_shard() || x.is_partial(); });
+    everywhere = everywhere && whole;
+  }
+  if (everywhere) return scalar_of(ranks_[0]->output(name), name);
+  // Else the first rank that computes it broadcasts it (every process knows which, from the plan).
   int64_t root = -1;
   for (int64_t r = 0; r < ranks() && root < 0; ++r)
     if (programs_[static_cast<size_t>(r)].graph.output(std::string(name))) root = r;
