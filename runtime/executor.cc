@@ -215,6 +215,7 @@ struct Executor::Builder {
   // (node, microbatch) in the order they were met.
   std::vector<char> deferred;
   std::vector<std::pair<int32_t, int64_t>> later;
+  std::vector<int32_t> backward_order;  // the backward section's nodes, as order_backward() runs them
 
   explicit Builder(Executor& e) : x(e), g(e.graph_), p(e.program_), sec(e.program_.section) {}
 
@@ -361,6 +362,44 @@ struct Executor::Builder {
       if (!ok || need.empty()) continue;
       waiting[id] = static_cast<int>(need.size());
       for (auto& k : need) readers[k].push_back(id);
+    }
+  }
+
+  // The backward's nodes in a dependency order that serves what others wait for first:
+  // what leads to a send (the previous pipeline stage waits for it), then each node that
+  // finishes a gradient an early collective reduces (a weight's gradient before the
+  // gradient of that layer's input, which the backward goes on with: the bucket starts a
+  // product earlier), then the rest, in program order within each class.
+  void order_backward() {
+    std::vector<int32_t> ids;
+    std::vector<int> at(g.size(), -1);
+    for (int32_t id : nodes)
+      if (sec[id] == Section::backward) at[id] = static_cast<int>(ids.size()), ids.push_back(id);
+    std::vector<char> to_send(g.size(), 0);
+    std::vector<std::vector<int32_t>> readers_of(g.size());
+    std::vector<int> deps(g.size(), 0);
+    for (int32_t id : ids)
+      for (auto& in : g.node(id).inputs)
+        if (at[in.node] >= 0) readers_of[in.node].push_back(id), ++deps[id];
+    for (auto it = ids.rbegin(); it != ids.rend(); ++it) {
+      to_send[*it] = g.node(*it).op == "send";
+      for (int32_t r : readers_of[*it]) to_send[*it] = to_send[*it] || to_send[r];
+    }
+    auto rank_of = [&](int32_t id) {
+      if (to_send[id]) return 0;
+      for (int o = 0; o < static_cast<int>(g.node(id).outputs.size()); ++o)
+        if (readers.count({id, o})) return 1;
+      return 2;
+    };
+    std::set<std::pair<int, int>> ready;  // (class, program position)
+    for (int32_t id : ids)
+      if (deps[id] == 0) ready.insert({rank_of(id), at[id]});
+    while (!ready.empty()) {
+      const int32_t id = ids[static_cast<size_t>(ready.begin()->second)];
+      ready.erase(ready.begin());
+      backward_order.push_back(id);
+      for (int32_t r : readers_of[id])
+        if (--deps[r] == 0) ready.insert({rank_of(r), at[r]});
     }
   }
 
@@ -567,7 +606,7 @@ struct Executor::Builder {
       const Section S = st.section;
       const int64_t mb = S == Section::apply ? 0 : st.microbatch;
       std::set<int> rerun_done;
-      for (int32_t id : nodes) {
+      for (int32_t id : S == Section::backward ? backward_order : nodes) {
         if (sec[id] != S) continue;
         const Node& n = g.node(id);
         if (n.def->kind != OpKind::compute || n.def->view) continue;
@@ -612,6 +651,7 @@ void Executor::build() {
   b.output_buffers();
   b.find_early_collectives();
   b.find_deferred();
+  b.order_backward();
   b.walk_schedule();
   b.updates();
   write_updates_in_place();

@@ -12,7 +12,9 @@
 // group are fused into buckets of up to ExecutorOptions::bucket_bytes, in program order,
 // which every member of the group shares. A bucket of floating-point gradients is reduced
 // in place, its gradients laid out side by side in one block the engine reduces as one
-// tensor. Forward work that waits for a collective and that only outputs read (the loss
+// tensor. The backward runs what others wait for first (what leads to a pipeline send, then
+// the nodes that finish a gradient an early collective reduces), so buckets start earlier.
+// Forward work that waits for a collective and that only outputs read (the loss
 // after its all-reduce over the data-parallel group) runs after the last backward, so the
 // compute stream never stops mid-step for it. Recv blocks the compute stream; send copies
 // and returns.

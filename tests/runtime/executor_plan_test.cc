@@ -4,6 +4,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 #include <random>
@@ -107,6 +108,40 @@ TEST(Executor, TheLossWaitsForItsAllReduceOnlyAfterTheBackward) {
     EXPECT_EQ(loss_waits, mb) << run.rank(1).describe();
     EXPECT_EQ(loss_outputs, mb) << run.rank(1).describe();
   }
+}
+
+// The backward serves what others wait for first: on a data-parallel rank a layer's
+// weight gradient (which its bucket reduces) is computed before the gradient of the
+// layer's input; on a pipeline stage the gradient the previous stage waits for is sent
+// before this stage's weight gradients are computed.
+TEST(Executor, TheBackwardComputesWhatOthersWaitForFirst) {
+  const Graph g = mlp(8);
+  auto position = [](const std::vector<std::string>& ops, const std::string& line) {
+    const auto it = std::find(ops.begin(), ops.end(), line);
+    return it == ops.end() ? -1 : static_cast<int>(it - ops.begin());
+  };
+  LocalRun dp(planner::partition(g, dp_pp(2, 1)), dp_pp(2, 1));
+  const auto d = lines(dp.rank(0).describe());
+  for (const std::string layer : {"fc2", "fc3", "fc4"}) {
+    const int weight = position(d, "kernel " + layer + "/matmul/grad/matmul_0"), input = position(d, "kernel " + layer + "/matmul/grad/matmul");
+    ASSERT_GE(weight, 0) << dp.rank(0).describe();
+    EXPECT_LT(weight, input) << layer << "\n" << dp.rank(0).describe();
+  }
+  LocalRun pp(planner::partition(g, dp_pp(1, 2)), dp_pp(1, 2));
+  const auto q = lines(pp.rank(1).describe());
+  int send = -1, last_weight = -1;
+  for (int i = 0; i < static_cast<int>(q.size()); ++i) {
+    if (q[i].rfind("send ", 0) == 0 && send < 0) send = i;
+    if (q[i].rfind("kernel ", 0) == 0 && q[i].find("/grad/matmul_0") != std::string::npos) last_weight = i;
+  }
+  ASSERT_GE(send, 0) << pp.rank(1).describe();
+  EXPECT_LT(send, last_weight) << pp.rank(1).describe();
+  const int first_weight = [&] {
+    for (int i = 0; i < static_cast<int>(q.size()); ++i)
+      if (q[i].rfind("kernel ", 0) == 0 && q[i].find("/grad/matmul_0") != std::string::npos) return i;
+    return -1;
+  }();
+  EXPECT_LT(send, first_weight) << pp.rank(1).describe();
 }
 
 // Rank 0 of a world of 2 whose collectives are recorded, not performed.
