@@ -142,10 +142,13 @@ void reducible(DType t, std::string_view what, F&& f) {
 
 // The ring all-reduce moves each member's chunk in segments of at most this many bytes,
 // overlapping the transfer of one with the reduction of the previous. Gloo's default is
-// 1 MiB; 4 MiB halves the time of a 64-256 MiB all-reduce between two processes on
-// loopback on this project's 2-core test machine (fewer wakeups of Gloo's I/O thread per
-// byte), and buffers under 8 MiB are cut into the same segments either way.
+// 1 MiB; 4 MiB took 10-20 % off 16-256 MiB all-reduces between two processes on loopback
+// on a 2-core host (fewer wakeups of Gloo's I/O thread per byte). Two members' buffers
+// under 4 MiB are cut into the same four segments either way.
 constexpr size_t kRingSegmentBytes = size_t{4} << 20;
+// An all-reduce uses another lane for every 1 MiB of its buffer, up to the group's lanes
+// (a 1 MiB all-reduce is slower in two halves: the second thread costs more than it saves).
+constexpr size_t kLaneMinBytes = size_t{1} << 20;
 
 // Slots of point-to-point messages: above every slot Gloo's collectives build (their
 // prefixes are small), one per tag.
@@ -214,12 +217,38 @@ class GlooEndpoint final : public Communicator {
       }
       if (c.k > 1)
         run(c, "all_reduce", group, [&] {
-          gloo::AllreduceOptions opts(c.ctx);
-          opts.setOutput(buf, static_cast<size_t>(total));
-          opts.setReduceFunction(op == ReduceOp::max ? &gloo_max<T> : &gloo_sum<T>);
-          opts.setTimeout(timeout_);
-          opts.setMaxSegmentSize(kRingSegmentBytes);
-          gloo::allreduce(opts);
+          // Parts of at least 1 MiB, one per lane, reduced side by side.
+          const size_t n = static_cast<size_t>(total);
+          const size_t lanes = std::min(c.lanes.size(), std::max<size_t>(1, n * sizeof(T) / kLaneMinBytes));
+          auto part = [&](size_t l) {
+            const size_t b = n * l / lanes, e = n * (l + 1) / lanes;
+            gloo::AllreduceOptions opts(c.lanes[l]);
+            opts.setOutput(buf + b, e - b);
+            opts.setReduceFunction(op == ReduceOp::max ? &gloo_max<T> : &gloo_sum<T>);
+            opts.setTimeout(timeout_);
+            opts.setMaxSegmentSize(kRingSegmentBytes);
+            gloo::allreduce(opts);
+          };
+          // A lane that fails leaves the others be: a peer that failed or died closed its
+          // connections, which every lane sees (closing ours would hide that from them).
+          std::vector<std::thread> others;
+          std::vector<std::exception_ptr> errors(lanes);
+          for (size_t l = 1; l < lanes; ++l)
+            others.emplace_back([&, l] {
+              try {
+                part(l);
+              } catch (...) {
+                errors[l] = std::current_exception();
+              }
+            });
+          try {
+            part(0);
+          } catch (...) {
+            errors[0] = std::current_exception();
+          }
+          for (auto& t : others) t.join();
+          for (auto& e : errors)
+            if (e) std::rethrow_exception(e);
         });
       if (op == ReduceOp::mean) scale_mean(buf, static_cast<size_t>(total), c.k);
       if (in.size() > 1) {
@@ -427,14 +456,20 @@ class GlooEndpoint final : public Communicator {
     } catch (const std::exception&) {
       // The store may be gone with the job; the connections still close.
     }
-    std::lock_guard lk(ctx_mu_);
-    for (auto& [ranks, c] : contexts_)
-      if (c->ctx) c->ctx->closeConnections();
+    close_all();
   }
 
  private:
+  // Closes every connection of this rank: its pending calls and its peers' calls with it fail.
+  void close_all() {
+    std::lock_guard lk(ctx_mu_);
+    for (auto& [ranks, c] : contexts_)
+      for (auto& l : c->lanes) l->closeConnections();
+  }
+
   struct Ctx {
-    std::shared_ptr<gloo::Context> ctx;
+    std::shared_ptr<gloo::Context> ctx;                 // lanes[0]: every call but a large all-reduce's other parts
+    std::vector<std::shared_ptr<gloo::Context>> lanes;
     int me = -1, k = 0;
     int64_t calls = 0;              // collectives made on the group so far
     std::vector<int64_t> headers;   // the members' (calls, fingerprint), from agree()
@@ -563,13 +598,16 @@ class GlooEndpoint final : public Communicator {
       if (ranks[i] == rank_) c->me = i;
     if (c->k > 1) {
       try {
-        auto ctx = std::make_shared<gloo::rendezvous::Context>(c->me, c->k);
-        ctx->setTimeout(timeout_);
         std::string prefix = rdv_->groups;
         for (size_t i = 0; i < key.size(); ++i) prefix += (i ? "." : "") + std::to_string(key[i]);
-        gloo::rendezvous::PrefixStore store(prefix, *rdv_->store);
-        ctx->connectFullMesh(store, device_);
-        c->ctx = std::move(ctx);
+        for (int l = 0; l < std::max(1, options_.lanes); ++l) {
+          auto ctx = std::make_shared<gloo::rendezvous::Context>(c->me, c->k);
+          ctx->setTimeout(timeout_);
+          gloo::rendezvous::PrefixStore store(l ? prefix + "#" + std::to_string(l) : prefix, *rdv_->store);
+          ctx->connectFullMesh(store, device_);
+          c->lanes.push_back(std::move(ctx));
+        }
+        c->ctx = c->lanes[0];
       } catch (const std::exception& e) {
         // The store's error names the keys nobody wrote: a member's key ends with its index
         // in the group. Say which ranks those are.

@@ -430,6 +430,55 @@ TEST(GlooComm, AbortStopsARankWaitingOnTheAbortingOneWithTheReason) {
   EXPECT_EQ(err[1], "");
 }
 
+// A large all-reduce runs as one ring per lane on parts of the buffer and sums right; a
+// member that aborts in the middle of it stops every lane of the others, with its reason,
+// within the timeout (usually at once: its closed connections fail their calls; under load
+// a peer sometimes waits its call's timeout out, with one lane as with two). The aborting
+// member's own call, if another of its threads is inside one, ends at its timeout: Gloo
+// does not wake a call whose connections its own rank closed.
+TEST(GlooComm, ALargeAllReduceOverLanesIsRightAndStopsEveryLaneOnAbort) {
+  const int64_t n = int64_t{16} << 20;  // 64 MiB of f32: two lanes, a few tens of ms on loopback
+  auto err = on_ranks("gloo", 2, [&](Communicator& c) {
+    Buf x({n});
+    for (int64_t i = 0; i < n; ++i) x.v[static_cast<size_t>(i)] = value(c.rank(), i);
+    c.all_reduce(x.ref(), x.ref(), ReduceOp::sum, std::vector<int64_t>{0, 1});
+    for (int64_t i = 0; i < n; i += 4093)
+      ASSERT_EQ(x.v[static_cast<size_t>(i)], value(0, i) + value(1, i)) << "element " << i;
+    ASSERT_EQ(x.v.back(), value(0, n - 1) + value(1, n - 1));
+  });
+  EXPECT_EQ(err[0], "");
+  EXPECT_EQ(err[1], "");
+
+  CommOptions o;
+  o.timeout_s = 4;
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<double> ended(2);
+  err = on_ranks("gloo", 2, [&](Communicator& c) {
+    Buf x({n}, 1.f);
+    std::thread stopper;
+    if (c.rank() == 1)
+      stopper = std::thread([&] {
+        std::this_thread::sleep_for(std::chrono::milliseconds(15));
+        c.abort("rank 1 failed: disk full");
+      });
+    auto done = [&] {
+      ended[static_cast<size_t>(c.rank())] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (stopper.joinable()) stopper.join();
+    };
+    try {
+      for (int i = 0; i < 50; ++i) c.all_reduce(x.ref(), x.ref(), ReduceOp::sum, std::vector<int64_t>{0, 1});
+    } catch (...) {
+      done();
+      throw;
+    }
+    done();
+  }, o);
+  EXPECT_LT(ended[0], 6.0) << err[0];  // the 4 s timeout, and the moment to read the reason
+  EXPECT_LT(ended[1], 6.0) << err[1];
+  EXPECT_THAT(err[0], HasSubstr("rank 1 failed: disk full")) << err[0];
+  EXPECT_THAT(err[1], HasSubstr("rank 1 failed: disk full")) << err[1];
+}
+
 TEST(GlooComm, BadShapesAreRefusedBeforeAnythingMoves) {
   CommOptions o;
   o.timeout_s = 5;
