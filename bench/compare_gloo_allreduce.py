@@ -56,7 +56,7 @@ def main():
     ap.add_argument("--build", default=os.path.join(HERE, "..", "build"))
     ap.add_argument("--python", default=None, help="interpreter with torch (default: BUILD/peers/bin/python)")
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--record", action="store_true")
     a = ap.parse_args()
     py = a.python or os.path.join(a.build, "peers", "bin", "python")
@@ -71,7 +71,8 @@ def main():
         t = statistics.median(got["tessel"][b])
         p = statistics.median(got["torch"][b])
         bus = lambda s: b * 2 * (2 - 1) / 2 / s / 1e9
-        rows.append((b, t, bus(t), p, bus(p), p / t))
+        within = [pt / tt for tt, pt in zip(got["tessel"][b], got["torch"][b])]
+        rows.append((b, t, bus(t), p, bus(p), p / t, within))
         print(f"{b / 2**20:.0f} MiB: tessel {t * 1e3:.2f} ms ({bus(t):.2f} GB/s), PyTorch {p * 1e3:.2f} ms "
               f"({bus(p):.2f} GB/s), ratio {p / t:.3f}", flush=True)
     if a.record:
@@ -83,8 +84,10 @@ def main():
                 f"alternating rounds of each round's median over {a.iters} calls (a call: its slowest rank). "
                 "Bus bandwidth = bytes x 2(k-1)/k / time. Ratio = tessel's bandwidth / PyTorch's; target >= 0.95.", "",
                 "| buffer | tessel ms | tessel GB/s | PyTorch ms | PyTorch GB/s | ratio |", "|---|---|---|---|---|---|"]
-        for b, t, tb, p, pb, ratio in rows:
+        for b, t, tb, p, pb, ratio, _ in rows:
             body.append(f"| {b // 2**20} MiB | {t * 1e3:.2f} | {tb:.2f} | {p * 1e3:.2f} | {pb:.2f} | {ratio:.3f} |")
+        body += ["", "Ratios within each round (both timed in that round), median and range: " + "; ".join(
+            f"{b // 2**20} MiB {statistics.median(w):.2f} ({min(w):.2f}-{max(w):.2f})" for b, *_, w in rows) + "."]
         results.record("Gloo all-reduce, 2 processes: tessel vs PyTorch", body)
 
 

@@ -1,9 +1,10 @@
 // One rank of the Gloo engine's all-reduce benchmark: run as one process per rank under a
 // launcher (`tessel launch --nproc 2 -- gloo_allreduce_bench ITERS`). For each buffer size
-// (1-256 MiB of f32) rank 0 prints one JSON line: the median over ITERS calls of an in-place
-// sum (a call ends when the slowest rank returns: each call starts after a barrier and its
-// time is the max over ranks), and its bus bandwidth (bytes x 2(k-1)/k over the time, NCCL's
-// convention). bench/compare_gloo_allreduce.py runs it beside PyTorch's gloo backend.
+// (1-256 MiB of f32) rank 0 prints one JSON line: the median over ITERS calls (after 5
+// uncounted ones) of an in-place sum (a call ends when the slowest rank returns: each call
+// starts after a barrier and its time is the max over ranks), and its bus bandwidth
+// (bytes x 2(k-1)/k over the time, NCCL's convention). bench/compare_gloo_allreduce.py
+// runs it beside PyTorch's gloo backend.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -35,7 +36,7 @@ int main(int argc, char** argv) {
     std::vector<float> buf(static_cast<size_t>(n), 1.f);
     const TensorRef t{buf.data(), DType::f32, std::span<const int64_t>(&n, 1), n};
     std::vector<double> times;
-    for (int i = 0; i < iters + 2; ++i) {
+    for (int i = 0; i < iters + 5; ++i) {  // 5 uncounted first
       comm->barrier(group);
       const auto t0 = Clock::now();
       comm->all_reduce(t, t, runtime::ReduceOp::sum, group);
@@ -44,7 +45,7 @@ int main(int argc, char** argv) {
       std::vector<double> all(static_cast<size_t>(k));
       const TensorRef at{all.data(), DType::f64, std::span<const int64_t>(&k, 1), k};
       comm->all_gather(st, at, 0, group);
-      if (i >= 2) times.push_back(*std::max_element(all.begin(), all.end()));
+      if (i >= 5) times.push_back(*std::max_element(all.begin(), all.end()));
     }
     std::sort(times.begin(), times.end());
     const double med = times[times.size() / 2];

@@ -2,7 +2,8 @@
 """One rank of PyTorch's gloo all-reduce, timed as bench/gloo_allreduce_bench.cc times
 tessel's: torchrun-style variables (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) set by the
 caller; rank 0 prints one JSON line per buffer size (1-256 MiB of f32): the median over
-ITERS calls of an in-place sum, a call's time being the slowest rank's."""
+ITERS calls of an in-place sum after 5 uncounted ones, a call's time being the slowest
+rank's."""
 import json
 import os
 import sys
@@ -21,13 +22,13 @@ def main():
         n = mib * (1 << 20) // 4
         buf = torch.ones(n, dtype=torch.float32)
         times = []
-        for i in range(iters + 2):
+        for i in range(iters + 5):
             dist.barrier()
             t0 = time.perf_counter()
             dist.all_reduce(buf)
             s = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
             dist.all_reduce(s, op=dist.ReduceOp.MAX)
-            if i >= 2:
+            if i >= 5:
                 times.append(s.item())
         times.sort()
         med = times[len(times) // 2]
