@@ -49,6 +49,10 @@ struct Engine {
   // A variable's whole value (gathered from its shards).
   virtual std::vector<std::byte> variable(const std::string& name, const TensorType& type) = 0;
   virtual int64_t memory_bytes() const = 0;
+  // Every variable block this process holds (per rank), live: valid until the next step.
+  virtual std::vector<std::vector<runtime::Shard>> variable_blocks() = 0;
+  // Overwrites every variable with its block from a checkpoint (written under any plan).
+  virtual void load_variables(const runtime::Checkpoint& checkpoint) = 0;
   struct Jit {
     int64_t kernels = 0, compiled = 0;
     double seconds = 0;
@@ -98,6 +102,23 @@ struct OneDevice final : Engine {
     return std::vector<std::byte>(p, p + v.bytes());
   }
   int64_t memory_bytes() const override { return exec.memory().total(); }
+  std::vector<std::vector<runtime::Shard>> variable_blocks() override {
+    std::vector<runtime::Shard> blocks;
+    const Graph& g = exec.program().graph;
+    for (int32_t id : g.nodes_of_kind(OpKind::variable)) {
+      const Node& n = g.node(id);
+      const TensorRef v = exec.variable(n.name);
+      if (!v.data) continue;  // nothing the step runs needs it
+      blocks.push_back(runtime::Shard{n.name, n.outputs[0], std::vector<int64_t>(n.outputs[0].shape.size(), 0),
+                                      n.outputs[0].shape, v.data});
+    }
+    return {std::move(blocks)};
+  }
+  void load_variables(const runtime::Checkpoint& checkpoint) override {
+    const auto blocks = variable_blocks();
+    for (const runtime::Shard& s : blocks.front())
+      checkpoint.read(s.name, s.global, s.offsets, s.shape, const_cast<void*>(s.data));
+  }
   Jit jit() const override {
     const auto& r = exec.jit_report();
     return Jit{r.kernels, r.compiled, r.compile_s, r.updates_in_place};
@@ -193,6 +214,8 @@ struct Devices final : Engine {
     }
     return j;
   }
+  std::vector<std::vector<runtime::Shard>> variable_blocks() override { return run.variable_blocks(); }
+  void load_variables(const runtime::Checkpoint& checkpoint) override { run.load_variables(checkpoint); }
   int64_t memory_bytes() const override {
     int64_t total = 0;
     for (auto& m : run.memory()) total += m.total();

@@ -22,6 +22,7 @@
 #include "runtime/data.h"
 #include "planner/cluster.h"
 #include "planner/plan_file.h"
+#include "runtime/checkpoint.h"
 #include "runtime/executor.h"
 #include "runtime/local_run.h"
 #include "runtime/thread_pool.h"
@@ -142,7 +143,10 @@ struct TextFeeder final : Feeder {
 std::string TrainReport::json() const {
   std::ostringstream os;
   os << "{\"model\":" << json_quote(model) << ",\"steps\":" << steps << ",\"samples\":" << samples
-     << ",\"final_loss\":" << json_number(final_loss) << ",\"test_accuracy\":" << json_number(test_accuracy)
+     << ",\"final_loss\":" << json_number(final_loss) << ",\"last_loss\":" << json_number(last_loss)
+     << ",\"resumed_step\":" << resumed_step << ",\"checkpoints\":" << checkpoints
+     << ",\"checkpoint_copy_seconds\":" << json_number(checkpoint_copy_seconds)
+     << ",\"test_accuracy\":" << json_number(test_accuracy)
      << ",\"test_loss\":" << json_number(test_loss) << ",\"unigram_entropy\":" << json_number(unigram_entropy)
      << ",\"samples_per_s\":" << json_number(samples_per_s) << ",\"step_ms_median\":" << json_number(step_ms_median)
      << ",\"train_seconds\":" << json_number(train_seconds) << ",\"parameters\":" << parameters
@@ -348,15 +352,53 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
     if (mbs > 1) log << " (" << mbs << " microbatches of " << batch / mbs << ")";
     log << ", " << total_steps << " steps, " << ocfg.kind << " lr " << ocfg.lr << "\n";
   }
+  // Resuming: every variable (parameters, optimizer state, step counters) from the
+  // checkpoint, under whatever plan wrote it; the data continue from its step (each step's
+  // batch is a function of the seed and the step).
+  int64_t start = 0;
+  if (!opt.resume.empty()) {
+    if (role) throw Error("--resume: checkpoints across processes are not supported yet (resume on --devices N in one process)");
+    const runtime::Checkpoint ck(opt.resume);
+    const auto& st = ck.state();
+    if (st.seed != opt.seed)
+      throw Error(ck.dir() + " was written by a run with --seed " + std::to_string(st.seed) + ", this one has --seed " +
+                  std::to_string(opt.seed) + ": resume with the same seed (it orders the data)");
+    if (auto it = st.data.find("batch"); it != st.data.end() && it->second != std::to_string(batch))
+      throw Error(ck.dir() + " was written by a run with global batch " + it->second + ", this one has " +
+                  std::to_string(batch) + ": resume with the same --batch");
+    if (st.step > total_steps)
+      throw Error(ck.dir() + " is at step " + std::to_string(st.step) + ", past the run's " + std::to_string(total_steps) +
+                  " steps (--steps and --epochs count the whole run)");
+    engine->load_variables(ck);
+    start = st.step;
+    report.resumed_step = start;
+    if (!quiet) log << "tessel: resumed from " << ck.dir() << " (step " << start << ", plan " << st.plan << ")\n";
+  }
+  std::optional<runtime::AsyncCheckpointer> checkpointer;
+  if (!opt.checkpoint_dir.empty()) {
+    if (role) throw Error("--checkpoint-dir: checkpoints across processes are not supported yet (train on --devices N in one process)");
+    checkpointer.emplace(opt.checkpoint_dir, opt.keep);
+  }
+  auto checkpoint = [&](int64_t done) {
+    runtime::CheckpointState st;
+    st.step = done;
+    st.seed = opt.seed;
+    st.model = opt.model;
+    st.plan = multi ? plan->config.str() : "one device";
+    st.world = multi ? devices : 1;
+    st.data = {{"dataset", opt.dataset}, {"batch", std::to_string(batch)}};
+    if (per_epoch > 0) st.data["epoch"] = std::to_string(done / per_epoch), st.data["batch_in_epoch"] = std::to_string(done % per_epoch);
+    checkpointer->save(st, runtime::distinct_blocks(engine->variable_blocks()));
+  };
   Progress progress(log, opt.progress_terminal, total_steps);
   std::vector<double> step_ms;
   std::vector<double> losses;
   step_ms.reserve(total_steps);
   losses.reserve(total_steps);
-  const int64_t warmup = std::min<int64_t>(3, total_steps / 10);
+  const int64_t warmup = start + std::min<int64_t>(3, (total_steps - start) / 10);
   Clock::time_point timed_start;
   report.startup_seconds = std::chrono::duration<double>(Clock::now() - started).count();
-  for (int64_t step = 0; step < total_steps; ++step) {
+  for (int64_t step = start; step < total_steps; ++step) {
     if (step == warmup) timed_start = Clock::now();
     auto t0 = Clock::now();
     const double loss = engine->step(*feeder, step);
@@ -373,19 +415,33 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
       std::snprintf(buf, sizeof buf, "loss %.4f  %.0f samples/s", loss, rate);
       progress.update(step + 1, buf);
     }
+    if (checkpointer) {
+      checkpointer->check();  // a failed write stops the run here
+      if ((opt.checkpoint_every > 0 && (step + 1) % opt.checkpoint_every == 0) || step + 1 == total_steps)
+        checkpoint(step + 1);
+    }
+  }
+  if (checkpointer) {
+    checkpointer->finish();
+    report.checkpoints = checkpointer->saves();
+    report.checkpoint_copy_seconds = checkpointer->copy_seconds();
+    if (!quiet && !checkpointer->last().empty()) log << "tessel: checkpoint " << checkpointer->last() << "\n";
   }
   const double timed_s = total_steps > warmup ? std::chrono::duration<double>(Clock::now() - timed_start).count() : 0;
   report.train_seconds = progress.elapsed_s();
   report.steps = total_steps;
-  report.samples = total_steps * batch;
+  report.samples = (total_steps - start) * batch;
   if (!step_ms.empty()) {
     std::vector<double> s = step_ms;
     std::nth_element(s.begin(), s.begin() + s.size() / 2, s.end());
     report.step_ms_median = s[s.size() / 2];
     report.samples_per_s = timed_s > 0 ? static_cast<double>((total_steps - warmup) * batch) / timed_s : 0;
   }
-  const size_t tail = std::min<size_t>(10, losses.size());
-  report.final_loss = std::accumulate(losses.end() - tail, losses.end(), 0.0) / static_cast<double>(tail);
+  if (!losses.empty()) {
+    const size_t tail = std::min<size_t>(10, losses.size());
+    report.final_loss = std::accumulate(losses.end() - tail, losses.end(), 0.0) / static_cast<double>(tail);
+    report.last_loss = losses.back();
+  }
 
   // Evaluation on a graph built without dropout, parameters copied over by name.
   std::optional<models::Built> eval_built;

@@ -26,6 +26,14 @@ struct TrainOptions {
   bool jit = true;              // fused JIT kernels; false: every op on its reference kernel
   int64_t eval_batches = 50;    // text datasets: validation batches
   std::string save;             // write the trained model (graph + parameters) here
+  // Checkpoints (runtime/checkpoint.h): saved under checkpoint_dir after every
+  // checkpoint_every steps (0: after the last only) and after the last, written in the
+  // background; keep > 0 keeps the newest `keep`. resume: a checkpoint (or a directory of
+  // them: the newest) to continue from, saved under any plan; steps/epochs count the whole run.
+  std::string checkpoint_dir;
+  int64_t checkpoint_every = 0;
+  int keep = 0;
+  std::string resume;
   // devices > 0: run a plan on this many simulated devices (threads of this process): from
   // plan_file, or searched under pins. Under a launcher (runtime/process_env.h) this process
   // is one rank of the launcher's world, whose size is the device count.
@@ -55,6 +63,10 @@ struct TrainReport {
   int64_t steps = 0;
   int64_t samples = 0;
   double final_loss = NAN;      // mean training loss over the last min(10, steps) steps
+  double last_loss = NAN;       // the last step's training loss
+  int64_t resumed_step = -1;    // the checkpoint's step the run continued from (-1: none)
+  int64_t checkpoints = 0;      // saved by this run
+  double checkpoint_copy_seconds = 0;  // training's wait for the checkpoints (copying the state)
   double test_accuracy = NAN;   // image datasets
   double test_loss = NAN;       // image: test set; text: validation split
   double unigram_entropy = NAN; // text datasets, nats per byte

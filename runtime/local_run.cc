@@ -405,3 +405,37 @@ std::vector<RankMemory> LocalRun::memory() const {
 }
 
 }  // namespace tessel::runtime
+
+namespace tessel::runtime {
+
+namespace {
+// The whole shape of a tensor whose block under placement `s` on `mesh` is `local`.
+Shape whole_shape(const Shape& local, const planner::Sharding& s, const planner::Mesh& mesh) {
+  Shape g = local;
+  for (size_t a = 0; a < s.size(); ++a)
+    if (s[a].is_shard()) g.at(static_cast<size_t>(s[a].dim)) *= mesh.sizes.at(a);
+  return g;
+}
+}  // namespace
+
+std::vector<std::vector<Shard>> LocalRun::variable_blocks() const {
+  std::vector<std::vector<Shard>> out(ranks_.size());
+  for (size_t i = 0; i < ranks_.size(); ++i) {
+    const planner::RankProgram& p = programs_[static_cast<size_t>(first_) + i];
+    for (auto& [name, pl] : p.variable_placements) {
+      const TensorRef v = ranks_[i]->variable(name);
+      if (!v.data) continue;  // not one this rank's program runs with
+      const Shape local(v.shape.begin(), v.shape.end());
+      const TensorType global{v.dtype, whole_shape(local, pl, mesh_)};
+      out[i].push_back(Shard{name, global, planner::shard_offsets(global.shape, pl, mesh_, p.coords), local, v.data});
+    }
+  }
+  return out;
+}
+
+void LocalRun::load_variables(const Checkpoint& checkpoint) {
+  for (auto& blocks : variable_blocks())
+    for (const Shard& s : blocks) checkpoint.read(s.name, s.global, s.offsets, s.shape, const_cast<void*>(s.data));
+}
+
+}  // namespace tessel::runtime

@@ -22,6 +22,7 @@
 
 #include "planner/partition.h"
 #include "runtime/inprocess_comm.h"
+#include "runtime/checkpoint.h"
 #include "runtime/executor.h"
 
 namespace tessel::runtime {
@@ -65,6 +66,13 @@ class LocalRun {
   double scalar_output(std::string_view name);
   // The whole variable, from the shards of its holders (in every process).
   std::vector<std::byte> gather_variable(std::string_view name, const TensorType& global);
+  // Every variable block this process's ranks hold (rank first_rank() + i's in [i]), with its
+  // place in the whole variable; the data are the live variables (valid until the next step).
+  std::vector<std::vector<Shard>> variable_blocks() const;
+  // Overwrites every variable of this process's ranks with its block from `checkpoint`
+  // (written under any plan). Throws naming the variable the checkpoint lacks or holds in
+  // another shape or dtype.
+  void load_variables(const Checkpoint& checkpoint);
   // The global rank of this process's first rank (0 when it runs them all), and whether the
   // other ranks run elsewhere.
   int64_t first_rank() const { return first_; }

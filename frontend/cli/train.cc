@@ -47,6 +47,12 @@ int cmd_train(int argc, char** argv) {
                 {"--no-jit", "", "run every op on its reference kernel: no fusion, no compiled kernels (for debugging)", ""},
                 {"--eval-batches", "N", "validation batches for text datasets", "50", ints(0)},
                 {"--save", "FILE", "write the trained model (graph + parameters) to FILE", ""},
+                {"--checkpoint-dir", "DIR", "save checkpoints under DIR (each rank's blocks of every variable, in "
+                                            "safetensors files, with a metadata file written last)", ""},
+                {"--checkpoint-every", "S", "with --checkpoint-dir: save after every S steps (0: only after the last)", "0", ints(0)},
+                {"--keep", "K", "with --checkpoint-dir: keep the newest K checkpoints (0: all)", "0", ints(0)},
+                {"--resume", "DIR", "continue from the newest committed checkpoint in DIR (or that step directory), "
+                                    "saved under any plan; --steps and --epochs count the whole run", ""},
                 {"--input", "NAME=ROLE,...", "feed input NAME the dataset's ROLE (data, labels for images; tokens, targets "
                                              "for text), over the roles the graph declares", ""},
                 {"--format", "FMT", "text, or json: end with one line of JSON (keys: test_accuracy, final_loss, "
@@ -95,6 +101,12 @@ int cmd_train(int argc, char** argv) {
   o.jit = !args.has("--no-jit");
   o.eval_batches = args.i64("--eval-batches", 50);
   o.save = args.str("--save");
+  o.checkpoint_dir = args.str("--checkpoint-dir");
+  o.checkpoint_every = args.i64("--checkpoint-every", 0);
+  o.keep = static_cast<int>(args.i64("--keep", 0));
+  o.resume = args.str("--resume");
+  if (o.checkpoint_dir.empty() && (args.has("--checkpoint-every") || args.has("--keep")))
+    throw Error("tessel train: --checkpoint-every and --keep need --checkpoint-dir");
   if (args.has("--input")) {
     const std::string list = args.str("--input");
     for (size_t pos = 0; pos <= list.size();) {
