@@ -131,11 +131,14 @@ std::string save_checkpoint(const std::string& root, const CheckpointState& stat
   std::map<std::string, proto::CheckpointTensor*> by_name;
   for (size_t w = 0; w < files.size(); ++w) {
     std::vector<safetensors::TensorView> views;
+    std::map<std::string, int> blocks_of;  // a writer's blocks of one variable get names of their own
     for (const Shard& s : files[w]) {
       if (s.offsets.size() != s.global.shape.size() || s.shape.size() != s.global.shape.size())
         throw Error("checkpoint: block of '" + s.name + "' has offsets " + dims_str(s.offsets) + " and shape " +
                     dims_str(s.shape) + " for a tensor of " + s.global.str());
-      views.push_back({s.name, s.global.dtype, s.shape, s.data});
+      const int k = blocks_of[s.name]++;
+      const std::string in_file = k == 0 ? s.name : s.name + "#" + std::to_string(k);
+      views.push_back({in_file, s.global.dtype, s.shape, s.data});
       proto::CheckpointTensor*& t = by_name[s.name];
       if (!t) {
         t = meta.add_tensors();
@@ -145,6 +148,7 @@ std::string save_checkpoint(const std::string& root, const CheckpointState& stat
       }
       proto::CheckpointPiece* p = t->add_pieces();
       p->set_file(file_name(w));
+      if (in_file != s.name) p->set_tensor(in_file);
       for (int64_t o : s.offsets) p->add_offsets(o);
       for (int64_t d : s.shape) p->add_shape(d);
     }
@@ -306,7 +310,8 @@ Checkpoint::Checkpoint(const std::string& path) {
     }
     int64_t covered = 0;
     for (const proto::CheckpointPiece& p : t.pieces()) {
-      Piece q{p.file(), {p.offsets().begin(), p.offsets().end()}, {p.shape().begin(), p.shape().end()}};
+      Piece q{p.file(), p.tensor().empty() ? t.name() : p.tensor(), {p.offsets().begin(), p.offsets().end()},
+              {p.shape().begin(), p.shape().end()}};
       if (q.file.empty() || q.file.find('/') != std::string::npos || q.file == "." || q.file == "..")
         throw bad(what + " names the file '" + q.file + "', not a file of the checkpoint's directory");
       if (q.offsets.size() != x.type.shape.size() || q.shape.size() != x.type.shape.size())
@@ -334,10 +339,10 @@ Checkpoint::Checkpoint(const std::string& path) {
   for (const Tensor& t : tensors_)
     for (const Piece& p : t.pieces) {
       const safetensors::Reader& r = reader(p.file);
-      const safetensors::TensorInfo* info = r.find(t.name);
-      if (!info) throw Error(r.path() + ": has no tensor '" + t.name + "', which " + meta_path + " places there");
+      const safetensors::TensorInfo* info = r.find(p.tensor);
+      if (!info) throw Error(r.path() + ": has no tensor '" + p.tensor + "', which " + meta_path + " places there");
       if (info->dtype != t.type.dtype || info->shape != p.shape)
-        throw Error(r.path() + ": tensor '" + t.name + "' is " + std::string(safetensors::dtype_code(info->dtype)) +
+        throw Error(r.path() + ": tensor '" + p.tensor + "' is " + std::string(safetensors::dtype_code(info->dtype)) +
                     dims_str(info->shape) + ", but " + meta_path + " says " +
                     std::string(safetensors::dtype_code(t.type.dtype)) + dims_str(p.shape));
     }
@@ -391,7 +396,7 @@ void Checkpoint::read(const std::string& name, const TensorType& global, std::sp
     }
     if (empty && rank > 0) continue;
     const safetensors::Reader& r = reader(p.file);
-    const safetensors::TensorInfo* info = r.find(name);
+    const safetensors::TensorInfo* info = r.find(p.tensor);
     buf.resize(static_cast<size_t>(info->end - info->begin));
     r.read(*info, buf.data());
     copy_block(buf.data(), p.shape, src_off, static_cast<std::byte*>(dst), shape, dst_off, block, es);

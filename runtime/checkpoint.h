@@ -110,7 +110,7 @@ class Checkpoint {
   const std::string& dir() const { return dir_; }
   const CheckpointState& state() const { return state_; }
   struct Piece {
-    std::string file;
+    std::string file, tensor;  // the file, and the piece's name in it
     std::vector<int64_t> offsets;
     Shape shape;
   };
