@@ -8,7 +8,8 @@
 //
 // Collectives: all-reduce is Gloo's ring (buckets packed into one buffer; a buffer of 2 MiB
 // or more split over the group's lanes, each its own set of connections, reduced side by
-// side as NCCL reduces over several channels); reduce-scatter
+// side as NCCL reduces over several channels; between two members, a smaller buffer is
+// swapped in one exchange and each adds the other's); reduce-scatter
 // is an all-to-all of the slices and a local reduction (the same bytes as a ring); the
 // others are Gloo's all-gather, all-to-all, broadcast and barrier, with tensors split along
 // a dim other than the first packed around them. Sends copy the tensor and return (a send
