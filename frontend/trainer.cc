@@ -387,6 +387,7 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
     st.plan = multi ? plan->config.str() : "one device";
     st.world = multi ? devices : 1;
     st.data = {{"dataset", opt.dataset}, {"batch", std::to_string(batch)}};
+    for (int32_t id : tg.parameters()) st.parameters.insert(tg.node(id).name);
     if (per_epoch > 0) st.data["epoch"] = std::to_string(done / per_epoch), st.data["batch_in_epoch"] = std::to_string(done % per_epoch);
     checkpointer->save(st, runtime::distinct_blocks(engine->variable_blocks()));
   };

@@ -144,6 +144,7 @@ std::string save_checkpoint(const std::string& root, const CheckpointState& stat
         t = meta.add_tensors();
         t->set_name(s.name);
         t->set_dtype(std::string(safetensors::dtype_code(s.global.dtype)));
+        t->set_parameter(state.parameters.count(s.name) > 0);
         for (int64_t d : s.global.shape) t->add_shape(d);
       }
       proto::CheckpointPiece* p = t->add_pieces();
@@ -296,6 +297,8 @@ Checkpoint::Checkpoint(const std::string& path) {
     if (!names.insert(t.name()).second) throw bad(what + " is listed twice");
     Tensor x;
     x.name = t.name();
+    x.parameter = t.parameter();
+    if (x.parameter) state_.parameters.insert(x.name);
     bool known = false;
     for (int d = 0; d < kNumDTypes; ++d)
       if (safetensors::dtype_code(static_cast<DType>(d)) == t.dtype()) x.type.dtype = static_cast<DType>(d), known = true;

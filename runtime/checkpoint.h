@@ -19,6 +19,7 @@
 #include <exception>
 #include <map>
 #include <memory>
+#include <set>
 #include <span>
 #include <string>
 #include <thread>
@@ -47,6 +48,7 @@ struct CheckpointState {
   std::string model, plan;
   int64_t world = 1;
   std::map<std::string, std::string> data;  // where the data stands
+  std::set<std::string> parameters;         // the variables that are trained parameters
 };
 
 // Each distinct block once (blocks with the same variable and offsets are copies, as a
@@ -118,6 +120,7 @@ class Checkpoint {
     std::string name;
     TensorType type;  // the whole tensor
     std::vector<Piece> pieces;
+    bool parameter = false;  // a trained parameter (else optimizer state or a counter)
   };
   const std::vector<Tensor>& tensors() const { return tensors_; }
   const Tensor* find(const std::string& name) const;  // null if absent

@@ -1,4 +1,5 @@
 #include <cmath>
+#include <filesystem>
 #include <cstdio>
 #include <iostream>
 #include <map>
@@ -13,6 +14,7 @@
 #include "graph/serialize.h"
 #include "ops/registry.h"
 #include "planner/cost.h"
+#include "runtime/checkpoint.h"
 
 namespace tessel::cli {
 
@@ -34,18 +36,88 @@ std::string init_str(const Node& n) {
   return init;
 }
 
+std::string bytes_str(int64_t b) {
+  char s[32];
+  if (b >= (int64_t{1} << 30)) std::snprintf(s, sizeof s, "%.2f GiB", static_cast<double>(b) / (1 << 30));
+  else if (b >= (1 << 20)) std::snprintf(s, sizeof s, "%.1f MiB", static_cast<double>(b) / (1 << 20));
+  else std::snprintf(s, sizeof s, "%.1f KiB", static_cast<double>(b) / 1024);
+  return s;
+}
+
+std::string json_str(const std::string& s) {
+  std::string o = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') o += '\\';
+    if (static_cast<unsigned char>(c) < 0x20) {
+      char b[8];
+      std::snprintf(b, sizeof b, "\\u%04x", static_cast<unsigned char>(c));
+      o += b;
+      continue;
+    }
+    o += c;
+  }
+  return o + "\"";
+}
+
+// A checkpoint directory (a step's, or a root of them: its newest committed one).
+int inspect_checkpoint(const std::string& path, bool json) {
+  std::vector<std::string> ignored;
+  runtime::latest_checkpoint(path, &ignored);
+  const runtime::Checkpoint ck(path);  // checks the metadata against the files: complete, or an Error
+  const auto& st = ck.state();
+  if (json) {
+    std::cout << "{\"checkpoint\":" << json_str(ck.dir()) << ",\"complete\":true,\"step\":" << st.step
+              << ",\"seed\":" << st.seed << ",\"model\":" << json_str(st.model) << ",\"plan\":" << json_str(st.plan)
+              << ",\"world\":" << st.world << ",\"bytes\":" << ck.bytes() << ",\"data\":{";
+    bool first = true;
+    for (auto& [k, v] : st.data) std::cout << (first ? "" : ",") << json_str(k) << ":" << json_str(v), first = false;
+    std::cout << "},\"tensors\":[";
+    first = true;
+    for (const auto& t : ck.tensors()) {
+      std::cout << (first ? "" : ",") << "{\"name\":" << json_str(t.name) << ",\"type\":" << json_str(t.type.str())
+                << ",\"pieces\":" << t.pieces.size() << "}";
+      first = false;
+    }
+    std::cout << "],\"ignored\":[";
+    for (size_t i = 0; i < ignored.size(); ++i) std::cout << (i ? "," : "") << json_str(ignored[i]);
+    std::cout << "]}\n";
+    return 0;
+  }
+  std::cout << "checkpoint  " << ck.dir() << " (complete)\n"
+            << "step        " << st.step << "\n"
+            << "model       " << st.model << "\n"
+            << "written by  " << st.plan << " (" << st.world << (st.world == 1 ? " rank" : " ranks") << "), seed " << st.seed
+            << "\n";
+  std::string data;
+  for (auto& [k, v] : st.data) data += (data.empty() ? "" : ", ") + k + " " + v;
+  std::cout << "data        " << data << "\n";
+  std::set<std::string> files;
+  for (const auto& t : ck.tensors())
+    for (const auto& p : t.pieces) files.insert(p.file);
+  std::cout << "tensors     " << ck.tensors().size() << ", " << bytes_str(ck.bytes()) << " whole, in " << files.size()
+            << (files.size() == 1 ? " file" : " files") << "\n";
+  for (const auto& t : ck.tensors())
+    std::cout << "  " << pad(t.name, 40) << pad(t.type.str(), 18) << t.pieces.size()
+              << (t.pieces.size() == 1 ? " piece" : " pieces") << "\n";
+  for (const std::string& i : ignored) std::cout << "ignored     " << i << " (not committed: a save under way or cut off)\n";
+  return 0;
+}
+
 }  // namespace
 
 int cmd_inspect(int argc, char** argv) {
   Args args("inspect",
             "Show a graph file: inputs, outputs, parameters with shapes and initializers, op\n"
-            "counts, and FLOPs per step (forward, and a full training step with SGD).",
+            "counts, and FLOPs per step (forward, and a full training step with SGD). Or a\n"
+            "checkpoint directory (a step's, or the --checkpoint-dir of a run: its newest): step,\n"
+            "plan, tensors with their whole shapes and pieces, and whether it is complete.",
             {{"--format", "FMT", "text or json", "text"},
              {"--nodes", "", "also list every node with its op, shapes and origin", ""}},
             {"FILE"});
   if (!args.parse(argc, argv)) return 0;
   const std::string path = args.positional()[0];
   const bool json = args.str("--format", "text") == "json";
+  if (std::filesystem::is_directory(path)) return inspect_checkpoint(path, json);
   Graph g = load_graph(path, ops::registry());
   g.verify();
 
