@@ -101,24 +101,11 @@ std::string dims_str(std::span<const int64_t> v) { return shape_str(v); }
 
 }  // namespace
 
-std::vector<std::vector<Shard>> distinct_blocks(const std::vector<std::vector<Shard>>& held) {
-  std::set<std::pair<std::string, std::vector<int64_t>>> seen;
-  std::vector<std::vector<Shard>> out(held.size());
-  for (size_t r = 0; r < held.size(); ++r)
-    for (const Shard& s : held[r])
-      if (seen.insert({s.name, s.offsets}).second) out[r].push_back(s);
-  return out;
-}
+namespace {
 
-std::string save_checkpoint(const std::string& root, const CheckpointState& state,
-                            const std::vector<std::vector<Shard>>& files, int keep) {
-  const std::string final_dir = (fs::path(root) / step_name(state.step)).string();
-  const std::string partial = final_dir + kPartial;
-  filesystem("cannot create the checkpoint directory " + root, [&](std::error_code& ec) { fs::create_directories(root, ec); });
-  if (fs::exists(final_dir)) return final_dir;  // this step is committed already
-  filesystem("cannot remove " + partial, [&](std::error_code& ec) { fs::remove_all(partial, ec); });
-  filesystem("cannot create " + partial, [&](std::error_code& ec) { fs::create_directory(partial, ec); });
-
+// Writes the files and the metadata into `partial`, then renames it to `final_dir`.
+void commit_partial(const std::string& partial, const std::string& final_dir, const std::string& root,
+                    const CheckpointState& state, const std::vector<std::vector<Shard>>& files) {
   proto::CheckpointMeta meta;
   meta.set_format(kFormat);
   meta.set_version(1);
@@ -166,7 +153,34 @@ std::string save_checkpoint(const std::string& root, const CheckpointState& stat
   sync_dir(partial);
   if (::rename(partial.c_str(), final_dir.c_str()) != 0) fail_sys(final_dir, "cannot commit (rename from " + partial + ")");
   sync_dir(root);
+}
 
+}  // namespace
+
+std::vector<std::vector<Shard>> distinct_blocks(const std::vector<std::vector<Shard>>& held) {
+  std::set<std::pair<std::string, std::vector<int64_t>>> seen;
+  std::vector<std::vector<Shard>> out(held.size());
+  for (size_t r = 0; r < held.size(); ++r)
+    for (const Shard& s : held[r])
+      if (seen.insert({s.name, s.offsets}).second) out[r].push_back(s);
+  return out;
+}
+
+std::string save_checkpoint(const std::string& root, const CheckpointState& state,
+                            const std::vector<std::vector<Shard>>& files, int keep) {
+  const std::string final_dir = (fs::path(root) / step_name(state.step)).string();
+  const std::string partial = final_dir + kPartial;
+  filesystem("cannot create the checkpoint directory " + root, [&](std::error_code& ec) { fs::create_directories(root, ec); });
+  if (fs::exists(final_dir)) return final_dir;  // this step is committed already
+  filesystem("cannot remove " + partial, [&](std::error_code& ec) { fs::remove_all(partial, ec); });
+  filesystem("cannot create " + partial, [&](std::error_code& ec) { fs::create_directory(partial, ec); });
+  try {
+    commit_partial(partial, final_dir, root, state, files);
+  } catch (...) {
+    std::error_code ec;
+    fs::remove_all(partial, ec);  // a failed save leaves nothing behind (a full disk gets its space back)
+    throw;
+  }
   if (keep > 0) {
     std::vector<std::pair<int64_t, std::string>> committed;
     for (const auto& e : fs::directory_iterator(root)) {
