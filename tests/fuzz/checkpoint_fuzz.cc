@@ -20,19 +20,20 @@
 namespace {
 
 const std::string& dir() {
-  static const std::string d = [] {
+  // Never destroyed: the exit handler that removes the directory runs after static destructors.
+  static const std::string& d = *new std::string([] {
     char t[] = "/tmp/tessel_ckpt_fuzz_XXXXXX";
     std::string p = ::mkdtemp(t);
     std::atexit([] { std::filesystem::remove_all(dir()); });
     // The shard a fuzzed metadata file may point at: w f32[2,3] and step i64[].
     const float w[6] = {1, 2, 3, 4, 5, 6};
     const int64_t step = 9;
-    const std::vector<tessel::runtime::safetensors::TensorView> t = {{"w", tessel::DType::f32, {2, 3}, w},
+    const std::vector<tessel::runtime::safetensors::TensorView> views = {{"w", tessel::DType::f32, {2, 3}, w},
                                                                     {"step", tessel::DType::i64, {}, &step}};
     std::filesystem::create_directories(p + "/ck");
-    tessel::runtime::safetensors::write(p + "/ck/rank-00000.safetensors", t);
+    tessel::runtime::safetensors::write(p + "/ck/rank-00000.safetensors", views);
     return p;
-  }();
+  }());
   return d;
 }
 
