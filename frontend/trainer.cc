@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <fstream>
+#include <set>
 #include <functional>
 #include <memory>
 #include <numeric>
@@ -22,7 +24,9 @@
 #include "runtime/data.h"
 #include "planner/cluster.h"
 #include "planner/plan_file.h"
+#include "runtime/block_copy.h"
 #include "runtime/checkpoint.h"
+#include "runtime/safetensors.h"
 #include "runtime/executor.h"
 #include "runtime/local_run.h"
 #include "runtime/thread_pool.h"
@@ -137,6 +141,96 @@ struct TextFeeder final : Feeder {
     data.fill_rows(false, seed, step, y.first_row, y.rows(), seq, nullptr, y.data.as<int32_t>());
   }
 };
+
+// --init: the parameters from a safetensors file, named by the rule of TrainOptions::init.
+void load_init(Engine& engine, const Graph& g, const std::string& path, const std::string& map_path, std::ostream& log,
+               bool quiet) {
+  struct Source {
+    std::string name;
+    bool transpose = false;
+  };
+  std::map<std::string, Source> map;
+  if (!map_path.empty()) {
+    std::ifstream in(map_path);
+    if (!in) throw Error(map_path + ": cannot open the --init-map file");
+    std::string line;
+    for (int n = 1; std::getline(in, line); ++n) {
+      if (auto h = line.find('#'); h != std::string::npos) line.erase(h);
+      std::istringstream ls(line);
+      std::string to, eq, from, flag, extra;
+      if (!(ls >> to)) continue;
+      if (!(ls >> eq >> from) || eq != "=" || ((ls >> flag) && flag != "transpose") || (ls >> extra))
+        throw Error(map_path + ":" + std::to_string(n) + ": expected `TESSEL_NAME = FILE_NAME [transpose]`, got: " + line);
+      if (!g.find(to) || g.node(*g.find(to)).op != "parameter")
+        throw Error(map_path + ":" + std::to_string(n) + ": the model has no parameter '" + to + "'");
+      map[to] = Source{from, flag == "transpose"};
+    }
+  }
+  const runtime::safetensors::Reader file(path);
+  const auto blocks = engine.variable_blocks();
+  std::set<std::string> used;
+  std::vector<std::string> missing;
+  for (int32_t id : g.parameters()) {
+    const Node& p = g.node(id);
+    const TensorType& want = p.outputs[0];
+    Source src{p.name, false};
+    if (auto it = map.find(p.name); it != map.end()) {
+      src = it->second;
+    } else if (!file.find(p.name)) {
+      std::string dotted = p.name;
+      std::replace(dotted.begin(), dotted.end(), '/', '.');
+      src.name = dotted;
+    }
+    const runtime::safetensors::TensorInfo* t = file.find(src.name);
+    if (!t) {
+      missing.push_back(p.name);
+      continue;
+    }
+    used.insert(src.name);
+    Shape expect = want.shape;
+    if (src.transpose) {
+      if (expect.size() != 2) throw Error(map_path + ": '" + p.name + "' is " + want.str() + ": only a 2-D tensor can be transposed");
+      std::swap(expect[0], expect[1]);
+    }
+    if (t->dtype != want.dtype || t->shape != expect)
+      throw Error(path + ": '" + src.name + "' is " + std::string(runtime::safetensors::dtype_code(t->dtype)) +
+                  shape_str(t->shape) + ", but the model's '" + p.name + "' needs " +
+                  std::string(runtime::safetensors::dtype_code(want.dtype)) + shape_str(expect) +
+                  (t->shape.size() == 2 && t->shape[0] == want.shape[1] && t->shape[1] == want.shape[0]
+                       ? " (PyTorch's [out, in]? map it with `" + p.name + " = " + src.name + " transpose` in --init-map)"
+                       : ""));
+    std::vector<std::byte> whole(static_cast<size_t>(want.bytes()));
+    file.read(*t, whole.data());
+    if (src.transpose) {
+      std::vector<std::byte> flipped(whole.size());
+      const size_t es = dtype_size(want.dtype);
+      const int64_t rows = want.shape[0], cols = want.shape[1];  // tessel's [rows, cols] from the file's [cols, rows]
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < cols; ++c)
+          std::memcpy(&flipped[static_cast<size_t>(r * cols + c) * es], &whole[static_cast<size_t>(c * rows + r) * es], es);
+      whole.swap(flipped);
+    }
+    for (const auto& rank : blocks)
+      for (const runtime::Shard& b : rank)
+        if (b.name == p.name)
+          runtime::copy_block(whole.data(), want.shape, b.offsets, static_cast<std::byte*>(const_cast<void*>(b.data)), b.shape,
+                              std::vector<int64_t>(b.shape.size(), 0), b.shape, dtype_size(want.dtype));
+  }
+  if (!missing.empty()) {
+    std::string names;
+    for (size_t i = 0; i < std::min<size_t>(5, missing.size()); ++i) names += (i ? ", " : "") + missing[i];
+    std::string have;
+    for (size_t i = 0; i < std::min<size_t>(5, file.tensors().size()); ++i) have += (i ? ", " : "") + file.tensors()[i].name;
+    throw Error(path + ": no tensor for " + std::to_string(missing.size()) + " of the model's parameters (" + names +
+                (missing.size() > 5 ? ", ..." : "") + "); the file has " + have +
+                (file.tensors().size() > 5 ? ", ..." : "") + ": name them in --init-map");
+  }
+  if (!quiet) {
+    log << "tessel: parameters from " << path;
+    if (used.size() < file.tensors().size()) log << " (" << file.tensors().size() - used.size() << " of its tensors unused)";
+    log << "\n";
+  }
+}
 
 }  // namespace
 
@@ -356,6 +450,12 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
   // checkpoint, under whatever plan wrote it; the data continue from its step (each step's
   // batch is a function of the seed and the step).
   int64_t start = 0;
+  if (!opt.init.empty()) {
+    if (!opt.resume.empty()) throw Error("--init and --resume: give one (a checkpoint holds the parameters already)");
+    load_init(*engine, tg, opt.init, opt.init_map, log, quiet);
+  } else if (!opt.init_map.empty()) {
+    throw Error("--init-map needs --init");
+  }
   if (!opt.resume.empty()) {
     if (role) throw Error("--resume: checkpoints across processes are not supported yet (resume on --devices N in one process)");
     const runtime::Checkpoint ck(opt.resume);

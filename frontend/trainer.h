@@ -34,6 +34,12 @@ struct TrainOptions {
   int64_t checkpoint_every = 0;
   int keep = 0;
   std::string resume;
+  // Start from the parameters in a safetensors file made elsewhere (PyTorch's
+  // safetensors.torch.save_file, tessel export): each parameter is looked up by its own name,
+  // then with '/' as '.' ("block0/attn/q/weight" -> "block0.attn.q.weight"), unless init_map
+  // (lines "TESSEL_NAME = FILE_NAME [transpose]") names it; a transposed 2-D tensor is
+  // PyTorch's nn.Linear layout [out, in] of tessel's [in, out].
+  std::string init, init_map;
   // devices > 0: run a plan on this many simulated devices (threads of this process): from
   // plan_file, or searched under pins. Under a launcher (runtime/process_env.h) this process
   // is one rank of the launcher's world, whose size is the device count.

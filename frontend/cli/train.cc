@@ -53,6 +53,10 @@ int cmd_train(int argc, char** argv) {
                 {"--keep", "K", "with --checkpoint-dir: keep the newest K checkpoints (0: all)", "0", ints(0)},
                 {"--resume", "DIR", "continue from the newest committed checkpoint in DIR (or that step directory), "
                                     "saved under any plan; --steps and --epochs count the whole run", ""},
+                {"--init", "FILE", "start from the parameters in a safetensors file (saved by PyTorch's safetensors.torch.save_file "
+                                   "or tessel export): by name, or with '/' as '.', or as --init-map says", ""},
+                {"--init-map", "FILE", "with --init: lines `TESSEL_NAME = FILE_NAME [transpose]` (transpose: PyTorch's "
+                                       "nn.Linear [out, in] for tessel's [in, out])", ""},
                 {"--input", "NAME=ROLE,...", "feed input NAME the dataset's ROLE (data, labels for images; tokens, targets "
                                              "for text), over the roles the graph declares", ""},
                 {"--format", "FMT", "text, or json: end with one line of JSON (keys: test_accuracy, final_loss, "
@@ -105,6 +109,8 @@ int cmd_train(int argc, char** argv) {
   o.checkpoint_every = args.i64("--checkpoint-every", 0);
   o.keep = static_cast<int>(args.i64("--keep", 0));
   o.resume = args.str("--resume");
+  o.init = args.str("--init");
+  o.init_map = args.str("--init-map");
   if (o.checkpoint_dir.empty() && (args.has("--checkpoint-every") || args.has("--keep")))
     throw Error("tessel train: --checkpoint-every and --keep need --checkpoint-dir");
   if (args.has("--input")) {

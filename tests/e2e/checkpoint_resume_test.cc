@@ -6,11 +6,14 @@
 // equivalence suite's 1e-5). Each failure prints the tessel train commands that reproduce it.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 
 #include "frontend/trainer.h"
+#include "runtime/checkpoint.h"
+#include "runtime/safetensors.h"
 #include "graph/error.h"
 
 namespace tessel {
@@ -184,6 +187,79 @@ TEST(Resume, AMismatchedRunIsRefusedNamingWhy) {
   TrainOptions nowhere = options(one, 4);
   nowhere.resume = d / "none";
   EXPECT_NE(refusal(nowhere).find("none: no such directory"), std::string::npos) << refusal(nowhere);
+}
+
+// --init: parameters from a safetensors file made elsewhere. The same trained parameters,
+// once under tessel's names and layout and once as PyTorch would save them (dotted names,
+// nn.Linear weights as [out, in], mapped back with --init-map), start two runs from the same
+// loss; a file that lacks a parameter, or holds one transposed without a map, is refused
+// naming it.
+TEST(Init, ParametersSavedElsewhereTrainOnFromTheSameLoss) {
+  TempDir d;
+  const Plan one{"one device"};
+  TrainOptions save = options(one, 3);
+  save.checkpoint_dir = d / "ckpt";
+  run(save, one);
+  const runtime::Checkpoint ck(d / "ckpt");
+  std::vector<std::vector<std::byte>> data;
+  std::vector<runtime::safetensors::TensorView> ours, theirs;
+  std::string map;
+  for (const auto& t : ck.tensors()) {
+    if (!t.parameter) continue;
+    data.emplace_back(static_cast<size_t>(t.type.bytes()));
+    ck.read(t.name, t.type, std::vector<int64_t>(t.type.shape.size(), 0), t.type.shape, data.back().data());
+    ours.push_back({t.name, t.type.dtype, t.type.shape, data.back().data()});
+    std::string dotted = t.name;
+    std::replace(dotted.begin(), dotted.end(), '/', '.');
+    const bool linear = t.type.shape.size() == 2 && t.name.find("/weight") != std::string::npos &&
+                        t.name.rfind("wte", 0) != 0 && t.name.rfind("wpe", 0) != 0;
+    if (!linear) {
+      theirs.push_back({dotted, t.type.dtype, t.type.shape, data.back().data()});
+      continue;
+    }
+    const int64_t r = t.type.shape[0], c = t.type.shape[1];
+    data.emplace_back(data.back().size());
+    const auto* src = reinterpret_cast<const float*>(data[data.size() - 2].data());
+    auto* dst = reinterpret_cast<float*>(data.back().data());
+    for (int64_t i = 0; i < r; ++i)
+      for (int64_t j = 0; j < c; ++j) dst[j * r + i] = src[i * c + j];
+    theirs.push_back({dotted, t.type.dtype, {c, r}, data.back().data()});
+    map += t.name + " = " + dotted + " transpose\n";
+  }
+  ASSERT_FALSE(map.empty());
+  runtime::safetensors::write(d / "ours.safetensors", ours);
+  runtime::safetensors::write(d / "theirs.safetensors", theirs, {{"format", "pt"}});
+  std::ofstream(d / "map.txt") << "# PyTorch's Linear layout\n" << map;
+
+  TrainOptions a = options(one, 2);
+  a.init = d / "ours.safetensors";
+  TrainOptions b = options(one, 2);
+  b.init = d / "theirs.safetensors";
+  b.init_map = d / "map.txt";
+  const TrainReport ra = run(a, one), rb = run(b, one);
+  EXPECT_EQ(ra.last_loss, rb.last_loss);
+  TrainOptions fresh = options(one, 2);
+  EXPECT_NE(run(fresh, one).last_loss, ra.last_loss);  // the file's parameters were used
+
+  auto refusal = [&](const TrainOptions& o) -> std::string {
+    std::ostringstream log;
+    try {
+      train(o, log);
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "(accepted)";
+  };
+  TrainOptions unmapped = options(one, 2);
+  unmapped.init = d / "theirs.safetensors";
+  const std::string why = refusal(unmapped);
+  EXPECT_NE(why.find("PyTorch's [out, in]? map it with"), std::string::npos) << why;
+  theirs.pop_back();
+  runtime::safetensors::write(d / "fewer.safetensors", theirs);
+  TrainOptions fewer = options(one, 2);
+  fewer.init = d / "fewer.safetensors";
+  fewer.init_map = d / "map.txt";
+  EXPECT_NE(refusal(fewer).find("no tensor for 1 of the model's parameters"), std::string::npos) << refusal(fewer);
 }
 
 }  // namespace
