@@ -450,15 +450,20 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
   // checkpoint, under whatever plan wrote it; the data continue from its step (each step's
   // batch is a function of the seed and the step).
   int64_t start = 0;
-  if (!opt.init.empty()) {
-    if (!opt.resume.empty()) throw Error("--init and --resume: give one (a checkpoint holds the parameters already)");
-    load_init(*engine, tg, opt.init, opt.init_map, log, quiet);
-  } else if (!opt.init_map.empty()) {
-    throw Error("--init-map needs --init");
+  // A job that `tessel launch --max-restarts` started again continues from its newest checkpoint.
+  std::string resume = opt.resume;
+  if (const char* restart = std::getenv("TESSEL_RESTART"); restart && resume.empty() && !opt.checkpoint_dir.empty()) {
+    resume = runtime::latest_checkpoint(opt.checkpoint_dir);
+    if (!quiet)
+      log << "tessel: restart " << restart << ": "
+          << (resume.empty() ? "no checkpoint in " + opt.checkpoint_dir + " yet, starting over" : "resuming from " + resume) << "\n";
   }
-  if (!opt.resume.empty()) {
-    if (role) throw Error("--resume: checkpoints across processes are not supported yet (resume on --devices N in one process)");
-    const runtime::Checkpoint ck(opt.resume);
+  if (!opt.init.empty() && !opt.resume.empty())
+    throw Error("--init and --resume: give one (a checkpoint holds the parameters already)");
+  if (!opt.init.empty() && resume.empty()) load_init(*engine, tg, opt.init, opt.init_map, log, quiet);
+  if (opt.init.empty() && !opt.init_map.empty()) throw Error("--init-map needs --init");
+  if (!resume.empty()) {
+    const runtime::Checkpoint ck(resume);
     const auto& st = ck.state();
     if (st.seed != opt.seed)
       throw Error(ck.dir() + " was written by a run with --seed " + std::to_string(st.seed) + ", this one has --seed " +
@@ -474,11 +479,14 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
     report.resumed_step = start;
     if (!quiet) log << "tessel: resumed from " << ck.dir() << " (step " << start << ", plan " << st.plan << ")\n";
   }
+  // In one process a checkpoint is written in the background; with ranks in other processes
+  // every process saves its ranks' blocks at the step boundary, together (LocalRun).
   std::optional<runtime::AsyncCheckpointer> checkpointer;
-  if (!opt.checkpoint_dir.empty()) {
-    if (role) throw Error("--checkpoint-dir: checkpoints across processes are not supported yet (train on --devices N in one process)");
-    checkpointer.emplace(opt.checkpoint_dir, opt.keep);
-  }
+  auto* across = role ? dynamic_cast<detail::Devices*>(engine) : nullptr;
+  int64_t saved_across = 0;
+  double saving_across_s = 0;
+  std::string last_across;
+  if (!opt.checkpoint_dir.empty() && !across) checkpointer.emplace(opt.checkpoint_dir, opt.keep);
   auto checkpoint = [&](int64_t done) {
     runtime::CheckpointState st;
     st.step = done;
@@ -489,6 +497,13 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
     st.data = {{"dataset", opt.dataset}, {"batch", std::to_string(batch)}};
     for (int32_t id : tg.parameters()) st.parameters.insert(tg.node(id).name);
     if (per_epoch > 0) st.data["epoch"] = std::to_string(done / per_epoch), st.data["batch_in_epoch"] = std::to_string(done % per_epoch);
+    if (across) {
+      const auto t0 = Clock::now();
+      last_across = across->run.save_checkpoint(opt.checkpoint_dir, st, opt.keep);
+      saving_across_s += std::chrono::duration<double>(Clock::now() - t0).count();
+      ++saved_across;
+      return;
+    }
     checkpointer->save(st, runtime::distinct_blocks(engine->variable_blocks()));
   };
   Progress progress(log, opt.progress_terminal, total_steps);
@@ -516,8 +531,8 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
       std::snprintf(buf, sizeof buf, "loss %.4f  %.0f samples/s", loss, rate);
       progress.update(step + 1, buf);
     }
-    if (checkpointer) {
-      checkpointer->check();  // a failed write stops the run here
+    if (!opt.checkpoint_dir.empty()) {
+      if (checkpointer) checkpointer->check();  // a failed write stops the run here
       if ((opt.checkpoint_every > 0 && (step + 1) % opt.checkpoint_every == 0) || step + 1 == total_steps)
         checkpoint(step + 1);
     }
@@ -527,6 +542,10 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
     report.checkpoints = checkpointer->saves();
     report.checkpoint_copy_seconds = checkpointer->copy_seconds();
     if (!quiet && !checkpointer->last().empty()) log << "tessel: checkpoint " << checkpointer->last() << "\n";
+  } else if (saved_across) {
+    report.checkpoints = saved_across;
+    report.checkpoint_copy_seconds = saving_across_s;
+    if (!quiet) log << "tessel: checkpoint " << last_across << "\n";
   }
   const double timed_s = total_steps > warmup ? std::chrono::duration<double>(Clock::now() - timed_start).count() : 0;
   report.train_seconds = progress.elapsed_s();
@@ -613,11 +632,14 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
     progress.finish(os.str());
   }
 
-  if (!opt.save.empty() && (!role || role->rank == 0)) {
+  if (!opt.save.empty()) {
+    // Gathering the variables is collective across processes: every rank takes part, rank 0 writes.
     Graph out = has_updates ? tg : forward;
     engine->export_variables(out);
-    save_graph(out, opt.save, SaveOptions{});
-    if (!quiet) log << "saved the trained model to " << opt.save << "\n";
+    if (!role || role->rank == 0) {
+      save_graph(out, opt.save, SaveOptions{});
+      if (!quiet) log << "saved the trained model to " << opt.save << "\n";
+    }
   }
   return report;
 }

@@ -72,7 +72,7 @@ struct TrainReport {
   double last_loss = NAN;       // the last step's training loss
   int64_t resumed_step = -1;    // the checkpoint's step the run continued from (-1: none)
   int64_t checkpoints = 0;      // saved by this run
-  double checkpoint_copy_seconds = 0;  // training's wait for the checkpoints (copying the state)
+  double checkpoint_copy_seconds = 0;  // training's wait for the checkpoints (copying the state; across processes, saving)
   double test_accuracy = NAN;   // image datasets
   double test_loss = NAN;       // image: test set; text: validation split
   double unigram_entropy = NAN; // text datasets, nats per byte

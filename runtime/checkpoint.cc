@@ -101,11 +101,49 @@ std::string dims_str(std::span<const int64_t> v) { return shape_str(v); }
 
 }  // namespace
 
-namespace {
+std::vector<std::vector<Shard>> distinct_blocks(const std::vector<std::vector<Shard>>& held) {
+  std::set<std::pair<std::string, std::vector<int64_t>>> seen;
+  std::vector<std::vector<Shard>> out(held.size());
+  for (size_t r = 0; r < held.size(); ++r)
+    for (const Shard& s : held[r])
+      if (seen.insert({s.name, s.offsets}).second) out[r].push_back(s);
+  return out;
+}
 
-// Writes the files and the metadata into `partial`, then renames it to `final_dir`.
-void commit_partial(const std::string& partial, const std::string& final_dir, const std::string& root,
-                    const CheckpointState& state, const std::vector<std::vector<Shard>>& files) {
+std::string begin_checkpoint(const std::string& root, int64_t step) {
+  const std::string final_dir = (fs::path(root) / step_name(step)).string();
+  const std::string partial = final_dir + kPartial;
+  filesystem("cannot create the checkpoint directory " + root, [&](std::error_code& ec) { fs::create_directories(root, ec); });
+  if (fs::exists(final_dir)) return "";  // this step is committed already
+  filesystem("cannot remove " + partial, [&](std::error_code& ec) { fs::remove_all(partial, ec); });
+  filesystem("cannot create " + partial, [&](std::error_code& ec) { fs::create_directory(partial, ec); });
+  return partial;
+}
+
+void write_checkpoint_file(const std::string& root, int64_t step, size_t writer, const std::vector<Shard>& blocks) {
+  const std::string partial = (fs::path(root) / step_name(step)).string() + kPartial;
+  std::vector<safetensors::TensorView> views;
+  std::map<std::string, int> blocks_of;  // a writer's blocks of one variable get names of their own
+  for (const Shard& s : blocks) {
+    if (s.offsets.size() != s.global.shape.size() || s.shape.size() != s.global.shape.size())
+      throw Error("checkpoint: block of '" + s.name + "' has offsets " + dims_str(s.offsets) + " and shape " +
+                  dims_str(s.shape) + " for a tensor of " + s.global.str());
+    const int k = blocks_of[s.name]++;
+    views.push_back({k == 0 ? s.name : s.name + "#" + std::to_string(k), s.global.dtype, s.shape, s.data});
+  }
+  safetensors::write((fs::path(partial) / file_name(writer)).string(), views,
+                     {{"format", "tessel checkpoint shard"}, {"step", std::to_string(step)}});
+}
+
+void abandon_checkpoint(const std::string& root, int64_t step) {
+  std::error_code ec;
+  fs::remove_all((fs::path(root) / step_name(step)).string() + kPartial, ec);
+}
+
+std::string commit_checkpoint(const std::string& root, const CheckpointState& state,
+                              const std::vector<std::vector<Shard>>& files, int keep) {
+  const std::string final_dir = (fs::path(root) / step_name(state.step)).string();
+  const std::string partial = final_dir + kPartial;
   proto::CheckpointMeta meta;
   meta.set_format(kFormat);
   meta.set_version(1);
@@ -117,15 +155,9 @@ void commit_partial(const std::string& partial, const std::string& final_dir, co
   for (auto& [k, v] : state.data) (*meta.mutable_data())[k] = v;
   std::map<std::string, proto::CheckpointTensor*> by_name;
   for (size_t w = 0; w < files.size(); ++w) {
-    std::vector<safetensors::TensorView> views;
-    std::map<std::string, int> blocks_of;  // a writer's blocks of one variable get names of their own
+    std::map<std::string, int> blocks_of;  // as write_checkpoint_file names them
     for (const Shard& s : files[w]) {
-      if (s.offsets.size() != s.global.shape.size() || s.shape.size() != s.global.shape.size())
-        throw Error("checkpoint: block of '" + s.name + "' has offsets " + dims_str(s.offsets) + " and shape " +
-                    dims_str(s.shape) + " for a tensor of " + s.global.str());
       const int k = blocks_of[s.name]++;
-      const std::string in_file = k == 0 ? s.name : s.name + "#" + std::to_string(k);
-      views.push_back({in_file, s.global.dtype, s.shape, s.data});
       proto::CheckpointTensor*& t = by_name[s.name];
       if (!t) {
         t = meta.add_tensors();
@@ -136,12 +168,10 @@ void commit_partial(const std::string& partial, const std::string& final_dir, co
       }
       proto::CheckpointPiece* p = t->add_pieces();
       p->set_file(file_name(w));
-      if (in_file != s.name) p->set_tensor(in_file);
+      if (k > 0) p->set_tensor(s.name + "#" + std::to_string(k));
       for (int64_t o : s.offsets) p->add_offsets(o);
       for (int64_t d : s.shape) p->add_shape(d);
     }
-    safetensors::write((fs::path(partial) / file_name(w)).string(), views,
-                       {{"format", "tessel checkpoint shard"}, {"step", std::to_string(state.step)}});
   }
   std::string json;
   google::protobuf::util::JsonPrintOptions jo;
@@ -153,34 +183,6 @@ void commit_partial(const std::string& partial, const std::string& final_dir, co
   sync_dir(partial);
   if (::rename(partial.c_str(), final_dir.c_str()) != 0) fail_sys(final_dir, "cannot commit (rename from " + partial + ")");
   sync_dir(root);
-}
-
-}  // namespace
-
-std::vector<std::vector<Shard>> distinct_blocks(const std::vector<std::vector<Shard>>& held) {
-  std::set<std::pair<std::string, std::vector<int64_t>>> seen;
-  std::vector<std::vector<Shard>> out(held.size());
-  for (size_t r = 0; r < held.size(); ++r)
-    for (const Shard& s : held[r])
-      if (seen.insert({s.name, s.offsets}).second) out[r].push_back(s);
-  return out;
-}
-
-std::string save_checkpoint(const std::string& root, const CheckpointState& state,
-                            const std::vector<std::vector<Shard>>& files, int keep) {
-  const std::string final_dir = (fs::path(root) / step_name(state.step)).string();
-  const std::string partial = final_dir + kPartial;
-  filesystem("cannot create the checkpoint directory " + root, [&](std::error_code& ec) { fs::create_directories(root, ec); });
-  if (fs::exists(final_dir)) return final_dir;  // this step is committed already
-  filesystem("cannot remove " + partial, [&](std::error_code& ec) { fs::remove_all(partial, ec); });
-  filesystem("cannot create " + partial, [&](std::error_code& ec) { fs::create_directory(partial, ec); });
-  try {
-    commit_partial(partial, final_dir, root, state, files);
-  } catch (...) {
-    std::error_code ec;
-    fs::remove_all(partial, ec);  // a failed save leaves nothing behind (a full disk gets its space back)
-    throw;
-  }
   if (keep > 0) {
     std::vector<std::pair<int64_t, std::string>> committed;
     for (const auto& e : fs::directory_iterator(root)) {
@@ -193,6 +195,19 @@ std::string save_checkpoint(const std::string& root, const CheckpointState& stat
                  [&](std::error_code& ec) { fs::remove_all(committed[i].second, ec); });
   }
   return final_dir;
+}
+
+std::string save_checkpoint(const std::string& root, const CheckpointState& state,
+                            const std::vector<std::vector<Shard>>& files, int keep) {
+  const std::string partial = begin_checkpoint(root, state.step);
+  if (partial.empty()) return (fs::path(root) / step_name(state.step)).string();  // committed already
+  try {
+    for (size_t w = 0; w < files.size(); ++w) write_checkpoint_file(root, state.step, w, files[w]);
+    return commit_checkpoint(root, state, files, keep);
+  } catch (...) {
+    abandon_checkpoint(root, state.step);  // a failed save leaves nothing behind (a full disk gets its space back)
+    throw;
+  }
 }
 
 AsyncCheckpointer::~AsyncCheckpointer() {

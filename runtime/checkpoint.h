@@ -56,12 +56,23 @@ struct CheckpointState {
 // first to hold. `held[r]` is what writer r holds.
 std::vector<std::vector<Shard>> distinct_blocks(const std::vector<std::vector<Shard>>& held);
 
-// Saves step state.step under `root` (created if missing): files[i] as rank-0000i, the
+// Saves step state.step under `root` (created if missing): files[i] as writer i's file, the
 // metadata last, then the commit. keep > 0: afterwards only the newest `keep` checkpoints
 // remain. Returns the committed directory. Throws an Error naming the path and the reason
 // (a full disk, no permission); whatever was committed before stays loadable.
 std::string save_checkpoint(const std::string& root, const CheckpointState& state,
                             const std::vector<std::vector<Shard>>& files, int keep = 0);
+
+// The same in three parts, for writers in several processes (one shared directory): one
+// process starts the save (a fresh partial directory; "" when this step is committed already),
+// every process writes its writers' files into it, and after all have, one commits. files in
+// commit_checkpoint are every writer's blocks (their data is not read) for the metadata; a
+// failed save is abandoned with abandon_checkpoint (its partial directory removed).
+std::string begin_checkpoint(const std::string& root, int64_t step);
+void write_checkpoint_file(const std::string& root, int64_t step, size_t writer, const std::vector<Shard>& blocks);
+std::string commit_checkpoint(const std::string& root, const CheckpointState& state,
+                              const std::vector<std::vector<Shard>>& files, int keep = 0);
+void abandon_checkpoint(const std::string& root, int64_t step);
 
 // Saves in the background: save() copies the blocks (the only time the caller waits, besides
 // a previous save still being written), then a thread of its own writes and commits them.

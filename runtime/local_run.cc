@@ -433,6 +433,89 @@ std::vector<std::vector<Shard>> LocalRun::variable_blocks() const {
   return out;
 }
 
+std::vector<std::vector<Shard>> LocalRun::plan_blocks() const {
+  std::vector<std::vector<Shard>> out(programs_.size());
+  for (size_t r = 0; r < programs_.size(); ++r) {
+    const planner::RankProgram& p = programs_[r];
+    for (auto& [name, pl] : p.variable_placements) {
+      const auto id = p.graph.find(name);
+      if (!id) continue;
+      const TensorType& local = p.graph.node(*id).outputs[0];
+      const TensorType global{local.dtype, whole_shape(local.shape, pl, mesh_)};
+      out[r].push_back(Shard{name, global, planner::shard_offsets(global.shape, pl, mesh_, p.coords), local.shape, nullptr});
+    }
+  }
+  return out;
+}
+
+std::string LocalRun::save_checkpoint(const std::string& root, const CheckpointState& state, int keep) {
+  std::vector<std::vector<Shard>> files = distinct_blocks(plan_blocks());
+  // This process's ranks' blocks get their data.
+  const auto held = variable_blocks();
+  for (size_t i = 0; i < held.size(); ++i)
+    for (Shard& s : files[static_cast<size_t>(first_) + i])
+      for (const Shard& h : held[i])
+        if (h.name == s.name && h.offsets == s.offsets) s.data = h.data;
+  for (size_t i = 0; i < held.size(); ++i)
+    for (const Shard& s : files[static_cast<size_t>(first_) + i])
+      if (!s.data) throw Error("rank " + std::to_string(first_ + static_cast<int64_t>(i)) + " holds no variable '" + s.name + "' to save");
+  if (!spans_processes()) return runtime::save_checkpoint(root, state, files, keep);
+
+  // Across processes: rank 0 says go (0), failed (1) or committed already (2); every process
+  // writes its ranks' files; all agree they did; rank 0 commits and says how it went.
+  const int64_t one = 1;
+  auto say = [&](const std::string& what, int64_t& code) {
+    between_steps(what, [&] {
+      comms_[0]->broadcast(TensorRef{&code, DType::i64, std::span<const int64_t>(&one, 1), 1},
+                           TensorRef{&code, DType::i64, std::span<const int64_t>(&one, 1), 1}, 0, world_group_);
+    });
+  };
+  auto any_failed = [&](const std::string& what, int64_t failed) {
+    between_steps(what, [&] {
+      comms_[0]->all_reduce(TensorRef{&failed, DType::i64, std::span<const int64_t>(&one, 1), 1},
+                            TensorRef{&failed, DType::i64, std::span<const int64_t>(&one, 1), 1}, ReduceOp::max, world_group_);
+    });
+    return failed != 0;
+  };
+  const std::string step = "checkpoint of step " + std::to_string(state.step);
+  std::string error, dir;
+  int64_t code = 0;
+  if (first_ == 0) {
+    try {
+      code = begin_checkpoint(root, state.step).empty() ? 2 : 0;
+    } catch (const std::exception& e) {
+      error = e.what();
+      code = 1;
+    }
+  }
+  say("starting the " + step, code);
+  if (code == 1) throw Error(first_ == 0 ? error : "the " + step + " failed on rank 0 (it names the reason)");
+  if (code == 0) {
+    try {
+      for (size_t i = 0; i < held.size(); ++i)
+        write_checkpoint_file(root, state.step, static_cast<size_t>(first_) + i, files[static_cast<size_t>(first_) + i]);
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+    if (any_failed("writing the " + step, error.empty() ? 0 : 1)) {
+      if (first_ == 0) abandon_checkpoint(root, state.step);
+      throw Error(!error.empty() ? error : "the " + step + " failed on another rank (it names the reason)");
+    }
+    if (first_ == 0) {
+      try {
+        dir = commit_checkpoint(root, state, files, keep);
+      } catch (const std::exception& e) {
+        error = e.what();
+        abandon_checkpoint(root, state.step);
+        code = 1;
+      }
+    }
+    say("committing the " + step, code);
+    if (code == 1) throw Error(first_ == 0 ? error : "the " + step + " failed to commit on rank 0 (it names the reason)");
+  }
+  return latest_checkpoint(root);
+}
+
 void LocalRun::load_variables(const Checkpoint& checkpoint) {
   for (auto& blocks : variable_blocks())
     for (const Shard& s : blocks) checkpoint.read(s.name, s.global, s.offsets, s.shape, const_cast<void*>(s.data));

@@ -73,6 +73,12 @@ class LocalRun {
   // (written under any plan). Throws naming the variable the checkpoint lacks or holds in
   // another shape or dtype.
   void load_variables(const Checkpoint& checkpoint);
+  // Saves a checkpoint of every rank's variables under `root`: each distinct block once, in
+  // the file of the first rank holding it. With ranks in other processes every process calls
+  // this at the same step (a directory they all reach): rank 0 starts and commits the save,
+  // each process writes its ranks' files; an error anywhere stops every process, each naming
+  // what it saw. Returns the committed directory.
+  std::string save_checkpoint(const std::string& root, const CheckpointState& state, int keep = 0);
   // The global rank of this process's first rank (0 when it runs them all), and whether the
   // other ranks run elsewhere.
   int64_t first_rank() const { return first_; }
@@ -94,6 +100,7 @@ class LocalRun {
   int64_t first_ = 0;
   std::vector<int64_t> world_group_;  // 0 .. ranks() - 1
   void check_same_plan();
+  std::vector<std::vector<Shard>> plan_blocks() const;  // every rank's blocks, from the plan (no data)
   // Runs a collective outside the steps (the step's loss, a variable); its error names `what`
   // and the step whose results it reads.
   void between_steps(const std::string& what, const std::function<void()>& f);

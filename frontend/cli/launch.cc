@@ -111,6 +111,9 @@ int cmd_launch(int argc, char** argv) {
                 {"--token", "T", "the job's token, the same on every host", "random (one host), TESSEL_JOB_TOKEN"},
                 {"--grace", "S", "seconds the other ranks get to stop on their own after one fails, before SIGTERM (then SIGKILL 2 s later)", "5", positive()},
                 {"--log-dir", "DIR", "also write each rank's output to DIR/rank-I.log", ""},
+                {"--max-restarts", "K", "when a rank fails, stop the job and start it again, up to K times (one host): each "
+                                        "rank gets TESSEL_RESTART=k, and `tessel train --checkpoint-dir D` then resumes "
+                                        "from D's newest checkpoint", "0", ints(0)},
             });
   if (!args.parse(split, argv)) return 0;
   if (!args.has("--nproc")) throw Error("tessel launch: --nproc is required (see --help)");
@@ -131,14 +134,9 @@ int cmd_launch(int argc, char** argv) {
   }
   const double grace = args.f64("--grace", 5);
   const std::string log_dir = args.str("--log-dir");
-
-  std::unique_ptr<runtime::TcpStoreServer> store;
-  if (node == 0) {
-    store = std::make_unique<runtime::TcpStoreServer>(host, port, token);
-    port = store->port();
-  }
-  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  const std::string threads = std::to_string(std::max<int64_t>(1, cores / nproc));
+  const int64_t max_restarts = args.i64("--max-restarts", 0);
+  if (max_restarts > 0 && nnodes > 1) throw Error("tessel launch: --max-restarts is for one host (--nnodes 1) so far");
+  const int master_port = port;
 
   struct sigaction sa {};
   sa.sa_handler = on_signal;
@@ -146,163 +144,182 @@ int cmd_launch(int argc, char** argv) {
   sigaction(SIGTERM, &sa, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
 
-  std::vector<Rank> ranks(static_cast<size_t>(nproc));
-  for (int64_t i = 0; i < nproc; ++i) {
-    Rank& r = ranks[static_cast<size_t>(i)];
-    r.rank = node * nproc + i;
-    if (!log_dir.empty()) {
-      r.log = std::make_unique<std::ofstream>(log_dir + "/rank-" + std::to_string(r.rank) + ".log");
-      if (!*r.log) throw Error("tessel launch: cannot write " + log_dir + "/rank-" + std::to_string(r.rank) + ".log");
+  for (int64_t attempt = 0;; ++attempt) {
+    port = master_port;
+    std::unique_ptr<runtime::TcpStoreServer> store;
+    if (node == 0) {
+      store = std::make_unique<runtime::TcpStoreServer>(host, port, token);
+      port = store->port();
     }
-    // The rank's environment, made before fork: the child of a process with threads (the
-    // store's) may only call async-signal-safe functions until it execs.
-    std::vector<std::string> env;
-    auto put = [&](const std::string& k, const std::string& v, bool overwrite = true) {
-      if (!overwrite && std::getenv(k.c_str())) return;
-      env.push_back(k + "=" + v);
-    };
-    put("TESSEL_RANK", std::to_string(r.rank));
-    put("TESSEL_WORLD_SIZE", std::to_string(world));
-    put("TESSEL_LOCAL_RANK", std::to_string(i));
-    put("TESSEL_LOCAL_WORLD_SIZE", std::to_string(nproc));
-    put("TESSEL_STORE", "tcp:" + host + ":" + std::to_string(port));
-    put("TESSEL_STORE_SERVED", "1");
-    put("TESSEL_JOB_TOKEN", token);
-    put("TESSEL_THREADS_PER_RANK", threads, false);
-    put("OMP_NUM_THREADS", threads, false);
-    for (char** e = environ; *e; ++e) {
-      const std::string kv = *e;
-      const std::string key = kv.substr(0, kv.find('='));
-      bool replaced = false;
-      for (const std::string& mine : env) replaced |= mine.compare(0, key.size() + 1, key + "=") == 0;
-      if (!replaced) env.push_back(kv);
-    }
-    std::vector<char*> envp;
-    for (std::string& kv : env) envp.push_back(kv.data());
-    envp.push_back(nullptr);
-    const std::string cannot = std::string("tessel launch: cannot run ") + argv[split + 1] + "\n";
-    int out[2], err[2];
-    if (::pipe2(out, O_CLOEXEC) != 0 || ::pipe2(err, O_CLOEXEC) != 0)
-      throw Error(std::string("tessel launch: pipe: ") + std::strerror(errno));
-    const pid_t pid = ::fork();
-    if (pid < 0) throw Error(std::string("tessel launch: fork: ") + std::strerror(errno));
-    if (pid == 0) {
-      // The rank: its own process group (stopped as a whole), killed if the launcher dies.
-      ::setpgid(0, 0);
-      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-      ::dup2(out[1], STDOUT_FILENO);
-      ::dup2(err[1], STDERR_FILENO);
-      ::execvpe(argv[split + 1], argv + split + 1, envp.data());
-      (void)!::write(STDERR_FILENO, cannot.data(), cannot.size());
-      ::_exit(127);
-    }
-    ::setpgid(pid, pid);
-    ::close(out[1]);
-    ::close(err[1]);
-    r.pid = pid;
-    r.out = out[0];
-    r.err = err[0];
-  }
+    const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    const std::string threads = std::to_string(std::max<int64_t>(1, cores / nproc));
 
-  {
-    std::string pids;
-    for (const Rank& r : ranks) pids += (pids.empty() ? "" : " ") + std::to_string(r.pid);
-    std::fprintf(stderr, "tessel launch: ranks %lld-%lld of %lld on this host (pids %s), store at %s:%d\n",
-                 static_cast<long long>(node * nproc), static_cast<long long>(node * nproc + nproc - 1),
-                 static_cast<long long>(world), pids.c_str(), host.c_str(), port);
-  }
-  const Rank* first_failure = nullptr;
-  std::optional<Clock::time_point> term_at, kill_at;
-  auto stop_others = [&](int sig) {
-    for (Rank& r : ranks)
-      if (r.running) {
-        r.stopped_by_us = true;
-        ::kill(-r.pid, sig);
+    std::vector<Rank> ranks(static_cast<size_t>(nproc));
+    for (int64_t i = 0; i < nproc; ++i) {
+      Rank& r = ranks[static_cast<size_t>(i)];
+      r.rank = node * nproc + i;
+      if (!log_dir.empty()) {
+        r.log = std::make_unique<std::ofstream>(log_dir + "/rank-" + std::to_string(r.rank) + ".log",
+                                                attempt ? std::ios::app : std::ios::trunc);  // a restart adds to it
+        if (!*r.log) throw Error("tessel launch: cannot write " + log_dir + "/rank-" + std::to_string(r.rank) + ".log");
       }
-  };
-  char buf[65536];
-  for (;;) {
-    // Output first, so that a rank's last words come before the verdict.
-    std::vector<pollfd> fds;
-    std::vector<std::pair<Rank*, bool>> who;
-    for (Rank& r : ranks) {
-      if (r.out >= 0) fds.push_back({r.out, POLLIN, 0}), who.emplace_back(&r, false);
-      if (r.err >= 0) fds.push_back({r.err, POLLIN, 0}), who.emplace_back(&r, true);
-    }
-    if (!fds.empty()) ::poll(fds.data(), fds.size(), 20);
-    for (size_t k = 0; k < fds.size(); ++k) {
-      if (!(fds[k].revents & (POLLIN | POLLHUP | POLLERR))) continue;
-      auto [r, is_err] = who[k];
-      const ssize_t n = ::read(fds[k].fd, buf, sizeof buf);
-      if (n > 0) {
-        forward(*r, is_err ? r->err_part : r->out_part, buf, static_cast<size_t>(n), is_err, false);
-      } else {
-        forward(*r, is_err ? r->err_part : r->out_part, buf, 0, is_err, true);
-        ::close(fds[k].fd);
-        (is_err ? r->err : r->out) = -1;
+      // The rank's environment, made before fork: the child of a process with threads (the
+      // store's) may only call async-signal-safe functions until it execs.
+      std::vector<std::string> env;
+      auto put = [&](const std::string& k, const std::string& v, bool overwrite = true) {
+        if (!overwrite && std::getenv(k.c_str())) return;
+        env.push_back(k + "=" + v);
+      };
+      put("TESSEL_RANK", std::to_string(r.rank));
+      put("TESSEL_WORLD_SIZE", std::to_string(world));
+      put("TESSEL_LOCAL_RANK", std::to_string(i));
+      put("TESSEL_LOCAL_WORLD_SIZE", std::to_string(nproc));
+      put("TESSEL_STORE", "tcp:" + host + ":" + std::to_string(port));
+      put("TESSEL_STORE_SERVED", "1");
+      put("TESSEL_JOB_TOKEN", token);
+      if (attempt > 0) put("TESSEL_RESTART", std::to_string(attempt));
+      put("TESSEL_THREADS_PER_RANK", threads, false);
+      put("OMP_NUM_THREADS", threads, false);
+      for (char** e = environ; *e; ++e) {
+        const std::string kv = *e;
+        const std::string key = kv.substr(0, kv.find('='));
+        bool replaced = false;
+        for (const std::string& mine : env) replaced |= mine.compare(0, key.size() + 1, key + "=") == 0;
+        if (!replaced) env.push_back(kv);
       }
-    }
-    if (fds.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    // Exits. Among ranks found dead in the same round, one the launcher did not stop and
-    // that died of a signal is the likeliest first cause.
-    std::vector<Rank*> died;
-    for (Rank& r : ranks) {
-      if (!r.running) continue;
-      int st = 0;
-      if (::waitpid(r.pid, &st, WNOHANG) == r.pid) {
-        r.running = false;
-        r.status = st;
-        if (failed(st) && !r.stopped_by_us) died.push_back(&r);
+      std::vector<char*> envp;
+      for (std::string& kv : env) envp.push_back(kv.data());
+      envp.push_back(nullptr);
+      const std::string cannot = std::string("tessel launch: cannot run ") + argv[split + 1] + "\n";
+      int out[2], err[2];
+      if (::pipe2(out, O_CLOEXEC) != 0 || ::pipe2(err, O_CLOEXEC) != 0)
+        throw Error(std::string("tessel launch: pipe: ") + std::strerror(errno));
+      const pid_t pid = ::fork();
+      if (pid < 0) throw Error(std::string("tessel launch: fork: ") + std::strerror(errno));
+      if (pid == 0) {
+        // The rank: its own process group (stopped as a whole), killed if the launcher dies.
+        ::setpgid(0, 0);
+        ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+        ::dup2(out[1], STDOUT_FILENO);
+        ::dup2(err[1], STDERR_FILENO);
+        ::execvpe(argv[split + 1], argv + split + 1, envp.data());
+        (void)!::write(STDERR_FILENO, cannot.data(), cannot.size());
+        ::_exit(127);
       }
+      ::setpgid(pid, pid);
+      ::close(out[1]);
+      ::close(err[1]);
+      r.pid = pid;
+      r.out = out[0];
+      r.err = err[0];
     }
-    if (!first_failure && !died.empty()) {
-      first_failure = died[0];
-      for (Rank* r : died)
-        if (WIFSIGNALED(r->status)) {
-          first_failure = r;
-          break;
-        }
-      // The others learn what happened from the store (their calls with the dead rank fail
-      // at once, or at their timeouts); they get --grace seconds to stop and say so.
-      const std::string why = "rank " + std::to_string(first_failure->rank) + " (pid " + std::to_string(first_failure->pid) +
-                              ") " + describe_exit(first_failure->status);
-      if (store && WIFSIGNALED(first_failure->status)) store->set("tessel/abort", std::vector<char>(why.begin(), why.end()));
-      term_at = Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(grace * 1000));
+
+    {
+      std::string pids;
+      for (const Rank& r : ranks) pids += (pids.empty() ? "" : " ") + std::to_string(r.pid);
+      std::fprintf(stderr, "tessel launch: ranks %lld-%lld of %lld on this host (pids %s), store at %s:%d\n",
+                   static_cast<long long>(node * nproc), static_cast<long long>(node * nproc + nproc - 1),
+                   static_cast<long long>(world), pids.c_str(), host.c_str(), port);
     }
-    if (term_at && Clock::now() >= *term_at && !kill_at) {
-      stop_others(SIGTERM);
-      kill_at = Clock::now() + std::chrono::seconds(2);
-    }
-    if (g_signal && !kill_at) {
-      std::fprintf(stderr, "tessel launch: %s: stopping the ranks\n", strsignal(g_signal.load()));
-      stop_others(SIGTERM);
-      kill_at = Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(grace * 1000));
-    }
-    // A rank that stopped after the first failure stopped because of it.
-    if (first_failure)
+    const Rank* first_failure = nullptr;
+    std::optional<Clock::time_point> term_at, kill_at;
+    auto stop_others = [&](int sig) {
       for (Rank& r : ranks)
-        if (!r.running && &r != first_failure) r.stopped_by_us = true;
-    if (kill_at && Clock::now() >= *kill_at) {
-      stop_others(SIGKILL);
-      kill_at = Clock::now() + std::chrono::hours(1);
+        if (r.running) {
+          r.stopped_by_us = true;
+          ::kill(-r.pid, sig);
+        }
+    };
+    char buf[65536];
+    for (;;) {
+      // Output first, so that a rank's last words come before the verdict.
+      std::vector<pollfd> fds;
+      std::vector<std::pair<Rank*, bool>> who;
+      for (Rank& r : ranks) {
+        if (r.out >= 0) fds.push_back({r.out, POLLIN, 0}), who.emplace_back(&r, false);
+        if (r.err >= 0) fds.push_back({r.err, POLLIN, 0}), who.emplace_back(&r, true);
+      }
+      if (!fds.empty()) ::poll(fds.data(), fds.size(), 20);
+      for (size_t k = 0; k < fds.size(); ++k) {
+        if (!(fds[k].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+        auto [r, is_err] = who[k];
+        const ssize_t n = ::read(fds[k].fd, buf, sizeof buf);
+        if (n > 0) {
+          forward(*r, is_err ? r->err_part : r->out_part, buf, static_cast<size_t>(n), is_err, false);
+        } else {
+          forward(*r, is_err ? r->err_part : r->out_part, buf, 0, is_err, true);
+          ::close(fds[k].fd);
+          (is_err ? r->err : r->out) = -1;
+        }
+      }
+      if (fds.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      // Exits. Among ranks found dead in the same round, one the launcher did not stop and
+      // that died of a signal is the likeliest first cause.
+      std::vector<Rank*> died;
+      for (Rank& r : ranks) {
+        if (!r.running) continue;
+        int st = 0;
+        if (::waitpid(r.pid, &st, WNOHANG) == r.pid) {
+          r.running = false;
+          r.status = st;
+          if (failed(st) && !r.stopped_by_us) died.push_back(&r);
+        }
+      }
+      if (!first_failure && !died.empty()) {
+        first_failure = died[0];
+        for (Rank* r : died)
+          if (WIFSIGNALED(r->status)) {
+            first_failure = r;
+            break;
+          }
+        // The others learn what happened from the store (their calls with the dead rank fail
+        // at once, or at their timeouts); they get --grace seconds to stop and say so.
+        const std::string why = "rank " + std::to_string(first_failure->rank) + " (pid " + std::to_string(first_failure->pid) +
+                                ") " + describe_exit(first_failure->status);
+        if (store && WIFSIGNALED(first_failure->status)) store->set("tessel/abort", std::vector<char>(why.begin(), why.end()));
+        term_at = Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(grace * 1000));
+      }
+      if (term_at && Clock::now() >= *term_at && !kill_at) {
+        stop_others(SIGTERM);
+        kill_at = Clock::now() + std::chrono::seconds(2);
+      }
+      if (g_signal && !kill_at) {
+        std::fprintf(stderr, "tessel launch: %s: stopping the ranks\n", strsignal(g_signal.load()));
+        stop_others(SIGTERM);
+        kill_at = Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(grace * 1000));
+      }
+      // A rank that stopped after the first failure stopped because of it.
+      if (first_failure)
+        for (Rank& r : ranks)
+          if (!r.running && &r != first_failure) r.stopped_by_us = true;
+      if (kill_at && Clock::now() >= *kill_at) {
+        stop_others(SIGKILL);
+        kill_at = Clock::now() + std::chrono::hours(1);
+      }
+      bool any = false;
+      for (Rank& r : ranks) any |= r.running || r.out >= 0 || r.err >= 0;
+      if (!any) break;
     }
-    bool any = false;
-    for (Rank& r : ranks) any |= r.running || r.out >= 0 || r.err >= 0;
-    if (!any) break;
+    if (first_failure) {
+      std::string msg = "tessel launch: rank " + std::to_string(first_failure->rank) + " (pid " +
+                        std::to_string(first_failure->pid) + ") " + describe_exit(first_failure->status);
+      if (!first_failure->last_error.empty()) msg += ": " + first_failure->last_error;
+      int others = 0;
+      for (const Rank& r : ranks) others += r.stopped_by_us && &r != first_failure;
+      if (others > 0) msg += "; the other " + std::to_string(others) + " rank" + (others > 1 ? "s" : "") + " here stopped";
+      if (attempt < max_restarts && !g_signal) {
+        std::fprintf(stderr, "%s; restarting the job (%lld of %lld)\n", msg.c_str(), static_cast<long long>(attempt + 1),
+                     static_cast<long long>(max_restarts));
+        continue;
+      }
+      std::fprintf(stderr, "%s\n", msg.c_str());
+      const int st = first_failure->status;
+      return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+    }
+    if (g_signal) return 128 + g_signal;
+    if (attempt > 0) std::fprintf(stderr, "tessel launch: the job finished after %lld restart%s\n", static_cast<long long>(attempt), attempt > 1 ? "s" : "");
+    return 0;
   }
-  if (first_failure) {
-    std::string msg = "tessel launch: rank " + std::to_string(first_failure->rank) + " (pid " +
-                      std::to_string(first_failure->pid) + ") " + describe_exit(first_failure->status);
-    if (!first_failure->last_error.empty()) msg += ": " + first_failure->last_error;
-    int others = 0;
-    for (const Rank& r : ranks) others += r.stopped_by_us && &r != first_failure;
-    if (others > 0) msg += "; the other " + std::to_string(others) + " rank" + (others > 1 ? "s" : "") + " here stopped";
-    std::fprintf(stderr, "%s\n", msg.c_str());
-    const int st = first_failure->status;
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
-  }
-  if (g_signal) return 128 + g_signal;
-  return 0;
 }
 
 }  // namespace tessel::cli

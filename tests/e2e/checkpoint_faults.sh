@@ -3,6 +3,8 @@
 #  - kill -9 a run that saves a checkpoint after every step, at a random moment, 20 times:
 #    afterwards the newest committed checkpoint always loads (tessel inspect says complete),
 #    a save the kill cut off is listed as ignored, and a run resumes from it;
+#  - tessel launch --max-restarts 2 with a rank killed mid-run: the job restarts from its newest
+#    checkpoint and ends with the parameters of a run never stopped;
 #  - a full disk (a 12 MiB tmpfs, room for two saves, where root may mount one; skipped with a
 #    message elsewhere): the run stops with an error naming the path and the reason, the save
 #    that failed leaves nothing behind, and the checkpoints saved before stay loadable.
@@ -49,6 +51,25 @@ for try in $(seq 1 20); do
 done
 echo "20 kills: the newest checkpoint loaded every time; $cut of them cut a save off (left a partial one, ignored)"
 [ "$fail" -eq 0 ] && echo "PASS kill -9 while saving" || echo "FAIL kill -9 while saving"
+
+# An elastic restart: tessel launch --max-restarts 2, one rank killed mid-run; the job resumes
+# from its newest checkpoint and ends with the parameters of a run never stopped.
+ELASTIC="train --model mlp:784-256-256-10 --dataset fashion-mnist --batch 64 --optimizer adamw --lr 1e-3 --seed 4 --quiet --dp 2 --steps 300"
+"$T" $ELASTIC --devices 2 --save "$WORK/whole.tsg" >/dev/null 2>&1 || { echo "FAIL elastic: the uninterrupted run"; fail=1; }
+"$T" launch --nproc 2 --max-restarts 2 -- "$T" $ELASTIC --checkpoint-dir "$WORK/elastic" --checkpoint-every 20 \
+  --save "$WORK/restarted.tsg" >"$WORK/elastic.out" 2>&1 &
+launcher=$!
+for _ in $(seq 100); do [ -d "$WORK/elastic/step-00000040" ] && break; sleep 0.1; done
+victim=$(pgrep -n -f "checkpoint-dir $WORK/elastic")
+kill -9 "$victim" 2>/dev/null
+wait "$launcher"
+rc=$?
+if [ "$rc" -eq 0 ] && grep -q "restarting the job (1 of 2)" "$WORK/elastic.out" && cmp -s "$WORK/whole.tsg" "$WORK/restarted.tsg"; then
+  echo "$(grep -m1 'restarting the job' "$WORK/elastic.out")"
+  echo "PASS an elastic restart ends with the parameters of a run never stopped"
+else
+  echo "FAIL an elastic restart (exit $rc):"; cat "$WORK/elastic.out"; fail=1
+fi
 
 # A full disk.
 if [ "$(id -u)" -eq 0 ] && mkdir -p "$WORK/small" && mount -t tmpfs -o size=12m tmpfs "$WORK/small" 2>/dev/null; then
