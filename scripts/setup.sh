@@ -9,6 +9,7 @@ PACKAGES=(
   build-essential cmake pkg-config
   libprotobuf-dev protobuf-compiler
   libopenblas-dev zlib1g-dev
+  libdnnl-dev ocl-icd-opencl-dev   # oneDNN (f32 products); its CMake config asks for OpenCL
   libgtest-dev libgmock-dev libbenchmark-dev
   dataset-fashion-mnist
   clang libclang-rt-14-dev
