@@ -141,6 +141,7 @@ Trainer::Trainer(Graph graph, const OptimizerConfig& optimizer, const Devices& d
     ro.bucket_bytes = options.bucket_bytes;
     ro.use_blas = options.use_blas;
     ro.overlap = options.overlap;
+    ro.timeline = options.timeline;
     runtime::CommOptions co;
     co.timeout_s = options.comm_timeout_s;
     co.engine = comm;
@@ -159,6 +160,7 @@ Trainer::Trainer(Graph graph, const OptimizerConfig& optimizer, const Devices& d
     eo.seed = options.seed;
     eo.jit = options.jit;
     eo.use_blas = options.use_blas;
+    eo.timeline = options.timeline;
     if (options.threads > 0) pool_ = std::make_unique<runtime::ThreadPool>(options.threads);
     eo.parallel = pool_ ? pool_.get() : &runtime::ThreadPool::shared();
     engine_ = std::make_unique<detail::OneDevice>(graph_, eo, options.accumulate);

@@ -70,6 +70,9 @@ struct TrainerOptions {
   // One device only: the graph takes one microbatch of batch()/accumulate samples and the
   // step runs `accumulate` of them, averaging their gradients before the update.
   int64_t accumulate = 1;
+  // Record each step's ops as they ran on every rank (the timeline a trace and the measured
+  // breakdown come from): two clock reads per op.
+  bool timeline = false;
 };
 
 // One optimizer step's inputs, by input name: the whole batch each, or only the rows

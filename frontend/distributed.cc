@@ -167,9 +167,7 @@ DevicePlan plan_for_devices(const Graph& training, int64_t devices, const planne
   DevicePlan p;
   p.cluster = "local:" + std::to_string(devices);
   const planner::ClusterSpec cluster = planner::parse_cluster(p.cluster);
-  planner::SearchOptions so;
-  so.cost.precision = planner::Precision::f32;
-  so.max_microbatch_size = planner::graph_batch(training);  // small models on a host: any microbatch size is worth a look
+  planner::SearchOptions so = planner::default_search_options(training, cluster);  // what `tessel plan` searches with
   const std::string phase = training.updates().empty() ? "train" : training.updates().front().phase;
   p.search = planner::search_plan(training, phase, cluster, pins, so);
   p.config = p.search.best.config;

@@ -59,6 +59,11 @@ struct Engine {
     int64_t in_place = 0;  // updates written over their variables
   };
   virtual Jit jit() const = 0;
+  // With TrainerOptions::timeline: the last step of each rank this process runs, by global rank.
+  virtual std::vector<std::pair<int64_t, runtime::StepTimeline>> timelines() const = 0;
+  virtual std::vector<std::pair<int64_t, runtime::StepBreakdown>> breakdowns() const = 0;  // the same, in parts
+  // Every process's `text`, in rank order (collective: every process calls it); {text} in one process.
+  virtual std::vector<std::string> gather_text(const std::string& text) = 0;
 };
 
 // One device: the executor running the plan of one rank (planner::one_device), each step
@@ -123,6 +128,9 @@ struct OneDevice final : Engine {
     const auto& r = exec.jit_report();
     return Jit{r.kernels, r.compiled, r.compile_s, r.updates_in_place};
   }
+  std::vector<std::pair<int64_t, runtime::StepTimeline>> timelines() const override { return {{0, exec.timeline()}}; }
+  std::vector<std::pair<int64_t, runtime::StepBreakdown>> breakdowns() const override { return {{0, exec.breakdown()}}; }
+  std::vector<std::string> gather_text(const std::string& text) override { return {text}; }
 };
 
 // A plan's ranks, on simulated devices of this process or one rank per process: each
@@ -204,6 +212,17 @@ struct Devices final : Engine {
       g.set_data(id, run.gather_variable(n.name, n.outputs[0]));
     }
   }
+  std::vector<std::pair<int64_t, runtime::StepTimeline>> timelines() const override {
+    std::vector<std::pair<int64_t, runtime::StepTimeline>> v;
+    for (int64_t i = 0; i < run.local_ranks(); ++i) v.push_back({run.first_rank() + i, run.rank(i).timeline()});
+    return v;
+  }
+  std::vector<std::pair<int64_t, runtime::StepBreakdown>> breakdowns() const override {
+    std::vector<std::pair<int64_t, runtime::StepBreakdown>> v;
+    for (int64_t i = 0; i < run.local_ranks(); ++i) v.push_back({run.first_rank() + i, run.rank(i).breakdown()});
+    return v;
+  }
+  std::vector<std::string> gather_text(const std::string& text) override { return run.gather_text(text); }
   Jit jit() const override {
     Jit j;
     for (const auto& r : run.jit_reports()) {

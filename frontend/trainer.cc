@@ -16,6 +16,7 @@
 #include "frontend/engine.h"
 #include "frontend/models.h"
 #include "frontend/progress.h"
+#include "frontend/timeline.h"
 #include "graph/error.h"
 #include "graph/text.h"
 #include "graph/serialize.h"
@@ -246,7 +247,10 @@ std::string TrainReport::json() const {
      << ",\"train_seconds\":" << json_number(train_seconds) << ",\"parameters\":" << parameters
      << ",\"memory_bytes\":" << memory_bytes << ",\"devices\":" << devices << ",\"plan\":" << json_quote(plan)
      << ",\"jit_kernels\":" << jit_kernels << ",\"jit_compiled\":" << jit_compiled
-     << ",\"jit_seconds\":" << json_number(jit_seconds) << ",\"startup_seconds\":" << json_number(startup_seconds) << "}";
+     << ",\"jit_seconds\":" << json_number(jit_seconds) << ",\"startup_seconds\":" << json_number(startup_seconds);
+  if (!predicted_vs_measured.empty()) os << "," << predicted_vs_measured;
+  if (!trace.empty()) os << ",\"trace\":" << json_quote(trace);
+  os << "}";
   return os.str();
 }
 
@@ -371,6 +375,7 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
   to.use_blas = opt.use_blas;
   to.overlap = opt.overlap;
   to.accumulate = multi ? 1 : k;
+  to.timeline = true;  // the measured parts of a step, and --trace
   Trainer trainer(std::move(graph), ocfg, tessel::Devices{multi ? devices : 1, pins, opt.plan_file}, to);
   const Graph& tg = trainer.graph();
   if (trainer.plan()) plan = *trainer.plan();
@@ -512,6 +517,8 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
   step_ms.reserve(total_steps);
   losses.reserve(total_steps);
   const int64_t warmup = start + std::min<int64_t>(3, (total_steps - start) / 10);
+  if (!opt.trace.empty() && opt.trace_steps < 1) throw Error("--trace-steps must be >= 1");
+  StepRecorder recorder(warmup, opt.trace.empty() ? 0 : opt.trace_steps);
   Clock::time_point timed_start;
   report.startup_seconds = std::chrono::duration<double>(Clock::now() - started).count();
   for (int64_t step = start; step < total_steps; ++step) {
@@ -523,7 +530,11 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
       throw Error("training diverged at step " + std::to_string(step + 1) + ": loss is " + std::to_string(loss) +
                   " (try a smaller --lr, or --clip-norm)");
     losses.push_back(loss);
-    if (step >= warmup) step_ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+    if (step >= warmup) {
+      step_ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+      recorder.after_step(*engine, step, std::chrono::duration_cast<std::chrono::nanoseconds>(t0.time_since_epoch()).count(),
+                          std::chrono::duration_cast<std::chrono::nanoseconds>(t1.time_since_epoch()).count());
+    }
     if (!quiet) {
       double timed = std::chrono::duration<double>(t1 - timed_start).count();
       double rate = step >= warmup && timed > 0 ? (step - warmup + 1) * batch / timed : 0;
@@ -556,6 +567,34 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
     std::nth_element(s.begin(), s.begin() + s.size() / 2, s.end());
     report.step_ms_median = s[s.size() / 2];
     report.samples_per_s = timed_s > 0 ? static_cast<double>((total_steps - warmup) * batch) / timed_s : 0;
+  }
+  std::string measured_text, trace_text;  // shown after the progress line ends
+  {
+    // Every process takes part (the figures of ranks in other processes are gathered).
+    std::vector<int64_t> memory;
+    auto* dev = dynamic_cast<detail::Devices*>(engine);
+    if (dev)
+      for (const auto& m : dev->run.memory()) memory.push_back(m.total());
+    else
+      memory.push_back(engine->memory_bytes());
+    const MeasuredSteps measured = recorder.finish(*engine, memory, report.step_ms_median);
+    if (multi && dev && !measured.ranks.empty()) {
+      std::vector<int64_t> rank_stage;
+      for (const auto& p : dev->run.programs()) rank_stage.push_back(p.stage);
+      report.predicted_vs_measured =
+          predicted_vs_measured_json(plan->search.best, rank_stage, measured, report.step_ms_median);
+      std::ostringstream os;
+      print_predicted_vs_measured(os, plan->search.best, rank_stage, measured, report.step_ms_median);
+      measured_text = os.str();
+    }
+    if (!opt.trace.empty() && (!role || role->rank == 0)) {
+      std::ofstream f(opt.trace);
+      if (!(f << measured.trace_json) || !f.flush()) throw Error("cannot write the trace to " + opt.trace);
+      report.trace = opt.trace;
+      trace_text = "tessel: wrote " + opt.trace + " (" + std::to_string(measured.traced_step_s.size()) + " steps of " +
+                   std::to_string(measured.ranks.size()) + (measured.ranks.size() == 1 ? " rank" : " ranks") +
+                   "; open it in Perfetto or chrome://tracing)\n";
+    }
   }
   if (!losses.empty()) {
     const size_t tail = std::min<size_t>(10, losses.size());
@@ -630,6 +669,7 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
     if (images) os << ", test accuracy " << 100 * report.test_accuracy << " %";
     if (text) os << ", validation loss " << report.test_loss << " (unigram entropy " << report.unigram_entropy << ")";
     progress.finish(os.str());
+    log << measured_text << trace_text;
   }
 
   if (!opt.save.empty()) {

@@ -52,6 +52,10 @@ struct TrainOptions {
   double comm_timeout_s = 300;
   std::string comm;             // the ranks' engine: inprocess or gloo ("": inprocess on simulated devices, gloo across processes)
   bool verbose = false;         // per-rank memory against the planner's prediction
+  // Write a Chrome-trace / Perfetto JSON file of trace_steps timed steps of every rank (both
+  // streams, each op with its node and source line); one file for the job, written by rank 0.
+  std::string trace;
+  int64_t trace_steps = 3;
   bool progress_terminal = false;
   bool quiet = false;
   // Which input each dataset role ("data", "labels", "tokens", "targets") feeds, by name,
@@ -87,6 +91,10 @@ struct TrainReport {
   int64_t jit_compiled = 0;     // of which compiled in this run (the rest came from the disk cache)
   double jit_seconds = 0;       // fusion and compilation
   double startup_seconds = 0;   // from the start of train() to the first step (data, graph, plan, JIT)
+  // On devices: the plan's predicted step, its parts and peak memory beside the measured
+  // ones (JSON members, frontend/timeline.h), and the trace's path when one was written.
+  std::string predicted_vs_measured;
+  std::string trace;
   std::string json() const;
 };
 

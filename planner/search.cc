@@ -487,4 +487,13 @@ SearchResult search_plan(const Graph& g, const std::string& phase, const Cluster
   return res;
 }
 
+SearchOptions default_search_options(const Graph& g, const ClusterSpec& cluster) {
+  SearchOptions so;
+  const auto& peaks = cluster.device.peak_flops;
+  const bool tensor_cores = peaks.count(DType::bf16) && peaks.at(DType::bf16) > 4 * cluster.device.peak(DType::f32);
+  so.cost.precision = tensor_cores ? Precision::mixed : Precision::f32;
+  if (!tensor_cores) so.max_microbatch_size = std::max<int64_t>(so.max_microbatch_size, graph_batch(g));
+  return so;
+}
+
 }  // namespace tessel::planner

@@ -49,6 +49,13 @@ struct SearchOptions {
   int alternatives = 4;
 };
 
+// The options `tessel plan` and `tessel train` both search with, so that a plan inspected is
+// the plan trained: mixed precision on devices whose bf16 peak is over 4x their f32 peak
+// (tensor cores), f32 otherwise; on a cluster of simulated CPU devices (no tensor cores)
+// every power-of-two microbatch size up to the whole batch is tried (small models on a
+// host gain from any of them, and the search stays quick), on others up to 8.
+SearchOptions default_search_options(const Graph& g, const ClusterSpec& cluster);
+
 // Throws tessel::Error when no plan satisfies the pins (naming why: divisibility, device
 // count) ; when plans exist but none fits in memory, returns the one needing least memory
 // with fits = false and its fit_problem filled in.

@@ -69,6 +69,10 @@ struct Executor::Op {
   std::vector<int64_t> shift;  // kernel: KernelCtx::shift (a generated tensor's microbatch)
   double ms = 0;               // kernel, with ExecutorOptions::profile: time over all steps
   int64_t calls = 0;
+  // For the timeline: the part of the step, microbatch, and whether it reruns a forward node.
+  Section section = Section::forward;
+  int32_t mb = 0;
+  bool rerun = false;
 };
 
 struct Executor::CommTask {
@@ -86,6 +90,10 @@ struct Executor::CommTask {
 };
 
 namespace {
+
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
 
 // The program after the fusion pass. Kernels never mix sections (a forward value the
 // backward reads must be kept per microbatch; a gradient is accumulated between backward
@@ -541,6 +549,9 @@ struct Executor::Builder {
     }
     Op op;
     op.node = &n;
+    op.section = S;
+    op.mb = static_cast<int32_t>(mb);
+    op.rerun = S == Section::backward && sec[static_cast<size_t>(n.id)] == Section::forward;
     if (is_transfer(n)) {
       op.type = n.op == "recv" ? Op::Type::recv : Op::Type::send;
       op.peer = n.attrs.get_i64("peer");
@@ -574,6 +585,8 @@ struct Executor::Builder {
           Op a;
           a.type = Op::Type::accumulate;
           a.node = &n;
+          a.section = Section::backward;
+          a.mb = static_cast<int32_t>(mb);
           a.in.push_back(resolve(v, S, mb, layer));
           a.out.push_back(resolve(v, Section::apply, 0));
           a.in.push_back(a.out[0]);
@@ -589,6 +602,8 @@ struct Executor::Builder {
         Op out;
         out.type = Op::Type::output;
         out.node = &n;
+        out.section = S;
+        out.mb = static_cast<int32_t>(mb);
         out.in.push_back(resolve(ov, S, mb, layer));
         out.out.push_back(Ref{x.output_buffer_[ov.node], &g.type(ov)});
         out.mean = S == Section::forward && m > 1 && g.type(ov).numel() == 1 &&
@@ -896,6 +911,12 @@ void Executor::initialize(int64_t capacity_bytes) {
       n.def->kernel(n, {}, std::span<const TensorRef>(&out, 1), ctx);
     }
   }
+  if (options_.timeline) {
+    op_start_.assign(ops_.size(), 0);
+    op_end_.assign(ops_.size(), 0);
+    task_start_.assign(tasks_.size(), 0);
+    task_end_.assign(tasks_.size(), 0);
+  }
   if (options_.overlap && !tasks_.empty()) comm_thread_ = std::thread([this] { comm_loop(); });
   initialized_ = true;
 }
@@ -925,9 +946,12 @@ void Executor::comm_loop() {
       l = launched_.load();
     }
     if (stop_.load()) return;
-    const CommTask& t = tasks_[static_cast<size_t>(done % static_cast<int64_t>(tasks_.size()))];
+    const size_t k = static_cast<size_t>(done % static_cast<int64_t>(tasks_.size()));
+    const CommTask& t = tasks_[k];
     try {
+      if (options_.timeline) task_start_[k] = now_ns();
       run_task(t);
+      if (options_.timeline) task_end_[k] = now_ns();
     } catch (const std::exception& e) {
       comm_error_ = std::make_exception_ptr(Error(t.node->where() + ": " + e.what()));
       failed_.store(true);
@@ -968,9 +992,13 @@ void Executor::step() {
   const KernelCtx ctx{parallel_, options_.seed, {}};
   const Op* at = nullptr;
   const bool timing = options_.profile;
+  const bool timeline = options_.timeline;
+  if (timeline) step_start_ = now_ns();
   try {
-    for (Op& op : ops_) {
+    for (size_t i = 0; i < ops_.size(); ++i) {
+      Op& op = ops_[i];
       at = &op;
+      if (timeline) op_start_[i] = now_ns();
       switch (op.type) {
         case Op::Type::kernel: {
           const auto t0 = timing ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
@@ -1011,8 +1039,11 @@ void Executor::step() {
           break;
         }
       }
+      if (timeline) op_end_[i] = now_ns();
     }
     at = nullptr;
+    // Every task of the step has ended (each is waited for); without overlap they ran inline.
+    if (timeline && options_.overlap && !tasks_.empty()) wait_event(base + static_cast<int64_t>(tasks_.size()) - 1);
     for (auto& [var, val] : updates_) {
       const Buffer& v = buffers_[static_cast<size_t>(var)];
       const Buffer& x = buffers_[static_cast<size_t>(val)];
@@ -1026,7 +1057,100 @@ void Executor::step() {
     comm_.abort(msg);
     throw Error(msg);
   }
+  if (timeline) step_end_ = now_ns();
   ++steps_;
+}
+
+const char* step_event_kind_name(StepEvent::Kind k) {
+  switch (k) {
+    case StepEvent::Kind::forward: return "forward";
+    case StepEvent::Kind::backward: return "backward";
+    case StepEvent::Kind::recompute: return "recompute";
+    case StepEvent::Kind::optimizer: return "optimizer";
+    case StepEvent::Kind::wait: return "wait";
+    case StepEvent::Kind::recv: return "recv";
+    case StepEvent::Kind::send: return "send";
+    case StepEvent::Kind::collective: return "collective";
+    case StepEvent::Kind::other: return "other";
+  }
+  return "other";
+}
+
+StepBreakdown Executor::breakdown() const {
+  StepBreakdown b;
+  if (!options_.timeline || steps_ == 0) return b;
+  b.step_s = 1e-9 * static_cast<double>(step_end_ - step_start_);
+  for (size_t i = 0; i < ops_.size(); ++i) {
+    const Op& op = ops_[i];
+    const double d = 1e-9 * static_cast<double>(op_end_[i] - op_start_[i]);
+    switch (op.type) {
+      case Op::Type::wait: b.exposed_comm_s += d; break;
+      case Op::Type::launch: (options_.overlap ? b.other_s : b.exposed_comm_s) += d; break;
+      case Op::Type::recv: b.bubble_s += d; break;
+      default: (op.section == Section::apply && op.type == Op::Type::kernel ? b.optimizer_s : b.compute_s) += d;
+    }
+  }
+  b.other_s += std::max(0.0, b.step_s - b.compute_s - b.optimizer_s - b.exposed_comm_s - b.bubble_s - b.other_s);
+  return b;
+}
+
+StepTimeline Executor::timeline() const {
+  StepTimeline t;
+  if (!options_.timeline || steps_ == 0) return t;
+  t.start_ns = step_start_;
+  t.end_ns = step_end_;
+  const std::vector<std::string> lines = [&] {
+    std::vector<std::string> v;
+    std::string all = describe();
+    for (size_t at = 0; at < all.size();) {
+      const size_t nl = all.find('\n', at);
+      v.push_back(all.substr(at, nl - at));
+      at = nl + 1;
+    }
+    return v;
+  }();
+  using K = StepEvent::Kind;
+  for (size_t i = 0; i < ops_.size(); ++i) {
+    const Op& op = ops_[i];
+    if (op.type == Op::Type::launch && options_.overlap) continue;  // a hand-off to the comm stream
+    StepEvent e;
+    e.node = op.node;
+    e.start_ns = op_start_[i];
+    e.end_ns = op_end_[i];
+    e.what = lines[i];
+    if (e.what.rfind("kernel ", 0) == 0) e.what.erase(0, 7);
+    if (op.type != Op::Type::wait && op.type != Op::Type::launch && op.section != Section::apply)
+      e.what += " (mb " + std::to_string(op.mb) + ")";
+    switch (op.type) {
+      case Op::Type::wait: e.kind = K::wait; break;
+      case Op::Type::launch: e.kind = K::collective; break;  // run in place (no overlap)
+      case Op::Type::recv: e.kind = K::recv; break;
+      case Op::Type::send: e.kind = K::send; break;
+      default:
+        e.kind = op.rerun ? K::recompute
+                 : op.section == Section::forward ? K::forward
+                 : op.section == Section::backward ? K::backward
+                                                   : K::optimizer;
+    }
+    if (op.type == Op::Type::wait || op.type == Op::Type::launch) e.node = tasks_[static_cast<size_t>(op.task)].node;
+    t.events.push_back(std::move(e));
+  }
+  if (options_.overlap)
+    for (size_t k = 0; k < tasks_.size(); ++k) {
+      StepEvent e;
+      e.comm = true;
+      e.kind = K::collective;
+      e.node = tasks_[k].node;
+      e.start_ns = task_start_[k];
+      e.end_ns = task_end_[k];
+      for (size_t i = 0; i < ops_.size(); ++i)
+        if (ops_[i].type == Op::Type::launch && ops_[i].task == static_cast<int64_t>(k)) {
+          e.what = lines[i].substr(7);  // "launch " ...
+          break;
+        }
+      t.events.push_back(std::move(e));
+    }
+  return t;
 }
 
 std::string Executor::describe() const {

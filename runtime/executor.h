@@ -62,6 +62,34 @@ struct ExecutorOptions {
   // selective: only the attention core runs again. The program's recompute marks say where.
   planner::Recompute recompute = planner::Recompute::none;
   bool profile = false;             // time every kernel (see Executor::profile())
+  // Record when each op of the step ran on either stream (see Executor::timeline()): two
+  // clock reads per op, nothing allocated in step().
+  bool timeline = false;
+};
+
+// One interval of a step on one rank, measured (ExecutorOptions::timeline).
+struct StepEvent {
+  enum class Kind : uint8_t { forward, backward, recompute, optimizer, wait, recv, send, collective, other };
+  bool comm = false;          // on the communication stream; else the compute stream
+  Kind kind = Kind::other;
+  const Node* node = nullptr;  // what ran (a fused kernel: its last node; a collective: the first node it serves)
+  std::string what;            // "fc1/matmul (mb 1)", "all_reduce of 3 tensors [...]", "wait all_reduce ..."
+  int64_t start_ns = 0, end_ns = 0;  // std::chrono::steady_clock, since its epoch
+};
+const char* step_event_kind_name(StepEvent::Kind k);
+// The last step of a rank split by what its compute stream did (ExecutorOptions::timeline), in
+// seconds: they sum to step_s.
+struct StepBreakdown {
+  double step_s = 0;          // Executor::step(), start to end
+  double compute_s = 0;       // forward, backward and recomputed kernels, sends, accumulations
+  double optimizer_s = 0;     // the apply section's kernels
+  double exposed_comm_s = 0;  // waiting for a collective (or running one in place, without overlap)
+  double bubble_s = 0;        // waiting in a recv for another stage
+  double other_s = 0;         // between ops: dispatch, the executor's own work
+};
+struct StepTimeline {
+  int64_t start_ns = 0, end_ns = 0;  // Executor::step() on the compute stream
+  std::vector<StepEvent> events;     // the compute stream's in program order, then the comm stream's
 };
 
 struct RankMemory {
@@ -148,6 +176,10 @@ class Executor {
     double ms = 0;
   };
   std::vector<NodeTime> node_profile() const;
+  // With ExecutorOptions::timeline: the last step's ops as they ran, both streams. Empty before
+  // the first step.
+  StepTimeline timeline() const;
+  StepBreakdown breakdown() const;  // of the same step; zeros before the first
 
   struct Op;
   struct CommTask;
@@ -201,6 +233,9 @@ class Executor {
   std::atomic<bool> stop_{false}, failed_{false};
   std::exception_ptr comm_error_;
   int64_t steps_ = 0;
+  // ExecutorOptions::timeline: per op of ops_ and per task of tasks_, the last step's start and end.
+  std::vector<int64_t> op_start_, op_end_, task_start_, task_end_;
+  int64_t step_start_ = 0, step_end_ = 0;
 };
 
 }  // namespace tessel::runtime

@@ -392,6 +392,30 @@ std::vector<std::byte> LocalRun::gather_variable(std::string_view name, const Te
   return whole;
 }
 
+std::vector<std::string> LocalRun::gather_text(const std::string& text) {
+  if (!spans_processes()) return {text};
+  // One rank per process: the lengths, then every text padded to the longest, as i64 words.
+  std::vector<std::string> out(static_cast<size_t>(ranks()));
+  between_steps("gathering text from every process", [&] {
+    const int64_t n = ranks(), one = 1;
+    const int64_t mine = static_cast<int64_t>(text.size());
+    std::vector<int64_t> sizes(static_cast<size_t>(n));
+    comms_[0]->all_gather(TensorRef{const_cast<int64_t*>(&mine), DType::i64, std::span<const int64_t>(&one, 1), 1},
+                          TensorRef{sizes.data(), DType::i64, std::span<const int64_t>(&n, 1), n}, 0, world_group_);
+    const int64_t words = (*std::max_element(sizes.begin(), sizes.end()) + 7) / 8;
+    if (words == 0) return;
+    std::vector<int64_t> send(static_cast<size_t>(words), 0), all(static_cast<size_t>(words * n));
+    std::memcpy(send.data(), text.data(), text.size());
+    const int64_t total = words * n;
+    comms_[0]->all_gather(TensorRef{send.data(), DType::i64, std::span<const int64_t>(&words, 1), words},
+                          TensorRef{all.data(), DType::i64, std::span<const int64_t>(&total, 1), total}, 0, world_group_);
+    for (int64_t r = 0; r < n; ++r)
+      out[static_cast<size_t>(r)].assign(reinterpret_cast<const char*>(all.data() + r * words),
+                                         static_cast<size_t>(sizes[static_cast<size_t>(r)]));
+  });
+  return out;
+}
+
 std::vector<Executor::JitReport> LocalRun::jit_reports() const {
   std::vector<Executor::JitReport> v;
   for (auto& r : ranks_) v.push_back(r->jit_report());

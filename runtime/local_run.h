@@ -85,6 +85,9 @@ class LocalRun {
   bool spans_processes() const { return static_cast<int64_t>(ranks_.size()) < ranks(); }
   std::vector<RankMemory> memory() const;
   std::vector<Executor::JitReport> jit_reports() const;
+  // Every process's `text`, by the global rank of its first rank (a collective across
+  // processes: every process calls it between steps); {text} when this process runs every rank.
+  std::vector<std::string> gather_text(const std::string& text);
   // This process's i-th rank (global rank first_rank() + i).
   const Executor& rank(int64_t i) const { return *ranks_.at(static_cast<size_t>(i)); }
   int64_t local_ranks() const { return static_cast<int64_t>(ranks_.size()); }

@@ -80,32 +80,9 @@ int cmd_plan(int argc, char** argv) {
   planner::Pins pins = parse_pins(args, "plan");
   if (!pins.schedule) pins.schedule = planner::Schedule::one_f_one_b;
 
-  planner::SearchOptions so;
   const std::string precision = args.str("--precision", "auto");
-  if (precision == "mixed") so.cost.precision = planner::Precision::mixed;
-  else if (precision == "f32") so.cost.precision = planner::Precision::f32;
-  else if (precision == "auto") {
-    auto& peaks = cluster.device.peak_flops;
-    const bool tensor_cores = peaks.count(DType::bf16) && peaks.at(DType::bf16) > 4 * cluster.device.peak(DType::f32);
-    so.cost.precision = tensor_cores ? planner::Precision::mixed : planner::Precision::f32;
-  } else {
+  if (precision != "mixed" && precision != "f32" && precision != "auto")
     throw Error("tessel plan: --precision must be f32, mixed or auto");
-  }
-  if (args.has("--f32-gradients")) {
-    if (so.cost.precision != planner::Precision::mixed)
-      throw Error("tessel plan: --f32-gradients goes with mixed precision (gradients are f32 anyway with --precision f32)");
-    so.cost.f32_gradients = true;
-  }
-  if (args.has("--grad-accumulation")) {
-    const std::string a = args.str("--grad-accumulation");
-    const auto ga = planner::grad_accumulation_from_name(a);
-    if (!ga) throw Error("tessel plan: --grad-accumulation must be add, in-gemm or cast-add (got '" + a + "')");
-    so.cost.grad_accumulation = *ga;
-  }
-  so.cost.blocking_p2p = args.has("--blocking-p2p");
-  if (args.has("--gemm-efficiency")) {
-    so.cost.gemm_efficiency = args.f64("--gemm-efficiency", 1);
-  }
   OptimizerConfig oc;
   oc.kind = args.str("--optimizer", "adamw");
 
@@ -129,6 +106,25 @@ int cmd_plan(int argc, char** argv) {
     batch = b;
   }
   const std::string phase = g.updates().front().phase;
+  // The same search `tessel train` runs (planner::default_search_options), then the flags.
+  planner::SearchOptions so = planner::default_search_options(g, cluster);
+  if (precision == "mixed") so.cost.precision = planner::Precision::mixed;
+  if (precision == "f32") so.cost.precision = planner::Precision::f32;
+  if (args.has("--f32-gradients")) {
+    if (so.cost.precision != planner::Precision::mixed)
+      throw Error("tessel plan: --f32-gradients goes with mixed precision (gradients are f32 anyway with --precision f32)");
+    so.cost.f32_gradients = true;
+  }
+  if (args.has("--grad-accumulation")) {
+    const std::string a = args.str("--grad-accumulation");
+    const auto ga = planner::grad_accumulation_from_name(a);
+    if (!ga) throw Error("tessel plan: --grad-accumulation must be add, in-gemm or cast-add (got '" + a + "')");
+    so.cost.grad_accumulation = *ga;
+  }
+  so.cost.blocking_p2p = args.has("--blocking-p2p");
+  if (args.has("--gemm-efficiency")) {
+    so.cost.gemm_efficiency = args.f64("--gemm-efficiency", 1);
+  }
   if (args.has("--split")) pins.splits = split_pins(g, args.str("--split"));
 
   planner::SearchResult result = planner::search_plan(g, phase, cluster, pins, so);

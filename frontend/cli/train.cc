@@ -67,6 +67,9 @@ int cmd_train(int argc, char** argv) {
                 {"--auto", "", "with --devices: let the planner choose what the pins leave open (the default)", ""},
                 {"--plan", "FILE", "with --devices: run this plan (from `tessel plan --output`)", ""},
                 {"--verbose", "", "with --devices: each rank's planned memory (arena + variables) against the planner's prediction", ""},
+                {"--trace", "FILE", "write a Chrome-trace / Perfetto JSON file of timed steps of every rank: compute and "
+                                    "communication streams, each op with its node and source line, waits as such", ""},
+                {"--trace-steps", "K", "with --trace: how many steps (the first timed ones)", "3", ints(1)},
                 {"--bucket-mb", "X", "with --devices: gradient all-reduce bucket size in MiB", "25", positive()},
                 {"--no-overlap", "", "with --devices: run collectives on the compute stream", ""},
                 {"--comm-timeout", "S", "with --devices: seconds a collective waits for the other ranks before failing", "300", positive()},
@@ -142,6 +145,9 @@ int cmd_train(int argc, char** argv) {
   o.splits = args.str("--split");
   o.plan_file = args.str("--plan");
   o.verbose = args.has("--verbose");
+  o.trace = args.str("--trace");
+  o.trace_steps = args.i64("--trace-steps", 3);
+  if (o.trace.empty() && args.has("--trace-steps")) throw Error("tessel train: --trace-steps goes with --trace");
   o.bucket_bytes = static_cast<int64_t>(args.f64("--bucket-mb", 25) * (1 << 20));
   o.overlap = !args.has("--no-overlap");
   o.comm_timeout_s = args.f64("--comm-timeout", 300);

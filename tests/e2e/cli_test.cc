@@ -274,6 +274,46 @@ TEST(CliDevices, VerifyExitsNonZeroAboveTheTolerance) {
   EXPECT_NE(last_line(r.out).find("\"ok\":false"), std::string::npos) << r.out;
 }
 
+// The plan a user inspects is the plan they train: `tessel plan --cluster local:N` and
+// `tessel train --devices N` search alike and predict the same step.
+TEST(CliDevices, PlanAndTrainChooseTheSamePlanAndPrediction) {
+  struct Case {
+    std::string model, data, optimizer;
+    int batch;
+  };
+  const std::vector<Case> cases = {
+      {"mlp:784-1024-1024-10", "fashion-mnist", "sgd", 256},
+      {"gpt:layers=2,d_model=128,heads=4,seq=64,vocab=256", std::string("text:") + TESSEL_SOURCE_DIR + "/README.md", "adamw", 16}};
+  for (const Case& c : cases)
+    for (int devices : {2, 4}) {
+      SCOPED_TRACE(c.model + " on " + std::to_string(devices) + " devices");
+      auto plan = run_cli("plan --model " + c.model + " --batch " + std::to_string(c.batch) + " --cluster local:" +
+                          std::to_string(devices) + " --optimizer " + c.optimizer + " --format json");
+      ASSERT_EQ(plan.status, 0) << plan.err;
+      auto train = run_cli("train --model " + c.model + " --dataset " + c.data + " --batch " + std::to_string(c.batch) +
+                           " --steps 2 --devices " + std::to_string(devices) + " --optimizer " + c.optimizer +
+                           " --format json --quiet");
+      ASSERT_EQ(train.status, 0) << train.err;
+      const std::string pj = last_line(plan.out), tj = last_line(train.out);
+      // The configuration: train reports "dp=.. tp=.. pp=.. [zero=..] mb=.. (N devices)".
+      std::smatch m;
+      ASSERT_TRUE(std::regex_search(tj, m, std::regex("\"plan\":\"([^\"]*)\""))) << tj;
+      const std::string trained = m[1];
+      for (const char* k : {"dp", "tp", "pp"}) {
+        const double v = json_value(pj, k);
+        EXPECT_NE(trained.find(std::string(k) + "=" + std::to_string(static_cast<int>(v)) + " "), std::string::npos)
+            << k << " planned " << v << ", trained " << trained;
+      }
+      const double zero = json_value(pj, "zero");
+      if (zero > 0) EXPECT_NE(trained.find("zero=" + std::to_string(static_cast<int>(zero))), std::string::npos) << trained;
+      else EXPECT_EQ(trained.find("zero="), std::string::npos) << trained;
+      EXPECT_NE(trained.find("mb=" + std::to_string(static_cast<int>(json_value(pj, "microbatches")))), std::string::npos)
+          << trained << " vs " << pj.substr(0, 300);
+      EXPECT_NEAR(json_value(tj, "predicted_step_ms"), 1e3 * json_value(pj, "step_time_s"),
+                  1e-6 * json_value(tj, "predicted_step_ms"));
+    }
+}
+
 TEST(CliDevices, TrainOnDevicesFromAPlanFileAndRefuseMisuse) {
   const std::string dir = testing::temp_dir();
   auto p = run_cli("plan --model mlp:784-64-10 --batch 64 --cluster local:2 --dp 2 --output " + dir + "/p.tsp");
