@@ -60,7 +60,10 @@ Graph training_graph(const std::string& spec, int64_t global_batch, const Optimi
 std::string DevicePlan::summary() const {
   std::ostringstream os;
   const planner::PlanEstimate& e = search.best;
-  os << "plan: " << config.str() << " on " << cluster << "\n";
+  os << "plan: " << config.str() << " on " << cluster
+     << (calibrated.empty() ? " (not calibrated: datasheet estimates; `tessel calibrate` measures this host)"
+                            : " (calibrated " + calibrated + ")")
+     << "\n";
   for (size_t s = 0; s < e.stages.size(); ++s) {
     const int64_t per = config.dp * config.tp;
     os << "  stage " << s << " (ranks " << s * per << "-" << (s + 1) * per - 1 << "): " << e.stages[s].layers << "\n";
@@ -167,6 +170,7 @@ DevicePlan plan_for_devices(const Graph& training, int64_t devices, const planne
   DevicePlan p;
   p.cluster = "local:" + std::to_string(devices);
   const planner::ClusterSpec cluster = planner::parse_cluster(p.cluster);
+  p.calibrated = cluster.calibration.when;
   planner::SearchOptions so = planner::default_search_options(training, cluster);  // what `tessel plan` searches with
   const std::string phase = training.updates().empty() ? "train" : training.updates().front().phase;
   p.search = planner::search_plan(training, phase, cluster, pins, so);

@@ -29,6 +29,7 @@ struct DevicePlan {
   std::vector<int64_t> stage_bounds;  // layer index where each stage starts, then the layer count
   planner::SearchResult search;       // predicted costs, alternatives
   std::string cluster;                // "local:4"
+  std::string calibrated;             // when local:N comes from `tessel calibrate`: its date; else empty
   std::string summary() const;        // a few lines: mesh, stages, predicted step and memory
   // The rank programs for the training graph the plan was made for.
   std::vector<planner::RankProgram> programs(const Graph& training) const;

@@ -84,6 +84,16 @@ NodeCost node_cost(const Context& x, const Node& n) {
   if (n.op == "matmul") {
     DType dt = x.opt.precision == Precision::mixed && !opt ? DType::bf16 : in[0].dtype;
     peak = d.peak(dt) * (x.opt.gemm_efficiency > 0 ? x.opt.gemm_efficiency : d.gemm_efficiency);
+    if (!d.gemm_rates.empty() && x.opt.gemm_efficiency <= 0) {
+      // Measured rates by the work of one product: a weight of rank 2 makes one product of
+      // the flattened rows; a batched product (attention's) is one per leading index.
+      double products = 1;
+      if (in.size() == 2 && in[1].rank() > 2) {
+        const Shape local = local_shape(n.outputs[0].shape, out, x.mesh);
+        for (size_t i = 0; i + 2 < local.size(); ++i) products *= static_cast<double>(local[i]);
+      }
+      if (nc.flops > 0) peak = d.gemm_rate(nc.flops / products);
+    }
   } else {
     peak = d.peak(DType::f32);
   }

@@ -8,9 +8,11 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -272,6 +274,30 @@ proto::ClusterSpecProto to_proto(const ClusterSpec& c) {
   d->set_memory_bytes(c.device.memory_bytes);
   d->set_launch_overhead_s(c.device.launch_overhead_s);
   d->set_gemm_efficiency(c.device.gemm_efficiency);
+  for (auto [f, r] : c.device.gemm_rates) {
+    auto* g = d->add_gemm_rates();
+    g->set_flops(f);
+    g->set_flops_per_s(r);
+  }
+  if (!c.calibration.empty()) {
+    const HostCalibration& h = c.calibration;
+    auto* pc = p.mutable_calibration();
+    pc->set_threads(h.threads);
+    for (const auto& g : h.gemm) {
+      auto* pg = pc->add_gemm();
+      pg->set_m(g.m), pg->set_n(g.n), pg->set_k(g.k), pg->set_batch(g.batch), pg->set_threads(g.threads);
+      pg->set_flops_per_s(g.flops_per_s);
+    }
+    for (double b : h.stream_bandwidth) pc->add_stream_bandwidth(b);
+    pc->set_memcpy_bandwidth(h.memcpy_bandwidth);
+    pc->set_dispatch_s(h.dispatch_s);
+    for (const auto& a : h.all_reduce) {
+      auto* pa = pc->add_all_reduce();
+      pa->set_engine(a.engine), pa->set_ranks(a.ranks), pa->set_alpha_s(a.alpha_s), pa->set_beta_s_per_byte(a.beta_s_per_byte);
+    }
+    pc->set_when(h.when);
+    pc->set_seconds(h.seconds);
+  }
   for (const LinkLevel& l : c.levels) {
     auto* pl = p.add_levels();
     pl->set_name(l.name);
@@ -298,6 +324,19 @@ ClusterSpec from_proto(const proto::ClusterSpecProto& p) {
   c.device.memory_bytes = p.device().memory_bytes();
   c.device.launch_overhead_s = p.device().launch_overhead_s();
   c.device.gemm_efficiency = p.device().gemm_efficiency() > 0 ? p.device().gemm_efficiency() : 1.0;
+  for (auto& g : p.device().gemm_rates()) c.device.gemm_rates.push_back({g.flops(), g.flops_per_s()});
+  if (p.has_calibration()) {
+    const auto& pc = p.calibration();
+    HostCalibration& h = c.calibration;
+    h.threads = pc.threads();
+    for (auto& g : pc.gemm()) h.gemm.push_back({g.m(), g.n(), g.k(), g.batch(), g.threads(), g.flops_per_s()});
+    h.stream_bandwidth.assign(pc.stream_bandwidth().begin(), pc.stream_bandwidth().end());
+    h.memcpy_bandwidth = pc.memcpy_bandwidth();
+    h.dispatch_s = pc.dispatch_s();
+    for (auto& a : pc.all_reduce()) h.all_reduce.push_back({a.engine(), a.ranks(), a.alpha_s(), a.beta_s_per_byte()});
+    h.when = pc.when();
+    h.seconds = pc.seconds();
+  }
   for (auto& l : p.levels())
     c.levels.push_back({l.name(), l.group_size(), l.bandwidth(), l.latency_s()});
   c.source = p.source();
@@ -326,6 +365,20 @@ double DeviceSpec::peak(DType t) const {
                 " (it has: " + (have.empty() ? "none" : have) + ")");
   }
   return it->second;
+}
+
+double DeviceSpec::gemm_rate(double flops) const {
+  if (gemm_rates.empty()) return 0;
+  if (flops <= gemm_rates.front().first) return gemm_rates.front().second;
+  if (flops >= gemm_rates.back().first) return gemm_rates.back().second;
+  for (size_t i = 1; i < gemm_rates.size(); ++i) {
+    const auto [f1, r1] = gemm_rates[i];
+    if (flops > f1) continue;
+    const auto [f0, r0] = gemm_rates[i - 1];
+    const double t = f1 > f0 ? std::log(flops / f0) / std::log(f1 / f0) : 1.0;
+    return r0 + t * (r1 - r0);
+  }
+  return gemm_rates.back().second;
 }
 
 int ClusterSpec::level_spanned(std::span<const int64_t> ranks) const {
@@ -375,6 +428,36 @@ void validate(const ClusterSpec& c) {
   for (auto& [t, v] : c.device.peak_flops)
     check_positive(v, "device.peak_flops[" + std::string(dtype_name(t)) + "]", where);
   check_positive(c.device.memory_bandwidth, "device.memory_bandwidth", where);
+  for (size_t i = 0; i < c.device.gemm_rates.size(); ++i) {
+    const std::string f = "device.gemm_rates[" + std::to_string(i) + "]";
+    check_positive(c.device.gemm_rates[i].first, f + ".flops", where);
+    check_positive(c.device.gemm_rates[i].second, f + ".flops_per_s", where);
+    if (i > 0 && !(c.device.gemm_rates[i].first > c.device.gemm_rates[i - 1].first))
+      throw Error(where + f + ".flops must be larger than the one before (ascending)");
+  }
+  if (!c.calibration.empty()) {
+    const HostCalibration& h = c.calibration;
+    if (h.threads < 1) throw Error(where + "calibration.threads must be at least 1");
+    for (size_t i = 0; i < h.gemm.size(); ++i) {
+      const auto& g = h.gemm[i];
+      const std::string f = "calibration.gemm[" + std::to_string(i) + "]";
+      if (g.m < 1 || g.n < 1 || g.k < 1 || g.batch < 1 || g.threads < 1 || g.threads > h.threads)
+        throw Error(where + f + ": m, n, k, batch must be >= 1 and threads in [1, " + std::to_string(h.threads) + "]");
+      check_positive(g.flops_per_s, f + ".flops_per_s", where);
+    }
+    if (h.stream_bandwidth.empty()) throw Error(where + "calibration.stream_bandwidth is empty");
+    for (size_t i = 0; i < h.stream_bandwidth.size(); ++i)
+      check_positive(h.stream_bandwidth[i], "calibration.stream_bandwidth[" + std::to_string(i) + "]", where);
+    check_positive(h.memcpy_bandwidth, "calibration.memcpy_bandwidth", where);
+    check_positive(h.dispatch_s, "calibration.dispatch_s", where);
+    for (size_t i = 0; i < h.all_reduce.size(); ++i) {
+      const auto& a = h.all_reduce[i];
+      const std::string f = "calibration.all_reduce[" + std::to_string(i) + "]";
+      if (a.ranks < 2) throw Error(where + f + ".ranks must be at least 2");
+      check_non_negative(a.alpha_s, f + ".alpha_s", where);
+      check_positive(a.beta_s_per_byte, f + ".beta_s_per_byte", where);
+    }
+  }
   check_positive(c.device.memory_bytes, "device.memory_bytes", where);
   check_non_negative(c.device.launch_overhead_s, "device.launch_overhead_s", where);
   if (!(c.device.gemm_efficiency > 0 && c.device.gemm_efficiency <= 1))
@@ -494,10 +577,75 @@ HostInfo detect_host() {
                                 static_cast<double>(pages) * static_cast<double>(page_size));
 }
 
-ClusterSpec local_cluster(int64_t n, const HostInfo& h) {
+namespace {
+
+// local:N from measured figures (see local_cluster in cluster.h).
+ClusterSpec calibrated_local_cluster(int64_t n, const HostInfo& h, const HostCalibration& cal) {
+  const int64_t T = cal.threads;
+  const int64_t t = std::max<int64_t>(1, T / n);                    // kernel threads per rank
+  const double share = std::min(1.0, static_cast<double>(T) / static_cast<double>(n * t));
+  ClusterSpec c;
+  c.name = "local:" + std::to_string(n);
+  c.num_devices = n;
+  c.device.name = "cpu (" + std::to_string(t) + (t == 1 ? " thread" : " threads") + " of this host's " +
+                  std::to_string(T) + ", calibrated)";
+  // Products at the thread count closest to t from below, by the FLOPs of one product.
+  int64_t use = 0;
+  for (const auto& g : cal.gemm)
+    if (g.threads <= t) use = std::max(use, g.threads);
+  if (use == 0) use = cal.gemm.front().threads;
+  std::map<double, std::vector<double>> by_flops;
+  for (const auto& g : cal.gemm)
+    if (g.threads == use)
+      by_flops[2.0 * static_cast<double>(g.m) * static_cast<double>(g.n) * static_cast<double>(g.k)].push_back(
+          g.flops_per_s * static_cast<double>(t) / static_cast<double>(use));
+  double best = 0;
+  for (auto& [f, rates] : by_flops) {
+    double mean = 0;
+    for (double r : rates) mean += r / static_cast<double>(rates.size());
+    c.device.gemm_rates.push_back({f, mean * share});
+    best = std::max(best, mean * share);
+  }
+  c.device.peak_flops = {{DType::f32, best}, {DType::bf16, best}, {DType::f16, best}, {DType::f64, best / 2}};
+  c.device.gemm_efficiency = 1;
+  // Streams of every rank at once share the host's memory bandwidth.
+  const size_t busy = static_cast<size_t>(std::min<int64_t>(n * t, T));
+  const double stream = cal.stream_bandwidth[std::min(busy, cal.stream_bandwidth.size()) - 1];
+  c.device.memory_bandwidth = stream / static_cast<double>(n);
+  c.device.memory_bytes = h.ram_bytes / static_cast<double>(n);
+  c.device.launch_overhead_s = cal.dispatch_s / share;
+  // The link: the in-process all-reduce measured on n ranks (or the nearest count), as the
+  // ring's per-step latency and bandwidth: time = 2(n-1) lat + 2(n-1)/n S / bw = alpha + beta S.
+  const HostCalibration::Collective* ar = nullptr;
+  for (const auto& a : cal.all_reduce)
+    if (a.engine == "inprocess" && (!ar || std::llabs(a.ranks - n) < std::llabs(ar->ranks - n))) ar = &a;
+  double bw = kLocalMemoryBandwidth / 2 / static_cast<double>(n), lat = kLocalLatency;
+  if (ar && n > 1) {
+    const double k = static_cast<double>(ar->ranks);
+    lat = std::max(ar->alpha_s / (2 * (k - 1)), 1e-7);
+    bw = 2 * (k - 1) / (k * ar->beta_s_per_byte);
+  }
+  c.levels.push_back({"memory", n, bw, lat});
+  std::ostringstream src;
+  src << "this host, calibrated " << cal.when << " by `tessel calibrate` (" << calibration_file() << "): " << T
+      << " hardware threads; each of the " << n << " devices runs " << t << " kernel thread(s)"
+      << (share < 1 ? " and gets " + num(share) + " of its cores (oversubscribed)" : "") << "; matrix products at "
+      << use << " thread(s) by size, " << si(best, "FLOP/s") << " at best; fused elementwise "
+      << si(stream, "B/s") << " for the host's " << busy << " busy thread(s), split between the devices; dispatch "
+      << num(cal.dispatch_s * 1e6) << " us per op; link from the in-process all-reduce"
+      << (ar ? " on " + std::to_string(ar->ranks) + " ranks" : " (not measured: defaults)");
+  c.source = src.str();
+  c.calibration = cal;
+  return c;
+}
+
+}  // namespace
+
+ClusterSpec local_cluster(int64_t n, const HostInfo& h, const HostCalibration& calibration) {
   if (n < 1)
     throw Error("local cluster: the device count must be at least 1 (got " + std::to_string(n) +
                 ")");
+  if (!calibration.empty()) return calibrated_local_cluster(n, h, calibration);
   // Peak f32 per core = FMA pipes x f32 lanes x 2 FLOP per FMA x clock. Two 256-bit FMA pipes
   // per core is Haswell..Alder Lake and Zen 2..4; with AVX-512 this assumes two 512-bit pipes
   // (Xeon Gold/Platinum), an upper bound on parts with one. SMT siblings share the pipes, so
@@ -551,6 +699,22 @@ ClusterSpec local_cluster(int64_t n, const HostInfo& h) {
   return c;
 }
 
+std::string calibration_file() {
+  if (const char* e = std::getenv("TESSEL_CALIBRATION")) return std::string(e) == "off" ? "" : e;
+  if (const char* x = std::getenv("XDG_CACHE_HOME"); x && *x) return std::string(x) + "/tessel/calibration.pbtxt";
+  if (const char* h = std::getenv("HOME"); h && *h) return std::string(h) + "/.cache/tessel/calibration.pbtxt";
+  return {};
+}
+
+HostCalibration load_host_calibration() {
+  const std::string path = calibration_file();
+  if (path.empty() || !std::filesystem::exists(path)) return {};
+  ClusterSpec c = load_cluster_file(path);
+  if (c.calibration.empty())
+    throw Error(path + ": a cluster spec without a calibration section (rerun `tessel calibrate`, or remove the file)");
+  return c.calibration;
+}
+
 // ---- parse_cluster ------------------------------------------------------------------------
 
 ClusterSpec parse_cluster(const std::string& spec) {
@@ -571,7 +735,7 @@ ClusterSpec parse_cluster(const std::string& spec) {
     if (n < 1 || n > kMaxLocalDevices)
       throw Error("cluster spec '" + spec + "': local:N needs 1 <= N <= " +
                   std::to_string(kMaxLocalDevices) + " (got " + std::to_string(n) + ")");
-    c = local_cluster(n, detect_host());
+    c = local_cluster(n, detect_host(), load_host_calibration());
   } else {
     throw Error("unknown cluster preset '" + preset + "' in '" + spec + "'; " + kPresetHelp);
   }

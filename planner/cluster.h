@@ -23,6 +23,11 @@ struct DeviceSpec {
   double memory_bytes = 0;
   double launch_overhead_s = 0;
   double gemm_efficiency = 1;          // large-GEMM fraction of peak (measured; 1 = roofline)
+  // Measured rates of matrix products by the FLOPs of one product, ascending (calibration);
+  // when given, a product's time is its FLOPs over the rate interpolated here (in log FLOPs,
+  // clamped at the ends) instead of over peak x gemm_efficiency.
+  std::vector<std::pair<double, double>> gemm_rates;
+  double gemm_rate(double flops_per_product) const;  // the interpolated rate; 0 without gemm_rates
   // Peak FLOP/s for `t`; throws Error naming the dtype and the device when it has none.
   double peak(DType t) const;
   bool operator==(const DeviceSpec&) const = default;
@@ -36,12 +41,38 @@ struct LinkLevel {
   bool operator==(const LinkLevel&) const = default;
 };
 
+// What `tessel calibrate` measured on a host (planner/cluster.proto's CalibrationProto).
+struct HostCalibration {
+  int64_t threads = 0;
+  struct Gemm {
+    int64_t m = 0, n = 0, k = 0, batch = 1, threads = 1;
+    double flops_per_s = 0;
+    bool operator==(const Gemm&) const = default;
+  };
+  std::vector<Gemm> gemm;
+  std::vector<double> stream_bandwidth;  // [t-1]: bytes/s of fused elementwise kernels on t threads
+  double memcpy_bandwidth = 0;
+  double dispatch_s = 0;
+  struct Collective {
+    std::string engine;
+    int64_t ranks = 0;
+    double alpha_s = 0, beta_s_per_byte = 0;
+    bool operator==(const Collective&) const = default;
+  };
+  std::vector<Collective> all_reduce;
+  std::string when;
+  double seconds = 0;
+  bool empty() const { return gemm.empty(); }
+  bool operator==(const HostCalibration&) const = default;
+};
+
 struct ClusterSpec {
   std::string name;
   int64_t num_devices = 0;
   DeviceSpec device;              // every device is identical
   std::vector<LinkLevel> levels;  // innermost first; the last one spans all devices
   std::string source;             // citations for the numbers
+  HostCalibration calibration;    // what local:N was derived from, when calibrated
 
   // Index of the outermost level a set of device ranks crosses: ranks r belong to the same
   // group at level L iff r / levels[L].group_size is equal. -1 for zero or one distinct rank.
@@ -78,6 +109,17 @@ struct HostInfo {
 // Fills the clock, SMT and vector flags from the text of /proc/cpuinfo.
 HostInfo host_info_from_cpuinfo(std::string_view cpuinfo, int64_t logical_cpus, double ram_bytes);
 HostInfo detect_host();
-ClusterSpec local_cluster(int64_t n, const HostInfo& host);
+// With a calibration (from calibration_file()), the devices' rates, bandwidths, dispatch cost
+// and link are the measured ones for N ranks sharing the host as LocalRun runs them: each rank
+// max(1, T / N) kernel threads of the T the host has, each device's share of the cores
+// T / (N x threads) when they are oversubscribed.
+ClusterSpec local_cluster(int64_t n, const HostInfo& host, const HostCalibration& calibration = {});
+// Where `tessel calibrate` keeps this host's figures: $TESSEL_CALIBRATION (a file; "off": none),
+// else $XDG_CACHE_HOME/tessel/calibration.pbtxt, else ~/.cache/tessel/calibration.pbtxt. "" when
+// there is no such place or it is off.
+std::string calibration_file();
+// The calibration in calibration_file(), or an empty one when there is none. Throws Error
+// naming the file when it exists but cannot be read.
+HostCalibration load_host_calibration();
 
 }  // namespace tessel::planner

@@ -10,5 +10,6 @@ int cmd_export(int argc, char** argv);
 int cmd_plan(int argc, char** argv);
 int cmd_verify(int argc, char** argv);
 int cmd_launch(int argc, char** argv);
+int cmd_calibrate(int argc, char** argv);
 
 }  // namespace tessel::cli

@@ -24,6 +24,7 @@ const char* kUsage =
     "  plan      plan parallel training of a model on a cluster (search, report, trace)\n"
     "  verify    run a plan on simulated devices and compare it with one device\n"
     "  launch    start a job's ranks, one process each (tessel launch --nproc N -- tessel train ...)\n"
+    "  calibrate measure this host (products, bandwidth, dispatch, all-reduce) for the planner's local:N\n"
     "\n"
     "Run 'tessel COMMAND --help' for a command's options.\n";
 
@@ -52,6 +53,7 @@ int main(int argc, char** argv) {
         {"plan", tessel::cli::cmd_plan},
         {"verify", tessel::cli::cmd_verify},
         {"launch", tessel::cli::cmd_launch},
+        {"calibrate", tessel::cli::cmd_calibrate},
     };
     auto it = commands.find(cmd);
     if (it == commands.end()) {

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <tuple>
 #include <vector>
 
 #include "graph/error.h"
@@ -273,6 +274,7 @@ HostInfo fake_host() {
 }
 
 TEST(ClusterLocal, FormulaAndShares) {
+  setenv("TESSEL_CALIBRATION", "off", 1);
   // 4 physical cores x (2 FMA pipes x 8 lanes x 2 FLOP) x 3 GHz = 384 GFLOP/s for the host.
   for (int64_t n : {1, 2, 3, 4, 7}) {
     SCOPED_TRACE(n);
@@ -298,6 +300,107 @@ TEST(ClusterLocal, FormulaAndShares) {
   EXPECT_DOUBLE_EQ(local_cluster(1, h).device.peak(DType::f32), 768e9);
   h.avx512 = h.avx2 = h.fma = false;
   EXPECT_DOUBLE_EQ(local_cluster(1, h).device.peak(DType::f32), 4 * 8 * 3e9);
+}
+
+HostCalibration fake_calibration() {
+  HostCalibration h;
+  h.threads = 4;
+  // One shape class at two sizes per thread count: 1 thread 50 / 100 GFLOP/s, 2 threads 90 /
+  // 190, 4 threads 170 / 360.
+  for (auto [t, small, big] : {std::tuple<int64_t, double, double>{1, 50e9, 100e9}, {2, 90e9, 190e9}, {4, 170e9, 360e9}}) {
+    h.gemm.push_back({64, 64, 64, 1, t, small});
+    h.gemm.push_back({1024, 1024, 1024, 1, t, big});
+  }
+  h.stream_bandwidth = {10e9, 18e9, 24e9, 26e9};
+  h.memcpy_bandwidth = 8e9;
+  h.dispatch_s = 2e-7;
+  h.all_reduce = {{"inprocess", 2, 10e-6, 1 / 4e9}, {"inprocess", 4, 40e-6, 1 / 2e9}, {"gloo", 2, 100e-6, 1 / 1e9}};
+  h.when = "2026-12-07 12:00:00 UTC";
+  h.seconds = 20;
+  return h;
+}
+
+// local:N from a calibration: each rank gets max(1, T/N) kernel threads and, oversubscribed,
+// T/(N x threads) of them; its products run at the rates measured at that thread count.
+TEST(ClusterLocal, CalibratedDevicesAreTheMeasuredOnes) {
+  const HostCalibration cal = fake_calibration();
+  const double small = 2.0 * 64 * 64 * 64, big = 2.0 * 1024 * 1024 * 1024;
+  struct Want {
+    int64_t n;
+    double share, small_rate, big_rate, stream;
+  };
+  for (const Want& w : {Want{1, 1, 170e9, 360e9, 26e9}, Want{2, 1, 90e9, 190e9, 26e9 / 2}, Want{4, 1, 50e9, 100e9, 26e9 / 4},
+                        Want{8, 0.5, 25e9, 50e9, 26e9 / 8}}) {
+    SCOPED_TRACE(w.n);
+    const ClusterSpec c = local_cluster(w.n, fake_host(), cal);
+    EXPECT_NO_THROW(validate(c));
+    ASSERT_EQ(c.device.gemm_rates.size(), 2u);
+    EXPECT_DOUBLE_EQ(c.device.gemm_rate(small), w.small_rate);
+    EXPECT_DOUBLE_EQ(c.device.gemm_rate(big), w.big_rate);
+    EXPECT_DOUBLE_EQ(c.device.gemm_rate(small / 10), w.small_rate);  // clamped at the ends
+    EXPECT_DOUBLE_EQ(c.device.gemm_rate(big * 10), w.big_rate);
+    // Halfway in log FLOPs, halfway in rate.
+    EXPECT_NEAR(c.device.gemm_rate(std::sqrt(small * big)), (w.small_rate + w.big_rate) / 2, 1e-3 * w.big_rate);
+    EXPECT_DOUBLE_EQ(c.device.peak(DType::f32), w.big_rate);
+    EXPECT_DOUBLE_EQ(c.device.memory_bandwidth, w.stream);
+    EXPECT_DOUBLE_EQ(c.device.launch_overhead_s, 2e-7 / w.share);
+    EXPECT_NE(c.source.find("calibrated 2026-12-07"), std::string::npos) << c.source;
+    EXPECT_EQ(c.calibration, cal);
+    // The ring of the nearest measured in-process all-reduce reproduces it: 2(k-1) lat + 2(k-1)/k S / bw.
+    if (w.n > 1) {
+      const auto& ar = w.n == 2 ? cal.all_reduce[0] : cal.all_reduce[1];
+      const double k = static_cast<double>(ar.ranks), S = 1e6;
+      const LinkLevel& l = c.levels.at(0);
+      EXPECT_NEAR(2 * (k - 1) * l.latency_s + 2 * (k - 1) / k * S / l.bandwidth, ar.alpha_s + ar.beta_s_per_byte * S, 1e-12);
+    }
+  }
+  // The spec round-trips through its text with the calibration in it.
+  const ClusterSpec c = local_cluster(2, fake_host(), cal);
+  TempFile f(cluster_to_text(c));
+  EXPECT_EQ(load_cluster_file(f.path()), c);
+}
+
+TEST(ClusterLocal, CalibrationErrorsNameTheField) {
+  ClusterSpec c = local_cluster(2, fake_host(), fake_calibration());
+  auto expect_error = [](ClusterSpec bad, const std::string& field) {
+    try {
+      validate(bad);
+      ADD_FAILURE() << "no error for " << field;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(field), std::string::npos) << e.what();
+    }
+  };
+  ClusterSpec bad = c;
+  bad.calibration.gemm[0].flops_per_s = 0;
+  expect_error(bad, "calibration.gemm[0].flops_per_s");
+  bad = c;
+  bad.calibration.gemm[1].threads = 9;
+  expect_error(bad, "calibration.gemm[1]");
+  bad = c;
+  bad.calibration.stream_bandwidth.clear();
+  expect_error(bad, "calibration.stream_bandwidth");
+  bad = c;
+  bad.calibration.all_reduce[0].ranks = 1;
+  expect_error(bad, "calibration.all_reduce[0].ranks");
+  bad = c;
+  std::swap(bad.device.gemm_rates[0], bad.device.gemm_rates[1]);
+  expect_error(bad, "device.gemm_rates[1].flops");
+  // A calibration file that is not one names the file.
+  const std::string path = std::filesystem::temp_directory_path() / ("tessel_cal_" + std::to_string(getpid()) + ".pbtxt");
+  { std::ofstream(path) << cluster_to_text(local_cluster(2, fake_host())); }
+  setenv("TESSEL_CALIBRATION", path.c_str(), 1);
+  try {
+    load_host_calibration();
+    ADD_FAILURE() << "no error for a spec without calibration";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(path), std::string::npos) << e.what();
+  }
+  { std::ofstream(path) << cluster_to_text(c); }
+  EXPECT_EQ(load_host_calibration(), c.calibration);
+  EXPECT_NE(parse_cluster("local:4").device.name.find("calibrated"), std::string::npos);
+  setenv("TESSEL_CALIBRATION", "off", 1);
+  EXPECT_TRUE(load_host_calibration().empty());
+  std::filesystem::remove(path);
 }
 
 TEST(ClusterLocal, CpuInfo) {
@@ -326,6 +429,7 @@ TEST(ClusterLocal, CpuInfo) {
 }
 
 TEST(ClusterLocal, ThisMachine) {
+  setenv("TESSEL_CALIBRATION", "off", 1);  // the estimated devices, whatever this machine has calibrated
   HostInfo h = detect_host();
   EXPECT_GE(h.logical_cpus, 1);
   EXPECT_GT(h.clock_hz, 0);

@@ -1,0 +1,251 @@
+#include "frontend/calibrate.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <ctime>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "frontend/tensor.h"
+#include "graph/error.h"
+#include "ops/emit.h"
+#include "planner/partition.h"
+#include "runtime/cpu_kernels.h"
+#include "runtime/executor.h"
+#include "runtime/gloo_comm.h"
+#include "runtime/inprocess_comm.h"
+#include "runtime/thread_pool.h"
+
+namespace tessel {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+// The median time of fn over at least 3 runs and min_time_s, after one run not counted.
+template <class F>
+double median_time(double min_time_s, F&& fn) {
+  fn();
+  std::vector<double> t;
+  const auto start = Clock::now();
+  while (t.size() < 3 || (seconds_since(start) < min_time_s && t.size() < 1000)) {
+    const auto t0 = Clock::now();
+    fn();
+    t.push_back(seconds_since(t0));
+  }
+  std::nth_element(t.begin(), t.begin() + static_cast<std::ptrdiff_t>(t.size() / 2), t.end());
+  return t[t.size() / 2];
+}
+
+// The thread counts measured: 1, 2, 4, ... and all of them.
+std::vector<int> thread_counts(int all) {
+  std::vector<int> v;
+  for (int t = 1; t < all; t *= 2) v.push_back(t);
+  v.push_back(all);
+  return v;
+}
+
+struct Shape4 {
+  int64_t m, n, k, batch;
+};
+
+// The shape classes of the models tessel builds, at the sizes its examples and benchmarks run.
+const Shape4 kGemms[] = {
+    {1024, 1024, 1024, 1},  // large square
+    {256, 1024, 784, 1},    // an MLP's first layer at batch 256
+    {256, 1024, 1024, 1},   // its hidden layer
+    {1024, 1024, 256, 1},   // that layer's weight gradient (k = the batch)
+    {256, 10, 1024, 1},     // a classifier head: few columns
+    {128, 1024, 1024, 1},   // the hidden layer's data-parallel slice on 2
+    {64, 1024, 1024, 1},    // ... on 4
+    {256, 256, 1024, 1},    // its tensor-parallel slice on 4
+    {4096, 256, 256, 1},    // a transformer's projection: 32 x 128 tokens, d_model 256
+    {4096, 1024, 256, 1},   // its MLP up-projection
+    {4096, 256, 1024, 1},   // and down-projection
+    {128, 128, 64, 128},    // attention scores: 32 sequences x 4 heads of 128 x 64
+    {128, 64, 128, 128},    // attention times values
+    {64, 64, 64, 1},        // tiny
+};
+
+double gemm_rate(const Shape4& s, int threads, double min_time_s) {
+  Model model;
+  ops::Emitter e = model.emit(SourceLoc::current());
+  const Shape sa = s.batch > 1 ? Shape{s.batch, s.m, s.k} : Shape{s.m, s.k};
+  const Shape sb = s.batch > 1 ? Shape{s.batch, s.k, s.n} : Shape{s.k, s.n};
+  const Value a = e.input("a", DType::f32, sa), b = e.input("b", DType::f32, sb, {}, -1);
+  const Value c = e.matmul(a, b);
+  const Node& node = model.graph().node(c.node);
+  const KernelFn fn = runtime::cpu_kernel_for(node, true);
+  std::vector<float> A(static_cast<size_t>(s.batch * s.m * s.k), 0.5f), B(static_cast<size_t>(s.batch * s.k * s.n), 0.25f),
+      C(static_cast<size_t>(s.batch * s.m * s.n));
+  const Shape sc = node.outputs[0].shape;
+  const TensorRef in[2] = {TensorRef{A.data(), DType::f32, sa, static_cast<int64_t>(A.size())},
+                           TensorRef{B.data(), DType::f32, sb, static_cast<int64_t>(B.size())}};
+  const TensorRef out[1] = {TensorRef{C.data(), DType::f32, sc, static_cast<int64_t>(C.size())}};
+  runtime::ThreadPool pool(threads);
+  const KernelCtx ctx{&pool, 0, {}};
+  const double t = median_time(min_time_s, [&] { fn(node, std::span<const TensorRef>(in, 2), std::span<const TensorRef>(out, 1), ctx); });
+  return 2.0 * static_cast<double>(s.batch * s.m * s.n * s.k) / t;
+}
+
+// A fused elementwise update written over its variable (w = 0.999 w + x), as the optimizers'
+// are: it reads w and x and writes w.
+double stream_bandwidth(int threads, double min_time_s) {
+  constexpr int64_t n = int64_t{8} << 20;  // 32 MiB per tensor: well past the caches
+  Model model;
+  ops::Emitter e = model.emit(SourceLoc::current());
+  const Value w = e.state("w", {n}, DType::f32, 1.0);
+  const Value x = e.input("x", DType::f32, {n}, {}, -1);
+  model.graph().add_update(w.node, e.add(e.mul(w, 0.999), x), "train");
+  runtime::ThreadPool pool(threads);
+  runtime::ExecutorOptions eo;
+  eo.parallel = &pool;
+  runtime::Executor ex(planner::one_device(model.graph(), {}, "train"), eo);
+  ex.initialize();
+  std::fill_n(ex.input("x").as<float>(), n, 1e-3f);
+  const double t = median_time(min_time_s, [&] { ex.step(); });
+  const double passes = ex.jit_report().updates_in_place == 1 ? 3 : 5;  // + a copy back when not in place
+  return passes * 4.0 * static_cast<double>(n) / t;
+}
+
+double memcpy_bandwidth(double min_time_s) {
+  constexpr size_t bytes = size_t{128} << 20;
+  std::vector<char> a(bytes, 1), b(bytes, 2);
+  const double t = median_time(min_time_s, [&] { std::memcpy(b.data(), a.data(), bytes); });
+  return static_cast<double>(bytes) / t;
+}
+
+// A chain of tiny ops on reference kernels: what remains per op is the executor's own work.
+double dispatch_cost(double min_time_s) {
+  constexpr int ops = 256;
+  Model model;
+  ops::Emitter e = model.emit(SourceLoc::current());
+  Value v = e.input("x", DType::f32, {16}, {}, -1);
+  for (int i = 0; i < ops; ++i) v = e.relu(v);
+  model.graph().set_output("y", v);
+  runtime::ExecutorOptions eo;
+  eo.jit = false;
+  runtime::Executor ex(planner::one_device(model.graph(), {"y"}, ""), eo);
+  ex.initialize();
+  return median_time(min_time_s, [&] { ex.step(); }) / ops;
+}
+
+// alpha + beta x bytes, least squares over the points; alpha kept >= 0.
+std::pair<double, double> fit_alpha_beta(const std::vector<std::pair<double, double>>& pts) {
+  double sx = 0, sy = 0, sxx = 0, sxy = 0;
+  const double n = static_cast<double>(pts.size());
+  for (auto [x, y] : pts) sx += x, sy += y, sxx += x * x, sxy += x * y;
+  double beta = (n * sxy - sx * sy) / (n * sxx - sx * sx);
+  double alpha = (sy - beta * sx) / n;
+  if (alpha < 0) {  // through the smallest point's time instead
+    alpha = std::max(0.0, pts.front().second - beta * pts.front().first);
+    double num = 0, den = 0;
+    for (auto [x, y] : pts) num += x * (y - alpha), den += x * x;
+    beta = num / den;
+  }
+  return {alpha, std::max(beta, 1e-15)};
+}
+
+// Every rank all-reduces `bytes` in place `reps` times; the seconds per call (the slowest rank).
+double all_reduce_time(std::vector<runtime::Communicator*> comms, int64_t bytes, int reps) {
+  const int64_t k = static_cast<int64_t>(comms.size());
+  std::vector<int64_t> group(static_cast<size_t>(k));
+  for (int64_t r = 0; r < k; ++r) group[static_cast<size_t>(r)] = r;
+  std::vector<double> took(static_cast<size_t>(k));
+  std::vector<std::string> err(static_cast<size_t>(k));
+  std::vector<std::thread> threads;
+  for (int64_t r = 0; r < k; ++r)
+    threads.emplace_back([&, r] {
+      try {
+        const int64_t n = bytes / 4;
+        std::vector<float> buf(static_cast<size_t>(n), 1.0f);
+        const TensorRef t{buf.data(), DType::f32, std::span<const int64_t>(&n, 1), n};
+        comms[static_cast<size_t>(r)]->all_reduce(t, t, runtime::ReduceOp::sum, group);  // not counted
+        comms[static_cast<size_t>(r)]->barrier(group);
+        const auto t0 = Clock::now();
+        for (int i = 0; i < reps; ++i) comms[static_cast<size_t>(r)]->all_reduce(t, t, runtime::ReduceOp::sum, group);
+        took[static_cast<size_t>(r)] = seconds_since(t0) / reps;
+      } catch (const std::exception& e) {
+        err[static_cast<size_t>(r)] = e.what();
+      }
+    });
+  for (auto& t : threads) t.join();
+  for (auto& e : err)
+    if (!e.empty()) throw Error("calibrating the all-reduce: " + e);
+  return *std::max_element(took.begin(), took.end());
+}
+
+planner::HostCalibration::Collective fit_all_reduce(const std::string& engine, std::vector<runtime::Communicator*> comms) {
+  std::vector<std::pair<double, double>> pts;
+  for (auto [bytes, reps] : {std::pair<int64_t, int>{16 << 10, 100}, {256 << 10, 40}, {4 << 20, 10}, {32 << 20, 4}})
+    pts.push_back({static_cast<double>(bytes), all_reduce_time(comms, bytes, reps)});
+  const auto [alpha, beta] = fit_alpha_beta(pts);
+  return {engine, static_cast<int64_t>(comms.size()), alpha, beta};
+}
+
+}  // namespace
+
+planner::HostCalibration calibrate_host(const CalibrateOptions& opt) {
+  const auto started = Clock::now();
+  auto say = [&](const std::string& s) {
+    if (opt.progress) opt.progress(s);
+  };
+  planner::HostCalibration h;
+  const int all = opt.threads > 0 ? opt.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  h.threads = all;
+  const std::vector<int> counts = thread_counts(all);
+
+  for (int t : counts) {
+    say("matrix products on " + std::to_string(t) + (t == 1 ? " thread" : " threads"));
+    for (const Shape4& s : kGemms)
+      h.gemm.push_back({s.m, s.n, s.k, s.batch, t, gemm_rate(s, t, opt.min_time_s)});
+  }
+  say("fused elementwise kernels and memcpy");
+  for (int t = 1; t <= all; ++t) h.stream_bandwidth.push_back(stream_bandwidth(t, opt.min_time_s));
+  h.memcpy_bandwidth = memcpy_bandwidth(opt.min_time_s);
+  say("the executor's dispatch cost");
+  h.dispatch_s = dispatch_cost(opt.min_time_s);
+
+  std::vector<int64_t> ranks;
+  for (int64_t k = 2; k <= std::max(2, 2 * all) && k <= 8; k *= 2) ranks.push_back(k);
+  for (int64_t k : ranks) {
+    say("the in-process all-reduce on " + std::to_string(k) + " ranks");
+    runtime::InProcessWorld world(k);
+    std::vector<runtime::Communicator*> comms;
+    for (int64_t r = 0; r < k; ++r) comms.push_back(&world.rank(r));
+    h.all_reduce.push_back(fit_all_reduce("inprocess", comms));
+  }
+  if (opt.gloo) {
+    say("Gloo's all-reduce over loopback on 2 ranks");
+    auto rdv = runtime::gloo_memory_rendezvous();
+    runtime::GlooOptions go;
+    go.timeout_s = 60;
+    std::vector<std::unique_ptr<runtime::Communicator>> owned(2);
+    std::vector<std::string> err(2);
+    std::vector<std::thread> makers;
+    for (int64_t r = 0; r < 2; ++r)
+      makers.emplace_back([&, r] {
+        try {
+          owned[static_cast<size_t>(r)] = runtime::gloo_communicator(r, 2, rdv, go);
+        } catch (const std::exception& e) {
+          err[static_cast<size_t>(r)] = e.what();
+        }
+      });
+    for (auto& t : makers) t.join();
+    for (auto& e : err)
+      if (!e.empty()) throw Error("connecting 2 Gloo ranks over loopback: " + e);
+    h.all_reduce.push_back(fit_all_reduce("gloo", {owned[0].get(), owned[1].get()}));
+  }
+  const std::time_t now = std::time(nullptr);
+  char when[32];
+  std::strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S UTC", std::gmtime(&now));
+  h.when = when;
+  h.seconds = seconds_since(started);
+  return h;
+}
+
+}  // namespace tessel
