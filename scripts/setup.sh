@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what is missing (Debian packages only) and builds tessel. Idempotent: a second
 # run installs nothing and rebuilds only what changed.
-#   scripts/setup.sh [BUILD_DIR] [extra cmake args...]
+#   [TESSEL_EXTRA_PACKAGES="pkg ..."] scripts/setup.sh [BUILD_DIR] [extra cmake args...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +17,10 @@ PACKAGES=(
   libgloo-dev
   openmpi-bin libopenmpi-dev slurm-wlm iproute2   # launchers and hosts the tests run ranks under
 )
+# More packages for a caller that needs them, space-separated: scripts/test.sh adds the
+# browser its HTML report test renders in (414 MB, so not part of every setup).
+read -r -a extra <<<"${TESSEL_EXTRA_PACKAGES:-}"
+PACKAGES+=("${extra[@]}")
 
 missing=()
 for p in "${PACKAGES[@]}"; do

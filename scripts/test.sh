@@ -7,7 +7,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=$(nproc)
 
-scripts/setup.sh build
+# Chromium (and fonts for its screenshots) for the HTML plan report's rendering test.
+TESSEL_EXTRA_PACKAGES="chromium fonts-dejavu-core ${TESSEL_EXTRA_PACKAGES:-}" scripts/setup.sh build
+# Every test sees the same local:N, the uncalibrated one, whatever `tessel calibrate` left in
+# this machine's cache (the calibration tests point TESSEL_CALIBRATION at files of their own).
+export TESSEL_CALIBRATION=off
 (cd build && ctest --output-on-failure -j"$jobs" --timeout 900)
 
 echo "== sanitizers (ASan + UBSan) =="

@@ -52,6 +52,9 @@ int cmd_plan(int argc, char** argv) {
                                     "tflops_per_device, mfu, peak_memory_bytes, mesh, stages, search_time_s, alternatives, ...)", "text"},
                 {"--dot", "FILE", "write the graph coloured by stage, collectives drawn as red diamonds (Graphviz)", ""},
                 {"--trace", "FILE", "write the simulated step as a Chrome trace (chrome://tracing, Perfetto)", ""},
+                {"--html", "FILE", "write a self-contained HTML report (no network needed): summary, mesh and stages "
+                                   "drawn, memory per device against capacity, the simulated timeline of every stage's "
+                                   "streams, the alternatives and why they lost", ""},
                 {"--output", "FILE", "write the plan (.tsp): config, placements, stages, predicted costs and, "
                                      "on up to 64 devices, every rank's program (forward/backward/apply sections and its stage's schedule)", ""},
             }, 3),
@@ -142,6 +145,10 @@ int cmd_plan(int argc, char** argv) {
     planner::PlanEstimate detailed = planner::estimate_plan(mp, result.best.config, cluster, so.cost, true);
     write_file(args.str("--trace"), detailed.simulation->chrome_trace_json(detailed.simulation->run()));
     std::cerr << "wrote " << args.str("--trace") << "\n";
+  }
+  if (args.has("--html")) {
+    write_file(args.str("--html"), planner::report_html(result, ctx));
+    std::cerr << "wrote " << args.str("--html") << "\n";
   }
   if (args.has("--output")) {
     planner::PlanFile f;
