@@ -118,7 +118,7 @@ Trainer::Trainer(Graph graph, const OptimizerConfig& optimizer, const Devices& d
   if (role_ && comm == "inprocess")
     throw Error("Trainer: this process is " + role_->str() + "; ranks in separate processes talk over gloo or mpi");
   if (!role_ && comm == "mpi") throw Error("Trainer: the mpi engine needs one process per rank, started by mpirun");
-  const bool several = count > 1 || !devices.plan_file.empty();
+  const bool several = count > 1 || !devices.plan_file.empty() || devices.plan_one;
   if (options.accumulate < 1) throw Error("Trainer: accumulate must be >= 1");
   if (several && options.accumulate > 1)
     throw Error("Trainer: on several devices the plan's microbatches accumulate (pin Devices::pins.microbatches)");

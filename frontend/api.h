@@ -53,6 +53,10 @@ struct Devices {
   int64_t count = 1;
   planner::Pins pins;
   std::string plan_file;  // from `tessel plan --output`
+  // With count 1: run the planner's plan for one device (its microbatches, its prediction)
+  // on the plan engine, as for several devices; false: the one-device engine with
+  // TrainerOptions::accumulate.
+  bool plan_one = false;
 };
 
 struct TrainerOptions {

@@ -376,7 +376,7 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
   to.overlap = opt.overlap;
   to.accumulate = multi ? 1 : k;
   to.timeline = true;  // the measured parts of a step, and --trace
-  Trainer trainer(std::move(graph), ocfg, tessel::Devices{multi ? devices : 1, pins, opt.plan_file}, to);
+  Trainer trainer(std::move(graph), ocfg, tessel::Devices{multi ? devices : 1, pins, opt.plan_file, multi}, to);
   const Graph& tg = trainer.graph();
   if (trainer.plan()) plan = *trainer.plan();
   report.parameters = planner::count_parameters(tg).elements;
