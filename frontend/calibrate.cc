@@ -112,6 +112,13 @@ double stream_bandwidth(int threads, double min_time_s) {
   return passes * 4.0 * static_cast<double>(n) / t;
 }
 
+double openblas_rate(int threads, double min_time_s) {
+  constexpr int64_t n = 1024;
+  std::vector<float> a(n * n, 0.5f), b(n * n, 0.25f), c(n * n);
+  const double t = median_time(min_time_s, [&] { runtime::reference_sgemm(threads, n, a.data(), b.data(), c.data()); });
+  return 2.0 * n * n * n / t;
+}
+
 double memcpy_bandwidth(double min_time_s) {
   constexpr size_t bytes = size_t{128} << 20;
   std::vector<char> a(bytes, 1), b(bytes, 2);
@@ -204,6 +211,8 @@ planner::HostCalibration calibrate_host(const CalibrateOptions& opt) {
     for (const Shape4& s : kGemms)
       h.gemm.push_back({s.m, s.n, s.k, s.batch, t, gemm_rate(s, t, opt.min_time_s)});
   }
+  say("OpenBLAS's own SGEMM, for reference");
+  for (int t = 1; t <= all; ++t) h.openblas_sgemm.push_back(openblas_rate(t, opt.min_time_s));
   say("fused elementwise kernels and memcpy");
   for (int t = 1; t <= all; ++t) h.stream_bandwidth.push_back(stream_bandwidth(t, opt.min_time_s));
   h.memcpy_bandwidth = memcpy_bandwidth(opt.min_time_s);

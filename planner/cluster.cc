@@ -297,6 +297,7 @@ proto::ClusterSpecProto to_proto(const ClusterSpec& c) {
     }
     pc->set_when(h.when);
     pc->set_seconds(h.seconds);
+    for (double r : h.openblas_sgemm) pc->add_openblas_sgemm(r);
   }
   for (const LinkLevel& l : c.levels) {
     auto* pl = p.add_levels();
@@ -336,6 +337,7 @@ ClusterSpec from_proto(const proto::ClusterSpecProto& p) {
     for (auto& a : pc.all_reduce()) h.all_reduce.push_back({a.engine(), a.ranks(), a.alpha_s(), a.beta_s_per_byte()});
     h.when = pc.when();
     h.seconds = pc.seconds();
+    h.openblas_sgemm.assign(pc.openblas_sgemm().begin(), pc.openblas_sgemm().end());
   }
   for (auto& l : p.levels())
     c.levels.push_back({l.name(), l.group_size(), l.bandwidth(), l.latency_s()});

@@ -62,6 +62,7 @@ struct HostCalibration {
   std::vector<Collective> all_reduce;
   std::string when;
   double seconds = 0;
+  std::vector<double> openblas_sgemm;  // [t-1]: OpenBLAS's SGEMM 1024^3 on t of its threads (reference only)
   bool empty() const { return gemm.empty(); }
   bool operator==(const HostCalibration&) const = default;
 };

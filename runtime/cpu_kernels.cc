@@ -134,6 +134,14 @@ void configure_blas_threads() {
   (void)done;
 }
 
+void reference_sgemm(int threads, int64_t n, const float* a, const float* b, float* c) {
+  configure_blas_threads();
+  openblas_set_num_threads(threads);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(n), static_cast<int>(n), static_cast<int>(n), 1.0f,
+              a, static_cast<int>(n), b, static_cast<int>(n), 0.0f, c, static_cast<int>(n));
+  openblas_set_num_threads(1);
+}
+
 KernelFn cpu_kernel_for(const Node& n, bool use_blas) {
   if (use_blas)
     if (KernelFn f = fast_cpu_kernel(n.op)) return f;

@@ -14,5 +14,9 @@ KernelFn fast_cpu_kernel(std::string_view op);
 KernelFn cpu_kernel_for(const Node& n, bool use_blas);
 // Keeps OpenBLAS on one thread: tessel's pool splits GEMMs itself.
 void configure_blas_threads();
+// OpenBLAS's own SGEMM on `threads` of its own threads, C = A B (row-major, n x n): a
+// reference figure for `tessel calibrate` to set beside other tools' measurements of the same
+// library, not what the executor runs. Not thread-safe; OpenBLAS is left on one thread.
+void reference_sgemm(int threads, int64_t n, const float* a, const float* b, float* c);
 
 }  // namespace tessel::runtime

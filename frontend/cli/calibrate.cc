@@ -75,6 +75,8 @@ int cmd_calibrate(int argc, char** argv) {
     }
     os << "],\"stream_bandwidth\":[";
     for (size_t i = 0; i < h.stream_bandwidth.size(); ++i) os << (i ? "," : "") << json_number(h.stream_bandwidth[i]);
+    os << "],\"openblas_sgemm\":[";
+    for (size_t i = 0; i < h.openblas_sgemm.size(); ++i) os << (i ? "," : "") << json_number(h.openblas_sgemm[i]);
     os << "],\"memcpy_bandwidth\":" << json_number(h.memcpy_bandwidth) << ",\"dispatch_s\":" << json_number(h.dispatch_s)
        << ",\"all_reduce\":[";
     for (size_t i = 0; i < h.all_reduce.size(); ++i) {
@@ -102,6 +104,10 @@ int cmd_calibrate(int argc, char** argv) {
     for (size_t c = 0; c < counts.size(); ++c) std::cout << fmt("%17.1f", h.gemm[c * per + i].flops_per_s / 1e9);
     std::cout << "\n";
   }
+  std::cout << "OpenBLAS's own SGEMM 1024^3 (reference, GFLOP/s):";
+  for (size_t t = 0; t < h.openblas_sgemm.size(); ++t)
+    std::cout << " " << t + 1 << (t ? " threads " : " thread ") << fmt("%.1f", h.openblas_sgemm[t] / 1e9);
+  std::cout << "\n";
   std::cout << "fused elementwise kernels (GB/s read + written):";
   for (size_t t = 0; t < h.stream_bandwidth.size(); ++t)
     std::cout << " " << t + 1 << (t ? " threads " : " thread ") << fmt("%.1f", h.stream_bandwidth[t] / 1e9) << (t + 1 < h.stream_bandwidth.size() ? "," : "");
