@@ -139,6 +139,14 @@ MeasuredSteps StepRecorder::finish(detail::Engine& engine, const std::vector<int
     }
   }
   for (auto& [step, s] : span) m.traced_step_s.push_back({step, 1e-9 * static_cast<double>(s.second - s.first)});
+  if (!span.empty()) {
+    const auto& [first_step, s] = *span.begin();
+    for (const Ev& e : events)
+      if (e.step == first_step && e.kind != "step")
+        m.first_step.push_back({e.rank, e.tid ? "comm" : "compute", e.name, e.kind,
+                                1e-9 * static_cast<double>(e.start - shift[e.rank] - s.first),
+                                1e-9 * static_cast<double>(std::max<int64_t>(0, e.end - e.start))});
+  }
 
   std::ostringstream os;
   os.precision(12);

@@ -12,6 +12,7 @@
 
 #include "frontend/engine.h"
 #include "planner/pipeline.h"
+#include "planner/report.h"
 
 namespace tessel {
 
@@ -26,6 +27,8 @@ struct MeasuredSteps {
   // The traced steps: per step, from its earliest start on any rank to its latest end.
   std::vector<std::pair<int64_t, double>> traced_step_s;
   std::string trace_json;            // in the process of rank 0 (empty elsewhere, or with no trace)
+  // The first traced step, every rank, from its earliest start (for the HTML report).
+  std::vector<planner::TimelineEvent> first_step;
 };
 
 class StepRecorder {

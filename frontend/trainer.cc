@@ -518,7 +518,8 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
   losses.reserve(total_steps);
   const int64_t warmup = start + std::min<int64_t>(3, (total_steps - start) / 10);
   if (!opt.trace.empty() && opt.trace_steps < 1) throw Error("--trace-steps must be >= 1");
-  StepRecorder recorder(warmup, opt.trace.empty() ? 0 : opt.trace_steps);
+  if (!opt.html.empty() && !multi) throw Error("--html goes with --devices N (or a launcher): it reports a plan");
+  StepRecorder recorder(warmup, !opt.trace.empty() ? opt.trace_steps : !opt.html.empty() ? 1 : 0);
   Clock::time_point timed_start;
   report.startup_seconds = std::chrono::duration<double>(Clock::now() - started).count();
   for (int64_t step = start; step < total_steps; ++step) {
@@ -586,12 +587,31 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
       std::ostringstream os;
       print_predicted_vs_measured(os, plan->search.best, rank_stage, measured, report.step_ms_median);
       measured_text = os.str();
+      if (!opt.html.empty() && (!role || role->rank == 0)) {
+        const planner::ClusterSpec cluster = planner::parse_cluster(plan->cluster);
+        const planner::SearchOptions so = planner::default_search_options(tg, cluster);
+        const planner::ReportContext ctx{report.model, plan->cluster, batch, &cluster, &so.cost, &tg,
+                                         tg.updates().empty() ? "train" : tg.updates().front().phase};
+        planner::MeasuredRun run;
+        run.step_s = report.step_ms_median / 1e3;
+        const MeasuredParts& b = measured.ranks[static_cast<size_t>(measured.busiest)];
+        run.compute_s = b.compute_s;
+        run.optimizer_s = b.optimizer_s;
+        run.exposed_comm_s = b.exposed_comm_s;
+        run.bubble_s = b.bubble_s;
+        for (int64_t bytes : measured.peak_bytes) run.peak_bytes.push_back(static_cast<double>(bytes));
+        run.timeline = measured.first_step;
+        std::ofstream f(opt.html);
+        if (!(f << planner::report_html(plan->search, ctx, &run)) || !f.flush())
+          throw Error("cannot write the report to " + opt.html);
+        trace_text += "tessel: wrote " + opt.html + " (the plan, its predictions and this run's measurements)\n";
+      }
     }
     if (!opt.trace.empty() && (!role || role->rank == 0)) {
       std::ofstream f(opt.trace);
       if (!(f << measured.trace_json) || !f.flush()) throw Error("cannot write the trace to " + opt.trace);
       report.trace = opt.trace;
-      trace_text = "tessel: wrote " + opt.trace + " (" + std::to_string(measured.traced_step_s.size()) + " steps of " +
+      trace_text += "tessel: wrote " + opt.trace + " (" + std::to_string(measured.traced_step_s.size()) + " steps of " +
                    std::to_string(measured.ranks.size()) + (measured.ranks.size() == 1 ? " rank" : " ranks") +
                    "; open it in Perfetto or chrome://tracing)\n";
     }

@@ -56,6 +56,9 @@ struct TrainOptions {
   // streams, each op with its node and source line); one file for the job, written by rank 0.
   std::string trace;
   int64_t trace_steps = 3;
+  // With devices: write the plan's HTML report (planner::report_html) with this run's
+  // measurements beside the predictions: its timeline, step and parts, memory per rank.
+  std::string html;
   bool progress_terminal = false;
   bool quiet = false;
   // Which input each dataset role ("data", "labels", "tokens", "targets") feeds, by name,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The HTML plan report in a real browser: `tessel plan --html` for an MLP on 4 local devices
-# and for a GPT on two A100 nodes; each page is opened in headless Chromium, whose rendered DOM
+# and for a GPT on two A100 nodes, and `tessel train --html` (the measured parts too); each page is opened in headless Chromium, whose rendered DOM
 # must hold every part of the report with SVG bars in its timeline and memory parts, and whose
 # screenshot must not be blank (at least 1 % of the pixels differ from the most common colour,
 # at least 8 distinct colours). Skipped (77) where Chromium is not installed.
@@ -52,18 +52,21 @@ chromium_run() {
   fi
 }
 
-check_dom() {  # DOM_FILE: every part present, SVG bars where the plan is drawn
-  python3 - "$1" <<'EOF'
+check_dom() {  # DOM_FILE [measured]: every part present, SVG bars where the plan is drawn
+  python3 - "$1" "${2:-}" <<'EOF'
 import re, sys
 dom = open(sys.argv[1], encoding="utf-8").read()
 fails = []
-for part in ["summary", "mesh", "stages", "memory", "timeline-simulated", "alternatives"]:
+parts = ["summary", "mesh", "stages", "memory", "timeline-simulated", "alternatives"]
+if sys.argv[2] == "measured":
+    parts += ["timeline-measured", "predicted-vs-measured"]
+for part in parts:
     m = re.search(r'<section[^>]*\bid="%s"[^>]*>(.*?)</section>' % part, dom, re.S)
     if not m:
         fails.append("no part with id=%s" % part)
         continue
     rects = len(re.findall(r"<rect\b", m.group(1)))
-    need = {"timeline-simulated": 4, "memory": 2, "mesh": 1}.get(part, 0)
+    need = {"timeline-simulated": 4, "timeline-measured": 4, "memory": 2, "mesh": 1}.get(part, 0)
     if rects < need:
         fails.append("part %s draws %d SVG rects, expected at least %d" % (part, rects, need))
     if need:
@@ -137,12 +140,12 @@ if other < 0.01 or len(counts) < 8:
 EOF
 }
 
-render() {  # NAME: the page $T/NAME.html, its DOM and a screenshot
+render() {  # NAME [measured]: the page $T/NAME.html, its DOM and a screenshot
   local name=$1 t
   t=$(now)
   chromium_run --dump-dom "file://$T/$name.html" >"$T/$name.dom.html"
   echo "  dump-dom $(took "$t")"
-  check_dom "$T/$name.dom.html" || exit 1
+  check_dom "$T/$name.dom.html" "${2:-}" || exit 1
   t=$(now)
   chromium_run --screenshot="$T/$name.png" --window-size=1280,1600 "file://$T/$name.html" >/dev/null
   echo "  screenshot $(took "$t")"
@@ -173,6 +176,10 @@ plan mlp --model mlp:784-1024-1024-10 --batch 256 --cluster local:4
 render mlp
 plan gpt --model gpt:layers=8,d_model=512,heads=8,seq=256,vocab=4096 --batch 64 --cluster a100-80g:nodes=2
 render gpt
+# A training run's report: the plan with the run's measured timeline and figures beside it.
+"$TESSEL" train --model mlp:784-256-256-10 --dataset fashion-mnist --batch 128 --steps 8 --devices 2 --tp 2 --quiet \
+  --html "$T/trained.html" >"$T/trained.txt" 2>"$T/trained.err" || { echo "FAIL: tessel train --html"; cat "$T/trained.err"; exit 1; }
+render trained measured
 
 # No browser process may outlive the test: none may still use the profile in the temp dir.
 sleep 0.5
@@ -181,4 +188,4 @@ if pgrep -f -- "--user-data-dir=$T/profile" >/dev/null; then
   pgrep -af -- "--user-data-dir=$T/profile"
   exit 1
 fi
-echo "PASS: both reports render in headless Chromium with every part drawn"
+echo "PASS: the three reports render in headless Chromium with every part drawn"
