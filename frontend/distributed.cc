@@ -165,13 +165,23 @@ std::map<int32_t, int8_t> split_pins(const Graph& g, const std::string& list) {
   return pins;
 }
 
-DevicePlan plan_for_devices(const Graph& training, int64_t devices, const planner::Pins& pins) {
+planner::Pins pins_for(const planner::PlanConfig& c, const std::vector<planner::StageEstimate>& stages) {
+  planner::Pins p;
+  p.dp = c.dp, p.tp = c.tp, p.pp = c.pp, p.zero = c.zero, p.microbatches = c.microbatches;
+  p.schedule = c.schedule, p.recompute = c.recompute, p.sequence_parallel = c.sequence_parallel;
+  if (c.pp > 1)
+    for (const auto& s : stages) p.stage_layers.push_back(s.end_layer - s.first_layer);
+  return p;
+}
+
+DevicePlan plan_for_devices(const Graph& training, int64_t devices, const planner::Pins& pins, int alternatives) {
   if (devices < 1) throw Error("--devices must be >= 1");
   DevicePlan p;
   p.cluster = "local:" + std::to_string(devices);
   const planner::ClusterSpec cluster = planner::parse_cluster(p.cluster);
   p.calibrated = cluster.calibration.when;
   planner::SearchOptions so = planner::default_search_options(training, cluster);  // what `tessel plan` searches with
+  so.alternatives = std::max(so.alternatives, alternatives);
   const std::string phase = training.updates().empty() ? "train" : training.updates().front().phase;
   p.search = planner::search_plan(training, phase, cluster, pins, so);
   p.config = p.search.best.config;

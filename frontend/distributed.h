@@ -39,7 +39,10 @@ struct DevicePlan {
 // simulated devices of this host under `pins`, using every device. Throws tessel::Error when
 // the pins cannot be met (naming why: the batch does not split, heads do not divide, more
 // stages than layers, devices left idle).
-DevicePlan plan_for_devices(const Graph& training, int64_t devices, const planner::Pins& pins);
+DevicePlan plan_for_devices(const Graph& training, int64_t devices, const planner::Pins& pins, int alternatives = 4);
+// Pins that make the search choose `c` again (its degrees, ZeRO stage, microbatches, schedule,
+// recomputation, sequence parallelism and the layers of each of `stages`).
+planner::Pins pins_for(const planner::PlanConfig& c, const std::vector<planner::StageEstimate>& stages);
 
 // Tensor-parallel split pins as a user writes them, "PATTERN=DIM,PATTERN=DIM,...", resolved
 // against the parameters of `g`: PATTERN is a parameter's whole name, with `*` matching any

@@ -10,6 +10,7 @@
 #include <numeric>
 #include <optional>
 #include <sstream>
+#include <tuple>
 
 #include "frontend/distributed.h"
 #include "frontend/api.h"
@@ -250,6 +251,13 @@ std::string TrainReport::json() const {
      << ",\"jit_seconds\":" << json_number(jit_seconds) << ",\"startup_seconds\":" << json_number(startup_seconds);
   if (!predicted_vs_measured.empty()) os << "," << predicted_vs_measured;
   if (!trace.empty()) os << ",\"trace\":" << json_quote(trace);
+  if (!tuned.empty()) {
+    os << ",\"tune_seconds\":" << json_number(tune_seconds) << ",\"tuned\":[";
+    for (size_t i = 0; i < tuned.size(); ++i)
+      os << (i ? "," : "") << "{\"plan\":" << json_quote(tuned[i].plan) << ",\"predicted_ms\":" << json_number(tuned[i].predicted_ms)
+         << ",\"measured_ms\":" << json_number(tuned[i].measured_ms) << "}";
+    os << "]";
+  }
   os << "}";
   return os.str();
 }
@@ -376,6 +384,69 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
   to.overlap = opt.overlap;
   to.accumulate = multi ? 1 : k;
   to.timeline = true;  // the measured parts of a step, and --trace
+  if (opt.tune > 0) {
+    // The simulator ranks the plans; the best `tune` of them each run a few steps on this
+    // data, and the fastest measured is trained (from the start: the trial steps are discarded).
+    if (!multi || role) throw Error("--tune goes with --devices N (plans tried in this process)");
+    if (!opt.plan_file.empty()) throw Error("--tune and --plan: give one (--tune chooses the plan)");
+    const auto t0 = Clock::now();
+    Graph training = graph;
+    if (training.updates().empty()) add_training(training, "loss", ocfg);
+    // Plans that differ in their layout (degrees, ZeRO stage, microbatches), best predicted first:
+    // variants the simulator sees as equal (recomputation where nothing is short of memory)
+    // would spend the trial on noise.
+    const DevicePlan searched = plan_for_devices(training, devices, pins, static_cast<int>(8 * opt.tune));
+    std::vector<planner::PlanEstimate> candidates{searched.search.best};
+    auto key = [](const planner::PlanConfig& c) { return std::make_tuple(c.dp, c.tp, c.pp, c.zero, c.microbatches); };
+    for (const auto& a : searched.search.alternatives) {
+      if (!a.estimate.fits || static_cast<int64_t>(candidates.size()) >= opt.tune) continue;
+      bool seen = false;
+      for (const auto& c : candidates) seen |= key(c.config) == key(a.estimate.config);
+      if (!seen) candidates.push_back(a.estimate);
+    }
+    std::unique_ptr<Feeder> trial_feed;
+    if (images) trial_feed = std::make_unique<ImageFeeder>(mnist->train, batch, opt.seed, names);
+    else trial_feed = std::make_unique<TextFeeder>(*corpus, seq, opt.seed, names);
+    constexpr int kWarm = 2, kTimed = 5;
+    double best_ms = INFINITY;
+    size_t best = 0;
+    for (size_t i = 0; i < candidates.size(); ++i) {
+      TrainerOptions tt = to;
+      tt.timeline = false;
+      std::vector<double> ms;
+      try {
+        Trainer trial(Graph(graph), ocfg, tessel::Devices{devices, pins_for(candidates[i].config, candidates[i].stages), "", true}, tt);
+        for (int s = 0; s < kWarm + kTimed; ++s) {
+          const auto a = Clock::now();
+          trial.engine().step(*trial_feed, s);
+          if (s >= kWarm) ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - a).count());
+        }
+      } catch (const Error& e) {
+        // A plan the search offers but that cannot run is a planner bug: say so, try the rest.
+        report.tuned.push_back({candidates[i].config.str(), 1e3 * candidates[i].step_time_s, NAN});
+        if (!quiet)
+          log << "tessel: tune " << i + 1 << "/" << candidates.size() << ": " << candidates[i].config.str()
+              << " could not run (left out): " << e.what() << "\n";
+        continue;
+      }
+      std::nth_element(ms.begin(), ms.begin() + kTimed / 2, ms.end());
+      report.tuned.push_back({candidates[i].config.str(), 1e3 * candidates[i].step_time_s, ms[kTimed / 2]});
+      if (ms[kTimed / 2] < best_ms) best_ms = ms[kTimed / 2], best = i;
+      if (!quiet) {
+        char b[200];
+        std::snprintf(b, sizeof b, "tessel: tune %zu/%zu: %-44s predicted %8.2f ms, measured %8.2f ms\n", i + 1,
+                      candidates.size(), candidates[i].config.str().c_str(), 1e3 * candidates[i].step_time_s, ms[kTimed / 2]);
+        log << b;
+      }
+    }
+    if (!std::isfinite(best_ms)) throw Error("--tune: none of the " + std::to_string(candidates.size()) + " plans tried could run");
+    pins = pins_for(candidates[best].config, candidates[best].stages);
+    report.tune_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    if (!quiet)
+      log << "tessel: tune: training " << candidates[best].config.str() << " (the fastest measured of "
+          << candidates.size() << (best == 0 ? "; the simulator's pick too" : "; the simulator picked " + candidates[0].config.str())
+          << "), " << format_duration(report.tune_seconds) << "\n";
+  }
   Trainer trainer(std::move(graph), ocfg, tessel::Devices{multi ? devices : 1, pins, opt.plan_file, multi}, to);
   const Graph& tg = trainer.graph();
   if (trainer.plan()) plan = *trainer.plan();

@@ -6,6 +6,7 @@
 #include <map>
 #include <ostream>
 #include <string>
+#include <vector>
 
 #include "frontend/optim.h"
 #include "planner/search.h"
@@ -59,6 +60,9 @@ struct TrainOptions {
   // With devices: write the plan's HTML report (planner::report_html) with this run's
   // measurements beside the predictions: its timeline, step and parts, memory per rank.
   std::string html;
+  // With devices: run the `tune` best plans of the search a few steps each and train the
+  // fastest measured (0: the search's pick).
+  int64_t tune = 0;
   bool progress_terminal = false;
   bool quiet = false;
   // Which input each dataset role ("data", "labels", "tokens", "targets") feeds, by name,
@@ -98,6 +102,13 @@ struct TrainReport {
   // ones (JSON members, frontend/timeline.h), and the trace's path when one was written.
   std::string predicted_vs_measured;
   std::string trace;
+  // With --tune: each plan tried, its predicted and measured step (the chosen one is `plan`).
+  struct Tried {
+    std::string plan;
+    double predicted_ms = 0, measured_ms = 0;
+  };
+  std::vector<Tried> tuned;
+  double tune_seconds = 0;
   std::string json() const;
 };
 

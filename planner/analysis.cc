@@ -634,10 +634,19 @@ std::vector<int8_t> choose_tensor_parallel(const Graph& g, const LayerStructure&
       }
       if (changed) gp = place_graph(g, k, mesh, nodes, {}, {}, &base, &gp);
     };
+    // A combination whose placements cannot be (a slice that no longer divides where another
+    // split already cut the dim) is priced as never: the search goes on without it.
     auto price = [&] {
       for (int32_t p : free) set_dim(p, -1);
-      GraphPlacement gp = place_graph(g, k, mesh, nodes, {}, {}, &base, &scratch);
-      settle(gp);
+      std::optional<GraphPlacement> placed;
+      try {
+        placed = place_graph(g, k, mesh, nodes, {}, {}, &base, &scratch);
+        settle(*placed);
+      } catch (const Error&) {
+        scratch = base;
+        return std::numeric_limits<double>::infinity();
+      }
+      GraphPlacement& gp = *placed;
       const Spent s = seconds_of(g, ls, k, cluster, opt, mesh, gp, nodes);
       scratch = std::move(gp);
       double updates = 0;
@@ -653,8 +662,12 @@ std::vector<int8_t> choose_tensor_parallel(const Graph& g, const LayerStructure&
         const double t = decide(order.front(), sweep, false);
         if (t >= 0) return t;
       }
-      settle_everywhere();
-      return estimate_plan(profile_model(g, ls, k, cluster, opt), k, cluster, opt).step_time_s;
+      try {
+        settle_everywhere();
+        return estimate_plan(profile_model(g, ls, k, cluster, opt), k, cluster, opt).step_time_s;
+      } catch (const Error&) {
+        return std::numeric_limits<double>::infinity();
+      }
     };
     // Every combination (replicated first, so ties stay replicated); coordinate descent
     // where there are too many.

@@ -70,6 +70,8 @@ int cmd_train(int argc, char** argv) {
                 {"--trace", "FILE", "write a Chrome-trace / Perfetto JSON file of timed steps of every rank: compute and "
                                     "communication streams, each op with its node and source line, waits as such", ""},
                 {"--trace-steps", "K", "with --trace: how many steps (the first timed ones)", "3", ints(1)},
+                {"--tune", "K", "with --devices: run the K best plans of the search a few steps each on this data and "
+                                "train the fastest measured (reported with each one's predicted and measured step)", "0", ints(0)},
                 {"--html", "FILE", "with --devices: write the plan's HTML report with this run's measurements beside "
                                    "its predictions (timeline, step and its parts, memory per rank)", ""},
                 {"--bucket-mb", "X", "with --devices: gradient all-reduce bucket size in MiB", "25", positive()},
@@ -150,6 +152,7 @@ int cmd_train(int argc, char** argv) {
   o.trace = args.str("--trace");
   o.trace_steps = args.i64("--trace-steps", 3);
   o.html = args.str("--html");
+  o.tune = args.i64("--tune", 0);
   if (o.trace.empty() && args.has("--trace-steps")) throw Error("tessel train: --trace-steps goes with --trace");
   o.bucket_bytes = static_cast<int64_t>(args.f64("--bucket-mb", 25) * (1 << 20));
   o.overlap = !args.has("--no-overlap");

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <fstream>
 #include <regex>
+#include <set>
 
 #include "cli_util.h"
 #include "frontend/models.h"
@@ -312,6 +313,45 @@ TEST(CliDevices, PlanAndTrainChooseTheSamePlanAndPrediction) {
       EXPECT_NEAR(json_value(tj, "predicted_step_ms"), 1e3 * json_value(pj, "step_time_s"),
                   1e-6 * json_value(tj, "predicted_step_ms"));
     }
+}
+
+// A split the search tries but cannot place (ZeRO-3's slice of a tensor-parallel piece that
+// no longer divides) is priced as never, not thrown: the search once failed as a whole on it.
+TEST(CliDevices, ASplitThatCannotBePlacedIsSkippedNotFatal) {
+  auto plan = run_cli("plan --model mlp:784-1024-1024-10 --batch 256 --cluster local:4 --dp 2 --tp 2 --zero 3 --optimizer sgd");
+  ASSERT_EQ(plan.status, 0) << plan.err;
+  auto verify = run_cli("verify --model mlp:784-1024-1024-10 --batch 256 --devices 4 --dp 2 --tp 2 --zero 3 --steps 1 --format json");
+  ASSERT_EQ(verify.status, 0) << verify.err;
+  EXPECT_NE(last_line(verify.out).find("\"ok\":true"), std::string::npos) << verify.out;
+}
+
+// --tune K: the K best plans of differing layouts run a few steps each; the fastest measured
+// is the one trained, and the report lists each with its predicted and measured step.
+TEST(CliDevices, TuneTrainsTheFastestMeasuredOfTheBestPlans) {
+  auto r = run_cli("train --model mlp:784-256-256-10 --dataset fashion-mnist --batch 128 --steps 3 --devices 4 --tune 3 "
+                   "--format json");
+  ASSERT_EQ(r.status, 0) << r.err;
+  const std::string j = last_line(r.out);
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(j, m, std::regex("\"plan\":\"([^\"]*)\""))) << j;  // the report's own, before "tuned"
+  const std::string trained = m[1];
+  std::regex tried("\\{\"plan\":\"([^\"]*)\",\"predicted_ms\":([0-9.e+-]+),\"measured_ms\":([0-9.e+-]+|null)\\}");
+  std::string fastest;
+  double best = INFINITY;
+  int n = 0;
+  std::set<std::string> plans;
+  for (auto it = std::sregex_iterator(j.begin(), j.end(), tried); it != std::sregex_iterator(); ++it, ++n) {
+    plans.insert((*it)[1]);
+    EXPECT_GT(std::stod((*it)[2]), 0) << (*it)[0];
+    if ((*it)[3] != "null" && std::stod((*it)[3]) < best) best = std::stod((*it)[3]), fastest = (*it)[1];
+  }
+  EXPECT_EQ(n, 3) << j;
+  EXPECT_EQ(plans.size(), 3u) << "the plans tried differ: " << j;
+  EXPECT_EQ(trained, fastest) << j;
+  EXPECT_THAT(r.err, HasSubstr("tessel: tune: training ")) << r.err;
+  auto bad = run_cli("train --model mlp:784-64-10 --dataset fashion-mnist --batch 64 --steps 2 --tune 2");
+  EXPECT_EQ(bad.status, 1);
+  EXPECT_THAT(bad.err, HasSubstr("--tune goes with --devices N")) << bad.err;
 }
 
 TEST(CliDevices, TrainOnDevicesFromAPlanFileAndRefuseMisuse) {
