@@ -404,6 +404,9 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
       for (const auto& c : candidates) seen |= key(c.config) == key(a.estimate.config);
       if (!seen) candidates.push_back(a.estimate);
     }
+    // Each named as it will train: a pipeline's layers per stage are pinned with it.
+    for (auto& c : candidates)
+      if (c.config.pp > 1 && c.config.stage_layers.empty()) c.config.stage_layers = pins_for(c.config, c.stages).stage_layers;
     std::unique_ptr<Feeder> trial_feed;
     if (images) trial_feed = std::make_unique<ImageFeeder>(mnist->train, batch, opt.seed, names);
     else trial_feed = std::make_unique<TextFeeder>(*corpus, seq, opt.seed, names);

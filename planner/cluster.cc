@@ -307,6 +307,7 @@ proto::ClusterSpecProto to_proto(const ClusterSpec& c) {
     pl->set_latency_s(l.latency_s);
   }
   p.set_source(c.source);
+  p.set_concurrent_devices(c.concurrent_devices);
   return p;
 }
 
@@ -342,6 +343,7 @@ ClusterSpec from_proto(const proto::ClusterSpecProto& p) {
   for (auto& l : p.levels())
     c.levels.push_back({l.name(), l.group_size(), l.bandwidth(), l.latency_s()});
   c.source = p.source();
+  c.concurrent_devices = p.concurrent_devices();
   return c;
 }
 
@@ -430,6 +432,7 @@ void validate(const ClusterSpec& c) {
   for (auto& [t, v] : c.device.peak_flops)
     check_positive(v, "device.peak_flops[" + std::string(dtype_name(t)) + "]", where);
   check_positive(c.device.memory_bandwidth, "device.memory_bandwidth", where);
+  check_non_negative(c.concurrent_devices, "concurrent_devices", where);
   for (size_t i = 0; i < c.device.gemm_rates.size(); ++i) {
     const std::string f = "device.gemm_rates[" + std::to_string(i) + "]";
     check_positive(c.device.gemm_rates[i].first, f + ".flops", where);
@@ -587,6 +590,9 @@ ClusterSpec calibrated_local_cluster(int64_t n, const HostInfo& h, const HostCal
   const int64_t t = std::max<int64_t>(1, T / n);                    // kernel threads per rank
   const double share = std::min(1.0, static_cast<double>(T) / static_cast<double>(n * t));
   ClusterSpec c;
+  // Oversubscribed devices run at full speed alone and share the cores when several compute
+  // at once (the simulator's processor sharing), so their own figures are unshared.
+  if (share < 1) c.concurrent_devices = static_cast<double>(T) / static_cast<double>(t);
   c.name = "local:" + std::to_string(n);
   c.num_devices = n;
   c.device.name = "cpu (" + std::to_string(t) + (t == 1 ? " thread" : " threads") + " of this host's " +
@@ -605,8 +611,8 @@ ClusterSpec calibrated_local_cluster(int64_t n, const HostInfo& h, const HostCal
   for (auto& [f, rates] : by_flops) {
     double mean = 0;
     for (double r : rates) mean += r / static_cast<double>(rates.size());
-    c.device.gemm_rates.push_back({f, mean * share});
-    best = std::max(best, mean * share);
+    c.device.gemm_rates.push_back({f, mean});
+    best = std::max(best, mean);
   }
   c.device.peak_flops = {{DType::f32, best}, {DType::bf16, best}, {DType::f16, best}, {DType::f64, best / 2}};
   c.device.gemm_efficiency = 1;
@@ -615,7 +621,7 @@ ClusterSpec calibrated_local_cluster(int64_t n, const HostInfo& h, const HostCal
   const double stream = cal.stream_bandwidth[std::min(busy, cal.stream_bandwidth.size()) - 1];
   c.device.memory_bandwidth = stream / static_cast<double>(n);
   c.device.memory_bytes = h.ram_bytes / static_cast<double>(n);
-  c.device.launch_overhead_s = cal.dispatch_s / share;
+  c.device.launch_overhead_s = cal.dispatch_s;
   // The link: the in-process all-reduce measured on n ranks (or the nearest count), as the
   // ring's per-step latency and bandwidth: time = 2(n-1) lat + 2(n-1)/n S / bw = alpha + beta S.
   const HostCalibration::Collective* ar = nullptr;
@@ -631,7 +637,10 @@ ClusterSpec calibrated_local_cluster(int64_t n, const HostInfo& h, const HostCal
   std::ostringstream src;
   src << "this host, calibrated " << cal.when << " by `tessel calibrate` (" << calibration_file() << "): " << T
       << " hardware threads; each of the " << n << " devices runs " << t << " kernel thread(s)"
-      << (share < 1 ? " and gets " + num(share) + " of its cores (oversubscribed)" : "") << "; matrix products at "
+      << (share < 1 ? "; they outnumber what the cores run at once: " + num(c.concurrent_devices) +
+                          " compute at full speed, more share the cores"
+                    : "")
+      << "; matrix products at "
       << use << " thread(s) by size, " << si(best, "FLOP/s") << " at best; fused elementwise "
       << si(stream, "B/s") << " for the host's " << busy << " busy thread(s), split between the devices; dispatch "
       << num(cal.dispatch_s * 1e6) << " us per op; link from the in-process all-reduce"

@@ -74,6 +74,9 @@ struct ClusterSpec {
   std::vector<LinkLevel> levels;  // innermost first; the last one spans all devices
   std::string source;             // citations for the numbers
   HostCalibration calibration;    // what local:N was derived from, when calibrated
+  // Devices that share one host's cores: at most this many compute at full speed at once,
+  // more share them (the simulator's processor sharing). 0: each device has its own.
+  double concurrent_devices = 0;
 
   // Index of the outermost level a set of device ranks crosses: ranks r belong to the same
   // group at level L iff r / levels[L].group_size is equal. -1 for zero or one distinct rank.

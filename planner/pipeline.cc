@@ -115,6 +115,10 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
 
   // One representative device per stage.
   auto sim = std::make_shared<Simulation>(c.pp, base);
+  // Simulated devices sharing a host's cores: each simulated rank stands for a stage's dp x tp
+  // devices, so the host runs concurrent_devices / (dp x tp) stages at full speed.
+  if (cluster.concurrent_devices > 0)
+    sim->set_compute_concurrency(cluster.concurrent_devices / static_cast<double>(c.dp * c.tp));
   std::vector<std::vector<int64_t>> fwd_end(c.pp, std::vector<int64_t>(m, -1)), bwd_end(c.pp, std::vector<int64_t>(m, -1));
   std::vector<std::vector<int64_t>> fwd_start(c.pp, std::vector<int64_t>(m, -1)), bwd_start(c.pp, std::vector<int64_t>(m, -1));
   std::vector<int64_t> last_bwd_of_layer(L, -1);

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <limits>
 #include <span>
 
 #include "graph/error.h"
@@ -82,6 +83,12 @@ void Simulation::add_dep(int64_t task, int64_t dep) {
   tasks_[task].deps.push_back(dep);
 }
 
+void Simulation::set_compute_concurrency(double ranks) {
+  if (!(ranks >= 0) || !std::isfinite(ranks))
+    throw Error("simulator: compute concurrency must be a finite number >= 0, got " + std::to_string(ranks));
+  concurrency_ = ranks;
+}
+
 Simulation::Result Simulation::run() const {
   const auto n = static_cast<int64_t>(tasks_.size());
   const int64_t keys = ranks_ * 2;
@@ -129,18 +136,66 @@ Simulation::Result Simulation::run() const {
   ready.reserve(n);
   for (int64_t t = 0; t < n; ++t)
     if (waiting[t] == 0) ready.push_back(t);
-  for (size_t head = 0; head < ready.size(); ++head) {
-    const int64_t t = ready[head];
-    const double end = r.start_s[t] + tasks_[t].duration_s;
-    r.end_s[t] = end;
-    r.step_time_s = std::max(r.step_time_s, end);
-    auto release = [&](int64_t u) {
-      r.start_s[u] = std::max(r.start_s[u], end);
-      if (--waiting[u] == 0) ready.push_back(u);
+  const bool sharing = concurrency_ > 0 && concurrency_ < static_cast<double>(ranks_);
+  if (!sharing) {
+    for (size_t head = 0; head < ready.size(); ++head) {
+      const int64_t t = ready[head];
+      const double end = r.start_s[t] + tasks_[t].duration_s;
+      r.end_s[t] = end;
+      r.step_time_s = std::max(r.step_time_s, end);
+      auto release = [&](int64_t u) {
+        r.start_s[u] = std::max(r.start_s[u], end);
+        if (--waiting[u] == 0) ready.push_back(u);
+      };
+      for (int64_t s = slot_begin[t]; s < slot_begin[t + 1]; ++s)
+        if (next_task[s] >= 0) release(next_task[s]);
+      for (int64_t i = rdep_begin[t]; i < rdep_begin[t + 1]; ++i) release(rdeps[i]);
+    }
+  } else {
+    // Processor sharing: advance from one task's end to the next; a task starts the moment
+    // its last predecessor ends, compute tasks progress at the shared speed.
+    std::vector<double> left(n, 0.0);
+    std::vector<int64_t> active;
+    double now = 0;
+    auto start = [&](int64_t u) {
+      r.start_s[u] = now;
+      left[u] = tasks_[u].duration_s;
+      active.push_back(u);
     };
-    for (int64_t s = slot_begin[t]; s < slot_begin[t + 1]; ++s)
-      if (next_task[s] >= 0) release(next_task[s]);
-    for (int64_t i = rdep_begin[t]; i < rdep_begin[t + 1]; ++i) release(rdeps[i]);
+    for (int64_t t : ready) start(t);
+    while (!active.empty()) {
+      int64_t busy = 0;
+      for (int64_t a : active) busy += tasks_[a].stream == Stream::compute && left[a] > 0;
+      const double speed = static_cast<double>(busy) > concurrency_ ? concurrency_ / static_cast<double>(busy) : 1.0;
+      auto rate = [&](int64_t a) { return tasks_[a].stream == Stream::compute ? speed : 1.0; };
+      double dt = std::numeric_limits<double>::infinity();
+      size_t first = 0;
+      for (size_t i = 0; i < active.size(); ++i)
+        if (const double d = left[active[i]] / rate(active[i]); d < dt) dt = d, first = i;
+      now += dt;
+      std::vector<int64_t> done{active[first]};
+      left[active[first]] = 0;
+      for (size_t i = 0; i < active.size(); ++i) {
+        if (i == first) continue;
+        const int64_t a = active[i];
+        left[a] -= dt * rate(a);
+        if (left[a] <= 1e-12 * std::max(tasks_[a].duration_s, 1e-9)) left[a] = 0, done.push_back(a);
+      }
+      active.erase(std::remove_if(active.begin(), active.end(), [&](int64_t a) { return left[a] == 0; }), active.end());
+      for (int64_t t : done) {
+        r.end_s[t] = now;
+        r.step_time_s = std::max(r.step_time_s, now);
+        auto release = [&](int64_t u) {
+          if (--waiting[u] == 0) {
+            ready.push_back(u);
+            start(u);
+          }
+        };
+        for (int64_t s = slot_begin[t]; s < slot_begin[t + 1]; ++s)
+          if (next_task[s] >= 0) release(next_task[s]);
+        for (int64_t i = rdep_begin[t]; i < rdep_begin[t + 1]; ++i) release(rdeps[i]);
+      }
+    }
   }
 
   if (static_cast<int64_t>(ready.size()) < n) {
@@ -203,19 +258,21 @@ Simulation::Result Simulation::run() const {
     const int64_t* comm_end = on_stream.data() + stream_count[2 * rank + 2];
     for (const int64_t* p = compute; p != comm; ++p) {
       const Task& task = tasks_[*p];
-      st.compute_s += task.duration_s;
+      // Busy time: the task's duration, stretched when it shared the cores.
+      const double busy = sharing ? r.end_s[*p] - r.start_s[*p] : task.duration_s;
+      st.compute_s += busy;
       switch (task.kind) {
         case TaskKind::forward:
-          st.forward_s += task.duration_s;
+          st.forward_s += busy;
           break;
         case TaskKind::backward:
-          st.backward_s += task.duration_s;
+          st.backward_s += busy;
           break;
         case TaskKind::recompute:
-          st.recompute_s += task.duration_s;
+          st.recompute_s += busy;
           break;
         case TaskKind::optimizer:
-          st.optimizer_s += task.duration_s;
+          st.optimizer_s += busy;
           break;
         default:
           break;

@@ -11,6 +11,9 @@
 //    of the group at once: it starts when all those streams are free and its deps are
 //    done, and ends duration_s later on all of them.
 //  - Nothing else orders tasks: no task waits for a stream that it does not occupy.
+//  - With set_compute_concurrency(k), compute tasks of different ranks share k ranks' worth of
+//    cores: a compute task's duration_s is its work alone, done at speed min(1, k / busy) while
+//    `busy` compute tasks run (its end comes later than start + duration_s when busy > k).
 //
 // Definitions of the results, per rank r, over [0, step_time]:
 //  - step_time_s     = max end over all tasks (0 when there are none);
@@ -77,6 +80,11 @@ class Simulation {
   // rank's program after another (a stage's backward waits on the next stage's). A cycle
   // this creates is a deadlock, reported by run().
   void add_dep(int64_t task, int64_t dep);
+  // Ranks whose compute shares one pool of cores: at most `ranks` of them compute at full
+  // speed at once; when more compute, each goes at concurrency / (ranks computing) of its
+  // speed (processor sharing: a task's duration_s is its time alone). Communication is not
+  // slowed. 0 (the default): every rank has its own cores.
+  void set_compute_concurrency(double ranks);
 
   struct Result {
     double step_time_s = 0;              // makespan
@@ -101,6 +109,7 @@ class Simulation {
 
  private:
   int64_t ranks_;
+  double concurrency_ = 0;
   std::vector<double> base_memory_;
   std::vector<Task> tasks_;
 };

@@ -320,8 +320,9 @@ HostCalibration fake_calibration() {
   return h;
 }
 
-// local:N from a calibration: each rank gets max(1, T/N) kernel threads and, oversubscribed,
-// T/(N x threads) of them; its products run at the rates measured at that thread count.
+// local:N from a calibration: each rank gets max(1, T/N) kernel threads; its products run at the
+// rates measured at that thread count; oversubscribed, T / threads of the devices compute at
+// full speed at once (the simulator shares the cores between more).
 TEST(ClusterLocal, CalibratedDevicesAreTheMeasuredOnes) {
   const HostCalibration cal = fake_calibration();
   const double small = 2.0 * 64 * 64 * 64, big = 2.0 * 1024 * 1024 * 1024;
@@ -330,7 +331,7 @@ TEST(ClusterLocal, CalibratedDevicesAreTheMeasuredOnes) {
     double share, small_rate, big_rate, stream;
   };
   for (const Want& w : {Want{1, 1, 170e9, 360e9, 26e9}, Want{2, 1, 90e9, 190e9, 26e9 / 2}, Want{4, 1, 50e9, 100e9, 26e9 / 4},
-                        Want{8, 0.5, 25e9, 50e9, 26e9 / 8}}) {
+                        Want{8, 0.5, 50e9, 100e9, 26e9 / 8}}) {
     SCOPED_TRACE(w.n);
     const ClusterSpec c = local_cluster(w.n, fake_host(), cal);
     EXPECT_NO_THROW(validate(c));
@@ -343,7 +344,8 @@ TEST(ClusterLocal, CalibratedDevicesAreTheMeasuredOnes) {
     EXPECT_NEAR(c.device.gemm_rate(std::sqrt(small * big)), (w.small_rate + w.big_rate) / 2, 1e-3 * w.big_rate);
     EXPECT_DOUBLE_EQ(c.device.peak(DType::f32), w.big_rate);
     EXPECT_DOUBLE_EQ(c.device.memory_bandwidth, w.stream);
-    EXPECT_DOUBLE_EQ(c.device.launch_overhead_s, 2e-7 / w.share);
+    EXPECT_DOUBLE_EQ(c.device.launch_overhead_s, 2e-7);
+    EXPECT_DOUBLE_EQ(c.concurrent_devices, w.share < 1 ? 4.0 : 0.0);
     EXPECT_NE(c.source.find("calibrated 2026-12-07"), std::string::npos) << c.source;
     EXPECT_EQ(c.calibration, cal);
     // The ring of the nearest measured in-process all-reduce reproduces it: 2(k-1) lat + 2(k-1)/k S / bw.

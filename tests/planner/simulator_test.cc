@@ -71,6 +71,41 @@ TEST(Simulator, CollectiveStartsWhenTheSlowestParticipantIsDone) {
   expect_breakdown_sums(r);
 }
 
+// Processor sharing: ranks on one pool of cores. Two ranks with one rank's worth of cores
+// each take twice as long while both compute; the one left alone then runs at full speed.
+TEST(Simulator, RanksSharingCoresSlowEachOtherOnlyWhileBothCompute) {
+  Simulation sim(3);
+  sim.set_compute_concurrency(1);
+  const int64_t a = sim.add(compute("r0", 0, 1.0));
+  const int64_t b = sim.add(compute("r1", 1, 3.0));
+  const int64_t c = sim.add(comm("r2/recv", 2, 0.5));  // communication is not slowed
+  const int64_t d = sim.add(compute("r2", 2, 1.0, {c}));
+  const auto r = sim.run();
+  // Until 0.5 two compute (a, b): speed 1/2, a has 0.75 left, b 2.75. From 0.5 three compute:
+  // speed 1/3 until a ends at 0.5 + 2.25 = 2.75 (b: 2.0 left, d: 0.25 left); then two: d ends
+  // at 2.75 + 0.5 = 3.25, b has 1.75 left, alone at full speed: ends at 5.0.
+  EXPECT_NEAR(r.end_s[a], 2.75, 1e-12);
+  EXPECT_NEAR(r.end_s[c], 0.5, 1e-12);
+  EXPECT_NEAR(r.start_s[d], 0.5, 1e-12);
+  EXPECT_NEAR(r.end_s[d], 3.25, 1e-12);
+  EXPECT_NEAR(r.end_s[b], 5.0, 1e-12);
+  EXPECT_NEAR(r.step_time_s, 5.0, 1e-12);
+  EXPECT_NEAR(r.ranks[1].compute_s, 5.0, 1e-12);  // busy time, stretched
+  expect_breakdown_sums(r);
+  // Enough cores for every rank: the plain schedule.
+  Simulation free(3);
+  free.set_compute_concurrency(3);
+  free.add(compute("r0", 0, 1.0));
+  free.add(compute("r1", 1, 3.0));
+  EXPECT_DOUBLE_EQ(free.run().step_time_s, 3.0);
+  // Fewer cores than one rank needs: even alone it runs at that fraction.
+  Simulation slow(1);
+  slow.set_compute_concurrency(0.5);
+  slow.add(compute("r0", 0, 1.0));
+  EXPECT_NEAR(slow.run().step_time_s, 2.0, 1e-12);
+  EXPECT_THROW(slow.set_compute_concurrency(-1), Error);
+}
+
 TEST(Simulator, CollectiveWaitsForEveryParticipantsStream) {
   Simulation sim(2);
   sim.add(comm("r1/send", 1, 4.0, {}, {}, TaskKind::send));  // rank 1's comm busy until 4
