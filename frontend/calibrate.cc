@@ -1,6 +1,7 @@
 #include "frontend/calibrate.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <ctime>
@@ -93,9 +94,8 @@ double gemm_rate(const Shape4& s, int threads, double min_time_s) {
 }
 
 // A fused elementwise update written over its variable (w = 0.999 w + x), as the optimizers'
-// are: it reads w and x and writes w.
-double stream_bandwidth(int threads, double min_time_s) {
-  constexpr int64_t n = int64_t{8} << 20;  // 32 MiB per tensor: well past the caches
+// are: it reads w and x and writes w, n floats each (the default: 32 MiB, well past the caches).
+double stream_bandwidth(int threads, double min_time_s, int64_t n = int64_t{8} << 20) {
   Model model;
   ops::Emitter e = model.emit(SourceLoc::current());
   const Value w = e.state("w", {n}, DType::f32, 1.0);
@@ -186,6 +186,32 @@ double all_reduce_time(std::vector<runtime::Communicator*> comms, int64_t bytes,
   return *std::max_element(took.begin(), took.end());
 }
 
+// Threads that keep `n` cores computing (small products, over and over) until destroyed: the
+// load a training step puts on the cores while its collectives run.
+class Load {
+ public:
+  explicit Load(int n) {
+    for (int i = 0; i < n; ++i)
+      threads_.emplace_back([this] {
+        std::vector<float> a(64 * 64, 0.5f), c(64 * 64);
+        while (!stop_.load(std::memory_order_relaxed))
+          for (int r = 0; r < 64; ++r)
+            for (int k = 0; k < 64; ++k)
+              for (int j = 0; j < 64; ++j) c[r * 64 + j] += a[r * 64 + k] * a[k * 64 + j];
+        sink_.fetch_add(static_cast<int64_t>(c[0]), std::memory_order_relaxed);
+      });
+  }
+  ~Load() {
+    stop_.store(true);
+    for (auto& t : threads_) t.join();
+  }
+
+ private:
+  std::atomic<bool> stop_{false};
+  std::atomic<int64_t> sink_{0};
+  std::vector<std::thread> threads_;
+};
+
 planner::HostCalibration::Collective fit_all_reduce(const std::string& engine, std::vector<runtime::Communicator*> comms) {
   std::vector<std::pair<double, double>> pts;
   for (auto [bytes, reps] : {std::pair<int64_t, int>{16 << 10, 100}, {256 << 10, 40}, {4 << 20, 10}, {32 << 20, 4}})
@@ -215,6 +241,11 @@ planner::HostCalibration calibrate_host(const CalibrateOptions& opt) {
   for (int t = 1; t <= all; ++t) h.openblas_sgemm.push_back(openblas_rate(t, opt.min_time_s));
   say("fused elementwise kernels and memcpy");
   for (int t = 1; t <= all; ++t) h.stream_bandwidth.push_back(stream_bandwidth(t, opt.min_time_s));
+  // By working set, from the caches out: 64 KiB, 512 KiB, 4 MiB, 32 MiB per tensor.
+  for (int t : counts)
+    for (int64_t n : {int64_t{16} << 10, int64_t{128} << 10, int64_t{1} << 20, int64_t{8} << 20})
+      h.streams.push_back({3 * 4 * n, t, n == (int64_t{8} << 20) ? h.stream_bandwidth[static_cast<size_t>(t - 1)]
+                                                                  : stream_bandwidth(t, opt.min_time_s / 2, n)});
   h.memcpy_bandwidth = memcpy_bandwidth(opt.min_time_s);
   say("the executor's dispatch cost");
   h.dispatch_s = dispatch_cost(opt.min_time_s);
@@ -222,11 +253,16 @@ planner::HostCalibration calibrate_host(const CalibrateOptions& opt) {
   std::vector<int64_t> ranks;
   for (int64_t k = 2; k <= std::max(2, 2 * all) && k <= 8; k *= 2) ranks.push_back(k);
   for (int64_t k : ranks) {
-    say("the in-process all-reduce on " + std::to_string(k) + " ranks");
+    say("the in-process all-reduce on " + std::to_string(k) + " ranks, idle cores and busy ones");
     runtime::InProcessWorld world(k);
     std::vector<runtime::Communicator*> comms;
     for (int64_t r = 0; r < k; ++r) comms.push_back(&world.rank(r));
     h.all_reduce.push_back(fit_all_reduce("inprocess", comms));
+    // As in a training step: while the collective runs, the other ranks' kernels hold the cores
+    // (one compute thread per core), and its threads wait their turn to be woken.
+    Load load(all);
+    auto busy = fit_all_reduce("inprocess-loaded", comms);
+    h.all_reduce.push_back(busy);
   }
   if (opt.gloo) {
     say("Gloo's all-reduce over loopback on 2 ranks");

@@ -97,7 +97,7 @@ NodeCost node_cost(const Context& x, const Node& n) {
   } else {
     peak = d.peak(DType::f32);
   }
-  nc.seconds = std::max(nc.flops / peak, nc.bytes / d.memory_bandwidth);
+  nc.seconds = std::max(nc.flops / peak, nc.bytes / d.stream_rate(nc.bytes));
   if (!(x.opt.fuse_elementwise && x.fused_out[n.id])) nc.seconds += d.launch_overhead_s;
   return nc;
 }
@@ -320,7 +320,7 @@ ModelProfile profile_model(const Graph& g, const LayerStructure& ls, const PlanC
         const bool cast = opt.grad_accumulation == CostOptions::GradAccumulation::cast_add;
         const double used = static_cast<double>(numel(local_shape(n.outputs[0].shape, pp.used, x.mesh)));
         const double bytes = used * (wsize + 2 * sum_size + (cast ? 2 * sum_size : 0));
-        lp.grad_accumulate_s += bytes / cluster.device.memory_bandwidth + (cast ? 2 : 1) * cluster.device.launch_overhead_s;
+        lp.grad_accumulate_s += bytes / cluster.device.stream_rate(bytes) + (cast ? 2 : 1) * cluster.device.launch_overhead_s;
       }
       (void)dp_axis;
     }

@@ -279,6 +279,11 @@ proto::ClusterSpecProto to_proto(const ClusterSpec& c) {
     g->set_flops(f);
     g->set_flops_per_s(r);
   }
+  for (auto [b, r] : c.device.stream_rates) {
+    auto* s = d->add_stream_rates();
+    s->set_bytes(b);
+    s->set_bytes_per_s(r);
+  }
   if (!c.calibration.empty()) {
     const HostCalibration& h = c.calibration;
     auto* pc = p.mutable_calibration();
@@ -298,6 +303,10 @@ proto::ClusterSpecProto to_proto(const ClusterSpec& c) {
     pc->set_when(h.when);
     pc->set_seconds(h.seconds);
     for (double r : h.openblas_sgemm) pc->add_openblas_sgemm(r);
+    for (const auto& s : h.streams) {
+      auto* ps = pc->add_streams();
+      ps->set_bytes(s.bytes), ps->set_threads(s.threads), ps->set_bytes_per_s(s.bytes_per_s);
+    }
   }
   for (const LinkLevel& l : c.levels) {
     auto* pl = p.add_levels();
@@ -327,6 +336,7 @@ ClusterSpec from_proto(const proto::ClusterSpecProto& p) {
   c.device.launch_overhead_s = p.device().launch_overhead_s();
   c.device.gemm_efficiency = p.device().gemm_efficiency() > 0 ? p.device().gemm_efficiency() : 1.0;
   for (auto& g : p.device().gemm_rates()) c.device.gemm_rates.push_back({g.flops(), g.flops_per_s()});
+  for (auto& s : p.device().stream_rates()) c.device.stream_rates.push_back({s.bytes(), s.bytes_per_s()});
   if (p.has_calibration()) {
     const auto& pc = p.calibration();
     HostCalibration& h = c.calibration;
@@ -339,6 +349,7 @@ ClusterSpec from_proto(const proto::ClusterSpecProto& p) {
     h.when = pc.when();
     h.seconds = pc.seconds();
     h.openblas_sgemm.assign(pc.openblas_sgemm().begin(), pc.openblas_sgemm().end());
+    for (auto& s : pc.streams()) h.streams.push_back({s.bytes(), s.threads(), s.bytes_per_s()});
   }
   for (auto& l : p.levels())
     c.levels.push_back({l.name(), l.group_size(), l.bandwidth(), l.latency_s()});
@@ -371,18 +382,29 @@ double DeviceSpec::peak(DType t) const {
   return it->second;
 }
 
-double DeviceSpec::gemm_rate(double flops) const {
-  if (gemm_rates.empty()) return 0;
-  if (flops <= gemm_rates.front().first) return gemm_rates.front().second;
-  if (flops >= gemm_rates.back().first) return gemm_rates.back().second;
-  for (size_t i = 1; i < gemm_rates.size(); ++i) {
-    const auto [f1, r1] = gemm_rates[i];
-    if (flops > f1) continue;
-    const auto [f0, r0] = gemm_rates[i - 1];
-    const double t = f1 > f0 ? std::log(flops / f0) / std::log(f1 / f0) : 1.0;
+namespace {
+
+// The rate at x from (x, rate) points ascending in x: linear in log x between them, clamped.
+double log_interpolate(const std::vector<std::pair<double, double>>& pts, double x) {
+  if (pts.empty()) return 0;
+  if (x <= pts.front().first) return pts.front().second;
+  if (x >= pts.back().first) return pts.back().second;
+  for (size_t i = 1; i < pts.size(); ++i) {
+    const auto [x1, r1] = pts[i];
+    if (x > x1) continue;
+    const auto [x0, r0] = pts[i - 1];
+    const double t = x1 > x0 ? std::log(x / x0) / std::log(x1 / x0) : 1.0;
     return r0 + t * (r1 - r0);
   }
-  return gemm_rates.back().second;
+  return pts.back().second;
+}
+
+}  // namespace
+
+double DeviceSpec::gemm_rate(double flops) const { return log_interpolate(gemm_rates, flops); }
+
+double DeviceSpec::stream_rate(double bytes) const {
+  return stream_rates.empty() ? memory_bandwidth : log_interpolate(stream_rates, bytes);
 }
 
 int ClusterSpec::level_spanned(std::span<const int64_t> ranks) const {
@@ -440,6 +462,13 @@ void validate(const ClusterSpec& c) {
     if (i > 0 && !(c.device.gemm_rates[i].first > c.device.gemm_rates[i - 1].first))
       throw Error(where + f + ".flops must be larger than the one before (ascending)");
   }
+  for (size_t i = 0; i < c.device.stream_rates.size(); ++i) {
+    const std::string f = "device.stream_rates[" + std::to_string(i) + "]";
+    check_positive(c.device.stream_rates[i].first, f + ".bytes", where);
+    check_positive(c.device.stream_rates[i].second, f + ".bytes_per_s", where);
+    if (i > 0 && !(c.device.stream_rates[i].first > c.device.stream_rates[i - 1].first))
+      throw Error(where + f + ".bytes must be larger than the one before (ascending)");
+  }
   if (!c.calibration.empty()) {
     const HostCalibration& h = c.calibration;
     if (h.threads < 1) throw Error(where + "calibration.threads must be at least 1");
@@ -454,6 +483,13 @@ void validate(const ClusterSpec& c) {
     for (size_t i = 0; i < h.stream_bandwidth.size(); ++i)
       check_positive(h.stream_bandwidth[i], "calibration.stream_bandwidth[" + std::to_string(i) + "]", where);
     check_positive(h.memcpy_bandwidth, "calibration.memcpy_bandwidth", where);
+    for (size_t i = 0; i < h.streams.size(); ++i) {
+      const auto& s = h.streams[i];
+      const std::string f = "calibration.streams[" + std::to_string(i) + "]";
+      if (s.bytes < 1 || s.threads < 1 || s.threads > h.threads)
+        throw Error(where + f + ": bytes must be >= 1 and threads in [1, " + std::to_string(h.threads) + "]");
+      check_positive(s.bytes_per_s, f + ".bytes_per_s", where);
+    }
     check_positive(h.dispatch_s, "calibration.dispatch_s", where);
     for (size_t i = 0; i < h.all_reduce.size(); ++i) {
       const auto& a = h.all_reduce[i];
@@ -620,13 +656,35 @@ ClusterSpec calibrated_local_cluster(int64_t n, const HostInfo& h, const HostCal
   const size_t busy = static_cast<size_t>(std::min<int64_t>(n * t, T));
   const double stream = cal.stream_bandwidth[std::min(busy, cal.stream_bandwidth.size()) - 1];
   c.device.memory_bandwidth = stream / static_cast<double>(n);
+  // By working set: a device's t threads alone, or its part of the busy threads' total when
+  // that is less (out of the caches, the devices share the memory bus).
+  {
+    std::map<int64_t, std::map<int64_t, double>> by;  // bytes -> threads -> rate
+    for (const auto& s : cal.streams) by[s.bytes][s.threads] = s.bytes_per_s;
+    for (auto& [bytes, rates] : by) {
+      auto at = [&](int64_t threads) {  // the measured count closest from below
+        auto it = rates.upper_bound(threads);
+        return it == rates.begin() ? rates.begin()->second : std::prev(it)->second;
+      };
+      const double own = at(t), part = at(static_cast<int64_t>(busy)) * static_cast<double>(t) / static_cast<double>(busy);
+      c.device.stream_rates.push_back({static_cast<double>(bytes), std::min(own, part)});
+    }
+  }
   c.device.memory_bytes = h.ram_bytes / static_cast<double>(n);
   c.device.launch_overhead_s = cal.dispatch_s;
-  // The link: the in-process all-reduce measured on n ranks (or the nearest count), as the
-  // ring's per-step latency and bandwidth: time = 2(n-1) lat + 2(n-1)/n S / bw = alpha + beta S.
+  // The link: the in-process all-reduce measured on n ranks (or the nearest count) while the
+  // cores are busy computing, as in a step (measured on idle cores when that is all there is),
+  // as the ring's per-step latency and bandwidth: 2(n-1) lat + 2(n-1)/n S / bw = alpha + beta S.
   const HostCalibration::Collective* ar = nullptr;
-  for (const auto& a : cal.all_reduce)
-    if (a.engine == "inprocess" && (!ar || std::llabs(a.ranks - n) < std::llabs(ar->ranks - n))) ar = &a;
+  bool loaded = false;
+  for (const char* engine : {"inprocess-loaded", "inprocess"}) {
+    for (const auto& a : cal.all_reduce)
+      if (a.engine == engine && (!ar || std::llabs(a.ranks - n) < std::llabs(ar->ranks - n))) ar = &a;
+    if (ar) {
+      loaded = std::string(engine) == "inprocess-loaded";
+      break;
+    }
+  }
   double bw = kLocalMemoryBandwidth / 2 / static_cast<double>(n), lat = kLocalLatency;
   if (ar && n > 1) {
     const double k = static_cast<double>(ar->ranks);
@@ -644,7 +702,8 @@ ClusterSpec calibrated_local_cluster(int64_t n, const HostInfo& h, const HostCal
       << use << " thread(s) by size, " << si(best, "FLOP/s") << " at best; fused elementwise "
       << si(stream, "B/s") << " for the host's " << busy << " busy thread(s), split between the devices; dispatch "
       << num(cal.dispatch_s * 1e6) << " us per op; link from the in-process all-reduce"
-      << (ar ? " on " + std::to_string(ar->ranks) + " ranks" : " (not measured: defaults)");
+      << (ar ? " on " + std::to_string(ar->ranks) + " ranks" + (loaded ? ", the cores busy computing" : "")
+             : " (not measured: defaults)");
   c.source = src.str();
   c.calibration = cal;
   return c;

@@ -28,6 +28,10 @@ struct DeviceSpec {
   // clamped at the ends) instead of over peak x gemm_efficiency.
   std::vector<std::pair<double, double>> gemm_rates;
   double gemm_rate(double flops_per_product) const;  // the interpolated rate; 0 without gemm_rates
+  // Measured elementwise bandwidth by the bytes one kernel moves, ascending (calibration);
+  // stream_rate interpolates (in log bytes, clamped), memory_bandwidth without them.
+  std::vector<std::pair<double, double>> stream_rates;
+  double stream_rate(double bytes) const;
   // Peak FLOP/s for `t`; throws Error naming the dtype and the device when it has none.
   double peak(DType t) const;
   bool operator==(const DeviceSpec&) const = default;
@@ -63,6 +67,12 @@ struct HostCalibration {
   std::string when;
   double seconds = 0;
   std::vector<double> openblas_sgemm;  // [t-1]: OpenBLAS's SGEMM 1024^3 on t of its threads (reference only)
+  struct Stream {
+    int64_t bytes = 0, threads = 1;  // read + written per call
+    double bytes_per_s = 0;
+    bool operator==(const Stream&) const = default;
+  };
+  std::vector<Stream> streams;  // fused elementwise kernels by working set and thread count
   bool empty() const { return gemm.empty(); }
   bool operator==(const HostCalibration&) const = default;
 };
