@@ -141,22 +141,6 @@ double dispatch_cost(double min_time_s) {
   return median_time(min_time_s, [&] { ex.step(); }) / ops;
 }
 
-// alpha + beta x bytes, least squares over the points; alpha kept >= 0.
-std::pair<double, double> fit_alpha_beta(const std::vector<std::pair<double, double>>& pts) {
-  double sx = 0, sy = 0, sxx = 0, sxy = 0;
-  const double n = static_cast<double>(pts.size());
-  for (auto [x, y] : pts) sx += x, sy += y, sxx += x * x, sxy += x * y;
-  double beta = (n * sxy - sx * sy) / (n * sxx - sx * sx);
-  double alpha = (sy - beta * sx) / n;
-  if (alpha < 0) {  // through the smallest point's time instead
-    alpha = std::max(0.0, pts.front().second - beta * pts.front().first);
-    double num = 0, den = 0;
-    for (auto [x, y] : pts) num += x * (y - alpha), den += x * x;
-    beta = num / den;
-  }
-  return {alpha, std::max(beta, 1e-15)};
-}
-
 // Every rank all-reduces `bytes` in place `reps` times; the seconds per call (the slowest rank).
 double all_reduce_time(std::vector<runtime::Communicator*> comms, int64_t bytes, int reps) {
   const int64_t k = static_cast<int64_t>(comms.size());
@@ -212,11 +196,19 @@ class Load {
   std::vector<std::thread> threads_;
 };
 
+// beta from the two large sizes' difference (where bandwidth rules), alpha what a small one
+// costs beyond that: a least-squares intercept is at the mercy of the large sizes' noise.
+// Each figure is the median of 5 runs of `reps` calls.
 planner::HostCalibration::Collective fit_all_reduce(const std::string& engine, std::vector<runtime::Communicator*> comms) {
-  std::vector<std::pair<double, double>> pts;
-  for (auto [bytes, reps] : {std::pair<int64_t, int>{16 << 10, 100}, {256 << 10, 40}, {4 << 20, 10}, {32 << 20, 4}})
-    pts.push_back({static_cast<double>(bytes), all_reduce_time(comms, bytes, reps)});
-  const auto [alpha, beta] = fit_alpha_beta(pts);
+  auto time = [&](int64_t bytes, int reps) {
+    std::vector<double> t;
+    for (int i = 0; i < 5; ++i) t.push_back(all_reduce_time(comms, bytes, reps));
+    std::nth_element(t.begin(), t.begin() + 2, t.end());
+    return t[2];
+  };
+  const double small = time(4 << 10, 50), mid = time(4 << 20, 4), large = time(32 << 20, 2);
+  const double beta = std::max((large - mid) / static_cast<double>((32 << 20) - (4 << 20)), 1e-15);
+  const double alpha = std::max(small - beta * (4 << 10), 0.0);
   return {engine, static_cast<int64_t>(comms.size()), alpha, beta};
 }
 

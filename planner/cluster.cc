@@ -317,6 +317,7 @@ proto::ClusterSpecProto to_proto(const ClusterSpec& c) {
   }
   p.set_source(c.source);
   p.set_concurrent_devices(c.concurrent_devices);
+  p.set_comm_wake_s(c.comm_wake_s);
   return p;
 }
 
@@ -355,6 +356,7 @@ ClusterSpec from_proto(const proto::ClusterSpecProto& p) {
     c.levels.push_back({l.name(), l.group_size(), l.bandwidth(), l.latency_s()});
   c.source = p.source();
   c.concurrent_devices = p.concurrent_devices();
+  c.comm_wake_s = p.comm_wake_s();
   return c;
 }
 
@@ -455,6 +457,7 @@ void validate(const ClusterSpec& c) {
     check_positive(v, "device.peak_flops[" + std::string(dtype_name(t)) + "]", where);
   check_positive(c.device.memory_bandwidth, "device.memory_bandwidth", where);
   check_non_negative(c.concurrent_devices, "concurrent_devices", where);
+  check_non_negative(c.comm_wake_s, "comm_wake_s", where);
   for (size_t i = 0; i < c.device.gemm_rates.size(); ++i) {
     const std::string f = "device.gemm_rates[" + std::to_string(i) + "]";
     check_positive(c.device.gemm_rates[i].first, f + ".flops", where);
@@ -675,21 +678,25 @@ ClusterSpec calibrated_local_cluster(int64_t n, const HostInfo& h, const HostCal
   // The link: the in-process all-reduce measured on n ranks (or the nearest count) while the
   // cores are busy computing, as in a step (measured on idle cores when that is all there is),
   // as the ring's per-step latency and bandwidth: 2(n-1) lat + 2(n-1)/n S / bw = alpha + beta S.
-  const HostCalibration::Collective* ar = nullptr;
-  bool loaded = false;
-  for (const char* engine : {"inprocess-loaded", "inprocess"}) {
+  // Measured both ways, the latency is the idle cores' and what the busy cores add is the wait
+  // to be woken, paid by a transfer that finds its stream idle (comm_wake_s).
+  auto nearest = [&](const std::string& engine) {
+    const HostCalibration::Collective* best = nullptr;
     for (const auto& a : cal.all_reduce)
-      if (a.engine == engine && (!ar || std::llabs(a.ranks - n) < std::llabs(ar->ranks - n))) ar = &a;
-    if (ar) {
-      loaded = std::string(engine) == "inprocess-loaded";
-      break;
-    }
-  }
+      if (a.engine == engine && (!best || std::llabs(a.ranks - n) < std::llabs(best->ranks - n))) best = &a;
+    return best;
+  };
+  const HostCalibration::Collective* idle = nearest("inprocess");
+  const HostCalibration::Collective* busy_ar = nearest("inprocess-loaded");
+  const HostCalibration::Collective* ar = busy_ar ? busy_ar : idle;
+  const bool loaded = busy_ar != nullptr;
   double bw = kLocalMemoryBandwidth / 2 / static_cast<double>(n), lat = kLocalLatency;
   if (ar && n > 1) {
     const double k = static_cast<double>(ar->ranks);
-    lat = std::max(ar->alpha_s / (2 * (k - 1)), 1e-7);
+    const double alpha = idle && idle->ranks == ar->ranks ? std::min(idle->alpha_s, ar->alpha_s) : ar->alpha_s;
+    lat = std::max(alpha / (2 * (k - 1)), 1e-7);
     bw = 2 * (k - 1) / (k * ar->beta_s_per_byte);
+    c.comm_wake_s = ar->alpha_s - alpha;
   }
   c.levels.push_back({"memory", n, bw, lat});
   std::ostringstream src;

@@ -87,6 +87,10 @@ struct ClusterSpec {
   // Devices that share one host's cores: at most this many compute at full speed at once,
   // more share them (the simulator's processor sharing). 0: each device has its own.
   double concurrent_devices = 0;
+  // A transfer that starts on an idle communication stream first waits this long: its threads
+  // were asleep and are woken while the cores compute (the simulator's Task::wake_s). Transfers
+  // queued behind one another do not. 0: no such wait.
+  double comm_wake_s = 0;
 
   // Index of the outermost level a set of device ranks crosses: ranks r belong to the same
   // group at level L iff r / levels[L].group_size is equal. -1 for zero or one distinct rank.

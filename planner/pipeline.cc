@@ -160,6 +160,7 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
       t.stream = seg.comm ? Stream::comm : Stream::compute;
       t.kind = seg.comm ? TaskKind::collective : kind;
       t.duration_s = seg.seconds;
+      if (seg.comm) t.wake_s = cluster.comm_wake_s;
       if (prev >= 0) t.deps.push_back(prev);
       if (mem_delta > 0 && !seg.comm) {  // memory is taken by the first compute piece
         t.memory_delta_bytes = mem_delta;
@@ -209,6 +210,7 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
       recv.stream = p2p_stream;
       recv.kind = TaskKind::recv;
       recv.duration_s = p2p_s[s - 1];
+      if (p2p_stream == Stream::comm) recv.wake_s = cluster.comm_wake_s;
       if (opt.blocking_p2p) folded_comm[s] += recv.duration_s;
       recv.deps.push_back(fwd_end[s - 1][j]);
       dep = sim->add(std::move(recv));
@@ -236,6 +238,7 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
       t.stream = p2p_stream;
       t.kind = TaskKind::recv;
       t.duration_s = p2p_s[s];
+      if (p2p_stream == Stream::comm) t.wake_s = cluster.comm_wake_s;
       if (opt.blocking_p2p) folded_comm[s] += t.duration_s;
       t.deps.push_back(dep);
       recv = dep = sim->add(std::move(t));

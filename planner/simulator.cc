@@ -57,6 +57,7 @@ int64_t Simulation::add(Task t) {
   if (!std::isfinite(t.duration_s) || t.duration_s < 0)
     fail("duration " + std::to_string(t.duration_s) + " s is not finite and >= 0");
   if (!std::isfinite(t.memory_delta_bytes)) fail("memory delta is not finite");
+  if (!std::isfinite(t.wake_s) || t.wake_s < 0) fail("wake time " + std::to_string(t.wake_s) + " s is not finite and >= 0");
   for (int64_t d : t.deps)
     if (d < 0 || d >= index) fail("dependency " + std::to_string(d) + " is not an earlier task");
   if (!t.group.empty()) {
@@ -137,10 +138,22 @@ Simulation::Result Simulation::run() const {
   for (int64_t t = 0; t < n; ++t)
     if (waiting[t] == 0) ready.push_back(t);
   const bool sharing = concurrency_ > 0 && concurrency_ < static_cast<double>(ranks_);
+  // A task's time on its streams: its duration, plus its wake time when it found a stream idle.
+  std::vector<double> busy_s(n, 0.0);
+  auto took = [&](int64_t t) {
+    double d = tasks_[t].duration_s;
+    if (tasks_[t].wake_s > 0) {
+      bool idle = false;
+      for (int64_t s = slot_begin[t]; s < slot_begin[t + 1] && !idle; ++s)
+        idle = prev_task[s] < 0 || r.end_s[prev_task[s]] < r.start_s[t];
+      if (idle) d += tasks_[t].wake_s;
+    }
+    return busy_s[t] = d;
+  };
   if (!sharing) {
     for (size_t head = 0; head < ready.size(); ++head) {
       const int64_t t = ready[head];
-      const double end = r.start_s[t] + tasks_[t].duration_s;
+      const double end = r.start_s[t] + took(t);
       r.end_s[t] = end;
       r.step_time_s = std::max(r.step_time_s, end);
       auto release = [&](int64_t u) {
@@ -159,7 +172,7 @@ Simulation::Result Simulation::run() const {
     double now = 0;
     auto start = [&](int64_t u) {
       r.start_s[u] = now;
-      left[u] = tasks_[u].duration_s;
+      left[u] = took(u);
       active.push_back(u);
     };
     for (int64_t t : ready) start(t);
@@ -259,7 +272,7 @@ Simulation::Result Simulation::run() const {
     for (const int64_t* p = compute; p != comm; ++p) {
       const Task& task = tasks_[*p];
       // Busy time: the task's duration, stretched when it shared the cores.
-      const double busy = sharing ? r.end_s[*p] - r.start_s[*p] : task.duration_s;
+      const double busy = sharing ? r.end_s[*p] - r.start_s[*p] : busy_s[*p];
       st.compute_s += busy;
       switch (task.kind) {
         case TaskKind::forward:
@@ -278,7 +291,7 @@ Simulation::Result Simulation::run() const {
           break;
       }
     }
-    for (const int64_t* p = comm; p != comm_end; ++p) st.comm_s += tasks_[*p].duration_s;
+    for (const int64_t* p = comm; p != comm_end; ++p) st.comm_s += busy_s[*p];
     // Comm time hidden under compute: intersect the two sorted, disjoint interval lists.
     double hidden = 0;
     for (const int64_t *a = compute, *b = comm; a != comm && b != comm_end;) {
