@@ -106,6 +106,32 @@ TEST(Simulator, RanksSharingCoresSlowEachOtherOnlyWhileBothCompute) {
   EXPECT_THROW(slow.set_compute_concurrency(-1), Error);
 }
 
+// A transfer that finds its stream idle pays its wake time; one queued behind another does not.
+TEST(Simulator, AWakeTimeIsPaidOnlyOnAnIdleStream) {
+  Simulation sim(1);
+  const int64_t f = sim.add(compute("fwd", 0, 1.0));
+  Task a = comm("first", 0, 0.5, {f});
+  a.wake_s = 0.25;
+  const int64_t first = sim.add(a);
+  Task b = comm("queued", 0, 0.5, {f});
+  b.wake_s = 0.25;
+  const int64_t queued = sim.add(b);
+  const int64_t g = sim.add(compute("bwd", 0, 2.0, {queued}));
+  Task c = comm("after idle", 0, 0.5, {g});
+  c.wake_s = 0.25;
+  const int64_t late = sim.add(c);
+  const auto r = sim.run();
+  EXPECT_DOUBLE_EQ(r.end_s[first], 1.75);   // starts at 1 on an idle stream: 0.25 + 0.5
+  EXPECT_DOUBLE_EQ(r.start_s[queued], 1.75);
+  EXPECT_DOUBLE_EQ(r.end_s[queued], 2.25);  // queued: no wake
+  EXPECT_DOUBLE_EQ(r.end_s[late], 5.0);     // the stream idled from 2.25 to 4.25
+  EXPECT_DOUBLE_EQ(r.ranks[0].comm_s, 2.0);  // 0.75 + 0.5 + 0.75: busy while waking
+  expect_breakdown_sums(r);
+  Task bad = comm("bad", 0, 1.0);
+  bad.wake_s = -1;
+  EXPECT_THROW(sim.add(bad), Error);
+}
+
 TEST(Simulator, CollectiveWaitsForEveryParticipantsStream) {
   Simulation sim(2);
   sim.add(comm("r1/send", 1, 4.0, {}, {}, TaskKind::send));  // rank 1's comm busy until 4
