@@ -88,16 +88,23 @@ NodeCost node_cost(const Context& x, const Node& n) {
       // Measured rates by the work of one product: a weight of rank 2 makes one product of
       // the flattened rows; a batched product (attention's) is one per leading index.
       double products = 1;
-      if (in.size() == 2 && in[1].rank() > 2) {
-        const Shape local = local_shape(n.outputs[0].shape, out, x.mesh);
+      const Shape local = local_shape(n.outputs[0].shape, out, x.mesh);
+      if (in.size() == 2 && in[1].rank() > 2)
         for (size_t i = 0; i + 2 < local.size(); ++i) products *= static_cast<double>(local[i]);
-      }
-      if (nc.flops > 0) peak = d.gemm_rate(nc.flops / products);
+      // One product's m x n (a weight of rank 2 multiplies the flattened rows) and its k.
+      double rows = 1, cols = local.empty() ? 1 : static_cast<double>(local.back());
+      for (size_t i = 0; i + 1 < local.size(); ++i) rows *= static_cast<double>(local[i]);
+      rows /= products;
+      const double k = nc.flops / (2 * products * rows * cols);
+      if (nc.flops > 0) peak = d.gemm_rate(rows, cols, k);
     }
   } else {
     peak = d.peak(DType::f32);
   }
-  nc.seconds = std::max(nc.flops / peak, nc.bytes / d.stream_rate(nc.bytes));
+  // The optimizer's state was last touched a whole step before: it streams from memory, not
+  // from the caches an op's fresh inputs sit in.
+  const double bandwidth = opt ? d.memory_bandwidth : d.stream_rate(nc.bytes);
+  nc.seconds = std::max(nc.flops / peak, nc.bytes / bandwidth);
   if (!(x.opt.fuse_elementwise && x.fused_out[n.id])) nc.seconds += d.launch_overhead_s;
   return nc;
 }

@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <set>
 #include <sstream>
@@ -279,6 +280,10 @@ proto::ClusterSpecProto to_proto(const ClusterSpec& c) {
     g->set_flops(f);
     g->set_flops_per_s(r);
   }
+  for (const auto& g : c.device.gemm_shapes) {
+    auto* s = d->add_gemm_shapes();
+    s->set_m(g.m), s->set_n(g.n), s->set_k(g.k), s->set_flops_per_s(g.flops_per_s);
+  }
   for (auto [b, r] : c.device.stream_rates) {
     auto* s = d->add_stream_rates();
     s->set_bytes(b);
@@ -338,6 +343,7 @@ ClusterSpec from_proto(const proto::ClusterSpecProto& p) {
   c.device.gemm_efficiency = p.device().gemm_efficiency() > 0 ? p.device().gemm_efficiency() : 1.0;
   for (auto& g : p.device().gemm_rates()) c.device.gemm_rates.push_back({g.flops(), g.flops_per_s()});
   for (auto& s : p.device().stream_rates()) c.device.stream_rates.push_back({s.bytes(), s.bytes_per_s()});
+  for (auto& g : p.device().gemm_shapes()) c.device.gemm_shapes.push_back({g.m(), g.n(), g.k(), g.flops_per_s()});
   if (p.has_calibration()) {
     const auto& pc = p.calibration();
     HostCalibration& h = c.calibration;
@@ -405,6 +411,18 @@ double log_interpolate(const std::vector<std::pair<double, double>>& pts, double
 
 double DeviceSpec::gemm_rate(double flops) const { return log_interpolate(gemm_rates, flops); }
 
+double DeviceSpec::gemm_rate(double m, double n, double k) const {
+  if (gemm_shapes.empty()) return gemm_rate(2 * m * n * k);
+  double best = std::numeric_limits<double>::infinity(), rate = 0;
+  for (const GemmShape& s : gemm_shapes) {
+    const double d = std::fabs(std::log(std::max(m, 1.0) / static_cast<double>(s.m))) +
+                     std::fabs(std::log(std::max(n, 1.0) / static_cast<double>(s.n))) +
+                     std::fabs(std::log(std::max(k, 1.0) / static_cast<double>(s.k)));
+    if (d < best) best = d, rate = s.flops_per_s;
+  }
+  return rate;
+}
+
 double DeviceSpec::stream_rate(double bytes) const {
   return stream_rates.empty() ? memory_bandwidth : log_interpolate(stream_rates, bytes);
 }
@@ -464,6 +482,12 @@ void validate(const ClusterSpec& c) {
     check_positive(c.device.gemm_rates[i].second, f + ".flops_per_s", where);
     if (i > 0 && !(c.device.gemm_rates[i].first > c.device.gemm_rates[i - 1].first))
       throw Error(where + f + ".flops must be larger than the one before (ascending)");
+  }
+  for (size_t i = 0; i < c.device.gemm_shapes.size(); ++i) {
+    const auto& g = c.device.gemm_shapes[i];
+    const std::string f = "device.gemm_shapes[" + std::to_string(i) + "]";
+    if (g.m < 1 || g.n < 1 || g.k < 1) throw Error(where + f + ": m, n and k must be >= 1");
+    check_positive(g.flops_per_s, f + ".flops_per_s", where);
   }
   for (size_t i = 0; i < c.device.stream_rates.size(); ++i) {
     const std::string f = "device.stream_rates[" + std::to_string(i) + "]";
@@ -646,6 +670,9 @@ ClusterSpec calibrated_local_cluster(int64_t n, const HostInfo& h, const HostCal
     if (g.threads == use)
       by_flops[2.0 * static_cast<double>(g.m) * static_cast<double>(g.n) * static_cast<double>(g.k)].push_back(
           g.flops_per_s * static_cast<double>(t) / static_cast<double>(use));
+  for (const auto& g : cal.gemm)
+    if (g.threads == use)
+      c.device.gemm_shapes.push_back({g.m, g.n, g.k, g.flops_per_s * static_cast<double>(t) / static_cast<double>(use)});
   double best = 0;
   for (auto& [f, rates] : by_flops) {
     double mean = 0;

@@ -28,6 +28,15 @@ struct DeviceSpec {
   // clamped at the ends) instead of over peak x gemm_efficiency.
   std::vector<std::pair<double, double>> gemm_rates;
   double gemm_rate(double flops_per_product) const;  // the interpolated rate; 0 without gemm_rates
+  // Measured rates by product shape (calibration); gemm_rate(m, n, k) is the nearest shape's
+  // (in log m + log n + log k), or gemm_rate(2 m n k) without them.
+  struct GemmShape {
+    int64_t m = 0, n = 0, k = 0;
+    double flops_per_s = 0;
+    bool operator==(const GemmShape&) const = default;
+  };
+  std::vector<GemmShape> gemm_shapes;
+  double gemm_rate(double m, double n, double k) const;
   // Measured elementwise bandwidth by the bytes one kernel moves, ascending (calibration);
   // stream_rate interpolates (in log bytes, clamped), memory_bandwidth without them.
   std::vector<std::pair<double, double>> stream_rates;

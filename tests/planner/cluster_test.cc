@@ -343,6 +343,11 @@ TEST(ClusterLocal, CalibratedDevicesAreTheMeasuredOnes) {
     // Halfway in log FLOPs, halfway in rate.
     EXPECT_NEAR(c.device.gemm_rate(std::sqrt(small * big)), (w.small_rate + w.big_rate) / 2, 1e-3 * w.big_rate);
     EXPECT_DOUBLE_EQ(c.device.peak(DType::f32), w.big_rate);
+    // By shape: the nearest measured (in log m + log n + log k).
+    ASSERT_EQ(c.device.gemm_shapes.size(), 2u);
+    EXPECT_DOUBLE_EQ(c.device.gemm_rate(1000, 1100, 900), w.big_rate);
+    EXPECT_DOUBLE_EQ(c.device.gemm_rate(70, 60, 64), w.small_rate);
+    EXPECT_DOUBLE_EQ(c.device.gemm_rate(1024, 1024, 64), w.big_rate);  // nearer the large square than 64^3
     EXPECT_DOUBLE_EQ(c.device.memory_bandwidth, w.stream);
     EXPECT_DOUBLE_EQ(c.device.launch_overhead_s, 2e-7);
     EXPECT_DOUBLE_EQ(c.concurrent_devices, w.share < 1 ? 4.0 : 0.0);
