@@ -28,10 +28,11 @@ int cmd_calibrate(int argc, char** argv) {
   Args args("calibrate",
             "Measure this host as tessel runs on it, in under a minute: matrix products of the shapes the\n"
             "models use (and their data- and tensor-parallel slices) at 1, 2, 4, ... and all threads, fused\n"
-            "elementwise kernels per thread count, memcpy, the executor's cost per op, and the all-reduce of\n"
-            "the in-process engine (2, 4, 8 ranks) and of Gloo over loopback. Writes a cluster spec (the\n"
-            "whole host as one device, with the measurements) that `local:N` then derives its N simulated\n"
-            "devices from, saying so in `tessel plan` and `tessel train`.",
+            "elementwise kernels by working set and thread count, memcpy, the executor's cost per op, the\n"
+            "all-reduce of the in-process engine (2, 4, ... up to 8 ranks, on idle and on busy cores) and of\n"
+            "Gloo over loopback. Writes a cluster spec (the whole host as one device, with the\n"
+            "measurements) that `local:N` then derives its N simulated devices from, saying so in\n"
+            "`tessel plan` and `tessel train`.",
             {{"--output", "FILE", "where to write the spec", "$TESSEL_CALIBRATION, else $XDG_CACHE_HOME/tessel/"
                                                               "calibration.pbtxt, else ~/.cache/tessel/calibration.pbtxt"},
              {"--threads", "N", "measure up to N threads", "all hardware threads", ints(1)},
