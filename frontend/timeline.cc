@@ -87,8 +87,9 @@ MeasuredSteps StepRecorder::finish(detail::Engine& engine, const std::vector<int
   };
   std::vector<Ev> events;
   std::vector<int64_t> origins;
+  std::map<int64_t, int64_t> origin_of;  // per rank: its process's origin (-1: it traced nothing)
   for (size_t p = 0; p < all.size(); ++p) {
-    int64_t origin = -1;
+    std::vector<int64_t> ranks_here;
     for (const std::string& line : split(all[p], '\n')) {
       if (line.empty()) continue;
       const std::vector<std::string> f = split(line, '\t');
@@ -97,9 +98,11 @@ MeasuredSteps StepRecorder::finish(detail::Engine& engine, const std::vector<int
         if (m.ranks.size() <= r) m.ranks.resize(r + 1), m.peak_bytes.resize(r + 1);
         m.ranks[r] = {std::stod(f[2]), std::stod(f[3]), std::stod(f[4]), std::stod(f[5]), std::stod(f[6]), std::stod(f[7])};
         m.peak_bytes[r] = std::stoll(f[8]);
-      } else if (f[0] == "origin" && f.size() == 2) {
-        origin = std::stoll(f[1]);
+        ranks_here.push_back(static_cast<int64_t>(r));
+      } else if (f[0] == "origin" && f.size() == 2) {  // after the process's rank lines
+        const int64_t origin = std::stoll(f[1]);
         if (origin >= 0) origins.push_back(origin);
+        for (int64_t r : ranks_here) origin_of[r] = origin;
       } else if (f.size() == 8) {
         events.push_back({std::stoll(f[0]), std::stoll(f[1]), std::stoll(f[2]), std::stoll(f[3]), std::stoll(f[5]), f[4],
                           f[6], f[7]});
@@ -107,7 +110,6 @@ MeasuredSteps StepRecorder::finish(detail::Engine& engine, const std::vector<int
         throw Error("a process sent a malformed timeline line: '" + line.substr(0, 80) + "'");
       }
     }
-    (void)origin;
   }
   for (size_t r = 0; r < m.ranks.size(); ++r)
     if (m.ranks[r].compute_s + m.ranks[r].optimizer_s >
@@ -122,13 +124,7 @@ MeasuredSteps StepRecorder::finish(detail::Engine& engine, const std::vector<int
   const int64_t last = *std::max_element(origins.begin(), origins.end());
   const bool one_clock = last - first < 2'000'000'000;
   std::map<int64_t, int64_t> shift;  // per rank, ns to subtract
-  for (size_t p = 0; p < all.size(); ++p) {
-    int64_t origin = first;
-    for (const std::string& line : split(all[p], '\n'))
-      if (line.rfind("origin\t", 0) == 0) origin = std::stoll(line.substr(7));
-    for (const std::string& line : split(all[p], '\n'))
-      if (line.rfind("rank\t", 0) == 0) shift[std::stoll(split(line, '\t')[1])] = one_clock || origin < 0 ? first : origin;
-  }
+  for (auto [rank, origin] : origin_of) shift[rank] = one_clock || origin < 0 ? first : origin;
   std::map<int64_t, std::pair<int64_t, int64_t>> span;  // per traced step: earliest start, latest end
   for (const Ev& e : events) {
     if (e.kind != "step") continue;

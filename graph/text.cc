@@ -41,4 +41,12 @@ std::string si_units(double v, std::string_view unit) {
   return buf;
 }
 
+std::string bytes_str(int64_t b) {
+  char s[32];
+  if (b >= (int64_t{1} << 30)) std::snprintf(s, sizeof s, "%.2f GiB", static_cast<double>(b) / (1 << 30));
+  else if (b >= (1 << 20)) std::snprintf(s, sizeof s, "%.1f MiB", static_cast<double>(b) / (1 << 20));
+  else std::snprintf(s, sizeof s, "%.1f KiB", static_cast<double>(b) / 1024);
+  return s;
+}
+
 }  // namespace tessel

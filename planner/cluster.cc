@@ -374,6 +374,17 @@ void check_non_negative(double v, const std::string& field, const std::string& w
   if (!(v >= 0) || !std::isfinite(v))
     throw Error(where + field + " must be a finite number >= 0 (got " + num(v) + ")");
 }
+// (x, rate) points: both positive, x strictly ascending.
+void check_rate_table(const std::vector<std::pair<double, double>>& pts, const std::string& field, const std::string& x,
+                      const std::string& rate, const std::string& where) {
+  for (size_t i = 0; i < pts.size(); ++i) {
+    const std::string f = field + "[" + std::to_string(i) + "]";
+    check_positive(pts[i].first, f + "." + x, where);
+    check_positive(pts[i].second, f + "." + rate, where);
+    if (i > 0 && !(pts[i].first > pts[i - 1].first))
+      throw Error(where + f + "." + x + " must be larger than the one before (ascending)");
+  }
+}
 
 }  // namespace
 
@@ -476,26 +487,14 @@ void validate(const ClusterSpec& c) {
   check_positive(c.device.memory_bandwidth, "device.memory_bandwidth", where);
   check_non_negative(c.concurrent_devices, "concurrent_devices", where);
   check_non_negative(c.comm_wake_s, "comm_wake_s", where);
-  for (size_t i = 0; i < c.device.gemm_rates.size(); ++i) {
-    const std::string f = "device.gemm_rates[" + std::to_string(i) + "]";
-    check_positive(c.device.gemm_rates[i].first, f + ".flops", where);
-    check_positive(c.device.gemm_rates[i].second, f + ".flops_per_s", where);
-    if (i > 0 && !(c.device.gemm_rates[i].first > c.device.gemm_rates[i - 1].first))
-      throw Error(where + f + ".flops must be larger than the one before (ascending)");
-  }
+  check_rate_table(c.device.gemm_rates, "device.gemm_rates", "flops", "flops_per_s", where);
   for (size_t i = 0; i < c.device.gemm_shapes.size(); ++i) {
     const auto& g = c.device.gemm_shapes[i];
     const std::string f = "device.gemm_shapes[" + std::to_string(i) + "]";
     if (g.m < 1 || g.n < 1 || g.k < 1) throw Error(where + f + ": m, n and k must be >= 1");
     check_positive(g.flops_per_s, f + ".flops_per_s", where);
   }
-  for (size_t i = 0; i < c.device.stream_rates.size(); ++i) {
-    const std::string f = "device.stream_rates[" + std::to_string(i) + "]";
-    check_positive(c.device.stream_rates[i].first, f + ".bytes", where);
-    check_positive(c.device.stream_rates[i].second, f + ".bytes_per_s", where);
-    if (i > 0 && !(c.device.stream_rates[i].first > c.device.stream_rates[i - 1].first))
-      throw Error(where + f + ".bytes must be larger than the one before (ascending)");
-  }
+  check_rate_table(c.device.stream_rates, "device.stream_rates", "bytes", "bytes_per_s", where);
   if (!c.calibration.empty()) {
     const HostCalibration& h = c.calibration;
     if (h.threads < 1) throw Error(where + "calibration.threads must be at least 1");

@@ -9,6 +9,7 @@
 #include <set>
 
 #include "graph/error.h"
+#include "graph/text.h"
 #include "runtime/cpu_kernels.h"
 #include "runtime/fusion.h"
 #include "runtime/memory_plan.h"
@@ -28,13 +29,6 @@ bool is_collective(const Node& n) {
 }
 bool is_transfer(const Node& n) { return n.def->collective == Collective::send_recv; }
 
-std::string bytes_str(int64_t b) {
-  char s[32];
-  if (b >= (int64_t{1} << 30)) std::snprintf(s, sizeof s, "%.2f GiB", static_cast<double>(b) / (1 << 30));
-  else if (b >= (1 << 20)) std::snprintf(s, sizeof s, "%.1f MiB", static_cast<double>(b) / (1 << 20));
-  else std::snprintf(s, sizeof s, "%.1f KiB", static_cast<double>(b) / 1024);
-  return s;
-}
 
 struct Ref {
   int32_t buf = -1;
@@ -1135,7 +1129,10 @@ StepTimeline Executor::timeline() const {
     if (op.type == Op::Type::wait || op.type == Op::Type::launch) e.node = tasks_[static_cast<size_t>(op.task)].node;
     t.events.push_back(std::move(e));
   }
-  if (options_.overlap)
+  if (options_.overlap) {
+    std::vector<std::string> what(tasks_.size());  // each task as its launch op describes it
+    for (size_t i = 0; i < ops_.size(); ++i)
+      if (ops_[i].type == Op::Type::launch) what[static_cast<size_t>(ops_[i].task)] = lines[i].substr(7);  // "launch " ...
     for (size_t k = 0; k < tasks_.size(); ++k) {
       StepEvent e;
       e.comm = true;
@@ -1143,13 +1140,10 @@ StepTimeline Executor::timeline() const {
       e.node = tasks_[k].node;
       e.start_ns = task_start_[k];
       e.end_ns = task_end_[k];
-      for (size_t i = 0; i < ops_.size(); ++i)
-        if (ops_[i].type == Op::Type::launch && ops_[i].task == static_cast<int64_t>(k)) {
-          e.what = lines[i].substr(7);  // "launch " ...
-          break;
-        }
+      e.what = std::move(what[k]);
       t.events.push_back(std::move(e));
     }
+  }
   return t;
 }
 

@@ -36,13 +36,6 @@ std::string init_str(const Node& n) {
   return init;
 }
 
-std::string bytes_str(int64_t b) {
-  char s[32];
-  if (b >= (int64_t{1} << 30)) std::snprintf(s, sizeof s, "%.2f GiB", static_cast<double>(b) / (1 << 30));
-  else if (b >= (1 << 20)) std::snprintf(s, sizeof s, "%.1f MiB", static_cast<double>(b) / (1 << 20));
-  else std::snprintf(s, sizeof s, "%.1f KiB", static_cast<double>(b) / 1024);
-  return s;
-}
 
 std::string json_str(const std::string& s) {
   std::string o = "\"";

@@ -152,21 +152,23 @@ TEST(Resume, ACheckpointLoadsUnderEveryOtherPlanAndDeviceCount) {
   }
 }
 
+// The error a run stops with before training, or "(accepted)".
+std::string refusal(const TrainOptions& o) {
+  std::ostringstream log;
+  try {
+    train(o, log);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(accepted)";
+}
+
 TEST(Resume, AMismatchedRunIsRefusedNamingWhy) {
   TempDir d;
   const Plan one{"one device"};
   TrainOptions save = options(one, 2);
   save.checkpoint_dir = d / "ckpt";
   run(save, one);
-  auto refusal = [&](TrainOptions o) -> std::string {
-    std::ostringstream log;
-    try {
-      train(o, log);
-    } catch (const Error& e) {
-      return e.what();
-    }
-    return "(accepted)";
-  };
   TrainOptions other_seed = options(one, 4);
   other_seed.resume = d / "ckpt";
   other_seed.seed = 5;
@@ -241,15 +243,6 @@ TEST(Init, ParametersSavedElsewhereTrainOnFromTheSameLoss) {
   TrainOptions fresh = options(one, 2);
   EXPECT_NE(run(fresh, one).last_loss, ra.last_loss);  // the file's parameters were used
 
-  auto refusal = [&](const TrainOptions& o) -> std::string {
-    std::ostringstream log;
-    try {
-      train(o, log);
-    } catch (const Error& e) {
-      return e.what();
-    }
-    return "(accepted)";
-  };
   TrainOptions unmapped = options(one, 2);
   unmapped.init = d / "theirs.safetensors";
   const std::string why = refusal(unmapped);
