@@ -203,6 +203,10 @@ std::string VerifyReport::json() const {
   for (size_t i = 0; i < loss_plan.size(); ++i) os << (i ? "," : "") << json_number(loss_plan[i]);
   os << "],\"arena_bytes\":[";
   for (size_t i = 0; i < arena_bytes.size(); ++i) os << (i ? "," : "") << arena_bytes[i];
+  os << "],\"memory_bytes\":[";
+  for (size_t i = 0; i < memory_bytes.size(); ++i) os << (i ? "," : "") << memory_bytes[i];
+  os << "],\"predicted_bytes\":[";
+  for (size_t i = 0; i < predicted_bytes.size(); ++i) os << (i ? "," : "") << json_number(predicted_bytes[i]);
   os << "]}";
   return os.str();
 }
@@ -243,7 +247,16 @@ VerifyReport verify_plan(const VerifyOptions& opt, const DevicePlan& plan) {
   run.initialize();
 
   VerifyReport rep;
-  for (auto& m : run.memory()) rep.arena_bytes.push_back(m.arena_bytes);
+  const auto& stages = plan.search.best.stages;
+  const std::vector<runtime::RankMemory> memory = run.memory();
+  for (size_t i = 0; i < memory.size(); ++i) {
+    const runtime::RankMemory& m = memory[i];
+    rep.arena_bytes.push_back(m.arena_bytes);
+    rep.memory_bytes.push_back(m.total());
+    const int64_t st = run.programs()[static_cast<size_t>(run.first_rank()) + i].stage;
+    rep.predicted_bytes.push_back(st >= 0 && static_cast<size_t>(st) < stages.size() ? stages[static_cast<size_t>(st)].peak_memory_bytes
+                                                                                      : NAN);
+  }
   std::mt19937 rng(static_cast<uint32_t>(opt.seed * 7919 + 5));
   const auto logits = one_g.output("logits");
   if (!logits) throw Error(opt.spec + ": the model has no 'logits' output to draw labels for");

@@ -77,7 +77,9 @@ struct VerifyReport {
   double max_rel_diff_params = 0;  // after the last step, relative to max(tensor's largest magnitude, lr)
   std::string worst_parameter;     // "fc1/weight[17]"
   std::vector<double> loss_one, loss_plan;
-  std::vector<int64_t> arena_bytes;  // per rank
+  std::vector<int64_t> arena_bytes;      // per rank of this process
+  std::vector<int64_t> memory_bytes;     // per rank of this process: arena, variables, inputs and outputs
+  std::vector<double> predicted_bytes;   // per rank of this process: the plan's peak for its stage
   bool ok = false;
   std::string json() const;
 };

@@ -3,6 +3,7 @@
 #include "planner/pipeline.h"
 
 #include <algorithm>
+#include <cmath>
 #include <functional>
 #include <limits>
 #include <map>
@@ -50,7 +51,7 @@ const Sharding& input_placement(const Context& x, const Node& n, int i) {
 }
 
 struct NodeCost {
-  double seconds = 0, flops = 0, bytes = 0, io_bytes = 0;
+  double seconds = 0, flops = 0, bytes = 0;
 };
 
 NodeCost node_cost(const Context& x, const Node& n) {
@@ -71,12 +72,10 @@ NodeCost node_cost(const Context& x, const Node& n) {
   nc.flops = c.flops / split;
   for (size_t i = 0; i < n.inputs.size(); ++i) {
     const double b = local_bytes(x, in[i], input_placement(x, n, static_cast<int>(i)), opt);
-    nc.io_bytes += b;
     if (!(x.opt.fuse_elementwise && x.fused_out[n.inputs[i].node])) nc.bytes += b;
   }
   for (auto& t : n.outputs) {
     const double b = local_bytes(x, t, out, opt);
-    nc.io_bytes += b;
     if (!(x.opt.fuse_elementwise && x.fused_out[n.id])) nc.bytes += b;
   }
   const DeviceSpec& d = x.cluster.device;
@@ -274,7 +273,6 @@ ModelProfile profile_model(const Graph& g, const LayerStructure& ls, const PlanC
             if (core) lp.core_forward_flops += f / static_cast<double>(c.microbatches);
           }
         }
-        lp.working_bytes = std::max(lp.working_bytes, nc.io_bytes);
       }
     };
     walk(layer.forward, lp.forward, lp.forward_compute_s, &fwd_flops);
@@ -306,7 +304,11 @@ ModelProfile profile_model(const Graph& g, const LayerStructure& ls, const PlanC
         for (auto& s : comm_segments(x, rs, false, true)) lp.grad_sync.push_back(s);
     }
 
-    // Memory of one device.
+    // Memory of one device: each buffer rounded up as the runtime allocates it.
+    auto held = [&](double bytes) {
+      const double a = std::max(1.0, opt.buffer_alignment);
+      return std::max(a, std::ceil(bytes / a) * a);
+    };
     const int dp_axis = x.mesh.axis("dp");
     const double wsize = opt.precision == Precision::mixed ? 2 : 4;
     for (int32_t id : layer.forward) {
@@ -315,13 +317,24 @@ ModelProfile profile_model(const Graph& g, const LayerStructure& ls, const PlanC
       ParameterPlacement pp = parameter_placement(g, n, c, x.mesh, false);
       const double elems = static_cast<double>(n.outputs[0].numel());
       const double local = static_cast<double>(numel(local_shape(n.outputs[0].shape, pp.stored, x.mesh)));
+      // Gradients are reduced to shards over dp where the update runs on shards: ZeRO-3, or
+      // ZeRO-1 and 2 for a parameter with optimizer state (the state is split, and the update
+      // with it; a stateless update, plain SGD's, runs whole). The whole gradient lives from
+      // the backward that makes it until its reduce-scatter.
+      bool has_state = false;
+      for (int32_t id2 : layer.optimizer) {
+        const Node& sn = g.node(id2);
+        has_state |= sn.op == "state" && sn.outputs[0].rank() > 0 && owner_parameter(g, sn) == &n;
+      }
       Sharding grad_s = pp.used;
-      if (c.zero >= 2 && c.dp > 1) grad_s = parameter_placement(g, n, c, x.mesh, true).stored;
+      if (c.dp > 1 && (c.zero >= 3 || (c.zero >= 1 && has_state))) grad_s = parameter_placement(g, n, c, x.mesh, true).stored;
       const double grad_local = static_cast<double>(numel(local_shape(n.outputs[0].shape, grad_s, x.mesh)));
+      const double grad_used = static_cast<double>(numel(local_shape(n.outputs[0].shape, pp.used, x.mesh)));
       lp.parameters += elems;
-      lp.weight_bytes += local * wsize;
+      lp.weight_bytes += held(local * wsize);
       const double sum_size = opt.f32_gradients ? 4 : wsize;
-      lp.grad_bytes += grad_local * sum_size;
+      lp.grad_bytes += held(grad_local * sum_size);
+      if (grad_local < grad_used) lp.grad_whole_bytes += held(grad_used * sum_size);
       // One microbatch's gradient (whole, as its producer leaves it) into the running sum.
       if (opt.grad_accumulation != CostOptions::GradAccumulation::in_gemm) {
         const bool cast = opt.grad_accumulation == CostOptions::GradAccumulation::cast_add;
@@ -333,26 +346,35 @@ ModelProfile profile_model(const Graph& g, const LayerStructure& ls, const PlanC
     }
     for (int32_t id : layer.optimizer) {
       const Node& n = g.node(id);
-      if (n.op != "state" || n.outputs[0].rank() == 0) continue;
-      lp.optimizer_bytes += local_bytes(x, n.outputs[0], x.gp.at(n.out(0)), true);
+      if (n.op != "state") continue;
+      lp.optimizer_bytes += held(local_bytes(x, n.outputs[0], x.gp.at(n.out(0)), true));
     }
     if (opt.precision == Precision::mixed) {  // f32 master weights, split like the optimizer state
       for (int32_t id : layer.forward) {
         const Node& n = g.node(id);
         if (n.op != "parameter") continue;
         ParameterPlacement ps = parameter_placement(g, n, c, x.mesh, true);
-        lp.optimizer_bytes += static_cast<double>(numel(local_shape(n.outputs[0].shape, ps.stored, x.mesh))) * 4;
+        lp.optimizer_bytes += held(static_cast<double>(numel(local_shape(n.outputs[0].shape, ps.stored, x.mesh))) * 4);
       }
     }
     std::set<int32_t> fwd(layer.forward.begin(), layer.forward.end());
     std::set<int32_t> bwd(layer.backward.begin(), layer.backward.end());
     std::set<std::pair<int32_t, int32_t>> saved, inputs, outputs, core_saved, core_inputs;
+    std::set<size_t> gathered;  // reshards whose results the backward reads
     std::set<int32_t> readers(fwd.begin(), fwd.end());  // what may read the layer's values
     readers.insert(bwd.begin(), bwd.end());
     for (int32_t id : layer.forward) readers.insert(users[id].begin(), users[id].end());
+    // A view (a reshape) holds no bytes of its own: what its reader keeps alive is the
+    // value it views.
+    auto storage = [&](Value v) {
+      while (g.node(v.node).def->kind == OpKind::compute && g.node(v.node).def->view && !g.node(v.node).inputs.empty())
+        v = g.node(v.node).inputs[0];
+      return v;
+    };
     for (int32_t id : readers) {
       const Node& n = g.node(id);
-      for (auto& v : n.inputs) {
+      for (const Value& read : n.inputs) {
+        const Value v = storage(read);
         const Node& src = g.node(v.node);
         if (src.def->kind != OpKind::compute || src.def->view) {
           if (src.def->kind == OpKind::input && fwd.count(id)) inputs.insert({v.node, v.index});
@@ -360,6 +382,10 @@ ModelProfile profile_model(const Graph& g, const LayerStructure& ls, const PlanC
         }
         if (fwd.count(v.node) && bwd.count(id)) {
           saved.insert({v.node, v.index});
+          // Read resharded (a sequence-parallel activation gathered for a product): the
+          // gathered copy is kept too.
+          if (auto it = x.reshard_at.find({id, static_cast<int>(&read - n.inputs.data())}); it != x.reshard_at.end())
+            gathered.insert(it->second);
           if (ls.attention_core[src.id]) core_saved.insert({v.node, v.index});
         }
         if (fwd.count(id) && ls.attention_core[n.id] && fwd.count(v.node) && !ls.attention_core[src.id])
@@ -373,10 +399,59 @@ ModelProfile profile_model(const Graph& g, const LayerStructure& ls, const PlanC
     }
     auto bytes_of = [&](const std::set<std::pair<int32_t, int32_t>>& vals) {
       double b = 0;
-      for (auto& [node, idx] : vals) b += local_bytes(x, g.node(node).outputs[idx], x.gp.at(Value{node, idx}), false);
+      for (auto& [node, idx] : vals) b += held(local_bytes(x, g.node(node).outputs[idx], x.gp.at(Value{node, idx}), false));
       return b;
     };
     lp.activation_bytes = bytes_of(saved);
+    for (size_t r : gathered) {
+      const auto& rs = x.gp.reshards[r];
+      const double from = local_bytes(x, g.type(rs.value), x.gp.at(rs.value), false);
+      const double to = local_bytes(x, g.type(rs.value), rs.to, false);
+      if (to > from) lp.activation_bytes += held(to);
+    }
+    // Held outside the arena for the whole step besides parameters and optimizer state: the
+    // batch the layer reads (every microbatch's: the rank holds its whole part), the graph
+    // outputs it makes (one microbatch's: each overwrites the last) and the constants it
+    // reads (a causal mask).
+    std::set<Value, bool (*)(const Value&, const Value&)> data(
+        [](const Value& a, const Value& b) { return std::pair(a.node, a.index) < std::pair(b.node, b.index); });
+    for (int32_t id : layer.forward)
+      for (const Value& v : g.node(id).inputs)
+        if (g.node(v.node).def->kind == OpKind::input || g.node(v.node).def->kind == OpKind::constant) data.insert(v);
+    for (const auto& out : g.outputs())
+      if (fwd.count(out.value.node) && g.node(out.value.node).def->kind == OpKind::compute) data.insert(out.value);
+    for (const Value& v : data) {
+      const Sharding& s = x.gp.at(v);
+      const bool input = g.node(v.node).def->kind == OpKind::input;
+      const double pieces = input && kMicrobatchAxis < static_cast<int>(s.size()) && s[kMicrobatchAxis].is_shard()
+                                ? static_cast<double>(x.mesh.sizes[kMicrobatchAxis])
+                                : 1;
+      lp.io_bytes += held(local_bytes(x, g.node(v.node).outputs[static_cast<size_t>(v.index)], s, false)) * pieces;
+    }
+    // Working memory: the largest set of transients one op holds at once, its outputs and the
+    // computed inputs it reads, other than what is counted elsewhere: the activations the
+    // layer keeps, the parameters and their gradients' sums (the update writes in place). A
+    // microbatch's own gradient is transient when there are several to add into the sum.
+    auto transient = [&](Value v) {
+      const Node& src = g.node(v.node);
+      if (src.def->kind != OpKind::compute || src.def->view || saved.count({v.node, v.index})) return 0.0;
+      if (x.opt.fuse_elementwise && x.fused_out[v.node]) return 0.0;
+      // A gradient the update reads is the step's sum itself (grad_bytes, grad_whole_bytes)
+      // when there is one microbatch.
+      if (c.microbatches == 1)
+        for (int32_t u : users[v.node])
+          if (x.optimizer_node[u]) return 0.0;
+      return held(local_bytes(x, src.outputs[static_cast<size_t>(v.index)], x.gp.at(v), false));
+    };
+    for (const std::vector<int32_t>* ids : {&layer.forward, &ls.layers[last_of[li]].backward})
+      for (int32_t id : *ids) {
+        const Node& n = g.node(id);
+        if (n.def->kind != OpKind::compute || n.def->view) continue;
+        double b = 0;
+        for (int k = 0; k < static_cast<int>(n.outputs.size()); ++k) b += transient(n.out(k));
+        for (const Value& v : n.inputs) b += transient(v);
+        lp.working_bytes = std::max(lp.working_bytes, b);
+      }
     std::set<std::pair<int32_t, int32_t>> kept;
     for (auto& v : saved)
       if (!core_saved.count(v)) kept.insert(v);

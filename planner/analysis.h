@@ -44,6 +44,13 @@ struct CostOptions {
   // of running beside it (DeepSpeed's pipeline engine: its sends and receives are NCCL
   // calls the compute stream waits on).
   bool blocking_p2p = false;
+  // Gradients all-reduced over dp are laid out in buckets of up to this many bytes (in the
+  // order the backward finishes them), each allocated whole when its first gradient is
+  // written (tessel's runtime and PyTorch DDP, 25 MiB by default).
+  double bucket_bytes = 25 << 20;
+  // Every buffer a rank holds is rounded up to this many bytes (tessel's arena and variables:
+  // 64; CUDA caching allocators: 512).
+  double buffer_alignment = 64;
 };
 std::string_view grad_accumulation_name(CostOptions::GradAccumulation a);
 std::optional<CostOptions::GradAccumulation> grad_accumulation_from_name(std::string_view s);
@@ -77,10 +84,12 @@ struct LayerProfile {
   double parameters = 0;            // elements, whole layer
   // Memory on one device.
   double weight_bytes = 0, grad_bytes = 0, optimizer_bytes = 0;
+  double grad_whole_bytes = 0;  // gradients reduced to shards: their whole sums, until the reduce-scatter
   double activation_bytes = 0;      // kept from forward for backward, one microbatch
   double input_bytes = 0;           // the layer's input, one microbatch (all recompute keeps)
   double output_bytes = 0;          // what a stage boundary after this layer sends, one microbatch
   double working_bytes = 0;         // largest transient set while computing the layer
+  double io_bytes = 0;              // batch inputs it reads, graph outputs it makes (all microbatches), constants
   // Selective recomputation: the attention core's forward (rerun before the backward), and
   // what the layer keeps for its backward without the core's activations; the core's own
   // kept values that the rerun rebuilds.

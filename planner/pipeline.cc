@@ -106,10 +106,12 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
       st.grad_bytes += layers[i]->grad_bytes;
       st.optimizer_bytes += layers[i]->optimizer_bytes;
       st.working_bytes = std::max(st.working_bytes, layers[i]->working_bytes);
+      st.io_bytes += layers[i]->io_bytes;
       st.flops += (layers[i]->model_flops + rerun_flops(*layers[i])) * static_cast<double>(m) /
                   static_cast<double>(c.tp * c.dp);
     }
-    base[s] = st.weight_bytes + st.grad_bytes + st.optimizer_bytes + st.working_bytes;
+    // Gradients are taken by the layer's first backward (below), not held through the forward.
+    base[s] = st.weight_bytes + st.optimizer_bytes + st.io_bytes;  // working: while each layer runs (emit)
     est.stages.push_back(st);
   }
 
@@ -122,6 +124,24 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
   std::vector<std::vector<int64_t>> fwd_end(c.pp, std::vector<int64_t>(m, -1)), bwd_end(c.pp, std::vector<int64_t>(m, -1));
   std::vector<std::vector<int64_t>> fwd_start(c.pp, std::vector<int64_t>(m, -1)), bwd_start(c.pp, std::vector<int64_t>(m, -1));
   std::vector<int64_t> last_bwd_of_layer(L, -1);
+  std::vector<char> grads_taken(L, 0);
+  // The gradient memory each layer's first backward takes: its own sums, or the whole bucket
+  // of all-reduced gradients it opens (buckets fill in the backward's order, a stage each).
+  std::vector<double> grad_alloc(L, 0);
+  for (int64_t s = 0; s < c.pp; ++s) {
+    int64_t open = -1;
+    for (int64_t i = bounds[s + 1] - 1; i >= bounds[s]; --i) {
+      const bool bucketed = std::any_of(layers[i]->grad_sync.begin(), layers[i]->grad_sync.end(), [](const Segment& g) {
+        return g.comm && g.op == Collective::all_reduce;
+      });
+      if (!bucketed) {
+        grad_alloc[i] = layers[i]->grad_bytes;
+        continue;
+      }
+      if (open < 0 || grad_alloc[open] + layers[i]->grad_bytes > opt.bucket_bytes) open = i;
+      grad_alloc[open] += layers[i]->grad_bytes;
+    }
+  }
   // Without a trace to show, each layer's pass is one task: its collectives block the
   // compute stream anyway (nothing else is queued behind them on that rank), so folding
   // them in changes no times, and their time is booked as exposed communication.
@@ -135,8 +155,10 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
     return named ? "stage" + std::to_string(s) + what : std::string();
   };
   std::vector<double> folded_comm(c.pp, 0);
+  // A layer's pass: its segments as tasks on stage s after `dep`; mem_delta taken by its
+  // first compute piece, `working` held by every compute piece while it runs.
   auto emit = [&](int64_t s, const std::vector<Segment>& segs, TaskKind kind, const std::string& label,
-                  int64_t dep, double mem_delta, int64_t& first_task) {
+                  int64_t dep, double mem_delta, int64_t& first_task, double working = 0) {
     int64_t prev = dep;
     if (coarse && kind != TaskKind::collective) {
       Task t;
@@ -149,6 +171,7 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
       }
       if (prev >= 0) t.deps.push_back(prev);
       t.memory_delta_bytes = mem_delta;
+      t.transient_bytes = working;
       prev = sim->add(std::move(t));
       if (first_task < 0) first_task = prev;
       return prev;
@@ -162,6 +185,7 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
       t.duration_s = seg.seconds;
       if (seg.comm) t.wake_s = cluster.comm_wake_s;
       if (prev >= 0) t.deps.push_back(prev);
+      if (!seg.comm) t.transient_bytes = working;
       if (mem_delta > 0 && !seg.comm) {  // memory is taken by the first compute piece
         t.memory_delta_bytes = mem_delta;
         mem_delta = 0;
@@ -221,7 +245,8 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
                           : selective ? layers[i]->selective_kept_bytes
                                       : layers[i]->activation_bytes;
       int64_t f = -1;
-      last = emit(s, layers[i]->forward, TaskKind::forward, mb_label(names[i], j, "/fwd"), last, keep, f);
+      last = emit(s, layers[i]->forward, TaskKind::forward, mb_label(names[i], j, "/fwd"), last, keep, f,
+                  layers[i]->working_bytes);
       if (first < 0) first = f;
     }
     fwd_start[s][j] = first;
@@ -248,13 +273,16 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
       const std::string label = mb_label(names[i], j, "");
       int64_t f = -1;
       if (recompute) last = emit(s, layers[i]->forward, TaskKind::recompute, named ? label + "/recompute" : label, last,
-                                  layers[i]->activation_bytes, f);
+                                  layers[i]->activation_bytes, f, layers[i]->working_bytes);
       if (selective && layers[i]->core_forward_s > 0) {
         const std::vector<Segment> core{Segment{false, layers[i]->core_forward_s, Collective::all_reduce, -1, 0, -1, 0}};
         last = emit(s, core, TaskKind::recompute, named ? label + "/recompute_core" : label, last, layers[i]->core_rebuilt_bytes, f);
       }
       int64_t b = -1;
-      last = emit(s, layers[i]->backward, TaskKind::backward, named ? label + "/bwd" : label, last, 0, b);
+      const double grads = grads_taken[i] ? 0 : grad_alloc[i] + layers[i]->grad_whole_bytes;  // the sums, from the first microbatch on
+      grads_taken[i] = 1;
+      last = emit(s, layers[i]->backward, TaskKind::backward, named ? label + "/bwd" : label, last, grads, b,
+                  layers[i]->working_bytes);
       if (m > 1 && layers[i]->grad_accumulate_s > 0) {
         const std::vector<Segment> acc{Segment{false, layers[i]->grad_accumulate_s, Collective::all_reduce, -1, 0, -1, 0}};
         last = emit(s, acc, TaskKind::backward, named ? label + "/grad_accumulate" : label, last, 0, b);
@@ -292,6 +320,14 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
     for (int64_t i = bounds[s]; i < bounds[s + 1]; ++i) {
       int64_t f = -1;
       int64_t t = emit(s, layers[i]->grad_sync, TaskKind::collective, names[i] + "/grad_sync", last_bwd_of_layer[i], 0, f);
+      if (layers[i]->grad_whole_bytes > 0) {  // reduced to its shard: the whole sum is freed
+        Task free_task;
+        if (named) free_task.name = names[i] + "/grad_sync/free";
+        free_task.rank = s;
+        free_task.deps.push_back(t >= 0 ? t : last_bwd_of_layer[i]);
+        free_task.memory_delta_bytes = -layers[i]->grad_whole_bytes;
+        t = sim->add(std::move(free_task));
+      }
       syncs.push_back(t);
       opt_s += layers[i]->optimizer_s;
     }
@@ -321,7 +357,9 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
     st.exposed_comm_s = rs.exposed_comm_s + folded_comm[s];
     st.bubble_s = rs.bubble_s;
     st.peak_memory_bytes = rs.peak_memory_bytes;
-    st.activation_bytes = rs.peak_memory_bytes - base[s];
+    // The parts sum to the peak: what the simulated peak holds beyond the fixed parts, the
+    // gradients and one layer's working set is the activations'.
+    st.activation_bytes = std::max(0.0, rs.peak_memory_bytes - base[s] - st.grad_bytes - st.working_bytes);
     if (st.compute_s + st.optimizer_s > busiest) {
       busiest = st.compute_s + st.optimizer_s;
       est.compute_s = st.compute_s;
@@ -375,7 +413,8 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
                                                          {st.grad_bytes, "gradients"},
                                                          {st.optimizer_bytes, "optimizer state"},
                                                          {st.activation_bytes, "activations"},
-                                                         {st.working_bytes, "working memory"}};
+                                                         {st.working_bytes, "working memory"},
+                                                         {st.io_bytes, "inputs, outputs and constants"}};
     std::sort(parts.rbegin(), parts.rend());
     est.fit_problem = "stage " + std::to_string(s) + " (" + st.layers + ") needs " + si_units(st.peak_memory_bytes, "B") +
                       " per device, " + si_units(st.peak_memory_bytes - cluster.device.memory_bytes, "B") +

@@ -16,6 +16,7 @@ struct StageEstimate {
   int64_t first_layer = 0, end_layer = 0;  // [first, end) in the expanded layer list
   std::string layers;                      // "block0..block5" or "wte, block0..block4"
   double weight_bytes = 0, grad_bytes = 0, optimizer_bytes = 0, activation_bytes = 0, working_bytes = 0;
+  double io_bytes = 0;                     // batch inputs, graph outputs and constants its ranks hold
   double peak_memory_bytes = 0;            // from the simulation (static parts + live activations)
   double compute_s = 0, exposed_comm_s = 0, bubble_s = 0, optimizer_s = 0;
   double flops = 0;                        // hardware FLOPs this stage's devices execute, per step, per device

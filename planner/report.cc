@@ -71,7 +71,7 @@ std::string report_text(const SearchResult& r, const ReportContext& ctx) {
     os << "  " << s << "  layers " << st.layers << "\n      memory " << si_units(st.peak_memory_bytes, "B") << " per device = weights "
        << si_units(st.weight_bytes, "B") << " + gradients " << si_units(st.grad_bytes, "B") << " + optimizer "
        << si_units(st.optimizer_bytes, "B") << " + activations " << si_units(st.activation_bytes, "B") << " + working "
-       << si_units(st.working_bytes, "B") << "\n      busy " << num(st.compute_s + st.optimizer_s) << " s, "
+       << si_units(st.working_bytes, "B") << " + inputs/outputs " << si_units(st.io_bytes, "B") << "\n      busy " << num(st.compute_s + st.optimizer_s) << " s, "
        << si_units(st.flops, "FLOP") << " per device per step\n";
   }
   os << "\nplacements (per parameter, over [dp, tp] of its stage)\n";
@@ -135,6 +135,7 @@ std::string report_json(const SearchResult& r, const ReportContext& ctx) {
        << ",\"end_layer\":" << st.end_layer << ",\"peak_memory_bytes\":" << jnum(st.peak_memory_bytes)
        << ",\"weight_bytes\":" << jnum(st.weight_bytes) << ",\"grad_bytes\":" << jnum(st.grad_bytes)
        << ",\"optimizer_bytes\":" << jnum(st.optimizer_bytes) << ",\"activation_bytes\":" << jnum(st.activation_bytes)
+       << ",\"working_bytes\":" << jnum(st.working_bytes) << ",\"io_bytes\":" << jnum(st.io_bytes)
        << ",\"compute_s\":" << jnum(st.compute_s) << ",\"flops_per_device\":" << jnum(st.flops) << "}";
   }
   os << "],\"placements\":{";

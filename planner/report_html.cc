@@ -444,7 +444,8 @@ constexpr MemoryPart kMemoryParts[] = {{"weights", "#3b6ea8", &StageEstimate::we
                                        {"gradients", "#e8a33d", &StageEstimate::grad_bytes},
                                        {"optimizer state", "#6aa84f", &StageEstimate::optimizer_bytes},
                                        {"activations", "#cc4b4b", &StageEstimate::activation_bytes},
-                                       {"working", "#8e7cc3", &StageEstimate::working_bytes}};
+                                       {"working", "#8e7cc3", &StageEstimate::working_bytes},
+                                       {"inputs, outputs", "#999999", &StageEstimate::io_bytes}};
 
 std::string memory_svg(const PlanEstimate& e, const MeasuredRun* measured) {
   const PlanConfig& c = e.config;

@@ -66,6 +66,7 @@ struct Task {
   // `rank`). Empty: a single-rank task on `rank`.
   std::vector<int64_t> group;
   double memory_delta_bytes = 0;  // on `rank`: allocated at start (>0) or freed at end (<0)
+  double transient_bytes = 0;     // on `rank`: held from start to end (its working buffers)
   // Extra time when the task starts on a stream left idle (on any of its ranks): the threads
   // that run it were asleep and must be woken, which on busy cores takes a while. Tasks queued
   // behind another on their stream start without it.

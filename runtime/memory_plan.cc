@@ -5,42 +5,68 @@
 
 namespace tessel::runtime {
 
-MemoryPlan plan_memory(std::span<const BufferLifetime> buffers, int64_t alignment) {
+namespace {
+
+int64_t rounded(int64_t bytes, int64_t alignment) {
+  return std::max<int64_t>(alignment, (bytes + alignment - 1) / alignment * alignment);
+}
+
+// Places buffers in `order`, each at the smallest gap among the already placed buffers
+// whose lifetimes overlap its own, or after the highest of them.
+MemoryPlan place(std::span<const BufferLifetime> buffers, const std::vector<size_t>& order, int64_t alignment) {
   MemoryPlan plan;
   plan.offsets.assign(buffers.size(), 0);
-  std::vector<size_t> order(buffers.size());
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-    if (buffers[a].first != buffers[b].first) return buffers[a].first < buffers[b].first;
-    return buffers[a].bytes > buffers[b].bytes;
-  });
-  struct Live {
-    int64_t offset, end, last;
+  struct Placed {
+    int64_t offset, end, first, last;
   };
-  std::vector<Live> live;  // sorted by offset
+  std::vector<Placed> placed;  // sorted by offset
+  std::vector<const Placed*> around;
   for (size_t idx : order) {
     const BufferLifetime& b = buffers[idx];
-    const int64_t size = std::max<int64_t>(alignment, (b.bytes + alignment - 1) / alignment * alignment);
-    std::erase_if(live, [&](const Live& l) { return l.last < b.first; });
-    // Smallest gap that fits; otherwise after the last live buffer.
+    const int64_t size = rounded(b.bytes, alignment);
+    around.clear();
+    for (const Placed& p : placed)
+      if (p.first <= b.last && b.first <= p.last) around.push_back(&p);
     int64_t best = -1, best_gap = 0, prev_end = 0;
-    for (const Live& l : live) {
-      const int64_t gap = l.offset - prev_end;
+    for (const Placed* p : around) {
+      const int64_t gap = p->offset - prev_end;
       if (gap >= size && (best < 0 || gap < best_gap)) {
         best = prev_end;
         best_gap = gap;
       }
-      prev_end = std::max(prev_end, l.end);
+      prev_end = std::max(prev_end, p->end);
     }
     if (best < 0) best = prev_end;
     plan.offsets[idx] = best;
     plan.arena_bytes = std::max(plan.arena_bytes, best + size);
-    Live n{best, best + size, b.last};
-    live.insert(std::upper_bound(live.begin(), live.end(), n,
-                                 [](const Live& a, const Live& c) { return a.offset < c.offset; }),
-                n);
+    Placed n{best, best + size, b.first, b.last};
+    placed.insert(std::upper_bound(placed.begin(), placed.end(), n,
+                                   [](const Placed& a, const Placed& c) { return a.offset < c.offset; }),
+                  n);
   }
   return plan;
+}
+
+}  // namespace
+
+MemoryPlan plan_memory(std::span<const BufferLifetime> buffers, int64_t alignment) {
+  std::vector<size_t> order(buffers.size());
+  std::iota(order.begin(), order.end(), 0);
+  // In order of first use: a buffer's neighbours are those it lives beside, so a dead
+  // tenant's space goes to the next one written.
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    if (buffers[a].first != buffers[b].first) return buffers[a].first < buffers[b].first;
+    return buffers[a].bytes > buffers[b].bytes;
+  });
+  MemoryPlan by_time = place(buffers, order, alignment);
+  // Largest first: the big buffers settle low and the small ones fill the gaps between
+  // them, where placing by time leaves holes too small for what comes later.
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    if (buffers[a].bytes != buffers[b].bytes) return buffers[a].bytes > buffers[b].bytes;
+    return buffers[a].first < buffers[b].first;
+  });
+  MemoryPlan by_size = place(buffers, order, alignment);
+  return by_size.arena_bytes < by_time.arena_bytes ? by_size : by_time;
 }
 
 }  // namespace tessel::runtime

@@ -19,7 +19,8 @@ struct MemoryPlan {
   int64_t arena_bytes = 0;       // high-water mark
 };
 
-// Greedy best-fit over offsets, in order of first use (larger buffers first on ties).
+// Greedy best-fit over offsets, in order of first use and largest first; the smaller arena
+// of the two.
 // Buffers whose lifetimes overlap never share bytes.
 MemoryPlan plan_memory(std::span<const BufferLifetime> buffers, int64_t alignment = 64);
 

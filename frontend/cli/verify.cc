@@ -43,7 +43,7 @@ std::optional<VerifyCommand> parse_verify(int argc, char** argv) {
                 {"--comm", "ENGINE", "inprocess or inproc (the ranks share memory), gloo (each rank its own endpoint over TCP), or mpi (under mpirun)",
                  "inprocess; gloo under a launcher"},
                 {"--format", "FMT", "text, or json (keys: max_rel_diff_loss, max_rel_diff_params, ok, worst_parameter, "
-                                    "losses_one_device, losses_plan, arena_bytes)", "text"},
+                                    "losses_one_device, losses_plan, arena_bytes, memory_bytes: what each rank allocates, predicted_bytes: the plan's peak for it)", "text"},
             }, 3));
   if (!args.parse(argc, argv)) return std::nullopt;
   if (!args.has("--model")) throw Error("tessel verify: --model is required (see --help)");
