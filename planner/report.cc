@@ -93,8 +93,39 @@ std::string report_text(const SearchResult& r, const ReportContext& ctx) {
   for (auto& n : e.notes) os << "note: " << n << "\n";
   os << "\nalternatives\n";
   if (r.alternatives.empty()) os << "  (none: the pins leave one configuration)\n";
-  for (auto& a : r.alternatives)
-    os << "  " << a.estimate.config.str() << "   " << num(a.estimate.step_time_s) << " s   " << a.why << "\n";
+  // Alternatives predicted exactly as an earlier line (the chosen plan or another
+  // alternative) differ in a setting that changes nothing for this model: one line says so.
+  auto same = [](const PlanEstimate& a, const PlanEstimate& b) {
+    auto eq = [](double x, double y) { return std::abs(x - y) <= 1e-9 * std::max(std::abs(x), std::abs(y)); };
+    return eq(a.step_time_s, b.step_time_s) && eq(a.peak_memory_bytes, b.peak_memory_bytes);
+  };
+  auto settings = [](const PlanConfig& c) {  // "dp=2 tp=1 ... recompute=selective" -> its words
+    std::vector<std::string> w;
+    std::istringstream in(c.str());
+    for (std::string s; in >> s;) w.push_back(s);
+    return w;
+  };
+  std::vector<std::string> lines;
+  std::vector<std::pair<const PlanEstimate*, size_t>> shown;  // an alternative's own line
+  for (auto& a : r.alternatives) {
+    const PlanEstimate* twin = same(a.estimate, e) ? &e : nullptr;
+    size_t line = 0;
+    for (size_t i = 0; !twin && i < shown.size(); ++i)
+      if (same(a.estimate, *shown[i].first)) twin = shown[i].first, line = shown[i].second;
+    if (twin) {
+      std::string differs;
+      const auto theirs = settings(twin->config);
+      for (const std::string& s : settings(a.estimate.config))
+        if (std::find(theirs.begin(), theirs.end(), s) == theirs.end()) differs += (differs.empty() ? "" : " ") + s;
+      const std::string note = "  (" + (differs.empty() ? a.estimate.config.str() : differs) + ": the same prediction, it changes nothing here)";
+      if (twin == &e) lines.push_back("  " + a.estimate.config.str() + "   as the chosen plan" + note);
+      else lines[line] += note;
+      continue;
+    }
+    shown.push_back({&a.estimate, lines.size()});
+    lines.push_back("  " + a.estimate.config.str() + "   " + num(a.estimate.step_time_s) + " s   " + a.why);
+  }
+  for (auto& l : lines) os << l << "\n";
   os << "\nsearch: " << r.candidates << " configurations, " << r.simulated << " simulated, " << num(r.search_time_s, 3)
      << " s\n";
   return os.str();

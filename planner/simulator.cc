@@ -304,9 +304,13 @@ Simulation::Result Simulation::run() const {
       else
         ++b;
     }
-    st.idle_s = r.step_time_s - st.compute_s;
-    st.exposed_comm_s = st.comm_s - hidden;
-    st.bubble_s = st.idle_s - st.exposed_comm_s;
+    // Differences of sums carry rounding residues (a bubble of 1e-19 s): below a billionth
+    // of the step they are zero.
+    const double residue = 1e-9 * r.step_time_s;
+    auto clean = [&](double x) { return std::abs(x) <= residue ? 0.0 : x; };
+    st.idle_s = clean(r.step_time_s - st.compute_s);
+    st.exposed_comm_s = clean(st.comm_s - hidden);
+    st.bubble_s = clean(st.idle_s - st.exposed_comm_s);
     st.peak_memory_bytes = base_memory_[rank];
   }
 
