@@ -12,7 +12,8 @@ Runtime behaviour that differs between the frameworks is given as the framework'
 not fitted (see RUNTIME below): gradient accumulation over microbatches (tessel's default `add`:
 one pass per microbatch, as Megatron-LM's main_grad hooks of that time did; DeepSpeed's
 BF16_Optimizer converts to an f32 copy first: `cast-add`), and DeepSpeed's synchronous pipeline
-transfers (`--blocking-p2p`).
+transfers (`--blocking-p2p`); every one of these runs reduced gradients over data parallelism
+after the whole backward (`--grad-reduce-after-backward`; tessel overlaps them).
 
 How the published figures are turned into seconds per iteration:
   * Narayanan et al. 2021 report "achieved teraFLOP/s per GPU" X computed from their eq. (3),
@@ -70,7 +71,10 @@ SRC = {
                "of the sequence-parallel development (`model_parallel_memory_opt`: no gradient_accumulation_fusion); "
                "DeepSpeed runtime/bf16_optimizer.py update_hp_grads (`hp_grad.data.add_(lp.grad.data.to(hp_grad.dtype))`, "
                "called after every microbatch's backward by runtime/pipe/engine.py _exec_backward_pass); "
-               "pipeline transfers: DeepSpeed runtime/pipe/p2p.py send/recv (`assert async_op == False`)",
+               "pipeline transfers: DeepSpeed runtime/pipe/p2p.py send/recv (`assert async_op == False`); "
+               "data-parallel gradient reduction after the whole backward on every row (--grad-reduce-after-backward): "
+               "Megatron-LM's training.py calls model.allreduce_gradients() after the backward of all microbatches "
+               "(overlap_grad_reduce came with Megatron-Core in 2023), and DeepSpeed ZeRO-1's overlap_comm is off by default",
     "K22-PW": "Korthikanti et al. 2022 (arXiv 2205.05198), Table 5 column 'Present Work' and §6.3 "
               "(530B on 2240 GPUs, 8-way data parallel: 39.15 s): sequence parallelism + selective recompute",
     "BLOOM": "bigscience-workshop/bigscience train/tr11-176B-ml/README.md: log line at iteration 85376 "
@@ -209,7 +213,7 @@ def command(tessel, r, eff, cluster_file):
     return [tessel, "plan", "--model", model, "--batch", str(r["batch"]), "--cluster", cluster,
             "--tp", str(r["tp"]), "--pp", str(r["pp"]), "--dp", str(r["dp"]), "--microbatches", str(r["m"]),
             "--zero", str(r["zero"]), "--pipeline-schedule", "1f1b", "--recompute", r["recompute"],
-            "--sp" if r["sp"] else "--no-sp", "--split", MEGATRON] + r["extra"] + (["--gemm-efficiency", repr(eff)] if eff is not None else []) + ["--format", "json"]
+            "--sp" if r["sp"] else "--no-sp", "--split", MEGATRON, "--grad-reduce-after-backward"] + r["extra"] + (["--gemm-efficiency", repr(eff)] if eff is not None else []) + ["--format", "json"]
 
 
 def plan(tessel, r, eff, cluster_file):

@@ -201,6 +201,12 @@ double predicted_peak(const planner::PlanEstimate& p, const std::vector<int64_t>
   return st >= 0 && static_cast<size_t>(st) < p.stages.size() ? p.stages[static_cast<size_t>(st)].peak_memory_bytes : NAN;
 }
 
+// The rest of the reported step beside the busiest rank's measured parts: dispatch and host
+// work. Each part is a median over the steps, as the step is; medians do not add up, so the
+// rest is taken from the reported step and the parts add up to it.
+double other_s(const MeasuredParts& b, double step_ms_median) {
+  return std::max(0.0, step_ms_median / 1e3 - b.compute_s - b.optimizer_s - b.exposed_comm_s - b.bubble_s);
+}
 }  // namespace
 
 void print_predicted_vs_measured(std::ostream& os, const planner::PlanEstimate& p, const std::vector<int64_t>& rank_stage,
@@ -222,7 +228,7 @@ void print_predicted_vs_measured(std::ostream& os, const planner::PlanEstimate& 
   row("optimizer", p.optimizer_s, b.optimizer_s);
   row("exposed comm", p.exposed_comm_s, b.exposed_comm_s);
   row("bubble", p.bubble_s, b.bubble_s);
-  row("other", NAN, b.other_s + std::max(0.0, step_ms_median / 1e3 - b.step_s));
+  row("other", NAN, other_s(b, step_ms_median));
   os << "  peak memory per rank (predicted / allocated):";
   for (size_t r = 0; r < m.peak_bytes.size(); ++r) {
     const double pred = predicted_peak(p, rank_stage, r);
@@ -249,7 +255,7 @@ std::string predicted_vs_measured_json(const planner::PlanEstimate& p, const std
      << "},\"measured\":{\"step_ms\":" << json_number(step_ms_median) << ",\"busiest_rank\":" << m.busiest
      << ",\"compute_ms\":" << json_number(1e3 * b.compute_s) << ",\"optimizer_ms\":" << json_number(1e3 * b.optimizer_s)
      << ",\"exposed_comm_ms\":" << json_number(1e3 * b.exposed_comm_s) << ",\"bubble_ms\":" << json_number(1e3 * b.bubble_s)
-     << ",\"other_ms\":" << json_number(1e3 * (b.other_s + std::max(0.0, step_ms_median / 1e3 - b.step_s))) << "},\"ranks\":[";
+     << ",\"other_ms\":" << json_number(1e3 * other_s(b, step_ms_median)) << "},\"ranks\":[";
   for (size_t r = 0; r < m.ranks.size(); ++r) {
     const MeasuredParts& x = m.ranks[r];
     os << (r ? "," : "") << "{\"rank\":" << r << ",\"predicted_peak_bytes\":" << json_number(predicted_peak(p, rank_stage, r))

@@ -48,6 +48,10 @@ struct CostOptions {
   // order the backward finishes them), each allocated whole when its first gradient is
   // written (tessel's runtime and PyTorch DDP, 25 MiB by default).
   double bucket_bytes = 25 << 20;
+  // Gradient reductions wait for the whole backward instead of starting as their gradients
+  // (or buckets) are final (Megatron-LM's allreduce_gradients() after the backward, before
+  // its overlap_grad_reduce; DeepSpeed ZeRO-1 without overlap_comm).
+  bool grad_reduce_after_backward = false;
   // Every buffer a rank holds is rounded up to this many bytes (tessel's arena and variables:
   // 64; CUDA caching allocators: 512).
   double buffer_alignment = 64;

@@ -127,10 +127,20 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
   std::vector<char> grads_taken(L, 0);
   // The gradient memory each layer's first backward takes: its own sums, or the whole bucket
   // of all-reduced gradients it opens (buckets fill in the backward's order, a stage each).
+  // A layer's gradient reduction starts after the backward of sync_after[layer]: its own
+  // (a reduce-scatter, launched as its input is final), or that of the last member of its
+  // bucket (a bucket is reduced when full, or when the backward ends).
   std::vector<double> grad_alloc(L, 0);
+  std::vector<int64_t> sync_after(L, -1);
   for (int64_t s = 0; s < c.pp; ++s) {
     int64_t open = -1;
+    std::vector<int64_t> members;
+    auto close = [&] {
+      for (int64_t i : members) sync_after[i] = members.back();
+      members.clear();
+    };
     for (int64_t i = bounds[s + 1] - 1; i >= bounds[s]; --i) {
+      sync_after[i] = i;
       const bool bucketed = std::any_of(layers[i]->grad_sync.begin(), layers[i]->grad_sync.end(), [](const Segment& g) {
         return g.comm && g.op == Collective::all_reduce;
       });
@@ -138,9 +148,13 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
         grad_alloc[i] = layers[i]->grad_bytes;
         continue;
       }
-      if (open < 0 || grad_alloc[open] + layers[i]->grad_bytes > opt.bucket_bytes) open = i;
+      if (open < 0 || grad_alloc[open] + layers[i]->grad_bytes > opt.bucket_bytes) close(), open = i;
       grad_alloc[open] += layers[i]->grad_bytes;
+      members.push_back(i);
     }
+    close();
+    if (opt.grad_reduce_after_backward)
+      for (int64_t i = bounds[s]; i < bounds[s + 1]; ++i) sync_after[i] = bounds[s];  // its backward ends the stage's
   }
   // Without a trace to show, each layer's pass is one task: its collectives block the
   // compute stream anyway (nothing else is queued behind them on that rank), so folding
@@ -312,19 +326,22 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
   for (int64_t s = 0; s + 1 < c.pp; ++s)
     for (int64_t j = 0; j < m; ++j) sim->add_dep(bwd_start[s][j], bwd_end[s + 1][j]);
 
-  // Gradient reductions as each layer's last backward ends; the optimizer after all of a
-  // stage's; then gathers of updated parameters.
+  // Gradient reductions in the order the backward finishes them (on the comm stream, which
+  // runs its tasks in the order they are added), each after sync_after's backward; the
+  // optimizer after all of a stage's; then gathers of updated parameters.
   for (int64_t s = 0; s < c.pp; ++s) {
     std::vector<int64_t> syncs;
     double opt_s = 0;
-    for (int64_t i = bounds[s]; i < bounds[s + 1]; ++i) {
+    for (int64_t i = bounds[s + 1] - 1; i >= bounds[s]; --i) {
       int64_t f = -1;
-      int64_t t = emit(s, layers[i]->grad_sync, TaskKind::collective, names[i] + "/grad_sync", last_bwd_of_layer[i], 0, f);
+      const int64_t after = last_bwd_of_layer[sync_after[i]];
+      int64_t t = emit(s, layers[i]->grad_sync, TaskKind::collective, names[i] + "/grad_sync", after, 0, f);
       if (layers[i]->grad_whole_bytes > 0) {  // reduced to its shard: the whole sum is freed
         Task free_task;
         if (named) free_task.name = names[i] + "/grad_sync/free";
         free_task.rank = s;
-        free_task.deps.push_back(t >= 0 ? t : last_bwd_of_layer[i]);
+        free_task.stream = Stream::comm;
+        free_task.deps.push_back(t >= 0 ? t : after);
         free_task.memory_delta_bytes = -layers[i]->grad_whole_bytes;
         t = sim->add(std::move(free_task));
       }

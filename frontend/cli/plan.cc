@@ -45,6 +45,9 @@ int cmd_plan(int argc, char** argv) {
                                                 "cast-add (a converted copy, then the add: DeepSpeed's BF16_Optimizer)", "add"},
                 {"--blocking-p2p", "", "pipeline transfers hold both stages' compute streams (to compare with DeepSpeed's "
                                        "pipeline engine; tessel overlaps them)", ""},
+                {"--grad-reduce-after-backward", "", "gradient reductions start after the whole backward (to compare with "
+                                                     "Megatron-LM's allreduce_gradients of 2021-22 and DeepSpeed ZeRO-1 without "
+                                                     "overlap_comm; tessel starts each as its gradients are final)", ""},
                 {"--optimizer", "NAME", "sgd or adamw (decides optimizer state)", "adamw"},
                 {"--gemm-efficiency", "X", "fraction of peak that large GEMMs reach (overrides the cluster's measured figure)", "the device's",
                  fraction_up_to_one()},
@@ -125,6 +128,7 @@ int cmd_plan(int argc, char** argv) {
     so.cost.grad_accumulation = *ga;
   }
   so.cost.blocking_p2p = args.has("--blocking-p2p");
+  so.cost.grad_reduce_after_backward = args.has("--grad-reduce-after-backward");
   if (args.has("--gemm-efficiency")) {
     so.cost.gemm_efficiency = args.f64("--gemm-efficiency", 1);
   }
