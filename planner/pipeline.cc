@@ -131,12 +131,12 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
   // (a reduce-scatter, launched as its input is final), or that of the last member of its
   // bucket (a bucket is reduced when full, or when the backward ends).
   std::vector<double> grad_alloc(L, 0);
-  std::vector<int64_t> sync_after(L, -1);
+  std::vector<int64_t> sync_after(L, -1), bucket_of(L, -1);  // bucket_of: its last member; -1: not bucketed
   for (int64_t s = 0; s < c.pp; ++s) {
     int64_t open = -1;
     std::vector<int64_t> members;
     auto close = [&] {
-      for (int64_t i : members) sync_after[i] = members.back();
+      for (int64_t i : members) sync_after[i] = bucket_of[i] = members.back();
       members.clear();
     };
     for (int64_t i = bounds[s + 1] - 1; i >= bounds[s]; --i) {
@@ -332,10 +332,36 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
   for (int64_t s = 0; s < c.pp; ++s) {
     std::vector<int64_t> syncs;
     double opt_s = 0;
+    // A bucket's all-reduces are one collective of their summed bytes (one latency, not one
+    // per gradient), started after its last member's backward.
+    double bucket_bytes = 0;
+    std::vector<int64_t> bucket_group;
     for (int64_t i = bounds[s + 1] - 1; i >= bounds[s]; --i) {
       int64_t f = -1;
       const int64_t after = last_bwd_of_layer[sync_after[i]];
-      int64_t t = emit(s, layers[i]->grad_sync, TaskKind::collective, names[i] + "/grad_sync", after, 0, f);
+      std::vector<Segment> own;  // what is not in a bucket
+      for (const Segment& g : layers[i]->grad_sync) {
+        if (bucket_of[i] >= 0 && g.comm && g.op == Collective::all_reduce) {
+          bucket_bytes += g.bytes;
+          if (bucket_group.empty()) bucket_group = planning_mesh(c).group(0, g.axis);
+        } else {
+          own.push_back(g);
+        }
+      }
+      int64_t t = emit(s, own, TaskKind::collective, names[i] + "/grad_sync", after, 0, f);
+      if (bucket_of[i] == i && bucket_bytes > 0) {  // the bucket is complete
+        Task b;
+        if (named) b.name = names[i] + "/grad_sync/bucket";
+        b.rank = s;
+        b.stream = Stream::comm;
+        b.kind = TaskKind::collective;
+        b.duration_s = collective_time(cluster, Collective::all_reduce, bucket_bytes, bucket_group).seconds;
+        b.wake_s = cluster.comm_wake_s;
+        b.deps.push_back(t);
+        t = sim->add(std::move(b));
+        bucket_bytes = 0;
+        bucket_group.clear();
+      }
       if (layers[i]->grad_whole_bytes > 0) {  // reduced to its shard: the whole sum is freed
         Task free_task;
         if (named) free_task.name = names[i] + "/grad_sync/free";
