@@ -336,6 +336,7 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
     // per gradient), started after its last member's backward.
     double bucket_bytes = 0;
     std::vector<int64_t> bucket_group;
+    int64_t launches = 0;  // collectives the compute thread hands to the communication thread
     for (int64_t i = bounds[s + 1] - 1; i >= bounds[s]; --i) {
       int64_t f = -1;
       const int64_t after = last_bwd_of_layer[sync_after[i]];
@@ -349,6 +350,7 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
         }
       }
       int64_t t = emit(s, own, TaskKind::collective, names[i] + "/grad_sync", after, 0, f);
+      for (const Segment& g : own) launches += g.comm;
       if (bucket_of[i] == i && bucket_bytes > 0) {  // the bucket is complete
         Task b;
         if (named) b.name = names[i] + "/grad_sync/bucket";
@@ -359,6 +361,7 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
         b.wake_s = cluster.comm_wake_s;
         b.deps.push_back(t);
         t = sim->add(std::move(b));
+        ++launches;
         bucket_bytes = 0;
         bucket_group.clear();
       }
@@ -375,6 +378,13 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
       opt_s += layers[i]->optimizer_s;
     }
     if (s == 0) opt_s += mp.global_compute_s;
+    // Each hand-off wakes the communication thread, which costs the launching (compute) thread
+    // a wake-up of a sleeping thread on busy cores: comm_wake_s, the calibrated figure (0 on
+    // GPU clusters, whose launches are asynchronous). The gradient reductions' hand-offs
+    // happen during the backward, the parameter gathers' after the update; both are booked here.
+    for (int64_t i = bounds[s]; i < bounds[s + 1]; ++i)
+      for (const Segment& g : layers[i]->param_sync) launches += g.comm;
+    opt_s += static_cast<double>(launches) * cluster.comm_wake_s;
     Task o;
     o.name = "stage" + std::to_string(s) + "/optimizer";
     o.rank = s;
