@@ -16,6 +16,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <csignal>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
@@ -728,6 +729,15 @@ class GlooEndpoint final : public Communicator {
 std::unique_ptr<Communicator> gloo_communicator(int64_t rank, int64_t size, std::shared_ptr<GlooRendezvous> rendezvous,
                                                 GlooOptions options) {
   if (!rendezvous) throw Error("gloo_communicator: no rendezvous");
+  // Gloo writes to its sockets without MSG_NOSIGNAL: a peer that has closed its end (an
+  // aborted group) would kill this process with SIGPIPE instead of failing the write. Unless
+  // the program handles SIGPIPE itself, it is ignored, and the write returns EPIPE.
+  static const bool sigpipe_ignored = [] {
+    struct sigaction now {};
+    if (sigaction(SIGPIPE, nullptr, &now) == 0 && now.sa_handler == SIG_DFL) std::signal(SIGPIPE, SIG_IGN);
+    return true;
+  }();
+  (void)sigpipe_ignored;
   return std::make_unique<GlooEndpoint>(rank, size, std::move(rendezvous), std::move(options));
 }
 
