@@ -413,14 +413,16 @@ ModelProfile profile_model(const Graph& g, const LayerStructure& ls, const PlanC
     // batch the layer reads (every microbatch's: the rank holds its whole part), the graph
     // outputs it makes (one microbatch's: each overwrites the last) and the constants it
     // reads (a causal mask).
-    std::set<Value, bool (*)(const Value&, const Value&)> data(
-        [](const Value& a, const Value& b) { return std::pair(a.node, a.index) < std::pair(b.node, b.index); });
+    std::set<std::pair<int32_t, int32_t>> data;  // as the sets above: (node, output)
     for (int32_t id : layer.forward)
       for (const Value& v : g.node(id).inputs)
-        if (g.node(v.node).def->kind == OpKind::input || g.node(v.node).def->kind == OpKind::constant) data.insert(v);
+        if (g.node(v.node).def->kind == OpKind::input || g.node(v.node).def->kind == OpKind::constant)
+          data.insert({v.node, v.index});
     for (const auto& out : g.outputs())
-      if (fwd.count(out.value.node) && g.node(out.value.node).def->kind == OpKind::compute) data.insert(out.value);
-    for (const Value& v : data) {
+      if (fwd.count(out.value.node) && g.node(out.value.node).def->kind == OpKind::compute)
+        data.insert({out.value.node, out.value.index});
+    for (auto [node, index] : data) {
+      const Value v{node, index};
       const Sharding& s = x.gp.at(v);
       const bool input = g.node(v.node).def->kind == OpKind::input;
       const double pieces = input && kMicrobatchAxis < static_cast<int>(s.size()) && s[kMicrobatchAxis].is_shard()
