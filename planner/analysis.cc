@@ -7,6 +7,7 @@
 #include <functional>
 #include <limits>
 #include <map>
+#include <optional>
 #include <set>
 #include <tuple>
 
@@ -381,11 +382,18 @@ ModelProfile profile_model(const Graph& g, const LayerStructure& ls, const PlanC
           continue;
         }
         if (fwd.count(v.node) && bwd.count(id)) {
-          saved.insert({v.node, v.index});
-          // Read resharded (a sequence-parallel activation gathered for a product): the
-          // gathered copy is kept too.
-          if (auto it = x.reshard_at.find({id, static_cast<int>(&read - n.inputs.data())}); it != x.reshard_at.end())
-            gathered.insert(it->second);
+          // Read resharded (a sequence-parallel activation gathered for a product, at the
+          // reader or at a view between): the backward keeps the gathered copy, not the value.
+          std::optional<size_t> reshard;
+          Value at{id, static_cast<int>(&read - n.inputs.data())};
+          for (Value cur = read;; cur = g.node(cur.node).inputs[0]) {
+            if (auto it = x.reshard_at.find({at.node, at.index}); it != x.reshard_at.end()) reshard = it->second;
+            const Node& c = g.node(cur.node);
+            if (reshard || c.def->kind != OpKind::compute || !c.def->view || c.inputs.empty()) break;
+            at = Value{cur.node, 0};
+          }
+          if (reshard) gathered.insert(*reshard);
+          else saved.insert({v.node, v.index});
           if (ls.attention_core[src.id]) core_saved.insert({v.node, v.index});
         }
         if (fwd.count(id) && ls.attention_core[n.id] && fwd.count(v.node) && !ls.attention_core[src.id])
@@ -405,9 +413,7 @@ ModelProfile profile_model(const Graph& g, const LayerStructure& ls, const PlanC
     lp.activation_bytes = bytes_of(saved);
     for (size_t r : gathered) {
       const auto& rs = x.gp.reshards[r];
-      const double from = local_bytes(x, g.type(rs.value), x.gp.at(rs.value), false);
-      const double to = local_bytes(x, g.type(rs.value), rs.to, false);
-      if (to > from) lp.activation_bytes += held(to);
+      lp.activation_bytes += held(local_bytes(x, g.type(rs.value), rs.to, false));
     }
     // Held outside the arena for the whole step besides parameters and optimizer state: the
     // batch the layer reads (every microbatch's: the rank holds its whole part), the graph

@@ -331,6 +331,7 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
   // optimizer after all of a stage's; then gathers of updated parameters.
   for (int64_t s = 0; s < c.pp; ++s) {
     std::vector<int64_t> syncs;
+    std::vector<Task> at_optimizer;  // frees after the optimizer's wait
     double opt_s = 0;
     // A bucket's all-reduces are one collective of their summed bytes (one latency, not one
     // per gradient), started after its last member's backward.
@@ -365,14 +366,27 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
         bucket_bytes = 0;
         bucket_group.clear();
       }
-      if (layers[i]->grad_whole_bytes > 0) {  // reduced to its shard: the whole sum is freed
+      if (layers[i]->grad_whole_bytes > 0) {
+        // Reduced to its shard, the whole sum is freed where the program next waits for the
+        // communication stream after launching the reduction: a blocking collective in the
+        // backward of this layer or of one after it (ZeRO-3's gather, tp's all-reduce), else
+        // the optimizer's wait for the shards.
         Task free_task;
         if (named) free_task.name = names[i] + "/grad_sync/free";
         free_task.rank = s;
-        free_task.stream = Stream::comm;
+        free_task.stream = Stream::none;
         free_task.deps.push_back(t >= 0 ? t : after);
         free_task.memory_delta_bytes = -layers[i]->grad_whole_bytes;
-        t = sim->add(std::move(free_task));
+        int64_t k = i;
+        while (k >= bounds[s] && std::none_of(layers[k]->backward.begin(), layers[k]->backward.end(),
+                                              [](const Segment& g) { return g.comm; }))
+          --k;
+        if (k >= bounds[s]) {  // that wait waits for the reduction too (the stream runs in order)
+          free_task.deps = {last_bwd_of_layer[k]};
+          sim->add(std::move(free_task));
+        } else {
+          at_optimizer.push_back(std::move(free_task));
+        }
       }
       syncs.push_back(t);
       opt_s += layers[i]->optimizer_s;
@@ -393,6 +407,10 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
     for (int64_t t : syncs)
       if (t >= 0) o.deps.push_back(t);
     int64_t last = sim->add(std::move(o));
+    for (Task& f : at_optimizer) {
+      f.deps.push_back(last);
+      sim->add(std::move(f));
+    }
     for (int64_t i = bounds[s]; i < bounds[s + 1]; ++i) {
       int64_t f = -1;
       last = emit(s, layers[i]->param_sync, TaskKind::collective, names[i] + "/param_sync", last, 0, f);

@@ -10,7 +10,7 @@
 
 namespace tessel::planner {
 
-const char* stream_name(Stream s) { return s == Stream::comm ? "comm" : "compute"; }
+const char* stream_name(Stream s) { return s == Stream::comm ? "comm" : s == Stream::none ? "none" : "compute"; }
 
 const char* task_kind_name(TaskKind k) {
   static constexpr const char* kNames[] = {"forward",    "backward", "recompute", "optimizer",
@@ -28,6 +28,7 @@ std::string describe(const Task& t, int64_t index) {
 
 // The ranks whose stream `t` occupies.
 std::span<const int64_t> occupied(const Task& t) {
+  if (t.stream == Stream::none) return {};
   return t.group.empty() ? std::span<const int64_t>(&t.rank, 1) : std::span<const int64_t>(t.group);
 }
 
@@ -53,7 +54,9 @@ int64_t Simulation::add(Task t) {
   };
   if (t.rank < 0 || t.rank >= ranks_)
     fail("rank " + std::to_string(t.rank) + " is not in [0, " + std::to_string(ranks_) + ")");
-  if (t.stream != Stream::compute && t.stream != Stream::comm) fail("unknown stream");
+  if (t.stream != Stream::compute && t.stream != Stream::comm && t.stream != Stream::none) fail("unknown stream");
+  if (t.stream == Stream::none && (t.duration_s != 0 || t.wake_s != 0 || t.transient_bytes != 0 || !t.group.empty()))
+    fail("a task on no stream takes no time, holds no working memory and has no group");
   if (!std::isfinite(t.duration_s) || t.duration_s < 0)
     fail("duration " + std::to_string(t.duration_s) + " s is not finite and >= 0");
   if (!std::isfinite(t.memory_delta_bytes)) fail("memory delta is not finite");

@@ -10,7 +10,8 @@
 //  - A collective (non-empty `group`) occupies its stream (normally comm) on every rank
 //    of the group at once: it starts when all those streams are free and its deps are
 //    done, and ends duration_s later on all of them.
-//  - Nothing else orders tasks: no task waits for a stream that it does not occupy.
+//  - Nothing else orders tasks: no task waits for a stream that it does not occupy. A task on
+//    Stream::none occupies none (a point in time after its deps: give it no duration).
 //  - With set_compute_concurrency(k), compute tasks of different ranks share k ranks' worth of
 //    cores: a compute task's duration_s is its work alone, done at speed min(1, k / busy) while
 //    `busy` compute tasks run (its end comes later than start + duration_s when busy > k).
@@ -40,7 +41,9 @@
 
 namespace tessel::planner {
 
-enum class Stream : uint8_t { compute, comm };
+// none: a bookkeeping task (a memory free at a point of the program) that occupies no stream,
+// starts when its deps end and takes no time.
+enum class Stream : uint8_t { compute, comm, none };
 enum class TaskKind : uint8_t {
   forward,
   backward,

@@ -132,6 +132,38 @@ TEST(Simulator, AWakeTimeIsPaidOnlyOnAnIdleStream) {
   EXPECT_THROW(sim.add(bad), Error);
 }
 
+TEST(Simulator, ATaskOnNoStreamMarksAPointAfterItsDepsAndDelaysNothing) {
+  Simulation sim(1, {100});
+  const int64_t f = sim.add(compute("bwd", 0, 1.0));
+  const int64_t r = sim.add(comm("reduce", 0, 3.0, {f}));
+  Task alloc = compute("next bwd", 0, 1.0, {f});
+  alloc.memory_delta_bytes = 50;
+  const int64_t g = sim.add(alloc);
+  Task free_task;
+  free_task.name = "free";
+  free_task.stream = Stream::none;
+  free_task.memory_delta_bytes = -50;
+  free_task.deps = {g, r};
+  const int64_t x = sim.add(free_task);
+  const int64_t h = sim.add(compute("after", 0, 1.0, {g}));
+  const int64_t late = sim.add(comm("late", 0, 1.0, {}));
+  const auto res = sim.run();
+  EXPECT_DOUBLE_EQ(res.start_s[x], 4.0);  // after the later of its deps
+  EXPECT_DOUBLE_EQ(res.end_s[x], 4.0);
+  EXPECT_DOUBLE_EQ(res.start_s[h], 2.0);     // the compute stream does not wait for it
+  EXPECT_DOUBLE_EQ(res.start_s[late], 4.0);  // nor the comm stream
+  EXPECT_DOUBLE_EQ(res.ranks[0].peak_memory_bytes, 150);
+  EXPECT_DOUBLE_EQ(res.ranks[0].compute_s, 3.0);
+  EXPECT_DOUBLE_EQ(res.ranks[0].comm_s, 4.0);
+  expect_breakdown_sums(res);
+  Task bad = free_task;
+  bad.duration_s = 1;
+  EXPECT_THROW(sim.add(bad), Error);
+  bad = free_task;
+  bad.group = {0};
+  EXPECT_THROW(sim.add(bad), Error);
+}
+
 TEST(Simulator, CollectiveWaitsForEveryParticipantsStream) {
   Simulation sim(2);
   sim.add(comm("r1/send", 1, 4.0, {}, {}, TaskKind::send));  // rank 1's comm busy until 4
@@ -400,9 +432,9 @@ TEST(Simulator, RandomProgramsMatchBruteForce) {
       Task t;
       t.name = "t" + std::to_string(i);
       t.rank = int64_t(rng() % ranks);
-      t.stream = rng() % 2 ? Stream::comm : Stream::compute;
+      t.stream = rng() % 8 == 0 ? Stream::none : rng() % 2 ? Stream::comm : Stream::compute;
       t.kind = static_cast<TaskKind>(rng() % 8);
-      t.duration_s = rng() % 5 == 0 ? 0.0 : double(rng() % 1000) / 256.0;
+      t.duration_s = rng() % 5 == 0 || t.stream == Stream::none ? 0.0 : double(rng() % 1000) / 256.0;
       for (int d = int(rng() % 3); d > 0 && i > 0; --d) t.deps.push_back(int64_t(rng() % i));
       if (t.stream == Stream::comm && rng() % 4 == 0)
         for (int64_t q = 0; q < ranks; ++q)
@@ -420,7 +452,9 @@ TEST(Simulator, RandomProgramsMatchBruteForce) {
       const Task& t = tasks[i];
       double expected = 0;
       for (int64_t d : t.deps) expected = std::max(expected, r.end_s[d]);
-      std::vector<int64_t> occ = t.group.empty() ? std::vector<int64_t>{t.rank} : t.group;
+      std::vector<int64_t> occ = t.stream == Stream::none ? std::vector<int64_t>{}
+                                 : t.group.empty()          ? std::vector<int64_t>{t.rank}
+                                                            : t.group;
       for (int64_t q : occ) {
         int64_t& prev = last[q * 2 + (t.stream == Stream::comm)];
         if (prev >= 0) expected = std::max(expected, r.end_s[prev]);
@@ -438,6 +472,7 @@ TEST(Simulator, RandomProgramsMatchBruteForce) {
       std::vector<std::pair<double, double>> busy[2];
       for (int i = 0; i < n; ++i) {
         const Task& t = tasks[i];
+        if (t.stream == Stream::none) continue;
         const bool on_q = t.group.empty()
                               ? t.rank == q
                               : std::find(t.group.begin(), t.group.end(), q) != t.group.end();
