@@ -17,7 +17,12 @@ namespace tessel::planner {
 
 namespace {
 
-bool fusible(const Node& n) { return n.def->scalar != nullptr; }
+// As the runtime's fusion pass (runtime/fusion.cc) takes them: f32 elementwise ops and the
+// broadcasts they read.
+bool fusible(const Node& n) {
+  if (n.def->kind != OpKind::compute || n.outputs.size() != 1 || n.outputs[0].dtype != DType::f32) return false;
+  return n.def->scalar != nullptr || n.op == "broadcast_to" || n.op == "stop_gradient";
+}
 
 bool chain_end(const Node& n) { return fusible(n) || n.op == "sum" || n.op == "max"; }
 
@@ -155,6 +160,12 @@ std::optional<CostOptions::GradAccumulation> grad_accumulation_from_name(std::st
   for (A a : {A::in_gemm, A::add, A::cast_add})
     if (grad_accumulation_name(a) == s) return a;
   return std::nullopt;
+}
+
+double LayerProfile::first_backward_working(double grad_bytes) const {
+  double most = 0;
+  for (auto [transients, made] : first_backward_steps) most = std::max(most, transients + made * grad_bytes);
+  return std::max(0.0, most - grad_bytes);
 }
 
 ModelProfile profile_model(const Graph& g, const LayerStructure& ls, const PlanConfig& c, const ClusterSpec& cluster,
@@ -335,7 +346,10 @@ ModelProfile profile_model(const Graph& g, const LayerStructure& ls, const PlanC
       lp.weight_bytes += held(local * wsize);
       const double sum_size = opt.f32_gradients ? 4 : wsize;
       lp.grad_bytes += held(grad_local * sum_size);
-      if (grad_local < grad_used) lp.grad_whole_bytes += held(grad_used * sum_size);
+      if (grad_local < grad_used) {
+        lp.grad_whole_bytes += held(grad_used * sum_size);
+        lp.grad_shard_bytes += held(grad_local * sum_size);
+      }
       // One microbatch's gradient (whole, as its producer leaves it) into the running sum.
       if (opt.grad_accumulation != CostOptions::GradAccumulation::in_gemm) {
         const bool cast = opt.grad_accumulation == CostOptions::GradAccumulation::cast_add;
@@ -362,6 +376,7 @@ ModelProfile profile_model(const Graph& g, const LayerStructure& ls, const PlanC
     std::set<int32_t> bwd(layer.backward.begin(), layer.backward.end());
     std::set<std::pair<int32_t, int32_t>> saved, inputs, outputs, core_saved, core_inputs;
     std::set<size_t> gathered;  // reshards whose results the backward reads
+    std::set<std::pair<int32_t, int32_t>> backward_inputs;  // earlier layers' values the backward reads
     std::set<int32_t> readers(fwd.begin(), fwd.end());  // what may read the layer's values
     readers.insert(bwd.begin(), bwd.end());
     for (int32_t id : layer.forward) readers.insert(users[id].begin(), users[id].end());
@@ -396,6 +411,9 @@ ModelProfile profile_model(const Graph& g, const LayerStructure& ls, const PlanC
           else saved.insert({v.node, v.index});
           if (ls.attention_core[src.id]) core_saved.insert({v.node, v.index});
         }
+        if (bwd.count(id) && !fwd.count(v.node) && !x.optimizer_node[v.node] && src.pass != Pass::backward &&
+            ls.layer_of[v.node] >= 0 && ls.layer_of[v.node] != static_cast<int>(li))
+          backward_inputs.insert({v.node, v.index});
         if (fwd.count(id) && ls.attention_core[n.id] && fwd.count(v.node) && !ls.attention_core[src.id])
           core_inputs.insert({v.node, v.index});
         if (!fwd.count(v.node) && fwd.count(id) && !x.optimizer_node[v.node] && ls.layer_of[v.node] != static_cast<int>(li))
@@ -411,6 +429,17 @@ ModelProfile profile_model(const Graph& g, const LayerStructure& ls, const PlanC
       return b;
     };
     lp.activation_bytes = bytes_of(saved);
+    // Kept by their own layer too when its backward reads them.
+    auto kept_by_own_layer = [&](int32_t node) {
+      return std::any_of(users[node].begin(), users[node].end(), [&](int32_t u) {
+        return g.node(u).pass == Pass::backward && ls.layer_of[u] == ls.layer_of[node];
+      });
+    };
+    for (auto [node, index] : backward_inputs) {
+      const double b = held(local_bytes(x, g.node(node).outputs[index], x.gp.at(Value{node, index}), false));
+      lp.backward_input_bytes += b;
+      if (!kept_by_own_layer(node)) lp.backward_input_unshared_bytes += b;
+    }
     for (size_t r : gathered) {
       const auto& rs = x.gp.reshards[r];
       lp.activation_bytes += held(local_bytes(x, g.type(rs.value), rs.to, false));
@@ -443,6 +472,7 @@ ModelProfile profile_model(const Graph& g, const LayerStructure& ls, const PlanC
     auto transient = [&](Value v) {
       const Node& src = g.node(v.node);
       if (src.def->kind != OpKind::compute || src.def->view || saved.count({v.node, v.index})) return 0.0;
+      if (backward_inputs.count({v.node, v.index})) return 0.0;  // kept from the forward
       if (x.opt.fuse_elementwise && x.fused_out[v.node]) return 0.0;
       // A gradient the update reads is the step's sum itself (grad_bytes, grad_whole_bytes)
       // when there is one microbatch.
@@ -451,15 +481,69 @@ ModelProfile profile_model(const Graph& g, const LayerStructure& ls, const PlanC
           if (x.optimizer_node[u]) return 0.0;
       return held(local_bytes(x, src.outputs[static_cast<size_t>(v.index)], x.gp.at(v), false));
     };
-    for (const std::vector<int32_t>* ids : {&layer.forward, &ls.layers[last_of[li]].backward})
+    auto is_gradient = [&](Value v) {
+      return std::any_of(users[v.node].begin(), users[v.node].end(), [&](int32_t u) { return x.optimizer_node[u] != 0; });
+    };
+    const std::vector<int32_t>& backward = ls.layers[last_of[li]].backward;
+    double gradients = 0;  // bytes of the gradients the backward makes
+    for (int32_t id : backward)
+      for (int k = 0; k < static_cast<int>(g.node(id).outputs.size()); ++k)
+        if (is_gradient(g.node(id).out(k))) gradients += held(local_bytes(x, g.node(id).outputs[k], x.gp.at(g.node(id).out(k)), false));
+    double made = 0;
+    std::vector<std::pair<double, double>> steps;
+    for (const std::vector<int32_t>* ids : {&layer.forward, &backward})
       for (int32_t id : *ids) {
         const Node& n = g.node(id);
         if (n.def->kind != OpKind::compute || n.def->view) continue;
-        double b = 0;
-        for (int k = 0; k < static_cast<int>(n.outputs.size()); ++k) b += transient(n.out(k));
-        for (const Value& v : n.inputs) b += transient(v);
+        double b = 0, first = 0;
+        for (int k = 0; k < static_cast<int>(n.outputs.size()); ++k) {
+          const double t = transient(n.out(k));
+          b += t;
+          if (ids != &backward) continue;
+          if (!is_gradient(n.out(k))) first += t;
+          else made += held(local_bytes(x, n.outputs[k], x.gp.at(n.out(k)), false));
+        }
+        for (const Value& v : n.inputs) {
+          const double t = transient(v);
+          b += t;
+          if (!is_gradient(v)) first += t;
+        }
         lp.working_bytes = std::max(lp.working_bytes, b);
+        if (ids == &backward) steps.push_back({first, gradients > 0 ? made / gradients : 1.0});
       }
+    // The update's transients: values its ops make that are not the updated state, and the
+    // local slices of whole values (a replicated parameter cut to its ZeRO shard).
+    std::set<std::pair<int32_t, int32_t>> updated;
+    for (const auto& u : g.updates()) updated.insert({u.value.node, u.value.index});
+    auto update_transient = [&](Value v) {
+      const Node& src = g.node(v.node);
+      if (!x.optimizer_node[v.node] || src.def->kind != OpKind::compute || src.def->view || updated.count({v.node, v.index}))
+        return 0.0;
+      if (x.opt.fuse_elementwise && x.fused_out[v.node]) return 0.0;
+      return held(local_bytes(x, src.outputs[static_cast<size_t>(v.index)], x.gp.at(v), false));
+    };
+    for (int32_t id : layer.optimizer) {
+      const Node& n = g.node(id);
+      if (n.def->kind != OpKind::compute || n.def->view) continue;
+      double b = 0;
+      for (int k = 0; k < static_cast<int>(n.outputs.size()); ++k) b += update_transient(n.out(k));
+      for (int i = 0; i < static_cast<int>(n.inputs.size()); ++i) {
+        auto it = x.reshard_at.find({id, i});
+        if (it == x.reshard_at.end()) {
+          b += update_transient(n.inputs[static_cast<size_t>(i)]);
+          continue;
+        }
+        const auto& rs = x.gp.reshards[it->second];
+        if (std::none_of(rs.steps.begin(), rs.steps.end(), [](const ReshardStep& st) { return st.is_collective(); }))
+          b += held(local_bytes(x, g.type(rs.value), rs.to, false));
+      }
+      lp.optimizer_working_bytes = std::max(lp.optimizer_working_bytes, b);
+    }
+    // Keep the entries no other beats in both parts.
+    std::sort(steps.begin(), steps.end(), [](auto& a, auto& b) { return a.first != b.first ? a.first > b.first : a.second > b.second; });
+    for (auto& st : steps)
+      if (lp.first_backward_steps.empty() || st.second > lp.first_backward_steps.back().second)
+        lp.first_backward_steps.push_back(st);
     std::set<std::pair<int32_t, int32_t>> kept;
     for (auto& v : saved)
       if (!core_saved.count(v)) kept.insert(v);

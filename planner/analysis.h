@@ -89,10 +89,22 @@ struct LayerProfile {
   // Memory on one device.
   double weight_bytes = 0, grad_bytes = 0, optimizer_bytes = 0;
   double grad_whole_bytes = 0;  // gradients reduced to shards: their whole sums, until the reduce-scatter
+  double grad_shard_bytes = 0;  // the part of grad_bytes that is those shards, made by the reduce-scatter
   double activation_bytes = 0;      // kept from forward for backward, one microbatch
   double input_bytes = 0;           // the layer's input, one microbatch (all recompute keeps)
+  // Values of earlier layers that the layer's backward reads (a product's input for its weight
+  // gradient), one microbatch: kept from the forward to the backward, by the layer when it
+  // received them from another stage; `unshared` is the part their own layer does not keep.
+  double backward_input_bytes = 0, backward_input_unshared_bytes = 0;
   double output_bytes = 0;          // what a stage boundary after this layer sends, one microbatch
   double working_bytes = 0;         // largest transient set while computing the layer
+  // The first backward of a step writes the gradients' sums as it goes (the first microbatch's
+  // gradient is the sum): per op, its transients other than gradients and the share of the
+  // layer's gradients made by then (0..1); entries another beats in both dropped.
+  // first_backward_working(A): the most that backward holds beyond its sums of A bytes.
+  std::vector<std::pair<double, double>> first_backward_steps;
+  double first_backward_working(double grad_bytes) const;
+  double optimizer_working_bytes = 0;  // largest transient set of one op of the update (a slice of a parameter to its shard)
   double io_bytes = 0;              // batch inputs it reads, graph outputs it makes (all microbatches), constants
   // Selective recomputation: the attention core's forward (rerun before the backward), and
   // what the layer keeps for its backward without the core's activations; the core's own

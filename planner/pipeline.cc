@@ -1,3 +1,4 @@
+#include <cstdlib>
 #include "planner/pipeline.h"
 
 #include <algorithm>
@@ -144,12 +145,13 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
       const bool bucketed = std::any_of(layers[i]->grad_sync.begin(), layers[i]->grad_sync.end(), [](const Segment& g) {
         return g.comm && g.op == Collective::all_reduce;
       });
+      const double sums = layers[i]->grad_bytes - layers[i]->grad_shard_bytes;  // shards come later
       if (!bucketed) {
-        grad_alloc[i] = layers[i]->grad_bytes;
+        grad_alloc[i] = sums;
         continue;
       }
-      if (open < 0 || grad_alloc[open] + layers[i]->grad_bytes > opt.bucket_bytes) close(), open = i;
-      grad_alloc[open] += layers[i]->grad_bytes;
+      if (open < 0 || grad_alloc[open] + sums > opt.bucket_bytes) close(), open = i;
+      grad_alloc[open] += sums;
       members.push_back(i);
     }
     close();
@@ -239,6 +241,11 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
     folded_comm[s] += seconds;
     sim->add(std::move(t));
   };
+  // Earlier layers' values a layer's backward reads: all of them when they came from another
+  // stage (the received copy), else those their own layer does not keep already.
+  auto kept_inputs = [&](int64_t s, int64_t i) {
+    return s > 0 && i == bounds[s] ? layers[i]->backward_input_bytes : layers[i]->backward_input_unshared_bytes;
+  };
   auto forward = [&](int64_t s, int64_t j) {
     int64_t dep = -1;
     if (s > 0) {  // activations from the previous stage
@@ -256,8 +263,8 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
     int64_t first = -1, last = dep;
     for (int64_t i = bounds[s]; i < bounds[s + 1]; ++i) {
       const double keep = recompute   ? layers[i]->input_bytes
-                          : selective ? layers[i]->selective_kept_bytes
-                                      : layers[i]->activation_bytes;
+                          : (selective ? layers[i]->selective_kept_bytes : layers[i]->activation_bytes) +
+                                kept_inputs(s, i);
       int64_t f = -1;
       last = emit(s, layers[i]->forward, TaskKind::forward, mb_label(names[i], j, "/fwd"), last, keep, f,
                   layers[i]->working_bytes);
@@ -293,10 +300,11 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
         last = emit(s, core, TaskKind::recompute, named ? label + "/recompute_core" : label, last, layers[i]->core_rebuilt_bytes, f);
       }
       int64_t b = -1;
-      const double grads = grads_taken[i] ? 0 : grad_alloc[i] + layers[i]->grad_whole_bytes;  // the sums, from the first microbatch on
-      grads_taken[i] = 1;
+      // The sums, from the first microbatch on (shards come with their reduce-scatter).
+      const double grads = grads_taken[i] ? 0 : grad_alloc[i] + layers[i]->grad_whole_bytes;
       last = emit(s, layers[i]->backward, TaskKind::backward, named ? label + "/bwd" : label, last, grads, b,
-                  layers[i]->working_bytes);
+                  grads_taken[i] ? layers[i]->working_bytes : layers[i]->first_backward_working(grads));
+      grads_taken[i] = 1;
       if (m > 1 && layers[i]->grad_accumulate_s > 0) {
         const std::vector<Segment> acc{Segment{false, layers[i]->grad_accumulate_s, Collective::all_reduce, -1, 0, -1, 0}};
         last = emit(s, acc, TaskKind::backward, named ? label + "/grad_accumulate" : label, last, 0, b);
@@ -308,8 +316,9 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
       free_task.rank = s;
       free_task.deps.push_back(last);
       free_task.memory_delta_bytes = -(recompute   ? layers[i]->input_bytes + layers[i]->activation_bytes
-                                       : selective ? layers[i]->selective_kept_bytes + layers[i]->core_rebuilt_bytes
-                                                   : layers[i]->activation_bytes);
+                                       : selective ? layers[i]->selective_kept_bytes + layers[i]->core_rebuilt_bytes +
+                                                         kept_inputs(s, i)
+                                                   : layers[i]->activation_bytes + kept_inputs(s, i));
       last = sim->add(std::move(free_task));
       last_bwd_of_layer[i] = last;
     }
@@ -366,6 +375,15 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
         bucket_bytes = 0;
         bucket_group.clear();
       }
+      if (layers[i]->grad_shard_bytes > 0) {  // the reduce-scatter's results, from its launch
+        Task alloc;
+        if (named) alloc.name = names[i] + "/grad_sync/shards";
+        alloc.rank = s;
+        alloc.stream = Stream::none;
+        alloc.deps.push_back(after);
+        alloc.memory_delta_bytes = layers[i]->grad_shard_bytes;
+        sim->add(std::move(alloc));
+      }
       if (layers[i]->grad_whole_bytes > 0) {
         // Reduced to its shard, the whole sum is freed where the program next waits for the
         // communication stream after launching the reduction: a blocking collective in the
@@ -404,6 +422,7 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
     o.rank = s;
     o.kind = TaskKind::optimizer;
     o.duration_s = opt_s;
+    for (int64_t i = bounds[s]; i < bounds[s + 1]; ++i) o.transient_bytes = std::max(o.transient_bytes, layers[i]->optimizer_working_bytes);
     for (int64_t t : syncs)
       if (t >= 0) o.deps.push_back(t);
     int64_t last = sim->add(std::move(o));

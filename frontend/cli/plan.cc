@@ -49,6 +49,7 @@ int cmd_plan(int argc, char** argv) {
                                                      "Megatron-LM's allreduce_gradients of 2021-22 and DeepSpeed ZeRO-1 without "
                                                      "overlap_comm; tessel starts each as its gradients are final)", ""},
                 {"--optimizer", "NAME", "sgd or adamw (decides optimizer state)", "adamw"},
+                {"--momentum", "X", "SGD momentum (a momentum buffer per parameter when > 0)", "0", fraction_below_one()},
                 {"--gemm-efficiency", "X", "fraction of peak that large GEMMs reach (overrides the cluster's measured figure)", "the device's",
                  fraction_up_to_one()},
                 {"--format", "FMT", "text or json (keys: step_time_s, model_flops_per_step, hardware_flops_per_step, "
@@ -91,6 +92,7 @@ int cmd_plan(int argc, char** argv) {
     throw Error("tessel plan: --precision must be f32, mixed or auto");
   OptimizerConfig oc;
   oc.kind = args.str("--optimizer", "adamw");
+  oc.momentum = args.f64("--momentum", 0);
 
   // The training graph at the global batch: a DSL spec built at --batch, or a graph file
   // (whose batched inputs fix the batch).

@@ -85,7 +85,7 @@ TEST(MemoryPrediction, DISABLED_EveryStrategyPredictsWhatEachRankAllocatesWithin
       for (int64_t n : {2, 4, 8}) {
         const auto p = st.pins(n);
         if (!p) continue;
-        const std::string repro = "tessel verify --model " + m.spec + " --batch " + std::to_string(m.batch) +
+        std::string repro = "tessel verify --model " + m.spec + " --batch " + std::to_string(m.batch) +
                                   " --optimizer " + m.oc.kind + " --devices " + std::to_string(n) + " (" + st.name + ")";
         DevicePlan plan;
         try {
@@ -101,6 +101,12 @@ TEST(MemoryPrediction, DISABLED_EveryStrategyPredictsWhatEachRankAllocatesWithin
         o.optimizer = m.oc;
         o.steps = 1;
         o.tolerance = 1;  // memory is the question here; the equivalence suites check the numbers
+        if (plan.stage_bounds.size() > 2) {  // the split the search chose, to rerun it as is
+          std::string layers;
+          for (size_t k = 0; k + 1 < plan.stage_bounds.size(); ++k)
+            layers += (k ? "," : "") + std::to_string(plan.stage_bounds[k + 1] - plan.stage_bounds[k]);
+          repro += " --stage-layers " + layers;
+        }
         const VerifyReport r = verify_plan(o, plan);
         ASSERT_EQ(r.memory_bytes.size(), r.predicted_bytes.size());
         for (size_t rank = 0; rank < r.memory_bytes.size(); ++rank) {
