@@ -162,10 +162,11 @@ std::optional<CostOptions::GradAccumulation> grad_accumulation_from_name(std::st
   return std::nullopt;
 }
 
-double LayerProfile::first_backward_working(double grad_bytes) const {
+double LayerProfile::backward_holding(bool first, double grad_bytes, double activations, double inputs) const {
   double most = 0;
-  for (auto [transients, made] : first_backward_steps) most = std::max(most, transients + made * grad_bytes);
-  return std::max(0.0, most - grad_bytes);
+  for (const BackwardStep& s : backward_steps)
+    most = std::max(most, (first ? s.first + s.made * grad_bytes : s.later) + s.activations * activations + s.inputs * inputs);
+  return std::max(0.0, most - (first ? grad_bytes : 0.0));
 }
 
 ModelProfile profile_model(const Graph& g, const LayerStructure& ls, const PlanConfig& c, const ClusterSpec& cluster,
@@ -192,19 +193,23 @@ ModelProfile profile_model(const Graph& g, const LayerStructure& ls, const PlanC
     for (int32_t id : l.optimizer) x.optimizer_node[id] = 1;
   for (int32_t id : ls.global)
     if (g.node(id).pass == Pass::update) x.optimizer_node[id] = 1;
-  // Fusion: an elementwise value read once, by an elementwise op or a reduction, that needs
-  // no resharding in between, never goes to memory.
+  // Fusion: an elementwise value read only by elementwise ops or reductions of its own pass,
+  // with no resharding in between, stays in the kernel and never goes to memory (the runtime's
+  // fusion pass writes a value out only when something outside the group reads it).
   const std::vector<std::vector<int32_t>>& users = ls.users;
   x.fused_out.assign(g.size(), 0);
   for (int32_t id : nodes) {
     const Node& n = g.node(id);
-    if (!fusible(n) || users[id].size() != 1) continue;
-    const Node& user = g.node(users[id][0]);
-    const int32_t as = same_as[user.id] >= 0 ? same_as[user.id] : user.id;  // its reshards, if it repeats another
-    bool resharded = false;
-    for (size_t i = 0; i < user.inputs.size(); ++i)
-      if (user.inputs[i].node == id && x.reshard_at.count({as, static_cast<int>(i)})) resharded = true;
-    if (chain_end(user) && !resharded) x.fused_out[id] = 1;
+    if (!fusible(n) || users[id].empty()) continue;
+    bool inside = true;  // every reader in the same kernel: elementwise or a reduction ending it, same pass
+    for (int32_t u : users[id]) {
+      const Node& user = g.node(u);
+      const int32_t as = same_as[user.id] >= 0 ? same_as[user.id] : user.id;  // its reshards, if it repeats another
+      for (size_t i = 0; i < user.inputs.size(); ++i)
+        if (user.inputs[i].node == id && x.reshard_at.count({as, static_cast<int>(i)})) inside = false;
+      inside = inside && chain_end(user) && user.pass == n.pass;
+    }
+    x.fused_out[id] = inside;
   }
 
   ModelProfile mp;
@@ -387,6 +392,16 @@ ModelProfile profile_model(const Graph& g, const LayerStructure& ls, const PlanC
         v = g.node(v.node).inputs[0];
       return v;
     };
+    // The reshard an op's input is read through, at the op or at a view between.
+    auto reshard_of_read = [&](int32_t id, int input) -> std::optional<size_t> {
+      Value at{id, input};
+      for (Value cur = g.node(id).inputs[static_cast<size_t>(input)];; cur = g.node(cur.node).inputs[0]) {
+        if (auto it = x.reshard_at.find({at.node, at.index}); it != x.reshard_at.end()) return it->second;
+        const Node& c = g.node(cur.node);
+        if (c.def->kind != OpKind::compute || !c.def->view || c.inputs.empty()) return std::nullopt;
+        at = Value{cur.node, 0};
+      }
+    };
     for (int32_t id : readers) {
       const Node& n = g.node(id);
       for (const Value& read : n.inputs) {
@@ -399,15 +414,13 @@ ModelProfile profile_model(const Graph& g, const LayerStructure& ls, const PlanC
         if (fwd.count(v.node) && bwd.count(id)) {
           // Read resharded (a sequence-parallel activation gathered for a product, at the
           // reader or at a view between): the backward keeps the gathered copy, not the value.
-          std::optional<size_t> reshard;
-          Value at{id, static_cast<int>(&read - n.inputs.data())};
-          for (Value cur = read;; cur = g.node(cur.node).inputs[0]) {
-            if (auto it = x.reshard_at.find({at.node, at.index}); it != x.reshard_at.end()) reshard = it->second;
-            const Node& c = g.node(cur.node);
-            if (reshard || c.def->kind != OpKind::compute || !c.def->view || c.inputs.empty()) break;
-            at = Value{cur.node, 0};
-          }
-          if (reshard) gathered.insert(*reshard);
+          const std::optional<size_t> reshard = reshard_of_read(id, static_cast<int>(&read - n.inputs.data()));
+          // A copy the forward makes (its first reader is there) is what stays; one made for
+          // the backward alone is made there, from the value, which stays instead.
+          const bool made_in_forward =
+              reshard && std::any_of(x.gp.reshards[*reshard].consumers.begin(), x.gp.reshards[*reshard].consumers.end(),
+                                     [&](const auto& c) { return c.first >= 0 && g.node(c.first).pass == Pass::forward; });
+          if (made_in_forward) gathered.insert(*reshard);
           else saved.insert({v.node, v.index});
           if (ls.attention_core[src.id]) core_saved.insert({v.node, v.index});
         }
@@ -469,7 +482,8 @@ ModelProfile profile_model(const Graph& g, const LayerStructure& ls, const PlanC
     // computed inputs it reads, other than what is counted elsewhere: the activations the
     // layer keeps, the parameters and their gradients' sums (the update writes in place). A
     // microbatch's own gradient is transient when there are several to add into the sum.
-    auto transient = [&](Value v) {
+    auto transient = [&](Value read) {
+      const Value v = storage(read);  // a view holds what it views
       const Node& src = g.node(v.node);
       if (src.def->kind != OpKind::compute || src.def->view || saved.count({v.node, v.index})) return 0.0;
       if (backward_inputs.count({v.node, v.index})) return 0.0;  // kept from the forward
@@ -490,11 +504,41 @@ ModelProfile profile_model(const Graph& g, const LayerStructure& ls, const PlanC
       for (int k = 0; k < static_cast<int>(g.node(id).outputs.size()); ++k)
         if (is_gradient(g.node(id).out(k))) gradients += held(local_bytes(x, g.node(id).outputs[k], x.gp.at(g.node(id).out(k)), false));
     double made = 0;
-    std::vector<std::pair<double, double>> steps;
+    // Where the kept values die: their last reader in the backward (the layer's own, whose ops
+    // match `backward` one for one when that is another member's of the class).
+    const std::vector<int32_t>& own = layer.backward;
+    const bool aligned = own.size() == backward.size();
+    std::map<std::pair<int32_t, int32_t>, size_t> last_value;
+    std::map<size_t, size_t> last_copy;
+    for (size_t k = 0; k < own.size(); ++k) {
+      const Node& n = g.node(own[k]);
+      for (int i = 0; i < static_cast<int>(n.inputs.size()); ++i) {
+        const Value v = storage(n.inputs[static_cast<size_t>(i)]);
+        if (auto r = reshard_of_read(own[k], i); r && gathered.count(*r)) last_copy[*r] = k;
+        else last_value[{v.node, v.index}] = k;
+      }
+    }
+    auto live_after = [&](const std::set<std::pair<int32_t, int32_t>>& vals, size_t k, bool copies) {
+      double b = 0;
+      for (auto [node, index] : vals) {
+        auto it = last_value.find({node, index});
+        if (!aligned || it == last_value.end() || it->second >= k)
+          b += held(local_bytes(x, g.node(node).outputs[index], x.gp.at(Value{node, index}), false));
+      }
+      if (copies)
+        for (size_t r : gathered) {
+          auto it = last_copy.find(r);
+          if (!aligned || it == last_copy.end() || it->second >= k)
+            b += held(local_bytes(x, g.type(x.gp.reshards[r].value), x.gp.reshards[r].to, false));
+        }
+      return b;
+    };
+    size_t step = 0;
     for (const std::vector<int32_t>* ids : {&layer.forward, &backward})
-      for (int32_t id : *ids) {
+      for (const int32_t& id : *ids) {
         const Node& n = g.node(id);
         if (n.def->kind != OpKind::compute || n.def->view) continue;
+        step = static_cast<size_t>(&id - ids->data());
         double b = 0, first = 0;
         for (int k = 0; k < static_cast<int>(n.outputs.size()); ++k) {
           const double t = transient(n.out(k));
@@ -503,13 +547,29 @@ ModelProfile profile_model(const Graph& g, const LayerStructure& ls, const PlanC
           if (!is_gradient(n.out(k))) first += t;
           else made += held(local_bytes(x, n.outputs[k], x.gp.at(n.out(k)), false));
         }
-        for (const Value& v : n.inputs) {
-          const double t = transient(v);
+        for (int i = 0; i < static_cast<int>(n.inputs.size()); ++i) {
+          const Value& v = n.inputs[static_cast<size_t>(i)];
+          double t = transient(v);
+          // Read through a reshard: its result too (a gathered gradient), unless the layer keeps it.
+          if (auto r = reshard_of_read(id, i); r && !gathered.count(*r)) {
+            const auto& rs = x.gp.reshards[*r];
+            if (std::any_of(rs.steps.begin(), rs.steps.end(), [](const ReshardStep& st) { return st.is_collective(); }))
+              t += held(local_bytes(x, g.type(rs.value), rs.to, false));
+          }
           b += t;
           if (!is_gradient(v)) first += t;
         }
         lp.working_bytes = std::max(lp.working_bytes, b);
-        if (ids == &backward) steps.push_back({first, gradients > 0 ? made / gradients : 1.0});
+        if (ids != &backward) lp.forward_working_bytes = std::max(lp.forward_working_bytes, b);
+        if (ids == &backward) {
+          LayerProfile::BackwardStep st;
+          st.first = first;
+          st.later = b;
+          st.made = gradients > 0 ? made / gradients : 1.0;
+          st.activations = lp.activation_bytes > 0 ? live_after(saved, step, true) / lp.activation_bytes : 0;
+          st.inputs = lp.backward_input_bytes > 0 ? live_after(backward_inputs, step, false) / lp.backward_input_bytes : 0;
+          lp.backward_steps.push_back(st);
+        }
       }
     // The update's transients: values its ops make that are not the updated state, and the
     // local slices of whole values (a replicated parameter cut to its ZeRO shard).
@@ -539,11 +599,6 @@ ModelProfile profile_model(const Graph& g, const LayerStructure& ls, const PlanC
       }
       lp.optimizer_working_bytes = std::max(lp.optimizer_working_bytes, b);
     }
-    // Keep the entries no other beats in both parts.
-    std::sort(steps.begin(), steps.end(), [](auto& a, auto& b) { return a.first != b.first ? a.first > b.first : a.second > b.second; });
-    for (auto& st : steps)
-      if (lp.first_backward_steps.empty() || st.second > lp.first_backward_steps.back().second)
-        lp.first_backward_steps.push_back(st);
     std::set<std::pair<int32_t, int32_t>> kept;
     for (auto& v : saved)
       if (!core_saved.count(v)) kept.insert(v);
@@ -584,11 +639,15 @@ Spent seconds_of(const Graph& g, const LayerStructure& ls, const PlanConfig& c, 
   for (int32_t id : nodes) {
     const Node& n = g.node(id);
     x.optimizer_node[id] = n.pass == Pass::update;
-    if (!fusible(n) || ls.users[id].size() != 1) continue;
-    const Node& user = g.node(ls.users[id][0]);
-    bool resharded = false;
-    for (size_t i = 0; i < user.inputs.size(); ++i) resharded |= user.inputs[i].node == id && x.reshard_at.count({user.id, static_cast<int>(i)});
-    x.fused_out[id] = chain_end(user) && !resharded;
+    if (!fusible(n) || ls.users[id].empty()) continue;
+    bool inside = true;
+    for (int32_t u : ls.users[id]) {
+      const Node& user = g.node(u);
+      for (size_t i = 0; i < user.inputs.size(); ++i)
+        if (user.inputs[i].node == id && x.reshard_at.count({user.id, static_cast<int>(i)})) inside = false;
+      inside = inside && chain_end(user) && user.pass == n.pass;
+    }
+    x.fused_out[id] = inside;
   }
   Spent s;
   for (int32_t id : nodes) s.compute += node_cost(x, g.node(id)).seconds;

@@ -98,12 +98,18 @@ struct LayerProfile {
   double backward_input_bytes = 0, backward_input_unshared_bytes = 0;
   double output_bytes = 0;          // what a stage boundary after this layer sends, one microbatch
   double working_bytes = 0;         // largest transient set while computing the layer
-  // The first backward of a step writes the gradients' sums as it goes (the first microbatch's
-  // gradient is the sum): per op, its transients other than gradients and the share of the
-  // layer's gradients made by then (0..1); entries another beats in both dropped.
-  // first_backward_working(A): the most that backward holds beyond its sums of A bytes.
-  std::vector<std::pair<double, double>> first_backward_steps;
-  double first_backward_working(double grad_bytes) const;
+  double forward_working_bytes = 0;  // the same in its forward alone
+  // The backward op by op, as the runtime runs it: what each op holds (its transients: in the
+  // first microbatch's backward without its gradients, which are the sums then), the share of
+  // the layer's gradients made by then, and the shares of the kept activations and kept inputs
+  // still to be read (each dies at its last reader).
+  struct BackwardStep {
+    double first = 0, later = 0, made = 0, activations = 0, inputs = 0;
+  };
+  std::vector<BackwardStep> backward_steps;
+  // The most one backward holds at once beyond its gradients' sums (grad_bytes, taken by the
+  // first), given the activations and inputs kept for it; 0 with no steps.
+  double backward_holding(bool first, double grad_bytes, double activations, double inputs) const;
   double optimizer_working_bytes = 0;  // largest transient set of one op of the update (a slice of a parameter to its shard)
   double io_bytes = 0;              // batch inputs it reads, graph outputs it makes (all microbatches), constants
   // Selective recomputation: the attention core's forward (rerun before the backward), and

@@ -400,6 +400,21 @@ std::vector<RankProgram> partition(const Graph& g, const PlanConfig& config, std
         if (b >= most) from = s, most = b;
       st.stage_of[id] = from;
     }
+    // A sum of gradients that all come from one later stage (a value of this stage read by
+    // several ops of the next: the embedding's output by a block's residual and its norm) is
+    // added there: one gradient crosses the boundary, not one per reader.
+    for (int32_t id : nodes) {
+      const Node& n = g.node(id);
+      if (n.pass != Pass::backward || n.op != "add" || st.stage_of[id] < 0) continue;
+      int from = -1;
+      bool one = true;
+      for (auto& in : n.inputs) {
+        const int s = st.stage_of[in.node];
+        if (from >= 0 && s != from) one = false;
+        from = s;
+      }
+      if (one && from > st.stage_of[id]) st.stage_of[id] = from;
+    }
   }
   std::vector<RankProgram> out;
   for (int64_t s = 0; s < c.pp; ++s)

@@ -174,7 +174,7 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
   // A layer's pass: its segments as tasks on stage s after `dep`; mem_delta taken by its
   // first compute piece, `working` held by every compute piece while it runs.
   auto emit = [&](int64_t s, const std::vector<Segment>& segs, TaskKind kind, const std::string& label,
-                  int64_t dep, double mem_delta, int64_t& first_task, double working = 0) {
+                  int64_t dep, double mem_delta, int64_t& first_task, double working = 0, double released = 0) {
     int64_t prev = dep;
     if (coarse && kind != TaskKind::collective) {
       Task t;
@@ -188,6 +188,7 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
       if (prev >= 0) t.deps.push_back(prev);
       t.memory_delta_bytes = mem_delta;
       t.transient_bytes = working;
+      t.released_bytes = released;
       prev = sim->add(std::move(t));
       if (first_task < 0) first_task = prev;
       return prev;
@@ -206,14 +207,19 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
         t.memory_delta_bytes = mem_delta;
         mem_delta = 0;
       }
+      if (released > 0 && !seg.comm) {  // and handed over to it
+        t.released_bytes = released;
+        released = 0;
+      }
       prev = sim->add(std::move(t));
       if (first_task < 0) first_task = prev;
     }
-    if (mem_delta > 0) {  // no compute piece to carry it
+    if (mem_delta > 0 || released > 0) {  // no compute piece to carry it
       Task t;
       if (named) t.name = label + "/alloc";
       t.rank = s;
       t.memory_delta_bytes = mem_delta;
+      t.released_bytes = released;
       if (prev >= 0) t.deps.push_back(prev);
       prev = sim->add(std::move(t));
       if (first_task < 0) first_task = prev;
@@ -267,7 +273,7 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
                                 kept_inputs(s, i);
       int64_t f = -1;
       last = emit(s, layers[i]->forward, TaskKind::forward, mb_label(names[i], j, "/fwd"), last, keep, f,
-                  layers[i]->working_bytes);
+                  layers[i]->forward_working_bytes);
       if (first < 0) first = f;
     }
     fwd_start[s][j] = first;
@@ -294,7 +300,7 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
       const std::string label = mb_label(names[i], j, "");
       int64_t f = -1;
       if (recompute) last = emit(s, layers[i]->forward, TaskKind::recompute, named ? label + "/recompute" : label, last,
-                                  layers[i]->activation_bytes, f, layers[i]->working_bytes);
+                                  layers[i]->activation_bytes, f, layers[i]->forward_working_bytes);
       if (selective && layers[i]->core_forward_s > 0) {
         const std::vector<Segment> core{Segment{false, layers[i]->core_forward_s, Collective::all_reduce, -1, 0, -1, 0}};
         last = emit(s, core, TaskKind::recompute, named ? label + "/recompute_core" : label, last, layers[i]->core_rebuilt_bytes, f);
@@ -302,15 +308,21 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
       int64_t b = -1;
       // The sums, from the first microbatch on (shards come with their reduce-scatter).
       const double grads = grads_taken[i] ? 0 : grad_alloc[i] + layers[i]->grad_whole_bytes;
-      last = emit(s, layers[i]->backward, TaskKind::backward, named ? label + "/bwd" : label, last, grads, b,
-                  grads_taken[i] ? layers[i]->working_bytes : layers[i]->first_backward_working(grads));
+      // Without recomputation what the forward kept dies op by op in the backward: the
+      // backward's own profile holds it, from its start.
+      const bool plain = !recompute && !selective;
+      const double kept = layers[i]->activation_bytes, kept_in = kept_inputs(s, i);
+      const double holding =
+          plain ? layers[i]->backward_holding(!grads_taken[i], grads, kept, kept_in) : layers[i]->backward_holding(!grads_taken[i], grads, 0, 0);
+      last = emit(s, layers[i]->backward, TaskKind::backward, named ? label + "/bwd" : label, last, grads, b, holding,
+                  plain ? kept + kept_in : 0);
       grads_taken[i] = 1;
       if (m > 1 && layers[i]->grad_accumulate_s > 0) {
         const std::vector<Segment> acc{Segment{false, layers[i]->grad_accumulate_s, Collective::all_reduce, -1, 0, -1, 0}};
         last = emit(s, acc, TaskKind::backward, named ? label + "/grad_accumulate" : label, last, 0, b);
       }
       if (first < 0) first = f >= 0 ? f : b;
-      // Free what forward kept (and what recompute rebuilt) when the layer's backward ends.
+      // Free what forward kept for a recomputing backward (and what it rebuilt) when it ends.
       Task free_task;
       if (named) free_task.name = label + "/free";
       free_task.rank = s;
@@ -318,7 +330,7 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
       free_task.memory_delta_bytes = -(recompute   ? layers[i]->input_bytes + layers[i]->activation_bytes
                                        : selective ? layers[i]->selective_kept_bytes + layers[i]->core_rebuilt_bytes +
                                                          kept_inputs(s, i)
-                                                   : layers[i]->activation_bytes + kept_inputs(s, i));
+                                                   : 0.0);
       last = sim->add(std::move(free_task));
       last_bwd_of_layer[i] = last;
     }

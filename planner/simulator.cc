@@ -61,6 +61,7 @@ int64_t Simulation::add(Task t) {
     fail("duration " + std::to_string(t.duration_s) + " s is not finite and >= 0");
   if (!std::isfinite(t.memory_delta_bytes)) fail("memory delta is not finite");
   if (!(t.transient_bytes >= 0) || !std::isfinite(t.transient_bytes)) fail("transient memory is negative or not finite");
+  if (!(t.released_bytes >= 0) || !std::isfinite(t.released_bytes)) fail("released memory is negative or not finite");
   if (!std::isfinite(t.wake_s) || t.wake_s < 0) fail("wake time " + std::to_string(t.wake_s) + " s is not finite and >= 0");
   for (int64_t d : t.deps)
     if (d < 0 || d >= index) fail("dependency " + std::to_string(d) + " is not an earlier task");
@@ -328,6 +329,7 @@ Simulation::Result Simulation::run() const {
     if (task.memory_delta_bytes != 0)
       events.push_back({task.rank, task.memory_delta_bytes > 0 ? r.start_s[t] : r.end_s[t],
                         task.memory_delta_bytes});
+    if (task.released_bytes > 0) events.push_back({task.rank, r.start_s[t], -task.released_bytes});
     if (task.transient_bytes > 0) {
       events.push_back({task.rank, r.start_s[t], task.transient_bytes});
       events.push_back({task.rank, r.end_s[t], -task.transient_bytes});

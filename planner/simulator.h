@@ -29,7 +29,8 @@
 //    so compute_s + exposed_comm_s + bubble_s = step_time_s.
 //  - peak_memory_bytes = max over time of base_memory_bytes[r] plus the running sum of
 //    memory deltas of tasks whose `rank` is r: a positive delta is allocated when its task
-//    starts, a negative one freed when its task ends; at equal times frees come first.
+//    starts, a negative one freed when its task ends, released_bytes freed when it starts;
+//    at equal times frees come first.
 //
 // A Simulation is a plain value: not thread-safe to mutate, but run() and
 // chrome_trace_json() are const and may be called concurrently.
@@ -70,6 +71,7 @@ struct Task {
   std::vector<int64_t> group;
   double memory_delta_bytes = 0;  // on `rank`: allocated at start (>0) or freed at end (<0)
   double transient_bytes = 0;     // on `rank`: held from start to end (its working buffers)
+  double released_bytes = 0;      // on `rank`: freed when it starts (what it takes over from before)
   // Extra time when the task starts on a stream left idle (on any of its ranks): the threads
   // that run it were asleep and must be woken, which on busy cores takes a while. Tasks queued
   // behind another on their stream start without it.

@@ -440,6 +440,7 @@ TEST(Simulator, RandomProgramsMatchBruteForce) {
         for (int64_t q = 0; q < ranks; ++q)
           if (q == t.rank || rng() % 2) t.group.push_back(q);
       if (rng() % 3 == 0) t.memory_delta_bytes = double(int64_t(rng() % 200) - 100);
+      if (rng() % 5 == 0) t.released_bytes = double(rng() % 50);
       sim.add(std::move(t));
     }
     const auto r = sim.run();
@@ -513,6 +514,7 @@ TEST(Simulator, RandomProgramsMatchBruteForce) {
           if (t.rank != q) continue;
           if (t.memory_delta_bytes > 0 && r.start_s[k] <= at) use += t.memory_delta_bytes;
           if (t.memory_delta_bytes < 0 && r.end_s[k] <= at) use += t.memory_delta_bytes;
+          if (r.start_s[k] <= at) use -= t.released_bytes;
         }
         peak = std::max(peak, use);
       }
