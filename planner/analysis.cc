@@ -40,6 +40,31 @@ struct Context {
   mutable std::map<std::tuple<int, int, double>, CommEstimate> comm_times;
 };
 
+// Fusion: an elementwise value read only by elementwise ops or reductions of its own pass,
+// with no resharding in between, stays in the kernel and never goes to memory (the runtime's
+// fusion pass writes a value out only when something outside the group reads it, or it is a
+// graph output or an update's value). `reshards_of(u)`: the node whose reshards u's are.
+void mark_fused(Context& x, const std::vector<int32_t>& nodes, const std::vector<std::vector<int32_t>>& users,
+                const std::function<int32_t(int32_t)>& reshards_of) {
+  const Graph& g = x.g;
+  x.fused_out.assign(g.size(), 0);
+  std::vector<char> written(g.size(), 0);
+  for (const auto& o : g.outputs()) written[o.value.node] = 1;
+  for (const auto& u : g.updates()) written[u.value.node] = 1;
+  for (int32_t id : nodes) {
+    const Node& n = g.node(id);
+    if (!fusible(n) || users[id].empty() || written[id]) continue;
+    bool inside = true;
+    for (int32_t u : users[id]) {
+      const Node& user = g.node(u);
+      for (size_t i = 0; i < user.inputs.size(); ++i)
+        if (user.inputs[i].node == id && x.reshard_at.count({reshards_of(u), static_cast<int>(i)})) inside = false;
+      inside = inside && chain_end(user) && user.pass == n.pass;
+    }
+    x.fused_out[id] = inside;
+  }
+}
+
 double esize(const Context& x, DType dt, bool optimizer) {
   if (x.opt.precision == Precision::mixed && !optimizer && (dt == DType::f32 || dt == DType::f64)) return 2;
   return static_cast<double>(dtype_size(dt));
@@ -193,24 +218,8 @@ ModelProfile profile_model(const Graph& g, const LayerStructure& ls, const PlanC
     for (int32_t id : l.optimizer) x.optimizer_node[id] = 1;
   for (int32_t id : ls.global)
     if (g.node(id).pass == Pass::update) x.optimizer_node[id] = 1;
-  // Fusion: an elementwise value read only by elementwise ops or reductions of its own pass,
-  // with no resharding in between, stays in the kernel and never goes to memory (the runtime's
-  // fusion pass writes a value out only when something outside the group reads it).
   const std::vector<std::vector<int32_t>>& users = ls.users;
-  x.fused_out.assign(g.size(), 0);
-  for (int32_t id : nodes) {
-    const Node& n = g.node(id);
-    if (!fusible(n) || users[id].empty()) continue;
-    bool inside = true;  // every reader in the same kernel: elementwise or a reduction ending it, same pass
-    for (int32_t u : users[id]) {
-      const Node& user = g.node(u);
-      const int32_t as = same_as[user.id] >= 0 ? same_as[user.id] : user.id;  // its reshards, if it repeats another
-      for (size_t i = 0; i < user.inputs.size(); ++i)
-        if (user.inputs[i].node == id && x.reshard_at.count({as, static_cast<int>(i)})) inside = false;
-      inside = inside && chain_end(user) && user.pass == n.pass;
-    }
-    x.fused_out[id] = inside;
-  }
+  mark_fused(x, nodes, users, [&](int32_t u) { return same_as[u] >= 0 ? same_as[u] : u; });  // its reshards, if it repeats another
 
   ModelProfile mp;
   // Where each reshard is paid: at its first consumer, or as an update.
@@ -346,7 +355,16 @@ ModelProfile profile_model(const Graph& g, const LayerStructure& ls, const PlanC
       Sharding grad_s = pp.used;
       if (c.dp > 1 && (c.zero >= 3 || (c.zero >= 1 && has_state))) grad_s = parameter_placement(g, n, c, x.mesh, true).stored;
       const double grad_local = static_cast<double>(numel(local_shape(n.outputs[0].shape, grad_s, x.mesh)));
-      const double grad_used = static_cast<double>(numel(local_shape(n.outputs[0].shape, pp.used, x.mesh)));
+      double grad_used = static_cast<double>(numel(local_shape(n.outputs[0].shape, pp.used, x.mesh)));
+      // The gradient as the backward makes it, which may be whole where the parameter is used
+      // split (a product of replicated activations makes the whole weight gradient, then cut).
+      for (int32_t id2 : layer.optimizer) {
+        const Node& un = g.node(id2);
+        if (un.pass != Pass::update || owner_parameter(g, un) != &n) continue;
+        for (const Value& in : un.inputs)
+          if (g.node(in.node).pass == Pass::backward && g.type(in).shape == n.outputs[0].shape && x.gp.has(in))
+            grad_used = std::max(grad_used, static_cast<double>(numel(local_shape(n.outputs[0].shape, x.gp.at(in), x.mesh))));
+      }
       lp.parameters += elems;
       lp.weight_bytes += held(local * wsize);
       const double sum_size = opt.f32_gradients ? 4 : wsize;
@@ -547,9 +565,12 @@ ModelProfile profile_model(const Graph& g, const LayerStructure& ls, const PlanC
           if (!is_gradient(n.out(k))) first += t;
           else made += held(local_bytes(x, n.outputs[k], x.gp.at(n.out(k)), false));
         }
+        double of_inputs = 0;  // the layer's inputs among them
         for (int i = 0; i < static_cast<int>(n.inputs.size()); ++i) {
           const Value& v = n.inputs[static_cast<size_t>(i)];
           double t = transient(v);
+          const Value st = storage(v);
+          if (inputs.count({st.node, st.index})) of_inputs += t;
           // Read through a reshard: its result too (a gathered gradient), unless the layer keeps it.
           if (auto r = reshard_of_read(id, i); r && !gathered.count(*r)) {
             const auto& rs = x.gp.reshards[*r];
@@ -560,7 +581,10 @@ ModelProfile profile_model(const Graph& g, const LayerStructure& ls, const PlanC
           if (!is_gradient(v)) first += t;
         }
         lp.working_bytes = std::max(lp.working_bytes, b);
-        if (ids != &backward) lp.forward_working_bytes = std::max(lp.forward_working_bytes, b);
+        if (ids != &backward) {
+          lp.forward_working_bytes = std::max(lp.forward_working_bytes, b);
+          lp.kept_input_forward_working_bytes = std::max(lp.kept_input_forward_working_bytes, b - of_inputs);
+        }
         if (ids == &backward) {
           LayerProfile::BackwardStep st;
           st.first = first;
@@ -635,20 +659,8 @@ Spent seconds_of(const Graph& g, const LayerStructure& ls, const PlanConfig& c, 
     for (auto& [node, input] : x.gp.reshards[r].consumers)
       if (input >= 0) x.reshard_at[{node, input}] = r;
   x.optimizer_node.assign(g.size(), 0);
-  x.fused_out.assign(g.size(), 0);
-  for (int32_t id : nodes) {
-    const Node& n = g.node(id);
-    x.optimizer_node[id] = n.pass == Pass::update;
-    if (!fusible(n) || ls.users[id].empty()) continue;
-    bool inside = true;
-    for (int32_t u : ls.users[id]) {
-      const Node& user = g.node(u);
-      for (size_t i = 0; i < user.inputs.size(); ++i)
-        if (user.inputs[i].node == id && x.reshard_at.count({user.id, static_cast<int>(i)})) inside = false;
-      inside = inside && chain_end(user) && user.pass == n.pass;
-    }
-    x.fused_out[id] = inside;
-  }
+  for (int32_t id : nodes) x.optimizer_node[id] = g.node(id).pass == Pass::update;
+  mark_fused(x, nodes, ls.users, [](int32_t u) { return u; });
   Spent s;
   for (int32_t id : nodes) s.compute += node_cost(x, g.node(id)).seconds;
   for (const auto& r : x.gp.reshards)

@@ -99,6 +99,7 @@ struct LayerProfile {
   double output_bytes = 0;          // what a stage boundary after this layer sends, one microbatch
   double working_bytes = 0;         // largest transient set while computing the layer
   double forward_working_bytes = 0;  // the same in its forward alone
+  double kept_input_forward_working_bytes = 0;  // ... when its input is kept anyway (recomputation)
   // The backward op by op, as the runtime runs it: what each op holds (its transients: in the
   // first microbatch's backward without its gradients, which are the sums then), the share of
   // the layer's gradients made by then, and the shares of the kept activations and kept inputs

@@ -273,7 +273,7 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
                                 kept_inputs(s, i);
       int64_t f = -1;
       last = emit(s, layers[i]->forward, TaskKind::forward, mb_label(names[i], j, "/fwd"), last, keep, f,
-                  layers[i]->forward_working_bytes);
+                  recompute ? layers[i]->kept_input_forward_working_bytes : layers[i]->forward_working_bytes);
       if (first < 0) first = f;
     }
     fwd_start[s][j] = first;
@@ -300,7 +300,7 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
       const std::string label = mb_label(names[i], j, "");
       int64_t f = -1;
       if (recompute) last = emit(s, layers[i]->forward, TaskKind::recompute, named ? label + "/recompute" : label, last,
-                                  layers[i]->activation_bytes, f, layers[i]->forward_working_bytes);
+                                  layers[i]->activation_bytes, f, layers[i]->kept_input_forward_working_bytes);
       if (selective && layers[i]->core_forward_s > 0) {
         const std::vector<Segment> core{Segment{false, layers[i]->core_forward_s, Collective::all_reduce, -1, 0, -1, 0}};
         last = emit(s, core, TaskKind::recompute, named ? label + "/recompute_core" : label, last, layers[i]->core_rebuilt_bytes, f);
@@ -310,27 +310,28 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
       const double grads = grads_taken[i] ? 0 : grad_alloc[i] + layers[i]->grad_whole_bytes;
       // Without recomputation what the forward kept dies op by op in the backward: the
       // backward's own profile holds it, from its start.
-      const bool plain = !recompute && !selective;
-      const double kept = layers[i]->activation_bytes, kept_in = kept_inputs(s, i);
+      // After a recomputation the same holds for what it rebuilt and for the layer's input.
+      const bool plain = !selective;
+      const double kept = layers[i]->activation_bytes;
+      const double kept_in = recompute ? layers[i]->backward_input_bytes : kept_inputs(s, i);
+      const double handed = recompute ? layers[i]->activation_bytes + layers[i]->input_bytes : kept + kept_in;
       const double holding =
           plain ? layers[i]->backward_holding(!grads_taken[i], grads, kept, kept_in) : layers[i]->backward_holding(!grads_taken[i], grads, 0, 0);
       last = emit(s, layers[i]->backward, TaskKind::backward, named ? label + "/bwd" : label, last, grads, b, holding,
-                  plain ? kept + kept_in : 0);
+                  plain ? handed : 0);
       grads_taken[i] = 1;
       if (m > 1 && layers[i]->grad_accumulate_s > 0) {
         const std::vector<Segment> acc{Segment{false, layers[i]->grad_accumulate_s, Collective::all_reduce, -1, 0, -1, 0}};
         last = emit(s, acc, TaskKind::backward, named ? label + "/grad_accumulate" : label, last, 0, b);
       }
       if (first < 0) first = f >= 0 ? f : b;
-      // Free what forward kept for a recomputing backward (and what it rebuilt) when it ends.
+      // Free what the forward kept for a selectively recomputing backward (and what it rebuilt) when it ends.
       Task free_task;
       if (named) free_task.name = label + "/free";
       free_task.rank = s;
       free_task.deps.push_back(last);
-      free_task.memory_delta_bytes = -(recompute   ? layers[i]->input_bytes + layers[i]->activation_bytes
-                                       : selective ? layers[i]->selective_kept_bytes + layers[i]->core_rebuilt_bytes +
-                                                         kept_inputs(s, i)
-                                                   : 0.0);
+      free_task.memory_delta_bytes =
+          selective ? -(layers[i]->selective_kept_bytes + layers[i]->core_rebuilt_bytes + kept_inputs(s, i)) : 0.0;
       last = sim->add(std::move(free_task));
       last_bwd_of_layer[i] = last;
     }

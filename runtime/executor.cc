@@ -387,7 +387,24 @@ struct Executor::Builder {
       to_send[*it] = g.node(*it).op == "send";
       for (int32_t r : readers_of[*it]) to_send[*it] = to_send[*it] || to_send[r];
     }
+    // With recomputation a layer's rerun runs before its first backward node: one that needs
+    // nothing from the layers after it (a statistic of the layer's own values) would run it,
+    // and keep its values, while those layers' backward still runs. Such nodes wait for the
+    // rest (the stage's last layer, where the backward starts, excepted).
+    std::vector<char> waits_for_others(g.size(), 0), early(g.size(), 0);
+    if (x.options_.recompute != planner::Recompute::none) {
+      int last_layer = -1;
+      for (int32_t id : ids) last_layer = std::max(last_layer, layer_of[id]);
+      for (int32_t id : ids) {
+        for (auto& in : g.node(id).inputs)
+          if (at[in.node] >= 0)
+            waits_for_others[id] = waits_for_others[id] || waits_for_others[in.node] || layer_of[in.node] != layer_of[id];
+        if (is_transfer(g.node(id))) waits_for_others[id] = 1;
+        early[id] = !waits_for_others[id] && layer_of[id] >= 0 && layer_of[id] < last_layer;
+      }
+    }
     auto rank_of = [&](int32_t id) {
+      if (early[id]) return 3;
       if (to_send[id]) return 0;
       for (int o = 0; o < static_cast<int>(g.node(id).outputs.size()); ++o)
         if (readers.count({id, o})) return 1;
