@@ -427,6 +427,11 @@ ModelProfile profile_model(const Graph& g, const LayerStructure& ls, const PlanC
         const Node& src = g.node(v.node);
         if (src.def->kind != OpKind::compute || src.def->view) {
           if (src.def->kind == OpKind::input && fwd.count(id)) inputs.insert({v.node, v.index});
+          // Another layer's parameter (a tied embedding read by the output layer): received
+          // when that layer is on another stage, and kept for the backward that reads it.
+          if (src.def->kind == OpKind::variable && bwd.count(id) && ls.layer_of[v.node] >= 0 &&
+              ls.layer_of[v.node] != static_cast<int>(li))
+            backward_inputs.insert({v.node, v.index});
           continue;
         }
         if (fwd.count(v.node) && bwd.count(id)) {
@@ -467,9 +472,12 @@ ModelProfile profile_model(const Graph& g, const LayerStructure& ls, const PlanC
       });
     };
     for (auto [node, index] : backward_inputs) {
-      const double b = held(local_bytes(x, g.node(node).outputs[index], x.gp.at(Value{node, index}), false));
-      lp.backward_input_bytes += b;
-      if (!kept_by_own_layer(node)) lp.backward_input_unshared_bytes += b;
+      LayerProfile::BackwardInput in;
+      in.bytes = held(local_bytes(x, g.node(node).outputs[index], x.gp.at(Value{node, index}), false));
+      in.layers_back = static_cast<int>(li) - ls.layer_of[node];
+      in.kept_by_source = g.node(node).def->kind == OpKind::variable || kept_by_own_layer(node);
+      lp.backward_input_bytes += in.bytes;
+      lp.backward_inputs.push_back(in);
     }
     for (size_t r : gathered) {
       const auto& rs = x.gp.reshards[r];

@@ -92,10 +92,17 @@ struct LayerProfile {
   double grad_shard_bytes = 0;  // the part of grad_bytes that is those shards, made by the reduce-scatter
   double activation_bytes = 0;      // kept from forward for backward, one microbatch
   double input_bytes = 0;           // the layer's input, one microbatch (all recompute keeps)
-  // Values of earlier layers that the layer's backward reads (a product's input for its weight
-  // gradient), one microbatch: kept from the forward to the backward, by the layer when it
-  // received them from another stage; `unshared` is the part their own layer does not keep.
-  double backward_input_bytes = 0, backward_input_unshared_bytes = 0;
+  // Values of other layers that the layer's backward reads (a product's input for its weight
+  // gradient; a tied embedding), one microbatch: kept from the forward to the backward, by
+  // this layer when it received them from another stage or when their own layer does not
+  // keep them. backward_input_bytes: all of them.
+  struct BackwardInput {
+    double bytes = 0;
+    int layers_back = 1;          // the source layer: this one's index minus this
+    bool kept_by_source = false;  // held there anyway (its own backward reads it; a parameter)
+  };
+  std::vector<BackwardInput> backward_inputs;
+  double backward_input_bytes = 0;
   double output_bytes = 0;          // what a stage boundary after this layer sends, one microbatch
   double working_bytes = 0;         // largest transient set while computing the layer
   double forward_working_bytes = 0;  // the same in its forward alone

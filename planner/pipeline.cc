@@ -247,10 +247,15 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
     folded_comm[s] += seconds;
     sim->add(std::move(t));
   };
-  // Earlier layers' values a layer's backward reads: all of them when they came from another
-  // stage (the received copy), else those their own layer does not keep already.
+  // Other layers' values a layer's backward reads: those that came from another stage (the
+  // received copy), and those their own layer does not keep already.
   auto kept_inputs = [&](int64_t s, int64_t i) {
-    return s > 0 && i == bounds[s] ? layers[i]->backward_input_bytes : layers[i]->backward_input_unshared_bytes;
+    double b = 0;
+    for (const LayerProfile::BackwardInput& in : layers[i]->backward_inputs) {
+      const int64_t src = i - in.layers_back;
+      b += src < bounds[s] || src >= bounds[s + 1] || !in.kept_by_source ? in.bytes : 0.0;
+    }
+    return b;
   };
   auto forward = [&](int64_t s, int64_t j) {
     int64_t dep = -1;
@@ -316,7 +321,7 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
       const double kept_in = recompute ? layers[i]->backward_input_bytes : kept_inputs(s, i);
       const double handed = recompute ? layers[i]->activation_bytes + layers[i]->input_bytes : kept + kept_in;
       const double holding =
-          plain ? layers[i]->backward_holding(!grads_taken[i], grads, kept, kept_in) : layers[i]->backward_holding(!grads_taken[i], grads, 0, 0);
+          layers[i]->backward_holding(!grads_taken[i], grads, plain ? kept : 0, plain ? kept_in : 0);
       last = emit(s, layers[i]->backward, TaskKind::backward, named ? label + "/bwd" : label, last, grads, b, holding,
                   plain ? handed : 0);
       grads_taken[i] = 1;

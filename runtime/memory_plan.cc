@@ -65,8 +65,24 @@ MemoryPlan plan_memory(std::span<const BufferLifetime> buffers, int64_t alignmen
     if (buffers[a].bytes != buffers[b].bytes) return buffers[a].bytes > buffers[b].bytes;
     return buffers[a].first < buffers[b].first;
   });
-  MemoryPlan by_size = place(buffers, order, alignment);
-  return by_size.arena_bytes < by_time.arena_bytes ? by_size : by_time;
+  MemoryPlan best = place(buffers, order, alignment);
+  if (by_time.arena_bytes < best.arena_bytes) best = std::move(by_time);
+  // Longest-lived first, and largest footprint (bytes x lifetime) first: the buffers that
+  // constrain the most others placed before them.
+  auto length = [&](size_t i) { return buffers[i].last - buffers[i].first + 1; };
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    if (length(a) != length(b)) return length(a) > length(b);
+    return buffers[a].bytes > buffers[b].bytes;
+  });
+  if (MemoryPlan p = place(buffers, order, alignment); p.arena_bytes < best.arena_bytes) best = std::move(p);
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    const double fa = static_cast<double>(buffers[a].bytes) * static_cast<double>(length(a));
+    const double fb = static_cast<double>(buffers[b].bytes) * static_cast<double>(length(b));
+    if (fa != fb) return fa > fb;
+    return buffers[a].first < buffers[b].first;
+  });
+  if (MemoryPlan p = place(buffers, order, alignment); p.arena_bytes < best.arena_bytes) best = std::move(p);
+  return best;
 }
 
 }  // namespace tessel::runtime

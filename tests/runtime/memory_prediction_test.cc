@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <functional>
 #include <optional>
+#include <random>
 
 #include "frontend/distributed.h"
 #include "graph/error.h"
@@ -58,68 +59,134 @@ std::vector<Strategy> strategies() {
   };
 }
 
+// The command that reruns one check: the model, the plan's pins and the stage split the search
+// chose.
+std::string repro(const std::string& spec, int64_t batch, const OptimizerConfig& oc, int64_t n, const planner::Pins& p,
+                  const DevicePlan& plan) {
+  std::string s = "tessel verify --model " + spec + " --batch " + std::to_string(batch) + " --optimizer " + oc.kind +
+                  " --devices " + std::to_string(n);
+  if (oc.kind == "sgd") s += " --momentum " + std::to_string(oc.momentum).substr(0, 4);
+  auto pin = [&](const char* flag, const std::optional<int64_t>& v) {
+    if (v) s += std::string(" ") + flag + " " + std::to_string(*v);
+  };
+  pin("--dp", p.dp), pin("--tp", p.tp), pin("--pp", p.pp), pin("--microbatches", p.microbatches);
+  if (p.zero) s += " --zero " + std::to_string(*p.zero);
+  if (p.schedule) s += *p.schedule == Schedule::gpipe ? " --pipeline-schedule gpipe" : " --pipeline-schedule 1f1b";
+  if (p.recompute)
+    s += *p.recompute == Recompute::full ? " --recompute full" : *p.recompute == Recompute::selective ? " --recompute selective" : " --recompute none";
+  if (p.sequence_parallel) s += *p.sequence_parallel ? " --sp" : " --no-sp";
+  if (plan.stage_bounds.size() > 2) {
+    s += " --stage-layers ";
+    for (size_t k = 0; k + 1 < plan.stage_bounds.size(); ++k)
+      s += (k ? "," : "") + std::to_string(plan.stage_bounds[k + 1] - plan.stage_bounds[k]);
+  }
+  return s;
+}
+
+struct Tally {
+  int checked = 0, refused = 0;
+  double worst = 0;
+  std::string worst_case;
+};
+
+// Plans `spec` on n devices under the pins, runs one step of it and checks every rank's
+// allocation against the plan's prediction for its stage.
+void check(const std::string& spec, int64_t batch, const OptimizerConfig& oc, int64_t n, const planner::Pins& p, Tally& t) {
+  DevicePlan plan;
+  try {
+    plan = plan_for_devices(training_graph(spec, batch, oc), n, p);
+  } catch (const Error& e) {
+    ++t.refused;
+    std::printf("refused: %s on %lld devices: %s\n", spec.c_str(), static_cast<long long>(n), e.what());
+    return;
+  }
+  VerifyOptions o;
+  o.spec = spec;
+  o.batch = batch;
+  o.optimizer = oc;
+  o.steps = 1;
+  o.tolerance = 1;  // memory is the question here; the equivalence suites check the numbers
+  const std::string line = repro(spec, batch, oc, n, p, plan);
+  const VerifyReport r = verify_plan(o, plan);
+  ASSERT_EQ(r.memory_bytes.size(), r.predicted_bytes.size()) << line;
+  for (size_t rank = 0; rank < r.memory_bytes.size(); ++rank) {
+    const double allocated = static_cast<double>(r.memory_bytes[rank]);
+    const double err = (r.predicted_bytes[rank] - allocated) / allocated;
+    if (std::abs(err) > t.worst) t.worst = std::abs(err), t.worst_case = line + " (" + plan.config.str() + ") rank " + std::to_string(rank);
+    EXPECT_LE(std::abs(err), 0.10) << line << " (" << plan.config.str() << "): rank " << rank << " allocates " << allocated
+                                   << " bytes, the plan predicts " << r.predicted_bytes[rank];
+  }
+  ++t.checked;
+}
+
+OptimizerConfig sgd_momentum() {
+  OptimizerConfig sgd;
+  sgd.kind = "sgd";
+  sgd.lr = 0.01;
+  sgd.momentum = 0.9;
+  return sgd;
+}
+
+OptimizerConfig adamw() {
+  OptimizerConfig a;
+  a.kind = "adamw";
+  a.lr = 1e-3;
+  return a;
+}
+
 TEST(MemoryPrediction, EveryStrategyPredictsWhatEachRankAllocatesWithinTenPercent) {
   struct Model {
     std::string spec;
     int64_t batch;
     OptimizerConfig oc;
   };
-  OptimizerConfig sgd;
-  sgd.kind = "sgd";
-  sgd.lr = 0.01;
-  sgd.momentum = 0.9;
-  OptimizerConfig adamw;
-  adamw.kind = "adamw";
-  adamw.lr = 1e-3;
-  const std::vector<Model> models{{"mlp:784-256-256-10", 48, sgd},
-                                  {"gpt:layers=2,d_model=64,heads=4,seq=32,vocab=256", 24, adamw}};
-  int checked = 0, refused = 0;
-  double worst = 0;
-  std::string worst_case;
+  const std::vector<Model> models{{"mlp:784-256-256-10", 48, sgd_momentum()},
+                                  {"gpt:layers=2,d_model=64,heads=4,seq=32,vocab=256", 24, adamw()}};
+  Tally t;
   for (const Model& m : models)
     for (const Strategy& st : strategies())
-      for (int64_t n : {2, 4, 8}) {
-        const auto p = st.pins(n);
-        if (!p) continue;
-        std::string repro = "tessel verify --model " + m.spec + " --batch " + std::to_string(m.batch) +
-                                  " --optimizer " + m.oc.kind + " --devices " + std::to_string(n) + " (" + st.name + ")";
-        DevicePlan plan;
-        try {
-          plan = plan_for_devices(training_graph(m.spec, m.batch, m.oc), n, *p);
-        } catch (const Error& e) {
-          ++refused;
-          std::printf("refused: %s: %s\n", repro.c_str(), e.what());
-          continue;
-        }
-        VerifyOptions o;
-        o.spec = m.spec;
-        o.batch = m.batch;
-        o.optimizer = m.oc;
-        o.steps = 1;
-        o.tolerance = 1;  // memory is the question here; the equivalence suites check the numbers
-        if (plan.stage_bounds.size() > 2) {  // the split the search chose, to rerun it as is
-          std::string layers;
-          for (size_t k = 0; k + 1 < plan.stage_bounds.size(); ++k)
-            layers += (k ? "," : "") + std::to_string(plan.stage_bounds[k + 1] - plan.stage_bounds[k]);
-          repro += " --stage-layers " + layers;
-        }
-        const VerifyReport r = verify_plan(o, plan);
-        ASSERT_EQ(r.memory_bytes.size(), r.predicted_bytes.size());
-        for (size_t rank = 0; rank < r.memory_bytes.size(); ++rank) {
-          const double allocated = static_cast<double>(r.memory_bytes[rank]);
-          const double err = (r.predicted_bytes[rank] - allocated) / allocated;
-          if (std::abs(err) > worst) {
-            worst = std::abs(err);
-            worst_case = repro + " " + plan.config.str() + " rank " + std::to_string(rank);
-          }
-          EXPECT_LE(std::abs(err), 0.10) << repro << " " << plan.config.str() << ": rank " << rank << " allocates "
-                                         << allocated << " bytes, the plan predicts " << r.predicted_bytes[rank];
-        }
-        ++checked;
-      }
-  std::printf("%d plans checked, %d refused; worst |predicted - allocated| / allocated %.1f %% (%s)\n", checked, refused,
-              100 * worst, worst_case.c_str());
-  EXPECT_GT(checked, 40);
+      for (int64_t n : {2, 4, 8})
+        if (const auto p = st.pins(n)) check(m.spec, m.batch, m.oc, n, *p, t);
+  std::printf("%d plans checked, %d refused; worst |predicted - allocated| / allocated %.1f %% (%s)\n", t.checked,
+              t.refused, 100 * t.worst, t.worst_case.c_str());
+  EXPECT_GT(t.checked, 40);
+}
+
+// The same over random models and plans (fixed seed): widths, depths, batches, heads and
+// sequence lengths drawn, each strategy's pins on 2 or 4 devices, microbatches and schedule
+// drawn too. Sizes stay where tensors, not 64-byte rounding, make the memory.
+TEST(MemoryPrediction, RandomModelsAndPlansPredictWhatEachRankAllocatesWithinTenPercent) {
+  std::mt19937 rng(20261207);
+  auto pick = [&](std::initializer_list<int64_t> v) { return *(v.begin() + rng() % v.size()); };
+  const std::vector<Strategy> all = strategies();
+  Tally t;
+  for (int trial = 0; trial < 16; ++trial) {
+    std::string spec;
+    int64_t batch;
+    OptimizerConfig oc;
+    if (trial % 2 == 0) {
+      spec = "mlp:" + std::to_string(pick({256, 392, 784}));
+      for (int64_t k = pick({2, 3}); k > 0; --k) spec += "-" + std::to_string(pick({128, 256, 384}));
+      spec += "-" + std::to_string(pick({10, 16}));
+      batch = pick({32, 48, 64});
+      oc = trial % 4 == 0 ? sgd_momentum() : adamw();
+    } else {
+      const int64_t heads = pick({2, 4});
+      spec = "gpt:layers=" + std::to_string(pick({1, 2, 3})) + ",d_model=" + std::to_string(heads * pick({16, 32})) +
+             ",heads=" + std::to_string(heads) + ",seq=" + std::to_string(pick({16, 32})) + ",vocab=256";
+      batch = pick({16, 24});
+      oc = adamw();
+    }
+    const Strategy& st = all[rng() % all.size()];
+    const int64_t n = pick({2, 4});
+    auto p = st.pins(n);
+    if (!p) continue;
+    if (p->pp && *p->pp > 1) p->microbatches = pick({2, 4}), p->schedule = rng() % 2 ? Schedule::gpipe : Schedule::one_f_one_b;
+    check(spec, batch, oc, n, *p, t);
+  }
+  std::printf("%d random plans checked, %d refused; worst %.1f %% (%s)\n", t.checked, t.refused, 100 * t.worst,
+              t.worst_case.c_str());
+  EXPECT_GT(t.checked, 8);
 }
 
 }  // namespace
