@@ -13,7 +13,10 @@ not fitted (see RUNTIME below): gradient accumulation over microbatches (tessel'
 one pass per microbatch, as Megatron-LM's main_grad hooks of that time did; DeepSpeed's
 BF16_Optimizer converts to an f32 copy first: `cast-add`), and DeepSpeed's synchronous pipeline
 transfers (`--blocking-p2p`); every one of these runs reduced gradients over data parallelism
-after the whole backward (`--grad-reduce-after-backward`; tessel overlaps them).
+after the whole backward (`--grad-reduce-after-backward`; tessel overlaps them), and ran
+PyTorch's eager kernels with hand-fused bias-GeLU, softmax and layer norm: elementwise fusion
+reaches one value into one reader (`--fusion chains`; tessel's fusion pass keeps a value in
+its kernel whenever all its readers are in it).
 
 How the published figures are turned into seconds per iteration:
   * Narayanan et al. 2021 report "achieved teraFLOP/s per GPU" X computed from their eq. (3),
@@ -213,7 +216,7 @@ def command(tessel, r, eff, cluster_file):
     return [tessel, "plan", "--model", model, "--batch", str(r["batch"]), "--cluster", cluster,
             "--tp", str(r["tp"]), "--pp", str(r["pp"]), "--dp", str(r["dp"]), "--microbatches", str(r["m"]),
             "--zero", str(r["zero"]), "--pipeline-schedule", "1f1b", "--recompute", r["recompute"],
-            "--sp" if r["sp"] else "--no-sp", "--split", MEGATRON, "--grad-reduce-after-backward"] + r["extra"] + (["--gemm-efficiency", repr(eff)] if eff is not None else []) + ["--format", "json"]
+            "--sp" if r["sp"] else "--no-sp", "--split", MEGATRON, "--grad-reduce-after-backward", "--fusion", "chains"] + r["extra"] + (["--gemm-efficiency", repr(eff)] if eff is not None else []) + ["--format", "json"]
 
 
 def plan(tessel, r, eff, cluster_file):

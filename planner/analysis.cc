@@ -53,6 +53,15 @@ void mark_fused(Context& x, const std::vector<int32_t>& nodes, const std::vector
   for (const auto& u : g.updates()) written[u.value.node] = 1;
   for (int32_t id : nodes) {
     const Node& n = g.node(id);
+    if (!x.opt.fuse_groups) {  // a chain: one elementwise value into one reader
+      if (!n.def->scalar || users[id].size() != 1) continue;
+      const Node& user = g.node(users[id][0]);
+      bool resharded = false;
+      for (size_t i = 0; i < user.inputs.size(); ++i)
+        resharded = resharded || (user.inputs[i].node == id && x.reshard_at.count({reshards_of(user.id), static_cast<int>(i)}));
+      x.fused_out[id] = chain_end(user) && !resharded;
+      continue;
+    }
     if (!fusible(n) || users[id].empty() || written[id]) continue;
     bool inside = true;
     for (int32_t u : users[id]) {

@@ -26,6 +26,11 @@ struct CostOptions {
   // Count chains of elementwise ops as one fused kernel (what the lowering issue builds):
   // an intermediate with a single elementwise consumer costs no memory traffic or launch.
   bool fuse_elementwise = true;
+  // How far fusion reaches: true, a value stays in its kernel when every reader is in the
+  // group (tessel's fusion pass, broadcasts included); false, only an elementwise value with
+  // one elementwise reader (eager frameworks' hand-fused kernels: Megatron-LM's bias-GeLU,
+  // softmax and layer norm; what its published runs were).
+  bool fuse_groups = true;
   // With mixed precision: gradients accumulated over microbatches and reduced across
   // replicas in f32 rather than in the compute dtype (what Megatron does with bf16, and
   // DeepSpeed's BF16_Optimizer): twice the gradient memory and data-parallel traffic.

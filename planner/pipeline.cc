@@ -182,8 +182,11 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
       t.rank = s;
       t.kind = kind;
       for (const Segment& seg : segs) {
-        t.duration_s += seg.seconds;
-        if (seg.comm) folded_comm[s] += seg.seconds;
+        // A blocking collective finds the communication thread idle: it pays the wake-up, as
+        // the detailed simulation below charges it.
+        const double took = seg.seconds + (seg.comm ? cluster.comm_wake_s : 0.0);
+        t.duration_s += took;
+        if (seg.comm) folded_comm[s] += took;
       }
       if (prev >= 0) t.deps.push_back(prev);
       t.memory_delta_bytes = mem_delta;

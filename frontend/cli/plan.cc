@@ -48,6 +48,9 @@ int cmd_plan(int argc, char** argv) {
                 {"--grad-reduce-after-backward", "", "gradient reductions start after the whole backward (to compare with "
                                                      "Megatron-LM's allreduce_gradients of 2021-22 and DeepSpeed ZeRO-1 without "
                                                      "overlap_comm; tessel starts each as its gradients are final)", ""},
+                {"--fusion", "HOW", "how far elementwise fusion reaches: groups (a value stays in the kernel when all its "
+                                    "readers are in it: tessel's fusion pass) or chains (one value into one reader: "
+                                    "eager frameworks' hand-fused kernels, to compare with Megatron-LM's runs)", "groups"},
                 {"--optimizer", "NAME", "sgd or adamw (decides optimizer state)", "adamw"},
                 {"--momentum", "X", "SGD momentum (a momentum buffer per parameter when > 0)", "0", fraction_below_one()},
                 {"--gemm-efficiency", "X", "fraction of peak that large GEMMs reach (overrides the cluster's measured figure)", "the device's",
@@ -131,6 +134,11 @@ int cmd_plan(int argc, char** argv) {
   }
   so.cost.blocking_p2p = args.has("--blocking-p2p");
   so.cost.grad_reduce_after_backward = args.has("--grad-reduce-after-backward");
+  if (args.has("--fusion")) {
+    const std::string f = args.str("--fusion", "groups");
+    if (f != "groups" && f != "chains") throw Error("tessel plan: --fusion must be groups or chains, got '" + f + "'");
+    so.cost.fuse_groups = f == "groups";
+  }
   if (args.has("--gemm-efficiency")) {
     so.cost.gemm_efficiency = args.f64("--gemm-efficiency", 1);
   }
