@@ -319,14 +319,15 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
       // Without recomputation what the forward kept dies op by op in the backward: the
       // backward's own profile holds it, from its start.
       // After a recomputation the same holds for what it rebuilt and for the layer's input.
-      const bool plain = !selective;
+      // (Selective recomputation keeps its sets until the backward ends: freed below.)
+      const bool hand_over = !selective;
       const double kept = layers[i]->activation_bytes;
       const double kept_in = recompute ? layers[i]->backward_input_bytes : kept_inputs(s, i);
       const double handed = recompute ? layers[i]->activation_bytes + layers[i]->input_bytes : kept + kept_in;
       const double holding =
-          layers[i]->backward_holding(!grads_taken[i], grads, plain ? kept : 0, plain ? kept_in : 0);
+          layers[i]->backward_holding(!grads_taken[i], grads, hand_over ? kept : 0, hand_over ? kept_in : 0);
       last = emit(s, layers[i]->backward, TaskKind::backward, named ? label + "/bwd" : label, last, grads, b, holding,
-                  plain ? handed : 0);
+                  hand_over ? handed : 0);
       grads_taken[i] = 1;
       if (m > 1 && layers[i]->grad_accumulate_s > 0) {
         const std::vector<Segment> acc{Segment{false, layers[i]->grad_accumulate_s, Collective::all_reduce, -1, 0, -1, 0}};
