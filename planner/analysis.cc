@@ -40,6 +40,11 @@ struct Context {
   mutable std::map<std::tuple<int, int, double>, CommEstimate> comm_times;
 };
 
+// A reshard that moves data between devices (a gather, a reduction), not a local slice.
+bool communicates(const GraphPlacement::Reshard& rs) {
+  return std::any_of(rs.steps.begin(), rs.steps.end(), [](const ReshardStep& st) { return st.is_collective(); });
+}
+
 // Fusion: an elementwise value read only by elementwise ops or reductions of its own pass,
 // with no resharding in between, stays in the kernel and never goes to memory (the runtime's
 // fusion pass writes a value out only when something outside the group reads it, or it is a
@@ -356,24 +361,22 @@ ModelProfile profile_model(const Graph& g, const LayerStructure& ls, const PlanC
       // ZeRO-1 and 2 for a parameter with optimizer state (the state is split, and the update
       // with it; a stateless update, plain SGD's, runs whole). The whole gradient lives from
       // the backward that makes it until its reduce-scatter.
+      // Over the parameter's update: whether it keeps state, and the gradient as the backward
+      // makes it, which may be whole where the parameter is used split (a product of
+      // replicated activations makes the whole weight gradient, then cut).
       bool has_state = false;
-      for (int32_t id2 : layer.optimizer) {
-        const Node& sn = g.node(id2);
-        has_state |= sn.op == "state" && sn.outputs[0].rank() > 0 && owner_parameter(g, sn) == &n;
-      }
-      Sharding grad_s = pp.used;
-      if (c.dp > 1 && (c.zero >= 3 || (c.zero >= 1 && has_state))) grad_s = parameter_placement(g, n, c, x.mesh, true).stored;
-      const double grad_local = static_cast<double>(numel(local_shape(n.outputs[0].shape, grad_s, x.mesh)));
       double grad_used = static_cast<double>(numel(local_shape(n.outputs[0].shape, pp.used, x.mesh)));
-      // The gradient as the backward makes it, which may be whole where the parameter is used
-      // split (a product of replicated activations makes the whole weight gradient, then cut).
       for (int32_t id2 : layer.optimizer) {
         const Node& un = g.node(id2);
-        if (un.pass != Pass::update || owner_parameter(g, un) != &n) continue;
+        if (owner_parameter(g, un) != &n) continue;
+        has_state |= un.op == "state" && un.outputs[0].rank() > 0;
         for (const Value& in : un.inputs)
           if (g.node(in.node).pass == Pass::backward && g.type(in).shape == n.outputs[0].shape && x.gp.has(in))
             grad_used = std::max(grad_used, static_cast<double>(numel(local_shape(n.outputs[0].shape, x.gp.at(in), x.mesh))));
       }
+      Sharding grad_s = pp.used;
+      if (c.dp > 1 && (c.zero >= 3 || (c.zero >= 1 && has_state))) grad_s = parameter_placement(g, n, c, x.mesh, true).stored;
+      const double grad_local = static_cast<double>(numel(local_shape(n.outputs[0].shape, grad_s, x.mesh)));
       lp.parameters += elems;
       lp.weight_bytes += held(local * wsize);
       const double sum_size = opt.f32_gradients ? 4 : wsize;
@@ -553,27 +556,34 @@ ModelProfile profile_model(const Graph& g, const LayerStructure& ls, const PlanC
         else last_value[{v.node, v.index}] = k;
       }
     }
-    auto live_after = [&](const std::set<std::pair<int32_t, int32_t>>& vals, size_t k, bool copies) {
-      double b = 0;
+    // Each kept value as (its last reader, its bytes); never read there (or not aligned): to the end.
+    constexpr size_t kToTheEnd = std::numeric_limits<size_t>::max();
+    auto deaths = [&](const std::set<std::pair<int32_t, int32_t>>& vals, bool copies) {
+      std::vector<std::pair<size_t, double>> d;
       for (auto [node, index] : vals) {
         auto it = last_value.find({node, index});
-        if (!aligned || it == last_value.end() || it->second >= k)
-          b += held(local_bytes(x, g.node(node).outputs[index], x.gp.at(Value{node, index}), false));
+        d.push_back({aligned && it != last_value.end() ? it->second : kToTheEnd,
+                     held(local_bytes(x, g.node(node).outputs[index], x.gp.at(Value{node, index}), false))});
       }
       if (copies)
         for (size_t r : gathered) {
           auto it = last_copy.find(r);
-          if (!aligned || it == last_copy.end() || it->second >= k)
-            b += held(local_bytes(x, g.type(x.gp.reshards[r].value), x.gp.reshards[r].to, false));
+          d.push_back({aligned && it != last_copy.end() ? it->second : kToTheEnd,
+                       held(local_bytes(x, g.type(x.gp.reshards[r].value), x.gp.reshards[r].to, false))});
         }
+      return d;
+    };
+    const auto activation_deaths = deaths(saved, true), input_deaths = deaths(backward_inputs, false);
+    auto live_at = [](const std::vector<std::pair<size_t, double>>& d, size_t k) {
+      double b = 0;
+      for (auto [last, bytes] : d) b += last >= k ? bytes : 0.0;
       return b;
     };
-    size_t step = 0;
     for (const std::vector<int32_t>* ids : {&layer.forward, &backward})
       for (const int32_t& id : *ids) {
         const Node& n = g.node(id);
         if (n.def->kind != OpKind::compute || n.def->view) continue;
-        step = static_cast<size_t>(&id - ids->data());
+        const auto step = static_cast<size_t>(&id - ids->data());
         double b = 0, first = 0;
         for (int k = 0; k < static_cast<int>(n.outputs.size()); ++k) {
           const double t = transient(n.out(k));
@@ -591,8 +601,7 @@ ModelProfile profile_model(const Graph& g, const LayerStructure& ls, const PlanC
           // Read through a reshard: its result too (a gathered gradient), unless the layer keeps it.
           if (auto r = reshard_of_read(id, i); r && !gathered.count(*r)) {
             const auto& rs = x.gp.reshards[*r];
-            if (std::any_of(rs.steps.begin(), rs.steps.end(), [](const ReshardStep& st) { return st.is_collective(); }))
-              t += held(local_bytes(x, g.type(rs.value), rs.to, false));
+            if (communicates(rs)) t += held(local_bytes(x, g.type(rs.value), rs.to, false));
           }
           b += t;
           if (!is_gradient(v)) first += t;
@@ -607,8 +616,8 @@ ModelProfile profile_model(const Graph& g, const LayerStructure& ls, const PlanC
           st.first = first;
           st.later = b;
           st.made = gradients > 0 ? made / gradients : 1.0;
-          st.activations = lp.activation_bytes > 0 ? live_after(saved, step, true) / lp.activation_bytes : 0;
-          st.inputs = lp.backward_input_bytes > 0 ? live_after(backward_inputs, step, false) / lp.backward_input_bytes : 0;
+          st.activations = lp.activation_bytes > 0 ? live_at(activation_deaths, step) / lp.activation_bytes : 0;
+          st.inputs = lp.backward_input_bytes > 0 ? live_at(input_deaths, step) / lp.backward_input_bytes : 0;
           lp.backward_steps.push_back(st);
         }
       }
@@ -635,8 +644,7 @@ ModelProfile profile_model(const Graph& g, const LayerStructure& ls, const PlanC
           continue;
         }
         const auto& rs = x.gp.reshards[it->second];
-        if (std::none_of(rs.steps.begin(), rs.steps.end(), [](const ReshardStep& st) { return st.is_collective(); }))
-          b += held(local_bytes(x, g.type(rs.value), rs.to, false));
+        if (!communicates(rs)) b += held(local_bytes(x, g.type(rs.value), rs.to, false));
       }
       lp.optimizer_working_bytes = std::max(lp.optimizer_working_bytes, b);
     }

@@ -23,8 +23,8 @@ struct CostOptions {
   // Fraction of the dtype's peak that large matrix products reach; < 0: the device's own
   // (ClusterSpec: measured by a GEMM benchmark; 1 = pure roofline).
   double gemm_efficiency = -1;
-  // Count chains of elementwise ops as one fused kernel (what the lowering issue builds):
-  // an intermediate with a single elementwise consumer costs no memory traffic or launch.
+  // Count elementwise ops fused into one kernel (what the runtime's fusion pass builds): a
+  // value that stays in the kernel costs no memory traffic or launch; fuse_groups says which.
   bool fuse_elementwise = true;
   // How far fusion reaches: true, a value stays in its kernel when every reader is in the
   // group (tessel's fusion pass, broadcasts included); false, only an elementwise value with
