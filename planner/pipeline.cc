@@ -181,9 +181,10 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
       t.rank = s;
       t.kind = kind;
       for (const Segment& seg : segs) {
-        // A blocking collective finds the communication thread idle: it pays the wake-up, as
-        // the detailed simulation below charges it.
-        const double took = seg.seconds + (seg.comm ? cluster.comm_wake_s : 0.0);
+        // A blocking collective (the layer's next piece needs it) is run by the compute thread
+        // itself when the communication thread is idle, so it wakes no one: no comm_wake_s, as
+        // in the detailed simulation below.
+        const double took = seg.seconds;
         t.duration_s += took;
         if (seg.comm) folded_comm[s] += took;
       }
@@ -202,7 +203,10 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
       t.stream = seg.comm ? Stream::comm : Stream::compute;
       t.kind = seg.comm ? TaskKind::collective : kind;
       t.duration_s = seg.seconds;
-      if (seg.comm) t.wake_s = cluster.comm_wake_s;
+      // Handed to the communication thread: a collective the pass does not wait for (a gradient
+      // reduction). One it waits for runs on the compute thread (the runtime's Op::blocking),
+      // or queues behind a busy communication thread: neither wakes a sleeping thread.
+      if (seg.comm && kind == TaskKind::collective) t.wake_s = cluster.comm_wake_s;
       if (prev >= 0) t.deps.push_back(prev);
       if (!seg.comm) t.transient_bytes = working;
       if (mem_delta > 0 && !seg.comm) {  // memory is taken by the first compute piece

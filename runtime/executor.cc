@@ -67,6 +67,10 @@ struct Executor::Op {
   Section section = Section::forward;
   int32_t mb = 0;
   bool rerun = false;
+  // launch: the next op waits for this task (nothing runs between them). When the comm stream
+  // is idle then, the compute thread runs it itself (no hand-off, no wake-ups); ran_inline says
+  // whether it did in the last step.
+  bool blocking = false, ran_inline = false;
 };
 
 struct Executor::CommTask {
@@ -928,6 +932,8 @@ void Executor::initialize(int64_t capacity_bytes) {
     task_start_.assign(tasks_.size(), 0);
     task_end_.assign(tasks_.size(), 0);
   }
+  for (size_t i = 0; i + 1 < ops_.size(); ++i)
+    ops_[i].blocking = ops_[i].type == Op::Type::launch && ops_[i + 1].type == Op::Type::wait && ops_[i + 1].task == ops_[i].task;
   if (options_.overlap && !tasks_.empty()) comm_thread_ = std::thread([this] { comm_loop(); });
   initialized_ = true;
 }
@@ -957,6 +963,10 @@ void Executor::comm_loop() {
       l = launched_.load();
     }
     if (stop_.load()) return;
+    if (completed_.load() > done) {  // the compute thread ran it (Op::blocking)
+      ++done;
+      continue;
+    }
     const size_t k = static_cast<size_t>(done % static_cast<int64_t>(tasks_.size()));
     const CommTask& t = tasks_[k];
     try {
@@ -1023,7 +1033,17 @@ void Executor::step() {
           break;
         }
         case Op::Type::launch:
-          if (options_.overlap) {
+          op.ran_inline = options_.overlap && op.blocking && completed_.load() == base + op.task;
+          if (op.ran_inline) {
+            // The comm thread has nothing left to do, and this thread would only wait for it:
+            // run the task here, then count it done and launched (the comm thread skips it).
+            const size_t k = static_cast<size_t>(op.task);
+            if (timeline) task_start_[k] = now_ns();
+            run_task(tasks_[k]);
+            if (timeline) task_end_[k] = now_ns();
+            completed_.store(base + op.task + 1);
+            launched_.fetch_add(1);
+          } else if (options_.overlap) {
             launched_.fetch_add(1);
             launched_.notify_one();
           } else {
@@ -1096,7 +1116,7 @@ StepBreakdown Executor::breakdown() const {
     const double d = 1e-9 * static_cast<double>(op_end_[i] - op_start_[i]);
     switch (op.type) {
       case Op::Type::wait: b.exposed_comm_s += d; break;
-      case Op::Type::launch: (options_.overlap ? b.other_s : b.exposed_comm_s) += d; break;
+      case Op::Type::launch: (options_.overlap && !op.ran_inline ? b.other_s : b.exposed_comm_s) += d; break;
       case Op::Type::recv: b.bubble_s += d; break;
       default: (op.section == Section::apply && op.type == Op::Type::kernel ? b.optimizer_s : b.compute_s) += d;
     }
@@ -1123,7 +1143,7 @@ StepTimeline Executor::timeline() const {
   using K = StepEvent::Kind;
   for (size_t i = 0; i < ops_.size(); ++i) {
     const Op& op = ops_[i];
-    if (op.type == Op::Type::launch && options_.overlap) continue;  // a hand-off to the comm stream
+    if (op.type == Op::Type::launch && options_.overlap && !op.ran_inline) continue;  // a hand-off to the comm stream
     StepEvent e;
     e.node = op.node;
     e.start_ns = op_start_[i];
@@ -1134,7 +1154,7 @@ StepTimeline Executor::timeline() const {
       e.what += " (mb " + std::to_string(op.mb) + ")";
     switch (op.type) {
       case Op::Type::wait: e.kind = K::wait; break;
-      case Op::Type::launch: e.kind = K::collective; break;  // run in place (no overlap)
+      case Op::Type::launch: e.kind = op.ran_inline ? K::wait : K::collective; break;  // run in place
       case Op::Type::recv: e.kind = K::recv; break;
       case Op::Type::send: e.kind = K::send; break;
       default:

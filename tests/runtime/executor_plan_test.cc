@@ -11,6 +11,7 @@
 #include <sstream>
 #include <thread>
 
+#include "frontend/distributed.h"
 #include "frontend/models.h"
 #include "frontend/optim.h"
 #include "graph/error.h"
@@ -260,6 +261,73 @@ TEST(Executor, UpdatesAreWrittenOverTheirVariablesOnEveryPlan) {
       const float* yf = reinterpret_cast<const float*>(y.data());
       for (int64_t i = 0; i < n.outputs[0].numel(); ++i)
         ASSERT_NEAR(xf[i], yf[i], 1e-5 * std::max(1.f, std::fabs(yf[i]))) << c.str() << ": " << n.name << "[" << i << "]";
+    }
+  }
+}
+
+// A collective the very next op waits for (tensor parallelism's) is run by the compute thread
+// itself when the communication thread has nothing queued: no hand-off and no wake-ups. The
+// gradient reductions the backward does not wait for still go to the communication thread.
+// (A collective the next op waits for that finds the communication thread still busy is handed
+// to it as before.) Either way the results are those of running every collective in place, and the
+// timeline shows each collective on the communication stream and the compute thread's time in
+// it as a wait.
+TEST(Executor, ACollectiveTheNextOpWaitsForRunsOnTheComputeThread) {
+  models::Built b = models::from_spec("gpt:layers=2,d_model=16,heads=2,seq=8,vocab=32", 4, true);
+  OptimizerConfig oc;
+  oc.kind = "adamw";
+  add_training(b.model->graph(), "loss", oc);
+  const Graph& g = b.model->graph();
+  for (const planner::PlanConfig& want : {config(1, 2, 1, 1, 0), config(2, 2, 1, 2, 0), config(2, 2, 1, 1, 1)}) {
+    // The planner's tensor-parallel split (Megatron's), not the partitioner's default.
+    const DevicePlan plan = plan_for_devices(g, want.devices(), pins_for(want, {}));
+    const planner::PlanConfig& c = plan.config;
+    ASSERT_EQ(c.tp, 2) << c.str();
+    ExecutorOptions timed, in_place;
+    timed.timeline = true;
+    in_place.overlap = false;
+    LocalRun run(plan.programs(g), c, timed), ref(plan.programs(g), c, in_place);
+    run.initialize();
+    ref.initialize();
+    std::mt19937 rng(7);
+    for (int step = 0; step < 3; ++step) {
+      for (auto& name : b.inputs) {
+        const TensorType& t = g.node(*g.find(name)).outputs[0];
+        std::vector<std::byte> data(static_cast<size_t>(t.bytes()), std::byte{0});
+        if (t.dtype == DType::f32)
+          for (size_t i = 0; i < data.size() / 4; ++i)
+            reinterpret_cast<float*>(data.data())[i] = std::uniform_real_distribution<float>(-1, 1)(rng);
+        run.feed(name, t, data);
+        ref.feed(name, t, data);
+      }
+      run.step();
+      ref.step();
+      EXPECT_EQ(run.scalar_output("loss"), ref.scalar_output("loss")) << c.str() << " step " << step;
+    }
+    for (int64_t r = 0; r < run.ranks(); ++r) {
+      const auto ops = lines(run.rank(r).describe());
+      int64_t blocking = 0, launches = 0;
+      for (size_t i = 0; i + 1 < ops.size(); ++i)
+        if (ops[i].rfind("launch ", 0) == 0) {
+          ++launches;
+          blocking += ops[i + 1] == "wait " + ops[i].substr(7);
+        }
+      ASSERT_GT(blocking, 0) << c.str() << " rank " << r << "\n" << run.rank(r).describe();
+      const StepTimeline t = run.rank(r).timeline();
+      int64_t on_comm = 0, ran_here = 0;
+      for (const StepEvent& e : t.events) {
+        on_comm += e.comm;
+        EXPECT_LE(e.start_ns, e.end_ns) << e.what;
+        // A collective run in place shows as a wait named after it (its launch op).
+        ran_here += !e.comm && e.kind == StepEvent::Kind::wait && e.what.rfind("launch ", 0) == 0;
+      }
+      EXPECT_EQ(on_comm, launches) << c.str() << " rank " << r;
+      // Those that found the communication thread still busy (with a reduction launched
+      // before) were handed to it as before.
+      EXPECT_GT(ran_here, 0) << c.str() << " rank " << r << "\n" << run.rank(r).describe();
+      EXPECT_LE(ran_here, blocking) << c.str() << " rank " << r;
+      const StepBreakdown bd = run.rank(r).breakdown();
+      EXPECT_GT(bd.exposed_comm_s, 0) << c.str() << " rank " << r;
     }
   }
 }
