@@ -410,10 +410,12 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
     std::unique_ptr<Feeder> trial_feed;
     if (images) trial_feed = std::make_unique<ImageFeeder>(mnist->train, batch, opt.seed, names);
     else trial_feed = std::make_unique<TextFeeder>(*corpus, seq, opt.seed, names);
-    // Two passes over the candidates, the second in reverse order, so that a machine speeding
-    // up or slowing down over the trial favours none of them; each plan's figure is the median
-    // of its timed steps over both passes.
-    constexpr int kWarm = 2, kTimed = 5, kPasses = 2;
+    // Three passes over the candidates, every other one in reverse order, so that a machine
+    // speeding up or slowing down over the trial favours none of them; in each pass a plan runs
+    // 5 timed steps or more, until they add up to kPassS; its figure is the median of its timed
+    // steps over all passes. (Two passes of 5 steps could not tell 12 % apart on a noisy host.)
+    constexpr int kWarm = 2, kTimed = 5, kMaxTimed = 50, kPasses = 3;
+    constexpr double kPassS = 0.2;
     std::vector<std::vector<double>> ms(candidates.size());
     std::vector<char> failed(candidates.size(), 0);
     for (int pass = 0; pass < kPasses; ++pass)
@@ -424,10 +426,12 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
         tt.timeline = false;
         try {
           Trainer trial(Graph(graph), ocfg, tessel::Devices{devices, pins_for(candidates[i].config, candidates[i].stages), "", true}, tt);
-          for (int s = 0; s < kWarm + kTimed; ++s) {
+          double timed_ms = 0;
+          for (int s = 0; s < kWarm + kMaxTimed && (s < kWarm + kTimed || timed_ms < 1e3 * kPassS); ++s) {
             const auto a = Clock::now();
             trial.engine().step(*trial_feed, s);
-            if (s >= kWarm) ms[i].push_back(std::chrono::duration<double, std::milli>(Clock::now() - a).count());
+            const double took = std::chrono::duration<double, std::milli>(Clock::now() - a).count();
+            if (s >= kWarm) ms[i].push_back(took), timed_ms += took;
           }
         } catch (const Error& e) {
           // A plan the search offers but that cannot run is a planner bug: say so, try the rest.
@@ -437,8 +441,9 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
                 << " could not run (left out): " << e.what() << "\n";
         }
       }
-    double best_ms = INFINITY;
-    size_t best = 0;
+    constexpr double kMargin = 0.03;
+    double best_ms = INFINITY, fastest_ms = INFINITY;
+    size_t best = 0, fastest = 0;
     for (size_t i = 0; i < candidates.size(); ++i) {
       if (failed[i]) {
         report.tuned.push_back({candidates[i].config.str(), 1e3 * candidates[i].step_time_s, NAN});
@@ -448,7 +453,10 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
       std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2), v.end());
       const double median = v[v.size() / 2];
       report.tuned.push_back({candidates[i].config.str(), 1e3 * candidates[i].step_time_s, median});
-      if (median < best_ms) best_ms = median, best = i;
+      // Another plan replaces the simulator's pick only when it measures clearly faster:
+      // within kMargin the two are a tie on this host, and the prediction decides.
+      if (i == 0 || median < best_ms * (best == 0 ? 1 - kMargin : 1)) best_ms = median, best = i;
+      if (median < fastest_ms) fastest_ms = median, fastest = i;
       if (!quiet) {
         char b[200];
         std::snprintf(b, sizeof b, "tessel: tune %zu/%zu: %-44s predicted %8.2f ms, measured %8.2f ms\n", i + 1,
@@ -460,9 +468,13 @@ TrainReport train(const TrainOptions& opt, std::ostream& log) {
     pins = pins_for(candidates[best].config, candidates[best].stages);
     report.tune_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
     if (!quiet)
-      log << "tessel: tune: training " << candidates[best].config.str() << " (the fastest measured of "
-          << candidates.size() << (best == 0 ? "; the simulator's pick too" : "; the simulator picked " + candidates[0].config.str())
-          << "), " << format_duration(report.tune_seconds) << "\n";
+      log << "tessel: tune: training " << candidates[best].config.str()
+          << (best != 0 ? " (the fastest measured of " + std::to_string(candidates.size()) + "; the simulator picked " +
+                              candidates[0].config.str() + ")"
+              : fastest != 0 ? " (the simulator's pick: " + candidates[fastest].config.str() +
+                                   " measured less than 3 % faster, a tie on this host)"
+                             : " (the fastest measured of " + std::to_string(candidates.size()) + "; the simulator's pick too)")
+          << ", " << format_duration(report.tune_seconds) << "\n";
   }
   Trainer trainer(std::move(graph), ocfg, tessel::Devices{multi ? devices : 1, pins, opt.plan_file, multi}, to);
   const Graph& tg = trainer.graph();

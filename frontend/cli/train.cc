@@ -70,8 +70,9 @@ int cmd_train(int argc, char** argv) {
                 {"--trace", "FILE", "write a Chrome-trace / Perfetto JSON file of timed steps of every rank: compute and "
                                     "communication streams, each op with its node and source line, waits as such", ""},
                 {"--trace-steps", "K", "with --trace: how many steps (the first timed ones)", "3", ints(1)},
-                {"--tune", "K", "with --devices: run the K best plans of the search a few steps each on this data and "
-                                "train the fastest measured (reported with each one's predicted and measured step)", "0", ints(0)},
+                {"--tune", "K", "with --devices: run the K best plans of the search on this data (three passes of at "
+                                "least 5 steps and 0.2 s each) and train the fastest measured, the simulator's pick unless "
+                                "another measures 3 % faster (reported with each one's predicted and measured step)", "0", ints(0)},
                 {"--html", "FILE", "with --devices: write the plan's HTML report with this run's measurements beside "
                                    "its predictions (timeline, step and its parts, memory per rank)", ""},
                 {"--bucket-mb", "X", "with --devices: gradient all-reduce bucket size in MiB", "25", positive()},

@@ -326,7 +326,8 @@ TEST(CliDevices, ASplitThatCannotBePlacedIsSkippedNotFatal) {
 }
 
 // --tune K: the K best plans of differing layouts run a few steps each; the fastest measured
-// is the one trained, and the report lists each with its predicted and measured step.
+// is the one trained unless it is within 3 % of the simulator's pick (the first listed), and
+// the report lists each with its predicted and measured step.
 TEST(CliDevices, TuneTrainsTheFastestMeasuredOfTheBestPlans) {
   auto r = run_cli("train --model mlp:784-256-256-10 --dataset fashion-mnist --batch 128 --steps 3 --devices 4 --tune 3 "
                    "--format json");
@@ -336,18 +337,21 @@ TEST(CliDevices, TuneTrainsTheFastestMeasuredOfTheBestPlans) {
   ASSERT_TRUE(std::regex_search(j, m, std::regex("\"plan\":\"([^\"]*)\""))) << j;  // the report's own, before "tuned"
   const std::string trained = m[1];
   std::regex tried("\\{\"plan\":\"([^\"]*)\",\"predicted_ms\":([0-9.e+-]+),\"measured_ms\":([0-9.e+-]+|null)\\}");
-  std::string fastest;
-  double best = INFINITY;
+  std::string fastest, first;
+  double best = INFINITY, first_ms = NAN;
   int n = 0;
   std::set<std::string> plans;
   for (auto it = std::sregex_iterator(j.begin(), j.end(), tried); it != std::sregex_iterator(); ++it, ++n) {
     plans.insert((*it)[1]);
     EXPECT_GT(std::stod((*it)[2]), 0) << (*it)[0];
-    if ((*it)[3] != "null" && std::stod((*it)[3]) < best) best = std::stod((*it)[3]), fastest = (*it)[1];
+    const double ms = (*it)[3] == "null" ? NAN : std::stod((*it)[3]);
+    if (n == 0) first = (*it)[1], first_ms = ms;
+    if (ms < best) best = ms, fastest = (*it)[1];
   }
   EXPECT_EQ(n, 3) << j;
   EXPECT_EQ(plans.size(), 3u) << "the plans tried differ: " << j;
-  EXPECT_EQ(trained, fastest) << j;
+  if (std::isnan(first_ms) || (fastest != first && best < 0.97 * first_ms)) EXPECT_EQ(trained, fastest) << j;
+  else EXPECT_EQ(trained, first) << j;
   EXPECT_THAT(r.err, HasSubstr("tessel: tune: training ")) << r.err;
   auto bad = run_cli("train --model mlp:784-64-10 --dataset fashion-mnist --batch 64 --steps 2 --tune 2");
   EXPECT_EQ(bad.status, 1);
