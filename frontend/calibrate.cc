@@ -3,15 +3,20 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <ctime>
+#include <map>
 #include <memory>
 #include <thread>
 #include <vector>
 
+#include "frontend/models.h"
+#include "frontend/optim.h"
 #include "frontend/tensor.h"
 #include "graph/error.h"
 #include "ops/emit.h"
+#include "ops/registry.h"
 #include "planner/partition.h"
 #include "runtime/cpu_kernels.h"
 #include "runtime/executor.h"
@@ -154,6 +159,59 @@ double stream_bandwidth(int threads, double min_time_s, int64_t n = int64_t{8} <
   return passes * 4.0 * static_cast<double>(n) / t;
 }
 
+// The runtime's kernels other than matrix products (norms, softmax, activations, transposes,
+// bias and residual adds, reductions, gathers, as the JIT fuses them) in the training step of
+// reference transformer layers, on `threads` threads: by size class (bytes one call reads and
+// writes, in factors of 4), the bytes of the class's calls over their time. The fused update
+// above runs alone over and over on its own buffers; a layer's kernels find their inputs where
+// the ops before left them, and many are not limited by memory at all (tanh, exp, strided
+// transposes, column sums). Two layers: one of the step-time benchmark's transformer and a small
+// one, so that the classes span both. The optimizer's update is left out (the planner prices
+// it from memory bandwidth), and so are views.
+std::vector<std::pair<double, double>> layer_kernel_rates(int threads, double min_time_s) {
+  std::map<int, std::pair<double, double>> by_class;  // log4(bytes) -> (bytes moved, seconds)
+  std::map<int, std::pair<double, double>> sizes;     // log4(bytes) -> (sum of log bytes, calls)
+  for (const char* spec : {"gpt:layers=1,d_model=256,heads=4,seq=128,vocab=256", "gpt:layers=1,d_model=64,heads=2,seq=64,vocab=256"}) {
+    models::Built b = models::from_spec(spec, 8, true);
+    OptimizerConfig oc;
+    oc.kind = "adamw";
+    add_training(b.model->graph(), "loss", oc);
+    runtime::ThreadPool pool(threads);
+    runtime::ExecutorOptions eo;
+    eo.parallel = &pool;
+    eo.profile = true;
+    runtime::Executor ex(planner::one_device(b.model->graph()), eo);
+    ex.initialize();
+    for (const std::string& name : b.inputs) {
+      const TensorRef t = ex.input(name);
+      std::memset(t.data, 0, static_cast<size_t>(t.bytes()));  // token 0, label 0: valid everywhere
+    }
+    ex.step();  // not counted: the first step touches every buffer for the first time
+    std::map<std::string, runtime::Executor::NodeTime> before;
+    for (auto& n : ex.node_profile()) before[n.node] = n;
+    const auto t0 = Clock::now();
+    for (int i = 0; i < 3 || seconds_since(t0) < min_time_s / 2; ++i) ex.step();
+    for (const auto& n : ex.node_profile()) {
+      const OpDef* def = ops::registry().find(n.op);
+      if (n.op == "matmul" || n.node.rfind("optimizer/", 0) == 0 || (def && def->view) || n.bytes <= 0) continue;
+      const auto was = before.find(n.node);
+      const double calls = static_cast<double>(n.calls - (was == before.end() ? 0 : was->second.calls));
+      const double s = (n.ms - (was == before.end() ? 0 : was->second.ms)) / 1e3;
+      if (calls <= 0 || s <= 0) continue;
+      const int c = static_cast<int>(std::floor(std::log(n.bytes) / std::log(4.0)));
+      by_class[c].first += calls * n.bytes;
+      by_class[c].second += s;
+      sizes[c].first += calls * std::log(n.bytes);
+      sizes[c].second += calls;
+    }
+  }
+  std::vector<std::pair<double, double>> rates;
+  for (const auto& [c, moved] : by_class)
+    rates.push_back({std::exp(sizes[c].first / sizes[c].second), moved.first / moved.second});
+  if (rates.empty()) throw Error("calibrating a layer's kernels: the reference layers ran none");
+  return rates;
+}
+
 double openblas_rate(int threads, double min_time_s) {
   constexpr int64_t n = 1024;
   std::vector<float> a(n * n, 0.5f), b(n * n, 0.25f), c(n * n);
@@ -284,6 +342,10 @@ planner::HostCalibration calibrate_host(const CalibrateOptions& opt) {
       h.streams.push_back({3 * 4 * n, t, n == (int64_t{8} << 20) ? h.stream_bandwidth[static_cast<size_t>(t - 1)]
                                                                   : stream_bandwidth(t, opt.min_time_s / 2, n)});
   h.memcpy_bandwidth = memcpy_bandwidth(opt.min_time_s);
+  say("a transformer layer's kernels other than products");
+  for (int t : counts)
+    for (auto [bytes, rate] : layer_kernel_rates(t, opt.min_time_s))
+      h.layer_kernels.push_back({std::max<int64_t>(1, std::llround(bytes)), t, rate});
   say("the executor's dispatch cost");
   h.dispatch_s = dispatch_cost(opt.min_time_s);
 

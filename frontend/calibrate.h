@@ -5,6 +5,9 @@
 //    tiny ones), through the kernel the executor runs, at 1, 2, 4, ... and all threads;
 //  - fused elementwise kernels (an update written in place, as the optimizers' are) per thread
 //    count, and one thread's memcpy;
+//  - the other kernels of two reference transformer layers' training steps (norms, softmax,
+//    activations, transposes, reductions, as the runtime fuses them), by size and thread count:
+//    the rate the planner prices a model's kernels other than products and the update at;
 //  - the executor's dispatch cost per op;
 //  - the all-reduce of the in-process engine on 2, 4, ... ranks, and of Gloo over loopback on
 //    2, as alpha + beta x bytes.

@@ -147,7 +147,8 @@ NodeCost node_cost(const Context& x, const Node& n) {
   }
   // The optimizer's state was last touched a whole step before: it streams from memory, not
   // from the caches an op's fresh inputs sit in.
-  const double bandwidth = opt ? d.memory_bandwidth : d.stream_rate(nc.bytes);
+  // Any other kernel moves its bytes at the rate a layer's kernels were measured to reach.
+  const double bandwidth = opt ? d.memory_bandwidth : n.op == "matmul" ? d.stream_rate(nc.bytes) : d.kernel_rate(nc.bytes);
   nc.seconds = std::max(nc.flops / peak, nc.bytes / bandwidth);
   if (!(x.opt.fuse_elementwise && x.fused_out[n.id])) nc.seconds += d.launch_overhead_s;
   return nc;

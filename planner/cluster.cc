@@ -289,6 +289,11 @@ proto::ClusterSpecProto to_proto(const ClusterSpec& c) {
     s->set_bytes(b);
     s->set_bytes_per_s(r);
   }
+  for (auto [b, r] : c.device.kernel_rates) {
+    auto* s = d->add_kernel_rates();
+    s->set_bytes(b);
+    s->set_bytes_per_s(r);
+  }
   if (!c.calibration.empty()) {
     const HostCalibration& h = c.calibration;
     auto* pc = p.mutable_calibration();
@@ -310,6 +315,10 @@ proto::ClusterSpecProto to_proto(const ClusterSpec& c) {
     for (double r : h.openblas_sgemm) pc->add_openblas_sgemm(r);
     for (const auto& s : h.streams) {
       auto* ps = pc->add_streams();
+      ps->set_bytes(s.bytes), ps->set_threads(s.threads), ps->set_bytes_per_s(s.bytes_per_s);
+    }
+    for (const auto& s : h.layer_kernels) {
+      auto* ps = pc->add_layer_kernels();
       ps->set_bytes(s.bytes), ps->set_threads(s.threads), ps->set_bytes_per_s(s.bytes_per_s);
     }
   }
@@ -344,6 +353,7 @@ ClusterSpec from_proto(const proto::ClusterSpecProto& p) {
   for (auto& g : p.device().gemm_rates()) c.device.gemm_rates.push_back({g.flops(), g.flops_per_s()});
   for (auto& s : p.device().stream_rates()) c.device.stream_rates.push_back({s.bytes(), s.bytes_per_s()});
   for (auto& g : p.device().gemm_shapes()) c.device.gemm_shapes.push_back({g.m(), g.n(), g.k(), g.flops_per_s()});
+  for (auto& s : p.device().kernel_rates()) c.device.kernel_rates.push_back({s.bytes(), s.bytes_per_s()});
   if (p.has_calibration()) {
     const auto& pc = p.calibration();
     HostCalibration& h = c.calibration;
@@ -357,6 +367,7 @@ ClusterSpec from_proto(const proto::ClusterSpecProto& p) {
     h.seconds = pc.seconds();
     h.openblas_sgemm.assign(pc.openblas_sgemm().begin(), pc.openblas_sgemm().end());
     for (auto& s : pc.streams()) h.streams.push_back({s.bytes(), s.threads(), s.bytes_per_s()});
+    for (auto& s : pc.layer_kernels()) h.layer_kernels.push_back({s.bytes(), s.threads(), s.bytes_per_s()});
   }
   for (auto& l : p.levels())
     c.levels.push_back({l.name(), l.group_size(), l.bandwidth(), l.latency_s()});
@@ -421,6 +432,10 @@ double log_interpolate(const std::vector<std::pair<double, double>>& pts, double
 }  // namespace
 
 double DeviceSpec::gemm_rate(double flops) const { return log_interpolate(gemm_rates, flops); }
+
+double DeviceSpec::kernel_rate(double bytes) const {
+  return kernel_rates.empty() ? stream_rate(bytes) : log_interpolate(kernel_rates, bytes);
+}
 
 double DeviceSpec::gemm_rate(double m, double n, double k) const {
   if (gemm_shapes.empty()) return gemm_rate(2 * m * n * k);
@@ -516,6 +531,13 @@ void validate(const ClusterSpec& c) {
         throw Error(where + f + ": bytes must be >= 1 and threads in [1, " + std::to_string(h.threads) + "]");
       check_positive(s.bytes_per_s, f + ".bytes_per_s", where);
     }
+    for (size_t i = 0; i < h.layer_kernels.size(); ++i) {
+      const auto& s = h.layer_kernels[i];
+      const std::string f = "calibration.layer_kernels[" + std::to_string(i) + "]";
+      if (s.bytes < 1 || s.threads < 1 || s.threads > h.threads)
+        throw Error(where + f + ": bytes must be >= 1 and threads in [1, " + std::to_string(h.threads) + "]");
+      check_positive(s.bytes_per_s, f + ".bytes_per_s", where);
+    }
     check_positive(h.dispatch_s, "calibration.dispatch_s", where);
     for (size_t i = 0; i < h.all_reduce.size(); ++i) {
       const auto& a = h.all_reduce[i];
@@ -529,6 +551,7 @@ void validate(const ClusterSpec& c) {
   check_non_negative(c.device.launch_overhead_s, "device.launch_overhead_s", where);
   if (!(c.device.gemm_efficiency > 0 && c.device.gemm_efficiency <= 1))
     throw Error(where + "device.gemm_efficiency must be in (0, 1] (got " + std::to_string(c.device.gemm_efficiency) + ")");
+  check_rate_table(c.device.kernel_rates, "device.kernel_rates", "bytes", "bytes_per_s", where);
   if (c.levels.empty()) throw Error(where + "levels is empty: give at least one link level");
   for (size_t i = 0; i < c.levels.size(); ++i) {
     const LinkLevel& l = c.levels[i];
@@ -701,6 +724,16 @@ ClusterSpec calibrated_local_cluster(int64_t n, const HostInfo& h, const HostCal
   }
   c.device.memory_bytes = h.ram_bytes / static_cast<double>(n);
   c.device.launch_overhead_s = cal.dispatch_s;
+  // The reference layers' kernels at the thread count closest to t from below (each device's
+  // own: they are limited by their own work more than by the shared memory bus).
+  {
+    int64_t at = 0;
+    for (const auto& k : cal.layer_kernels)
+      if (k.threads <= t) at = std::max(at, k.threads);
+    for (const auto& k : cal.layer_kernels)
+      if (k.threads == at) c.device.kernel_rates.push_back({static_cast<double>(k.bytes), k.bytes_per_s});
+    std::sort(c.device.kernel_rates.begin(), c.device.kernel_rates.end());
+  }
   // The link: the in-process all-reduce measured on n ranks (or the nearest count) while the
   // cores are busy computing, as in a step (measured on idle cores when that is all there is),
   // as the ring's per-step latency and bandwidth: 2(n-1) lat + 2(n-1)/n S / bw = alpha + beta S.
@@ -733,7 +766,9 @@ ClusterSpec calibrated_local_cluster(int64_t n, const HostInfo& h, const HostCal
                     : "")
       << "; matrix products at "
       << use << " thread(s) by size, " << si(best, "FLOP/s") << " at best; fused elementwise "
-      << si(stream, "B/s") << " for the host's " << busy << " busy thread(s), split between the devices; dispatch "
+      << si(stream, "B/s") << " for the host's " << busy << " busy thread(s), split between the devices"
+      << (c.device.kernel_rates.empty() ? std::string() : ", a layer's other kernels as measured on reference layers")
+      << "; dispatch "
       << num(cal.dispatch_s * 1e6) << " us per op; link from the in-process all-reduce"
       << (ar ? " on " + std::to_string(ar->ranks) + " ranks" + (loaded ? ", the cores busy computing" : "")
              : " (not measured: defaults)");

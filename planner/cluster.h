@@ -41,6 +41,11 @@ struct DeviceSpec {
   // stream_rate interpolates (in log bytes, clamped), memory_bandwidth without them.
   std::vector<std::pair<double, double>> stream_rates;
   double stream_rate(double bytes) const;
+  // Measured rates of a model's kernels other than matrix products and the optimizer's update,
+  // by the bytes one call reads and writes, ascending (calibration, on reference layers);
+  // kernel_rate interpolates (in log bytes, clamped), stream_rate without them.
+  std::vector<std::pair<double, double>> kernel_rates;
+  double kernel_rate(double bytes) const;
   // Peak FLOP/s for `t`; throws Error naming the dtype and the device when it has none.
   double peak(DType t) const;
   bool operator==(const DeviceSpec&) const = default;
@@ -82,6 +87,11 @@ struct HostCalibration {
     bool operator==(const Stream&) const = default;
   };
   std::vector<Stream> streams;  // fused elementwise kernels by working set and thread count
+  // Reference transformer layers' kernels other than products and the optimizer's update
+  // (norms, softmax, activations, transposes, adds, reductions, as the runtime fuses them) in a
+  // training step: bytes read + written per call by size class and thread count, over their
+  // time (DeviceSpec::kernel_rates).
+  std::vector<Stream> layer_kernels;
   bool empty() const { return gemm.empty(); }
   bool operator==(const HostCalibration&) const = default;
 };

@@ -1311,9 +1311,15 @@ std::vector<Executor::NodeTime> Executor::node_profile() const {
     if (t.node.empty()) {
       t.node = op.node->name;
       t.op = op.node->op;
-      for (auto& in : op.node->inputs) t.shapes += (t.shapes.empty() ? "" : " ") + shape_str(graph_.type(in).shape);
+      for (auto& in : op.node->inputs) {
+        t.shapes += (t.shapes.empty() ? "" : " ") + shape_str(graph_.type(in).shape);
+        t.bytes += static_cast<double>(graph_.type(in).bytes());
+      }
       t.shapes += " ->";
-      for (auto& o : op.node->outputs) t.shapes += " " + shape_str(o.shape);
+      for (auto& o : op.node->outputs) {
+        t.shapes += " " + shape_str(o.shape);
+        t.bytes += static_cast<double>(o.bytes());
+      }
     }
     t.calls += op.calls;
     t.ms += op.ms;

@@ -174,6 +174,7 @@ class Executor {
     std::string node, op, shapes;
     int64_t calls = 0;
     double ms = 0;
+    double bytes = 0;  // read and written by one call (its inputs and outputs)
   };
   std::vector<NodeTime> node_profile() const;
   // With ExecutorOptions::timeline: the last step's ops as they ran, both streams. Empty before

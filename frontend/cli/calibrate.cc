@@ -28,7 +28,9 @@ int cmd_calibrate(int argc, char** argv) {
   Args args("calibrate",
             "Measure this host as tessel runs on it, in under a minute: matrix products of the shapes the\n"
             "models use (and their data- and tensor-parallel slices) at 1, 2, 4, ... and all threads, fused\n"
-            "elementwise kernels by working set and thread count, memcpy, the executor's cost per op, the\n"
+            "elementwise kernels by working set and thread count, the other kernels of two reference\n"
+            "transformer layers' training steps (norms, softmax, activations, transposes, reductions) by\n"
+            "size and thread count, memcpy, the executor's cost per op, the\n"
             "all-reduce of the in-process engine (2, 4, ... up to 8 ranks, on idle and on busy cores) and of\n"
             "Gloo over loopback. Writes a cluster spec (the whole host as one device, with the\n"
             "measurements) that `local:N` then derives its N simulated devices from, saying so in\n"
@@ -78,6 +80,10 @@ int cmd_calibrate(int argc, char** argv) {
     for (size_t i = 0; i < h.stream_bandwidth.size(); ++i) os << (i ? "," : "") << json_number(h.stream_bandwidth[i]);
     os << "],\"openblas_sgemm\":[";
     for (size_t i = 0; i < h.openblas_sgemm.size(); ++i) os << (i ? "," : "") << json_number(h.openblas_sgemm[i]);
+    os << "],\"layer_kernels\":[";
+    for (size_t i = 0; i < h.layer_kernels.size(); ++i)
+      os << (i ? "," : "") << "{\"bytes\":" << h.layer_kernels[i].bytes << ",\"threads\":" << h.layer_kernels[i].threads
+         << ",\"bytes_per_s\":" << json_number(h.layer_kernels[i].bytes_per_s) << "}";
     os << "],\"memcpy_bandwidth\":" << json_number(h.memcpy_bandwidth) << ",\"dispatch_s\":" << json_number(h.dispatch_s)
        << ",\"all_reduce\":[";
     for (size_t i = 0; i < h.all_reduce.size(); ++i) {
@@ -112,6 +118,15 @@ int cmd_calibrate(int argc, char** argv) {
   std::cout << "fused elementwise kernels (GB/s read + written):";
   for (size_t t = 0; t < h.stream_bandwidth.size(); ++t)
     std::cout << " " << t + 1 << (t ? " threads " : " thread ") << fmt("%.1f", h.stream_bandwidth[t] / 1e9) << (t + 1 < h.stream_bandwidth.size() ? "," : "");
+  std::cout << "\na transformer layer's other kernels (norms, softmax, activations, transposes; GB/s read + written by "
+               "bytes per call):";
+  for (size_t i = 0; i < h.layer_kernels.size(); ++i) {
+    const auto& k = h.layer_kernels[i];
+    if (i == 0 || k.threads != h.layer_kernels[i - 1].threads)
+      std::cout << "\n  " << k.threads << (k.threads > 1 ? " threads:" : " thread:");
+    std::cout << " " << (k.bytes >= (1 << 20) ? fmt("%.1f MB", static_cast<double>(k.bytes) / (1 << 20)) : fmt("%.0f KB", static_cast<double>(k.bytes) / 1024))
+              << " " << fmt("%.1f", k.bytes_per_s / 1e9);
+  }
   std::cout << "\nmemcpy, one thread: " << fmt("%.2f", h.memcpy_bandwidth / 1e9) << " GB/s\n";
   std::cout << "the executor's cost per op: " << fmt("%.2f", h.dispatch_s * 1e6) << " us\n";
   for (const auto& a : h.all_reduce)

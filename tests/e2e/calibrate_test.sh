@@ -24,6 +24,11 @@ assert threads[0] == 1 and threads[-1] == os.cpu_count(), threads
 assert all(g["flops_per_s"] > 1e8 for g in j["gemm"]), j["gemm"]
 assert len(j["stream_bandwidth"]) == os.cpu_count() and all(b > 1e8 for b in j["stream_bandwidth"])
 assert j["memcpy_bandwidth"] > 1e8 and 0 < j["dispatch_s"] < 1e-4
+# A transformer layer's other kernels: size classes at every measured thread count, each rate
+# below what its cores could stream at best (a few TB/s) and above a crawl.
+lk = j["layer_kernels"]
+assert sorted({k["threads"] for k in lk}) == threads, lk
+assert all(k["bytes"] >= 1 and 1e6 < k["bytes_per_s"] < 1e13 for k in lk), lk
 engines = {(a["engine"], a["ranks"]) for a in j["all_reduce"]}
 assert ("inprocess", 2) in engines and ("gloo", 2) in engines, engines
 print(f"calibrate: {len(j['gemm'])} products at threads {threads}, memcpy {j['memcpy_bandwidth'] / 1e9:.1f} GB/s")

@@ -315,6 +315,8 @@ HostCalibration fake_calibration() {
   h.memcpy_bandwidth = 8e9;
   h.dispatch_s = 2e-7;
   h.all_reduce = {{"inprocess", 2, 10e-6, 1 / 4e9}, {"inprocess", 4, 40e-6, 1 / 2e9}, {"gloo", 2, 100e-6, 1 / 1e9}};
+  // A layer's other kernels: 1 thread 5 GB/s at 4 KB, 40 at 1 MB; 2 threads 8 and 60 (none at 4).
+  h.layer_kernels = {{4096, 1, 5e9}, {1 << 20, 1, 40e9}, {4096, 2, 8e9}, {1 << 20, 2, 60e9}};
   h.when = "2026-12-07 12:00:00 UTC";
   h.seconds = 20;
   return h;
@@ -328,10 +330,10 @@ TEST(ClusterLocal, CalibratedDevicesAreTheMeasuredOnes) {
   const double small = 2.0 * 64 * 64 * 64, big = 2.0 * 1024 * 1024 * 1024;
   struct Want {
     int64_t n;
-    double share, small_rate, big_rate, stream;
+    double share, small_rate, big_rate, stream, kernel_small, kernel_big;
   };
-  for (const Want& w : {Want{1, 1, 170e9, 360e9, 26e9}, Want{2, 1, 90e9, 190e9, 26e9 / 2}, Want{4, 1, 50e9, 100e9, 26e9 / 4},
-                        Want{8, 0.5, 50e9, 100e9, 26e9 / 8}}) {
+  for (const Want& w : {Want{1, 1, 170e9, 360e9, 26e9, 8e9, 60e9}, Want{2, 1, 90e9, 190e9, 26e9 / 2, 8e9, 60e9},
+                        Want{4, 1, 50e9, 100e9, 26e9 / 4, 5e9, 40e9}, Want{8, 0.5, 50e9, 100e9, 26e9 / 8, 5e9, 40e9}}) {
     SCOPED_TRACE(w.n);
     const ClusterSpec c = local_cluster(w.n, fake_host(), cal);
     EXPECT_NO_THROW(validate(c));
@@ -349,6 +351,12 @@ TEST(ClusterLocal, CalibratedDevicesAreTheMeasuredOnes) {
     EXPECT_DOUBLE_EQ(c.device.gemm_rate(70, 60, 64), w.small_rate);
     EXPECT_DOUBLE_EQ(c.device.gemm_rate(1024, 1024, 64), w.big_rate);  // nearer the large square than 64^3
     EXPECT_DOUBLE_EQ(c.device.memory_bandwidth, w.stream);
+    // A layer's other kernels: the rates at the measured thread count closest from below (4
+    // threads per device: the 2 threads' figures), by bytes per call, clamped at the ends.
+    EXPECT_DOUBLE_EQ(c.device.kernel_rate(4096), w.kernel_small);
+    EXPECT_DOUBLE_EQ(c.device.kernel_rate(1 << 20), w.kernel_big);
+    EXPECT_DOUBLE_EQ(c.device.kernel_rate(1 << 30), w.kernel_big);
+    EXPECT_NEAR(c.device.kernel_rate(65536), (w.kernel_small + w.kernel_big) / 2, 1e-6 * w.kernel_big);
     EXPECT_DOUBLE_EQ(c.device.launch_overhead_s, 2e-7);
     EXPECT_DOUBLE_EQ(c.concurrent_devices, w.share < 1 ? 4.0 : 0.0);
     EXPECT_NE(c.source.find("calibrated 2026-12-07"), std::string::npos) << c.source;
@@ -389,6 +397,15 @@ TEST(ClusterLocal, CalibrationErrorsNameTheField) {
   bad = c;
   bad.calibration.all_reduce[0].ranks = 1;
   expect_error(bad, "calibration.all_reduce[0].ranks");
+  bad = c;
+  bad.calibration.layer_kernels[2].threads = 5;
+  expect_error(bad, "calibration.layer_kernels[2]");
+  bad = c;
+  bad.calibration.layer_kernels[1].bytes_per_s = -1;
+  expect_error(bad, "calibration.layer_kernels[1].bytes_per_s");
+  bad = c;
+  std::swap(bad.device.kernel_rates[0], bad.device.kernel_rates[1]);
+  expect_error(bad, "device.kernel_rates[1].bytes");
   bad = c;
   std::swap(bad.device.gemm_rates[0], bad.device.gemm_rates[1]);
   expect_error(bad, "device.gemm_rates[1].flops");
