@@ -78,6 +78,8 @@ const Shape4 kGemms[] = {
     {64, 1024, 784, 1},     // a microbatch of 64 through the MLP's first layer
     {784, 1024, 64, 1},     // and its weight gradient: a short k
     {1024, 1024, 64, 1},    // the hidden layer's
+    {32, 1024, 1024, 1},    // a pipeline's microbatch of 32 through the hidden layer
+    {1024, 1024, 32, 1},    // and its weight gradient: k = 32
 };
 
 // Every shape class's product on `threads` threads, the classes taken in turn (each call
