@@ -704,10 +704,14 @@ ClusterSpec calibrated_local_cluster(int64_t n, const HostInfo& h, const HostCal
   }
   c.device.peak_flops = {{DType::f32, best}, {DType::bf16, best}, {DType::f16, best}, {DType::f64, best / 2}};
   c.device.gemm_efficiency = 1;
-  // Streams of every rank at once share the host's memory bandwidth.
+  // The streams of the devices computing at once share the host's memory bandwidth: each gets
+  // its threads' part of what the busy threads stream together. Devices beyond those the cores
+  // run at once are not counted here: the simulator's processor sharing already slows every
+  // device when more compute (dividing by all N here too counted the sharing twice: an
+  // optimizer's update on 4 devices of a 2-core host was priced at an eighth of the stream).
   const size_t busy = static_cast<size_t>(std::min<int64_t>(n * t, T));
   const double stream = cal.stream_bandwidth[std::min(busy, cal.stream_bandwidth.size()) - 1];
-  c.device.memory_bandwidth = stream / static_cast<double>(n);
+  c.device.memory_bandwidth = stream * static_cast<double>(t) / static_cast<double>(busy);
   // By working set: a device's t threads alone, or its part of the busy threads' total when
   // that is less (out of the caches, the devices share the memory bus).
   {
