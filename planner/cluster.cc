@@ -524,20 +524,17 @@ void validate(const ClusterSpec& c) {
     for (size_t i = 0; i < h.stream_bandwidth.size(); ++i)
       check_positive(h.stream_bandwidth[i], "calibration.stream_bandwidth[" + std::to_string(i) + "]", where);
     check_positive(h.memcpy_bandwidth, "calibration.memcpy_bandwidth", where);
-    for (size_t i = 0; i < h.streams.size(); ++i) {
-      const auto& s = h.streams[i];
-      const std::string f = "calibration.streams[" + std::to_string(i) + "]";
-      if (s.bytes < 1 || s.threads < 1 || s.threads > h.threads)
-        throw Error(where + f + ": bytes must be >= 1 and threads in [1, " + std::to_string(h.threads) + "]");
-      check_positive(s.bytes_per_s, f + ".bytes_per_s", where);
-    }
-    for (size_t i = 0; i < h.layer_kernels.size(); ++i) {
-      const auto& s = h.layer_kernels[i];
-      const std::string f = "calibration.layer_kernels[" + std::to_string(i) + "]";
-      if (s.bytes < 1 || s.threads < 1 || s.threads > h.threads)
-        throw Error(where + f + ": bytes must be >= 1 and threads in [1, " + std::to_string(h.threads) + "]");
-      check_positive(s.bytes_per_s, f + ".bytes_per_s", where);
-    }
+    // Rates by bytes per call and thread count (the update kernel's, a layer's other kernels').
+    auto check_streams = [&](const std::vector<HostCalibration::Stream>& v, const std::string& field) {
+      for (size_t i = 0; i < v.size(); ++i) {
+        const std::string f = "calibration." + field + "[" + std::to_string(i) + "]";
+        if (v[i].bytes < 1 || v[i].threads < 1 || v[i].threads > h.threads)
+          throw Error(where + f + ": bytes must be >= 1 and threads in [1, " + std::to_string(h.threads) + "]");
+        check_positive(v[i].bytes_per_s, f + ".bytes_per_s", where);
+      }
+    };
+    check_streams(h.streams, "streams");
+    check_streams(h.layer_kernels, "layer_kernels");
     check_positive(h.dispatch_s, "calibration.dispatch_s", where);
     for (size_t i = 0; i < h.all_reduce.size(); ++i) {
       const auto& a = h.all_reduce[i];

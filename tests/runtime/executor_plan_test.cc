@@ -53,6 +53,19 @@ Graph mlp(int64_t batch) {
   return b.model->graph();
 }
 
+// Feeds the same random inputs (uniform in [-1, 1]; integer inputs 0) of `g` to both runs.
+void feed_both(const Graph& g, const std::vector<std::string>& inputs, std::mt19937& rng, LocalRun& a, LocalRun& b) {
+  for (auto& name : inputs) {
+    const TensorType& t = g.node(*g.find(name)).outputs[0];
+    std::vector<std::byte> data(static_cast<size_t>(t.bytes()), std::byte{0});
+    if (t.dtype == DType::f32)
+      for (size_t i = 0; i < data.size() / 4; ++i)
+        reinterpret_cast<float*>(data.data())[i] = std::uniform_real_distribution<float>(-1, 1)(rng);
+    a.feed(name, t, data);
+    b.feed(name, t, data);
+  }
+}
+
 TEST(Executor, GradientBucketsStartWhileTheBackwardStillRuns) {
   const Graph g = mlp(8);
   ExecutorOptions small;
@@ -241,15 +254,7 @@ TEST(Executor, UpdatesAreWrittenOverTheirVariablesOnEveryPlan) {
     }
     std::mt19937 rng(1);
     for (int step = 0; step < 3; ++step) {
-      for (auto& name : b.inputs) {
-        const TensorType& t = g.node(*g.find(name)).outputs[0];
-        std::vector<std::byte> data(static_cast<size_t>(t.bytes()), std::byte{0});
-        if (t.dtype == DType::f32)
-          for (size_t i = 0; i < data.size() / 4; ++i)
-            reinterpret_cast<float*>(data.data())[i] = std::uniform_real_distribution<float>(-1, 1)(rng);
-        jit.feed(name, t, data);
-        ref.feed(name, t, data);
-      }
+      feed_both(g, b.inputs, rng, jit, ref);
       jit.step();
       ref.step();
       EXPECT_NEAR(jit.scalar_output("loss"), ref.scalar_output("loss"), 1e-5) << c.str() << " step " << step;
@@ -291,15 +296,7 @@ TEST(Executor, ACollectiveTheNextOpWaitsForRunsOnTheComputeThread) {
     ref.initialize();
     std::mt19937 rng(7);
     for (int step = 0; step < 3; ++step) {
-      for (auto& name : b.inputs) {
-        const TensorType& t = g.node(*g.find(name)).outputs[0];
-        std::vector<std::byte> data(static_cast<size_t>(t.bytes()), std::byte{0});
-        if (t.dtype == DType::f32)
-          for (size_t i = 0; i < data.size() / 4; ++i)
-            reinterpret_cast<float*>(data.data())[i] = std::uniform_real_distribution<float>(-1, 1)(rng);
-        run.feed(name, t, data);
-        ref.feed(name, t, data);
-      }
+      feed_both(g, b.inputs, rng, run, ref);
       run.step();
       ref.step();
       EXPECT_EQ(run.scalar_output("loss"), ref.scalar_output("loss")) << c.str() << " step " << step;
