@@ -125,6 +125,16 @@ void reduce_impl(const Node& n, const TensorRef& x, const TensorRef& y, const Ke
         for (int64_t c = 0; c < inner; ++c) out[c] = R::combine(out[c], part[k * inner + c]);
       return;
     }
+    // One thread, or too few rows to split: the same, whole rows front to back straight into
+    // the output (each column still sums its rows in order, as the chunks below do).
+    if (outer == 1 && inner <= (int64_t{1} << 16) && (threads == 1 || blocks <= 1)) {
+      for (int64_t c = 0; c < inner; ++c) out[c] = R::template init<T>();
+      for (int64_t r = 0; r < len; ++r) {
+        const T* row = in + r * inner;
+        for (int64_t c = 0; c < inner; ++c) out[c] = R::combine(out[c], row[c]);
+      }
+      return;
+    }
     // Split over outer blocks and inner columns so both shapes use every thread.
     const int64_t col_chunk = 256;
     const int64_t chunks_per_outer = (inner + col_chunk - 1) / col_chunk;
