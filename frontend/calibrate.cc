@@ -171,8 +171,10 @@ double stream_bandwidth(int threads, double min_time_s, int64_t n = int64_t{8} <
 // one, so that the classes span both. The optimizer's update is left out (the planner prices
 // it from memory bandwidth), and so are views.
 std::vector<std::pair<double, double>> layer_kernel_rates(int threads, double min_time_s) {
-  std::map<int, std::pair<double, double>> by_class;  // log4(bytes) -> (bytes moved, seconds)
-  std::map<int, std::pair<double, double>> sizes;     // log4(bytes) -> (sum of log bytes, calls)
+  struct Class {
+    double moved = 0, seconds = 0, log_bytes = 0, calls = 0;  // bytes moved, their time; sum of log bytes per call
+  };
+  std::map<int, Class> by_class;  // by floor(log4(bytes per call))
   for (const char* spec : {"gpt:layers=1,d_model=256,heads=4,seq=128,vocab=256", "gpt:layers=1,d_model=64,heads=2,seq=64,vocab=256"}) {
     models::Built b = models::from_spec(spec, 8, true);
     OptimizerConfig oc;
@@ -200,16 +202,15 @@ std::vector<std::pair<double, double>> layer_kernel_rates(int threads, double mi
       const double calls = static_cast<double>(n.calls - (was == before.end() ? 0 : was->second.calls));
       const double s = (n.ms - (was == before.end() ? 0 : was->second.ms)) / 1e3;
       if (calls <= 0 || s <= 0) continue;
-      const int c = static_cast<int>(std::floor(std::log(n.bytes) / std::log(4.0)));
-      by_class[c].first += calls * n.bytes;
-      by_class[c].second += s;
-      sizes[c].first += calls * std::log(n.bytes);
-      sizes[c].second += calls;
+      Class& c = by_class[static_cast<int>(std::floor(std::log(n.bytes) / std::log(4.0)))];
+      c.moved += calls * n.bytes;
+      c.seconds += s;
+      c.log_bytes += calls * std::log(n.bytes);
+      c.calls += calls;
     }
   }
   std::vector<std::pair<double, double>> rates;
-  for (const auto& [c, moved] : by_class)
-    rates.push_back({std::exp(sizes[c].first / sizes[c].second), moved.first / moved.second});
+  for (const auto& [k, c] : by_class) rates.push_back({std::exp(c.log_bytes / c.calls), c.moved / c.seconds});
   if (rates.empty()) throw Error("calibrating a layer's kernels: the reference layers ran none");
   return rates;
 }

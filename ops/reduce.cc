@@ -100,39 +100,33 @@ void reduce_impl(const Node& n, const TensorRef& x, const TensorRef& y, const Ke
     const int64_t outer = rank == 2 ? 1 : dims[0];
     const int64_t len = dims[rank - 2];
     const int64_t inner = dims[rank - 1];
-    // [R, K] with many rows (a bias gradient: the sum over the batch): blocks of whole rows,
-    // each read front to back into its own partial row, then the partials combined. Column
-    // chunks would read a slice of every row, which the prefetcher follows badly.
-    const int64_t threads = ctx.parallel->num_threads();
-    const int64_t blocks = std::min<int64_t>(4 * threads, len / 64);
-    if (outer == 1 && threads > 1 && blocks > 1 && inner <= (int64_t{1} << 16)) {
+    // [R, K] (a bias gradient: the sum over the batch): whole rows read front to back, into the
+    // output on one thread (or with few rows), else into a partial row per block of rows, the
+    // partials then combined. Column chunks would read a slice of every row, which the
+    // prefetcher follows badly.
+    if (outer == 1 && inner <= (int64_t{1} << 16)) {
+      auto sum_rows = [&](T* acc, int64_t r0, int64_t r1) {
+        for (int64_t c = 0; c < inner; ++c) acc[c] = R::template init<T>();
+        for (int64_t r = r0; r < r1; ++r) {
+          const T* row = in + r * inner;
+          for (int64_t c = 0; c < inner; ++c) acc[c] = R::combine(acc[c], row[c]);
+        }
+      };
+      const int64_t threads = ctx.parallel->num_threads();
+      const int64_t blocks = threads > 1 ? std::min<int64_t>(4 * threads, len / 64) : 1;
+      if (blocks <= 1) {
+        sum_rows(out, 0, len);
+        return;
+      }
       static thread_local std::vector<T> partial;  // grows once; the step loop allocates nothing after
       if (partial.size() < static_cast<size_t>(blocks * inner)) partial.resize(static_cast<size_t>(blocks * inner));
       T* part = partial.data();
       ctx.parallel->for_range(blocks, 1, [&](int64_t b0, int64_t b1) {
-        for (int64_t k = b0; k < b1; ++k) {
-          T* acc = part + k * inner;
-          for (int64_t c = 0; c < inner; ++c) acc[c] = R::template init<T>();
-          const int64_t r0 = len * k / blocks, r1 = len * (k + 1) / blocks;
-          for (int64_t r = r0; r < r1; ++r) {
-            const T* row = in + r * inner;
-            for (int64_t c = 0; c < inner; ++c) acc[c] = R::combine(acc[c], row[c]);
-          }
-        }
+        for (int64_t k = b0; k < b1; ++k) sum_rows(part + k * inner, len * k / blocks, len * (k + 1) / blocks);
       });
       for (int64_t c = 0; c < inner; ++c) out[c] = part[c];
       for (int64_t k = 1; k < blocks; ++k)
         for (int64_t c = 0; c < inner; ++c) out[c] = R::combine(out[c], part[k * inner + c]);
-      return;
-    }
-    // One thread, or too few rows to split: the same, whole rows front to back straight into
-    // the output (each column still sums its rows in order, as the chunks below do).
-    if (outer == 1 && inner <= (int64_t{1} << 16) && (threads == 1 || blocks <= 1)) {
-      for (int64_t c = 0; c < inner; ++c) out[c] = R::template init<T>();
-      for (int64_t r = 0; r < len; ++r) {
-        const T* row = in + r * inner;
-        for (int64_t c = 0; c < inner; ++c) out[c] = R::combine(out[c], row[c]);
-      }
       return;
     }
     // Split over outer blocks and inner columns so both shapes use every thread.

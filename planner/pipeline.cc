@@ -184,9 +184,8 @@ PlanEstimate estimate_plan(const ModelProfile& mp, const PlanConfig& c, const Cl
         // A blocking collective (the layer's next piece needs it) is run by the compute thread
         // itself when the communication thread is idle, so it wakes no one: no comm_wake_s, as
         // in the detailed simulation below.
-        const double took = seg.seconds;
-        t.duration_s += took;
-        if (seg.comm) folded_comm[s] += took;
+        t.duration_s += seg.seconds;
+        if (seg.comm) folded_comm[s] += seg.seconds;
       }
       if (prev >= 0) t.deps.push_back(prev);
       t.memory_delta_bytes = mem_delta;
